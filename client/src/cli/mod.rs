@@ -1,0 +1,308 @@
+//! `cofferctl`'s command line: arguments, the commands, and how their errors end the process.
+//!
+//! Each command group (`cluster`, later `backup`, `run`, `restore`, `location`) is one module with
+//! a `clap::Subcommand` enum and an `async fn run(command, &Session)`; adding a group is a variant
+//! in [`Command`] and an arm in [`run`]. Commands validate everything local before they connect,
+//! so a usage error never waits on the network, and they print data through [`output::Output`]
+//! only: data on stdout, everything else on stderr.
+
+pub mod cluster;
+pub mod exit;
+mod format;
+mod output;
+mod paging;
+mod parse;
+mod table;
+
+use clap::{Args, Parser, Subcommand};
+
+use coffer_client::{ClientError, CofferClient, JsonError};
+
+use crate::cli::exit::{EXIT_CODES_HELP, Exit, code_words};
+use crate::cli::output::{Output, OutputFormat};
+
+/// `cofferctl`: drive a Coffer backup server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cofferctl",
+    version,
+    about = "Drive a Coffer backup server: clusters, locations, backups, restores, runs.",
+    long_about = "Drive a Coffer backup server: clusters, locations, backups, restores, runs.\n\n\
+                  Data goes to standard output (aligned tables, or proto3 JSON with -o json, the \
+                  same JSON grpcurl prints); errors and hints go to standard error, one line per \
+                  error. The exit code tells scripts what went wrong.",
+    after_long_help = EXIT_CODES_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalOptions {
+    /// Address of the Coffer server: host:port or http://host:port.
+    #[arg(
+        long,
+        env = "COFFER_SERVER",
+        default_value = "127.0.0.1:50051",
+        value_name = "ADDR",
+        global = true
+    )]
+    pub server: String,
+    /// Output format: aligned tables for people, or proto3 JSON for scripts.
+    #[arg(
+        short,
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = OutputFormat::Table,
+        global = true
+    )]
+    pub output: OutputFormat,
+}
+
+/// The command groups.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register, inspect, change, check and delete database clusters.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+}
+
+/// Runs the parsed command line.
+///
+/// Fails with a [`CliError`] whose [`CliError::exit`] is the process's exit code.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let session = Session::new(cli.global);
+    match cli.command {
+        Command::Cluster(command) => cluster::run(command, &session).await,
+    }
+}
+
+/// What every command needs: where the server is and how to print.
+#[derive(Debug)]
+pub struct Session {
+    server: String,
+    output: Output,
+}
+
+impl Session {
+    fn new(options: GlobalOptions) -> Self {
+        Self {
+            server: options.server,
+            output: Output::new(options.output),
+        }
+    }
+
+    /// Connects to the server. Commands call it after their local checks.
+    async fn connect(&self) -> Result<CofferClient, CliError> {
+        Ok(CofferClient::connect(&self.server).await?)
+    }
+}
+
+/// Why a command failed. Each variant knows its exit code and its one-line report.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad local input that clap's parsers could not catch (a key given twice, ...).
+    #[error("{0}")]
+    Usage(String),
+    /// The server address is invalid, or the server is unreachable.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The server answered with an error.
+    #[error("{}", status_line(.0))]
+    Status(#[from] tonic::Status),
+    /// `cluster check` found nodes that are not serving.
+    #[error("{unhealthy} of {total} nodes are not serving")]
+    Unhealthy { unhealthy: usize, total: usize },
+    /// A response could not be rendered as JSON.
+    #[error("render JSON")]
+    Json(#[from] JsonError),
+    /// The server answered with something unusable (a missing field, a repeated page token).
+    #[error("unexpected response from the server: {0}")]
+    Protocol(String),
+    /// Standard output could not be written.
+    #[error("write to standard output")]
+    Output(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::Usage(_) | Self::Client(ClientError::InvalidAddress { .. }) => Exit::Usage,
+            Self::Client(ClientError::Connect { .. }) => Exit::Unavailable,
+            Self::Status(status) => Exit::for_status(status.code()),
+            Self::Unhealthy { .. } => Exit::Unhealthy,
+            Self::Output(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Exit::Success,
+            Self::Json(_) | Self::Protocol(_) | Self::Output(_) => Exit::Failure,
+        }
+    }
+
+    /// The one line to print on stderr after `cofferctl: `, or `None` when there is nothing to
+    /// say (the reader of standard output went away).
+    pub fn report(&self) -> Option<String> {
+        match self {
+            Self::Output(error) if error.kind() == std::io::ErrorKind::BrokenPipe => None,
+            // A status is its code and message only: its transport source is in the message.
+            Self::Status(status) => Some(status_line(status)),
+            _ => Some(error_chain(self)),
+        }
+    }
+}
+
+/// `not found: cluster "prod" does not exist`, on one line.
+fn status_line(status: &tonic::Status) -> String {
+    let message = one_line(status.message());
+    if message.is_empty() {
+        code_words(status.code()).to_owned()
+    } else {
+        format!("{}: {message}", code_words(status.code()))
+    }
+}
+
+/// The error and its sources, `: `-separated, skipping a source that repeats its parent.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = one_line(&error.to_string());
+    let mut previous = line.clone();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = one_line(&cause.to_string());
+        if !text.is_empty() && !previous.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        previous = text;
+        source = cause.source();
+    }
+    line
+}
+
+/// Joins the lines of a message with `; ` so an error report stays one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn status_errors_report_one_line_with_code_words() {
+        let error = CliError::from(tonic::Status::not_found("cluster \"prod\" does not exist"));
+        assert_eq!(
+            error.report().as_deref(),
+            Some("not found: cluster \"prod\" does not exist")
+        );
+        assert_eq!(error.exit(), Exit::NotFound);
+
+        let error = CliError::from(tonic::Status::failed_precondition(
+            "agents unreachable:\nhttp://a:1\nhttp://b:2\n",
+        ));
+        assert_eq!(
+            error.report().as_deref(),
+            Some("failed precondition: agents unreachable:; http://a:1; http://b:2")
+        );
+        assert_eq!(error.exit(), Exit::FailedPrecondition);
+
+        let error = CliError::from(tonic::Status::new(Code::Unavailable, ""));
+        assert_eq!(error.report().as_deref(), Some("unavailable"));
+        assert_eq!(error.exit().code(), 3);
+    }
+
+    #[test]
+    fn local_errors_map_to_their_exit_codes() {
+        assert_eq!(CliError::Usage("--label: x".to_owned()).exit().code(), 2);
+        assert_eq!(
+            CliError::Client(ClientError::InvalidAddress {
+                address: "https://x".to_owned(),
+                reason: "expected host:port".to_owned(),
+            })
+            .exit()
+            .code(),
+            2
+        );
+        assert_eq!(
+            CliError::Unhealthy {
+                unhealthy: 1,
+                total: 3
+            }
+            .exit()
+            .code(),
+            8
+        );
+        assert_eq!(CliError::Protocol("x".to_owned()).exit().code(), 1);
+        let broken_pipe = CliError::Output(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert_eq!(broken_pipe.report(), None);
+        assert_eq!(broken_pipe.exit(), Exit::Success);
+    }
+
+    #[test]
+    fn malformed_flags_are_usage_errors_naming_the_flag() {
+        let error = Cli::try_parse_from([
+            "cofferctl",
+            "cluster",
+            "register",
+            "prod",
+            "--node",
+            "a:1,zone=z",
+        ])
+        .expect_err("unknown node spec key");
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("--node"), "{error}");
+
+        let error = Cli::try_parse_from(["cofferctl", "cluster", "list", "--label", "env"])
+            .expect_err("label without =");
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("--label"), "{error}");
+
+        let error = Cli::try_parse_from(["cofferctl", "cluster", "update", "prod"])
+            .expect_err("update without a change");
+        assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn register_collects_repeated_nodes_and_labels() {
+        let cli = Cli::try_parse_from([
+            "cofferctl",
+            "-o",
+            "json",
+            "cluster",
+            "register",
+            "prod",
+            "--node",
+            "10.0.0.1:7070,dc=dc1,rack=r1",
+            "--node",
+            "10.0.0.2:7070",
+            "--label",
+            "env=prod",
+            "--server",
+            "coffer:50051",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.global.server, "coffer:50051");
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        let Command::Cluster(cluster::ClusterCommand::Register(args)) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.nodes.len(), 2);
+        assert_eq!(args.nodes[0].datacenter, "dc1");
+        assert_eq!(args.labels.len(), 1);
+    }
+}

@@ -1,0 +1,397 @@
+//! The agent's configuration: defaults, then a TOML file, then `COFFER_AGENT_*` environment
+//! variables, then flags. [`AgentOptions`] is the partial form every layer parses into;
+//! [`AgentConfig`] is the validated result the agent runs with.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use coffer_process::Layered;
+use serde::{Deserialize, Serialize};
+
+/// Address the agent listens on when nothing else is configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+/// State directory when nothing else is configured.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/coffer-agent";
+
+/// One layer of agent settings; every field is optional so layers can be merged.
+#[derive(Debug, Default, Clone, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentOptions {
+    /// Address to serve the agent API on [default: 127.0.0.1:7400].
+    #[arg(long, env = "COFFER_AGENT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Data directory of the database on this node; repeat or separate with commas.
+    #[arg(
+        long = "data-path",
+        env = "COFFER_AGENT_DATA_PATHS",
+        value_delimiter = ','
+    )]
+    pub data_paths: Option<Vec<PathBuf>>,
+
+    /// Directory for the agent's own state: node id, journal, staging
+    /// [default: /var/lib/coffer-agent].
+    #[arg(long, env = "COFFER_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub snapshot: SnapshotOptions,
+}
+
+impl Layered for AgentOptions {
+    fn or(self, lower: Self) -> Self {
+        Self {
+            listen: self.listen.or(lower.listen),
+            data_paths: self.data_paths.or(lower.data_paths),
+            state_dir: self.state_dir.or(lower.state_dir),
+            snapshot: self.snapshot.or(lower.snapshot),
+        }
+    }
+}
+
+/// How the agent takes a consistent snapshot of the node's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotProviderKind {
+    /// Hard-link every file of the data paths into a snapshot folder on the same filesystem.
+    Dir,
+    /// Run the database's own snapshot command and collect the files it made.
+    Command,
+    /// Copy SQLite databases with SQLite's online backup API.
+    Sqlite,
+}
+
+/// Snapshot settings of one layer (the `[snapshot]` table of the TOML file).
+#[derive(Debug, Default, Clone, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SnapshotOptions {
+    /// Snapshot provider [default: dir].
+    #[arg(
+        long = "snapshot-provider",
+        env = "COFFER_AGENT_SNAPSHOT_PROVIDER",
+        value_enum
+    )]
+    pub provider: Option<SnapshotProviderKind>,
+
+    /// `dir`: shell command run before hard-linking (for example `nodetool flush`).
+    #[arg(long = "snapshot-pre-hook", env = "COFFER_AGENT_SNAPSHOT_PRE_HOOK")]
+    pub pre_hook: Option<String>,
+
+    /// `dir`: shell command run after hard-linking, even when linking failed.
+    #[arg(long = "snapshot-post-hook", env = "COFFER_AGENT_SNAPSHOT_POST_HOOK")]
+    pub post_hook: Option<String>,
+
+    /// `command`: shell command that takes a snapshot; `{tag}` is replaced by the snapshot tag.
+    #[arg(long = "snapshot-command", env = "COFFER_AGENT_SNAPSHOT_COMMAND")]
+    pub command: Option<String>,
+
+    /// `command`: shell command that removes the snapshot; `{tag}` is replaced by the tag.
+    #[arg(
+        long = "snapshot-cleanup-command",
+        env = "COFFER_AGENT_SNAPSHOT_CLEANUP_COMMAND"
+    )]
+    pub cleanup_command: Option<String>,
+
+    /// `command`: glob, relative to each data path, of the files the snapshot command made;
+    /// `{tag}` is replaced by the tag (for example `*/*/snapshots/{tag}/**`).
+    #[arg(long = "snapshot-files", env = "COFFER_AGENT_SNAPSHOT_FILES")]
+    pub files: Option<String>,
+
+    /// `sqlite`: database file to copy, inside a data path; repeat or separate with commas.
+    #[arg(
+        long = "sqlite-database",
+        env = "COFFER_AGENT_SQLITE_DATABASES",
+        value_delimiter = ','
+    )]
+    pub sqlite_databases: Option<Vec<PathBuf>>,
+}
+
+impl Layered for SnapshotOptions {
+    fn or(self, lower: Self) -> Self {
+        Self {
+            provider: self.provider.or(lower.provider),
+            pre_hook: self.pre_hook.or(lower.pre_hook),
+            post_hook: self.post_hook.or(lower.post_hook),
+            command: self.command.or(lower.command),
+            cleanup_command: self.cleanup_command.or(lower.cleanup_command),
+            files: self.files.or(lower.files),
+            sqlite_databases: self.sqlite_databases.or(lower.sqlite_databases),
+        }
+    }
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AgentConfig {
+    /// Address to serve on (port 0 picks a free port, announced on stdout).
+    pub listen: SocketAddr,
+    /// Absolute data paths, at least one, none inside another.
+    pub data_paths: Vec<PathBuf>,
+    /// Absolute state directory.
+    pub state_dir: PathBuf,
+    /// The snapshot provider and its settings.
+    pub snapshot: SnapshotConfig,
+}
+
+/// The validated snapshot provider settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "provider", rename_all = "lowercase")]
+pub enum SnapshotConfig {
+    /// Hard-link the data paths.
+    Dir {
+        /// Command run before linking.
+        #[serde(rename = "pre-hook", skip_serializing_if = "Option::is_none")]
+        pre_hook: Option<String>,
+        /// Command run after linking.
+        #[serde(rename = "post-hook", skip_serializing_if = "Option::is_none")]
+        post_hook: Option<String>,
+    },
+    /// Run the database's snapshot command.
+    Command {
+        /// Snapshot command with `{tag}`.
+        command: String,
+        /// Cleanup command with `{tag}`.
+        #[serde(rename = "cleanup-command", skip_serializing_if = "Option::is_none")]
+        cleanup_command: Option<String>,
+        /// Glob of the files the command made.
+        files: String,
+    },
+    /// Copy SQLite databases online.
+    Sqlite {
+        /// Database files, each inside a data path.
+        #[serde(rename = "sqlite-databases")]
+        databases: Vec<PathBuf>,
+    },
+}
+
+impl SnapshotConfig {
+    /// Name of the provider as reported in node info.
+    pub fn provider_name(&self) -> &'static str {
+        match self {
+            Self::Dir { .. } => "dir",
+            Self::Command { .. } => "command",
+            Self::Sqlite { .. } => "sqlite",
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting is missing or has a value the agent cannot run with.
+    #[error("{setting}: {reason}")]
+    Invalid {
+        /// The setting, as named in the TOML file.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+impl AgentOptions {
+    /// Fills in the defaults and validates the result.
+    ///
+    /// Fails when no data path is given, a path is relative, data paths nest, or the snapshot
+    /// provider lacks a setting it needs. Paths are checked for shape only: the agent creates its
+    /// state directory and checks that data paths exist when it starts.
+    pub fn resolve(self) -> Result<AgentConfig, ConfigError> {
+        let listen = match self.listen {
+            Some(listen) => listen,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| invalid("listen", "bad built-in default"))?,
+        };
+        let data_paths = self.data_paths.unwrap_or_default();
+        if data_paths.is_empty() {
+            return Err(invalid(
+                "data-paths",
+                "at least one data path is required (--data-path or COFFER_AGENT_DATA_PATHS)",
+            ));
+        }
+        for path in &data_paths {
+            require_absolute("data-paths", path)?;
+        }
+        for (index, path) in data_paths.iter().enumerate() {
+            for other in &data_paths[index + 1..] {
+                if path.starts_with(other) || other.starts_with(path) {
+                    return Err(invalid(
+                        "data-paths",
+                        format!(
+                            "{} and {} overlap: data paths must not contain each other",
+                            path.display(),
+                            other.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let state_dir = self
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        require_absolute("state-dir", &state_dir)?;
+        if data_paths.iter().any(|data| state_dir.starts_with(data)) {
+            return Err(invalid(
+                "state-dir",
+                "must not be inside a data path (it would be backed up and restored over)",
+            ));
+        }
+        let snapshot = resolve_snapshot(self.snapshot, &data_paths)?;
+        Ok(AgentConfig {
+            listen,
+            data_paths,
+            state_dir,
+            snapshot,
+        })
+    }
+}
+
+fn resolve_snapshot(
+    options: SnapshotOptions,
+    data_paths: &[PathBuf],
+) -> Result<SnapshotConfig, ConfigError> {
+    match options.provider.unwrap_or(SnapshotProviderKind::Dir) {
+        SnapshotProviderKind::Dir => Ok(SnapshotConfig::Dir {
+            pre_hook: options.pre_hook,
+            post_hook: options.post_hook,
+        }),
+        SnapshotProviderKind::Command => {
+            let command = options
+                .command
+                .ok_or_else(|| invalid("snapshot.command", "required by the `command` provider"))?;
+            let files = options
+                .files
+                .ok_or_else(|| invalid("snapshot.files", "required by the `command` provider"))?;
+            Ok(SnapshotConfig::Command {
+                command,
+                cleanup_command: options.cleanup_command,
+                files,
+            })
+        }
+        SnapshotProviderKind::Sqlite => {
+            let databases = options.sqlite_databases.unwrap_or_default();
+            if databases.is_empty() {
+                return Err(invalid(
+                    "snapshot.sqlite-databases",
+                    "the `sqlite` provider needs at least one database",
+                ));
+            }
+            for database in &databases {
+                require_absolute("snapshot.sqlite-databases", database)?;
+                if !data_paths.iter().any(|data| database.starts_with(data)) {
+                    return Err(invalid(
+                        "snapshot.sqlite-databases",
+                        format!("{} is not inside a data path", database.display()),
+                    ));
+                }
+            }
+            Ok(SnapshotConfig::Sqlite { databases })
+        }
+    }
+}
+
+fn require_absolute(setting: &'static str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(invalid(
+            setting,
+            format!("{} is not an absolute path", path.display()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(data: &[&str]) -> AgentOptions {
+        AgentOptions {
+            data_paths: Some(data.iter().map(PathBuf::from).collect()),
+            state_dir: Some(PathBuf::from("/var/lib/coffer")),
+            ..AgentOptions::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let file: AgentOptions = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\ndata-paths = [\"/data\"]\n[snapshot]\nprovider = \"dir\"\npre-hook = \"sync\"\n",
+        )
+        .expect("parse toml");
+        let flags = AgentOptions {
+            listen: Some("127.0.0.1:9100".parse().expect("addr")),
+            ..AgentOptions::default()
+        };
+        let config = flags.or(file).resolve().expect("valid");
+        assert_eq!(config.listen.port(), 9100);
+        assert_eq!(config.data_paths, vec![PathBuf::from("/data")]);
+        assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(
+            config.snapshot,
+            SnapshotConfig::Dir {
+                pre_hook: Some("sync".into()),
+                post_hook: None
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let parsed: Result<AgentOptions, _> = toml::from_str("data-path = [\"/data\"]\n");
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn missing_relative_and_nested_data_paths_are_refused() {
+        let error = AgentOptions::default().resolve().expect_err("no data path");
+        assert!(error.to_string().starts_with("data-paths"), "{error}");
+        let error = options(&["data"]).resolve().expect_err("relative");
+        assert!(
+            error.to_string().contains("not an absolute path"),
+            "{error}"
+        );
+        let error = options(&["/data", "/data/a"])
+            .resolve()
+            .expect_err("nested");
+        assert!(error.to_string().contains("overlap"), "{error}");
+    }
+
+    #[test]
+    fn providers_require_their_settings() {
+        let mut command = options(&["/data"]);
+        command.snapshot.provider = Some(SnapshotProviderKind::Command);
+        command.snapshot.command = Some("nodetool snapshot -t {tag}".into());
+        let error = command.clone().resolve().expect_err("files missing");
+        assert!(error.to_string().starts_with("snapshot.files"), "{error}");
+        command.snapshot.files = Some("*/snapshots/{tag}/**".into());
+        assert_eq!(
+            command.resolve().expect("valid").snapshot.provider_name(),
+            "command"
+        );
+
+        let mut sqlite = options(&["/data"]);
+        sqlite.snapshot.provider = Some(SnapshotProviderKind::Sqlite);
+        sqlite.snapshot.sqlite_databases = Some(vec![PathBuf::from("/elsewhere/app.db")]);
+        let error = sqlite.resolve().expect_err("outside data paths");
+        assert!(
+            error.to_string().contains("not inside a data path"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn state_dir_inside_a_data_path_is_refused() {
+        let mut options = options(&["/data"]);
+        options.state_dir = Some(PathBuf::from("/data/.coffer"));
+        assert!(options.resolve().is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! `coffer-agent`: the Coffer node agent.
+//!
+//! One agent runs on every database node. The Coffer server calls it over gRPC
+//! (`coffer.agent.v1.AgentService`) to learn about the node and, in later versions, to snapshot
+//! the node's data and move it between the node and object storage.
+//!
+//! [`run`] serves the agent on a listener the caller has already bound, until `shutdown`
+//! resolves; in-flight calls are allowed to finish.
+
+pub mod config;
+mod grpc;
+pub mod identity;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use coffer_proto::agent::v1 as proto;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::config::AgentConfig;
+
+/// Version of this agent, reported in node info.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the agent could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The node id could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// A configured data path does not exist or is not a directory.
+    #[error("data path {path}: {reason}")]
+    DataPath {
+        /// The data path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The gRPC server failed.
+    #[error("serve agent API: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The state shared by the agent's request handlers.
+#[derive(Debug)]
+pub struct Agent {
+    node_id: Uuid,
+    config: AgentConfig,
+}
+
+impl Agent {
+    /// Prepares the agent: checks the data paths and loads (or creates) the node id.
+    ///
+    /// Fails when a data path is missing or not a directory, or the state directory cannot hold
+    /// the node id.
+    pub fn open(config: AgentConfig) -> Result<Self, AgentError> {
+        for path in &config.data_paths {
+            match std::fs::metadata(path) {
+                Ok(metadata) if metadata.is_dir() => {}
+                Ok(_) => {
+                    return Err(AgentError::DataPath {
+                        path: path.clone(),
+                        reason: "not a directory".into(),
+                    });
+                }
+                Err(error) => {
+                    return Err(AgentError::DataPath {
+                        path: path.clone(),
+                        reason: error.to_string(),
+                    });
+                }
+            }
+        }
+        let node_id = identity::load_or_create_node_id(&config.state_dir)?;
+        Ok(Self { node_id, config })
+    }
+
+    /// The node's stable id.
+    pub fn node_id(&self) -> Uuid {
+        self.node_id
+    }
+
+    /// Describes the node now: reads the free space of every data path's filesystem.
+    pub async fn node_info(&self) -> proto::NodeInfo {
+        let paths = self.config.data_paths.clone();
+        // statvfs can block on a slow or hung filesystem: keep it off the async workers.
+        let data_paths = tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .map(|path| proto::DataPath {
+                    path: path.display().to_string(),
+                    free_bytes: fs4::available_space(path).unwrap_or_else(|error| {
+                        tracing::warn!(path = %path.display(), %error, "read free space");
+                        0
+                    }),
+                    total_bytes: fs4::total_space(path).unwrap_or(0),
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        proto::NodeInfo {
+            node_id: self.node_id.to_string(),
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            data_paths,
+            agent_version: AGENT_VERSION.to_string(),
+            snapshot_provider: self.config.snapshot.provider_name().to_string(),
+        }
+    }
+}
+
+/// Serves the agent API, gRPC health and reflection on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    agent: Agent,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    let agent = Arc::new(agent);
+    let router = grpc::router(agent).await;
+    router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    tracing::info!("agent stopped");
+    Ok(())
+}

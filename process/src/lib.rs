@@ -1,0 +1,129 @@
+//! Process plumbing shared by `coffer-server`, `coffer-agent` and `cofferctl`.
+//!
+//! Configuration is layered the same way in every binary: built-in defaults, then a TOML file,
+//! then environment variables, then command-line flags. Each binary has one partial options
+//! struct (every field optional) that derives both `serde::Deserialize` and `clap::Args`; the file
+//! layer and the environment-and-flags layer are each parsed into it and merged here, and the
+//! result is validated once into the binary's resolved configuration.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+
+/// Reads a TOML configuration file into the binary's partial options.
+///
+/// Fails when the file cannot be read, is not valid TOML, or has keys the options do not know
+/// (a misspelt key must not be silently ignored).
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read configuration file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parse configuration file {}", path.display()))
+}
+
+/// Fills every unset field of `self` from a lower layer.
+pub trait Layered {
+    /// Keeps the fields set in `self`, takes the others from `lower`.
+    fn or(self, lower: Self) -> Self;
+}
+
+/// Installs the global tracing subscriber: human-readable lines on stderr, filtered by `RUST_LOG`
+/// (default `info`). Standard output stays free for data and announcements.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second initialisation (tests, embedded agent in dev mode) is harmless: keep the first.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves when the process receives SIGINT (Ctrl-C) or SIGTERM.
+///
+/// If a signal handler cannot be installed the error is logged and that signal is ignored
+/// rather than shutting down at once.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "install SIGINT handler");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "install SIGTERM handler");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => tracing::info!("received SIGINT, shutting down"),
+        () = terminate => tracing::info!("received SIGTERM, shutting down"),
+    }
+}
+
+/// Writes a line to standard output, ignoring failures: a closed or full stdout (a supervisor
+/// that stopped reading) must not take a server down, and `println!` would panic.
+pub fn announce(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+/// Parses a human duration such as `5s`, `250ms` or `1m 30s`, for clap value parsers.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("invalid duration {text:?}: {error}"))
+}
+
+/// Serde adapter for optional human durations (`"5s"`), for `#[serde(with = ...)]`.
+pub mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Deserializes `"5s"` into `Some(5s)`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(deserializer)?;
+        text.map(|text| super::parse_duration(&text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+
+    /// Serializes `Some(5s)` as `"5s"`.
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => {
+                serializer.serialize_str(&humantime::format_duration(*duration).to_string())
+            }
+            None => serializer.serialize_none(),
+        }
+    }
+}
+
+/// Serde adapter for human durations (`"5s"`), for resolved configurations.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Deserializes `"5s"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// Serializes as `"5s"`.
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}

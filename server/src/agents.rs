@@ -1,0 +1,163 @@
+//! Calls to node agents.
+//!
+//! The server keeps one lazily connected channel per agent address and bounds every call by a
+//! connect timeout and a request timeout, so an agent that hangs cannot hang a request. Calls
+//! to many agents run concurrently, at most `parallelism` at once, and report per address:
+//! one unreachable agent never hides the answers of the others.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use coffer_proto::agent::v1 as proto;
+use coffer_proto::agent::v1::agent_service_client::AgentServiceClient;
+use futures::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+use crate::model::{AgentAddress, DataPath, NodeInfo};
+
+/// Why an agent call failed, as shown to operators.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{address}: {reason}")]
+pub struct AgentCallError {
+    /// The agent's address.
+    pub address: AgentAddress,
+    /// What went wrong, from the transport or the agent.
+    pub reason: String,
+}
+
+/// Timeouts and parallelism of agent calls.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentCallOptions {
+    /// Longest wait for a TCP connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for an answer.
+    pub request_timeout: Duration,
+    /// Most agents called at once.
+    pub parallelism: usize,
+}
+
+/// A pool of channels to node agents.
+#[derive(Debug)]
+pub struct AgentClients {
+    options: AgentCallOptions,
+    channels: Mutex<HashMap<AgentAddress, Channel>>,
+}
+
+/// A node info answer and how long it took.
+#[derive(Debug, Clone)]
+pub struct InfoAnswer {
+    /// What the agent reported.
+    pub info: NodeInfo,
+    /// Round trip of the call.
+    pub latency: Duration,
+}
+
+impl AgentClients {
+    /// A pool with the given call options.
+    pub fn new(options: AgentCallOptions) -> Self {
+        Self {
+            options,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn channel(&self, address: &AgentAddress) -> Result<Channel, AgentCallError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(address.as_str().to_string())
+            .map_err(|error| AgentCallError {
+                address: address.clone(),
+                reason: format!("unusable address: {error}"),
+            })?
+            .connect_timeout(self.options.connect_timeout)
+            .timeout(self.options.request_timeout);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.clone(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Asks one agent for its node info.
+    pub async fn node_info(&self, address: &AgentAddress) -> Result<InfoAnswer, AgentCallError> {
+        let mut client = AgentServiceClient::new(self.channel(address)?);
+        let started = Instant::now();
+        let call = client.get_node_info(proto::GetNodeInfoRequest {});
+        // The channel's own timeout covers the request; this also bounds connecting.
+        let budget = self.options.connect_timeout + self.options.request_timeout;
+        let response = match tokio::time::timeout(budget, call).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return Err(call_error(address, &status)),
+            Err(_) => {
+                return Err(AgentCallError {
+                    address: address.clone(),
+                    reason: format!("no answer within {budget:?}"),
+                });
+            }
+        };
+        let latency = started.elapsed();
+        let node = response.node.ok_or_else(|| AgentCallError {
+            address: address.clone(),
+            reason: "the agent sent no node info".into(),
+        })?;
+        let node_id = Uuid::parse_str(&node.node_id).map_err(|_| AgentCallError {
+            address: address.clone(),
+            reason: format!("the agent reported an invalid node id {:?}", node.node_id),
+        })?;
+        Ok(InfoAnswer {
+            info: NodeInfo {
+                node_id,
+                hostname: node.hostname,
+                data_paths: node
+                    .data_paths
+                    .into_iter()
+                    .map(|path| DataPath {
+                        path: path.path,
+                        free_bytes: path.free_bytes,
+                        total_bytes: path.total_bytes,
+                    })
+                    .collect(),
+                agent_version: node.agent_version,
+            },
+            latency,
+        })
+    }
+
+    /// Asks every agent for its node info, concurrently; answers come back in input order.
+    pub async fn node_infos(
+        &self,
+        addresses: &[AgentAddress],
+    ) -> Vec<Result<InfoAnswer, AgentCallError>> {
+        futures::stream::iter(addresses.iter().cloned())
+            .map(|address| async move { self.node_info(&address).await })
+            .buffered(self.options.parallelism.max(1))
+            .collect()
+            .await
+    }
+}
+
+/// Describes a failed call in one line: the status message and the transport's cause.
+fn call_error(address: &AgentAddress, status: &tonic::Status) -> AgentCallError {
+    let mut reason = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !reason.contains(&text) {
+            reason.push_str(": ");
+            reason.push_str(&text);
+        }
+        source = cause.source();
+    }
+    if reason.is_empty() {
+        reason = format!("{:?}", status.code());
+    }
+    AgentCallError {
+        address: address.clone(),
+        reason,
+    }
+}

@@ -1,0 +1,177 @@
+//! The server's configuration: defaults, then a TOML file, then `COFFER_*` environment
+//! variables, then flags. [`ServerOptions`] is the partial form every layer parses into;
+//! [`ServerConfig`] is the validated result.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use coffer_process::Layered;
+use serde::{Deserialize, Serialize};
+
+use crate::agents::AgentCallOptions;
+
+/// Address the server listens on when nothing else is configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Catalog file when nothing else is configured.
+pub const DEFAULT_CATALOG: &str = "/var/lib/coffer/catalog.db";
+
+/// One layer of server settings; every field is optional so layers can be merged.
+#[derive(Debug, Default, Clone, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerOptions {
+    /// Address to serve the API on [default: 127.0.0.1:50051].
+    #[arg(long, global = true, env = "COFFER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// SQLite catalog file, created if missing [default: /var/lib/coffer/catalog.db].
+    #[arg(long, global = true, env = "COFFER_CATALOG")]
+    pub catalog: Option<PathBuf>,
+
+    /// Longest wait for a connection to an agent [default: 5s].
+    #[arg(long, global = true, env = "COFFER_AGENT_CONNECT_TIMEOUT", value_parser = coffer_process::parse_duration)]
+    #[serde(with = "coffer_process::optional_duration")]
+    pub agent_connect_timeout: Option<Duration>,
+
+    /// Longest wait for an agent's answer to a short call [default: 30s].
+    #[arg(long, global = true, env = "COFFER_AGENT_REQUEST_TIMEOUT", value_parser = coffer_process::parse_duration)]
+    #[serde(with = "coffer_process::optional_duration")]
+    pub agent_request_timeout: Option<Duration>,
+
+    /// Most agents called at once [default: 32].
+    #[arg(long, global = true, env = "COFFER_AGENT_PARALLELISM")]
+    pub agent_parallelism: Option<usize>,
+}
+
+impl Layered for ServerOptions {
+    fn or(self, lower: Self) -> Self {
+        Self {
+            listen: self.listen.or(lower.listen),
+            catalog: self.catalog.or(lower.catalog),
+            agent_connect_timeout: self.agent_connect_timeout.or(lower.agent_connect_timeout),
+            agent_request_timeout: self.agent_request_timeout.or(lower.agent_request_timeout),
+            agent_parallelism: self.agent_parallelism.or(lower.agent_parallelism),
+        }
+    }
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServerConfig {
+    /// Address to serve on (port 0 picks a free port, announced on stdout).
+    pub listen: SocketAddr,
+    /// Catalog file.
+    pub catalog: PathBuf,
+    /// Agent connect timeout.
+    #[serde(with = "coffer_process::duration")]
+    pub agent_connect_timeout: Duration,
+    /// Agent request timeout.
+    #[serde(with = "coffer_process::duration")]
+    pub agent_request_timeout: Duration,
+    /// Most agents called at once.
+    pub agent_parallelism: usize,
+}
+
+impl ServerConfig {
+    /// The agent call options of this configuration.
+    pub fn agent_calls(&self) -> AgentCallOptions {
+        AgentCallOptions {
+            connect_timeout: self.agent_connect_timeout,
+            request_timeout: self.agent_request_timeout,
+            parallelism: self.agent_parallelism,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    /// The setting, as named in the TOML file.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ServerOptions {
+    /// Fills in the defaults and validates the result.
+    ///
+    /// Fails when a timeout is zero or the parallelism is zero.
+    pub fn resolve(self) -> Result<ServerConfig, ConfigError> {
+        let listen = match self.listen {
+            Some(listen) => listen,
+            None => DEFAULT_LISTEN.parse().map_err(|_| ConfigError {
+                setting: "listen",
+                reason: "bad built-in default".into(),
+            })?,
+        };
+        let config = ServerConfig {
+            listen,
+            catalog: self
+                .catalog
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CATALOG)),
+            agent_connect_timeout: self.agent_connect_timeout.unwrap_or(Duration::from_secs(5)),
+            agent_request_timeout: self
+                .agent_request_timeout
+                .unwrap_or(Duration::from_secs(30)),
+            agent_parallelism: self.agent_parallelism.unwrap_or(32),
+        };
+        for (setting, value) in [
+            ("agent-connect-timeout", config.agent_connect_timeout),
+            ("agent-request-timeout", config.agent_request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError {
+                    setting,
+                    reason: "must be longer than zero".into(),
+                });
+            }
+        }
+        if config.agent_parallelism == 0 {
+            return Err(ConfigError {
+                setting: "agent-parallelism",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_merge_with_flags_on_top() {
+        let file: ServerOptions = toml::from_str(
+            "catalog = \"/srv/coffer.db\"\nagent-connect-timeout = \"2s\"\nagent-parallelism = 4\n",
+        )
+        .expect("parse");
+        let flags = ServerOptions {
+            agent_parallelism: Some(8),
+            ..ServerOptions::default()
+        };
+        let config = flags.or(file).resolve().expect("valid");
+        assert_eq!(config.catalog, PathBuf::from("/srv/coffer.db"));
+        assert_eq!(config.agent_connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.agent_request_timeout, Duration::from_secs(30));
+        assert_eq!(config.agent_parallelism, 8);
+        let dumped = toml::to_string(&config).expect("render");
+        assert!(
+            dumped.contains("agent-connect-timeout = \"2s\""),
+            "{dumped}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(toml::from_str::<ServerOptions>("catalogue = \"x\"").is_err());
+        assert!(toml::from_str::<ServerOptions>("agent-connect-timeout = \"soon\"").is_err());
+        let zero = ServerOptions {
+            agent_parallelism: Some(0),
+            ..ServerOptions::default()
+        };
+        assert!(zero.resolve().is_err());
+    }
+}

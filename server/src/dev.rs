@@ -1,0 +1,198 @@
+//! Dev mode: the whole of Coffer on one machine, on embedded defaults.
+//!
+//! Everything lives under one directory (default `.coffer-dev`): the catalog, a data folder that
+//! stands for a database node's data, the agent's state, and a folder that serves as the
+//! filesystem backup location. An agent runs in this process next to the server, and a cluster
+//! named `dev` with that one node is registered (kept across restarts, since the agent's node id
+//! is kept in its state folder).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use coffer_agent::config::{AgentConfig, SnapshotConfig};
+use coffer_process::Layered;
+use coffer_server::config::ServerOptions;
+use coffer_server::model::{AgentAddress, ClusterUpdate, Labels, Name, NewCluster, NodeSpec};
+use tokio_util::sync::CancellationToken;
+
+/// Options of `coffer-server dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Directory that holds everything dev mode makes.
+    #[arg(long, default_value = ".coffer-dev")]
+    dir: PathBuf,
+
+    /// Address of the embedded agent.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    agent_listen: SocketAddr,
+}
+
+/// Name of the cluster dev mode registers.
+const DEV_CLUSTER: &str = "dev";
+
+pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("create dev directory {}", args.dir.display()))?;
+    let dir = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("resolve {}", args.dir.display()))?;
+    let data = dir.join("data");
+    let storage = dir.join("storage");
+    for folder in [&data, &storage] {
+        std::fs::create_dir_all(folder).with_context(|| format!("create {}", folder.display()))?;
+    }
+    // Dev mode's defaults sit below everything the user configured.
+    let server_config = options
+        .or(ServerOptions {
+            catalog: Some(dir.join("catalog.db")),
+            ..ServerOptions::default()
+        })
+        .resolve()
+        .context("resolve server configuration")?;
+    let agent_config = AgentConfig {
+        listen: args.agent_listen,
+        data_paths: vec![data.clone()],
+        state_dir: dir.join("agent-state"),
+        snapshot: SnapshotConfig::Dir {
+            pre_hook: None,
+            post_hook: None,
+        },
+    };
+    if dump_config {
+        println!("# server\n{}", toml::to_string(&server_config)?);
+        println!("# agent\n{}", toml::to_string(&agent_config)?);
+        return Ok(());
+    }
+
+    let agent = coffer_agent::Agent::open(agent_config.clone()).context("open dev agent")?;
+    let agent_listener = bind(agent_config.listen, "--agent-listen").await?;
+    let server_listener = bind(server_config.listen, "--listen").await?;
+    let agent_address = agent_listener.local_addr().context("read agent address")?;
+    let server_address = server_listener
+        .local_addr()
+        .context("read server address")?;
+
+    let shutdown = CancellationToken::new();
+    let agent_task = tokio::spawn(coffer_agent::run(
+        agent_listener,
+        agent,
+        shutdown.clone().cancelled_owned(),
+    ));
+    let coffer = coffer_server::Coffer::open(&server_config)
+        .await
+        .context("open dev catalog")?;
+    let server_task = {
+        let coffer = coffer.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            coffer_server::run(server_listener, &coffer, shutdown.cancelled_owned()).await
+        })
+    };
+
+    if let Err(error) = ensure_dev_cluster(&coffer, agent_address).await {
+        shutdown.cancel();
+        return Err(error);
+    }
+    print_welcome(server_address, &dir, &storage, &data);
+
+    tokio::select! {
+        () = coffer_process::shutdown_signal() => {}
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+    let (agent_result, server_result) = tokio::join!(agent_task, server_task);
+    coffer.close().await;
+    agent_result.context("join agent")?.context("agent")?;
+    server_result.context("join server")?.context("server")?;
+    Ok(())
+}
+
+/// Registers the `dev` cluster unless it exists (a restart of dev mode keeps it).
+async fn ensure_dev_cluster(
+    coffer: &coffer_server::Coffer,
+    agent_address: SocketAddr,
+) -> anyhow::Result<()> {
+    let address = AgentAddress::parse("agent", &format!("http://{agent_address}"))
+        .context("agent address")?;
+    match coffer.clusters().get(DEV_CLUSTER).await {
+        Ok(cluster)
+            if cluster
+                .nodes
+                .iter()
+                .any(|node| node.spec.address == address) =>
+        {
+            Ok(())
+        }
+        Ok(cluster) => {
+            // Dev mode restarted on another agent port: the node is the same (its id lives in
+            // the agent's state folder), only its address moved.
+            tracing::info!(%address, "moving the dev node to its new agent address");
+            let update = ClusterUpdate {
+                cluster: cluster.id.to_string(),
+                add_nodes: vec![dev_node(address)],
+                remove_node_ids: cluster.nodes.iter().map(|node| node.info.node_id).collect(),
+                set_labels: Labels::default(),
+                remove_labels: Vec::new(),
+            };
+            coffer
+                .clusters()
+                .update(update)
+                .await
+                .context("move the dev node to its new address")?;
+            Ok(())
+        }
+        Err(coffer_server::error::Error::NotFound { .. }) => {
+            let cluster = NewCluster {
+                name: Name::parse("name", DEV_CLUSTER).context("cluster name")?,
+                nodes: vec![dev_node(address)],
+                labels: Labels::parse("labels", [("env".to_string(), "dev".to_string())])
+                    .context("labels")?,
+            };
+            coffer
+                .clusters()
+                .register(cluster)
+                .await
+                .context("register cluster `dev`")?;
+            Ok(())
+        }
+        Err(error) => Err(error).context("look up cluster `dev`"),
+    }
+}
+
+fn dev_node(address: AgentAddress) -> NodeSpec {
+    NodeSpec {
+        address,
+        datacenter: "dc1".into(),
+        rack: "rack1".into(),
+    }
+}
+
+async fn bind(address: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("bind {address} (in use? choose another address with {flag})"))
+}
+
+fn print_welcome(server: SocketAddr, dir: &Path, storage: &Path, data: &Path) {
+    // First line as every Coffer process: scripts and tests read the bound address from it.
+    coffer_process::announce(&format!("coffer-server listening on http://{server}"));
+    coffer_process::announce(&format!(
+        "
+Coffer dev mode is running (Ctrl-C stops it).
+
+  API            {server}   (gRPC, with reflection)
+  catalog        {catalog}
+  cluster        dev: one node, its agent embedded here, data in {data}
+  storage        {storage}   (filesystem backup location)
+
+Talk to it:
+  cargo run -q -p coffer-client -- --server {server} cluster list
+  cargo run -q -p coffer-client -- --server {server} cluster check dev
+  grpcurl -plaintext {server} list
+  grpcurl -plaintext {server} coffer.v1.ClusterService/ListClusters
+",
+        catalog = dir.join("catalog.db").display(),
+        data = data.display(),
+        storage = storage.display(),
+    ));
+}

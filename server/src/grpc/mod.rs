@@ -1,0 +1,51 @@
+//! The gRPC face of the server: one handler per service, conversions, and the status mapping.
+//!
+//! Handlers only take requests apart, call the domain and convert answers; the domain never
+//! imports tonic.
+
+mod cluster;
+mod convert;
+mod status;
+mod unimplemented;
+
+use std::sync::Arc;
+
+use coffer_proto::v1 as proto;
+use tonic::transport::server::Router;
+
+use crate::clusters::ClusterRegistry;
+
+pub use cluster::ClusterHandler;
+
+/// The server's router: every `coffer.v1` service, gRPC health, and reflection (v1 and
+/// v1alpha, every service).
+///
+/// Cross-cutting concerns are applied here once, for every service: today a tracing span per
+/// call; authentication and TLS settings belong on this builder too when they come.
+pub async fn router(clusters: Arc<ClusterRegistry>) -> Router {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::cluster_service_server::ClusterServiceServer<ClusterHandler>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) =
+        match coffer_proto::reflection::services(&[proto::FILE_DESCRIPTOR_SET]) {
+            Ok((v1, v1alpha)) => (Some(v1), Some(v1alpha)),
+            Err(error) => {
+                // The descriptor set is compiled in, so this is a build defect; serving without
+                // reflection still beats not serving.
+                tracing::error!(%error, "build reflection services");
+                (None, None)
+            }
+        };
+    let mut builder = tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()));
+    unimplemented::add_services(
+        builder
+            .add_service(health_service)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
+            .add_service(proto::cluster_service_server::ClusterServiceServer::new(
+                ClusterHandler::new(clusters),
+            )),
+    )
+}

@@ -1,0 +1,73 @@
+//! `coffer-server`: Coffer's control plane.
+//!
+//! One server keeps the catalog (SQLite), exposes the `coffer.v1` gRPC API, and dispatches work
+//! to the node agent on every database node. It never opens storage itself.
+//!
+//! Layers, top to bottom: [`grpc`] (handlers, conversions, status mapping) over the domain
+//! ([`clusters`], [`model`]) over the [`catalog`] (all SQL) and [`agents`] (calls to agents).
+
+pub mod agents;
+pub mod catalog;
+pub mod clusters;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod model;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::agents::AgentClients;
+use crate::catalog::Catalog;
+use crate::clusters::ClusterRegistry;
+use crate::config::ServerConfig;
+
+/// The server's state: the catalog and the domain services over it.
+#[derive(Debug, Clone)]
+pub struct Coffer {
+    catalog: Catalog,
+    clusters: Arc<ClusterRegistry>,
+}
+
+impl Coffer {
+    /// Opens the catalog (applying migrations) and builds the domain services.
+    ///
+    /// Fails when the catalog cannot be opened or migrated.
+    pub async fn open(config: &ServerConfig) -> error::Result<Self> {
+        let catalog = Catalog::open(&config.catalog).await?;
+        let agents = Arc::new(AgentClients::new(config.agent_calls()));
+        let clusters = Arc::new(ClusterRegistry::new(catalog.clone(), agents));
+        Ok(Self { catalog, clusters })
+    }
+
+    /// Cluster registration and inspection.
+    pub fn clusters(&self) -> &ClusterRegistry {
+        &self.clusters
+    }
+
+    /// Closes the catalog; call after serving has stopped.
+    pub async fn close(&self) {
+        self.catalog.close().await;
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets in-flight calls finish.
+///
+/// Fails when the transport fails.
+pub async fn run(
+    listener: TcpListener,
+    coffer: &Coffer,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let router = grpc::router(coffer.clusters.clone()).await;
+    router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    tracing::info!("server stopped");
+    Ok(())
+}

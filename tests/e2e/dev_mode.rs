@@ -1,0 +1,75 @@
+//! Dev mode, the README's first command: everything on embedded defaults in one directory.
+
+use coffer_client::proto;
+use coffer_tests::{Process, binary};
+
+async fn start_dev(dir: &std::path::Path, log: &std::path::Path) -> Process {
+    let mut command = tokio::process::Command::new(binary("coffer-server"));
+    command
+        .arg("dev")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--agent-listen")
+        .arg("127.0.0.1:0");
+    Process::start(command, log).await
+}
+
+#[tokio::test]
+async fn dev_mode_runs_a_registered_dev_cluster_and_keeps_it_across_restarts() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("coffer-dev");
+    let dev = start_dev(&dir, &root.path().join("dev.log")).await;
+    for folder in ["data", "storage", "agent-state"] {
+        assert!(dir.join(folder).is_dir(), "{folder} made");
+    }
+    assert!(dir.join("catalog.db").is_file());
+
+    let client = coffer_client::CofferClient::connect(&dev.url)
+        .await
+        .expect("connect");
+    let check = client
+        .clusters()
+        .check_cluster(proto::CheckClusterRequest {
+            cluster: "dev".into(),
+        })
+        .await
+        .expect("check dev")
+        .into_inner();
+    let cluster = check.cluster.expect("cluster");
+    assert_eq!(cluster.nodes.len(), 1);
+    let node_id = cluster.nodes[0].id.clone();
+    assert_eq!(
+        std::path::Path::new(&cluster.nodes[0].data_paths[0].path),
+        std::fs::canonicalize(dir.join("data"))
+            .expect("canonical")
+            .as_path()
+    );
+    assert_eq!(check.nodes[0].health(), proto::NodeHealth::Serving);
+    dev.stop().await;
+
+    // Restarted (on other ports), it finds its catalog, its node and its cluster again.
+    let dev = start_dev(&dir, &root.path().join("dev2.log")).await;
+    let client = coffer_client::CofferClient::connect(&dev.url)
+        .await
+        .expect("connect");
+    let listed = client
+        .clusters()
+        .list_clusters(proto::ListClustersRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.clusters.len(), 1);
+    let check = client
+        .clusters()
+        .check_cluster(proto::CheckClusterRequest {
+            cluster: "dev".into(),
+        })
+        .await
+        .expect("check dev")
+        .into_inner();
+    assert_eq!(check.nodes[0].node_id, node_id);
+    assert_eq!(check.nodes[0].health(), proto::NodeHealth::Serving);
+    dev.stop().await;
+}

@@ -1,0 +1,29 @@
+//! End-to-end tests: the real `coffer-server`, `coffer-agent`, `cofferctl` and grpcurl on
+//! loopback ports, with real SQLite catalog files in temporary directories.
+
+mod bad_input;
+mod clusters;
+mod cofferctl;
+mod dev_mode;
+mod reflection;
+
+use coffer_client::proto;
+use coffer_tests::TestAgent;
+
+/// A node spec for an agent.
+pub fn node(agent: &TestAgent) -> proto::NodeSpec {
+    proto::NodeSpec {
+        address: agent.process.url.clone(),
+        datacenter: "dc1".into(),
+        rack: "r1".into(),
+    }
+}
+
+/// A registration request.
+pub fn register(name: &str, nodes: Vec<proto::NodeSpec>) -> proto::RegisterClusterRequest {
+    proto::RegisterClusterRequest {
+        name: name.into(),
+        nodes,
+        labels: Default::default(),
+    }
+}

@@ -1,0 +1,185 @@
+//! Reflection and health: what tools without the protos (grpcurl, buf curl, Postman) rely on.
+
+use coffer_client::proto;
+use coffer_tests::{TestAgent, TestServer, tool};
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+use crate::{node, register};
+
+const SERVICES: [&str; 6] = [
+    "coffer.v1.BackupService",
+    "coffer.v1.ClusterService",
+    "coffer.v1.LocationService",
+    "coffer.v1.RestoreService",
+    "coffer.v1.RunService",
+    "coffer.v1.ScheduleService",
+];
+
+async fn grpcurl(args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(tool("grpcurl"))
+        .args(args)
+        .output()
+        .await
+        .expect("run grpcurl");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn grpcurl_lists_every_service_and_calls_the_api_through_reflection_alone() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(root.path(), "a").await;
+    let server = TestServer::start(root.path()).await;
+    let address = server.process.host_port().to_string();
+
+    let (ok, listed, stderr) = grpcurl(&["-plaintext", &address, "list"]).await;
+    assert!(ok, "grpcurl list: {stderr}");
+    for service in SERVICES.iter().chain(&["grpc.health.v1.Health"]) {
+        assert!(
+            listed.lines().any(|line| line == *service),
+            "{service} in:\n{listed}"
+        );
+    }
+
+    // Register through grpcurl, JSON in, with no .proto file anywhere.
+    let body = serde_json::json!({
+        "name": "via-grpcurl",
+        "nodes": [{"address": agent.process.url, "datacenter": "dc1"}],
+        "labels": {"tool": "grpcurl"},
+    })
+    .to_string();
+    let (ok, registered, stderr) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        &body,
+        &address,
+        "coffer.v1.ClusterService/RegisterCluster",
+    ])
+    .await;
+    assert!(ok, "grpcurl RegisterCluster: {stderr}");
+    let registered: serde_json::Value = serde_json::from_str(&registered).expect("json");
+    assert_eq!(registered["cluster"]["nodes"][0]["id"], agent.node_id());
+
+    let (ok, listed, stderr) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        "{}",
+        &address,
+        "coffer.v1.ClusterService/ListClusters",
+    ])
+    .await;
+    assert!(ok, "grpcurl ListClusters: {stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed["clusters"][0]["name"], "via-grpcurl");
+    assert_eq!(listed["clusters"][0]["labels"]["tool"], "grpcurl");
+
+    // Errors come back with their code.
+    let (ok, _, stderr) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"cluster": "nope"}"#,
+        &address,
+        "coffer.v1.ClusterService/GetCluster",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("NotFound"), "{stderr}");
+
+    // The health service says the cluster API is serving.
+    let (ok, health, stderr) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"service": "coffer.v1.ClusterService"}"#,
+        &address,
+        "grpc.health.v1.Health/Check",
+    ])
+    .await;
+    assert!(ok, "grpcurl health: {stderr}");
+    assert!(health.contains("SERVING"), "{health}");
+}
+
+#[tokio::test]
+async fn reflection_v1_serves_every_service_and_unimplemented_rpcs_say_so() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(root.path(), "a").await;
+    let server = TestServer::start(root.path()).await;
+
+    let channel = tonic::transport::Endpoint::from_shared(server.process.url.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer {answer:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for service in SERVICES {
+        assert!(names.iter().any(|n| n == service), "{service} in {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with("coffer.agent")),
+        "the server does not advertise the agent API: {names:?}"
+    );
+
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("later", vec![node(&agent)]))
+        .await
+        .expect("register");
+    let status = client
+        .backups()
+        .start_backup(proto::StartBackupRequest {
+            cluster: "later".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not implemented yet");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    assert!(
+        status.message().contains("BackupService/StartBackup"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn the_agent_serves_its_own_api_with_reflection() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(root.path(), "a").await;
+    let (ok, listed, stderr) = grpcurl(&["-plaintext", agent.process.host_port(), "list"]).await;
+    assert!(ok, "grpcurl list: {stderr}");
+    assert!(listed.contains("coffer.agent.v1.AgentService"), "{listed}");
+    assert!(!listed.contains("coffer.v1.ClusterService"), "{listed}");
+    let (ok, info, stderr) = grpcurl(&[
+        "-plaintext",
+        agent.process.host_port(),
+        "coffer.agent.v1.AgentService/GetNodeInfo",
+    ])
+    .await;
+    assert!(ok, "GetNodeInfo: {stderr}");
+    let info: serde_json::Value = serde_json::from_str(&info).expect("json");
+    assert_eq!(info["node"]["nodeId"], agent.node_id());
+    assert_eq!(info["node"]["snapshotProvider"], "dir");
+}

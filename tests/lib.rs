@@ -1,0 +1,220 @@
+//! Helpers for Coffer's end-to-end tests: start the real binaries on loopback and talk to them.
+//!
+//! Processes bind `127.0.0.1:0` themselves and announce the bound address as their one line on
+//! stdout; helpers read that line, so no test picks a port in advance or sleeps to wait for
+//! readiness. Each process's log goes to a file in the test's temporary directory, or to the
+//! terminal when `COFFER_TEST_LOG` is set (its value is used as `RUST_LOG`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use coffer_client::CofferClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Longest wait for a process to announce its address or to exit after SIGTERM.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory holding the workspace's binaries (`target/<profile>`), found from the test
+/// executable's own path (`target/<profile>/deps/e2e-*`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("locate test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+/// A tool installed by `scripts/install-tools` into `.tools/bin`.
+pub fn tool(name: &str) -> PathBuf {
+    let path = repo_root().join(".tools/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-tools (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running Coffer process that announced its address.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    /// The announced address, `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Process {
+    /// Starts `command` and waits for its `... listening on http://ADDR` line on stdout.
+    pub async fn start(mut command: Command, log: &Path) -> Self {
+        match std::env::var("COFFER_TEST_LOG") {
+            Ok(filter) => {
+                command.env("RUST_LOG", filter).stderr(Stdio::inherit());
+            }
+            Err(_) => {
+                let file = std::fs::File::create(log).expect("create process log");
+                command.env("RUST_LOG", "info").stderr(file);
+            }
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn process");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let announced = tokio::time::timeout(STARTUP_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some((_, url)) = line.split_once(" listening on ") {
+                    return Some(url.trim().to_string());
+                }
+            }
+            None
+        })
+        .await
+        .expect("process announced its address in time");
+        // Keep draining stdout so the process never blocks on, or fails writing to, a full or
+        // closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let Some(url) = announced else {
+            let status = child.wait().await.expect("wait for process");
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("process exited ({status}) before announcing its address; log:\n{log}");
+        };
+        Self { child, url }
+    }
+
+    /// The announced address without the scheme, `127.0.0.1:PORT`.
+    pub fn host_port(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; panics if the process fails or hangs.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().expect("process is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid}");
+        let status = tokio::time::timeout(STARTUP_TIMEOUT, self.child.wait())
+            .await
+            .expect("process exited after SIGTERM")
+            .expect("wait for process");
+        assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill process");
+    }
+}
+
+/// A node agent with its own data and state folders.
+#[derive(Debug)]
+pub struct TestAgent {
+    /// The running agent.
+    pub process: Process,
+    /// Its data path.
+    pub data: PathBuf,
+    /// Its state directory.
+    pub state: PathBuf,
+}
+
+impl TestAgent {
+    /// Starts an agent whose folders live under `root/<name>`, on a free loopback port.
+    pub async fn start(root: &Path, name: &str) -> Self {
+        Self::start_on(root, name, "127.0.0.1:0").await
+    }
+
+    /// Starts an agent whose folders live under `root/<name>`, listening on `listen`.
+    pub async fn start_on(root: &Path, name: &str, listen: &str) -> Self {
+        let base = root.join(name);
+        let data = base.join("data");
+        let state = base.join("state");
+        std::fs::create_dir_all(&data).expect("create agent data folder");
+        let mut command = Command::new(binary("coffer-agent"));
+        command
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-path")
+            .arg(&data)
+            .arg("--state-dir")
+            .arg(&state);
+        let process = Process::start(command, &base.join("agent.log")).await;
+        Self {
+            process,
+            data,
+            state,
+        }
+    }
+
+    /// The node id the agent keeps in its state directory.
+    pub fn node_id(&self) -> String {
+        std::fs::read_to_string(self.state.join("node-id"))
+            .expect("read node id")
+            .trim()
+            .to_string()
+    }
+}
+
+/// A Coffer server on a catalog file.
+#[derive(Debug)]
+pub struct TestServer {
+    /// The running server.
+    pub process: Process,
+    /// Its catalog file.
+    pub catalog: PathBuf,
+}
+
+impl TestServer {
+    /// Starts a server with its catalog at `root/catalog.db`.
+    pub async fn start(root: &Path) -> Self {
+        let catalog = root.join("catalog.db");
+        let mut command = Command::new(binary("coffer-server"));
+        command
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--catalog")
+            .arg(&catalog)
+            .arg("--agent-connect-timeout")
+            .arg("2s")
+            .arg("--agent-request-timeout")
+            .arg("5s");
+        let process = Process::start(command, &root.join("server.log")).await;
+        Self { process, catalog }
+    }
+
+    /// A client connected to the server.
+    pub async fn client(&self) -> CofferClient {
+        CofferClient::connect(&self.process.url)
+            .await
+            .expect("connect to server")
+    }
+}
+
+/// A loopback address where nothing listens: bound, then released.
+pub fn closed_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("local address");
+    drop(listener);
+    address.to_string()
+}
