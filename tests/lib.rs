@@ -147,6 +147,11 @@ impl TestAgent {
 
     /// Starts an agent whose folders live under `root/<name>`, listening on `listen`.
     pub async fn start_on(root: &Path, name: &str, listen: &str) -> Self {
+        Self::start_with(root, name, listen, &[]).await
+    }
+
+    /// Starts an agent with extra command-line arguments (snapshot provider settings).
+    pub async fn start_with(root: &Path, name: &str, listen: &str, extra: &[&str]) -> Self {
         let base = root.join(name);
         let data = base.join("data");
         let state = base.join("state");
@@ -158,7 +163,8 @@ impl TestAgent {
             .arg("--data-path")
             .arg(&data)
             .arg("--state-dir")
-            .arg(&state);
+            .arg(&state)
+            .args(extra);
         let process = Process::start(command, &base.join("agent.log")).await;
         Self {
             process,
@@ -217,4 +223,66 @@ pub fn closed_address() -> String {
     let address = listener.local_addr().expect("local address");
     drop(listener);
     address.to_string()
+}
+
+/// Follows a run with WatchRun to its end; returns every state seen, the last one final.
+pub async fn watch_to_end(client: &CofferClient, run_id: &str) -> Vec<coffer_client::proto::Run> {
+    let mut stream = client
+        .runs()
+        .watch_run(coffer_client::proto::WatchRunRequest {
+            run_id: run_id.to_string(),
+            min_update_interval: None,
+        })
+        .await
+        .expect("watch run")
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(120), stream.message())
+        .await
+        .expect("run progresses")
+        .expect("watch stream")
+    {
+        seen.push(message.run.expect("run in message"));
+    }
+    seen
+}
+
+/// Creates a filesystem location named `name` at `path`.
+pub async fn create_fs_location(client: &CofferClient, name: &str, path: &Path) {
+    client
+        .locations()
+        .create_location(coffer_client::proto::CreateLocationRequest {
+            name: name.to_string(),
+            options: Some(coffer_client::proto::create_location_request::Options::Fs(
+                coffer_client::proto::FsLocationOptions {
+                    path: path.display().to_string(),
+                },
+            )),
+        })
+        .await
+        .expect("create location");
+}
+
+/// Every file below `root`, relative, with its content.
+pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                let relative = path
+                    .strip_prefix(base)
+                    .expect("below base")
+                    .display()
+                    .to_string();
+                out.insert(relative, std::fs::read(&path).expect("read file"));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out
 }

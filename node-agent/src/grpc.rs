@@ -1,18 +1,116 @@
-//! The gRPC face of the agent: handlers convert and delegate to [`Agent`].
+//! The gRPC face of the agent: handlers convert and delegate to [`Agent`], the snapshot
+//! provider, the upload pipeline and the location's storage.
+//!
+//! Errors reach only the Coffer server, which shows them to operators inside run and node
+//! messages: they carry the storage's or the provider's own message.
 
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use coffer_format::StorageError;
+use coffer_format::manifest::NodeManifestReader;
+use coffer_format::object::RateLimiter;
+use coffer_format::storage::{SecretSource, StorageConfig};
 use coffer_proto::agent::v1 as proto;
 use coffer_proto::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
+use futures::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use crate::Agent;
+use crate::snapshot::SnapshotError;
+use crate::upload::{self, UploadFailure, UploadJob};
+
+/// Largest object served by GetObject.
+const MAX_GET_OBJECT: u64 = 64 * 1024 * 1024;
+/// Most manifest entries in one ReadNodeManifest answer.
+const MAX_MANIFEST_PAGE: u32 = 10_000;
 
 /// Implements `coffer.agent.v1.AgentService`.
 #[derive(Debug, Clone)]
 pub struct AgentHandler {
     agent: Arc<Agent>,
+}
+
+fn snapshot_status(error: SnapshotError) -> Status {
+    match error {
+        SnapshotError::InvalidTag { .. } => Status::invalid_argument(error.to_string()),
+        SnapshotError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
+fn storage_status(error: StorageError) -> Status {
+    if error.is_not_found() {
+        Status::not_found(error.to_string())
+    } else if error.is_retryable() {
+        Status::unavailable(error.to_string())
+    } else {
+        Status::failed_precondition(error.to_string())
+    }
+}
+
+fn storage_config(location: Option<proto::StorageLocation>) -> Result<StorageConfig, Status> {
+    let location = location.ok_or_else(|| Status::invalid_argument("location is required"))?;
+    let secrets = location
+        .secrets
+        .into_iter()
+        .map(|(key, reference)| {
+            let source = match reference.source {
+                Some(proto::secret_ref::Source::Env(name)) => SecretSource::Env(name),
+                Some(proto::secret_ref::Source::File(path)) => SecretSource::File(PathBuf::from(path)),
+                None => return Err(Status::invalid_argument(format!("secret {key} has no source"))),
+            };
+            Ok((key, source))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(StorageConfig {
+        location_id: location.location_id,
+        name: location.name,
+        scheme: location.scheme,
+        options: location.options.into_iter().collect(),
+        secrets,
+    })
+}
+
+fn open(location: Option<proto::StorageLocation>) -> Result<(StorageConfig, opendal::Operator), Status> {
+    let config = storage_config(location)?;
+    let operator = coffer_format::open_operator(&config).map_err(storage_status)?;
+    Ok((config, operator))
+}
+
+/// Checks a path relative to a location's root: no absolute paths, no `..`, no empty parts.
+fn object_path(path: &str) -> Result<&str, Status> {
+    let valid = !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .enumerate()
+            .all(|(index, part)| part != ".." && part != "." && (!part.is_empty() || index == path.split('/').count() - 1));
+    if valid {
+        Ok(path)
+    } else {
+        Err(Status::invalid_argument(format!("{path:?} is not a relative object path")))
+    }
+}
+
+fn parse_uuid(field: &str, text: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(text).map_err(|_| Status::invalid_argument(format!("{field}: {text:?} is not a UUID")))
+}
+
+fn globs(patterns: &[String]) -> Result<globset::GlobSet, Status> {
+    let mut set = globset::GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|error| Status::invalid_argument(format!("glob {pattern:?}: {error}")))?;
+        set.add(glob);
+    }
+    set.build().map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
 #[tonic::async_trait]
@@ -22,8 +120,233 @@ impl AgentService for AgentHandler {
         _request: Request<proto::GetNodeInfoRequest>,
     ) -> Result<Response<proto::GetNodeInfoResponse>, Status> {
         let node = self.agent.node_info().await;
-        Ok(Response::new(proto::GetNodeInfoResponse {
-            node: Some(node),
+        Ok(Response::new(proto::GetNodeInfoResponse { node: Some(node) }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<proto::CreateSnapshotRequest>,
+    ) -> Result<Response<proto::CreateSnapshotResponse>, Status> {
+        let tag = request.into_inner().tag;
+        let snapshot = self.agent.snapshots().create(&tag).await.map_err(snapshot_status)?;
+        tracing::info!(tag, files = snapshot.files.len(), "snapshot taken");
+        Ok(Response::new(proto::CreateSnapshotResponse {
+            file_count: snapshot.files.len() as u64,
+            total_bytes: snapshot.total_bytes(),
+        }))
+    }
+
+    type UploadSnapshotStream =
+        Pin<Box<dyn Stream<Item = Result<proto::UploadSnapshotResponse, Status>> + Send + 'static>>;
+
+    async fn upload_snapshot(
+        &self,
+        request: Request<proto::UploadSnapshotRequest>,
+    ) -> Result<Response<Self::UploadSnapshotStream>, Status> {
+        let request = request.into_inner();
+        let incremental = request.kind() == proto::BackupKind::Incremental;
+        let (config, operator) = open(request.location.clone())?;
+        let cluster_id = parse_uuid("cluster_id", &request.cluster_id)?;
+        let backup_id = if request.dry_run {
+            Uuid::nil()
+        } else {
+            parse_uuid("backup_id", &request.backup_id)?
+        };
+        let files = if request.dry_run {
+            self.agent.snapshots().walk_live().await.map_err(snapshot_status)?
+        } else {
+            self.agent.snapshots().load(&request.tag).await.map_err(snapshot_status)?.files
+        };
+        let temp_dir = self.agent.config().state_dir.join("tmp");
+        tokio::fs::create_dir_all(&temp_dir)
+            .await
+            .map_err(|error| Status::internal(format!("create {}: {error}", temp_dir.display())))?;
+        let job = UploadJob {
+            files,
+            operator,
+            location_id: config.location_id.clone(),
+            cluster_id,
+            backup_id,
+            node_id: self.agent.node_id(),
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            data_paths: self.agent.config().data_paths.clone(),
+            incremental,
+            include: globs(&request.include)?,
+            exclude: globs(&request.exclude)?,
+            limiter: (request.rate_limit_bytes_per_second > 0)
+                .then(|| RateLimiter::new(request.rate_limit_bytes_per_second)),
+            concurrency: match request.concurrency {
+                0 => upload::DEFAULT_CONCURRENCY,
+                n => n as usize,
+            },
+            dry_run: request.dry_run,
+            journal: self.agent.journal().clone(),
+            temp_dir,
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<proto::UploadSnapshotResponse, Status>>(16);
+        let (progress_sender, mut progress) = tokio::sync::mpsc::channel(16);
+        let cancel = CancellationToken::new();
+        let tag = request.tag.clone();
+        tokio::spawn(async move {
+            let work = tokio::spawn(upload::run(job, progress_sender, cancel.clone()));
+            // Forward progress; a server that went away cancels the upload.
+            loop {
+                tokio::select! {
+                    update = progress.recv() => match update {
+                        Some(update) => {
+                            let message = proto::UploadSnapshotResponse {
+                                event: Some(proto::upload_snapshot_response::Event::Progress(update)),
+                            };
+                            if sender.send(Ok(message)).await.is_err() {
+                                cancel.cancel();
+                            }
+                        }
+                        None => break,
+                    },
+                    () = sender.closed() => {
+                        cancel.cancel();
+                        break;
+                    }
+                }
+            }
+            let result = match work.await {
+                Ok(result) => result,
+                Err(error) => Err(UploadFailure::File(format!("upload task failed: {error}"))),
+            };
+            let message = match result {
+                Ok(summary) => {
+                    tracing::info!(tag, objects = summary.objects_uploaded, "upload finished");
+                    Ok(proto::UploadSnapshotResponse {
+                        event: Some(proto::upload_snapshot_response::Event::Done(summary)),
+                    })
+                }
+                Err(UploadFailure::Canceled) => Err(Status::cancelled("upload canceled")),
+                Err(UploadFailure::Storage(error)) => Err(storage_status(error)),
+                Err(error) => {
+                    tracing::warn!(tag, %error, "upload failed");
+                    Err(Status::failed_precondition(error.to_string()))
+                }
+            };
+            let _ = sender.send(message).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<proto::DeleteSnapshotRequest>,
+    ) -> Result<Response<proto::DeleteSnapshotResponse>, Status> {
+        let tag = request.into_inner().tag;
+        let removed = self.agent.snapshots().delete(&tag).await.map_err(snapshot_status)?;
+        if removed {
+            tracing::info!(tag, "snapshot removed");
+        }
+        Ok(Response::new(proto::DeleteSnapshotResponse { removed }))
+    }
+
+    async fn put_object(
+        &self,
+        request: Request<proto::PutObjectRequest>,
+    ) -> Result<Response<proto::PutObjectResponse>, Status> {
+        let request = request.into_inner();
+        let path = object_path(&request.path)?.to_string();
+        let (config, operator) = open(request.location)?;
+        operator
+            .write(&path, request.content)
+            .await
+            .map_err(|error| storage_status(StorageError::backend(&operator, "write", &path, error).in_location(&config.name)))?;
+        Ok(Response::new(proto::PutObjectResponse {}))
+    }
+
+    async fn get_object(
+        &self,
+        request: Request<proto::GetObjectRequest>,
+    ) -> Result<Response<proto::GetObjectResponse>, Status> {
+        let request = request.into_inner();
+        let path = object_path(&request.path)?.to_string();
+        let (config, operator) = open(request.location)?;
+        let fail = |action: &'static str| {
+            let name = config.name.clone();
+            let path = path.clone();
+            let operator = operator.clone();
+            move |error| storage_status(StorageError::backend(&operator, action, &path, error).in_location(&name))
+        };
+        let metadata = operator.stat(&path).await.map_err(fail("stat"))?;
+        if metadata.content_length() > MAX_GET_OBJECT {
+            return Err(Status::failed_precondition(format!(
+                "{path} is {} bytes, more than GetObject serves",
+                metadata.content_length()
+            )));
+        }
+        let content = operator.read(&path).await.map_err(fail("read"))?;
+        Ok(Response::new(proto::GetObjectResponse {
+            content: content.to_vec(),
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        request: Request<proto::ListObjectsRequest>,
+    ) -> Result<Response<proto::ListObjectsResponse>, Status> {
+        let request = request.into_inner();
+        if !request.prefix.is_empty() {
+            object_path(&request.prefix)?;
+        }
+        let (config, operator) = open(request.location)?;
+        let entries = operator
+            .list_with(&request.prefix)
+            .recursive(request.recursive)
+            .await
+            .map_err(|error| storage_status(StorageError::backend(&operator, "list", &request.prefix, error).in_location(&config.name)))?;
+        Ok(Response::new(proto::ListObjectsResponse {
+            paths: entries.into_iter().map(|entry| entry.path().to_string()).collect(),
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        request: Request<proto::DeleteObjectRequest>,
+    ) -> Result<Response<proto::DeleteObjectResponse>, Status> {
+        let request = request.into_inner();
+        let path = object_path(&request.path)?.to_string();
+        let (config, operator) = open(request.location)?;
+        operator
+            .delete(&path)
+            .await
+            .map_err(|error| storage_status(StorageError::backend(&operator, "delete", &path, error).in_location(&config.name)))?;
+        Ok(Response::new(proto::DeleteObjectResponse {}))
+    }
+
+    async fn read_node_manifest(
+        &self,
+        request: Request<proto::ReadNodeManifestRequest>,
+    ) -> Result<Response<proto::ReadNodeManifestResponse>, Status> {
+        let request = request.into_inner();
+        let path = object_path(&request.path)?.to_string();
+        let (_, operator) = open(request.location)?;
+        let limit = request.limit.clamp(1, MAX_MANIFEST_PAGE) as usize;
+        let (entries, more, total) = NodeManifestReader::read_page(&operator, &path, request.offset, limit)
+            .await
+            .map_err(|error| {
+                if error.to_string().contains("not found") || error.to_string().contains("NotFound") {
+                    Status::not_found(error.to_string())
+                } else {
+                    Status::failed_precondition(error.to_string())
+                }
+            })?;
+        Ok(Response::new(proto::ReadNodeManifestResponse {
+            entries: entries
+                .into_iter()
+                .map(|entry| proto::ManifestEntry {
+                    path: entry.path,
+                    size: entry.size,
+                    mode: entry.mode,
+                    mtime_ns: entry.mtime_ns,
+                    hash: entry.hash.to_hex(),
+                })
+                .collect(),
+            more,
+            total,
         }))
     }
 }
@@ -48,5 +371,9 @@ pub async fn router(agent: Arc<Agent>) -> Router {
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
-        .add_service(AgentServiceServer::new(AgentHandler { agent }))
+        .add_service(
+            AgentServiceServer::new(AgentHandler { agent })
+                .max_decoding_message_size(80 * 1024 * 1024)
+                .max_encoding_message_size(80 * 1024 * 1024),
+        )
 }

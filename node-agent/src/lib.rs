@@ -10,6 +10,9 @@
 pub mod config;
 mod grpc;
 pub mod identity;
+pub mod journal;
+pub mod snapshot;
+pub mod upload;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -38,6 +41,9 @@ pub enum AgentError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
     /// The gRPC server failed.
     #[error("serve agent API: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -48,6 +54,8 @@ pub enum AgentError {
 pub struct Agent {
     node_id: Uuid,
     config: AgentConfig,
+    snapshots: snapshot::Snapshotter,
+    journal: journal::Journal,
 }
 
 impl Agent {
@@ -55,7 +63,7 @@ impl Agent {
     ///
     /// Fails when a data path is missing or not a directory, or the state directory cannot hold
     /// the node id.
-    pub fn open(config: AgentConfig) -> Result<Self, AgentError> {
+    pub async fn open(config: AgentConfig) -> Result<Self, AgentError> {
         for path in &config.data_paths {
             match std::fs::metadata(path) {
                 Ok(metadata) if metadata.is_dir() => {}
@@ -74,7 +82,35 @@ impl Agent {
             }
         }
         let node_id = identity::load_or_create_node_id(&config.state_dir)?;
-        Ok(Self { node_id, config })
+        let journal = journal::Journal::open(&config.state_dir).await?;
+        let snapshots = snapshot::Snapshotter::new(&config);
+        let leftovers = snapshots.list_tags();
+        if !leftovers.is_empty() {
+            // The server removes the snapshots of runs it finds interrupted; until then they
+            // pin disk space, so say so.
+            tracing::warn!(tags = ?leftovers, "snapshots left by earlier runs");
+        }
+        Ok(Self {
+            node_id,
+            config,
+            snapshots,
+            journal,
+        })
+    }
+
+    /// The agent's configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The snapshot provider.
+    pub fn snapshots(&self) -> &snapshot::Snapshotter {
+        &self.snapshots
+    }
+
+    /// The local journal.
+    pub fn journal(&self) -> &journal::Journal {
+        &self.journal
     }
 
     /// The node's stable id.

@@ -46,7 +46,9 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let agent = coffer_agent::Agent::open(config.clone()).context("open agent")?;
+    let agent = coffer_agent::Agent::open(config.clone())
+        .await
+        .context("open agent")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("bind {}", config.listen))?;

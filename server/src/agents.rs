@@ -43,6 +43,7 @@ pub struct AgentCallOptions {
 pub struct AgentClients {
     options: AgentCallOptions,
     channels: Mutex<HashMap<AgentAddress, Channel>>,
+    long_channels: Mutex<HashMap<AgentAddress, Channel>>,
 }
 
 /// A node info answer and how long it took.
@@ -60,7 +61,50 @@ impl AgentClients {
         Self {
             options,
             channels: Mutex::new(HashMap::new()),
+            long_channels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A client for short calls: each is bounded by the request timeout.
+    pub fn client(
+        &self,
+        address: &AgentAddress,
+    ) -> Result<AgentServiceClient<Channel>, AgentCallError> {
+        Ok(AgentServiceClient::new(self.channel(address)?).max_decoding_message_size(MAX_MESSAGE))
+    }
+
+    /// A client for long calls (snapshots, uploads): only connecting is bounded; the caller
+    /// bounds the call, or cancels it.
+    pub fn long_client(
+        &self,
+        address: &AgentAddress,
+    ) -> Result<AgentServiceClient<Channel>, AgentCallError> {
+        let mut channels = self
+            .long_channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let channel = match channels.get(address) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(address.as_str().to_string())
+                    .map_err(|error| AgentCallError {
+                        address: address.clone(),
+                        reason: format!("unusable address: {error}"),
+                    })?
+                    .connect_timeout(self.options.connect_timeout)
+                    .http2_keep_alive_interval(Duration::from_secs(20))
+                    .keep_alive_timeout(Duration::from_secs(20))
+                    .connect_lazy();
+                channels.insert(address.clone(), channel.clone());
+                channel
+            }
+        };
+        Ok(AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+    }
+
+    /// The call options.
+    pub fn options(&self) -> AgentCallOptions {
+        self.options
     }
 
     fn channel(&self, address: &AgentAddress) -> Result<Channel, AgentCallError> {
@@ -85,7 +129,7 @@ impl AgentClients {
 
     /// Asks one agent for its node info.
     pub async fn node_info(&self, address: &AgentAddress) -> Result<InfoAnswer, AgentCallError> {
-        let mut client = AgentServiceClient::new(self.channel(address)?);
+        let mut client = self.client(address)?;
         let started = Instant::now();
         let call = client.get_node_info(proto::GetNodeInfoRequest {});
         // The channel's own timeout covers the request; this also bounds connecting.
@@ -141,8 +185,11 @@ impl AgentClients {
     }
 }
 
+/// Largest message accepted from an agent (manifest pages, small objects).
+const MAX_MESSAGE: usize = 80 * 1024 * 1024;
+
 /// Describes a failed call in one line: the status message and the transport's cause.
-fn call_error(address: &AgentAddress, status: &tonic::Status) -> AgentCallError {
+pub fn call_error(address: &AgentAddress, status: &tonic::Status) -> AgentCallError {
     let mut reason = status.message().to_string();
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {

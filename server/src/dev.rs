@@ -64,7 +64,9 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
         return Ok(());
     }
 
-    let agent = coffer_agent::Agent::open(agent_config.clone()).context("open dev agent")?;
+    let agent = coffer_agent::Agent::open(agent_config.clone())
+        .await
+        .context("open dev agent")?;
     let agent_listener = bind(agent_config.listen, "--agent-listen").await?;
     let server_listener = bind(server_config.listen, "--listen").await?;
     let agent_address = agent_listener.local_addr().context("read agent address")?;

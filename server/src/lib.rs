@@ -7,12 +7,15 @@
 //! ([`clusters`], [`model`]) over the [`catalog`] (all SQL) and [`agents`] (calls to agents).
 
 pub mod agents;
+pub mod backups;
 pub mod catalog;
 pub mod clusters;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod locations;
 pub mod model;
+pub mod runs;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,15 +23,21 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::agents::AgentClients;
+use crate::backups::BackupService;
 use crate::catalog::Catalog;
 use crate::clusters::ClusterRegistry;
 use crate::config::ServerConfig;
+use crate::locations::LocationRegistry;
+use crate::runs::RunManager;
 
 /// The server's state: the catalog and the domain services over it.
 #[derive(Debug, Clone)]
 pub struct Coffer {
     catalog: Catalog,
     clusters: Arc<ClusterRegistry>,
+    locations: LocationRegistry,
+    runs: RunManager,
+    backups: BackupService,
 }
 
 impl Coffer {
@@ -38,8 +47,37 @@ impl Coffer {
     pub async fn open(config: &ServerConfig) -> error::Result<Self> {
         let catalog = Catalog::open(&config.catalog).await?;
         let agents = Arc::new(AgentClients::new(config.agent_calls()));
-        let clusters = Arc::new(ClusterRegistry::new(catalog.clone(), agents));
-        Ok(Self { catalog, clusters })
+        let clusters = Arc::new(ClusterRegistry::new(catalog.clone(), agents.clone()));
+        let locations = LocationRegistry::new(catalog.clone());
+        let runs = RunManager::new(catalog.clone(), agents);
+        let backups = BackupService::new(
+            catalog.clone(),
+            (*clusters).clone(),
+            locations.clone(),
+            runs.clone(),
+        );
+        Ok(Self {
+            catalog,
+            clusters,
+            locations,
+            runs,
+            backups,
+        })
+    }
+
+    /// Storage locations.
+    pub fn locations(&self) -> &LocationRegistry {
+        &self.locations
+    }
+
+    /// Runs.
+    pub fn runs(&self) -> &RunManager {
+        &self.runs
+    }
+
+    /// Backups.
+    pub fn backups(&self) -> &BackupService {
+        &self.backups
     }
 
     /// Cluster registration and inspection.
@@ -47,8 +85,10 @@ impl Coffer {
         &self.clusters
     }
 
-    /// Closes the catalog; call after serving has stopped.
+    /// Stops executing runs (they end as failed, their snapshots removed), then closes the
+    /// catalog; call after serving has stopped.
     pub async fn close(&self) {
+        self.runs.shutdown().await;
         self.catalog.close().await;
     }
 }
@@ -61,7 +101,15 @@ pub async fn run(
     coffer: &Coffer,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let router = grpc::router(coffer.clusters.clone()).await;
+    let router = grpc::router(coffer).await;
+    // Runs a previous process left in flight are finished in the background: it needs agents,
+    // which may take a while to answer, and must not delay serving.
+    let runs = coffer.runs.clone();
+    tokio::spawn(async move {
+        if let Err(error) = runs.recover().await {
+            tracing::error!(%error, "recover interrupted runs");
+        }
+    });
     router
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

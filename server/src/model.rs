@@ -500,6 +500,19 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Page tokens of listings ordered by name (clusters, locations).
+pub type NamePageToken = ClusterPageToken;
+
+impl ClusterPageToken {
+    /// The token that resumes after `name`.
+    pub fn encode_after(name: &Name) -> String {
+        Self {
+            after_name: name.clone(),
+        }
+        .encode()
+    }
+}
+
 /// A query over clusters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListClusters {

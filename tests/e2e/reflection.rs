@@ -149,8 +149,8 @@ async fn reflection_v1_serves_every_service_and_unimplemented_rpcs_say_so() {
         .await
         .expect("register");
     let status = client
-        .backups()
-        .start_backup(proto::StartBackupRequest {
+        .restores()
+        .start_restore(proto::StartRestoreRequest {
             cluster: "later".into(),
             ..Default::default()
         })
@@ -158,7 +158,7 @@ async fn reflection_v1_serves_every_service_and_unimplemented_rpcs_say_so() {
         .expect_err("not implemented yet");
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     assert!(
-        status.message().contains("BackupService/StartBackup"),
+        status.message().contains("RestoreService/StartRestore"),
         "{}",
         status.message()
     );

@@ -24,10 +24,15 @@ pub enum Exit {
     AlreadyExists = 6,
     /// FAILED_PRECONDITION: the request is valid but the system is not in a state to do it.
     FailedPrecondition = 7,
-    /// `cluster check` found nodes that are not serving.
-    Unhealthy = 8,
+    /// A check found a problem: `cluster check` a node that is not serving, `location check` a
+    /// node on which a step failed.
+    CheckFailed = 8,
     /// UNIMPLEMENTED: the server does not support this call (yet).
     Unimplemented = 9,
+    /// The run a command followed to its end (`--watch`, `run watch`) FAILED.
+    RunFailed = 10,
+    /// The run a command followed to its end was CANCELED.
+    RunCanceled = 11,
 }
 
 /// The exit code table, for `--help` and the README. Keep it in step with [`Exit`].
@@ -41,8 +46,10 @@ Exit codes:
   5  NOT_FOUND
   6  ALREADY_EXISTS
   7  FAILED_PRECONDITION
-  8  cluster check found nodes that are not serving
-  9  UNIMPLEMENTED";
+  8  a check failed: cluster check found a node not serving, location check a failed step
+  9  UNIMPLEMENTED
+ 10  the followed run (--watch, --dry-run, run watch) ended FAILED
+ 11  the followed run ended CANCELED";
 
 impl Exit {
     /// The process exit code.
@@ -136,8 +143,10 @@ mod tests {
             Exit::NotFound,
             Exit::AlreadyExists,
             Exit::FailedPrecondition,
-            Exit::Unhealthy,
+            Exit::CheckFailed,
             Exit::Unimplemented,
+            Exit::RunFailed,
+            Exit::RunCanceled,
         ];
         let documented: Vec<u8> = EXIT_CODES_HELP
             .lines()

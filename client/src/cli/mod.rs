@@ -1,18 +1,26 @@
 //! `cofferctl`'s command line: arguments, the commands, and how their errors end the process.
 //!
-//! Each command group (`cluster`, later `backup`, `run`, `restore`, `location`) is one module with
+//! Each command group (`cluster`, `location`, `backup`, `run`, later `restore`) is one module with
 //! a `clap::Subcommand` enum and an `async fn run(command, &Session)`; adding a group is a variant
-//! in [`Command`] and an arm in [`run`]. Commands validate everything local before they connect,
+//! in [`Command`] and an arm in [`run`]. Following a run to its end (`backup start --watch`,
+//! `run watch`) is [`watch`]'s job, and drawing its progress [`progress`]'s, so every command that
+//! starts a run shares one renderer and one mapping of final states to exit codes. Commands validate everything local before they connect,
 //! so a usage error never waits on the network, and they print data through [`output::Output`]
 //! only: data on stdout, everything else on stderr.
 
+pub mod backup;
 pub mod cluster;
 pub mod exit;
 mod format;
+pub mod location;
 mod output;
 mod paging;
 mod parse;
+mod progress;
+pub mod run;
 mod table;
+mod transfer;
+mod watch;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -71,6 +79,15 @@ pub enum Command {
     /// Register, inspect, change, check and delete database clusters.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Record, inspect, check and delete storage locations.
+    #[command(subcommand)]
+    Location(location::LocationCommand),
+    /// Start, list, inspect and delete backups.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// List, inspect, watch and cancel backup and restore runs.
+    #[command(subcommand)]
+    Run(run::RunCommand),
 }
 
 /// Runs the parsed command line.
@@ -80,6 +97,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let session = Session::new(cli.global);
     match cli.command {
         Command::Cluster(command) => cluster::run(command, &session).await,
+        Command::Location(command) => location::run(command, &session).await,
+        Command::Backup(command) => backup::run(command, &session).await,
+        Command::Run(command) => run::run(command, &session).await,
     }
 }
 
@@ -119,6 +139,15 @@ pub enum CliError {
     /// `cluster check` found nodes that are not serving.
     #[error("{unhealthy} of {total} nodes are not serving")]
     Unhealthy { unhealthy: usize, total: usize },
+    /// `location check` found nodes on which a step failed or did not run.
+    #[error("the location check failed on {failed} of {total} nodes")]
+    LocationCheckFailed { failed: usize, total: usize },
+    /// A followed run ended FAILED.
+    #[error("run {run_id} failed: {message}")]
+    RunFailed { run_id: String, message: String },
+    /// A followed run ended CANCELED.
+    #[error("run {run_id} was canceled")]
+    RunCanceled { run_id: String },
     /// A response could not be rendered as JSON.
     #[error("render JSON")]
     Json(#[from] JsonError),
@@ -137,7 +166,9 @@ impl CliError {
             Self::Usage(_) | Self::Client(ClientError::InvalidAddress { .. }) => Exit::Usage,
             Self::Client(ClientError::Connect { .. }) => Exit::Unavailable,
             Self::Status(status) => Exit::for_status(status.code()),
-            Self::Unhealthy { .. } => Exit::Unhealthy,
+            Self::Unhealthy { .. } | Self::LocationCheckFailed { .. } => Exit::CheckFailed,
+            Self::RunFailed { .. } => Exit::RunFailed,
+            Self::RunCanceled { .. } => Exit::RunCanceled,
             Self::Output(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Exit::Success,
             Self::Json(_) | Self::Protocol(_) | Self::Output(_) => Exit::Failure,
         }
@@ -247,6 +278,29 @@ mod tests {
             .code(),
             8
         );
+        assert_eq!(
+            CliError::LocationCheckFailed {
+                failed: 1,
+                total: 2
+            }
+            .exit()
+            .code(),
+            8
+        );
+        let failed = CliError::RunFailed {
+            run_id: "r-1".to_owned(),
+            message: "node a: disk full".to_owned(),
+        };
+        assert_eq!(failed.exit().code(), 10);
+        assert_eq!(
+            failed.report().as_deref(),
+            Some("run r-1 failed: node a: disk full")
+        );
+        let canceled = CliError::RunCanceled {
+            run_id: "r-1".to_owned(),
+        };
+        assert_eq!(canceled.exit().code(), 11);
+        assert_eq!(canceled.report().as_deref(), Some("run r-1 was canceled"));
         assert_eq!(CliError::Protocol("x".to_owned()).exit().code(), 1);
         let broken_pipe = CliError::Output(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
         assert_eq!(broken_pipe.report(), None);

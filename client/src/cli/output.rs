@@ -55,6 +55,39 @@ impl Output {
         self.data(&format!("{value:#}\n"))
     }
 
+    /// Prints a JSON value on one line, for streams of messages (NDJSON).
+    pub fn json_line(&self, value: &serde_json::Value) -> Result<(), CliError> {
+        self.data(&format!("{value}\n"))
+    }
+
+    /// Prints one page (or all pages) of a `List*` response.
+    ///
+    /// JSON is the response with its list `field` present even when empty; a table is what
+    /// `human` renders, or `empty` on stderr when there is nothing to list. A next page token
+    /// goes to stderr either way.
+    pub fn list<M>(
+        &self,
+        message: &M,
+        field: &str,
+        len: usize,
+        next_page_token: &str,
+        empty: &str,
+        human: impl FnOnce(&M) -> String,
+    ) -> Result<(), CliError>
+    where
+        M: prost::Message + prost::Name,
+    {
+        match self.format {
+            OutputFormat::Json => self.json(&with_list_field(to_json(message)?, field))?,
+            OutputFormat::Table if len == 0 => self.note(empty),
+            OutputFormat::Table => self.data(&human(message))?,
+        }
+        if !next_page_token.is_empty() {
+            self.note(format_args!("next page token: {next_page_token}"));
+        }
+        Ok(())
+    }
+
     /// Writes text to stdout as is.
     pub fn data(&self, text: &str) -> Result<(), CliError> {
         let mut stdout = std::io::stdout().lock();

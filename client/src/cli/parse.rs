@@ -1,7 +1,9 @@
-//! Parsers for the structured values flags take (`--node`, `--label`), used as clap value
-//! parsers so a malformed value is a usage error naming its flag, before any network call.
+//! Parsers for the structured values flags take (`--node`, `--label`, `--rate-limit`, `--since`,
+//! paths and variable names), used as clap value parsers so a malformed value is a usage error
+//! naming its flag, before any network call.
 
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
 
 use coffer_client::proto;
 
@@ -100,6 +102,192 @@ pub fn labels_to_map(labels: Vec<Label>, flag: &str) -> Result<HashMap<String, S
     Ok(map)
 }
 
+/// Parses a byte count or a rate in bytes per second: `1000`, `64K`, `1.5GiB`, `50MiB/s`,
+/// `10MB/s`.
+///
+/// A bare prefix letter and the `i` forms are powers of 1024 (`1G` = `1GiB` = 2^30 bytes), the
+/// `B` forms powers of 1000 (`1GB` = 10^9 bytes), as `dd` reads them; the letter's case does not
+/// matter. A trailing `/s` is allowed, and a fraction is rounded to the nearest byte. Fails on a
+/// negative or malformed number, an unknown unit, a lowercase `b` (bits, which a byte limit
+/// cannot mean) and values beyond `i64::MAX`.
+pub fn parse_byte_rate(text: &str) -> Result<i64, String> {
+    const EXPECTED: &str = "expected bytes such as 1000, 64K, 1.5GiB or 50MiB/s";
+    let trimmed = text.trim();
+    let amount = trimmed.strip_suffix("/s").unwrap_or(trimmed).trim_end();
+    let split = amount
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(amount.len());
+    let (number, unit) = amount.split_at(split);
+    let unit = unit.trim_start();
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return Err(EXPECTED.to_owned());
+    }
+    let multiplier = byte_unit(unit)?;
+    let too_large = || format!("more than {} bytes", i64::MAX);
+    let bytes = if number.contains('.') {
+        let value: f64 = number.parse().map_err(|_| EXPECTED.to_owned())?;
+        let bytes = (value * multiplier as f64).round();
+        // i64::MAX is not exact in f64: 2^63 is the first value that does not fit.
+        if bytes >= 9_223_372_036_854_775_808.0 {
+            return Err(too_large());
+        }
+        bytes as i64
+    } else {
+        let value: i64 = number.parse().map_err(|_| too_large())?;
+        value.checked_mul(multiplier).ok_or_else(too_large)?
+    };
+    Ok(bytes)
+}
+
+/// The multiplier of a byte unit as [`parse_byte_rate`] reads it.
+fn byte_unit(unit: &str) -> Result<i64, String> {
+    const PREFIXES: &str = "kmgtpe";
+    if unit.is_empty() || unit == "B" {
+        return Ok(1);
+    }
+    let mut chars = unit.chars();
+    let prefix = chars.next().unwrap_or_default();
+    let rest = chars.as_str();
+    let Some(power) = PREFIXES.find(prefix.to_ascii_lowercase()) else {
+        return Err(if unit == "b" {
+            "b means bits: write B for bytes".to_owned()
+        } else {
+            format!("unknown unit {unit:?} (use B, K, M, G, T, KiB, MB, ...)")
+        });
+    };
+    let power = u32::try_from(power + 1).unwrap_or(u32::MAX);
+    let base: i64 = match rest {
+        "" | "i" | "iB" => 1024,
+        "B" => 1000,
+        "b" | "ib" => {
+            return Err(format!(
+                "{unit:?} means bits: write {prefix}B or {prefix}iB"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} (use B, K, M, G, T, KiB, MB, ...)"
+            ));
+        }
+    };
+    base.checked_pow(power)
+        .ok_or_else(|| format!("unit {unit:?} is too large"))
+}
+
+/// Parses a point in time: RFC 3339 with `Z` or a `+HH:MM`/`-HH:MM` offset
+/// (`2025-11-21T22:50:00Z`, `2025-11-21T23:50:00.5+01:00`), or a date alone (`2025-11-21`),
+/// which means its midnight in UTC.
+///
+/// Fails on anything else, and on times before 1970 or after 9999.
+pub fn parse_timestamp(text: &str) -> Result<prost_types::Timestamp, String> {
+    const EXPECTED: &str =
+        "expected RFC 3339 such as 2025-11-21T22:50:00Z or 2025-11-21T23:50:00+01:00, or a date";
+    let invalid = || EXPECTED.to_owned();
+    let trimmed = text.trim();
+    let time = if trimmed.len() == 10 && !trimmed.contains('T') {
+        humantime::parse_rfc3339(&format!("{trimmed}T00:00:00Z")).map_err(|_| invalid())?
+    } else if let Some(utc) = trimmed.strip_suffix(['Z', 'z']) {
+        humantime::parse_rfc3339(&format!("{utc}Z")).map_err(|_| invalid())?
+    } else {
+        let (local, offset) = split_utc_offset(trimmed).ok_or_else(invalid)?;
+        let local = humantime::parse_rfc3339(&format!("{local}Z")).map_err(|_| invalid())?;
+        let shifted = if offset >= 0 {
+            local.checked_sub(Duration::from_secs(offset.unsigned_abs()))
+        } else {
+            local.checked_add(Duration::from_secs(offset.unsigned_abs()))
+        };
+        shifted
+            .filter(|time| *time >= SystemTime::UNIX_EPOCH)
+            .ok_or_else(|| "before 1970".to_owned())?
+    };
+    Ok(prost_types::Timestamp::from(time))
+}
+
+/// Splits `...+HH:MM` into the local time and the offset east of UTC in seconds.
+fn split_utc_offset(text: &str) -> Option<(&str, i64)> {
+    let split = text.len().checked_sub(6)?;
+    let (local, offset) = (text.get(..split)?, text.get(split..)?);
+    let sign = match offset.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (hours, minutes) = offset.get(1..)?.split_once(':')?;
+    if hours.len() != 2 || minutes.len() != 2 {
+        return None;
+    }
+    let hours: i64 = hours.parse().ok().filter(|hours| *hours < 24)?;
+    let minutes: i64 = minutes.parse().ok().filter(|minutes| *minutes < 60)?;
+    Some((local, sign * (hours * 3_600 + minutes * 60)))
+}
+
+/// Parses an absolute path, as the paths on the agents' hosts must be (a relative path would be
+/// resolved against whatever directory each agent runs in).
+pub fn parse_absolute_path(text: &str) -> Result<String, String> {
+    if text.starts_with('/') {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an absolute path (it names a path on the agents' hosts)"
+        ))
+    }
+}
+
+/// Parses the name of an environment variable: ASCII letters, digits and `_`, not starting with a
+/// digit. Refusing anything else also catches a secret pasted where its variable's name belongs.
+pub fn parse_env_var_name(text: &str) -> Result<String, String> {
+    let valid = text
+        .chars()
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(
+            "not an environment variable name (ASCII letters, digits and _, not starting with a \
+             digit): give the name of the agent's variable that holds the secret, never the secret"
+                .to_owned(),
+        )
+    }
+}
+
+/// The clap value parser of [`parse_env_var_name`]. Unlike clap's own errors, its error does not
+/// repeat a rejected value: that may be a secret pasted by mistake, and stderr may end in a log.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvVarNameParser;
+
+impl clap::builder::TypedValueParser for EnvVarNameParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        parse_env_var_name(value.to_str().unwrap_or_default()).map_err(|reason| {
+            let flag = arg.map_or_else(|| "the value".to_owned(), |arg| format!("'{arg}'"));
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for {flag}: {reason}\n"),
+            )
+            .with_cmd(command)
+        })
+    }
+}
+
+/// Parses an idempotency key: 1 to 128 characters.
+pub fn parse_idempotency_key(text: &str) -> Result<String, String> {
+    match text.chars().count() {
+        0 => Err("the idempotency key is empty".to_owned()),
+        1..=128 => Ok(text.to_owned()),
+        length => Err(format!(
+            "the idempotency key has {length} characters; at most 128 are allowed"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +371,110 @@ mod tests {
         let error = labels_to_map(vec![label("a", "1"), label("a", "2")], "--label")
             .expect_err("conflicting values");
         assert!(matches!(error, CliError::Usage(message) if message.starts_with("--label:")));
+    }
+
+    #[test]
+    fn byte_rates_in_binary_and_decimal_units() {
+        let cases = [
+            ("1000", 1000),
+            ("0", 0),
+            ("1000B", 1000),
+            ("1000 B/s", 1000),
+            ("64K", 64 << 10),
+            ("64k", 64 << 10),
+            ("1G", 1 << 30),
+            ("1GiB", 1 << 30),
+            ("1Gi", 1 << 30),
+            ("1GB", 1_000_000_000),
+            ("50MiB/s", 50 << 20),
+            ("50 MiB/s", 50 << 20),
+            ("10MB/s", 10_000_000),
+            ("1.5GiB", 3 << 29),
+            ("0.5K", 512),
+            ("2T", 2 << 40),
+            ("7E", 7 << 60),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_byte_rate(text), Ok(expected), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn byte_rate_errors() {
+        for bad in [
+            "",
+            "-1",
+            "abc",
+            "MiB",
+            ".5M",
+            "5.M",
+            "1.2.3M",
+            "10Mb/s",
+            "10mib",
+            "10b",
+            "10X",
+            "10KiBs",
+            "8E",
+            "9223372036854775808",
+            "1/s/s",
+        ] {
+            assert!(parse_byte_rate(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(parse_byte_rate("9223372036854775807"), Ok(i64::MAX));
+        assert!(
+            parse_byte_rate("10Mb/s")
+                .expect_err("bits")
+                .contains("bits")
+        );
+    }
+
+    #[test]
+    fn timestamps_in_utc_with_offsets_and_dates() {
+        let seconds = |text| parse_timestamp(text).map(|timestamp| timestamp.seconds);
+        assert_eq!(seconds("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
+        assert_eq!(seconds("2023-11-14T22:13:20z"), Ok(1_700_000_000));
+        assert_eq!(seconds("2023-11-14T23:13:20+01:00"), Ok(1_700_000_000));
+        assert_eq!(seconds("2023-11-14T17:43:20-04:30"), Ok(1_700_000_000));
+        assert_eq!(seconds("2023-11-14"), Ok(1_699_920_000));
+        assert_eq!(
+            parse_timestamp("2023-11-14T22:13:20.250Z").map(|timestamp| timestamp.nanos),
+            Ok(250_000_000)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2023-11-14T22:13:20",
+            "2023-11-14T22:13:20+0100",
+            "2023-11-14T22:13:20+25:00",
+            "2023-13-01",
+            "1970-01-01T00:30:00+01:00",
+            "1700000000",
+        ] {
+            assert!(parse_timestamp(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn paths_variable_names_and_idempotency_keys() {
+        assert_eq!(
+            parse_absolute_path("/mnt/backups"),
+            Ok("/mnt/backups".to_owned())
+        );
+        assert!(parse_absolute_path("backups").is_err());
+        assert!(parse_absolute_path("").is_err());
+
+        for good in ["AWS_SECRET_ACCESS_KEY", "_X", "a1"] {
+            assert_eq!(parse_env_var_name(good), Ok(good.to_owned()));
+        }
+        for bad in ["", "1X", "A-B", "wJalrXUtnFEMI/K7MDENG+bPxRfiCY", "A B"] {
+            let error = parse_env_var_name(bad).expect_err("not a name");
+            // The value may be a secret pasted by mistake: the message never repeats it.
+            assert!(bad.is_empty() || !error.contains(bad), "{error}");
+        }
+
+        assert_eq!(parse_idempotency_key("k-1"), Ok("k-1".to_owned()));
+        assert!(parse_idempotency_key("").is_err());
+        assert!(parse_idempotency_key(&"k".repeat(128)).is_ok());
+        assert!(parse_idempotency_key(&"k".repeat(129)).is_err());
     }
 }

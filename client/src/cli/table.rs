@@ -1,4 +1,5 @@
-//! A minimal aligned plain-text table for human output.
+//! A minimal aligned plain-text table for human output, and aligned `Label: value` lines for
+//! showing one object.
 //!
 //! Columns are left-aligned, separated by three spaces, and sized to their widest cell; the last
 //! column is not padded, so no line ends in spaces. Control characters in cells become spaces, so
@@ -60,6 +61,24 @@ impl Table {
     }
 }
 
+/// One object's fields as `Label:` and value lines, the values aligned one column after the
+/// longest label. Values are cleaned like table cells, and no line ends in spaces.
+pub fn fields<'a>(rows: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let rows: Vec<(&str, String)> = rows.into_iter().collect();
+    let width = rows
+        .iter()
+        .map(|(label, _)| label.chars().count() + 1)
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (label, value) in rows {
+        let line = format!("{:<width$}  {}", format!("{label}:"), clean(&value));
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// Replaces control characters (newlines, tabs) with spaces.
 fn clean(cell: &str) -> String {
     cell.chars()
@@ -117,5 +136,20 @@ mod tests {
         let mut table = Table::new(["LATENCY", "X"]);
         table.push(["850µs".to_owned(), "y".to_owned()]);
         assert_eq!(table.render(), "LATENCY   X\n850µs     y\n");
+    }
+
+    #[test]
+    fn fields_align_values_after_the_longest_label() {
+        let rendered = fields([
+            ("Name", "prod".to_owned()),
+            ("Secret access key", "env:AWS_SECRET".to_owned()),
+            ("Empty", String::new()),
+        ]);
+        assert_eq!(
+            rendered,
+            "Name:               prod\n\
+             Secret access key:  env:AWS_SECRET\n\
+             Empty:\n"
+        );
     }
 }

@@ -3,8 +3,12 @@
 //! Handlers only take requests apart, call the domain and convert answers; the domain never
 //! imports tonic.
 
+mod backup;
 mod cluster;
 mod convert;
+mod convert_runs;
+mod location;
+mod run;
 mod status;
 mod unimplemented;
 
@@ -13,16 +17,19 @@ use std::sync::Arc;
 use coffer_proto::v1 as proto;
 use tonic::transport::server::Router;
 
-use crate::clusters::ClusterRegistry;
+use crate::Coffer;
 
+pub use backup::BackupHandler;
 pub use cluster::ClusterHandler;
+pub use location::LocationHandler;
+pub use run::RunHandler;
 
 /// The server's router: every `coffer.v1` service, gRPC health, and reflection (v1 and
 /// v1alpha, every service).
 ///
 /// Cross-cutting concerns are applied here once, for every service: today a tracing span per
 /// call; authentication and TLS settings belong on this builder too when they come.
-pub async fn router(clusters: Arc<ClusterRegistry>) -> Router {
+pub async fn router(coffer: &Coffer) -> Router {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<proto::cluster_service_server::ClusterServiceServer<ClusterHandler>>()
@@ -45,7 +52,16 @@ pub async fn router(clusters: Arc<ClusterRegistry>) -> Router {
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
             .add_service(proto::cluster_service_server::ClusterServiceServer::new(
-                ClusterHandler::new(clusters),
+                ClusterHandler::new(Arc::new(coffer.clusters().clone())),
+            ))
+            .add_service(proto::location_service_server::LocationServiceServer::new(
+                LocationHandler::new(coffer.locations.clone()),
+            ))
+            .add_service(proto::backup_service_server::BackupServiceServer::new(
+                BackupHandler::new(coffer.backups.clone()),
+            ))
+            .add_service(proto::run_service_server::RunServiceServer::new(
+                RunHandler::new(coffer.runs.clone(), coffer.clusters().clone()),
             )),
     )
 }

@@ -22,6 +22,12 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
+mod backups;
+mod locations;
+mod runs;
+
+pub use runs::RunInsert;
+
 use crate::error::{Error, Result};
 use crate::model::{
     AgentAddress, Cluster, ClusterPageToken, ClusterUpdate, DataPath, Labels, ListClusters, Name,

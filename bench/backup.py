@@ -1,0 +1,1200 @@
+#!/usr/bin/env python3
+"""Backup throughput benchmark: Coffer (FULL and INCREMENTAL) side by side with rclone.
+
+Run by hand from anywhere (Python 3.11, standard library only):
+
+    python3 bench/backup.py                    # 3 nodes x (2 x 256 MiB + 3000 small files), fs and s3
+    python3 bench/backup.py --scale 0.25       # a quick run (2 x 64 MiB + 750 small files per node)
+    python3 bench/backup.py --target fs        # fs | s3 | both
+
+What it does:
+  1. builds the release binaries (cargo) and installs weed, rclone and grpcurl into .tools/bin
+     (scripts/install-tools);
+  2. generates a deterministic data set per node under <work>/data/node-N (seeded by node, so no
+     content is shared between nodes); it is reused by later runs with the same parameters;
+  3. per target: starts weed mini (s3), one coffer-agent per node and a coffer-server on loopback
+     ports, registers the cluster and a location, then measures
+        rclone      `rclone copy --transfers 8` of every node's data, one rclone per node, run in
+                    parallel (as an agent per node would), into a fresh folder on the same disk
+                    (fs) or a fresh prefix of the same SeaweedFS bucket (s3);
+        full        a FULL backup, StartBackup -> run SUCCEEDED;
+        incremental an INCREMENTAL backup after 1% of the files (by count) of each node changed;
+     agents are restarted (same state dir, same port) before each Coffer measurement, so the
+     VmHWM read from /proc after the run is the peak of that run alone;
+  4. prints a table, the targets (PASS/MISS) and a diagnosis (per-node phase timeline, CPU and I/O
+     per process), and writes everything to <work>/results.json.
+
+Logs of every process are kept in <work>/logs/. Nothing in the repository is modified outside
+<work> (default bench/out/, git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import queue
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ROOT / ".tools" / "bin"
+RELEASE = ROOT / "target" / "release"
+MiB = 1 << 20
+KiB = 1 << 10
+GEN_VERSION = 2  # bump when the generator changes: regenerates cached data sets
+ACCESS_KEY = "coffer-bench-key"
+SECRET_KEY = "coffer-bench-secret"
+BUCKET = "coffer-bench"
+CLUSTER = "bench"
+RCLONE_REMOTE = "benchs3"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+FINAL_STATES = {"RUN_STATE_SUCCEEDED", "RUN_STATE_FAILED", "RUN_STATE_CANCELED"}
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def mib(n: float) -> float:
+    return n / MiB
+
+
+# --------------------------------------------------------------------------------------------
+# Data set
+# --------------------------------------------------------------------------------------------
+
+LETTERS = "etaoinshrdlcumwfgypbvkjxqz"
+LETTER_WEIGHTS = [12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2,
+                  2.0, 2.0, 1.9, 1.5, 1.0, 0.8, 0.15, 0.15, 0.1, 0.07]
+POOL_BYTES = 8 * MiB
+
+
+def text_pool(seed: int, node: int) -> bytes:
+    """8 MiB of text-like bytes, deterministic per (seed, node): lines of words from a node-own
+    Zipf-weighted vocabulary, with numbers and ids mixed in (log/CSV-like)."""
+    r = random.Random(f"{seed}/node{node}/text")
+    vocab = ["".join(r.choices(LETTERS, LETTER_WEIGHTS, k=r.randint(2, 11))) for _ in range(8000)]
+    cum = list(itertools.accumulate(1.0 / (i + 1) for i in range(len(vocab))))
+    words = r.choices(vocab, cum_weights=cum, k=POOL_BYTES // 6 + 1024)
+    lines = []
+    i = 0
+    n = 0
+    while n < POOL_BYTES:
+        k = r.randint(6, 16)
+        line = f"{1700000000 + i * 7},{r.randrange(100000)}," + " ".join(words[i % len(words):i % len(words) + k])
+        lines.append(line)
+        n += len(line) + 1
+        i += k
+    return ("\n".join(lines).encode())[:POOL_BYTES]
+
+
+class Params:
+    """Shape of the data set (everything the generator depends on)."""
+
+    def __init__(self, a: argparse.Namespace):
+        self.seed = a.seed
+        self.nodes = a.nodes
+        self.big_mib = max(1, round(a.big_mib * a.scale))
+        self.small_files = max(10, round(a.small_files * a.scale))
+        self.small_min = a.small_min_kib * KiB
+        self.small_max = a.small_max_kib * KiB
+        self.change_percent = a.change_percent
+        self.append_big = a.append_big
+
+    def shape(self) -> dict:
+        return {"gen_version": GEN_VERSION, "seed": self.seed, "nodes": self.nodes,
+                "big_files": ["text", "random"], "big_mib": self.big_mib,
+                "small_files": self.small_files, "small_min": self.small_min,
+                "small_max": self.small_max}
+
+    @property
+    def files_per_node(self) -> int:
+        return 2 + self.small_files
+
+
+def small_path(root: Path, i: int) -> Path:
+    return root / "tables" / f"t{i // 100:03d}" / f"nb-{i:05d}-big-Data.db"
+
+
+def small_content(seed: int, node: int, i: int, version: int, pool: bytes, lo: int, hi: int) -> bytes:
+    r = random.Random(f"{seed}/node{node}/small{i}/v{version}")
+    size = r.randrange(lo, hi + 1)
+    if r.random() < 0.5:  # compressible
+        off = r.randrange(0, len(pool) - size)
+        return pool[off:off + size]
+    return r.randbytes(size)
+
+
+def write_replace(path: Path, data: bytes) -> None:
+    """Write a new file and rename it over the old one (a new inode, as databases do)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def gen_node(job: tuple) -> tuple[int, int]:
+    shape, node, root = job
+    root = Path(root)
+    seed = shape["seed"]
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "big").mkdir(parents=True)
+    pool = text_pool(seed, node)
+    pv = memoryview(pool)
+    total = 0
+    chunks = shape["big_mib"]
+    # big text-like file: 1 MiB slices of the pool at random offsets
+    r = random.Random(f"{seed}/node{node}/big-text")
+    with open(root / "big" / "big-text-Data.db", "wb") as f:
+        for _ in range(chunks):
+            off = r.randrange(0, len(pool) - MiB)
+            f.write(pv[off:off + MiB])
+    # big random file
+    r = random.Random(f"{seed}/node{node}/big-random")
+    with open(root / "big" / "big-random-Data.db", "wb") as f:
+        for _ in range(chunks):
+            f.write(r.randbytes(MiB))
+    total += 2 * chunks * MiB
+    for i in range(shape["small_files"]):
+        p = small_path(root, i)
+        if i % 100 == 0:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        data = small_content(seed, node, i, 0, pool, shape["small_min"], shape["small_max"])
+        with open(p, "wb") as f:
+            f.write(data)
+        total += len(data)
+    return 2 + shape["small_files"], total
+
+
+def dataset_size(root: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root and ".coffer-snapshots" in dirnames:
+            dirnames.remove(".coffer-snapshots")
+        for name in filenames:
+            files += 1
+            size += os.lstat(os.path.join(dirpath, name)).st_size
+    return files, size
+
+
+class Dataset:
+    def __init__(self, work: Path, params: Params):
+        self.params = params
+        self.root = work / "data"
+        self.state_path = self.root / "dataset.json"
+        self.node_dirs = [self.root / f"node-{n}" for n in range(params.nodes)]
+        self.files = 0
+        self.bytes = 0
+        self._pools: dict[int, bytes] = {}
+
+    def _state(self) -> dict | None:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _save(self, clean: bool) -> None:
+        self.state_path.write_text(json.dumps({"shape": self.params.shape(), "clean": clean,
+                                               "files": self.files, "bytes": self.bytes}, indent=1))
+
+    def ensure(self, regen: bool) -> None:
+        st = self._state()
+        if (not regen and st and st.get("shape") == self.params.shape() and st.get("clean")
+                and all(d.is_dir() for d in self.node_dirs)):
+            self.files, self.bytes = st["files"], st["bytes"]
+            log(f"data set: reusing {self.root} ({self.files} files, {mib(self.bytes):.0f} MiB)")
+            return
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        shape = self.params.shape()
+        log(f"data set: generating {self.params.nodes} nodes x (2 x {shape['big_mib']} MiB + "
+            f"{shape['small_files']} x {shape['small_min'] // KiB}-{shape['small_max'] // KiB} KiB)")
+        t0 = time.monotonic()
+        workers = max(1, min(self.params.nodes, os.cpu_count() or 1))
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            results = list(ex.map(gen_node, [(shape, n, str(d)) for n, d in enumerate(self.node_dirs)]))
+        self.files = sum(r[0] for r in results)
+        self.bytes = sum(r[1] for r in results)
+        os.sync()
+        dt = time.monotonic() - t0
+        log(f"data set: {self.files} files, {mib(self.bytes):.0f} MiB in {dt:.1f} s "
+            f"({mib(self.bytes) / dt:.0f} MiB/s, synced)")
+        self._save(clean=True)
+
+    def pool(self, node: int) -> bytes:
+        if node not in self._pools:
+            self._pools[node] = text_pool(self.params.seed, node)
+        return self._pools[node]
+
+    def change_plan(self, node: int) -> dict:
+        p = self.params
+        count = max(1, round(p.files_per_node * p.change_percent / 100))
+        r = random.Random(f"{p.seed}/node{node}/change")
+        n_small = count - 1 if p.append_big else count
+        return {"small": sorted(r.sample(range(p.small_files), max(0, n_small))),
+                "append_big": p.append_big}
+
+    def mutate(self) -> dict:
+        """Change 1% of each node's files (by count): rewrite small files with new content
+        (new file renamed over the old one) and, with --append-big, append 1 MiB to the big text
+        file. Returns what changed."""
+        self._save(clean=False)
+        p = self.params
+        changed_files = changed_file_bytes = written = 0
+        for n, root in enumerate(self.node_dirs):
+            plan = self.change_plan(n)
+            for i in plan["small"]:
+                data = small_content(p.seed, n, i, 1, self.pool(n), p.small_min, p.small_max)
+                write_replace(small_path(root, i), data)
+                changed_files += 1
+                changed_file_bytes += len(data)
+                written += len(data)
+            if plan["append_big"]:
+                big = root / "big" / "big-text-Data.db"
+                r = random.Random(f"{p.seed}/node{n}/append")
+                off = r.randrange(0, len(self.pool(n)) - MiB)
+                with open(big, "ab") as f:
+                    f.write(self.pool(n)[off:off + MiB])
+                changed_files += 1
+                changed_file_bytes += big.stat().st_size
+                written += MiB
+        os.sync()
+        files, size = 0, 0
+        for d in self.node_dirs:
+            f, s = dataset_size(d)
+            files += f
+            size += s
+        return {"changed_files": changed_files, "files": files,
+                "changed_percent": 100 * changed_files / files,
+                "bytes_written": written, "changed_file_bytes": changed_file_bytes,
+                "dataset_bytes_after": size}
+
+    def restore(self) -> None:
+        """Undo mutate(): the data set is the generated one again (reusable by the next target
+        and the next run)."""
+        p = self.params
+        for n, root in enumerate(self.node_dirs):
+            plan = self.change_plan(n)
+            for i in plan["small"]:
+                write_replace(small_path(root, i),
+                              small_content(p.seed, n, i, 0, self.pool(n), p.small_min, p.small_max))
+            if plan["append_big"]:
+                os.truncate(root / "big" / "big-text-Data.db", p.big_mib * MiB)
+        os.sync()
+        files = size = 0
+        for d in self.node_dirs:
+            f, s = dataset_size(d)
+            files += f
+            size += s
+        if (files, size) != (self.files, self.bytes):
+            raise BenchError(f"data set restore: {files} files / {size} bytes, expected "
+                             f"{self.files} / {self.bytes}")
+        self._save(clean=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Proc:
+    def __init__(self, name: str, popen: subprocess.Popen, log_path: Path):
+        self.name = name
+        self.popen = popen
+        self.pid = popen.pid
+        self.log_path = log_path
+        self.address: str | None = None
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+
+class Procs:
+    """Every child process this benchmark starts, stopped in stop()/stop_all()."""
+
+    def __init__(self):
+        self.items: list[Proc] = []
+        self.lock = threading.Lock()
+
+    def start(self, name: str, argv: list[str], log_path: Path, env: dict | None = None,
+              announce: str | None = None, timeout: float = 60) -> Proc:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        logf = open(log_path, "ab", buffering=0)
+        logf.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE if announce else logf,
+                                 stderr=logf, env=env, start_new_session=True, cwd=ROOT)
+        proc = Proc(name, popen, log_path)
+        with self.lock:
+            self.items.append(proc)
+        if not announce:
+            logf.close()
+            return proc
+        lines: queue.Queue = queue.Queue()
+        pattern = re.compile(announce)
+
+        def drain():  # keeps reading stdout for the life of the process
+            for raw in popen.stdout:
+                logf.write(raw)
+                m = pattern.search(raw.decode(errors="replace"))
+                if m:
+                    lines.put(m.group(1))
+            logf.close()
+            lines.put(None)
+
+        threading.Thread(target=drain, daemon=True, name=f"drain-{name}").start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got = lines.get(timeout=0.2)
+            except queue.Empty:
+                got = ""
+            if got:
+                proc.address = got
+                return proc
+            if got is None or not proc.alive() or time.monotonic() > deadline:
+                self.stop(proc)
+                raise BenchError(f"{name} did not announce its address "
+                                 f"(exit {popen.returncode}); log {log_path}:\n{proc.log_tail()}")
+
+    def stop(self, proc: Proc, timeout: float = 15) -> None:
+        if proc.alive():
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.popen.wait(5)
+        with self.lock:
+            if proc in self.items:
+                self.items.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.items)):
+            try:
+                self.stop(proc)
+            except Exception as e:  # keep stopping the others
+                print(f"warning: stopping {proc.name} (pid {proc.pid}): {e}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# /proc sampling
+# --------------------------------------------------------------------------------------------
+
+def proc_cpu_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def proc_status_kib(pid: int, key: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def proc_io(pid: int) -> dict:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                k, v = line.split(":")
+                out[k] = int(v)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def system_cpu() -> list[int]:
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def disk_sectors() -> tuple[int, int]:
+    """Sectors read and written over whole disks (not partitions) from /proc/diskstats."""
+    rd = wr = 0
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                p = line.split()
+                name = p[2]
+                if re.fullmatch(r"(sd[a-z]+|vd[a-z]+|xvd[a-z]+|nvme\d+n\d+)", name):
+                    rd += int(p[5])
+                    wr += int(p[9])
+    except OSError:
+        pass
+    return rd, wr
+
+
+class Sampler:
+    """Watches the tracked processes during a phase: a CPU% timeline (every `interval`), peak
+    RSS, and deltas of CPU time and /proc/<pid>/io between begin() and end()."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval = interval
+        self.tracked: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.active = False
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="sampler")
+        self.thread.start()
+
+    def track(self, name: str, pid: int) -> None:
+        with self.lock:
+            self.tracked[name] = pid
+
+    def untrack(self, name: str) -> None:
+        with self.lock:
+            self.tracked.pop(name, None)
+
+    def begin(self) -> None:
+        with self.lock:
+            tracked = dict(self.tracked)
+            self.t0 = time.monotonic()
+            self.base_cpu = {n: proc_cpu_ticks(p) for n, p in tracked.items()}
+            self.base_io = {n: proc_io(p) for n, p in tracked.items()}
+            self.base_sys = system_cpu()
+            self.base_disk = disk_sectors()
+            self.timeline: list[dict] = []
+            self.peak_rss: dict[str, int] = {}
+            self.last_cpu = dict(self.base_cpu)
+            self.last_t = self.t0
+            self.last_sys = self.base_sys
+            self.active = True
+
+    def _sample(self) -> None:
+        with self.lock:
+            if not self.active:
+                return
+            now = time.monotonic()
+            dt = now - self.last_t
+            if dt <= 0:
+                return
+            sysnow = system_cpu()
+            d = [a - b for a, b in zip(sysnow, self.last_sys)]
+            tot = sum(d) or 1
+            point = {"t": round(now - self.t0, 2),
+                     "machine_busy_pct": round(100 * (tot - d[3] - d[4]) / tot * (os.cpu_count() or 1), 0),
+                     "iowait_pct": round(100 * d[4] / tot * (os.cpu_count() or 1), 0)}
+            for name, pid in self.tracked.items():
+                ticks = proc_cpu_ticks(pid)
+                rss = proc_status_kib(pid, "VmRSS")
+                if rss is not None:
+                    self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
+                prev = self.last_cpu.get(name)
+                if ticks is not None and prev is not None:
+                    point[name] = round(100 * (ticks - prev) / CLK_TCK / dt, 0)
+                if ticks is not None:
+                    self.last_cpu[name] = ticks
+            self.timeline.append(point)
+            self.last_t = now
+            self.last_sys = sysnow
+
+    def _loop(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                self._sample()
+            except Exception:
+                pass
+
+    def end(self) -> dict:
+        self._sample()
+        with self.lock:
+            self.active = False
+            wall = time.monotonic() - self.t0
+            procs = {}
+            for name, pid in self.tracked.items():
+                ticks = proc_cpu_ticks(pid)
+                base = self.base_cpu.get(name)
+                io_now = proc_io(pid)
+                io_base = self.base_io.get(name, {})
+                entry = {"pid": pid}
+                if ticks is not None and base is not None:
+                    cpu_s = (ticks - base) / CLK_TCK
+                    entry["cpu_s"] = round(cpu_s, 2)
+                    entry["cpu_pct"] = round(100 * cpu_s / wall, 1) if wall > 0 else 0
+                for k in ("rchar", "wchar", "read_bytes", "write_bytes"):
+                    if k in io_now and k in io_base:
+                        entry[k + "_mib"] = round(mib(io_now[k] - io_base[k]), 1)
+                if name in self.peak_rss:
+                    entry["peak_rss_sampled_mib"] = round(self.peak_rss[name] / 1024, 1)
+                procs[name] = entry
+            sysnow = system_cpu()
+            d = [a - b for a, b in zip(sysnow, self.base_sys)]
+            tot = sum(d) or 1
+            ncpu = os.cpu_count() or 1
+            machine = {"user_pct": round(100 * (d[0] + d[1]) / tot, 1),
+                       "system_pct": round(100 * (d[2] + d[5] + d[6]) / tot, 1),
+                       "iowait_pct": round(100 * d[4] / tot, 1),
+                       "idle_pct": round(100 * d[3] / tot, 1),
+                       "cores": ncpu}
+            disk = disk_sectors()
+            machine["disk_read_mib"] = round((disk[0] - self.base_disk[0]) * 512 / MiB, 1)
+            machine["disk_written_mib"] = round((disk[1] - self.base_disk[1]) * 512 / MiB, 1)
+            return {"wall_s": round(wall, 3), "processes": procs, "machine": machine,
+                    "timeline": self.timeline}
+
+    def close(self) -> None:
+        self.stop_event.set()
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------
+
+def run_cmd(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=True, **kw)
+
+
+def dir_bytes(path: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            files += 1
+            size += os.lstat(os.path.join(dirpath, name)).st_size
+    return files, size
+
+
+def rclone_env(s3_port: int | None) -> dict:
+    env = dict(os.environ)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    if s3_port:
+        p = f"RCLONE_CONFIG_{RCLONE_REMOTE.upper()}_"
+        env.update({p + "TYPE": "s3", p + "PROVIDER": "SeaweedFS", p + "ACCESS_KEY_ID": ACCESS_KEY,
+                    p + "SECRET_ACCESS_KEY": SECRET_KEY, p + "ENDPOINT": f"http://127.0.0.1:{s3_port}",
+                    p + "REGION": "us-east-1", p + "FORCE_PATH_STYLE": "true"})
+    return env
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.work = Path(args.work).resolve()
+        self.logs = self.work / "logs"
+        self.params = Params(args)
+        self.data = Dataset(self.work, self.params)
+        self.procs = Procs()
+        self.sampler = Sampler(args.sample_interval)
+        self.weed: Proc | None = None
+        self.s3_port: int | None = None
+        self.results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "targets": {}}
+        self.rows: list[dict] = []
+
+    # ---- setup ---------------------------------------------------------------------------
+
+    def build(self) -> None:
+        if self.args.no_build:
+            log("build: skipped (--no-build)")
+        else:
+            log("build: cargo build --release -p coffer-server -p coffer-agent -p coffer-client")
+            run_cmd(["cargo", "build", "--release", "-p", "coffer-server", "-p", "coffer-agent",
+                     "-p", "coffer-client"], cwd=ROOT)
+        for b in ("coffer-server", "coffer-agent"):
+            if not (RELEASE / b).is_file():
+                raise BenchError(f"{RELEASE / b} missing (build failed?)")
+        log("tools: scripts/install-tools grpcurl seaweedfs rclone")
+        run_cmd([str(ROOT / "scripts" / "install-tools"), "grpcurl", "seaweedfs", "rclone"])
+        self.results["versions"] = {
+            "rclone": subprocess.run([str(TOOLS / "rclone"), "version"], capture_output=True,
+                                     text=True).stdout.splitlines()[0],
+            "weed": subprocess.run([str(TOOLS / "weed"), "version"], capture_output=True,
+                                   text=True).stdout.strip(),
+            "coffer-agent": subprocess.run([str(RELEASE / "coffer-agent"), "--version"],
+                                           capture_output=True, text=True).stdout.strip(),
+            "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True, cwd=ROOT).stdout.strip()
+                   + (" (dirty tree)" if subprocess.run(["git", "status", "--porcelain"],
+                                                        capture_output=True, text=True, cwd=ROOT).stdout.strip() else ""),
+        }
+
+    def check_space(self) -> None:
+        shape = self.params
+        need = shape.nodes * (2 * shape.big_mib * MiB + shape.small_files * (shape.small_min + shape.small_max) // 2)
+        free = shutil.disk_usage(self.work).free
+        # data set + rclone copy + coffer location (+ margin), the data set may already exist
+        if free < 2.5 * need:
+            raise BenchError(f"{mib(free):.0f} MiB free under {self.work}, the run needs about "
+                             f"{mib(2.5 * need):.0f} MiB (use --scale or --work elsewhere)")
+
+    def start_weed(self) -> None:
+        d = self.work / "run" / "weed"
+        if d.exists():
+            shutil.rmtree(d)
+        (d / "data").mkdir(parents=True)
+        creds = d / "s3.json"
+        creds.write_text(json.dumps({"identities": [{
+            "name": "bench", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        ports = free_ports(10)
+        argv = [str(TOOLS / "weed"), "mini", f"-dir={d / 'data'}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={creds}", f"-bucket={BUCKET}",
+                f"-s3.port={ports[0]}", f"-s3.port.grpc={ports[1]}", f"-master.port={ports[2]}",
+                f"-master.port.grpc={ports[3]}", f"-volume.port={ports[4]}",
+                f"-volume.port.grpc={ports[5]}", f"-filer.port={ports[6]}",
+                f"-filer.port.grpc={ports[7]}", f"-admin.port={ports[8]}",
+                f"-admin.port.grpc={ports[9]}", f"-filer.localSocket={d / 'filer.sock'}",
+                f"-s3.localSocket={d / 's3.sock'}"]
+        log(f"seaweedfs: weed mini, S3 on 127.0.0.1:{ports[0]}")
+        self.weed = self.procs.start("weed", argv, self.logs / "weed.log")
+        self.s3_port = ports[0]
+        self.sampler.track("weed", self.weed.pid)
+        env = rclone_env(self.s3_port)
+        deadline = time.monotonic() + 90
+        last = ""
+        while time.monotonic() < deadline:
+            if not self.weed.alive():
+                raise BenchError(f"weed mini exited; log {self.weed.log_path}:\n{self.weed.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.s3_port), timeout=1).close()
+                p = subprocess.run([str(TOOLS / "rclone"), "lsf", f"{RCLONE_REMOTE}:{BUCKET}",
+                                    "--retries", "1", "--low-level-retries", "1",
+                                    "--contimeout", "2s", "--timeout", "5s"],
+                                   capture_output=True, text=True, env=env, timeout=20)
+                if p.returncode == 0:
+                    log("seaweedfs: bucket answers")
+                    return
+                last = p.stderr.strip()[-300:]
+            except (OSError, subprocess.TimeoutExpired) as e:
+                last = str(e)
+            time.sleep(0.5)
+        raise BenchError(f"SeaweedFS S3 not ready after 90 s: {last}\n{self.weed.log_tail()}")
+
+    # ---- Coffer processes and API ---------------------------------------------------------
+
+    def agent_env(self) -> dict:
+        env = dict(os.environ)
+        env["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
+        env["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        env.setdefault("RUST_LOG", "info")
+        return env
+
+    def start_agent(self, t: dict, n: int) -> Proc:
+        port = t["agent_ports"][n]
+        argv = [str(RELEASE / "coffer-agent"), "--listen", f"127.0.0.1:{port}",
+                "--data-path", str(self.data.node_dirs[n]), "--state-dir", str(t["dir"] / f"agent-{n}")]
+        proc = self.procs.start(f"agent-{n}", argv, self.logs / t["name"] / f"agent-{n}.log",
+                                env=self.agent_env(), announce=r"coffer-agent listening on (http://\S+)")
+        self.sampler.track(f"agent-{n}", proc.pid)
+        return proc
+
+    def restart_agents(self, t: dict) -> None:
+        for proc in t["agents"]:
+            self.procs.stop(proc)
+        t["agents"] = [self.start_agent(t, n) for n in range(self.params.nodes)]
+
+    def rpc(self, t: dict, method: str, body: dict, timeout: float = 120) -> dict:
+        argv = [str(TOOLS / "grpcurl"), "-plaintext", "-max-time", str(int(timeout)), "-d",
+                json.dumps(body), t["server_addr"], method]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 15)
+        if p.returncode != 0:
+            raise BenchError(f"{method} {json.dumps(body)} failed:\n{(p.stderr or p.stdout).strip()}")
+        return json.loads(p.stdout) if p.stdout.strip() else {}
+
+    def setup_target(self, name: str) -> dict:
+        d = self.work / "run" / name
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        log_dir = self.logs / name
+        if log_dir.exists():
+            shutil.rmtree(log_dir)
+        t = {"name": name, "dir": d, "agent_ports": free_ports(self.params.nodes)}
+        t["agents"] = [self.start_agent(t, n) for n in range(self.params.nodes)]
+        server = self.procs.start("server", [str(RELEASE / "coffer-server"), "--listen", "127.0.0.1:0",
+                                             "--catalog", str(d / "catalog.db")],
+                                  log_dir / "server.log", env=self.agent_env(),
+                                  announce=r"coffer-server listening on (http://\S+)")
+        t["server"] = server
+        t["server_addr"] = server.address.removeprefix("http://")
+        self.sampler.track("server", server.pid)
+        self.rpc(t, "coffer.v1.ClusterService/RegisterCluster", {
+            "name": CLUSTER,
+            "nodes": [{"address": f"127.0.0.1:{p}", "datacenter": "dc1", "rack": f"r{i}"}
+                      for i, p in enumerate(t["agent_ports"])]})
+        if name == "fs":
+            t["location_path"] = d / "coffer-location"
+            t["location_path"].mkdir()
+            loc = {"name": "bench-fs", "fs": {"path": str(t["location_path"])}}
+        else:
+            loc = {"name": "bench-s3", "s3": {
+                "bucket": BUCKET, "prefix": "coffer", "endpoint": f"http://127.0.0.1:{self.s3_port}",
+                "forcePathStyle": True, "region": "us-east-1",
+                "accessKeyId": {"env": "AWS_ACCESS_KEY_ID"},
+                "secretAccessKey": {"env": "AWS_SECRET_ACCESS_KEY"}}}
+        t["location"] = loc["name"]
+        self.rpc(t, "coffer.v1.LocationService/CreateLocation", loc)
+        log(f"[{name}] server {t['server_addr']}, {self.params.nodes} agents on ports "
+            f"{t['agent_ports']}, cluster '{CLUSTER}', location '{t['location']}'")
+        return t
+
+    def teardown_target(self, t: dict) -> None:
+        for proc in t.get("agents", []):
+            self.procs.stop(proc)
+        if t.get("server"):
+            self.procs.stop(t["server"])
+        for n in range(self.params.nodes):
+            self.sampler.untrack(f"agent-{n}")
+        self.sampler.untrack("server")
+
+    def stored_bytes(self, t: dict) -> int | None:
+        """Bytes the location holds (objects + manifests)."""
+        if t["name"] == "fs":
+            return dir_bytes(t["location_path"])[1]
+        p = subprocess.run([str(TOOLS / "rclone"), "size", "--json", f"{RCLONE_REMOTE}:{BUCKET}/coffer"],
+                           capture_output=True, text=True, env=rclone_env(self.s3_port), timeout=300)
+        if p.returncode != 0:
+            return None
+        return json.loads(p.stdout).get("bytes")
+
+    def watch(self, t: dict, run_id: str, t0: float) -> tuple[dict, float, list]:
+        """Follows the run with WatchRun to its final state (polling GetRun if the stream ends
+        early); returns the final run, the monotonic time it was seen, and the phase timeline."""
+        timeline: list = []
+        last_phase: dict[str, str] = {}
+
+        def note(run: dict) -> None:
+            el = round(time.monotonic() - t0, 2)
+            for node in run.get("nodes", []):
+                nid = node.get("nodeId", "?")
+                ph = node.get("phase", "NODE_PHASE_UNSPECIFIED").removeprefix("NODE_PHASE_")
+                if last_phase.get(nid) != ph:
+                    last_phase[nid] = ph
+                    prog = node.get("progress", {})
+                    timeline.append({"t": el, "node": nid, "phase": ph,
+                                     "bytes_done": int(prog.get("bytesDone", 0)),
+                                     "bytes_total": int(prog.get("bytesTotal", 0))})
+
+        deadline = time.monotonic() + self.args.run_timeout
+        argv = [str(TOOLS / "grpcurl"), "-plaintext", "-d",
+                json.dumps({"runId": run_id, "minUpdateInterval": "0.1s"}), t["server_addr"],
+                "coffer.v1.RunService/WatchRun"]
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        decoder = json.JSONDecoder()
+        buf = ""
+        final = None
+        try:
+            while True:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buf += chunk.decode(errors="replace")
+                while True:
+                    s = buf.lstrip()
+                    if not s:
+                        buf = ""
+                        break
+                    try:
+                        msg, end = decoder.raw_decode(s)
+                    except ValueError:
+                        buf = s
+                        break
+                    buf = s[end:]
+                    run = msg.get("run", {})
+                    note(run)
+                    if run.get("state") in FINAL_STATES:
+                        final = (run, time.monotonic())
+                if final:
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError(f"run {run_id} not finished after {self.args.run_timeout} s")
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        if final:
+            return final[0], final[1], timeline
+        err = p.stderr.read().decode(errors="replace").strip()
+        log(f"WatchRun ended without a final state ({err[-200:]}); polling GetRun every 0.5 s")
+        while time.monotonic() < deadline:
+            run = self.rpc(t, "coffer.v1.RunService/GetRun", {"runId": run_id}).get("run", {})
+            note(run)
+            if run.get("state") in FINAL_STATES:
+                return run, time.monotonic(), timeline
+            time.sleep(0.5)
+        raise BenchError(f"run {run_id} not finished after {self.args.run_timeout} s")
+
+    def prepare_phase(self) -> None:
+        os.sync()
+        if self.args.drop_caches:
+            try:
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            except OSError as e:
+                raise BenchError(f"--drop-caches: {e} (needs root)")
+        time.sleep(0.5)
+
+    def coffer_backup(self, t: dict, kind: str) -> dict:
+        phase = kind.lower()
+        log(f"[{t['name']}] {phase}: restarting agents (fresh VmHWM), then StartBackup")
+        self.restart_agents(t)
+        stored_before = self.stored_bytes(t)
+        files, logical = 0, 0
+        for d in self.data.node_dirs:
+            f, s = dataset_size(d)
+            files += f
+            logical += s
+        self.prepare_phase()
+        self.sampler.begin()
+        t0 = time.monotonic()
+        resp = self.rpc(t, "coffer.v1.BackupService/StartBackup", {
+            "cluster": CLUSTER, "backup": {"location": t["location"], "kind": f"BACKUP_KIND_{kind}"}})
+        run_id = resp["runId"]
+        run, t1, timeline = self.watch(t, run_id, t0)
+        wall = t1 - t0
+        usage = self.sampler.end()
+        hwm = {p.name: proc_status_kib(p.pid, "VmHWM") for p in t["agents"]}
+        res = {"target": t["name"], "phase": phase, "run_id": run_id, "state": run.get("state"),
+               "wall_s": round(wall, 3), "files": files, "logical_bytes": logical,
+               "mib_per_s": round(mib(logical) / wall, 1),
+               "agent_vmhwm_mib": {k: round(v / 1024, 1) for k, v in hwm.items() if v},
+               "peak_agent_rss_mib": round(max(v for v in hwm.values() if v) / 1024, 1) if any(hwm.values()) else None,
+               "server_times": {k: run.get(k) for k in ("createTime", "startTime", "finishTime")},
+               "phase_timeline": timeline, "usage": usage,
+               "run_totals": run.get("totals", {})}
+        if run.get("state") != "RUN_STATE_SUCCEEDED":
+            res["error"] = run.get("errorMessage", "")
+            res["node_errors"] = {n.get("nodeId"): n.get("lastError") for n in run.get("nodes", []) if n.get("lastError")}
+            log(f"[{t['name']}] {phase}: run {run_id} ended {run.get('state')}: {res['error']} {res['node_errors']}")
+            return res
+        backup = self.rpc(t, "coffer.v1.BackupService/GetBackup", {"backupId": run["backupId"]})["backup"]
+        totals = backup.get("totals", {})
+        res.update({"backup_id": run["backupId"], "backup_kind": backup.get("kind"),
+                    "parent_backup_id": backup.get("parentBackupId", ""),
+                    "backup_file_count": int(totals.get("fileCount", 0)),
+                    "backup_total_bytes": int(totals.get("totalBytes", 0)),
+                    "uploaded_bytes": int(totals.get("uploadedBytes", 0)),
+                    "uploaded_objects": int(totals.get("uploadedObjects", 0))})
+        stored_after = self.stored_bytes(t)
+        if stored_before is not None and stored_after is not None:
+            res["stored_growth_bytes"] = stored_after - stored_before
+        if backup.get("kind") != f"BACKUP_KIND_{kind}":
+            res["warning"] = f"asked for {kind}, got {backup.get('kind')}"
+            log(f"[{t['name']}] warning: {res['warning']}")
+        if res["backup_file_count"] != files or res["backup_total_bytes"] != logical:
+            res.setdefault("warning", "")
+            res["warning"] += (f" backup holds {res['backup_file_count']} files / {res['backup_total_bytes']} "
+                               f"bytes, data set has {files} / {logical}")
+            log(f"[{t['name']}] warning: {res['warning']}")
+        log(f"[{t['name']}] {phase}: {wall:.2f} s, {res['mib_per_s']:.1f} MiB/s, uploaded "
+            f"{mib(res['uploaded_bytes']):.1f} MiB, peak agent VmHWM {res['peak_agent_rss_mib']} MiB")
+        return res
+
+    def rclone_copy(self, t: dict) -> dict:
+        name = t["name"]
+        transfers = self.args.rclone_transfers
+        env = rclone_env(self.s3_port)
+        if name == "fs":
+            dest_root = t["dir"] / "rclone-dest"
+            dests = [str(dest_root / f"node-{n}") for n in range(self.params.nodes)]
+        else:
+            dests = [f"{RCLONE_REMOTE}:{BUCKET}/rclone/node-{n}" for n in range(self.params.nodes)]
+        logical = self.data.bytes
+        log(f"[{name}] rclone: {self.params.nodes} x `rclone copy --transfers {transfers}` in parallel")
+        self.prepare_phase()
+        self.sampler.begin()
+        t0 = time.monotonic()
+        procs = []
+        for n, dest in enumerate(dests):
+            argv = [str(TOOLS / "rclone"), "copy", str(self.data.node_dirs[n]), dest,
+                    "--transfers", str(transfers), "--exclude", "/.coffer-snapshots/**",
+                    "--log-file", str(self.logs / name / f"rclone-{n}.log"), "--log-level", "NOTICE",
+                    "--stats", "30s"]
+            p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            procs.append(p)
+            self.sampler.track(f"rclone-{n}", p.pid)
+        rss = []
+        cpu = 0.0
+        failed = []
+        for n, p in enumerate(procs):
+            _, status, ru = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            rss.append(ru.ru_maxrss)  # KiB
+            cpu += ru.ru_utime + ru.ru_stime
+            if p.returncode != 0:
+                failed.append(n)
+        wall = time.monotonic() - t0
+        usage = self.sampler.end()
+        for n in range(len(procs)):
+            self.sampler.untrack(f"rclone-{n}")
+        if failed:
+            raise BenchError(f"rclone failed for nodes {failed}; logs in {self.logs / name}")
+        copied_files = copied = 0
+        for dest in dests:
+            p = subprocess.run([str(TOOLS / "rclone"), "size", "--json", dest], capture_output=True,
+                               text=True, env=env, timeout=300)
+            if p.returncode == 0:
+                s = json.loads(p.stdout)
+                copied_files += s.get("count", 0)
+                copied += s.get("bytes", 0)
+        if copied != logical or copied_files != self.data.files:
+            log(f"[{name}] warning: rclone destinations hold {copied_files} files / {copied} bytes, "
+                f"data set {self.data.files} / {logical}")
+        res = {"target": name, "phase": "rclone", "wall_s": round(wall, 3), "files": self.data.files,
+               "logical_bytes": logical, "mib_per_s": round(mib(logical) / wall, 1),
+               "uploaded_bytes": copied, "transfers": transfers, "processes": len(procs),
+               "rclone_peak_rss_mib": round(max(rss) / 1024, 1), "rclone_cpu_s": round(cpu, 2),
+               "usage": usage}
+        log(f"[{name}] rclone: {wall:.2f} s, {res['mib_per_s']:.1f} MiB/s, peak RSS "
+            f"{res['rclone_peak_rss_mib']} MiB per process")
+        if not self.args.keep:
+            if name == "fs":
+                shutil.rmtree(t["dir"] / "rclone-dest", ignore_errors=True)
+            else:
+                subprocess.run([str(TOOLS / "rclone"), "purge", f"{RCLONE_REMOTE}:{BUCKET}/rclone"],
+                               capture_output=True, env=env, timeout=600)
+        return res
+
+    def run_target(self, name: str) -> None:
+        if name == "s3" and not self.weed:
+            self.start_weed()
+        t = self.setup_target(name)
+        out: dict = {"phases": {}}
+        self.results["targets"][name] = out
+        try:
+            out["phases"]["rclone"] = self.rclone_copy(t)
+            out["phases"]["full"] = self.coffer_backup(t, "FULL")
+            if out["phases"]["full"].get("state") != "RUN_STATE_SUCCEEDED" and not self.args.incremental_after_failure:
+                log(f"[{name}] full backup failed: skipping the incremental")
+                return
+            change = self.data.mutate()
+            out["change"] = change
+            log(f"[{name}] changed {change['changed_files']} of {change['files']} files "
+                f"({change['changed_percent']:.2f}%), {mib(change['bytes_written']):.1f} MiB written, "
+                f"changed files total {mib(change['changed_file_bytes']):.1f} MiB")
+            try:
+                out["phases"]["incremental"] = self.coffer_backup(t, "INCREMENTAL")
+            finally:
+                self.data.restore()
+        finally:
+            self.teardown_target(t)
+            if not self.args.keep and name == "fs":
+                shutil.rmtree(t["dir"] / "coffer-location", ignore_errors=True)
+
+    # ---- report --------------------------------------------------------------------------
+
+    def report(self) -> int:
+        lines = []
+        p = lambda s="": lines.append(s)  # noqa: E731
+        a = self.args
+        p()
+        p(f"Coffer backup benchmark  (git {self.results.get('versions', {}).get('git', '?')}, "
+          f"{os.cpu_count()} cores, {self.results.get('versions', {}).get('rclone', 'rclone ?')})")
+        p(f"data set: {self.params.nodes} nodes, {self.data.files} files, {mib(self.data.bytes):.0f} MiB "
+          f"(per node: 2 x {self.params.big_mib} MiB [text-like, random] + {self.params.small_files} x "
+          f"{self.params.small_min // KiB}-{self.params.small_max // KiB} KiB [half text-like, half random]); "
+          f"page cache warm{'' if not a.drop_caches else ' -> dropped before each phase'}")
+        p(f"rclone: one `rclone copy --transfers {a.rclone_transfers}` per node, {self.params.nodes} in "
+          f"parallel (other flags default); Coffer: default agent concurrency, all nodes in parallel")
+        p()
+        hdr = f"{'target':<7}{'phase':<13}{'wall s':>9}{'MiB/s':>9}{'uploaded MiB':>14}{'peak RSS MiB':>14}{'vs rclone':>11}  note"
+        p(hdr)
+        p("-" * len(hdr))
+        checks = []
+        for name, out in self.results["targets"].items():
+            ph = out["phases"]
+            rc = ph.get("rclone")
+            for key in ("full", "incremental", "rclone"):
+                r = ph.get(key)
+                if not r:
+                    continue
+                ok = r.get("state", "RUN_STATE_SUCCEEDED") == "RUN_STATE_SUCCEEDED"
+                ratio = (f"{r['mib_per_s'] / rc['mib_per_s']:.2f}x" if rc and ok else "-")
+                rss = r.get("peak_agent_rss_mib") if key != "rclone" else r.get("rclone_peak_rss_mib")
+                note = ""
+                if key == "rclone":
+                    note = "RSS: max per rclone process"
+                elif not ok:
+                    note = f"{r.get('state')}: {r.get('error', '')[:60]}"
+                elif key == "incremental" and out.get("change"):
+                    c = out["change"]
+                    note = (f"{c['changed_files']} files changed ({c['changed_percent']:.1f}%), "
+                            f"{mib(c['bytes_written']):.1f} MiB")
+                up = r.get("uploaded_bytes")
+                p(f"{name:<7}{key:<13}{r['wall_s']:>9.2f}{r['mib_per_s'] if ok else 0:>9.1f}"
+                  f"{(mib(up) if up is not None else 0):>14.1f}{(rss or 0):>14.1f}{ratio:>11}  {note}")
+            full, inc = ph.get("full"), ph.get("incremental")
+            full_ok = bool(full and full.get("state") == "RUN_STATE_SUCCEEDED")
+            inc_ok = bool(inc and inc.get("state") == "RUN_STATE_SUCCEEDED")
+            if full_ok and rc:
+                ratio = full["mib_per_s"] / rc["mib_per_s"]
+                checks.append((name, "full backup throughput >= 1.5x rclone", f"{ratio:.2f}x", ratio >= 1.5))
+            else:
+                checks.append((name, "full backup throughput >= 1.5x rclone", "full backup failed", False))
+            if full_ok and inc_ok:
+                pct = 100 * inc["wall_s"] / full["wall_s"]
+                checks.append((name, "incremental wall time <= 5% of full's", f"{pct:.1f}%", pct <= 5))
+            else:
+                checks.append((name, "incremental wall time <= 5% of full's", "no successful incremental", False))
+            peaks = [r.get("peak_agent_rss_mib") for r in (full, inc) if r and r.get("peak_agent_rss_mib")]
+            if peaks:
+                checks.append((name, "agent peak memory < 150 MiB", f"{max(peaks):.1f} MiB", max(peaks) < 150))
+        p()
+        p("peak RSS = max over agents of VmHWM read right after the run; agents are restarted before "
+          "each Coffer run, so it is that run's peak alone.")
+        p("MiB/s = logical bytes of the data set / wall time (also for the incremental).")
+        p()
+        p("targets:")
+        for name, what, val, ok in checks:
+            p(f"  [{name}] {what:<42} {val:>26}   {'PASS' if ok else 'MISS'}")
+        self.results["checks"] = [{"target": n, "check": w, "value": v, "pass": ok} for n, w, v, ok in checks]
+        p()
+        p("diagnosis (per phase: when each node entered each run phase; CPU% of one core; rchar/wchar "
+          "= bytes through read()/write() syscalls):")
+        for name, out in self.results["targets"].items():
+            for key in ("full", "incremental", "rclone"):
+                r = out["phases"].get(key)
+                if not r:
+                    continue
+                p(f"  [{name}] {key}: wall {r['wall_s']:.2f} s")
+                if r.get("phase_timeline"):
+                    ids = sorted({e["node"] for e in r["phase_timeline"]})
+                    for i, nid in enumerate(ids):
+                        steps = [f"{e['phase']}@{e['t']:.1f}s" for e in r["phase_timeline"] if e["node"] == nid]
+                        p(f"      node {i} ({nid[:8]}): {' -> '.join(steps)}")
+                u = r.get("usage", {})
+                for pname, e in sorted(u.get("processes", {}).items()):
+                    if "cpu_s" not in e:
+                        continue
+                    p(f"      {pname:<9} cpu {e['cpu_s']:>7.2f} s ({e['cpu_pct']:>5.1f}%)  "
+                      f"rchar {e.get('rchar_mib', 0):>8.1f} MiB  wchar {e.get('wchar_mib', 0):>8.1f} MiB")
+                m = u.get("machine")
+                if m:
+                    p(f"      machine ({m['cores']} cores): user {m['user_pct']}%  system {m['system_pct']}%  "
+                      f"iowait {m['iowait_pct']}%  idle {m['idle_pct']}%  disk read {m['disk_read_mib']} MiB  "
+                      f"written {m['disk_written_mib']} MiB")
+                if r.get("error"):
+                    p(f"      error: {r['error']}")
+                    for nid, e in r.get("node_errors", {}).items():
+                        p(f"      node {nid}: {e}")
+        text = "\n".join(lines)
+        print(text, flush=True)
+        self.results["report"] = text
+        out_path = self.work / "results.json"
+        out_path.write_text(json.dumps(self.results, indent=1, default=str))
+        print(f"\nresults: {out_path}\nlogs:    {self.logs}")
+        return 0 if all(c[3] for c in checks) else 1
+
+    def run(self) -> int:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.build()
+        self.check_space()
+        self.data.ensure(self.args.regen)
+        self.results["dataset"] = {"root": str(self.data.root), "files": self.data.files,
+                                   "bytes": self.data.bytes, **self.params.shape()}
+        self.results["args"] = vars(self.args)
+        targets = ["fs", "s3"] if self.args.target == "both" else [self.args.target]
+        for name in targets:
+            try:
+                self.run_target(name)
+            except BenchError as e:
+                log(f"[{name}] ERROR: {e}")
+                self.results["targets"].setdefault(name, {"phases": {}})["error"] = str(e)
+        return self.report()
+
+    def close(self) -> None:
+        self.procs.stop_all()
+        self.sampler.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="See bench/README.md.")
+    ap.add_argument("--target", choices=["fs", "s3", "both"], default="both")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiplies the big file size and the small file count (default 1.0)")
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--big-mib", type=int, default=256, help="size of each of the 2 big files per node")
+    ap.add_argument("--small-files", type=int, default=3000, help="small files per node")
+    ap.add_argument("--small-min-kib", type=int, default=16)
+    ap.add_argument("--small-max-kib", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--change-percent", type=float, default=1.0,
+                    help="files changed (by count, per node) before the incremental (default 1)")
+    ap.add_argument("--append-big", action="store_true",
+                    help="make one of the changed files per node a 1 MiB append to a big file "
+                         "(default: only small files are rewritten, as an SSTable database does)")
+    ap.add_argument("--rclone-transfers", type=int, default=8)
+    ap.add_argument("--work", default=str(ROOT / "bench" / "out"),
+                    help="working folder (data set, processes' state, logs, results.json)")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries in target/release as they are")
+    ap.add_argument("--regen", action="store_true", help="regenerate the data set even if cached")
+    ap.add_argument("--keep", action="store_true", help="keep the rclone copies and the fs location")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="drop the page cache before each measured phase (root only)")
+    ap.add_argument("--run-timeout", type=float, default=3600)
+    ap.add_argument("--sample-interval", type=float, default=0.5)
+    ap.add_argument("--incremental-after-failure", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(args)
+    try:
+        return bench.run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every process started", file=sys.stderr)
+        return 130
+    except (BenchError, subprocess.CalledProcessError) as e:
+        print(f"\nbench: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,492 @@
+//! The agent's local journal: what it already knows, so repeated work is skipped.
+//!
+//! Two memories, kept in `<state dir>/journal.db` (SQLite, WAL, busy timeout):
+//! - File hashes by `(live path, inode, size, mtime)`: an incremental backup does not re-read
+//!   a file whose identity has not changed. One row per live path; any change of inode, size
+//!   or mtime misses. (Like every such cache it trusts that content does not change without
+//!   the mtime changing; files read from snapshots do not.)
+//! - Objects per location: content hashes this agent uploaded to, or verified in, a location,
+//!   so a resumed or incremental run does not upload them again. This is only as true as the
+//!   location: whoever deletes objects from a location (a purge) must make the agents forget
+//!   them ([`Journal::forget_objects`], [`Journal::forget_location`]), or a later incremental
+//!   backup would reference objects that are gone.
+//!
+//! The journal is a cache: losing it costs re-reading and re-checking, never correctness.
+//! Writes come in batches (a backup records thousands of rows), each batch in one transaction.
+//! [`Journal`] is a cheap, cloneable handle; its methods are async and run SQLite on
+//! `spawn_blocking`, one call at a time per handle family.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use coffer_format::ContentHash;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::snapshot::SnapshotFile;
+
+/// Name of the journal's file in the state directory.
+pub const JOURNAL_FILE: &str = "journal.db";
+
+/// Schema version, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS file_hashes (
+    path BLOB PRIMARY KEY NOT NULL,
+    inode INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    hash BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS known_objects (
+    location_id TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (location_id, hash)
+) WITHOUT ROWID;
+";
+
+/// What identifies one version of a file: any change means its content may have changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    /// Inode number.
+    pub inode: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
+impl From<&SnapshotFile> for FileIdentity {
+    fn from(file: &SnapshotFile) -> Self {
+        Self {
+            inode: file.inode,
+            size: file.size,
+            mtime_ns: file.mtime_ns,
+        }
+    }
+}
+
+/// A file's hash to remember.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashRecord {
+    /// The file's live path (the key: one row per path).
+    pub live_path: PathBuf,
+    /// The version of the file that was hashed.
+    pub identity: FileIdentity,
+    /// Its content hash.
+    pub hash: ContentHash,
+}
+
+/// Why the journal could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The state directory could not be created.
+    #[error("create folder {path}: {source}")]
+    CreateFolder {
+        /// The folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// SQLite could not open or set up the journal.
+    #[error("open journal {path}: {source}")]
+    Open {
+        /// The journal's file.
+        path: PathBuf,
+        /// The underlying error.
+        source: rusqlite::Error,
+    },
+    /// The journal was written by a newer agent.
+    #[error(
+        "journal {path} has schema version {found}, newer than this agent's {SCHEMA_VERSION}; remove it to start afresh"
+    )]
+    TooNew {
+        /// The journal's file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+    },
+    /// A statement failed.
+    #[error("{action}: {source}")]
+    Query {
+        /// What was being done, for example `record hashes`.
+        action: &'static str,
+        /// The underlying error.
+        source: rusqlite::Error,
+    },
+    /// A stored hash is not 32 bytes.
+    #[error("journal holds a malformed hash for {what}")]
+    Corrupt {
+        /// The row's key.
+        what: String,
+    },
+    /// The blocking task running the statement panicked.
+    #[error("journal task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Handle to the agent's journal; clones share one connection.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    connection: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl Journal {
+    /// Opens (creating when missing) `<state_dir>/journal.db`.
+    ///
+    /// Fails when the folder or database cannot be created or opened, or the journal was
+    /// written by a newer agent.
+    pub async fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        Self::open_file(state_dir.join(JOURNAL_FILE)).await
+    }
+
+    /// Opens (creating when missing) the journal at `path`.
+    ///
+    /// Fails as [`Journal::open`] does.
+    pub async fn open_file(path: PathBuf) -> Result<Self, JournalError> {
+        let opened_path = path.clone();
+        let connection =
+            tokio::task::spawn_blocking(move || open_connection(&opened_path)).await??;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+            path: Arc::new(path),
+        })
+    }
+
+    /// The journal's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The remembered hash of the file at `live_path`, if the journal has one for exactly this
+    /// inode, size and mtime.
+    ///
+    /// Fails when the journal cannot be read.
+    pub async fn lookup_hash(
+        &self,
+        live_path: &Path,
+        inode: u64,
+        size: u64,
+        mtime_ns: i64,
+    ) -> Result<Option<ContentHash>, JournalError> {
+        let identity = FileIdentity {
+            inode,
+            size,
+            mtime_ns,
+        };
+        let mut found = self
+            .lookup_hashes(vec![(live_path.to_path_buf(), identity)])
+            .await?;
+        Ok(found.pop().flatten())
+    }
+
+    /// [`Journal::lookup_hash`] for many files at once; the answers are in the order asked.
+    ///
+    /// Fails when the journal cannot be read.
+    pub async fn lookup_hashes(
+        &self,
+        files: Vec<(PathBuf, FileIdentity)>,
+    ) -> Result<Vec<Option<ContentHash>>, JournalError> {
+        self.with_connection(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT hash FROM file_hashes
+                     WHERE path = ?1 AND inode = ?2 AND size = ?3 AND mtime_ns = ?4",
+                )
+                .map_err(query("look up hashes"))?;
+            files
+                .iter()
+                .map(|(path, identity)| {
+                    let hash: Option<Vec<u8>> = statement
+                        .query_row(
+                            params![
+                                path_key(path),
+                                to_sql_u64(identity.inode),
+                                to_sql_u64(identity.size),
+                                identity.mtime_ns
+                            ],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                        .map_err(query("look up hashes"))?;
+                    hash.map(|bytes| to_hash(bytes, || path.display().to_string()))
+                        .transpose()
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Remembers the hash of one version of the file at `live_path`, replacing what was
+    /// remembered for that path.
+    ///
+    /// Fails when the journal cannot be written.
+    pub async fn record_hash(
+        &self,
+        live_path: &Path,
+        inode: u64,
+        size: u64,
+        mtime_ns: i64,
+        hash: ContentHash,
+    ) -> Result<(), JournalError> {
+        self.record_hashes(vec![HashRecord {
+            live_path: live_path.to_path_buf(),
+            identity: FileIdentity {
+                inode,
+                size,
+                mtime_ns,
+            },
+            hash,
+        }])
+        .await
+    }
+
+    /// [`Journal::record_hash`] for many files, in one transaction.
+    ///
+    /// Fails when the journal cannot be written; then none of them is recorded.
+    pub async fn record_hashes(&self, records: Vec<HashRecord>) -> Result<(), JournalError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.with_connection(move |connection| {
+            let transaction = connection.transaction().map_err(query("record hashes"))?;
+            {
+                let mut statement = transaction
+                    .prepare_cached(
+                        "INSERT INTO file_hashes (path, inode, size, mtime_ns, hash)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (path) DO UPDATE SET
+                             inode = excluded.inode, size = excluded.size,
+                             mtime_ns = excluded.mtime_ns, hash = excluded.hash",
+                    )
+                    .map_err(query("record hashes"))?;
+                for record in &records {
+                    statement
+                        .execute(params![
+                            path_key(&record.live_path),
+                            to_sql_u64(record.identity.inode),
+                            to_sql_u64(record.identity.size),
+                            record.identity.mtime_ns,
+                            &record.hash.0[..]
+                        ])
+                        .map_err(query("record hashes"))?;
+                }
+            }
+            transaction.commit().map_err(query("record hashes"))
+        })
+        .await
+    }
+
+    /// Whether this agent uploaded `hash` to, or verified it in, the location.
+    ///
+    /// Fails when the journal cannot be read.
+    pub async fn object_known(
+        &self,
+        location_id: &str,
+        hash: &ContentHash,
+    ) -> Result<bool, JournalError> {
+        let mut known = self.objects_known(location_id, vec![*hash]).await?;
+        Ok(known.pop().unwrap_or(false))
+    }
+
+    /// [`Journal::object_known`] for many hashes; the answers are in the order asked.
+    ///
+    /// Fails when the journal cannot be read.
+    pub async fn objects_known(
+        &self,
+        location_id: &str,
+        hashes: Vec<ContentHash>,
+    ) -> Result<Vec<bool>, JournalError> {
+        let location_id = location_id.to_string();
+        self.with_connection(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM known_objects WHERE location_id = ?1 AND hash = ?2)",
+                )
+                .map_err(query("look up objects"))?;
+            hashes
+                .iter()
+                .map(|hash| {
+                    statement
+                        .query_row(params![location_id, &hash.0[..]], |row| row.get(0))
+                        .map_err(query("look up objects"))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Remembers that the location holds `hash`.
+    ///
+    /// Fails when the journal cannot be written.
+    pub async fn record_object(
+        &self,
+        location_id: &str,
+        hash: ContentHash,
+    ) -> Result<(), JournalError> {
+        self.record_objects(location_id, vec![hash]).await
+    }
+
+    /// [`Journal::record_object`] for many hashes, in one transaction.
+    ///
+    /// Fails when the journal cannot be written; then none of them is recorded.
+    pub async fn record_objects(
+        &self,
+        location_id: &str,
+        hashes: Vec<ContentHash>,
+    ) -> Result<(), JournalError> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let location_id = location_id.to_string();
+        self.with_connection(move |connection| {
+            let transaction = connection.transaction().map_err(query("record objects"))?;
+            {
+                let mut statement = transaction
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO known_objects (location_id, hash) VALUES (?1, ?2)",
+                    )
+                    .map_err(query("record objects"))?;
+                for hash in &hashes {
+                    statement
+                        .execute(params![location_id, &hash.0[..]])
+                        .map_err(query("record objects"))?;
+                }
+            }
+            transaction.commit().map_err(query("record objects"))
+        })
+        .await
+    }
+
+    /// Forgets that the location holds these objects (they were deleted, or found missing);
+    /// returns how many were remembered.
+    ///
+    /// Fails when the journal cannot be written.
+    pub async fn forget_objects(
+        &self,
+        location_id: &str,
+        hashes: Vec<ContentHash>,
+    ) -> Result<u64, JournalError> {
+        let location_id = location_id.to_string();
+        self.with_connection(move |connection| {
+            let transaction = connection.transaction().map_err(query("forget objects"))?;
+            let mut forgotten = 0;
+            {
+                let mut statement = transaction
+                    .prepare_cached(
+                        "DELETE FROM known_objects WHERE location_id = ?1 AND hash = ?2",
+                    )
+                    .map_err(query("forget objects"))?;
+                for hash in &hashes {
+                    forgotten += statement
+                        .execute(params![location_id, &hash.0[..]])
+                        .map_err(query("forget objects"))?;
+                }
+            }
+            transaction.commit().map_err(query("forget objects"))?;
+            Ok(forgotten as u64)
+        })
+        .await
+    }
+
+    /// Forgets everything remembered about the location (it was removed, emptied or
+    /// replaced); returns how many objects were remembered.
+    ///
+    /// Fails when the journal cannot be written.
+    pub async fn forget_location(&self, location_id: &str) -> Result<u64, JournalError> {
+        let location_id = location_id.to_string();
+        self.with_connection(move |connection| {
+            let forgotten = connection
+                .execute(
+                    "DELETE FROM known_objects WHERE location_id = ?1",
+                    params![location_id],
+                )
+                .map_err(query("forget location"))?;
+            Ok(forgotten as u64)
+        })
+        .await
+    }
+
+    /// Runs `work` with the connection on a blocking thread.
+    async fn with_connection<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock dropped its transaction (rolled back): the
+            // connection is still sound.
+            let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&mut connection)
+        })
+        .await?
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, JournalError> {
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder).map_err(|source| JournalError::CreateFolder {
+            path: folder.to_path_buf(),
+            source,
+        })?;
+    }
+    let open_error = |source| JournalError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_error)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+    // WAL: readers and the writer do not block each other. NORMAL synchronous: a crash may
+    // lose the last transactions, which a cache can afford, but never corrupts the file.
+    connection
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+        .map_err(open_error)?;
+    let version: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(open_error)?;
+    if version > SCHEMA_VERSION {
+        return Err(JournalError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    connection
+        .execute_batch(&format!(
+            "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(open_error)?;
+    Ok(connection)
+}
+
+/// Paths are stored as their raw bytes: Unix paths need not be UTF-8.
+fn path_key(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+/// SQLite integers are signed 64-bit: store the same 64 bits (only equality is ever asked).
+fn to_sql_u64(value: u64) -> i64 {
+    i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn to_hash(bytes: Vec<u8>, what: impl FnOnce() -> String) -> Result<ContentHash, JournalError> {
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map(ContentHash)
+        .map_err(|_| JournalError::Corrupt { what: what() })
+}
+
+fn query(action: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
+    move |source| JournalError::Query { action, source }
+}

@@ -1,0 +1,440 @@
+//! Uploading a snapshot into a location: the node's part of a backup.
+//!
+//! Files are processed by a bounded pool of tasks. For each file: find its BLAKE3 hash (from the
+//! journal for an incremental backup when the file is unchanged, by reading it otherwise), skip
+//! it if the location holds the object already (for an incremental backup the journal's word is
+//! enough; a full backup checks the location itself), upload it otherwise, and add its entry to
+//! the node manifest. Identical content within one upload is uploaded once. The manifest, which
+//! lists the node's complete file set, is written last.
+//!
+//! Memory stays bounded whatever the file sizes: files stream through `upload_file` in chunks,
+//! and manifest entries spill to a temporary file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
+use coffer_format::object::{RateLimiter, UploadError, UploadOptions, hash_file, object_exists, upload_file};
+use coffer_format::{ClusterLayout, ContentHash, StorageError};
+use coffer_proto::agent::v1 as proto;
+use futures::StreamExt;
+use globset::GlobSet;
+use opendal::Operator;
+use tokio::sync::{Mutex, OnceCell, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::journal::{FileIdentity, HashRecord, Journal};
+use crate::snapshot::SnapshotFile;
+
+/// Files processed at once when the request does not say.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// How often progress is reported.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+/// How many times a file that changed while it was uploaded is hashed and uploaded again.
+const CHANGED_FILE_RETRIES: usize = 2;
+
+/// Everything an upload needs.
+#[derive(Debug)]
+pub struct UploadJob {
+    /// Files of the snapshot (or the live files, for a dry run).
+    pub files: Vec<SnapshotFile>,
+    /// The location.
+    pub operator: Operator,
+    /// Location id, keying the journal's knowledge of objects.
+    pub location_id: String,
+    /// Cluster.
+    pub cluster_id: Uuid,
+    /// Backup the manifest belongs to.
+    pub backup_id: Uuid,
+    /// This node.
+    pub node_id: Uuid,
+    /// This node's host name.
+    pub hostname: String,
+    /// This node's data paths.
+    pub data_paths: Vec<PathBuf>,
+    /// Trust the journal (incremental) or verify everything (full).
+    pub incremental: bool,
+    /// Files to include (empty: all).
+    pub include: GlobSet,
+    /// Files to leave out.
+    pub exclude: GlobSet,
+    /// Shared read rate limit.
+    pub limiter: Option<RateLimiter>,
+    /// Files processed at once.
+    pub concurrency: usize,
+    /// Plan only.
+    pub dry_run: bool,
+    /// The agent's journal.
+    pub journal: Journal,
+    /// Where the manifest writer spills.
+    pub temp_dir: PathBuf,
+}
+
+/// Why an upload failed; the message names the file or the location.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadFailure {
+    /// A file could not be read or uploaded.
+    #[error("{0}")]
+    File(String),
+    /// The location failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The journal failed.
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
+    /// The manifest could not be written.
+    #[error("write node manifest: {0}")]
+    Manifest(#[from] coffer_format::manifest::ManifestError),
+    /// The upload was cancelled.
+    #[error("canceled")]
+    Canceled,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    files_total: AtomicU64,
+    files_done: AtomicU64,
+    files_skipped: AtomicU64,
+    bytes_total: AtomicU64,
+    bytes_done: AtomicU64,
+    bytes_skipped: AtomicU64,
+    bytes_uploaded: AtomicU64,
+    bytes_read: AtomicU64,
+    objects_uploaded: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self, phase: proto::UploadPhase) -> proto::UploadProgress {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        proto::UploadProgress {
+            phase: phase.into(),
+            files_total: get(&self.files_total),
+            files_done: get(&self.files_done),
+            files_skipped: get(&self.files_skipped),
+            bytes_total: get(&self.bytes_total),
+            bytes_done: get(&self.bytes_done),
+            bytes_skipped: get(&self.bytes_skipped),
+            bytes_uploaded: get(&self.bytes_uploaded),
+            bytes_read: get(&self.bytes_read),
+        }
+    }
+}
+
+/// One file's result: its manifest entry, and what to remember in the journal.
+struct FileResult {
+    entry: NodeManifestEntry,
+    hashed: Option<HashRecord>,
+    object_present: Option<ContentHash>,
+}
+
+/// Shared state of the file tasks.
+struct Shared {
+    job: UploadJob,
+    layout: ClusterLayout,
+    counters: Counters,
+    /// Objects uploaded or found present in this upload, so identical content is handled once.
+    objects: Mutex<HashMap<ContentHash, Arc<OnceCell<bool>>>>,
+    options: UploadOptions,
+}
+
+/// Uploads the job's files and writes the node manifest, sending progress on `progress`.
+///
+/// Fails on the first file that cannot be read or uploaded, naming it, or when the location,
+/// the journal or the manifest fail; nothing is committed then (no manifest is written).
+pub async fn run(
+    job: UploadJob,
+    progress: mpsc::Sender<proto::UploadProgress>,
+    cancel: CancellationToken,
+) -> Result<proto::UploadSummary, UploadFailure> {
+    let selected: Vec<SnapshotFile> = job
+        .files
+        .iter()
+        .filter(|file| {
+            let path = file.live_path.to_string_lossy();
+            (job.include.is_empty() || job.include.is_match(path.as_ref())) && !job.exclude.is_match(path.as_ref())
+        })
+        .cloned()
+        .collect();
+    let options = UploadOptions {
+        rate_limiter: job.limiter.clone(),
+        ..UploadOptions::default()
+    };
+    let shared = Arc::new(Shared {
+        layout: ClusterLayout::new(job.cluster_id),
+        job,
+        counters: Counters::default(),
+        objects: Mutex::new(HashMap::new()),
+        options,
+    });
+    shared.counters.files_total.store(selected.len() as u64, Ordering::Relaxed);
+    shared
+        .counters
+        .bytes_total
+        .store(selected.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+
+    // Known hashes of unchanged files (incremental backups and dry runs only).
+    let known: Vec<Option<ContentHash>> = if shared.job.incremental || shared.job.dry_run {
+        shared
+            .job
+            .journal
+            .lookup_hashes(
+                selected
+                    .iter()
+                    .map(|file| (file.live_path.clone(), FileIdentity::from(file)))
+                    .collect(),
+            )
+            .await?
+    } else {
+        vec![None; selected.len()]
+    };
+
+    let phase = Arc::new(std::sync::Mutex::new(proto::UploadPhase::Uploading));
+    let reporter = {
+        let shared = shared.clone();
+        let progress = progress.clone();
+        let phase = phase.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let current = *phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if progress.send(shared.counters.snapshot(current)).await.is_err() {
+                    cancel.cancel();
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(PROGRESS_INTERVAL) => {}
+                    () = cancel.cancelled() => return,
+                }
+            }
+        })
+    };
+
+    let concurrency = shared.job.concurrency.max(1);
+    let mut results = futures::stream::iter(selected.into_iter().zip(known))
+        .map(|(file, known)| {
+            let shared = shared.clone();
+            let cancel = cancel.clone();
+            async move {
+                tokio::select! {
+                    result = process_file(&shared, file, known) => result,
+                    () = cancel.cancelled() => Err(UploadFailure::Canceled),
+                }
+            }
+        })
+        .buffer_unordered(concurrency);
+
+    let header = NodeManifestHeader::new(
+        shared.job.cluster_id,
+        shared.job.backup_id,
+        shared.job.node_id,
+        shared.job.hostname.clone(),
+        shared.job.data_paths.iter().map(|p| p.display().to_string()).collect(),
+    );
+    let mut manifest = NodeManifestWriter::new(header).with_temp_dir(shared.job.temp_dir.clone());
+    let mut hashed = Vec::new();
+    let mut present = Vec::new();
+    let outcome: Result<(), UploadFailure> = async {
+        while let Some(result) = results.next().await {
+            let result = result?;
+            if let Some(record) = result.hashed {
+                hashed.push(record);
+            }
+            if let Some(hash) = result.object_present {
+                present.push(hash);
+            }
+            if hashed.len() >= 1000 {
+                shared.job.journal.record_hashes(std::mem::take(&mut hashed)).await?;
+            }
+            if present.len() >= 1000 && !shared.job.dry_run {
+                shared
+                    .job
+                    .journal
+                    .record_objects(&shared.job.location_id, std::mem::take(&mut present))
+                    .await?;
+            }
+            if !shared.job.dry_run {
+                manifest.add(result.entry).await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(results);
+    // What was learnt stays learnt, even if the upload failed: a retry starts from it.
+    if !hashed.is_empty() {
+        shared.job.journal.record_hashes(hashed).await?;
+    }
+    if !present.is_empty() && !shared.job.dry_run {
+        shared.job.journal.record_objects(&shared.job.location_id, present).await?;
+    }
+    if let Err(error) = outcome {
+        cancel.cancel();
+        let _ = reporter.await;
+        return Err(error);
+    }
+
+    let manifest_path = if shared.job.dry_run {
+        String::new()
+    } else {
+        *phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = proto::UploadPhase::WritingManifest;
+        let path = shared.layout.node_manifest(shared.job.backup_id, shared.job.node_id);
+        manifest.upload(&shared.job.operator, &path).await?;
+        path
+    };
+    cancel.cancel();
+    let _ = reporter.await;
+    let final_progress = shared.counters.snapshot(proto::UploadPhase::Uploading);
+    let _ = progress.send(final_progress).await;
+    Ok(proto::UploadSummary {
+        progress: Some(final_progress),
+        objects_uploaded: shared.counters.objects_uploaded.load(Ordering::Relaxed),
+        manifest_path,
+    })
+}
+
+async fn process_file(
+    shared: &Shared,
+    file: SnapshotFile,
+    known: Option<ContentHash>,
+) -> Result<FileResult, UploadFailure> {
+    let counters = &shared.counters;
+    let job = &shared.job;
+    if job.dry_run {
+        // A plan reads nothing: a file with a known hash whose object is present is skipped,
+        // anything else would be read and (at most) uploaded.
+        let present = match known {
+            Some(hash) => {
+                job.journal.object_known(&job.location_id, &hash).await?
+                    || object_exists(&job.operator, &shared.layout.object(&hash)).await?
+            }
+            None => false,
+        };
+        finish(counters, file.size, present, 0);
+        return Ok(FileResult {
+            entry: entry(&file, known.unwrap_or(ContentHash([0; 32]))),
+            hashed: None,
+            object_present: None,
+        });
+    }
+    let mut attempt = 0;
+    let mut hash = known;
+    loop {
+        let (content_hash, freshly_hashed) = match hash {
+            Some(hash) => (hash, false),
+            None => {
+                let (hash, size) = hash_file(&file.snapshot_path, job.limiter.as_ref())
+                    .await
+                    .map_err(|error| UploadFailure::File(format!("read {}: {error}", file.snapshot_path.display())))?;
+                counters.bytes_read.fetch_add(size, Ordering::Relaxed);
+                (hash, true)
+            }
+        };
+        match ensure_object(shared, &file, content_hash).await {
+            Ok(uploaded) => {
+                finish(counters, file.size, !uploaded, 0);
+                return Ok(FileResult {
+                    entry: entry(&file, content_hash),
+                    hashed: freshly_hashed.then(|| HashRecord {
+                        live_path: file.live_path.clone(),
+                        identity: FileIdentity::from(&file),
+                        hash: content_hash,
+                    }),
+                    object_present: Some(content_hash),
+                });
+            }
+            Err(EnsureError::Changed) if attempt < CHANGED_FILE_RETRIES => {
+                attempt += 1;
+                tracing::warn!(path = %file.live_path.display(), attempt, "file changed while uploading; hashing it again");
+                hash = None;
+            }
+            Err(EnsureError::Changed) => {
+                return Err(UploadFailure::File(format!(
+                    "{} keeps changing while it is read; snapshot it with a provider or hooks that freeze it",
+                    file.live_path.display()
+                )));
+            }
+            Err(EnsureError::Failed(failure)) => return Err(failure),
+        }
+    }
+}
+
+enum EnsureError {
+    Changed,
+    Failed(UploadFailure),
+}
+
+/// Makes sure the location holds the object for `hash`, uploading `file` if needed; returns
+/// whether this call uploaded it.
+async fn ensure_object(shared: &Shared, file: &SnapshotFile, hash: ContentHash) -> Result<bool, EnsureError> {
+    let cell = {
+        let mut objects = shared.objects.lock().await;
+        objects.entry(hash).or_default().clone()
+    };
+    let mut uploaded_here = false;
+    let result = cell
+        .get_or_try_init(|| async {
+            let job = &shared.job;
+            let path = shared.layout.object(&hash);
+            let known = job.incremental
+                && job
+                    .journal
+                    .object_known(&job.location_id, &hash)
+                    .await
+                    .map_err(|error| EnsureError::Failed(error.into()))?;
+            if known {
+                return Ok(true);
+            }
+            if object_exists(&job.operator, &path)
+                .await
+                .map_err(|error| EnsureError::Failed(error.into()))?
+            {
+                return Ok(true);
+            }
+            match upload_file(&job.operator, &path, &file.snapshot_path, hash, &shared.options).await {
+                Ok(outcome) => {
+                    shared.counters.bytes_uploaded.fetch_add(outcome.stored_bytes, Ordering::Relaxed);
+                    shared.counters.bytes_read.fetch_add(outcome.read_bytes, Ordering::Relaxed);
+                    shared.counters.objects_uploaded.fetch_add(1, Ordering::Relaxed);
+                    uploaded_here = true;
+                    Ok(true)
+                }
+                Err(UploadError::ContentChanged { .. }) => Err(EnsureError::Changed),
+                Err(error) => Err(EnsureError::Failed(UploadFailure::File(format!(
+                    "upload {}: {error}",
+                    file.live_path.display()
+                )))),
+            }
+        })
+        .await;
+    match result {
+        Ok(_) => Ok(uploaded_here),
+        Err(error) => {
+            // Let a retry (or another file with this content) try again.
+            shared.objects.lock().await.remove(&hash);
+            Err(error)
+        }
+    }
+}
+
+fn finish(counters: &Counters, size: u64, skipped: bool, _read: u64) {
+    counters.files_done.fetch_add(1, Ordering::Relaxed);
+    counters.bytes_done.fetch_add(size, Ordering::Relaxed);
+    if skipped {
+        counters.files_skipped.fetch_add(1, Ordering::Relaxed);
+        counters.bytes_skipped.fetch_add(size, Ordering::Relaxed);
+    }
+}
+
+fn entry(file: &SnapshotFile, hash: ContentHash) -> NodeManifestEntry {
+    NodeManifestEntry {
+        path: file.live_path.to_string_lossy().into_owned(),
+        size: file.size,
+        mode: file.mode,
+        mtime_ns: file.mtime_ns,
+        hash,
+    }
+}

@@ -1,0 +1,277 @@
+//! The agent's journal against real SQLite files.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use coffer_agent::journal::{FileIdentity, HashRecord, JOURNAL_FILE, Journal, JournalError};
+use coffer_format::ContentHash;
+
+fn hash(byte: u8) -> ContentHash {
+    ContentHash([byte; 32])
+}
+
+const IDENTITY: FileIdentity = FileIdentity {
+    inode: 42,
+    size: 1000,
+    mtime_ns: 1_700_000_000_123_456_789,
+};
+
+#[tokio::test]
+async fn hashes_round_trip_and_miss_when_the_file_changed() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(state.path()).await.expect("open");
+    assert_eq!(journal.path(), state.path().join(JOURNAL_FILE));
+    let path = Path::new("/data/ks1/t1/a.db");
+    let FileIdentity {
+        inode,
+        size,
+        mtime_ns,
+    } = IDENTITY;
+
+    assert_eq!(
+        journal
+            .lookup_hash(path, inode, size, mtime_ns)
+            .await
+            .expect("lookup"),
+        None
+    );
+    journal
+        .record_hash(path, inode, size, mtime_ns, hash(1))
+        .await
+        .expect("record");
+    assert_eq!(
+        journal
+            .lookup_hash(path, inode, size, mtime_ns)
+            .await
+            .expect("lookup"),
+        Some(hash(1))
+    );
+    // Any change of identity misses.
+    for (inode, size, mtime_ns) in [
+        (inode, size, mtime_ns + 1),
+        (inode + 1, size, mtime_ns),
+        (inode, size + 1, mtime_ns),
+    ] {
+        assert_eq!(
+            journal
+                .lookup_hash(path, inode, size, mtime_ns)
+                .await
+                .expect("lookup"),
+            None
+        );
+    }
+    assert_eq!(
+        journal
+            .lookup_hash(Path::new("/data/other"), inode, size, mtime_ns)
+            .await
+            .expect("lookup"),
+        None
+    );
+
+    // One row per path: a new version replaces the old one.
+    journal
+        .record_hash(path, inode, size, mtime_ns + 5, hash(2))
+        .await
+        .expect("record new version");
+    assert_eq!(
+        journal
+            .lookup_hash(path, inode, size, mtime_ns)
+            .await
+            .expect("lookup"),
+        None
+    );
+    assert_eq!(
+        journal
+            .lookup_hash(path, inode, size, mtime_ns + 5)
+            .await
+            .expect("lookup"),
+        Some(hash(2))
+    );
+
+    // It is all on disk.
+    drop(journal);
+    let reopened = Journal::open(state.path()).await.expect("reopen");
+    assert_eq!(
+        reopened
+            .lookup_hash(path, inode, size, mtime_ns + 5)
+            .await
+            .expect("lookup"),
+        Some(hash(2))
+    );
+}
+
+#[tokio::test]
+async fn batches_record_and_look_up_thousands_of_files() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(state.path()).await.expect("open");
+    let records: Vec<HashRecord> = (0..5_000u64)
+        .map(|index| HashRecord {
+            live_path: PathBuf::from(format!("/data/file-{index}")),
+            identity: FileIdentity {
+                inode: index,
+                // Identities use all 64 bits.
+                size: u64::MAX - index,
+                mtime_ns: -(index as i64),
+            },
+            hash: hash((index % 251) as u8),
+        })
+        .collect();
+    journal
+        .record_hashes(records.clone())
+        .await
+        .expect("record batch");
+    journal
+        .record_hashes(Vec::new())
+        .await
+        .expect("empty batch");
+    let mut asked: Vec<(PathBuf, FileIdentity)> = records
+        .iter()
+        .map(|record| (record.live_path.clone(), record.identity))
+        .collect();
+    asked.push((PathBuf::from("/data/unknown"), IDENTITY));
+    let found = journal.lookup_hashes(asked).await.expect("lookup batch");
+    assert_eq!(found.len(), 5_001);
+    for (record, found) in records.iter().zip(&found) {
+        assert_eq!(*found, Some(record.hash));
+    }
+    assert_eq!(found[5_000], None);
+}
+
+#[tokio::test]
+async fn paths_need_not_be_utf8() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(state.path()).await.expect("open");
+    let path = Path::new(OsStr::from_bytes(b"/data/caf\xe9"));
+    let FileIdentity {
+        inode,
+        size,
+        mtime_ns,
+    } = IDENTITY;
+    journal
+        .record_hash(path, inode, size, mtime_ns, hash(9))
+        .await
+        .expect("record");
+    assert_eq!(
+        journal
+            .lookup_hash(path, inode, size, mtime_ns)
+            .await
+            .expect("lookup"),
+        Some(hash(9))
+    );
+}
+
+#[tokio::test]
+async fn objects_are_known_per_location_until_forgotten() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(state.path()).await.expect("open");
+    let clone = journal.clone();
+    assert!(
+        !journal
+            .object_known("loc-a", &hash(1))
+            .await
+            .expect("known")
+    );
+    journal
+        .record_object("loc-a", hash(1))
+        .await
+        .expect("record");
+    clone
+        .record_objects("loc-a", vec![hash(2), hash(3), hash(1)])
+        .await
+        .expect("record batch");
+    clone
+        .record_objects("loc-b", vec![hash(1)])
+        .await
+        .expect("record other location");
+    assert!(
+        journal
+            .object_known("loc-a", &hash(1))
+            .await
+            .expect("known")
+    );
+    assert_eq!(
+        journal
+            .objects_known("loc-a", vec![hash(3), hash(4), hash(2)])
+            .await
+            .expect("known batch"),
+        vec![true, false, true]
+    );
+    assert!(
+        !journal
+            .object_known("loc-c", &hash(1))
+            .await
+            .expect("known")
+    );
+
+    assert_eq!(
+        journal
+            .forget_objects("loc-a", vec![hash(3), hash(7)])
+            .await
+            .expect("forget objects"),
+        1
+    );
+    assert!(
+        !journal
+            .object_known("loc-a", &hash(3))
+            .await
+            .expect("known")
+    );
+
+    assert_eq!(journal.forget_location("loc-a").await.expect("forget"), 2);
+    assert!(
+        !journal
+            .object_known("loc-a", &hash(1))
+            .await
+            .expect("known")
+    );
+    assert!(
+        !journal
+            .object_known("loc-a", &hash(2))
+            .await
+            .expect("known")
+    );
+    assert!(
+        journal
+            .object_known("loc-b", &hash(1))
+            .await
+            .expect("known")
+    );
+    assert_eq!(
+        journal
+            .forget_location("loc-a")
+            .await
+            .expect("forget again"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_journal_from_a_newer_agent_is_refused() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let path = state.path().join(JOURNAL_FILE);
+    {
+        let connection = rusqlite::Connection::open(&path).expect("open");
+        connection
+            .execute_batch("PRAGMA user_version = 99;")
+            .expect("set version");
+    }
+    let error = Journal::open_file(path).await.expect_err("too new");
+    assert!(
+        matches!(error, JournalError::TooNew { found: 99, .. }),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_journal_uses_wal() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let nested = state.path().join("not/yet/there");
+    let journal = Journal::open(&nested).await.expect("open creates folders");
+    journal.record_object("loc", hash(1)).await.expect("record");
+    let connection = rusqlite::Connection::open(journal.path()).expect("open");
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .expect("journal mode");
+    assert_eq!(mode, "wal");
+}

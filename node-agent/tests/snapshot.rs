@@ -1,0 +1,653 @@
+//! Snapshot providers against real folders, a real `sh` and real SQLite files.
+//!
+//! Set `COFFER_TEST_LOG=1` (with `RUST_LOG` as wanted) to see the agent's logs.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use coffer_agent::config::{AgentConfig, SnapshotConfig};
+use coffer_agent::snapshot::{SNAPSHOTS_FOLDER, ShellStep, SnapshotError, Snapshotter};
+use tempfile::TempDir;
+
+fn init_logs() {
+    if std::env::var_os("COFFER_TEST_LOG").is_some() {
+        coffer_process::init_tracing();
+    }
+}
+
+/// A node: data paths and a state directory in one temporary folder.
+struct Node {
+    root: TempDir,
+    data_paths: Vec<PathBuf>,
+}
+
+impl Node {
+    fn new(data_path_count: usize) -> Self {
+        init_logs();
+        let root = tempfile::tempdir().expect("temp dir");
+        let data_paths: Vec<PathBuf> = (0..data_path_count)
+            .map(|index| root.path().join(format!("data{index}")))
+            .collect();
+        for data_path in &data_paths {
+            fs::create_dir_all(data_path).expect("create data path");
+        }
+        Self { root, data_paths }
+    }
+
+    fn data(&self, index: usize) -> &Path {
+        &self.data_paths[index]
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    /// A file outside the data paths, for hooks to write to.
+    fn side_file(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    fn snapshotter(&self, snapshot: SnapshotConfig) -> Snapshotter {
+        Snapshotter::new(&AgentConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_paths: self.data_paths.clone(),
+            state_dir: self.state_dir(),
+            snapshot,
+        })
+    }
+}
+
+fn write(path: &Path, content: &[u8]) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("create parent");
+    }
+    fs::write(path, content).expect("write file");
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+}
+
+fn dir_provider(pre_hook: Option<String>, post_hook: Option<String>) -> SnapshotConfig {
+    SnapshotConfig::Dir {
+        pre_hook,
+        post_hook,
+    }
+}
+
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display())
+}
+
+#[tokio::test]
+async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
+    let node = Node::new(2);
+    write(&node.data(0).join("a.txt"), b"alpha");
+    write(&node.data(0).join("empty"), b"");
+    write(&node.data(0).join("nested/deep/b.bin"), b"bravo");
+    write(&node.data(1).join("c/c.log"), b"charlie");
+    std::os::unix::fs::symlink(node.data(0).join("a.txt"), node.data(0).join("link"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(
+        node.data(0).join("nested"),
+        node.data(0).join("nested-link"),
+    )
+    .expect("symlink to a folder");
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(node.data(1).join("pipe"))
+        .status()
+        .expect("run mkfifo");
+    assert!(fifo.success());
+
+    let snapshotter = node.snapshotter(dir_provider(None, None));
+    let snapshot = snapshotter.create("t1").await.expect("create snapshot");
+    assert_eq!(snapshot.tag, "t1");
+
+    let folder0 = node.data(0).join(SNAPSHOTS_FOLDER).join("t1");
+    let folder1 = node.data(1).join(SNAPSHOTS_FOLDER).join("t1");
+    let listed: Vec<(usize, PathBuf, PathBuf)> = snapshot
+        .files
+        .iter()
+        .map(|file| {
+            (
+                file.data_path_index,
+                file.live_path.clone(),
+                file.snapshot_path.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (0, node.data(0).join("a.txt"), folder0.join("a.txt")),
+            (0, node.data(0).join("empty"), folder0.join("empty")),
+            (
+                0,
+                node.data(0).join("nested/deep/b.bin"),
+                folder0.join("nested/deep/b.bin")
+            ),
+            (1, node.data(1).join("c/c.log"), folder1.join("c/c.log")),
+        ]
+    );
+    for file in &snapshot.files {
+        let live = fs::metadata(&file.live_path).expect("live metadata");
+        assert_eq!(file.inode, live.ino(), "a hard link shares the inode");
+        assert_eq!(file.size, live.len());
+        assert_eq!(file.mode, live.mode() & 0o7777);
+        assert_eq!(
+            file.mtime_ns,
+            live.mtime() * 1_000_000_000 + live.mtime_nsec()
+        );
+    }
+    assert_eq!(snapshot.files[1].size, 0);
+    assert_eq!(snapshot.total_bytes(), 5 + 5 + 7);
+    let snapshots_folder = fs::metadata(node.data(0).join(SNAPSHOTS_FOLDER)).expect("metadata");
+    assert_eq!(snapshots_folder.permissions().mode() & 0o777, 0o700);
+
+    // A restarted agent finds the same snapshot.
+    let restarted = node.snapshotter(dir_provider(None, None));
+    assert_eq!(restarted.list_tags(), vec!["t1".to_string()]);
+    assert_eq!(restarted.load("t1").await.expect("load"), snapshot);
+
+    // The live walk does not see the snapshot, nor links and fifos.
+    let live: Vec<PathBuf> = snapshotter
+        .walk_live()
+        .await
+        .expect("walk live")
+        .into_iter()
+        .map(|file| {
+            assert_eq!(file.live_path, file.snapshot_path);
+            file.live_path
+        })
+        .collect();
+    assert_eq!(
+        live,
+        snapshot
+            .files
+            .iter()
+            .map(|file| file.live_path.clone())
+            .collect::<Vec<_>>()
+    );
+
+    // Replacing a file, as databases do (write a new file, rename it over), leaves the
+    // snapshot's content as it was.
+    write(&node.data(0).join("a.txt.tmp"), b"replaced");
+    fs::rename(node.data(0).join("a.txt.tmp"), node.data(0).join("a.txt")).expect("rename over");
+    assert_eq!(read(&folder0.join("a.txt")), "alpha");
+    assert_eq!(read(&node.data(0).join("a.txt")), "replaced");
+    // A write INTO a file shows through the shared inode: the hooks' contract is what keeps a
+    // snapshot consistent, not the links.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(node.data(0).join("nested/deep/b.bin"))
+        .and_then(|mut file| std::io::Write::write_all(&mut file, b"!"))
+        .expect("append in place");
+    assert_eq!(read(&folder0.join("nested/deep/b.bin")), "bravo!");
+
+    let again = snapshotter.create("t1").await.expect_err("tag taken");
+    assert!(
+        matches!(again, SnapshotError::AlreadyExists { ref tag } if tag == "t1"),
+        "{again}"
+    );
+
+    assert!(snapshotter.delete("t1").await.expect("delete"));
+    assert!(!node.data(0).join(SNAPSHOTS_FOLDER).exists());
+    assert!(!node.data(1).join(SNAPSHOTS_FOLDER).exists());
+    assert_eq!(read(&node.data(0).join("a.txt")), "replaced");
+    assert_eq!(read(&node.data(1).join("c/c.log")), "charlie");
+    assert!(!snapshotter.delete("t1").await.expect("delete again"));
+    assert!(snapshotter.list_tags().is_empty());
+    let gone = snapshotter.load("t1").await.expect_err("deleted");
+    assert!(matches!(gone, SnapshotError::NotFound { .. }), "{gone}");
+}
+
+#[tokio::test]
+async fn invalid_tags_are_refused_before_touching_anything() {
+    let node = Node::new(1);
+    let snapshotter = node.snapshotter(dir_provider(None, None));
+    for tag in ["", "../escape", "a/b", "x y", "$(reboot)"] {
+        assert!(matches!(
+            snapshotter.create(tag).await,
+            Err(SnapshotError::InvalidTag { .. })
+        ));
+        assert!(matches!(
+            snapshotter.delete(tag).await,
+            Err(SnapshotError::InvalidTag { .. })
+        ));
+        assert!(matches!(
+            snapshotter.load(tag).await,
+            Err(SnapshotError::InvalidTag { .. })
+        ));
+    }
+    assert!(!node.data(0).join(SNAPSHOTS_FOLDER).exists());
+}
+
+#[tokio::test]
+async fn hooks_run_before_and_after_linking() {
+    let node = Node::new(1);
+    write(&node.data(0).join("x/one"), b"1");
+    write(&node.data(0).join("two"), b"2");
+    let log = node.side_file("hooks.log");
+    let folder = node.data(0).join(SNAPSHOTS_FOLDER);
+    let count = format!(
+        "$(find {}/\"$COFFER_SNAPSHOT_TAG\" -type f | wc -l)",
+        shell_quote(&folder)
+    );
+    let snapshotter = node.snapshotter(dir_provider(
+        Some(format!(
+            "echo \"pre $COFFER_SNAPSHOT_TAG {count}\" >> {}",
+            shell_quote(&log)
+        )),
+        Some(format!(
+            "echo \"post $COFFER_SNAPSHOT_TAG {count}\" >> {}",
+            shell_quote(&log)
+        )),
+    ));
+    let snapshot = snapshotter.create("h-1").await.expect("create");
+    assert_eq!(snapshot.files.len(), 2);
+    let lines: Vec<String> = read(&log)
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(lines, vec!["pre h-1 0", "post h-1 2"]);
+}
+
+#[tokio::test]
+async fn a_failing_pre_hook_fails_with_its_stderr_and_leaves_no_snapshot() {
+    let node = Node::new(2);
+    write(&node.data(0).join("a"), b"a");
+    let log = node.side_file("post.log");
+    let snapshotter = node.snapshotter(dir_provider(
+        Some("echo starting; echo 'nodetool: cannot flush' >&2; exit 7".into()),
+        Some(format!("echo post >> {}", shell_quote(&log))),
+    ));
+    let error = snapshotter.create("t2").await.expect_err("pre-hook fails");
+    let SnapshotError::StepFailed {
+        step,
+        status,
+        stderr,
+    } = &error
+    else {
+        panic!("unexpected error {error}");
+    };
+    assert_eq!(*step, ShellStep::PreHook);
+    assert_eq!(status.code(), Some(7));
+    assert_eq!(stderr, "nodetool: cannot flush");
+    assert_eq!(
+        error.to_string(),
+        "pre-hook failed (exit status: 7): nodetool: cannot flush"
+    );
+    assert!(!log.exists(), "no post-hook without a successful pre-hook");
+    for data_path in &node.data_paths {
+        assert!(!data_path.join(SNAPSHOTS_FOLDER).exists());
+    }
+    assert!(snapshotter.list_tags().is_empty());
+}
+
+#[tokio::test]
+async fn the_post_hook_runs_even_when_linking_fails() {
+    let node = Node::new(1);
+    write(&node.data(0).join("a.txt"), b"a");
+    write(&node.data(0).join("b.txt"), b"b");
+    let log = node.side_file("post.log");
+    // The pre-hook puts a file where a link must go, so linking fails.
+    let blocker = node
+        .data(0)
+        .join(SNAPSHOTS_FOLDER)
+        .join("$COFFER_SNAPSHOT_TAG")
+        .join("b.txt");
+    let snapshotter = node.snapshotter(dir_provider(
+        Some(format!("touch \"{}\"", blocker.display())),
+        Some(format!("echo post >> {}", shell_quote(&log))),
+    ));
+    let error = snapshotter.create("t3").await.expect_err("linking fails");
+    assert!(
+        matches!(
+            &error,
+            SnapshotError::File { action: "hard-link", path, .. } if path.ends_with("b.txt")
+        ),
+        "{error}"
+    );
+    assert_eq!(read(&log), "post\n");
+    assert!(!node.data(0).join(SNAPSHOTS_FOLDER).exists());
+    assert_eq!(read(&node.data(0).join("a.txt")), "a");
+}
+
+#[tokio::test]
+async fn a_failing_post_hook_fails_the_snapshot() {
+    let node = Node::new(1);
+    write(&node.data(0).join("a"), b"a");
+    let snapshotter = node.snapshotter(dir_provider(
+        None,
+        Some("echo 'resume failed' >&2; false".into()),
+    ));
+    let error = snapshotter.create("t4").await.expect_err("post-hook fails");
+    assert!(
+        matches!(
+            &error,
+            SnapshotError::StepFailed { step: ShellStep::PostHook, stderr, .. } if stderr == "resume failed"
+        ),
+        "{error}"
+    );
+    assert!(!node.data(0).join(SNAPSHOTS_FOLDER).exists());
+}
+
+/// Writes a fake `nodetool`: `snapshot DATA TAG` links every table's `*.db` into
+/// `snapshots/TAG/` (and adds a manifest, as Cassandra does); `clearsnapshot DATA TAG` removes
+/// them and logs the call; `broken` fails.
+fn fake_nodetool(node: &Node) -> PathBuf {
+    let script = node.side_file("nodetool.sh");
+    let log = node.side_file("nodetool.log");
+    write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+set -e
+action=$1 data=$2 tag=$3
+echo "$action $tag $COFFER_SNAPSHOT_TAG" >> '{log}'
+case $action in
+snapshot)
+    for table in "$data"/*/*/; do
+        mkdir -p "$table/snapshots/$tag"
+        for file in "$table"*.db; do ln "$file" "$table/snapshots/$tag/"; done
+        echo '{{}}' > "$table/snapshots/$tag/manifest.json"
+    done ;;
+clearsnapshot)
+    rm -rf "$data"/*/*/snapshots/"$tag" ;;
+broken)
+    echo 'error: JMX connection refused' >&2
+    exit 2 ;;
+esac
+"#,
+            log = log.display()
+        )
+        .as_bytes(),
+    );
+    script
+}
+
+fn command_provider(node: &Node, action: &str, files: &str) -> SnapshotConfig {
+    let script = fake_nodetool(node);
+    SnapshotConfig::Command {
+        command: format!(
+            "sh {} {action} {} {{tag}}",
+            shell_quote(&script),
+            shell_quote(node.data(0))
+        ),
+        cleanup_command: Some(format!(
+            "sh {} clearsnapshot {} {{tag}}",
+            shell_quote(&script),
+            shell_quote(node.data(0))
+        )),
+        files: files.into(),
+    }
+}
+
+#[tokio::test]
+async fn command_snapshot_maps_files_to_their_live_paths_and_cleans_up() {
+    let node = Node::new(1);
+    let data = node.data(0).to_path_buf();
+    write(&data.join("ks1/t1/a.db"), b"table one");
+    write(&data.join("ks1/t2/b.db"), b"table two");
+    write(&data.join("ks1/t2/commitlog"), b"not a db");
+    // An older snapshot must not be collected.
+    write(&data.join("ks1/t1/snapshots/old/a.db"), b"old");
+    let files = "*/*/snapshots/{tag}/*.db";
+    let snapshotter = node.snapshotter(command_provider(&node, "snapshot", files));
+
+    let snapshot = snapshotter.create("cs-1").await.expect("create");
+    let mapped: Vec<(PathBuf, PathBuf)> = snapshot
+        .files
+        .iter()
+        .map(|file| (file.live_path.clone(), file.snapshot_path.clone()))
+        .collect();
+    assert_eq!(
+        mapped,
+        vec![
+            (
+                data.join("ks1/t1/a.db"),
+                data.join("ks1/t1/snapshots/cs-1/a.db")
+            ),
+            (
+                data.join("ks1/t2/b.db"),
+                data.join("ks1/t2/snapshots/cs-1/b.db")
+            ),
+        ]
+    );
+    let live_inode = fs::metadata(data.join("ks1/t1/a.db"))
+        .expect("metadata")
+        .ino();
+    assert_eq!(snapshot.files[0].inode, live_inode);
+    assert_eq!(snapshot.files[0].size, 9);
+    assert_eq!(
+        read(&node.side_file("nodetool.log")),
+        "snapshot cs-1 cs-1\n"
+    );
+    assert!(node.state_dir().join("snapshots/cs-1.json").is_file());
+
+    // The record survives a restart.
+    let restarted = node.snapshotter(command_provider(&node, "snapshot", files));
+    assert_eq!(restarted.list_tags(), vec!["cs-1".to_string()]);
+    assert_eq!(restarted.load("cs-1").await.expect("load"), snapshot);
+    assert!(matches!(
+        restarted.create("cs-1").await,
+        Err(SnapshotError::AlreadyExists { .. })
+    ));
+
+    // A dry run sees the live files the pattern stands for, not the snapshots.
+    let live: Vec<PathBuf> = snapshotter
+        .walk_live()
+        .await
+        .expect("walk live")
+        .into_iter()
+        .map(|file| file.live_path)
+        .collect();
+    assert_eq!(
+        live,
+        vec![data.join("ks1/t1/a.db"), data.join("ks1/t2/b.db")]
+    );
+
+    assert!(restarted.delete("cs-1").await.expect("delete"));
+    assert_eq!(
+        read(&node.side_file("nodetool.log")),
+        "snapshot cs-1 cs-1\nclearsnapshot cs-1 cs-1\n"
+    );
+    assert!(!data.join("ks1/t1/snapshots/cs-1").exists());
+    assert!(data.join("ks1/t1/snapshots/old/a.db").exists());
+    assert!(!node.state_dir().join("snapshots/cs-1.json").exists());
+    assert!(!restarted.delete("cs-1").await.expect("delete again"));
+    assert_eq!(
+        read(&node.side_file("nodetool.log")).lines().count(),
+        2,
+        "nothing left to clean: the cleanup command does not run again"
+    );
+    assert!(matches!(
+        restarted.load("cs-1").await,
+        Err(SnapshotError::NotFound { .. })
+    ));
+    assert_eq!(read(&data.join("ks1/t1/a.db")), "table one");
+}
+
+#[tokio::test]
+async fn a_failing_snapshot_command_is_cleaned_up() {
+    let node = Node::new(1);
+    write(&node.data(0).join("ks1/t1/a.db"), b"a");
+    let snapshotter = node.snapshotter(command_provider(&node, "broken", "*/*/snapshots/{tag}/*"));
+    let error = snapshotter.create("cs-2").await.expect_err("command fails");
+    assert!(
+        matches!(
+            &error,
+            SnapshotError::StepFailed { step: ShellStep::SnapshotCommand, status, stderr }
+                if status.code() == Some(2) && stderr == "error: JMX connection refused"
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        read(&node.side_file("nodetool.log")),
+        "broken cs-2 cs-2\nclearsnapshot cs-2 cs-2\n"
+    );
+    assert!(snapshotter.list_tags().is_empty());
+    assert!(!node.state_dir().join("snapshots/cs-2.json").exists());
+}
+
+#[tokio::test]
+async fn a_pattern_mapping_two_files_to_one_live_path_is_refused() {
+    let node = Node::new(1);
+    write(&node.data(0).join("ks1/t1/a.db"), b"a");
+    // `**` also matches the live file itself, which the snapshot copy maps onto.
+    let snapshotter = node.snapshotter(command_provider(&node, "snapshot", "ks1/**/*.db"));
+    let error = snapshotter.create("cs-3").await.expect_err("ambiguous");
+    assert!(
+        matches!(&error, SnapshotError::DuplicateLivePath { live_path, .. } if live_path.ends_with("ks1/t1/a.db")),
+        "{error}"
+    );
+    assert!(snapshotter.list_tags().is_empty());
+    assert!(!node.data(0).join("ks1/t1/snapshots/cs-3").exists());
+}
+
+fn open_database(path: &Path) -> rusqlite::Connection {
+    let connection = rusqlite::Connection::open(path).expect("open database");
+    connection
+        .busy_timeout(Duration::from_secs(30))
+        .expect("busy timeout");
+    connection
+}
+
+fn count_rows(connection: &rusqlite::Connection) -> i64 {
+    connection
+        .query_row("SELECT count(*) FROM items", [], |row| row.get(0))
+        .expect("count rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_snapshot_is_consistent_while_another_connection_writes() {
+    let node = Node::new(2);
+    let database = node.data(1).join("app/main.db");
+    fs::create_dir_all(database.parent().expect("parent")).expect("create folder");
+    write(&node.data(1).join("app/other-file"), b"not snapshotted");
+    {
+        let connection = open_database(&database);
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
+                 BEGIN;
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+                 INSERT INTO items (body) SELECT hex(randomblob(100)) FROM n;
+                 COMMIT;",
+            )
+            .expect("fill database");
+    }
+    fs::set_permissions(&database, fs::Permissions::from_mode(0o640)).expect("chmod");
+
+    // A writer keeps inserting, one transaction per row, for the whole snapshot.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (started_sender, started) = std::sync::mpsc::channel();
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let database = database.clone();
+        std::thread::spawn(move || {
+            let connection = open_database(&database);
+            let mut inserted = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                connection
+                    .execute("INSERT INTO items (body) VALUES (hex(randomblob(100)))", [])
+                    .expect("insert while the snapshot runs");
+                inserted += 1;
+                if inserted == 20 {
+                    let _ = started_sender.send(());
+                }
+            }
+            inserted
+        })
+    };
+    started.recv().expect("writer started");
+    let start_count = count_rows(&open_database(&database));
+
+    let snapshotter = node.snapshotter(SnapshotConfig::Sqlite {
+        databases: vec![database.clone()],
+    });
+    let snapshot = snapshotter.create("sq-1").await.expect("create");
+
+    stop.store(true, Ordering::Relaxed);
+    let inserted = tokio::task::spawn_blocking(move || writer.join().expect("writer"))
+        .await
+        .expect("join writer");
+    let end_count = count_rows(&open_database(&database));
+    assert!(inserted > 20);
+
+    assert_eq!(snapshot.files.len(), 1, "only the configured database");
+    let file = &snapshot.files[0];
+    assert_eq!(file.data_path_index, 1);
+    assert_eq!(file.live_path, database);
+    assert_eq!(
+        file.snapshot_path,
+        node.data(1).join(SNAPSHOTS_FOLDER).join("sq-1/app/main.db")
+    );
+    assert_eq!(file.mode, 0o640);
+    assert_eq!(
+        file.size,
+        fs::metadata(&file.snapshot_path).expect("copy").len()
+    );
+
+    // The copy is one file (opening it with SQLite, below, may add -wal and -shm files).
+    let leftovers: Vec<_> = fs::read_dir(node.data(1).join(SNAPSHOTS_FOLDER).join("sq-1/app"))
+        .expect("read snapshot folder")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("main.db")]);
+    let copy = rusqlite::Connection::open_with_flags(
+        &file.snapshot_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open copy");
+    let check: String = copy
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .expect("integrity check");
+    assert_eq!(check, "ok");
+    let copied = count_rows(&copy);
+    assert!(
+        (start_count..=end_count).contains(&copied),
+        "copy has {copied} rows, live had {start_count} then {end_count}"
+    );
+
+    let restarted = node.snapshotter(SnapshotConfig::Sqlite {
+        databases: vec![database.clone()],
+    });
+    assert_eq!(restarted.list_tags(), vec!["sq-1".to_string()]);
+    assert_eq!(restarted.load("sq-1").await.expect("load"), snapshot);
+    let live = restarted.walk_live().await.expect("walk live");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].snapshot_path, database);
+
+    assert!(restarted.delete("sq-1").await.expect("delete"));
+    assert!(!node.data(1).join(SNAPSHOTS_FOLDER).exists());
+    assert_eq!(count_rows(&open_database(&database)), end_count);
+}
+
+#[tokio::test]
+async fn a_missing_sqlite_database_fails_and_leaves_nothing() {
+    let node = Node::new(1);
+    let present = node.data(0).join("present.db");
+    open_database(&present)
+        .execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT);")
+        .expect("create");
+    let missing = node.data(0).join("missing.db");
+    let snapshotter = node.snapshotter(SnapshotConfig::Sqlite {
+        databases: vec![present, missing.clone()],
+    });
+    let error = snapshotter
+        .create("sq-2")
+        .await
+        .expect_err("missing database");
+    assert!(
+        matches!(&error, SnapshotError::File { path, .. } if *path == missing),
+        "{error}"
+    );
+    assert!(!missing.exists(), "a missing database is not created");
+    assert!(!node.data(0).join(SNAPSHOTS_FOLDER).exists());
+}

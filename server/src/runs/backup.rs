@@ -1,0 +1,819 @@
+//! Executing a backup run.
+//!
+//! 1. Every node snapshots under the run's id as tag (all nodes first, so the backup is as close
+//!    to one point in time as the cluster allows).
+//! 2. Nodes upload their snapshots, at most `node_parallelism` at once, streaming progress.
+//! 3. The backup's own manifest is written through an agent: the commit point. It is recorded in
+//!    the catalog only if the run was not canceled meanwhile; otherwise it is removed again.
+//! 4. Snapshots are removed on every node, whatever happened before.
+//!
+//! A node that fails stops the others; nothing is committed and the run fails naming the node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use coffer_proto::agent::v1 as agent;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::agents::{AgentClients, call_error};
+use crate::backups::{BackupNodeRecord, BackupRecord};
+use crate::error::{Error, Result};
+use crate::locations::Location;
+use crate::model::{Cluster, Node};
+use crate::runs::model::{BackupKind, BackupSpec, NodePhase, Run, RunState};
+use crate::runs::{RunHandle, RunManager};
+
+/// Everything a backup run needs, resolved when it was started.
+#[derive(Debug, Clone)]
+pub struct BackupPlan {
+    /// The cluster as it was when the run started.
+    pub cluster: Cluster,
+    /// The location.
+    pub location: Location,
+    /// The recorded parameters.
+    pub spec: BackupSpec,
+    /// The kind actually taken (incremental without parent becomes full).
+    pub kind: BackupKind,
+    /// Parent of an incremental backup.
+    pub parent_backup_id: Option<Uuid>,
+}
+
+/// What ended a node's part.
+#[derive(Debug)]
+enum NodeOutcome {
+    Done(agent::UploadSummary),
+    Failed(String),
+    Canceled,
+}
+
+/// Runs the backup described by `plan`; every outcome ends in a final, persisted state.
+pub async fn execute(mut handle: RunHandle, plan: BackupPlan) {
+    let outcome = run_backup(&mut handle, &plan).await;
+    let cancelled = handle.cancelled().is_cancelled();
+    let shutting_down = handle.manager().is_shutting_down();
+    let run = handle.run();
+    if !run.dry_run {
+        remove_snapshots(&mut handle, &plan).await;
+    }
+    let (state, error) = match outcome {
+        Ok(()) => (RunState::Succeeded, String::new()),
+        Err(_) if shutting_down => (
+            RunState::Failed,
+            "the server shut down during the run; nothing was committed".to_string(),
+        ),
+        Err(_) if cancelled => (RunState::Canceled, String::new()),
+        Err(error) => (RunState::Failed, error.to_string()),
+    };
+    let final_phase = match state {
+        RunState::Succeeded => NodePhase::Done,
+        RunState::Canceled => NodePhase::Canceled,
+        _ => NodePhase::Failed,
+    };
+    let result = handle
+        .transition(|run| {
+            run.state = state;
+            run.error = error.clone();
+            run.finish_time = Some(SystemTime::now());
+            for node in &mut run.nodes {
+                if !matches!(node.phase, NodePhase::Failed | NodePhase::Canceled) {
+                    node.phase = final_phase;
+                }
+                node.counters.rate_bytes_per_second = 0;
+                node.counters.eta = None;
+            }
+        })
+        .await;
+    match result {
+        Ok(()) => tracing::info!(state = state.as_str(), error, "backup run ended"),
+        Err(error) => tracing::error!(%error, "record the end of a backup run"),
+    }
+}
+
+async fn run_backup(handle: &mut RunHandle, plan: &BackupPlan) -> Result<()> {
+    handle
+        .transition(|run| {
+            run.state = RunState::Running;
+            run.start_time = Some(SystemTime::now());
+        })
+        .await?;
+    let run = handle.run();
+    let cancel = handle.cancelled();
+    if !run.dry_run {
+        snapshot_all(handle, plan).await?;
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::FailedPrecondition("canceled".into()));
+    }
+    let summaries = upload_all(handle, plan).await?;
+    if run.dry_run {
+        return Ok(());
+    }
+    let Some(backup_id) = run.backup_id else {
+        return Err(Error::internal("commit backup", "the run has no backup id"));
+    };
+    commit(handle, plan, backup_id, &summaries).await
+}
+
+async fn snapshot_all(handle: &mut RunHandle, plan: &BackupPlan) -> Result<()> {
+    let run = handle.run();
+    let tag = run.id.to_string();
+    handle
+        .transition(|run| {
+            for node in &mut run.nodes {
+                node.phase = NodePhase::Snapshotting;
+            }
+        })
+        .await?;
+    let agents = handle.manager().agents().clone();
+    let cancel = handle.cancelled();
+    let parallelism = agents.options().parallelism.max(1);
+    let results: Vec<(
+        Uuid,
+        std::result::Result<agent::CreateSnapshotResponse, String>,
+    )> = futures::stream::iter(plan.cluster.nodes.iter().cloned())
+        .map(|node| {
+            let agents = agents.clone();
+            let tag = tag.clone();
+            let cancel = cancel.clone();
+            async move {
+                let call = async {
+                    let mut client = agents
+                        .long_client(&node.spec.address)
+                        .map_err(|e| e.to_string())?;
+                    client
+                        .create_snapshot(agent::CreateSnapshotRequest { tag })
+                        .await
+                        .map(tonic::Response::into_inner)
+                        .map_err(|status| call_error(&node.spec.address, &status).to_string())
+                };
+                let result = tokio::select! {
+                    result = call => result,
+                    () = cancel.cancelled() => Err("canceled".to_string()),
+                };
+                (node.info.node_id, result)
+            }
+        })
+        .buffer_unordered(parallelism)
+        .collect()
+        .await;
+    let mut failures = Vec::new();
+    for (node_id, result) in results {
+        match result {
+            Ok(snapshot) => {
+                handle
+                    .progress(|run| {
+                        if let Some(node) = run.nodes.iter_mut().find(|n| n.node_id == node_id) {
+                            node.counters.files_total = snapshot.file_count;
+                            node.counters.bytes_total = snapshot.total_bytes;
+                            node.phase = NodePhase::Queued;
+                        }
+                    })
+                    .await;
+            }
+            Err(reason) => {
+                handle
+                    .node_phase(node_id, NodePhase::Failed, Some(reason.clone()))
+                    .await?;
+                failures.push(format!("node {node_id}: {reason}"));
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(format!(
+            "snapshot failed: {}",
+            failures.join("; ")
+        )))
+    }
+}
+
+/// A progress event from one node's upload stream.
+enum NodeEvent {
+    Progress(Uuid, agent::UploadProgress),
+    Finished(Uuid, NodeOutcome),
+}
+
+async fn upload_all(
+    handle: &mut RunHandle,
+    plan: &BackupPlan,
+) -> Result<Vec<(Node, agent::UploadSummary)>> {
+    let run = handle.run();
+    let agents = handle.manager().agents().clone();
+    let parent_cancel = handle.cancelled();
+    // A failing node stops the others through this token; a cancel of the run reaches it too.
+    let stop = parent_cancel.child_token();
+    let node_count = plan.cluster.nodes.len().max(1);
+    let parallelism = match plan.spec.limits.node_parallelism {
+        0 => node_count,
+        n => (n as usize).min(node_count),
+    };
+    let permits = Arc::new(Semaphore::new(parallelism));
+    let (events, mut received) = tokio::sync::mpsc::channel::<NodeEvent>(256);
+    let mut tasks = tokio::task::JoinSet::new();
+    for node in plan.cluster.nodes.clone() {
+        let request = agent::UploadSnapshotRequest {
+            tag: run.id.to_string(),
+            location: Some(plan.location.storage()),
+            cluster_id: plan.cluster.id.to_string(),
+            backup_id: run.backup_id.map(|id| id.to_string()).unwrap_or_default(),
+            kind: match plan.kind {
+                BackupKind::Full => agent::BackupKind::Full,
+                BackupKind::Incremental => agent::BackupKind::Incremental,
+            }
+            .into(),
+            include: plan.spec.filter.include.clone(),
+            exclude: plan.spec.filter.exclude.clone(),
+            rate_limit_bytes_per_second: plan.spec.limits.rate_limit_bytes_per_second,
+            concurrency: plan.spec.limits.concurrency,
+            dry_run: run.dry_run,
+        };
+        let agents = agents.clone();
+        let permits = permits.clone();
+        let stop = stop.clone();
+        let events = events.clone();
+        tasks.spawn(async move {
+            let node_id = node.info.node_id;
+            let outcome = tokio::select! {
+                outcome = upload_node(&agents, &node, request, &permits, &events) => outcome,
+                () = stop.cancelled() => NodeOutcome::Canceled,
+            };
+            let _ = events.send(NodeEvent::Finished(node_id, outcome)).await;
+        });
+    }
+    drop(events);
+
+    let mut rates: std::collections::HashMap<Uuid, RateMeter> = std::collections::HashMap::new();
+    let mut summaries = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(event) = received.recv().await {
+        match event {
+            NodeEvent::Progress(node_id, progress) => {
+                let meter = rates.entry(node_id).or_default();
+                let rate = meter.observe(progress.bytes_done);
+                handle
+                    .progress(|run| {
+                        if let Some(node) = run.nodes.iter_mut().find(|n| n.node_id == node_id) {
+                            node.phase = match agent::UploadPhase::try_from(progress.phase) {
+                                Ok(agent::UploadPhase::Uploading) => NodePhase::Uploading,
+                                Ok(agent::UploadPhase::WritingManifest) => NodePhase::Uploading,
+                                _ => NodePhase::Hashing,
+                            };
+                            apply_progress(&mut node.counters, &progress);
+                            node.counters.rate_bytes_per_second = rate;
+                            let remaining =
+                                progress.bytes_total.saturating_sub(progress.bytes_done);
+                            node.counters.eta = (rate > 0)
+                                .then(|| Duration::from_secs_f64(remaining as f64 / rate as f64));
+                        }
+                    })
+                    .await;
+            }
+            NodeEvent::Finished(node_id, NodeOutcome::Done(summary)) => {
+                let progress = summary.progress.unwrap_or_default();
+                handle
+                    .progress(|run| {
+                        if let Some(node) = run.nodes.iter_mut().find(|n| n.node_id == node_id) {
+                            apply_progress(&mut node.counters, &progress);
+                            node.counters.objects_uploaded = summary.objects_uploaded;
+                            node.counters.rate_bytes_per_second = 0;
+                            node.counters.eta = None;
+                        }
+                    })
+                    .await;
+                if let Some(node) = plan
+                    .cluster
+                    .nodes
+                    .iter()
+                    .find(|n| n.info.node_id == node_id)
+                {
+                    summaries.push((node.clone(), summary));
+                }
+            }
+            NodeEvent::Finished(node_id, NodeOutcome::Failed(reason)) => {
+                tracing::warn!(node_id = %node_id, reason, "node failed its upload");
+                handle
+                    .node_phase(node_id, NodePhase::Failed, Some(reason.clone()))
+                    .await?;
+                failures.push(format!("node {node_id}: {reason}"));
+                stop.cancel();
+            }
+            NodeEvent::Finished(node_id, NodeOutcome::Canceled) => {
+                handle
+                    .node_phase(node_id, NodePhase::Canceled, None)
+                    .await?;
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    if !failures.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "upload failed: {}",
+            failures.join("; ")
+        )));
+    }
+    if parent_cancel.is_cancelled() {
+        return Err(Error::FailedPrecondition("canceled".into()));
+    }
+    Ok(summaries)
+}
+
+fn apply_progress(counters: &mut crate::runs::model::Counters, progress: &agent::UploadProgress) {
+    counters.files_total = progress.files_total;
+    counters.files_done = progress.files_done;
+    counters.files_skipped = progress.files_skipped;
+    counters.bytes_total = progress.bytes_total;
+    counters.bytes_done = progress.bytes_done;
+    counters.bytes_skipped = progress.bytes_skipped;
+    counters.bytes_uploaded = progress.bytes_uploaded;
+}
+
+async fn upload_node(
+    agents: &AgentClients,
+    node: &Node,
+    request: agent::UploadSnapshotRequest,
+    permits: &Semaphore,
+    events: &tokio::sync::mpsc::Sender<NodeEvent>,
+) -> NodeOutcome {
+    let Ok(_permit) = permits.acquire().await else {
+        return NodeOutcome::Canceled;
+    };
+    let node_id = node.info.node_id;
+    let mut client = match agents.long_client(&node.spec.address) {
+        Ok(client) => client,
+        Err(error) => return NodeOutcome::Failed(error.to_string()),
+    };
+    let mut stream = match client.upload_snapshot(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return NodeOutcome::Failed(call_error(&node.spec.address, &status).reason),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(message)) => match message.event {
+                Some(agent::upload_snapshot_response::Event::Progress(progress)) => {
+                    let _ = events.send(NodeEvent::Progress(node_id, progress)).await;
+                }
+                Some(agent::upload_snapshot_response::Event::Done(summary)) => {
+                    return NodeOutcome::Done(summary);
+                }
+                None => {}
+            },
+            Ok(None) => {
+                return NodeOutcome::Failed("the agent ended the upload without a summary".into());
+            }
+            Err(status) => {
+                return NodeOutcome::Failed(call_error(&node.spec.address, &status).reason);
+            }
+        }
+    }
+}
+
+/// Throughput over the last few seconds, from cumulative byte counts.
+#[derive(Debug, Default)]
+struct RateMeter {
+    last: Option<(Instant, u64)>,
+    rate: f64,
+}
+
+impl RateMeter {
+    fn observe(&mut self, bytes_done: u64) -> u64 {
+        let now = Instant::now();
+        if let Some((then, before)) = self.last {
+            let elapsed = now.duration_since(then).as_secs_f64();
+            if elapsed >= 0.2 {
+                let instant = bytes_done.saturating_sub(before) as f64 / elapsed;
+                // Exponential smoothing: steady enough for an ETA, quick to follow real changes.
+                self.rate = if self.rate == 0.0 {
+                    instant
+                } else {
+                    0.7 * self.rate + 0.3 * instant
+                };
+                self.last = Some((now, bytes_done));
+            }
+        } else {
+            self.last = Some((now, bytes_done));
+        }
+        self.rate as u64
+    }
+}
+
+/// The backup's own manifest, `backup.json`: the commit point.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CommitManifest {
+    format: String,
+    version: u32,
+    backup_id: Uuid,
+    cluster_id: Uuid,
+    cluster_name: String,
+    kind: BackupKind,
+    parent_backup_id: Option<Uuid>,
+    location_id: Uuid,
+    labels: std::collections::BTreeMap<String, String>,
+    filter: crate::runs::model::PathFilter,
+    run_id: Uuid,
+    start_time_ms: i64,
+    commit_time_ms: i64,
+    nodes: Vec<CommitNode>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CommitNode {
+    node_id: Uuid,
+    hostname: String,
+    datacenter: String,
+    rack: String,
+    manifest_path: String,
+    file_count: u64,
+    total_bytes: u64,
+    uploaded_bytes: u64,
+    uploaded_objects: u64,
+}
+
+fn millis(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+impl CommitManifest {
+    fn record(&self) -> BackupRecord {
+        BackupRecord {
+            id: self.backup_id,
+            cluster_id: self.cluster_id,
+            cluster_name: self.cluster_name.clone(),
+            location_id: self.location_id,
+            location_name: String::new(),
+            kind: self.kind,
+            parent_backup_id: self.parent_backup_id,
+            filter: self.filter.clone(),
+            labels: self.labels.clone(),
+            run_id: Some(self.run_id),
+            schedule_id: None,
+            start_time: from_millis(self.start_time_ms),
+            commit_time: from_millis(self.commit_time_ms),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|node| BackupNodeRecord {
+                    node_id: node.node_id,
+                    hostname: node.hostname.clone(),
+                    datacenter: node.datacenter.clone(),
+                    rack: node.rack.clone(),
+                    manifest_path: node.manifest_path.clone(),
+                    file_count: node.file_count,
+                    total_bytes: node.total_bytes,
+                    uploaded_bytes: node.uploaded_bytes,
+                    uploaded_objects: node.uploaded_objects,
+                })
+                .collect(),
+        }
+    }
+}
+
+async fn commit(
+    handle: &mut RunHandle,
+    plan: &BackupPlan,
+    backup_id: Uuid,
+    summaries: &[(Node, agent::UploadSummary)],
+) -> Result<()> {
+    let run = handle.run();
+    let manifest = CommitManifest {
+        format: "coffer-backup".into(),
+        version: coffer_format::FORMAT_VERSION,
+        backup_id,
+        cluster_id: plan.cluster.id,
+        cluster_name: plan.cluster.name.to_string(),
+        kind: plan.kind,
+        parent_backup_id: plan.parent_backup_id,
+        location_id: plan.location.id,
+        labels: plan.spec.labels.clone(),
+        filter: plan.spec.filter.clone(),
+        run_id: run.id,
+        start_time_ms: millis(run.start_time.unwrap_or(run.create_time)),
+        commit_time_ms: millis(SystemTime::now()),
+        nodes: summaries
+            .iter()
+            .map(|(node, summary)| {
+                let progress = summary.progress.unwrap_or_default();
+                CommitNode {
+                    node_id: node.info.node_id,
+                    hostname: node.info.hostname.clone(),
+                    datacenter: node.spec.datacenter.clone(),
+                    rack: node.spec.rack.clone(),
+                    manifest_path: summary.manifest_path.clone(),
+                    file_count: progress.files_total,
+                    total_bytes: progress.bytes_total,
+                    uploaded_bytes: progress.bytes_uploaded,
+                    uploaded_objects: summary.objects_uploaded,
+                }
+            })
+            .collect(),
+    };
+    let content = serde_json::to_vec_pretty(&manifest)
+        .map_err(|error| Error::internal("encode backup manifest", error))?;
+    let path = coffer_format::ClusterLayout::new(plan.cluster.id).backup_manifest(backup_id);
+    if handle.cancelled().is_cancelled() {
+        return Err(Error::FailedPrecondition("canceled".into()));
+    }
+    put_object(
+        handle.manager().agents(),
+        &plan.cluster,
+        &plan.location,
+        &path,
+        content,
+    )
+    .await?;
+    let mut record = manifest.record();
+    record.location_name = plan.location.name.to_string();
+    if let Err(error) = handle.manager().catalog().record_backup(&record).await {
+        // Canceled while the manifest was being written: take the commit back.
+        tracing::warn!(%error, "backup not recorded; removing its commit manifest");
+        delete_object(
+            handle.manager().agents(),
+            &plan.cluster,
+            &plan.location,
+            &path,
+        )
+        .await?;
+        return Err(error);
+    }
+    tracing::info!(backup_id = %backup_id, "backup committed");
+    Ok(())
+}
+
+async fn remove_snapshots(handle: &mut RunHandle, plan: &BackupPlan) {
+    let run = handle.run();
+    let tag = run.id.to_string();
+    let _ = handle
+        .transition(|run| {
+            for node in &mut run.nodes {
+                if !matches!(node.phase, NodePhase::Failed) {
+                    node.phase = NodePhase::CleaningUp;
+                }
+            }
+        })
+        .await;
+    let agents = handle.manager().agents().clone();
+    let failures = delete_snapshots(&agents, &plan.cluster.nodes, &tag).await;
+    for (node_id, reason) in failures {
+        let _ = handle
+            .progress(|run| {
+                if let Some(node) = run.nodes.iter_mut().find(|n| n.node_id == node_id) {
+                    node.last_error = format!("snapshot {tag} not removed: {reason}");
+                }
+            })
+            .await;
+    }
+}
+
+/// Asks every node to delete the snapshot `tag`; returns the nodes that failed.
+async fn delete_snapshots(
+    agents: &Arc<AgentClients>,
+    nodes: &[Node],
+    tag: &str,
+) -> Vec<(Uuid, String)> {
+    let results: Vec<_> = futures::stream::iter(nodes.iter().cloned())
+        .map(|node| {
+            let agents = agents.clone();
+            let tag = tag.to_string();
+            async move {
+                let result = async {
+                    let mut client = agents
+                        .long_client(&node.spec.address)
+                        .map_err(|e| e.to_string())?;
+                    client
+                        .delete_snapshot(agent::DeleteSnapshotRequest { tag })
+                        .await
+                        .map_err(|status| call_error(&node.spec.address, &status).to_string())
+                }
+                .await;
+                (node.info.node_id, result)
+            }
+        })
+        .buffer_unordered(agents.options().parallelism.max(1))
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .filter_map(|(node_id, result)| match result {
+            Ok(_) => None,
+            Err(reason) => {
+                tracing::warn!(node_id = %node_id, reason, "remove snapshot");
+                Some((node_id, reason))
+            }
+        })
+        .collect()
+}
+
+/// Asks the cluster's agents, in turn, until one succeeds.
+async fn with_any_agent<T, F, Fut>(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    what: &str,
+    call: F,
+) -> Result<T>
+where
+    F: Fn(
+        coffer_proto::agent::v1::agent_service_client::AgentServiceClient<tonic::transport::Channel>,
+    ) -> Fut,
+    Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+{
+    let mut reasons = Vec::new();
+    for node in &cluster.nodes {
+        let client = match agents.client(&node.spec.address) {
+            Ok(client) => client,
+            Err(error) => {
+                reasons.push(error.to_string());
+                continue;
+            }
+        };
+        match call(client).await {
+            Ok(value) => return Ok(value),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return Err(Error::NotFound {
+                    kind: "object",
+                    name: status.message().to_string(),
+                });
+            }
+            Err(status) => reasons.push(call_error(&node.spec.address, &status).to_string()),
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "no agent of cluster {} could {what}: {}",
+        cluster.name,
+        reasons.join("; ")
+    )))
+}
+
+/// Writes a small object into a location through an agent of the cluster.
+pub async fn put_object(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+    path: &str,
+    content: Vec<u8>,
+) -> Result<()> {
+    with_any_agent(agents, cluster, "write to the location", |mut client| {
+        let request = agent::PutObjectRequest {
+            location: Some(location.storage()),
+            path: path.to_string(),
+            content: content.clone(),
+        };
+        async move { client.put_object(request).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// Reads a small object from a location through an agent of the cluster.
+pub async fn get_object(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+    path: &str,
+) -> Result<Vec<u8>> {
+    with_any_agent(agents, cluster, "read from the location", |mut client| {
+        let request = agent::GetObjectRequest {
+            location: Some(location.storage()),
+            path: path.to_string(),
+        };
+        async move {
+            client
+                .get_object(request)
+                .await
+                .map(|r| r.into_inner().content)
+        }
+    })
+    .await
+}
+
+/// Deletes an object from a location through an agent of the cluster.
+pub async fn delete_object(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+    path: &str,
+) -> Result<()> {
+    with_any_agent(agents, cluster, "delete from the location", |mut client| {
+        let request = agent::DeleteObjectRequest {
+            location: Some(location.storage()),
+            path: path.to_string(),
+        };
+        async move { client.delete_object(request).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// Reads a page of a node manifest through an agent of the cluster.
+pub async fn read_manifest_page(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+    path: &str,
+    offset: u64,
+    limit: u32,
+) -> Result<(Vec<agent::ManifestEntry>, bool)> {
+    with_any_agent(agents, cluster, "read the node manifest", |mut client| {
+        let request = agent::ReadNodeManifestRequest {
+            location: Some(location.storage()),
+            path: path.to_string(),
+            offset,
+            limit,
+        };
+        async move {
+            client.read_node_manifest(request).await.map(|r| {
+                let r = r.into_inner();
+                (r.entries, r.more)
+            })
+        }
+    })
+    .await
+}
+
+/// Finishes a backup run a previous server process left in flight: committed if its manifest
+/// reached storage, failed otherwise; its snapshots are removed either way.
+pub async fn recover(manager: &RunManager, mut run: Run) {
+    let crate::runs::model::RunSpec::Backup(spec) = &run.spec;
+    let cluster = manager
+        .catalog()
+        .find_cluster(&run.cluster_id.to_string())
+        .await
+        .ok()
+        .flatten();
+    let location = manager
+        .catalog()
+        .find_location(&spec.location_id.to_string())
+        .await
+        .ok()
+        .flatten();
+    let mut committed = false;
+    if let (Some(cluster), Some(location), Some(backup_id)) = (&cluster, &location, run.backup_id)
+        && run.state != RunState::Canceling
+        && !run.dry_run
+    {
+        let path = coffer_format::ClusterLayout::new(cluster.id).backup_manifest(backup_id);
+        match get_object(manager.agents(), cluster, location, &path).await {
+            Ok(content) => match serde_json::from_slice::<CommitManifest>(&content) {
+                Ok(manifest) => {
+                    let mut record = manifest.record();
+                    record.location_name = location.name.to_string();
+                    committed = manager.catalog().record_backup(&record).await.is_ok();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "unreadable commit manifest of an interrupted run")
+                }
+            },
+            Err(Error::NotFound { .. }) => {}
+            Err(error) => {
+                tracing::warn!(%error, "look for the commit manifest of an interrupted run")
+            }
+        }
+    }
+    if let Some(cluster) = &cluster
+        && !run.dry_run
+    {
+        delete_snapshots(manager.agents(), &cluster.nodes, &run.id.to_string()).await;
+    }
+    let now = SystemTime::now();
+    run.finish_time = Some(now);
+    run.update_time = now;
+    if committed {
+        run.state = RunState::Succeeded;
+        for node in &mut run.nodes {
+            node.phase = NodePhase::Done;
+        }
+    } else {
+        run.state = if run.state == RunState::Canceling {
+            RunState::Canceled
+        } else {
+            RunState::Failed
+        };
+        if run.state == RunState::Failed {
+            run.error = "the server stopped during the run; nothing was committed".into();
+        }
+        for node in &mut run.nodes {
+            if !matches!(node.phase, NodePhase::Done | NodePhase::Failed) {
+                node.phase = if run.state == RunState::Canceled {
+                    NodePhase::Canceled
+                } else {
+                    NodePhase::Failed
+                };
+            }
+        }
+    }
+    for node in &mut run.nodes {
+        node.counters.rate_bytes_per_second = 0;
+        node.counters.eta = None;
+    }
+    match manager.catalog().save_run(&run).await {
+        Ok(()) => {
+            tracing::info!(run_id = %run.id, state = run.state.as_str(), "finished interrupted run")
+        }
+        Err(error) => tracing::error!(run_id = %run.id, %error, "finish interrupted run"),
+    }
+}

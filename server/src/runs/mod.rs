@@ -1,0 +1,329 @@
+//! Runs: the persisted state machines of backups and restores, their live progress, watchers and
+//! cancellation.
+//!
+//! A run is recorded (queued) before its id is returned, and every transition is written before
+//! it is acted on. While a run executes, its current state lives in a watch channel: watchers
+//! get the current state first, then changes at most every `min_update_interval`, then the final
+//! state. Progress counters reach the catalog about once a second; transitions at once.
+//!
+//! At start-up, runs the catalog shows in flight were interrupted by a stop or crash of the
+//! server: [`RunManager::recover`] finishes them truthfully (a backup whose commit manifest made
+//! it to storage is recorded as committed; anything else failed) and removes their snapshots.
+
+pub mod backup;
+pub mod model;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::Stream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::agents::AgentClients;
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::runs::model::{NodePhase, Run, RunState};
+
+/// Most often progress reaches the catalog while a run executes.
+const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// Default and smallest interval between two watch messages.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Smallest interval a watcher may ask for.
+pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A run that is executing in this server.
+#[derive(Debug)]
+struct LiveRun {
+    state: watch::Sender<Run>,
+    cancel: CancellationToken,
+}
+
+/// Owns the executing runs.
+#[derive(Debug, Clone)]
+pub struct RunManager {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    catalog: Catalog,
+    agents: Arc<AgentClients>,
+    live: Mutex<HashMap<Uuid, Arc<LiveRun>>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RunManager {
+    /// A manager over the catalog, calling agents through `agents`.
+    pub fn new(catalog: Catalog, agents: Arc<AgentClients>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                catalog,
+                agents,
+                live: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub(crate) fn agents(&self) -> &Arc<AgentClients> {
+        &self.inner.agents
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<LiveRun>>> {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts executing a recorded, queued run in the background with `work`.
+    pub(crate) fn spawn<F, Fut>(&self, run: Run, work: F)
+    where
+        F: FnOnce(RunHandle) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (state, _) = watch::channel(run.clone());
+        let cancel = self.inner.shutdown.child_token();
+        let live = Arc::new(LiveRun {
+            state,
+            cancel: cancel.clone(),
+        });
+        self.live().insert(run.id, live.clone());
+        let handle = RunHandle {
+            manager: self.clone(),
+            live,
+            last_persist: Instant::now(),
+        };
+        // A run outlives the request that started it: its span hangs off no request.
+        let span =
+            tracing::info_span!(parent: None, "run", run_id = %run.id, cluster = %run.cluster_name);
+        let manager = self.clone();
+        let run_id = run.id;
+        self.inner.tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                work(handle).await;
+                manager.live().remove(&run_id);
+            },
+            span,
+        ));
+    }
+
+    /// The run with this id: live state if it executes here, else as recorded.
+    pub async fn get(&self, id: Uuid) -> Result<Run> {
+        let live = self.live().get(&id).map(|live| live.state.borrow().clone());
+        if let Some(run) = live {
+            return Ok(run);
+        }
+        self.inner
+            .catalog
+            .get_run(id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                kind: "run",
+                name: id.to_string(),
+            })
+    }
+
+    /// Follows a run: its current state at once, then changes at most every `interval`, ending
+    /// after the final state.
+    pub async fn watch(
+        &self,
+        id: Uuid,
+        interval: Duration,
+    ) -> Result<impl Stream<Item = Run> + Send + 'static> {
+        let receiver = self.live().get(&id).map(|live| live.state.subscribe());
+        let first = match &receiver {
+            Some(receiver) => receiver.borrow().clone(),
+            None => self.get(id).await?,
+        };
+        let catalog = self.inner.catalog.clone();
+        Ok(async_stream_of(first, receiver, catalog, interval))
+    }
+
+    /// Asks a run to stop. Queued and running runs go to CANCELING, then (once their nodes
+    /// stopped and cleaned up) CANCELED. Cancelling a canceling run changes nothing.
+    ///
+    /// Fails with NOT_FOUND for an unknown run and FAILED_PRECONDITION for a finished one or one
+    /// whose backup is being committed.
+    pub async fn cancel(&self, id: Uuid) -> Result<Run> {
+        let live = self.live().get(&id).cloned();
+        let Some(live) = live else {
+            let run = self.get(id).await?;
+            return Err(Error::FailedPrecondition(format!(
+                "run {id} has ended ({}); there is nothing to cancel",
+                run.state.as_str()
+            )));
+        };
+        let current = live.state.borrow().clone();
+        match current.state {
+            RunState::Canceling => return Ok(current),
+            state if state.is_final() => {
+                return Err(Error::FailedPrecondition(format!(
+                    "run {id} has ended ({}); there is nothing to cancel",
+                    state.as_str()
+                )));
+            }
+            _ => {}
+        }
+        let mut canceling = current;
+        canceling.state = RunState::Canceling;
+        canceling.update_time = SystemTime::now();
+        // Written before acted on: a crash now still finds the run canceling, and a commit that
+        // races with this cancel sees it and does not count.
+        self.inner.catalog.save_run(&canceling).await?;
+        live.state.send_replace(canceling.clone());
+        live.cancel.cancel();
+        tracing::info!(run_id = %id, "run canceling");
+        Ok(canceling)
+    }
+
+    /// Finishes runs that a previous server process left in flight. See the module docs.
+    pub async fn recover(&self) -> Result<()> {
+        for run in self.inner.catalog.runs_in_flight().await? {
+            if self.live().contains_key(&run.id) {
+                continue;
+            }
+            backup::recover(self, run).await;
+        }
+        Ok(())
+    }
+
+    /// Stops every executing run (as a cancel would, but recorded as failed by a shutdown) and
+    /// waits for them to clean up.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Whether the server is shutting down.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+}
+
+fn async_stream_of(
+    first: Run,
+    receiver: Option<watch::Receiver<Run>>,
+    catalog: Catalog,
+    interval: Duration,
+) -> impl Stream<Item = Run> + Send + 'static {
+    futures::stream::unfold(
+        (Some(first), receiver, false),
+        move |(pending, mut receiver, done)| {
+            let catalog = catalog.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                if let Some(run) = pending {
+                    let finished = run.state.is_final() || receiver.is_none();
+                    return Some((run, (None, receiver, finished)));
+                }
+                let channel = receiver.as_mut()?;
+                // Coalesce: wait for a change, then let changes pile up for `interval`.
+                let next = match channel.changed().await {
+                    Ok(()) => {
+                        tokio::time::sleep(interval).await;
+                        channel.borrow_and_update().clone()
+                    }
+                    Err(_) => {
+                        // The run ended and its task went away: the catalog has the final state.
+                        let id = channel.borrow().id;
+                        match catalog.get_run(id).await {
+                            Ok(Some(run)) => run,
+                            _ => channel.borrow().clone(),
+                        }
+                    }
+                };
+                let finished = next.state.is_final();
+                Some((next, (None, receiver, finished)))
+            }
+        },
+    )
+}
+
+/// What a run's task uses to publish progress and transitions.
+#[derive(Debug)]
+pub struct RunHandle {
+    manager: RunManager,
+    live: Arc<LiveRun>,
+    last_persist: Instant,
+}
+
+impl RunHandle {
+    /// The run as it is now.
+    pub fn run(&self) -> Run {
+        self.live.state.borrow().clone()
+    }
+
+    /// Fires when the run is canceled or the server shuts down.
+    pub fn cancelled(&self) -> CancellationToken {
+        self.live.cancel.clone()
+    }
+
+    /// The manager.
+    pub fn manager(&self) -> &RunManager {
+        &self.manager
+    }
+
+    /// Applies a transition and writes it to the catalog before returning.
+    ///
+    /// Fails when the catalog cannot be written: the caller must not act on the transition.
+    pub async fn transition(&mut self, change: impl FnOnce(&mut Run)) -> Result<()> {
+        let mut run = self.run();
+        change(&mut run);
+        run.update_time = SystemTime::now();
+        // A cancel may have been written meanwhile: never overwrite canceling with running.
+        if self.live.state.borrow().state == RunState::Canceling && run.state == RunState::Running {
+            run.state = RunState::Canceling;
+        }
+        self.manager.catalog().save_run(&run).await?;
+        self.live.state.send_replace(run);
+        self.last_persist = Instant::now();
+        Ok(())
+    }
+
+    /// Applies a progress change; it reaches watchers at once and the catalog within a second.
+    pub async fn progress(&mut self, change: impl FnOnce(&mut Run)) {
+        self.live.state.send_modify(|run| {
+            change(run);
+            run.update_time = SystemTime::now();
+        });
+        if self.last_persist.elapsed() >= PERSIST_INTERVAL {
+            self.last_persist = Instant::now();
+            let run = self.run();
+            if let Err(error) = self.manager.catalog().save_run(&run).await {
+                tracing::warn!(%error, "persist run progress");
+            }
+        }
+    }
+
+    /// Sets the phase of one node (a transition).
+    pub async fn node_phase(
+        &mut self,
+        node_id: Uuid,
+        phase: NodePhase,
+        error: Option<String>,
+    ) -> Result<()> {
+        self.transition(|run| {
+            if let Some(node) = run.nodes.iter_mut().find(|node| node.node_id == node_id) {
+                node.phase = phase;
+                if let Some(error) = error {
+                    node.last_error = error;
+                }
+            }
+        })
+        .await
+    }
+}

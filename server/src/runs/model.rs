@@ -1,0 +1,357 @@
+//! What a run is: its kind, its persisted state machine, its parameters and per-node progress.
+//!
+//! States: `queued -> running -> succeeded | failed`, and `queued | running -> canceling ->
+//! canceled`. Every transition is written to the catalog before it is acted on, so a restarted
+//! server knows exactly what was in flight.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Backup or restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    /// Copies a cluster's data into a location.
+    Backup,
+    /// Copies a backup back onto a cluster.
+    Restore,
+}
+
+impl RunKind {
+    /// Catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Restore => "restore",
+        }
+    }
+
+    /// Parses the catalog spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "backup" => Some(Self::Backup),
+            "restore" => Some(Self::Restore),
+            _ => None,
+        }
+    }
+}
+
+/// State of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunState {
+    /// Recorded, not started.
+    Queued,
+    /// Nodes are working.
+    Running,
+    /// Cancel requested; nodes are stopping and cleaning up.
+    Canceling,
+    /// Finished, everything done.
+    Succeeded,
+    /// Finished with an error; nothing committed.
+    Failed,
+    /// Finished by a cancel; nothing committed.
+    Canceled,
+}
+
+impl RunState {
+    /// Catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Canceling => "canceling",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    /// Parses the catalog spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "canceling" => Self::Canceling,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "canceled" => Self::Canceled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the run has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled)
+    }
+}
+
+/// What a node is doing in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePhase {
+    /// Waiting its turn.
+    Queued,
+    /// Taking the snapshot.
+    Snapshotting,
+    /// Hashing files.
+    Hashing,
+    /// Uploading objects.
+    Uploading,
+    /// Downloading objects (restore).
+    Downloading,
+    /// Verifying downloads (restore).
+    Verifying,
+    /// Moving files into place (restore).
+    Placing,
+    /// Running the post-restore hook.
+    RunningHook,
+    /// Removing the snapshot.
+    CleaningUp,
+    /// Finished.
+    Done,
+    /// Failed; see the node's error.
+    Failed,
+    /// Stopped by a cancel.
+    Canceled,
+}
+
+impl NodePhase {
+    /// Catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Snapshotting => "snapshotting",
+            Self::Hashing => "hashing",
+            Self::Uploading => "uploading",
+            Self::Downloading => "downloading",
+            Self::Verifying => "verifying",
+            Self::Placing => "placing",
+            Self::RunningHook => "running_hook",
+            Self::CleaningUp => "cleaning_up",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    /// Parses the catalog spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "queued" => Self::Queued,
+            "snapshotting" => Self::Snapshotting,
+            "hashing" => Self::Hashing,
+            "uploading" => Self::Uploading,
+            "downloading" => Self::Downloading,
+            "verifying" => Self::Verifying,
+            "placing" => Self::Placing,
+            "running_hook" => Self::RunningHook,
+            "cleaning_up" => Self::CleaningUp,
+            "done" => Self::Done,
+            "failed" => Self::Failed,
+            "canceled" => Self::Canceled,
+            _ => return None,
+        })
+    }
+}
+
+/// Progress counters of a node (or of a whole run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Files selected.
+    pub files_total: u64,
+    /// Files finished.
+    pub files_done: u64,
+    /// Of the finished files, those the location already had.
+    pub files_skipped: u64,
+    /// Bytes selected.
+    pub bytes_total: u64,
+    /// Bytes finished.
+    pub bytes_done: u64,
+    /// Of the finished bytes, those not transferred because present.
+    pub bytes_skipped: u64,
+    /// Bytes written to storage (after compression).
+    pub bytes_uploaded: u64,
+    /// Objects written to storage.
+    pub objects_uploaded: u64,
+    /// Recent throughput, bytes per second.
+    pub rate_bytes_per_second: u64,
+    /// Estimated time to finish.
+    pub eta: Option<Duration>,
+}
+
+impl Counters {
+    /// Adds `other`'s counters (totals of a run); rates add up, ETA is the longest.
+    pub fn add(&mut self, other: &Counters) {
+        self.files_total += other.files_total;
+        self.files_done += other.files_done;
+        self.files_skipped += other.files_skipped;
+        self.bytes_total += other.bytes_total;
+        self.bytes_done += other.bytes_done;
+        self.bytes_skipped += other.bytes_skipped;
+        self.bytes_uploaded += other.bytes_uploaded;
+        self.objects_uploaded += other.objects_uploaded;
+        self.rate_bytes_per_second += other.rate_bytes_per_second;
+        self.eta = match (self.eta, other.eta) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Progress of one node in a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProgress {
+    /// The node.
+    pub node_id: Uuid,
+    /// For restores: the node of the backup whose data it receives.
+    pub source_node_id: Option<Uuid>,
+    /// What it is doing.
+    pub phase: NodePhase,
+    /// Counters.
+    pub counters: Counters,
+    /// Last error, empty when none.
+    pub last_error: String,
+}
+
+/// Kind of backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    /// Re-read everything.
+    Full,
+    /// Trust the journal and the parent.
+    Incremental,
+}
+
+impl BackupKind {
+    /// Catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Incremental => "incremental",
+        }
+    }
+
+    /// Parses the catalog spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "full" => Some(Self::Full),
+            "incremental" => Some(Self::Incremental),
+            _ => None,
+        }
+    }
+}
+
+/// Path globs selecting files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathFilter {
+    /// Files to include; empty includes all.
+    pub include: Vec<String>,
+    /// Files to leave out.
+    pub exclude: Vec<String>,
+}
+
+/// Limits of a transfer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLimits {
+    /// Bytes per second per node; 0 unlimited.
+    pub rate_limit_bytes_per_second: u64,
+    /// Concurrent files per node; 0 the agent's default.
+    pub concurrency: u32,
+    /// Nodes transferring at once; 0 all.
+    pub node_parallelism: u32,
+}
+
+/// Parameters of a backup run, as recorded (locations resolved to ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSpec {
+    /// Kind requested.
+    pub kind: BackupKind,
+    /// Location id.
+    pub location_id: Uuid,
+    /// Location name when the run started.
+    pub location_name: String,
+    /// File selection.
+    pub filter: PathFilter,
+    /// Limits.
+    pub limits: TransferLimits,
+    /// Labels given to the backup.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Parameters of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RunSpec {
+    /// A backup.
+    Backup(BackupSpec),
+}
+
+/// A run as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// Id; also the tag of the snapshots it takes.
+    pub id: Uuid,
+    /// Cluster.
+    pub cluster_id: Uuid,
+    /// Cluster name when the run started.
+    pub cluster_name: String,
+    /// Kind.
+    pub kind: RunKind,
+    /// State.
+    pub state: RunState,
+    /// Parameters.
+    pub spec: RunSpec,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Idempotency key, if given.
+    pub idempotency_key: Option<String>,
+    /// Schedule that started it.
+    pub schedule_id: Option<Uuid>,
+    /// Backup written (or read).
+    pub backup_id: Option<Uuid>,
+    /// Why it failed, empty otherwise.
+    pub error: String,
+    /// When it was recorded.
+    pub create_time: SystemTime,
+    /// When it started running.
+    pub start_time: Option<SystemTime>,
+    /// When it ended.
+    pub finish_time: Option<SystemTime>,
+    /// Last change.
+    pub update_time: SystemTime,
+    /// Per-node progress.
+    pub nodes: Vec<NodeProgress>,
+}
+
+impl Run {
+    /// Sum of the nodes' counters.
+    pub fn totals(&self) -> Counters {
+        let mut totals = Counters::default();
+        for node in &self.nodes {
+            totals.add(&node.counters);
+        }
+        totals
+    }
+}
+
+/// A query over runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListRuns {
+    /// Page size.
+    pub page_size: u32,
+    /// Resume after this (create time ms, id), newest first.
+    pub after: Option<(i64, Uuid)>,
+    /// Only this cluster.
+    pub cluster_id: Option<Uuid>,
+    /// Only this kind.
+    pub kind: Option<RunKind>,
+    /// Only these states (any).
+    pub states: Vec<RunState>,
+    /// Created at or after (ms).
+    pub min_create_ms: Option<i64>,
+    /// Created at or before (ms).
+    pub max_create_ms: Option<i64>,
+}

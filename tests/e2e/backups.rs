@@ -1,0 +1,788 @@
+//! Backups with real agents into a real filesystem location: content addressing, incremental
+//! backups, SQLite snapshots, cancel, watchers and bad requests.
+
+use std::path::Path;
+
+use coffer_client::{CofferClient, proto};
+use coffer_tests::{TestAgent, TestServer, create_fs_location, watch_to_end};
+use tonic::Code;
+
+use crate::{node, register};
+
+/// Deterministic bytes: random-looking for `seed`.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn write(path: &Path, content: &[u8]) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, content).expect("write");
+}
+
+fn backup_request(
+    cluster: &str,
+    location: &str,
+    kind: proto::BackupKind,
+) -> proto::StartBackupRequest {
+    proto::StartBackupRequest {
+        cluster: cluster.into(),
+        backup: Some(proto::BackupSpec {
+            kind: kind.into(),
+            location: location.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn start(client: &CofferClient, request: proto::StartBackupRequest) -> String {
+    client
+        .backups()
+        .start_backup(request)
+        .await
+        .expect("start backup")
+        .into_inner()
+        .run_id
+}
+
+/// Runs a backup to its end and returns the final run and the backup it made.
+async fn backup(
+    client: &CofferClient,
+    request: proto::StartBackupRequest,
+) -> (proto::Run, proto::Backup) {
+    let run_id = start(client, request).await;
+    let run = watch_to_end(client, &run_id)
+        .await
+        .pop()
+        .expect("final state");
+    assert_eq!(
+        run.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        run.error_message
+    );
+    let backup = client
+        .backups()
+        .get_backup(proto::GetBackupRequest {
+            backup_id: run.backup_id.clone(),
+        })
+        .await
+        .expect("get backup")
+        .into_inner()
+        .backup
+        .expect("backup");
+    (run, backup)
+}
+
+/// Object files in a filesystem location.
+fn objects(location: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let clusters = location.join("clusters");
+    for cluster in std::fs::read_dir(clusters).into_iter().flatten().flatten() {
+        for fan in std::fs::read_dir(cluster.path().join("objects"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for object in std::fs::read_dir(fan.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                found.push(object.path());
+            }
+        }
+    }
+    found
+}
+
+async fn files_of(client: &CofferClient, backup_id: &str) -> Vec<proto::BackupFile> {
+    let mut files = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .backups()
+            .list_backup_files(proto::ListBackupFilesRequest {
+                backup_id: backup_id.into(),
+                page_size: 7,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list files")
+            .into_inner();
+        files.extend(page.files);
+        if page.next_page_token.is_empty() {
+            return files;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_uploads_only_changes()
+{
+    let root = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = tokio::join!(
+        TestAgent::start(root.path(), "a"),
+        TestAgent::start(root.path(), "b"),
+        TestAgent::start(root.path(), "c"),
+    );
+    let agents = [&a, &b, &c];
+    // The same 1 MiB file on every node, plus files of each node's own.
+    let shared = noise(1 << 20, 1);
+    for (index, agent) in agents.iter().enumerate() {
+        write(&agent.data.join("ks/shared.db"), &shared);
+        write(
+            &agent.data.join("ks/own.db"),
+            &noise(300_000, 10 + index as u64),
+        );
+        for file in 0..10 {
+            let text = format!("node {index} line {file}\n").repeat(2000);
+            write(
+                &agent.data.join(format!("ks/t{file}/data.txt")),
+                text.as_bytes(),
+            );
+        }
+        write(&agent.data.join("empty"), b"");
+    }
+    let server = TestServer::start(root.path()).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("shop", agents.iter().map(|a| node(a)).collect()))
+        .await
+        .expect("register");
+    let location = root.path().join("backups");
+    create_fs_location(&client, "local", &location).await;
+
+    // One node at a time, so identical content is uploaded by the first node only.
+    let mut request = backup_request("shop", "local", proto::BackupKind::Full);
+    if let Some(spec) = request.backup.as_mut() {
+        spec.limits = Some(proto::TransferLimits {
+            node_parallelism: 1,
+            ..Default::default()
+        });
+    }
+    let (run, full) = backup(&client, request.clone()).await;
+    let totals = full.totals.expect("totals");
+    assert_eq!(totals.file_count, 3 * 13);
+    let unique_contents = 1 + 3 + 3 * 10 + 1;
+    assert_eq!(totals.uploaded_objects, unique_contents, "{totals:?}");
+    assert_eq!(objects(&location).len() as u64, unique_contents);
+    assert_eq!(full.kind(), proto::BackupKind::Full);
+    assert_eq!(run.totals.as_ref().expect("run totals").files_done, 39);
+    // Text compresses: stored bytes are well below the logical size.
+    assert!(totals.uploaded_bytes < totals.total_bytes, "{totals:?}");
+
+    // Every file is listed with its BLAKE3 hash and size.
+    let files = files_of(&client, &full.id).await;
+    assert_eq!(files.len(), 39);
+    let shared_hash = blake3::hash(&shared).to_hex().to_string();
+    let shared_entries: Vec<_> = files
+        .iter()
+        .filter(|f| f.path.ends_with("ks/shared.db"))
+        .collect();
+    assert_eq!(shared_entries.len(), 3);
+    assert!(
+        shared_entries
+            .iter()
+            .all(|f| f.blake3_hash == shared_hash && f.size_bytes == 1 << 20)
+    );
+
+    // A second full backup of unchanged data re-reads everything but uploads nothing.
+    let (_, again) = backup(&client, request).await;
+    let totals = again.totals.expect("totals");
+    assert_eq!(
+        (totals.uploaded_objects, totals.uploaded_bytes),
+        (0, 0),
+        "{totals:?}"
+    );
+
+    // Change two files on one node: the incremental uploads exactly their new content.
+    write(&b.data.join("ks/t3/data.txt"), b"changed text\n");
+    write(&b.data.join("ks/own.db"), &noise(300_000, 99));
+    write(&c.data.join("ks/new.db"), &noise(50_000, 7));
+    let (_, incremental) = backup(
+        &client,
+        backup_request("shop", "local", proto::BackupKind::Incremental),
+    )
+    .await;
+    assert_eq!(incremental.kind(), proto::BackupKind::Incremental);
+    assert_eq!(incremental.parent_backup_id, again.id);
+    let totals = incremental.totals.expect("totals");
+    assert_eq!(totals.uploaded_objects, 3, "{totals:?}");
+    assert_eq!(
+        totals.file_count, 40,
+        "an incremental backup lists the complete file set"
+    );
+    assert!(totals.uploaded_bytes < 360_000, "{totals:?}");
+    assert_eq!(objects(&location).len() as u64, unique_contents + 3);
+
+    let listed = client
+        .backups()
+        .list_backups(proto::ListBackupsRequest {
+            cluster: "shop".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list backups")
+        .into_inner()
+        .backups;
+    let ids: Vec<_> = listed.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [incremental.id.as_str(), again.id.as_str(), full.id.as_str()]
+    );
+
+    // No snapshot stays behind on any node.
+    for agent in agents {
+        let snapshots = agent.data.join(".coffer-snapshots");
+        let left = std::fs::read_dir(&snapshots)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "snapshots left in {}", snapshots.display());
+    }
+}
+
+#[tokio::test]
+async fn a_sqlite_database_written_during_the_backup_is_copied_consistently() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = root.path().join("db/data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let database = data.join("app.db");
+    {
+        let connection = rusqlite::Connection::open(&database).expect("open");
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT);",
+            )
+            .expect("schema");
+        for i in 0..2000 {
+            connection
+                .execute(
+                    "INSERT INTO events (body) VALUES (?1)",
+                    [format!("event {i} {}", "x".repeat(200))],
+                )
+                .expect("insert");
+        }
+    }
+    let database_arg = database.display().to_string();
+    let agent = TestAgent::start_with(
+        root.path(),
+        "db",
+        "127.0.0.1:0",
+        &[
+            "--snapshot-provider",
+            "sqlite",
+            "--sqlite-database",
+            &database_arg,
+        ],
+    )
+    .await;
+    let server = TestServer::start(root.path()).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("app", vec![node(&agent)]))
+        .await
+        .expect("register");
+    let location = root.path().join("backups");
+    create_fs_location(&client, "local", &location).await;
+
+    // A writer keeps inserting while the backup runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let database = database.clone();
+        std::thread::spawn(move || {
+            let connection = rusqlite::Connection::open(&database).expect("open");
+            connection
+                .busy_timeout(std::time::Duration::from_secs(5))
+                .expect("timeout");
+            let mut written = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                connection
+                    .execute(
+                        "INSERT INTO events (body) VALUES (?1)",
+                        [format!("live {written}")],
+                    )
+                    .expect("insert while backing up");
+                written += 1;
+            }
+            written
+        })
+    };
+    let (_, made) = backup(
+        &client,
+        backup_request("app", "local", proto::BackupKind::Full),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    assert!(written > 0);
+
+    let files = files_of(&client, &made.id).await;
+    assert_eq!(
+        files.len(),
+        1,
+        "the sqlite provider backs up the configured databases"
+    );
+    assert_eq!(Path::new(&files[0].path), database.as_path());
+    let hash = coffer_format::ContentHash::from_hex(&files[0].blake3_hash).expect("hash");
+    let operator = coffer_format::open_operator(&coffer_format::StorageConfig {
+        location_id: "read-back".into(),
+        name: "read-back".into(),
+        scheme: "fs".into(),
+        options: [("root".to_string(), location.display().to_string())].into(),
+        secrets: Default::default(),
+    })
+    .expect("open location");
+    let layout = coffer_format::ClusterLayout::new(made.cluster_id.parse().expect("cluster id"));
+    let copy = root.path().join("copy.db");
+    coffer_format::download_object(&operator, &layout.object(&hash), &copy, hash, None)
+        .await
+        .expect("the object holds the database copy");
+    let connection = rusqlite::Connection::open(&copy).expect("open copy");
+    let check: String = connection
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .expect("integrity check");
+    assert_eq!(check, "ok");
+    let rows: i64 = connection
+        .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+        .expect("count");
+    assert!(
+        (2000..=2000 + written).contains(&rows),
+        "{rows} rows, {written} written live"
+    );
+}
+
+/// A cluster of one agent with `megabytes` of random data, a location, and a client.
+async fn slow_setup(root: &Path, megabytes: usize) -> (TestAgent, TestServer, CofferClient) {
+    let agent = TestAgent::start(root, "a").await;
+    for file in 0..megabytes {
+        write(
+            &agent.data.join(format!("f{file}.bin")),
+            &noise(1 << 20, file as u64),
+        );
+    }
+    let server = TestServer::start(root).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("slow", vec![node(&agent)]))
+        .await
+        .expect("register");
+    create_fs_location(&client, "local", &root.join("backups")).await;
+    (agent, server, client)
+}
+
+fn rate_limited(bytes_per_second: i64) -> proto::StartBackupRequest {
+    let mut request = backup_request("slow", "local", proto::BackupKind::Full);
+    if let Some(spec) = request.backup.as_mut() {
+        spec.limits = Some(proto::TransferLimits {
+            rate_limit_bytes_per_second: bytes_per_second,
+            concurrency: 1,
+            ..Default::default()
+        });
+    }
+    request
+}
+
+#[tokio::test]
+async fn cancel_mid_run_commits_nothing_and_leaves_no_snapshot() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (agent, _server, client) = slow_setup(root.path(), 8).await;
+    let run_id = start(&client, rate_limited(1 << 20)).await;
+
+    // Wait until bytes move, then cancel.
+    let mut stream = client
+        .runs()
+        .watch_run(proto::WatchRunRequest {
+            run_id: run_id.clone(),
+            min_update_interval: None,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    while let Some(message) = stream.message().await.expect("watch stream") {
+        let run = message.run.expect("run");
+        if run.totals.as_ref().is_some_and(|t| t.bytes_done > 0) {
+            break;
+        }
+        assert!(
+            !matches!(
+                run.state(),
+                proto::RunState::Succeeded | proto::RunState::Failed
+            ),
+            "{run:?}"
+        );
+    }
+    let canceling = client
+        .runs()
+        .cancel_run(proto::CancelRunRequest {
+            run_id: run_id.clone(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner()
+        .run
+        .expect("run");
+    assert_eq!(canceling.state(), proto::RunState::Canceling);
+    let last = watch_to_end(&client, &run_id).await.pop().expect("final");
+    assert_eq!(
+        last.state(),
+        proto::RunState::Canceled,
+        "{}",
+        last.error_message
+    );
+    assert!(last.backup_id.is_empty());
+
+    let backups = client
+        .backups()
+        .list_backups(proto::ListBackupsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .backups;
+    assert!(backups.is_empty());
+    let committed = coffer_tests::tree(&root.path().join("backups"))
+        .keys()
+        .filter(|path| path.ends_with("backup.json"))
+        .count();
+    assert_eq!(committed, 0);
+    let snapshots = std::fs::read_dir(agent.data.join(".coffer-snapshots"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(snapshots, 0);
+
+    // Cancelling a finished run is refused; an unknown one is not found.
+    let status = client
+        .runs()
+        .cancel_run(proto::CancelRunRequest { run_id })
+        .await
+        .expect_err("finished");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let status = client
+        .runs()
+        .cancel_run(proto::CancelRunRequest {
+            run_id: "0193a0b4-0000-7000-8000-000000000001".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn watchers_see_the_same_progress_and_a_late_one_gets_the_current_state_first() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (_agent, _server, client) = slow_setup(root.path(), 6).await;
+    let run_id = start(&client, rate_limited(3 << 20)).await;
+
+    let early = {
+        let (client, run_id) = (client.clone(), run_id.clone());
+        tokio::spawn(async move { watch_to_end(&client, &run_id).await })
+    };
+    let second = {
+        let (client, run_id) = (client.clone(), run_id.clone());
+        tokio::spawn(async move { watch_to_end(&client, &run_id).await })
+    };
+    // Join late, once bytes moved: the first message is the state now, not the start.
+    loop {
+        let run = client
+            .runs()
+            .get_run(proto::GetRunRequest {
+                run_id: run_id.clone(),
+            })
+            .await
+            .expect("get run")
+            .into_inner()
+            .run
+            .expect("run");
+        if run.totals.as_ref().is_some_and(|t| t.bytes_done > 0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let late = watch_to_end(&client, &run_id).await;
+    let early = early.await.expect("early watcher");
+    let second = second.await.expect("second watcher");
+
+    let first_late = late.first().expect("late first message");
+    assert!(
+        first_late.totals.as_ref().is_some_and(|t| t.bytes_done > 0),
+        "{first_late:?}"
+    );
+    for seen in [&early, &second, &late] {
+        let last = seen.last().expect("final");
+        assert_eq!(last.state(), proto::RunState::Succeeded);
+        // Coalesced: a few messages a second, not one per file.
+        assert!(seen.len() < 200, "{} messages", seen.len());
+        // Progress never goes backwards.
+        let done: Vec<u64> = seen
+            .iter()
+            .map(|r| r.totals.as_ref().map_or(0, |t| t.bytes_done))
+            .collect();
+        assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+    }
+    assert!(
+        early.len() > 2,
+        "progress was streamed: {} messages",
+        early.len()
+    );
+    assert_eq!(early.last(), second.last());
+    assert_eq!(
+        early.last().map(|r| &r.totals),
+        late.last().map(|r| &r.totals)
+    );
+
+    // A watcher of a finished run gets the final state, then the end of the stream.
+    let after = watch_to_end(&client, &run_id).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].state(), proto::RunState::Succeeded);
+}
+
+#[tokio::test]
+async fn dry_run_reports_the_plan_and_changes_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (agent, _server, client) = slow_setup(root.path(), 2).await;
+    let mut request = backup_request("slow", "local", proto::BackupKind::Full);
+    request.dry_run = true;
+    let run_id = start(&client, request).await;
+    let last = watch_to_end(&client, &run_id).await.pop().expect("final");
+    assert_eq!(
+        last.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        last.error_message
+    );
+    assert!(last.dry_run);
+    let totals = last.totals.expect("totals");
+    assert_eq!(totals.files_total, 2);
+    assert_eq!(totals.bytes_total, 2 << 20);
+    assert!(coffer_tests::tree(&root.path().join("backups")).is_empty());
+    assert!(!agent.data.join(".coffer-snapshots").join(&run_id).exists());
+    let backups = client
+        .backups()
+        .list_backups(proto::ListBackupsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .backups;
+    assert!(backups.is_empty());
+}
+
+#[tokio::test]
+async fn bad_backup_requests_get_the_right_codes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (_agent, _server, client) = slow_setup(root.path(), 4).await;
+    let with = |change: fn(&mut proto::StartBackupRequest)| {
+        let mut request = backup_request("slow", "local", proto::BackupKind::Full);
+        change(&mut request);
+        request
+    };
+    let cases: Vec<(&str, proto::StartBackupRequest, Code, &str)> = vec![
+        (
+            "unknown cluster",
+            with(|r| r.cluster = "nope".into()),
+            Code::NotFound,
+            "nope",
+        ),
+        (
+            "unknown location",
+            with(|r| r.backup.as_mut().expect("spec").location = "nowhere".into()),
+            Code::NotFound,
+            "nowhere",
+        ),
+        (
+            "no spec",
+            with(|r| r.backup = None),
+            Code::InvalidArgument,
+            "backup",
+        ),
+        (
+            "bad glob",
+            with(|r| {
+                r.backup.as_mut().expect("spec").filter = Some(proto::PathFilter {
+                    include: vec!["**/*.db".into(), "[unclosed".into()],
+                    exclude: vec![],
+                })
+            }),
+            Code::InvalidArgument,
+            "backup.filter.include[1]",
+        ),
+        (
+            "negative rate",
+            with(|r| {
+                r.backup.as_mut().expect("spec").limits = Some(proto::TransferLimits {
+                    rate_limit_bytes_per_second: -1,
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+            "backup.limits.rate_limit_bytes_per_second",
+        ),
+        (
+            "negative concurrency",
+            with(|r| {
+                r.backup.as_mut().expect("spec").limits = Some(proto::TransferLimits {
+                    concurrency: -4,
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+            "backup.limits.concurrency",
+        ),
+        (
+            "negative node parallelism",
+            with(|r| {
+                r.backup.as_mut().expect("spec").limits = Some(proto::TransferLimits {
+                    node_parallelism: -1,
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+            "backup.limits.node_parallelism",
+        ),
+    ];
+    for (case, request, code, needle) in cases {
+        let status = client
+            .backups()
+            .start_backup(request)
+            .await
+            .expect_err(case);
+        assert_eq!(status.code(), code, "{case}: {}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{case}: {}",
+            status.message()
+        );
+    }
+
+    // Idempotency: the same key returns the same run; another backup meanwhile is refused.
+    let keyed = |key: &str| {
+        let mut request = rate_limited(1 << 20);
+        request.idempotency_key = key.into();
+        request
+    };
+    let first = start(&client, keyed("nightly-2026-11-21")).await;
+    let again = start(&client, keyed("nightly-2026-11-21")).await;
+    assert_eq!(first, again);
+    let mut other = keyed("nightly-2026-11-21");
+    other.dry_run = true;
+    let status = client
+        .backups()
+        .start_backup(other)
+        .await
+        .expect_err("same key, other parameters");
+    assert_eq!(status.code(), Code::AlreadyExists);
+    let status = client
+        .backups()
+        .start_backup(backup_request("slow", "local", proto::BackupKind::Full))
+        .await
+        .expect_err("a backup is running");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains(&first), "{}", status.message());
+    client
+        .runs()
+        .cancel_run(proto::CancelRunRequest {
+            run_id: first.clone(),
+        })
+        .await
+        .expect("cancel");
+    watch_to_end(&client, &first).await;
+
+    let status = client
+        .backups()
+        .get_backup(proto::GetBackupRequest {
+            backup_id: "x".into(),
+        })
+        .await
+        .expect_err("malformed id");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = client
+        .runs()
+        .get_run(proto::GetRunRequest {
+            run_id: "0193a0b4-0000-7000-8000-000000000001".into(),
+        })
+        .await
+        .expect_err("unknown run");
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_run_finishes_the_run_truthfully_after_restart() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (agent, server, client) = slow_setup(root.path(), 8).await;
+    let run_id = start(&client, rate_limited(1 << 20)).await;
+    loop {
+        let run = client
+            .runs()
+            .get_run(proto::GetRunRequest {
+                run_id: run_id.clone(),
+            })
+            .await
+            .expect("get run")
+            .into_inner()
+            .run
+            .expect("run");
+        if run.totals.as_ref().is_some_and(|t| t.bytes_done > 0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.process.kill().await;
+
+    let restarted = TestServer::start(root.path()).await;
+    let client = restarted.client().await;
+    let mut last = None;
+    for _ in 0..200 {
+        let run = client
+            .runs()
+            .get_run(proto::GetRunRequest {
+                run_id: run_id.clone(),
+            })
+            .await
+            .expect("get run")
+            .into_inner()
+            .run
+            .expect("run");
+        if matches!(
+            run.state(),
+            proto::RunState::Failed | proto::RunState::Succeeded
+        ) {
+            last = Some(run);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let run = last.expect("the interrupted run was finished");
+    assert_eq!(run.state(), proto::RunState::Failed);
+    assert!(
+        run.error_message.contains("server stopped"),
+        "{}",
+        run.error_message
+    );
+    // Its snapshot was removed, and the cluster can back up again.
+    for _ in 0..100 {
+        if !agent.data.join(".coffer-snapshots").join(&run_id).exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!agent.data.join(".coffer-snapshots").join(&run_id).exists());
+    let (_, made) = backup(
+        &client,
+        backup_request("slow", "local", proto::BackupKind::Full),
+    )
+    .await;
+    assert_eq!(made.totals.expect("totals").file_count, 8);
+}
