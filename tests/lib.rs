@@ -150,8 +150,23 @@ impl TestAgent {
         Self::start_with(root, name, listen, &[]).await
     }
 
+    /// Starts an agent with extra environment variables (storage credentials).
+    pub async fn start_with_env(root: &Path, name: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_full(root, name, "127.0.0.1:0", &[], env).await
+    }
+
     /// Starts an agent with extra command-line arguments (snapshot provider settings).
     pub async fn start_with(root: &Path, name: &str, listen: &str, extra: &[&str]) -> Self {
+        Self::start_full(root, name, listen, extra, &[]).await
+    }
+
+    async fn start_full(
+        root: &Path,
+        name: &str,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let base = root.join(name);
         let data = base.join("data");
         let state = base.join("state");
@@ -164,7 +179,8 @@ impl TestAgent {
             .arg(&data)
             .arg("--state-dir")
             .arg(&state)
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         let process = Process::start(command, &base.join("agent.log")).await;
         Self {
             process,
@@ -285,4 +301,146 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         walk(root, root, &mut out);
     }
     out
+}
+
+/// A running SeaweedFS (`weed mini`) S3 server on loopback, stopped when dropped.
+///
+/// `weed mini` cannot take a bound listener and opens ten ports: they are bound together, then
+/// released and handed over (another process could take one in between; start-up then fails
+/// with weed's log). Readiness is its S3 port answering HTTP.
+#[derive(Debug)]
+pub struct SeaweedFs {
+    child: std::process::Child,
+    log: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// A bucket that exists.
+    pub bucket: String,
+    /// Access key of the one identity.
+    pub access_key: String,
+    /// Its secret key.
+    pub secret_key: String,
+}
+
+impl SeaweedFs {
+    /// Starts `weed mini` with its data under `dir` and one bucket, `coffer`.
+    pub async fn start(dir: &Path) -> Self {
+        let weed = tool("weed");
+        let listeners: Vec<std::net::TcpListener> = (0..10)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|listener| listener.local_addr().expect("local addr").port())
+            .collect();
+        drop(listeners);
+        let data = dir.join("weed-data");
+        std::fs::create_dir_all(&data).expect("weed data dir");
+        let (access_key, secret_key) = (
+            "coffer-test-key".to_string(),
+            "coffer-test-secret".to_string(),
+        );
+        let credentials = dir.join("weed-s3.json");
+        std::fs::write(
+            &credentials,
+            format!(
+                r#"{{"identities":[{{"name":"coffer","credentials":[{{"accessKey":"{access_key}","secretKey":"{secret_key}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .expect("write s3 credentials");
+        let log = dir.join("weed.log");
+        let log_file = std::fs::File::create(&log).expect("weed log");
+        let bucket = "coffer".to_string();
+        let child = std::process::Command::new(weed)
+            .arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                "-admin.ui=false",
+                "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .arg(format!("-s3.config={}", credentials.display()))
+            .arg(format!("-bucket={bucket}"))
+            .arg(format!("-s3.port={}", ports[0]))
+            .arg(format!("-s3.port.grpc={}", ports[1]))
+            .arg(format!("-master.port={}", ports[2]))
+            .arg(format!("-master.port.grpc={}", ports[3]))
+            .arg(format!("-volume.port={}", ports[4]))
+            .arg(format!("-volume.port.grpc={}", ports[5]))
+            .arg(format!("-filer.port={}", ports[6]))
+            .arg(format!("-filer.port.grpc={}", ports[7]))
+            .arg(format!("-admin.port={}", ports[8]))
+            .arg(format!("-admin.port.grpc={}", ports[9]))
+            .arg(format!(
+                "-filer.localSocket={}",
+                dir.join("filer.sock").display()
+            ))
+            .arg(format!("-s3.localSocket={}", dir.join("s3.sock").display()))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start weed mini");
+        let mut weed = Self {
+            child,
+            log,
+            endpoint: format!("http://127.0.0.1:{}", ports[0]),
+            bucket,
+            access_key,
+            secret_key,
+        };
+        weed.wait_ready(ports[0]).await;
+        weed
+    }
+
+    async fn wait_ready(&mut self, port: u16) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("weed mini exited ({status}); log:\n{}", self.log_tail());
+            }
+            // The bucket must exist: a HEAD of it answers once the filer and S3 gateway are up.
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                use tokio::io::AsyncWriteExt;
+                let request = format!(
+                    "HEAD /{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                    self.bucket
+                );
+                if stream.write_all(request.as_bytes()).await.is_ok() {
+                    let mut answer = String::new();
+                    let mut reader = BufReader::new(stream);
+                    if reader.read_line(&mut answer).await.is_ok() && answer.starts_with("HTTP/1.1")
+                    {
+                        // 403 (unsigned) or 200: the gateway and the bucket answer.
+                        if !answer.contains(" 404") && !answer.contains(" 503") {
+                            return;
+                        }
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "weed mini did not get ready; log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

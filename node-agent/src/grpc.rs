@@ -61,8 +61,14 @@ fn storage_config(location: Option<proto::StorageLocation>) -> Result<StorageCon
         .map(|(key, reference)| {
             let source = match reference.source {
                 Some(proto::secret_ref::Source::Env(name)) => SecretSource::Env(name),
-                Some(proto::secret_ref::Source::File(path)) => SecretSource::File(PathBuf::from(path)),
-                None => return Err(Status::invalid_argument(format!("secret {key} has no source"))),
+                Some(proto::secret_ref::Source::File(path)) => {
+                    SecretSource::File(PathBuf::from(path))
+                }
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "secret {key} has no source"
+                    )));
+                }
             };
             Ok((key, source))
         })
@@ -76,9 +82,12 @@ fn storage_config(location: Option<proto::StorageLocation>) -> Result<StorageCon
     })
 }
 
-fn open(location: Option<proto::StorageLocation>) -> Result<(StorageConfig, opendal::Operator), Status> {
+fn open(
+    location: Option<proto::StorageLocation>,
+) -> Result<(StorageConfig, opendal::Operator), Status> {
     let config = storage_config(location)?;
-    let operator = coffer_format::open_operator(&config).map_err(storage_status)?;
+    let operator = coffer_format::open_operator(&config)
+        .map_err(|error| storage_status(error.in_location(&config.name)))?;
     Ok((config, operator))
 }
 
@@ -86,19 +95,23 @@ fn open(location: Option<proto::StorageLocation>) -> Result<(StorageConfig, open
 fn object_path(path: &str) -> Result<&str, Status> {
     let valid = !path.is_empty()
         && !path.starts_with('/')
-        && path
-            .split('/')
-            .enumerate()
-            .all(|(index, part)| part != ".." && part != "." && (!part.is_empty() || index == path.split('/').count() - 1));
+        && path.split('/').enumerate().all(|(index, part)| {
+            part != ".."
+                && part != "."
+                && (!part.is_empty() || index == path.split('/').count() - 1)
+        });
     if valid {
         Ok(path)
     } else {
-        Err(Status::invalid_argument(format!("{path:?} is not a relative object path")))
+        Err(Status::invalid_argument(format!(
+            "{path:?} is not a relative object path"
+        )))
     }
 }
 
 fn parse_uuid(field: &str, text: &str) -> Result<Uuid, Status> {
-    Uuid::parse_str(text).map_err(|_| Status::invalid_argument(format!("{field}: {text:?} is not a UUID")))
+    Uuid::parse_str(text)
+        .map_err(|_| Status::invalid_argument(format!("{field}: {text:?} is not a UUID")))
 }
 
 fn globs(patterns: &[String]) -> Result<globset::GlobSet, Status> {
@@ -110,7 +123,8 @@ fn globs(patterns: &[String]) -> Result<globset::GlobSet, Status> {
             .map_err(|error| Status::invalid_argument(format!("glob {pattern:?}: {error}")))?;
         set.add(glob);
     }
-    set.build().map_err(|error| Status::invalid_argument(error.to_string()))
+    set.build()
+        .map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
 #[tonic::async_trait]
@@ -120,7 +134,9 @@ impl AgentService for AgentHandler {
         _request: Request<proto::GetNodeInfoRequest>,
     ) -> Result<Response<proto::GetNodeInfoResponse>, Status> {
         let node = self.agent.node_info().await;
-        Ok(Response::new(proto::GetNodeInfoResponse { node: Some(node) }))
+        Ok(Response::new(proto::GetNodeInfoResponse {
+            node: Some(node),
+        }))
     }
 
     async fn create_snapshot(
@@ -128,7 +144,12 @@ impl AgentService for AgentHandler {
         request: Request<proto::CreateSnapshotRequest>,
     ) -> Result<Response<proto::CreateSnapshotResponse>, Status> {
         let tag = request.into_inner().tag;
-        let snapshot = self.agent.snapshots().create(&tag).await.map_err(snapshot_status)?;
+        let snapshot = self
+            .agent
+            .snapshots()
+            .create(&tag)
+            .await
+            .map_err(snapshot_status)?;
         tracing::info!(tag, files = snapshot.files.len(), "snapshot taken");
         Ok(Response::new(proto::CreateSnapshotResponse {
             file_count: snapshot.files.len() as u64,
@@ -153,9 +174,18 @@ impl AgentService for AgentHandler {
             parse_uuid("backup_id", &request.backup_id)?
         };
         let files = if request.dry_run {
-            self.agent.snapshots().walk_live().await.map_err(snapshot_status)?
+            self.agent
+                .snapshots()
+                .walk_live()
+                .await
+                .map_err(snapshot_status)?
         } else {
-            self.agent.snapshots().load(&request.tag).await.map_err(snapshot_status)?.files
+            self.agent
+                .snapshots()
+                .load(&request.tag)
+                .await
+                .map_err(snapshot_status)?
+                .files
         };
         let temp_dir = self.agent.config().state_dir.join("tmp");
         tokio::fs::create_dir_all(&temp_dir)
@@ -165,6 +195,7 @@ impl AgentService for AgentHandler {
             files,
             operator,
             location_id: config.location_id.clone(),
+            location_name: config.name.clone(),
             cluster_id,
             backup_id,
             node_id: self.agent.node_id(),
@@ -183,7 +214,8 @@ impl AgentService for AgentHandler {
             journal: self.agent.journal().clone(),
             temp_dir,
         };
-        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<proto::UploadSnapshotResponse, Status>>(16);
+        let (sender, receiver) =
+            tokio::sync::mpsc::channel::<Result<proto::UploadSnapshotResponse, Status>>(16);
         let (progress_sender, mut progress) = tokio::sync::mpsc::channel(16);
         let cancel = CancellationToken::new();
         let tag = request.tag.clone();
@@ -229,7 +261,9 @@ impl AgentService for AgentHandler {
             };
             let _ = sender.send(message).await;
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     async fn delete_snapshot(
@@ -237,7 +271,12 @@ impl AgentService for AgentHandler {
         request: Request<proto::DeleteSnapshotRequest>,
     ) -> Result<Response<proto::DeleteSnapshotResponse>, Status> {
         let tag = request.into_inner().tag;
-        let removed = self.agent.snapshots().delete(&tag).await.map_err(snapshot_status)?;
+        let removed = self
+            .agent
+            .snapshots()
+            .delete(&tag)
+            .await
+            .map_err(snapshot_status)?;
         if removed {
             tracing::info!(tag, "snapshot removed");
         }
@@ -254,7 +293,12 @@ impl AgentService for AgentHandler {
         operator
             .write(&path, request.content)
             .await
-            .map_err(|error| storage_status(StorageError::backend(&operator, "write", &path, error).in_location(&config.name)))?;
+            .map_err(|error| {
+                storage_status(
+                    StorageError::backend(&operator, "write", &path, error)
+                        .in_location(&config.name),
+                )
+            })?;
         Ok(Response::new(proto::PutObjectResponse {}))
     }
 
@@ -269,7 +313,11 @@ impl AgentService for AgentHandler {
             let name = config.name.clone();
             let path = path.clone();
             let operator = operator.clone();
-            move |error| storage_status(StorageError::backend(&operator, action, &path, error).in_location(&name))
+            move |error| {
+                storage_status(
+                    StorageError::backend(&operator, action, &path, error).in_location(&name),
+                )
+            }
         };
         let metadata = operator.stat(&path).await.map_err(fail("stat"))?;
         if metadata.content_length() > MAX_GET_OBJECT {
@@ -297,9 +345,17 @@ impl AgentService for AgentHandler {
             .list_with(&request.prefix)
             .recursive(request.recursive)
             .await
-            .map_err(|error| storage_status(StorageError::backend(&operator, "list", &request.prefix, error).in_location(&config.name)))?;
+            .map_err(|error| {
+                storage_status(
+                    StorageError::backend(&operator, "list", &request.prefix, error)
+                        .in_location(&config.name),
+                )
+            })?;
         Ok(Response::new(proto::ListObjectsResponse {
-            paths: entries.into_iter().map(|entry| entry.path().to_string()).collect(),
+            paths: entries
+                .into_iter()
+                .map(|entry| entry.path().to_string())
+                .collect(),
         }))
     }
 
@@ -310,10 +366,11 @@ impl AgentService for AgentHandler {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
         let (config, operator) = open(request.location)?;
-        operator
-            .delete(&path)
-            .await
-            .map_err(|error| storage_status(StorageError::backend(&operator, "delete", &path, error).in_location(&config.name)))?;
+        operator.delete(&path).await.map_err(|error| {
+            storage_status(
+                StorageError::backend(&operator, "delete", &path, error).in_location(&config.name),
+            )
+        })?;
         Ok(Response::new(proto::DeleteObjectResponse {}))
     }
 
@@ -325,15 +382,18 @@ impl AgentService for AgentHandler {
         let path = object_path(&request.path)?.to_string();
         let (_, operator) = open(request.location)?;
         let limit = request.limit.clamp(1, MAX_MANIFEST_PAGE) as usize;
-        let (entries, more, total) = NodeManifestReader::read_page(&operator, &path, request.offset, limit)
-            .await
-            .map_err(|error| {
-                if error.to_string().contains("not found") || error.to_string().contains("NotFound") {
-                    Status::not_found(error.to_string())
-                } else {
-                    Status::failed_precondition(error.to_string())
-                }
-            })?;
+        let (entries, more, total) =
+            NodeManifestReader::read_page(&operator, &path, request.offset, limit)
+                .await
+                .map_err(|error| {
+                    if error.to_string().contains("not found")
+                        || error.to_string().contains("NotFound")
+                    {
+                        Status::not_found(error.to_string())
+                    } else {
+                        Status::failed_precondition(error.to_string())
+                    }
+                })?;
         Ok(Response::new(proto::ReadNodeManifestResponse {
             entries: entries
                 .into_iter()

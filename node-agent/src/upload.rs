@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
-use coffer_format::object::{RateLimiter, UploadError, UploadOptions, hash_file, object_exists, upload_file};
+use coffer_format::object::{
+    RateLimiter, UploadError, UploadOptions, hash_file, object_exists, upload_file,
+};
 use coffer_format::{ClusterLayout, ContentHash, StorageError};
 use coffer_proto::agent::v1 as proto;
 use futures::StreamExt;
@@ -46,6 +48,8 @@ pub struct UploadJob {
     pub operator: Operator,
     /// Location id, keying the journal's knowledge of objects.
     pub location_id: String,
+    /// Location name, for messages.
+    pub location_name: String,
     /// Cluster.
     pub cluster_id: Uuid,
     /// Backup the manifest belongs to.
@@ -155,7 +159,8 @@ pub async fn run(
         .iter()
         .filter(|file| {
             let path = file.live_path.to_string_lossy();
-            (job.include.is_empty() || job.include.is_match(path.as_ref())) && !job.exclude.is_match(path.as_ref())
+            (job.include.is_empty() || job.include.is_match(path.as_ref()))
+                && !job.exclude.is_match(path.as_ref())
         })
         .cloned()
         .collect();
@@ -170,7 +175,10 @@ pub async fn run(
         objects: Mutex::new(HashMap::new()),
         options,
     });
-    shared.counters.files_total.store(selected.len() as u64, Ordering::Relaxed);
+    shared
+        .counters
+        .files_total
+        .store(selected.len() as u64, Ordering::Relaxed);
     shared
         .counters
         .bytes_total
@@ -200,8 +208,14 @@ pub async fn run(
         let cancel = cancel.clone();
         tokio::spawn(async move {
             loop {
-                let current = *phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if progress.send(shared.counters.snapshot(current)).await.is_err() {
+                let current = *phase
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if progress
+                    .send(shared.counters.snapshot(current))
+                    .await
+                    .is_err()
+                {
                     cancel.cancel();
                     return;
                 }
@@ -232,7 +246,12 @@ pub async fn run(
         shared.job.backup_id,
         shared.job.node_id,
         shared.job.hostname.clone(),
-        shared.job.data_paths.iter().map(|p| p.display().to_string()).collect(),
+        shared
+            .job
+            .data_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
     );
     let mut manifest = NodeManifestWriter::new(header).with_temp_dir(shared.job.temp_dir.clone());
     let mut hashed = Vec::new();
@@ -247,7 +266,11 @@ pub async fn run(
                 present.push(hash);
             }
             if hashed.len() >= 1000 {
-                shared.job.journal.record_hashes(std::mem::take(&mut hashed)).await?;
+                shared
+                    .job
+                    .journal
+                    .record_hashes(std::mem::take(&mut hashed))
+                    .await?;
             }
             if present.len() >= 1000 && !shared.job.dry_run {
                 shared
@@ -269,7 +292,11 @@ pub async fn run(
         shared.job.journal.record_hashes(hashed).await?;
     }
     if !present.is_empty() && !shared.job.dry_run {
-        shared.job.journal.record_objects(&shared.job.location_id, present).await?;
+        shared
+            .job
+            .journal
+            .record_objects(&shared.job.location_id, present)
+            .await?;
     }
     if let Err(error) = outcome {
         cancel.cancel();
@@ -280,9 +307,22 @@ pub async fn run(
     let manifest_path = if shared.job.dry_run {
         String::new()
     } else {
-        *phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = proto::UploadPhase::WritingManifest;
-        let path = shared.layout.node_manifest(shared.job.backup_id, shared.job.node_id);
-        manifest.upload(&shared.job.operator, &path).await?;
+        *phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            proto::UploadPhase::WritingManifest;
+        let path = shared
+            .layout
+            .node_manifest(shared.job.backup_id, shared.job.node_id);
+        manifest
+            .upload(&shared.job.operator, &path)
+            .await
+            .map_err(|error| {
+                UploadFailure::File(format!(
+                    "write node manifest to location {:?}: {error}",
+                    shared.job.location_name
+                ))
+            })?;
         path
     };
     cancel.cancel();
@@ -309,7 +349,9 @@ async fn process_file(
         let present = match known {
             Some(hash) => {
                 job.journal.object_known(&job.location_id, &hash).await?
-                    || object_exists(&job.operator, &shared.layout.object(&hash)).await?
+                    || object_exists(&job.operator, &shared.layout.object(&hash))
+                        .await
+                        .map_err(|error| error.in_location(&job.location_name))?
             }
             None => false,
         };
@@ -328,7 +370,12 @@ async fn process_file(
             None => {
                 let (hash, size) = hash_file(&file.snapshot_path, job.limiter.as_ref())
                     .await
-                    .map_err(|error| UploadFailure::File(format!("read {}: {error}", file.snapshot_path.display())))?;
+                    .map_err(|error| {
+                        UploadFailure::File(format!(
+                            "read {}: {error}",
+                            file.snapshot_path.display()
+                        ))
+                    })?;
                 counters.bytes_read.fetch_add(size, Ordering::Relaxed);
                 (hash, true)
             }
@@ -369,7 +416,11 @@ enum EnsureError {
 
 /// Makes sure the location holds the object for `hash`, uploading `file` if needed; returns
 /// whether this call uploaded it.
-async fn ensure_object(shared: &Shared, file: &SnapshotFile, hash: ContentHash) -> Result<bool, EnsureError> {
+async fn ensure_object(
+    shared: &Shared,
+    file: &SnapshotFile,
+    hash: ContentHash,
+) -> Result<bool, EnsureError> {
     let cell = {
         let mut objects = shared.objects.lock().await;
         objects.entry(hash).or_default().clone()
@@ -388,21 +439,40 @@ async fn ensure_object(shared: &Shared, file: &SnapshotFile, hash: ContentHash) 
             if known {
                 return Ok(true);
             }
-            if object_exists(&job.operator, &path)
-                .await
-                .map_err(|error| EnsureError::Failed(error.into()))?
-            {
+            if object_exists(&job.operator, &path).await.map_err(|error| {
+                EnsureError::Failed(error.in_location(&job.location_name).into())
+            })? {
                 return Ok(true);
             }
-            match upload_file(&job.operator, &path, &file.snapshot_path, hash, &shared.options).await {
+            match upload_file(
+                &job.operator,
+                &path,
+                &file.snapshot_path,
+                hash,
+                &shared.options,
+            )
+            .await
+            {
                 Ok(outcome) => {
-                    shared.counters.bytes_uploaded.fetch_add(outcome.stored_bytes, Ordering::Relaxed);
-                    shared.counters.bytes_read.fetch_add(outcome.read_bytes, Ordering::Relaxed);
-                    shared.counters.objects_uploaded.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .bytes_uploaded
+                        .fetch_add(outcome.stored_bytes, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .bytes_read
+                        .fetch_add(outcome.read_bytes, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .objects_uploaded
+                        .fetch_add(1, Ordering::Relaxed);
                     uploaded_here = true;
                     Ok(true)
                 }
                 Err(UploadError::ContentChanged { .. }) => Err(EnsureError::Changed),
+                Err(UploadError::Storage(error)) => Err(EnsureError::Failed(
+                    error.in_location(&job.location_name).into(),
+                )),
                 Err(error) => Err(EnsureError::Failed(UploadFailure::File(format!(
                     "upload {}: {error}",
                     file.live_path.display()

@@ -13,6 +13,7 @@ use anyhow::Context;
 use coffer_agent::config::{AgentConfig, SnapshotConfig};
 use coffer_process::Layered;
 use coffer_server::config::ServerOptions;
+use coffer_server::locations::{LocationOptions, NewLocation};
 use coffer_server::model::{AgentAddress, ClusterUpdate, Labels, Name, NewCluster, NodeSpec};
 use tokio_util::sync::CancellationToken;
 
@@ -91,7 +92,11 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
         })
     };
 
-    if let Err(error) = ensure_dev_cluster(&coffer, agent_address).await {
+    let ready = async {
+        ensure_dev_cluster(&coffer, agent_address).await?;
+        ensure_dev_location(&coffer, &storage).await
+    };
+    if let Err(error) = ready.await {
         shutdown.cancel();
         return Err(error);
     }
@@ -161,6 +166,31 @@ async fn ensure_dev_cluster(
     }
 }
 
+/// Name of the filesystem location dev mode creates.
+const DEV_LOCATION: &str = "dev-fs";
+
+/// Creates the `dev-fs` location over the dev storage folder unless it exists.
+async fn ensure_dev_location(coffer: &coffer_server::Coffer, storage: &Path) -> anyhow::Result<()> {
+    match coffer.locations().get(DEV_LOCATION).await {
+        Ok(_) => Ok(()),
+        Err(coffer_server::error::Error::NotFound { .. }) => {
+            let location = NewLocation {
+                name: Name::parse("name", DEV_LOCATION).context("location name")?,
+                options: LocationOptions::Fs {
+                    path: storage.display().to_string(),
+                },
+            };
+            coffer
+                .locations()
+                .create(location)
+                .await
+                .context("create location `dev-fs`")?;
+            Ok(())
+        }
+        Err(error) => Err(error).context("look up location `dev-fs`"),
+    }
+}
+
 fn dev_node(address: AgentAddress) -> NodeSpec {
     NodeSpec {
         address,
@@ -185,11 +215,12 @@ Coffer dev mode is running (Ctrl-C stops it).
   API            {server}   (gRPC, with reflection)
   catalog        {catalog}
   cluster        dev: one node, its agent embedded here, data in {data}
-  storage        {storage}   (filesystem backup location)
+  location       dev-fs: {storage}
 
 Talk to it:
   cargo run -q -p coffer-client -- --server {server} cluster list
   cargo run -q -p coffer-client -- --server {server} cluster check dev
+  cargo run -q -p coffer-client -- --server {server} backup start dev --location dev-fs --watch
   grpcurl -plaintext {server} list
   grpcurl -plaintext {server} coffer.v1.ClusterService/ListClusters
 ",

@@ -786,3 +786,167 @@ async fn a_server_killed_mid_run_finishes_the_run_truthfully_after_restart() {
     .await;
     assert_eq!(made.totals.expect("totals").file_count, 8);
 }
+
+#[tokio::test]
+async fn backups_go_to_seaweedfs_over_s3_with_credentials_by_reference() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let weed = coffer_tests::SeaweedFs::start(root.path()).await;
+    // The agents read the credentials from their environment: the catalog only names them.
+    let agents = futures_free_start(root.path(), &weed).await;
+    for (index, agent) in agents.iter().enumerate() {
+        write(&agent.data.join("big.bin"), &noise(12 << 20, index as u64));
+        write(
+            &agent.data.join("small.txt"),
+            format!("node {index}\n").repeat(100).as_bytes(),
+        );
+    }
+    let server = TestServer::start(root.path()).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("s3", agents.iter().map(node).collect()))
+        .await
+        .expect("register");
+    let location = client
+        .locations()
+        .create_location(proto::CreateLocationRequest {
+            name: "weed".into(),
+            options: Some(proto::create_location_request::Options::S3(
+                proto::S3LocationOptions {
+                    bucket: weed.bucket.clone(),
+                    endpoint: weed.endpoint.clone(),
+                    prefix: "team/backups".into(),
+                    force_path_style: true,
+                    access_key_id: Some(proto::SecretRef {
+                        source: Some(proto::secret_ref::Source::Env("TEST_S3_KEY".into())),
+                    }),
+                    secret_access_key: Some(proto::SecretRef {
+                        source: Some(proto::secret_ref::Source::Env("TEST_S3_SECRET".into())),
+                    }),
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .expect("create location")
+        .into_inner()
+        .location
+        .expect("location");
+    let shown = format!("{location:?}");
+    assert!(
+        !shown.contains(&weed.secret_key),
+        "no secret in answers: {shown}"
+    );
+
+    let (_, full) = backup(
+        &client,
+        backup_request("s3", "weed", proto::BackupKind::Full),
+    )
+    .await;
+    let totals = full.totals.expect("totals");
+    assert_eq!(totals.file_count, 6);
+    assert_eq!(totals.uploaded_objects, 6);
+    let files = files_of(&client, &full.id).await;
+    assert_eq!(files.len(), 6);
+
+    // Read an object back through S3 and check it is the file's content.
+    let operator = coffer_format::open_operator(&coffer_format::StorageConfig {
+        location_id: "check".into(),
+        name: "check".into(),
+        scheme: "s3".into(),
+        options: [
+            ("bucket".to_string(), weed.bucket.clone()),
+            ("endpoint".to_string(), weed.endpoint.clone()),
+            ("region".to_string(), "us-east-1".to_string()),
+            ("root".to_string(), "/team/backups/".to_string()),
+            ("access_key_id".to_string(), weed.access_key.clone()),
+            ("secret_access_key".to_string(), weed.secret_key.clone()),
+        ]
+        .into(),
+        secrets: Default::default(),
+    })
+    .expect("open s3");
+    let big = files
+        .iter()
+        .find(|f| f.path.ends_with("big.bin"))
+        .expect("big file");
+    let hash = coffer_format::ContentHash::from_hex(&big.blake3_hash).expect("hash");
+    let layout = coffer_format::ClusterLayout::new(full.cluster_id.parse().expect("cluster id"));
+    let copy = root.path().join("copy.bin");
+    coffer_format::download_object(&operator, &layout.object(&hash), &copy, hash, None)
+        .await
+        .expect("download");
+    let node_of_big = agents
+        .iter()
+        .find(|a| Path::new(&big.path).starts_with(&a.data))
+        .expect("owner");
+    assert_eq!(
+        std::fs::read(&copy).expect("copy"),
+        std::fs::read(&big.path).expect("original")
+    );
+    assert!(node_of_big.data.exists());
+
+    // An incremental with one changed file uploads one object.
+    write(&agents[0].data.join("small.txt"), b"changed\n");
+    let (_, incremental) = backup(
+        &client,
+        backup_request("s3", "weed", proto::BackupKind::Incremental),
+    )
+    .await;
+    assert_eq!(incremental.totals.expect("totals").uploaded_objects, 1);
+
+    // Wrong credentials fail the run quickly with the storage's message and the location's name.
+    client
+        .locations()
+        .create_location(proto::CreateLocationRequest {
+            name: "weed-wrong".into(),
+            options: Some(proto::create_location_request::Options::S3(
+                proto::S3LocationOptions {
+                    bucket: weed.bucket.clone(),
+                    endpoint: weed.endpoint.clone(),
+                    force_path_style: true,
+                    access_key_id: Some(proto::SecretRef {
+                        source: Some(proto::secret_ref::Source::Env("TEST_S3_KEY".into())),
+                    }),
+                    secret_access_key: Some(proto::SecretRef {
+                        source: Some(proto::secret_ref::Source::Env("TEST_S3_WRONG".into())),
+                    }),
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .expect("create location");
+    let run_id = start(
+        &client,
+        backup_request("s3", "weed-wrong", proto::BackupKind::Full),
+    )
+    .await;
+    let last = watch_to_end(&client, &run_id).await.pop().expect("final");
+    assert_eq!(last.state(), proto::RunState::Failed);
+    assert!(
+        last.error_message.contains("weed-wrong"),
+        "{}",
+        last.error_message
+    );
+}
+
+/// Three agents with the S3 credentials in their environment.
+async fn futures_free_start(root: &Path, weed: &coffer_tests::SeaweedFs) -> Vec<TestAgent> {
+    let mut agents = Vec::new();
+    for name in ["a", "b", "c"] {
+        agents.push(
+            TestAgent::start_with_env(
+                root,
+                name,
+                &[
+                    ("TEST_S3_KEY", weed.access_key.as_str()),
+                    ("TEST_S3_SECRET", weed.secret_key.as_str()),
+                    ("TEST_S3_WRONG", "not-the-secret"),
+                ],
+            )
+            .await,
+        );
+    }
+    agents
+}

@@ -136,3 +136,87 @@ async fn cofferctl_manages_clusters_with_tables_json_and_exit_codes() {
         .expect("run cofferctl");
     assert_eq!(unreachable.status.code(), Some(3));
 }
+
+#[tokio::test]
+async fn cofferctl_backs_up_with_a_live_watch_and_lists_what_it_made() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(root.path(), "a").await;
+    std::fs::write(agent.data.join("table.db"), vec![7u8; 3 << 20]).expect("write data");
+    std::fs::write(agent.data.join("notes.txt"), "hello\n".repeat(1000)).expect("write data");
+    let server = TestServer::start(root.path()).await;
+    let store = root.path().join("store");
+    let store_arg = store.display().to_string();
+    let node = agent.process.host_port().to_string();
+    for args in [
+        vec!["cluster", "register", "db", "--node", node.as_str()],
+        vec!["location", "create", "local", "--fs", store_arg.as_str()],
+    ] {
+        let output = cofferctl(&server, &args).await;
+        assert_eq!(output.code, 0, "{args:?}: {}", output.stderr);
+    }
+
+    // Table mode: the run id on stdout, then the summary; exit 0 for a succeeded run.
+    let started = cofferctl(
+        &server,
+        &["backup", "start", "db", "--location", "local", "--watch"],
+    )
+    .await;
+    assert_eq!(started.code, 0, "{}", started.stderr);
+    let run_id = started
+        .stdout
+        .lines()
+        .next()
+        .expect("run id line")
+        .trim()
+        .to_string();
+    assert!(started.stdout.contains("SUCCEEDED"), "{}", started.stdout);
+
+    // JSON mode: one WatchRunResponse per line, the last one final.
+    let watched = cofferctl(&server, &["-o", "json", "run", "watch", &run_id]).await;
+    assert_eq!(watched.code, 0, "{}", watched.stderr);
+    let last: serde_json::Value =
+        serde_json::from_str(watched.stdout.lines().last().expect("a line")).expect("ndjson");
+    assert_eq!(last["run"]["state"], "RUN_STATE_SUCCEEDED");
+    let backup_id = last["run"]["backupId"]
+        .as_str()
+        .expect("backup id")
+        .to_string();
+
+    let listed = cofferctl(
+        &server,
+        &["-o", "json", "backup", "list", "--cluster", "db"],
+    )
+    .await;
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).expect("json");
+    assert_eq!(listed["backups"][0]["id"], backup_id.as_str());
+    assert_eq!(listed["backups"][0]["totals"]["fileCount"], "2");
+    let files = cofferctl(&server, &["backup", "files", &backup_id]).await;
+    assert!(
+        files.stdout.contains("table.db") && files.stdout.contains("notes.txt"),
+        "{}",
+        files.stdout
+    );
+
+    // A backup that fails exits 10: its location's folder cannot be created.
+    std::fs::write(root.path().join("blocker"), b"a file, not a folder").expect("write");
+    let blocked = format!("{}/blocker/store", root.path().display());
+    let created = cofferctl(&server, &["location", "create", "broken", "--fs", &blocked]).await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let failed = cofferctl(
+        &server,
+        &["backup", "start", "db", "--location", "broken", "--watch"],
+    )
+    .await;
+    assert_eq!(failed.code, 10, "{}\n{}", failed.stdout, failed.stderr);
+
+    // Deleting the backup makes it disappear from the catalog and from storage.
+    let deleted = cofferctl(&server, &["backup", "delete", &backup_id]).await;
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    let shown = cofferctl(&server, &["backup", "show", &backup_id]).await;
+    assert_eq!(shown.code, 5, "{}", shown.stderr);
+    let commits = coffer_tests::tree(&store)
+        .keys()
+        .filter(|path| path.ends_with("backup.json"))
+        .count();
+    assert_eq!(commits, 0);
+}
