@@ -243,6 +243,47 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
         [incremental.id.as_str(), again.id.as_str(), full.id.as_str()]
     );
 
+    // The runs are listed newest first, filtered by cluster, kind and state.
+    let runs = client
+        .runs()
+        .list_runs(proto::ListRunsRequest {
+            cluster: "shop".into(),
+            kind: proto::RunKind::Backup.into(),
+            states: vec![proto::RunState::Succeeded.into()],
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("list runs")
+        .into_inner();
+    assert_eq!(runs.runs.len(), 2);
+    assert_eq!(runs.runs[0].backup_id, incremental.id);
+    assert!(!runs.next_page_token.is_empty());
+    let rest = client
+        .runs()
+        .list_runs(proto::ListRunsRequest {
+            cluster: "shop".into(),
+            page_token: runs.next_page_token,
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("list runs")
+        .into_inner();
+    assert_eq!(rest.runs.len(), 1);
+    assert_eq!(rest.runs[0].backup_id, full.id);
+    assert!(rest.next_page_token.is_empty());
+    let failed = client
+        .runs()
+        .list_runs(proto::ListRunsRequest {
+            states: vec![proto::RunState::Failed.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("list runs")
+        .into_inner();
+    assert!(failed.runs.is_empty());
+
     // No snapshot stays behind on any node.
     for agent in agents {
         let snapshots = agent.data.join(".coffer-snapshots");

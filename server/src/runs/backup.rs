@@ -341,6 +341,7 @@ async fn upload_node(
         return NodeOutcome::Canceled;
     };
     let node_id = node.info.node_id;
+    let (tag, dry_run) = (request.tag.clone(), request.dry_run);
     let mut client = match agents.long_client(&node.spec.address) {
         Ok(client) => client,
         Err(error) => return NodeOutcome::Failed(error.to_string()),
@@ -356,6 +357,14 @@ async fn upload_node(
                     let _ = events.send(NodeEvent::Progress(node_id, progress)).await;
                 }
                 Some(agent::upload_snapshot_response::Event::Done(summary)) => {
+                    // The node's snapshot has served its purpose: free its disk space now rather
+                    // than when the slowest node finishes. (The final sweep retries failures.)
+                    if !dry_run {
+                        let request = agent::DeleteSnapshotRequest { tag: tag.clone() };
+                        if let Err(status) = client.delete_snapshot(request).await {
+                            tracing::warn!(node_id = %node_id, error = %status.message(), "remove snapshot after upload");
+                        }
+                    }
                     return NodeOutcome::Done(summary);
                 }
                 None => {}
