@@ -22,7 +22,7 @@ pub use layout::{
 };
 pub use manifest::{
     BackupKind, BackupManifest, BackupNode, ManifestError, NodeManifestEntry, NodeManifestHeader,
-    NodeManifestReader, NodeManifestSummary, NodeManifestWriter,
+    NodeManifestReader, NodeManifestSummary, NodeManifestWriter, PathFilter,
 };
 pub use object::{
     Codec, DownloadError, RateLimiter, UploadError, UploadOptions, UploadOutcome, download_object,

@@ -466,6 +466,9 @@ async fn upload_local_file(op: &Operator, path: &str, file: File) -> Result<u64,
 
 /// Streams a node manifest from storage: its header at once, then its entries one by one, with
 /// memory bounded by a slice of decompressed text (not by the manifest's size).
+///
+/// Decompression runs inline on the calling task, 64 KiB of compressed input at a time: manifests
+/// decompress at hundreds of MiB/s, so no call holds an async worker for long.
 pub struct NodeManifestReader {
     path: String,
     header: NodeManifestHeader,
@@ -726,6 +729,18 @@ pub struct BackupNode {
     pub uploaded_objects: u64,
 }
 
+/// Path globs selecting files (absolute paths on the node): a file is in when it matches an
+/// include pattern (or there are none) and no exclude pattern.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathFilter {
+    /// Patterns of files to include; empty includes every file.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Patterns of files to leave out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
 /// The backup manifest `backup.json`: the commit point of a backup, written after every node
 /// manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -754,6 +769,12 @@ pub struct BackupManifest {
     pub start_time: String,
     /// When this manifest was written (RFC 3339 UTC).
     pub commit_time: String,
+    /// The run that made the backup, if Coffer's server made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<Uuid>,
+    /// The path globs the backup was taken with; empty lists select every file.
+    #[serde(default)]
+    pub filter: PathFilter,
     /// Every node of the backup.
     pub nodes: Vec<BackupNode>,
 }
@@ -1105,6 +1126,11 @@ mod tests {
             labels: BTreeMap::from([("reason".into(), "nightly".into())]),
             start_time: "2026-11-21T22:00:00Z".into(),
             commit_time: "2026-11-21T22:56:00Z".into(),
+            run_id: Some(Uuid::from_u128(4)),
+            filter: PathFilter {
+                include: vec!["/data/**".into()],
+                exclude: vec![],
+            },
             nodes: vec![BackupNode {
                 node_id: Uuid::from_u128(3),
                 hostname: "db1".into(),

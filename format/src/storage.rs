@@ -456,7 +456,48 @@ pub fn open_operator(config: &StorageConfig) -> Result<Operator, StorageError> {
                 .with_max_delay(Duration::from_secs(10))
                 .with_max_times(retry_max_times),
         )
-        .layer(LoggingLayer::default()))
+        .layer(LoggingLayer::new(TracingInterceptor)))
+}
+
+/// Logs storage operations through `tracing`, quietly: failures at DEBUG, because every caller
+/// handles (and, where it matters, logs) its errors with the location's name, and a missing
+/// object is the everyday answer of a "does the location have it?" check, not a warning.
+#[derive(Debug, Clone, Copy)]
+struct TracingInterceptor;
+
+impl opendal::layers::LoggingInterceptor for TracingInterceptor {
+    fn log(
+        &self,
+        info: &opendal::raw::ServiceInfo,
+        operation: opendal::raw::Operation,
+        context: &[(&str, &str)],
+        message: &str,
+        err: Option<&opendal::Error>,
+    ) {
+        let path = context
+            .iter()
+            .find(|(key, _)| *key == "path")
+            .map(|(_, value)| *value)
+            .unwrap_or_default();
+        match err {
+            Some(error) => tracing::debug!(
+                target: "coffer_format::storage",
+                scheme = %info.scheme(),
+                name = %info.name(),
+                %operation,
+                path,
+                %error,
+                "{message}"
+            ),
+            None => tracing::trace!(
+                target: "coffer_format::storage",
+                scheme = %info.scheme(),
+                %operation,
+                path,
+                "{message}"
+            ),
+        }
+    }
 }
 
 /// Builds an operator of one backend from its settings, refusing settings the backend does not

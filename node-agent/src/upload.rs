@@ -164,6 +164,16 @@ pub async fn run(
         })
         .cloned()
         .collect();
+    if let Some(file) = selected
+        .iter()
+        .find(|file| file.live_path.to_str().is_none())
+    {
+        return Err(UploadFailure::File(format!(
+            "{} has a name that is not valid UTF-8, and manifests record UTF-8 paths: rename it, \
+             or exclude it with a pattern",
+            file.live_path.display()
+        )));
+    }
     let options = UploadOptions {
         rate_limiter: job.limiter.clone(),
         ..UploadOptions::default()

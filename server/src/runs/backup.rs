@@ -22,7 +22,7 @@ use crate::backups::{BackupNodeRecord, BackupRecord};
 use crate::error::{Error, Result};
 use crate::locations::Location;
 use crate::model::{Cluster, Node};
-use crate::runs::model::{BackupKind, BackupSpec, NodePhase, Run, RunState};
+use crate::runs::model::{BackupKind, BackupSpec, NodePhase, PathFilter, Run, RunState};
 use crate::runs::{RunHandle, RunManager};
 
 /// Everything a backup run needs, resolved when it was started.
@@ -408,80 +408,47 @@ impl RateMeter {
     }
 }
 
-/// The backup's own manifest, `backup.json`: the commit point.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct CommitManifest {
-    format: String,
-    version: u32,
-    backup_id: Uuid,
-    cluster_id: Uuid,
-    cluster_name: String,
-    kind: BackupKind,
-    parent_backup_id: Option<Uuid>,
-    location_id: Uuid,
-    labels: std::collections::BTreeMap<String, String>,
-    filter: crate::runs::model::PathFilter,
-    run_id: Uuid,
-    start_time_ms: i64,
-    commit_time_ms: i64,
-    nodes: Vec<CommitNode>,
+fn from_manifest_time(text: &str) -> SystemTime {
+    coffer_format::manifest::parse_time(text).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct CommitNode {
-    node_id: Uuid,
-    hostname: String,
-    datacenter: String,
-    rack: String,
-    manifest_path: String,
-    file_count: u64,
-    total_bytes: u64,
-    uploaded_bytes: u64,
-    uploaded_objects: u64,
-}
-
-fn millis(time: SystemTime) -> i64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn from_millis(ms: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
-impl CommitManifest {
-    fn record(&self) -> BackupRecord {
-        BackupRecord {
-            id: self.backup_id,
-            cluster_id: self.cluster_id,
-            cluster_name: self.cluster_name.clone(),
-            location_id: self.location_id,
-            location_name: String::new(),
-            kind: self.kind,
-            parent_backup_id: self.parent_backup_id,
-            filter: self.filter.clone(),
-            labels: self.labels.clone(),
-            run_id: Some(self.run_id),
-            schedule_id: None,
-            start_time: from_millis(self.start_time_ms),
-            commit_time: from_millis(self.commit_time_ms),
-            nodes: self
-                .nodes
-                .iter()
-                .map(|node| BackupNodeRecord {
-                    node_id: node.node_id,
-                    hostname: node.hostname.clone(),
-                    datacenter: node.datacenter.clone(),
-                    rack: node.rack.clone(),
-                    manifest_path: node.manifest_path.clone(),
-                    file_count: node.file_count,
-                    total_bytes: node.total_bytes,
-                    uploaded_bytes: node.uploaded_bytes,
-                    uploaded_objects: node.uploaded_objects,
-                })
-                .collect(),
-        }
+/// The catalog record of a committed backup, from its manifest.
+fn record_of(manifest: &coffer_format::BackupManifest, location: &Location) -> BackupRecord {
+    BackupRecord {
+        id: manifest.backup_id,
+        cluster_id: manifest.cluster_id,
+        cluster_name: manifest.cluster_name.clone(),
+        location_id: location.id,
+        location_name: location.name.to_string(),
+        kind: match manifest.kind {
+            coffer_format::BackupKind::Full => BackupKind::Full,
+            coffer_format::BackupKind::Incremental => BackupKind::Incremental,
+        },
+        parent_backup_id: manifest.parent_backup_id,
+        filter: PathFilter {
+            include: manifest.filter.include.clone(),
+            exclude: manifest.filter.exclude.clone(),
+        },
+        labels: manifest.labels.clone(),
+        run_id: manifest.run_id,
+        schedule_id: None,
+        start_time: from_manifest_time(&manifest.start_time),
+        commit_time: from_manifest_time(&manifest.commit_time),
+        nodes: manifest
+            .nodes
+            .iter()
+            .map(|node| BackupNodeRecord {
+                node_id: node.node_id,
+                hostname: node.hostname.clone(),
+                datacenter: node.datacenter.clone(),
+                rack: node.rack.clone(),
+                manifest_path: node.manifest_path.clone(),
+                file_count: node.file_count,
+                total_bytes: node.total_bytes,
+                uploaded_bytes: node.uploaded_bytes,
+                uploaded_objects: node.uploaded_objects,
+            })
+            .collect(),
     }
 }
 
@@ -492,25 +459,32 @@ async fn commit(
     summaries: &[(Node, agent::UploadSummary)],
 ) -> Result<()> {
     let run = handle.run();
-    let manifest = CommitManifest {
-        format: "coffer-backup".into(),
-        version: coffer_format::FORMAT_VERSION,
+    let format_time = coffer_format::manifest::format_time;
+    let manifest = coffer_format::BackupManifest {
+        format: coffer_format::manifest::BACKUP_MANIFEST_FORMAT.into(),
+        version: coffer_format::manifest::MANIFEST_VERSION,
         backup_id,
         cluster_id: plan.cluster.id,
         cluster_name: plan.cluster.name.to_string(),
-        kind: plan.kind,
+        kind: match plan.kind {
+            BackupKind::Full => coffer_format::BackupKind::Full,
+            BackupKind::Incremental => coffer_format::BackupKind::Incremental,
+        },
         parent_backup_id: plan.parent_backup_id,
-        location_id: plan.location.id,
+        location_id: plan.location.id.to_string(),
         labels: plan.spec.labels.clone(),
-        filter: plan.spec.filter.clone(),
-        run_id: run.id,
-        start_time_ms: millis(run.start_time.unwrap_or(run.create_time)),
-        commit_time_ms: millis(SystemTime::now()),
+        start_time: format_time(run.start_time.unwrap_or(run.create_time)),
+        commit_time: format_time(SystemTime::now()),
+        run_id: Some(run.id),
+        filter: coffer_format::PathFilter {
+            include: plan.spec.filter.include.clone(),
+            exclude: plan.spec.filter.exclude.clone(),
+        },
         nodes: summaries
             .iter()
             .map(|(node, summary)| {
                 let progress = summary.progress.unwrap_or_default();
-                CommitNode {
+                coffer_format::BackupNode {
                     node_id: node.info.node_id,
                     hostname: node.info.hostname.clone(),
                     datacenter: node.spec.datacenter.clone(),
@@ -524,8 +498,10 @@ async fn commit(
             })
             .collect(),
     };
-    let content = serde_json::to_vec_pretty(&manifest)
-        .map_err(|error| Error::internal("encode backup manifest", error))?;
+    manifest
+        .validate()
+        .map_err(|error| Error::internal("build backup manifest", error))?;
+    let content = manifest.encode();
     let path = coffer_format::ClusterLayout::new(plan.cluster.id).backup_manifest(backup_id);
     if handle.cancelled().is_cancelled() {
         return Err(Error::FailedPrecondition("canceled".into()));
@@ -538,8 +514,7 @@ async fn commit(
         content,
     )
     .await?;
-    let mut record = manifest.record();
-    record.location_name = plan.location.name.to_string();
+    let record = record_of(&manifest, &plan.location);
     if let Err(error) = handle.manager().catalog().record_backup(&record).await {
         // Canceled while the manifest was being written: take the commit back.
         tracing::warn!(%error, "backup not recorded; removing its commit manifest");
@@ -767,10 +742,9 @@ pub async fn recover(manager: &RunManager, mut run: Run) {
     {
         let path = coffer_format::ClusterLayout::new(cluster.id).backup_manifest(backup_id);
         match get_object(manager.agents(), cluster, location, &path).await {
-            Ok(content) => match serde_json::from_slice::<CommitManifest>(&content) {
+            Ok(content) => match coffer_format::BackupManifest::decode(&path, &content) {
                 Ok(manifest) => {
-                    let mut record = manifest.record();
-                    record.location_name = location.name.to_string();
+                    let record = record_of(&manifest, location);
                     committed = manager.catalog().record_backup(&record).await.is_ok();
                 }
                 Err(error) => {

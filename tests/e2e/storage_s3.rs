@@ -1,0 +1,164 @@
+//! The storage layer against a real S3 server, SeaweedFS: multipart uploads, compression,
+//! listing, verified downloads, aborted uploads of changed files, and permanent errors.
+
+use std::collections::BTreeMap;
+
+use coffer_format::object::{Codec, OBJECT_HEADER_LEN};
+use coffer_format::{
+    ContentHash, DownloadError, SecretSource, StorageConfig, UploadError, UploadOptions,
+    download_object, hash_file, object_exists, open_operator, upload_file,
+};
+use coffer_tests::SeaweedFs;
+
+fn random_bytes(len: usize, seed: u8) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&[seed])
+        .finalize_xof()
+        .fill(&mut bytes);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_round_trip_through_seaweedfs_s3() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weed = SeaweedFs::start(dir.path()).await;
+
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{}\n", weed.secret_key)).expect("write secret");
+    let config = StorageConfig {
+        location_id: "loc-s3".into(),
+        name: "seaweedfs".into(),
+        scheme: "s3".into(),
+        options: BTreeMap::from([
+            ("bucket".into(), weed.bucket.clone()),
+            ("root".into(), "/coffer-test/".into()),
+            ("endpoint".into(), weed.endpoint.clone()),
+            ("region".into(), "us-east-1".into()),
+            ("access_key_id".into(), weed.access_key.clone()),
+            ("disable_config_load".into(), "true".into()),
+            // Keep start-up failures short: the readiness loop retries itself.
+            ("retry_max_times".into(), "1".into()),
+        ]),
+        secrets: BTreeMap::from([("secret_access_key".into(), SecretSource::File(secret_file))]),
+    };
+    let op = open_operator(&config).expect("open s3 operator");
+
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("mkdir");
+
+    // 20 MiB of random bytes: raw, three 8 MiB parts.
+    let big = random_bytes(20 * 1024 * 1024 + 5, 7);
+    let big_path = files.join("big");
+    std::fs::write(&big_path, &big).expect("write");
+    // A small compressible file: one PUT.
+    let small = "coffer ".repeat(4096).into_bytes();
+    let small_path = files.join("small");
+    std::fs::write(&small_path, &small).expect("write");
+
+    let mut stored = Vec::new();
+    for (path, content) in [(&big_path, &big), (&small_path, &small)] {
+        let (hash, size) = hash_file(path, None).await.expect("hash");
+        assert_eq!(hash, ContentHash::of(content));
+        assert_eq!(size, content.len() as u64);
+        let object = format!("objects/{}/{hash}", &hash.to_hex()[..2]);
+        assert!(!object_exists(&op, &object).await.expect("exists"));
+        let outcome = upload_file(&op, &object, path, hash, &UploadOptions::default())
+            .await
+            .expect("upload");
+        assert!(object_exists(&op, &object).await.expect("exists"));
+        let metadata = op.stat(&object).await.expect("stat");
+        assert_eq!(metadata.content_length(), outcome.stored_bytes);
+        stored.push((object, hash, outcome, metadata));
+    }
+    let (big_object, big_hash, big_outcome, big_metadata) = &stored[0];
+    assert!(!big_outcome.compressed);
+    assert_eq!(
+        big_outcome.stored_bytes,
+        big.len() as u64 + OBJECT_HEADER_LEN as u64
+    );
+    // S3 names a multipart object's ETag "<md5 of part md5s>-<parts>".
+    let etag = big_metadata.etag().unwrap_or_default();
+    assert!(
+        etag.trim_matches('"').ends_with("-3"),
+        "expected a 3-part multipart upload, got ETag {etag:?}"
+    );
+    let (small_object, small_hash, small_outcome, _) = &stored[1];
+    assert!(small_outcome.compressed);
+    let raw = op.read(small_object).await.expect("read").to_vec();
+    assert_eq!(&raw[..OBJECT_HEADER_LEN], &Codec::Zstd.header());
+
+    // Listing finds both objects under the location's root.
+    let mut listed: Vec<String> = op
+        .list_with("objects/")
+        .recursive(true)
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|entry| entry.metadata().is_file())
+        .map(|entry| entry.path().to_string())
+        .collect();
+    listed.sort();
+    let mut expected = vec![big_object.clone(), small_object.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    // Downloads verify and restore the content.
+    for (object, hash, content) in [
+        (big_object, big_hash, &big),
+        (small_object, small_hash, &small),
+    ] {
+        let dest = files.join("restored");
+        let size = download_object(&op, object, &dest, *hash, None)
+            .await
+            .expect("download");
+        assert_eq!(size, content.len() as u64);
+        assert!(std::fs::read(&dest).expect("read") == *content);
+    }
+
+    // A file changed after hashing: the multipart upload is aborted, no object appears.
+    let changed_path = files.join("changed");
+    std::fs::write(&changed_path, &big).expect("write");
+    let planned = ContentHash::of(b"what the file held when it was hashed");
+    let object = format!("objects/{}/{planned}", &planned.to_hex()[..2]);
+    let error = upload_file(
+        &op,
+        &object,
+        &changed_path,
+        planned,
+        &UploadOptions::default(),
+    )
+    .await
+    .expect_err("changed");
+    assert!(
+        matches!(error, UploadError::ContentChanged { .. }),
+        "{error}"
+    );
+    assert!(!object_exists(&op, &object).await.expect("exists"));
+
+    // A missing object is a permanent not-found.
+    let error = download_object(&op, "objects/00/missing", &files.join("x"), planned, None)
+        .await
+        .expect_err("missing");
+    match error {
+        DownloadError::Storage(storage) => {
+            assert!(storage.is_not_found(), "{storage}");
+            assert!(storage.is_permanent());
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+
+    // Bad credentials are permanent too, and name the location.
+    let mut wrong = config.clone();
+    wrong.secrets.clear();
+    wrong
+        .options
+        .insert("secret_access_key".into(), "wrong".into());
+    let wrong_op = open_operator(&wrong).expect("open");
+    let error = object_exists(&wrong_op, big_object)
+        .await
+        .expect_err("bad credentials")
+        .in_location(&wrong.name);
+    assert!(error.is_permanent(), "{error}");
+    assert!(error.to_string().contains("\"seaweedfs\""), "{error}");
+}
