@@ -31,6 +31,7 @@ Logs of every process are kept in <work>/logs/. Nothing in the repository is mod
 from __future__ import annotations
 
 import argparse
+import calendar
 import itertools
 import json
 import os
@@ -423,13 +424,33 @@ class Procs:
 # /proc sampling
 # --------------------------------------------------------------------------------------------
 
-def proc_cpu_ticks(pid: int) -> int | None:
+def proc_stat(pid: int) -> dict | None:
+    """utime, stime (ticks), minflt, majflt and starttime of a process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
+            text = f.read()
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        return {"comm": comm, "utime": int(fields[11]), "stime": int(fields[12]),
+                "minflt": int(fields[7]), "majflt": int(fields[9]), "start": int(fields[19])}
     except (OSError, IndexError, ValueError):
         return None
+
+
+def proc_cpu_ticks(pid: int) -> int | None:
+    st = proc_stat(pid)
+    return st["utime"] + st["stime"] if st else None
+
+
+def all_procs() -> dict:
+    """(pid, starttime) -> stat of every process on the machine (kernel threads included)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = proc_stat(int(entry))
+            if st:
+                out[(int(entry), st["start"])] = st
+    return out
 
 
 def proc_status_kib(pid: int, key: str) -> int | None:
@@ -502,6 +523,8 @@ class Sampler:
             tracked = dict(self.tracked)
             self.t0 = time.monotonic()
             self.base_cpu = {n: proc_cpu_ticks(p) for n, p in tracked.items()}
+            self.base_stat = {n: proc_stat(p) for n, p in tracked.items()}
+            self.base_all = all_procs()
             self.base_io = {n: proc_io(p) for n, p in tracked.items()}
             self.base_sys = system_cpu()
             self.base_disk = disk_sectors()
@@ -563,6 +586,11 @@ class Sampler:
                     cpu_s = (ticks - base) / CLK_TCK
                     entry["cpu_s"] = round(cpu_s, 2)
                     entry["cpu_pct"] = round(100 * cpu_s / wall, 1) if wall > 0 else 0
+                st, st0 = proc_stat(pid), self.base_stat.get(name)
+                if st and st0:
+                    entry["user_s"] = round((st["utime"] - st0["utime"]) / CLK_TCK, 2)
+                    entry["sys_s"] = round((st["stime"] - st0["stime"]) / CLK_TCK, 2)
+                    entry["minflt"] = st["minflt"] - st0["minflt"]
                 for k in ("rchar", "wchar", "read_bytes", "write_bytes"):
                     if k in io_now and k in io_base:
                         entry[k + "_mib"] = round(mib(io_now[k] - io_base[k]), 1)
@@ -578,6 +606,16 @@ class Sampler:
                        "iowait_pct": round(100 * d[4] / tot, 1),
                        "idle_pct": round(100 * d[3] / tot, 1),
                        "cores": ncpu}
+            # top CPU consumers of the whole machine over the phase (processes alive at the end)
+            now_all = all_procs()
+            top = []
+            for key, st in now_all.items():
+                st0 = self.base_all.get(key, {"utime": 0, "stime": 0})
+                ticks = st["utime"] + st["stime"] - st0["utime"] - st0["stime"]
+                if ticks > 0:
+                    top.append((ticks, f"{st['comm']}[{key[0]}]"))
+            top.sort(reverse=True)
+            machine["top_cpu"] = [{"proc": n, "cpu_s": round(t / CLK_TCK, 2)} for t, n in top[:8]]
             disk = disk_sectors()
             machine["disk_read_mib"] = round((disk[0] - self.base_disk[0]) * 512 / MiB, 1)
             machine["disk_written_mib"] = round((disk[1] - self.base_disk[1]) * 512 / MiB, 1)
@@ -591,6 +629,56 @@ class Sampler:
 # --------------------------------------------------------------------------------------------
 # The benchmark
 # --------------------------------------------------------------------------------------------
+
+def parse_ts(text: str | None) -> float | None:
+    """RFC 3339 UTC timestamp (as grpcurl and the logs print them) -> seconds since the epoch."""
+    if not text:
+        return None
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", text)
+    if not m:
+        return None
+    base = float(calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")))
+    return base + (float("0." + m.group(2)) if m.group(2) else 0.0)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)\s+(\w+)\s+(.*)$")
+
+
+def agent_log_summary(path: Path, tag: str, created: float | None) -> dict:
+    """From an agent's log: when (seconds after the run was created) the agent logged its
+    milestones for the run (the run id is the snapshot tag), and the WARN/ERROR lines it logged
+    between the snapshot and its removal, with the most frequent one."""
+    out: dict = {"warn_lines": 0, "error_lines": 0}
+    marks = {"snapshot created": "snapshot_created", "upload finished": "upload_finished",
+             "snapshot removed": "snapshot_removed"}
+    inside = False
+    kinds: dict[str, int] = {}
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for raw in lines:
+        m = LOG_LINE.match(ANSI.sub("", raw))
+        if not m:
+            continue
+        ts, level, msg = parse_ts(m.group(1)), m.group(2), m.group(3)
+        if tag in msg:
+            inside = True
+            for needle, key in marks.items():
+                if needle in msg and created is not None and ts is not None:
+                    out[key] = round(ts - created, 3)
+        if inside and level in ("WARN", "ERROR"):
+            out["warn_lines" if level == "WARN" else "error_lines"] += 1
+            kind = re.sub(r"[0-9a-f]{16,}|/[^ :]+", "…", msg)[:140]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        if tag in msg and "snapshot removed" in msg:
+            inside = False
+    if kinds:
+        kind, n = max(kinds.items(), key=lambda kv: kv[1])
+        out["most_frequent_warning"] = f"{n} x {kind}"
+    return out
+
 
 def run_cmd(argv: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=True, **kw)
@@ -718,6 +806,7 @@ class Bench:
         env["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         env.setdefault("RUST_LOG", "info")
+        env["NO_COLOR"] = "1"
         return env
 
     def start_agent(self, t: dict, n: int) -> Proc:
@@ -891,16 +980,21 @@ class Bench:
             "cluster": CLUSTER, "backup": {"location": t["location"], "kind": f"BACKUP_KIND_{kind}"}})
         run_id = resp["runId"]
         run, t1, timeline = self.watch(t, run_id, t0)
-        wall = t1 - t0
+        client_wall = t1 - t0
         usage = self.sampler.end()
+        # The run's own clock: createTime (StartBackup recorded it) -> finishTime (SUCCEEDED).
+        # The client's figure also holds two grpcurl start-ups (~0.1 s each).
+        created, finished = parse_ts(run.get("createTime")), parse_ts(run.get("finishTime"))
+        wall = finished - created if created and finished else client_wall
         hwm = {p.name: proc_status_kib(p.pid, "VmHWM") for p in t["agents"]}
         res = {"target": t["name"], "phase": phase, "run_id": run_id, "state": run.get("state"),
-               "wall_s": round(wall, 3), "files": files, "logical_bytes": logical,
+               "wall_s": round(wall, 3), "client_wall_s": round(client_wall, 3), "files": files, "logical_bytes": logical,
                "mib_per_s": round(mib(logical) / wall, 1),
                "agent_vmhwm_mib": {k: round(v / 1024, 1) for k, v in hwm.items() if v},
                "peak_agent_rss_mib": round(max(v for v in hwm.values() if v) / 1024, 1) if any(hwm.values()) else None,
                "server_times": {k: run.get(k) for k in ("createTime", "startTime", "finishTime")},
                "phase_timeline": timeline, "usage": usage,
+               "agent_log": {p.name: agent_log_summary(p.log_path, run_id, created) for p in t["agents"]},
                "run_totals": run.get("totals", {})}
         if run.get("state") != "RUN_STATE_SUCCEEDED":
             res["error"] = run.get("errorMessage", "")
@@ -926,7 +1020,7 @@ class Bench:
             res["warning"] += (f" backup holds {res['backup_file_count']} files / {res['backup_total_bytes']} "
                                f"bytes, data set has {files} / {logical}")
             log(f"[{t['name']}] warning: {res['warning']}")
-        log(f"[{t['name']}] {phase}: {wall:.2f} s, {res['mib_per_s']:.1f} MiB/s, uploaded "
+        log(f"[{t['name']}] {phase}: {wall:.2f} s (client saw {client_wall:.2f} s), {res['mib_per_s']:.1f} MiB/s, uploaded "
             f"{mib(res['uploaded_bytes']):.1f} MiB, peak agent VmHWM {res['peak_agent_rss_mib']} MiB")
         return res
 
@@ -956,15 +1050,23 @@ class Bench:
         rss = []
         cpu = 0.0
         failed = []
+        rusage = {}
         for n, p in enumerate(procs):
             _, status, ru = os.wait4(p.pid, 0)
             p.returncode = os.waitstatus_to_exitcode(status)
             rss.append(ru.ru_maxrss)  # KiB
             cpu += ru.ru_utime + ru.ru_stime
+            rusage[f"rclone-{n}"] = ru
             if p.returncode != 0:
                 failed.append(n)
         wall = time.monotonic() - t0
         usage = self.sampler.end()
+        for name_n, ru in rusage.items():  # exited: their totals come from wait4's rusage
+            c = ru.ru_utime + ru.ru_stime
+            usage["processes"][name_n] = {
+                "cpu_s": round(c, 2), "cpu_pct": round(100 * c / wall, 1),
+                "user_s": round(ru.ru_utime, 2), "sys_s": round(ru.ru_stime, 2),
+                "minflt": ru.ru_minflt, "peak_rss_mib": round(ru.ru_maxrss / 1024, 1)}
         for n in range(len(procs)):
             self.sampler.untrack(f"rclone-{n}")
         if failed:
@@ -1089,30 +1191,42 @@ class Bench:
             p(f"  [{name}] {what:<42} {val:>26}   {'PASS' if ok else 'MISS'}")
         self.results["checks"] = [{"target": n, "check": w, "value": v, "pass": ok} for n, w, v, ok in checks]
         p()
-        p("diagnosis (per phase: when each node entered each run phase; CPU% of one core; rchar/wchar "
-          "= bytes through read()/write() syscalls):")
+        p("diagnosis, per phase: agent milestones from its log (s after the run was created); CPU s "
+          "(user+sys) and % of one core; minflt = minor page faults;")
+        p("rchar/wchar = bytes through read()/write() syscalls; machine = both cores; top = biggest CPU "
+          "users of the whole machine, kernel threads included")
         for name, out in self.results["targets"].items():
+            if out.get("error"):
+                p(f"  [{name}] ERROR: {out['error']}")
             for key in ("full", "incremental", "rclone"):
                 r = out["phases"].get(key)
                 if not r:
                     continue
-                p(f"  [{name}] {key}: wall {r['wall_s']:.2f} s")
-                if r.get("phase_timeline"):
-                    ids = sorted({e["node"] for e in r["phase_timeline"]})
-                    for i, nid in enumerate(ids):
-                        steps = [f"{e['phase']}@{e['t']:.1f}s" for e in r["phase_timeline"] if e["node"] == nid]
-                        p(f"      node {i} ({nid[:8]}): {' -> '.join(steps)}")
+                extra = f" (client saw {r['client_wall_s']:.2f} s)" if "client_wall_s" in r else ""
+                p(f"  [{name}] {key}: wall {r['wall_s']:.2f} s{extra}")
+                for aname, al in sorted(r.get("agent_log", {}).items()):
+                    ms = "  ".join(f"{k.replace('_', ' ')} {al[k]:.2f}" for k in
+                                   ("snapshot_created", "upload_finished", "snapshot_removed") if k in al)
+                    w = f"  WARN lines {al['warn_lines']}" if al.get("warn_lines") else ""
+                    p(f"      {aname:<9} {ms}{w}")
+                warns = {al.get("most_frequent_warning") for al in r.get("agent_log", {}).values()} - {None}
+                for wline in sorted(warns)[:2]:
+                    p(f"      most frequent agent warning: {wline}")
                 u = r.get("usage", {})
                 for pname, e in sorted(u.get("processes", {}).items()):
-                    if "cpu_s" not in e:
+                    if not e.get("cpu_s") and not e.get("rchar_mib"):
                         continue
-                    p(f"      {pname:<9} cpu {e['cpu_s']:>7.2f} s ({e['cpu_pct']:>5.1f}%)  "
-                      f"rchar {e.get('rchar_mib', 0):>8.1f} MiB  wchar {e.get('wchar_mib', 0):>8.1f} MiB")
+                    split = f" = {e['user_s']:.2f} user + {e['sys_s']:.2f} sys" if "user_s" in e else ""
+                    io = (f"  rchar {e.get('rchar_mib', 0):.0f} MiB  wchar {e.get('wchar_mib', 0):.0f} MiB"
+                          if "rchar_mib" in e else "")
+                    flt = f"  minflt {e['minflt']}" if "minflt" in e else ""
+                    p(f"      {pname:<9} cpu {e['cpu_s']:>6.2f} s ({e['cpu_pct']:>5.1f}%){split}{io}{flt}")
                 m = u.get("machine")
                 if m:
-                    p(f"      machine ({m['cores']} cores): user {m['user_pct']}%  system {m['system_pct']}%  "
-                      f"iowait {m['iowait_pct']}%  idle {m['idle_pct']}%  disk read {m['disk_read_mib']} MiB  "
-                      f"written {m['disk_written_mib']} MiB")
+                    p(f"      machine: user {m['user_pct']}%  system {m['system_pct']}%  iowait {m['iowait_pct']}%  "
+                      f"idle {m['idle_pct']}%  disk read {m['disk_read_mib']} MiB  written {m['disk_written_mib']} MiB")
+                    if m.get("top_cpu"):
+                        p("      top: " + ", ".join(f"{x['proc']} {x['cpu_s']:.2f}s" for x in m["top_cpu"][:6]))
                 if r.get("error"):
                     p(f"      error: {r['error']}")
                     for nid, e in r.get("node_errors", {}).items():

@@ -183,6 +183,12 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
     // Text compresses: stored bytes are well below the logical size.
     assert!(totals.uploaded_bytes < totals.total_bytes, "{totals:?}");
 
+    // The location says what it holds.
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(location.join("coffer.json")).expect("marker"))
+            .expect("json");
+    assert_eq!(marker["format"], "coffer");
+
     // Every file is listed with its BLAKE3 hash and size.
     let files = files_of(&client, &full.id).await;
     assert_eq!(files.len(), 39);
@@ -589,6 +595,36 @@ async fn watchers_see_the_same_progress_and_a_late_one_gets_the_current_state_fi
     let after = watch_to_end(&client, &run_id).await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].state(), proto::RunState::Succeeded);
+}
+
+#[tokio::test]
+async fn a_location_written_by_a_newer_coffer_is_refused_before_anything_is_written() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (agent, _server, client) = slow_setup(root.path(), 1).await;
+    let newer = root.path().join("newer");
+    write(
+        &newer.join("coffer.json"),
+        br#"{"format":"coffer","version":99}"#,
+    );
+    create_fs_location(&client, "newer", &newer).await;
+    let run_id = start(
+        &client,
+        backup_request("slow", "newer", proto::BackupKind::Full),
+    )
+    .await;
+    let last = watch_to_end(&client, &run_id).await.pop().expect("final");
+    assert_eq!(last.state(), proto::RunState::Failed);
+    assert!(
+        last.error_message.contains("version 99"),
+        "{}",
+        last.error_message
+    );
+    assert_eq!(
+        coffer_tests::tree(&newer).len(),
+        1,
+        "nothing but the marker"
+    );
+    assert!(!agent.data.join(".coffer-snapshots").join(&run_id).exists());
 }
 
 #[tokio::test]

@@ -100,6 +100,8 @@ async fn run_backup(handle: &mut RunHandle, plan: &BackupPlan) -> Result<()> {
         .await?;
     let run = handle.run();
     let cancel = handle.cancelled();
+    // Before touching any node: the location must hold Coffer's format (or nothing yet).
+    ensure_format_marker(handle.manager().agents(), plan, !run.dry_run).await?;
     if !run.dry_run {
         snapshot_all(handle, plan).await?;
     }
@@ -114,6 +116,27 @@ async fn run_backup(handle: &mut RunHandle, plan: &BackupPlan) -> Result<()> {
         return Err(Error::internal("commit backup", "the run has no backup id"));
     };
     commit(handle, plan, backup_id, &summaries).await
+}
+
+/// Checks the location's `coffer.json`: a location of another format, or of a newer version of
+/// Coffer's, is refused before anything is written. A location without one gets one (unless
+/// `write` is false, for dry runs).
+async fn ensure_format_marker(agents: &AgentClients, plan: &BackupPlan, write: bool) -> Result<()> {
+    let path = coffer_format::MARKER_PATH;
+    match get_object(agents, &plan.cluster, &plan.location, path).await {
+        Ok(content) => coffer_format::FormatMarker::parse(&content)
+            .map(|_| ())
+            .map_err(|error| {
+                Error::FailedPrecondition(format!("location {}: {error}", plan.location.name))
+            }),
+        Err(Error::NotFound { .. }) if write => {
+            let marker = serde_json::to_vec(&coffer_format::FormatMarker::default())
+                .map_err(|error| Error::internal("encode format marker", error))?;
+            put_object(agents, &plan.cluster, &plan.location, path, marker).await
+        }
+        Err(Error::NotFound { .. }) => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 async fn snapshot_all(handle: &mut RunHandle, plan: &BackupPlan) -> Result<()> {
