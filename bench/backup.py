@@ -53,7 +53,7 @@ TOOLS = ROOT / ".tools" / "bin"
 RELEASE = ROOT / "target" / "release"
 MiB = 1 << 20
 KiB = 1 << 10
-GEN_VERSION = 2  # bump when the generator changes: regenerates cached data sets
+GEN_VERSION = 3  # bump when the generator changes: regenerates cached data sets
 ACCESS_KEY = "coffer-bench-key"
 SECRET_KEY = "coffer-bench-secret"
 BUCKET = "coffer-bench"
@@ -111,6 +111,7 @@ class Params:
         self.seed = a.seed
         self.nodes = a.nodes
         self.big_mib = max(1, round(a.big_mib * a.scale))
+        self.big_files = a.big_files
         self.small_files = max(10, round(a.small_files * a.scale))
         self.small_min = a.small_min_kib * KiB
         self.small_max = a.small_max_kib * KiB
@@ -119,13 +120,13 @@ class Params:
 
     def shape(self) -> dict:
         return {"gen_version": GEN_VERSION, "seed": self.seed, "nodes": self.nodes,
-                "big_files": ["text", "random"], "big_mib": self.big_mib,
+                "big_files": self.big_files, "big_mib": self.big_mib,
                 "small_files": self.small_files, "small_min": self.small_min,
                 "small_max": self.small_max}
 
     @property
     def files_per_node(self) -> int:
-        return 2 + self.small_files
+        return self.big_files + self.small_files
 
 
 def small_path(root: Path, i: int) -> Path:
@@ -139,6 +140,10 @@ def small_content(seed: int, node: int, i: int, version: int, pool: bytes, lo: i
         off = r.randrange(0, len(pool) - size)
         return pool[off:off + size]
     return r.randbytes(size)
+
+
+def big_path(root: Path, b: int) -> Path:
+    return root / "big" / f"big-{b:02d}-{'text' if b % 2 == 0 else 'random'}-Data.db"
 
 
 def write_replace(path: Path, data: bytes) -> None:
@@ -160,18 +165,19 @@ def gen_node(job: tuple) -> tuple[int, int]:
     pv = memoryview(pool)
     total = 0
     chunks = shape["big_mib"]
-    # big text-like file: 1 MiB slices of the pool at random offsets
-    r = random.Random(f"{seed}/node{node}/big-text")
-    with open(root / "big" / "big-text-Data.db", "wb") as f:
-        for _ in range(chunks):
-            off = r.randrange(0, len(pool) - MiB)
-            f.write(pv[off:off + MiB])
-    # big random file
-    r = random.Random(f"{seed}/node{node}/big-random")
-    with open(root / "big" / "big-random-Data.db", "wb") as f:
-        for _ in range(chunks):
-            f.write(r.randbytes(MiB))
-    total += 2 * chunks * MiB
+    for b in range(shape["big_files"]):
+        if b % 2 == 0:  # text-like: 1 MiB slices of the pool at random offsets
+            r = random.Random(f"{seed}/node{node}/big-text{b}")
+            with open(big_path(root, b), "wb") as f:
+                for _ in range(chunks):
+                    off = r.randrange(0, len(pool) - MiB)
+                    f.write(pv[off:off + MiB])
+        else:  # random
+            r = random.Random(f"{seed}/node{node}/big-random{b}")
+            with open(big_path(root, b), "wb") as f:
+                for _ in range(chunks):
+                    f.write(r.randbytes(MiB))
+        total += chunks * MiB
     for i in range(shape["small_files"]):
         p = small_path(root, i)
         if i % 100 == 0:
@@ -180,7 +186,7 @@ def gen_node(job: tuple) -> tuple[int, int]:
         with open(p, "wb") as f:
             f.write(data)
         total += len(data)
-    return 2 + shape["small_files"], total
+    return shape["big_files"] + shape["small_files"], total
 
 
 def dataset_size(root: Path) -> tuple[int, int]:
@@ -225,7 +231,7 @@ class Dataset:
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
         shape = self.params.shape()
-        log(f"data set: generating {self.params.nodes} nodes x (2 x {shape['big_mib']} MiB + "
+        log(f"data set: generating {self.params.nodes} nodes x ({shape['big_files']} x {shape['big_mib']} MiB + "
             f"{shape['small_files']} x {shape['small_min'] // KiB}-{shape['small_max'] // KiB} KiB)")
         t0 = time.monotonic()
         workers = max(1, min(self.params.nodes, os.cpu_count() or 1))
@@ -248,9 +254,9 @@ class Dataset:
         p = self.params
         count = max(1, round(p.files_per_node * p.change_percent / 100))
         r = random.Random(f"{p.seed}/node{node}/change")
-        n_small = count - 1 if p.append_big else count
+        n_small = count - 1 if p.append_big and p.big_files else count
         return {"small": sorted(r.sample(range(p.small_files), max(0, n_small))),
-                "append_big": p.append_big}
+                "append_big": p.append_big and p.big_files > 0}
 
     def mutate(self) -> dict:
         """Change 1% of each node's files (by count): rewrite small files with new content
@@ -268,7 +274,7 @@ class Dataset:
                 changed_file_bytes += len(data)
                 written += len(data)
             if plan["append_big"]:
-                big = root / "big" / "big-text-Data.db"
+                big = big_path(root, 0)
                 r = random.Random(f"{p.seed}/node{n}/append")
                 off = r.randrange(0, len(self.pool(n)) - MiB)
                 with open(big, "ab") as f:
@@ -297,7 +303,7 @@ class Dataset:
                 write_replace(small_path(root, i),
                               small_content(p.seed, n, i, 0, self.pool(n), p.small_min, p.small_max))
             if plan["append_big"]:
-                os.truncate(root / "big" / "big-text-Data.db", p.big_mib * MiB)
+                os.truncate(big_path(root, 0), p.big_mib * MiB)
         os.sync()
         files = size = 0
         for d in self.node_dirs:
@@ -397,7 +403,14 @@ class Procs:
     def stop(self, proc: Proc, timeout: float = 15) -> None:
         if proc.alive():
             try:
-                os.kill(proc.pid, signal.SIGTERM)
+                # Under strace (--strace-agent): stop the traced program, strace then writes its
+                # summary and exits by itself.
+                targets = [proc.pid]
+                if Path(proc.popen.args[0]).name == "strace":
+                    kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                    targets = [int(k) for k in kids] or targets
+                for pid in targets:
+                    os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             try:
@@ -747,7 +760,7 @@ class Bench:
 
     def check_space(self) -> None:
         shape = self.params
-        need = shape.nodes * (2 * shape.big_mib * MiB + shape.small_files * (shape.small_min + shape.small_max) // 2)
+        need = shape.nodes * (shape.big_files * shape.big_mib * MiB + shape.small_files * (shape.small_min + shape.small_max) // 2)
         free = shutil.disk_usage(self.work).free
         # data set + rclone copy + coffer location (+ margin), the data set may already exist
         if free < 2.5 * need:
@@ -813,6 +826,10 @@ class Bench:
         port = t["agent_ports"][n]
         argv = [str(RELEASE / "coffer-agent"), "--listen", f"127.0.0.1:{port}",
                 "--data-path", str(self.data.node_dirs[n]), "--state-dir", str(t["dir"] / f"agent-{n}")]
+        if self.args.strace_agent and n == 0:
+            t["strace_count"] = t.get("strace_count", 0) + 1
+            out = self.logs / t["name"] / f"agent-0.strace-{t['strace_count']}"
+            argv = ["strace", "-c", "-f", "-o", str(out)] + argv
         proc = self.procs.start(f"agent-{n}", argv, self.logs / t["name"] / f"agent-{n}.log",
                                 env=self.agent_env(), announce=r"coffer-agent listening on (http://\S+)")
         self.sampler.track(f"agent-{n}", proc.pid)
@@ -822,6 +839,16 @@ class Bench:
         for proc in t["agents"]:
             self.procs.stop(proc)
         t["agents"] = [self.start_agent(t, n) for n in range(self.params.nodes)]
+        # Untimed: let the server reconnect to every agent before the measured run (a connection
+        # in reconnect back-off would otherwise add up to a second to the run).
+        deadline = time.monotonic() + 30
+        while True:
+            nodes = self.rpc(t, "coffer.v1.ClusterService/CheckCluster", {"cluster": CLUSTER}).get("nodes", [])
+            if nodes and all(n.get("health") == "NODE_HEALTH_SERVING" for n in nodes):
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"agents not serving after restart: {nodes}")
+            time.sleep(0.2)
 
     def rpc(self, t: dict, method: str, body: dict, timeout: float = 120) -> dict:
         argv = [str(TOOLS / "grpcurl"), "-plaintext", "-max-time", str(int(timeout)), "-d",
@@ -830,6 +857,15 @@ class Bench:
         if p.returncode != 0:
             raise BenchError(f"{method} {json.dumps(body)} failed:\n{(p.stderr or p.stdout).strip()}")
         return json.loads(p.stdout) if p.stdout.strip() else {}
+
+    def fs_dest(self, t: dict) -> Path:
+        """Where the fs location and the rclone fs copy go: the target's folder (same disk as the
+        data set) unless --fs-dest says otherwise."""
+        if self.args.fs_dest:
+            d = Path(self.args.fs_dest).resolve() / "coffer-bench-fs"
+            d.mkdir(parents=True, exist_ok=True)
+            return d
+        return t["dir"]
 
     def setup_target(self, name: str) -> dict:
         d = self.work / "run" / name
@@ -853,8 +889,8 @@ class Bench:
             "nodes": [{"address": f"127.0.0.1:{p}", "datacenter": "dc1", "rack": f"r{i}"}
                       for i, p in enumerate(t["agent_ports"])]})
         if name == "fs":
-            t["location_path"] = d / "coffer-location"
-            t["location_path"].mkdir()
+            t["location_path"] = self.fs_dest(t) / "coffer-location"
+            t["location_path"].mkdir(parents=True)
             loc = {"name": "bench-fs", "fs": {"path": str(t["location_path"])}}
         else:
             loc = {"name": "bench-s3", "s3": {
@@ -955,12 +991,24 @@ class Bench:
         raise BenchError(f"run {run_id} not finished after {self.args.run_timeout} s")
 
     def prepare_phase(self) -> None:
+        """Same start for every measured phase: nothing dirty waiting for writeback, and the data
+        set either entirely in the page cache (read once here) or, with --drop-caches, not at all."""
         os.sync()
         if self.args.drop_caches:
             try:
                 Path("/proc/sys/vm/drop_caches").write_text("3\n")
             except OSError as e:
                 raise BenchError(f"--drop-caches: {e} (needs root)")
+        else:
+            buf = bytearray(MiB)
+            for d in self.data.node_dirs:
+                for dirpath, dirnames, filenames in os.walk(d):
+                    if ".coffer-snapshots" in dirnames:
+                        dirnames.remove(".coffer-snapshots")
+                    for name in filenames:
+                        with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                            while f.readinto(buf):
+                                pass
         time.sleep(0.5)
 
     def coffer_backup(self, t: dict, kind: str) -> dict:
@@ -1029,7 +1077,7 @@ class Bench:
         transfers = self.args.rclone_transfers
         env = rclone_env(self.s3_port)
         if name == "fs":
-            dest_root = t["dir"] / "rclone-dest"
+            dest_root = self.fs_dest(t) / "rclone-dest"
             dests = [str(dest_root / f"node-{n}") for n in range(self.params.nodes)]
         else:
             dests = [f"{RCLONE_REMOTE}:{BUCKET}/rclone/node-{n}" for n in range(self.params.nodes)]
@@ -1061,6 +1109,11 @@ class Bench:
                 failed.append(n)
         wall = time.monotonic() - t0
         usage = self.sampler.end()
+        # rclone leaves its local writes to the kernel's writeback; Coffer's fs location fsyncs
+        # every object. Not part of rclone's wall time, but shown: the time to sync them now.
+        ts = time.monotonic()
+        os.sync()
+        sync_s = time.monotonic() - ts
         for name_n, ru in rusage.items():  # exited: their totals come from wait4's rusage
             c = ru.ru_utime + ru.ru_stime
             usage["processes"][name_n] = {
@@ -1086,12 +1139,13 @@ class Bench:
                "logical_bytes": logical, "mib_per_s": round(mib(logical) / wall, 1),
                "uploaded_bytes": copied, "transfers": transfers, "processes": len(procs),
                "rclone_peak_rss_mib": round(max(rss) / 1024, 1), "rclone_cpu_s": round(cpu, 2),
+               "sync_after_s": round(sync_s, 2),
                "usage": usage}
         log(f"[{name}] rclone: {wall:.2f} s, {res['mib_per_s']:.1f} MiB/s, peak RSS "
             f"{res['rclone_peak_rss_mib']} MiB per process")
         if not self.args.keep:
             if name == "fs":
-                shutil.rmtree(t["dir"] / "rclone-dest", ignore_errors=True)
+                shutil.rmtree(dest_root, ignore_errors=True)
             else:
                 subprocess.run([str(TOOLS / "rclone"), "purge", f"{RCLONE_REMOTE}:{BUCKET}/rclone"],
                                capture_output=True, env=env, timeout=600)
@@ -1120,8 +1174,13 @@ class Bench:
                 self.data.restore()
         finally:
             self.teardown_target(t)
-            if not self.args.keep and name == "fs":
-                shutil.rmtree(t["dir"] / "coffer-location", ignore_errors=True)
+            if not self.args.keep and name == "fs" and "location_path" in t:
+                shutil.rmtree(t["location_path"], ignore_errors=True)
+                if self.args.fs_dest:
+                    try:
+                        t["location_path"].parent.rmdir()
+                    except OSError:
+                        pass
 
     # ---- report --------------------------------------------------------------------------
 
@@ -1133,9 +1192,9 @@ class Bench:
         p(f"Coffer backup benchmark  (git {self.results.get('versions', {}).get('git', '?')}, "
           f"{os.cpu_count()} cores, {self.results.get('versions', {}).get('rclone', 'rclone ?')})")
         p(f"data set: {self.params.nodes} nodes, {self.data.files} files, {mib(self.data.bytes):.0f} MiB "
-          f"(per node: 2 x {self.params.big_mib} MiB [text-like, random] + {self.params.small_files} x "
+          f"(per node: {self.params.big_files} x {self.params.big_mib} MiB [text-like/random] + {self.params.small_files} x "
           f"{self.params.small_min // KiB}-{self.params.small_max // KiB} KiB [half text-like, half random]); "
-          f"page cache warm{'' if not a.drop_caches else ' -> dropped before each phase'}")
+          f"{'page cache dropped' if a.drop_caches else 'data set read into the page cache'} before each phase")
         p(f"rclone: one `rclone copy --transfers {a.rclone_transfers}` per node, {self.params.nodes} in "
           f"parallel (other flags default); Coffer: default agent concurrency, all nodes in parallel")
         p()
@@ -1155,7 +1214,9 @@ class Bench:
                 rss = r.get("peak_agent_rss_mib") if key != "rclone" else r.get("rclone_peak_rss_mib")
                 note = ""
                 if key == "rclone":
-                    note = "RSS: max per rclone process"
+                    note = f"{r['processes']} x rclone copy --transfers {r['transfers']}"
+                    if name == "fs" and r.get("sync_after_s") is not None:
+                        note += f"; sync after it: {r['sync_after_s']:.2f} s"
                 elif not ok:
                     note = f"{r.get('state')}: {r.get('error', '')[:60]}"
                 elif key == "incremental" and out.get("change"):
@@ -1182,9 +1243,13 @@ class Bench:
             if peaks:
                 checks.append((name, "agent peak memory < 150 MiB", f"{max(peaks):.1f} MiB", max(peaks) < 150))
         p()
+        p("wall s: Coffer = the run's createTime -> finishTime (StartBackup recorded -> SUCCEEDED, server "
+          "clock; the client's figure, with two grpcurl start-ups, is in results.json); rclone = process "
+          "start -> last exit.")
+        p("MiB/s = logical bytes of the data set / wall s (also for the incremental). uploaded = "
+          "BackupStats.uploaded_bytes (stored, compressed) / bytes at the rclone destination.")
         p("peak RSS = max over agents of VmHWM read right after the run; agents are restarted before "
-          "each Coffer run, so it is that run's peak alone.")
-        p("MiB/s = logical bytes of the data set / wall time (also for the incremental).")
+          "each Coffer run, so it is that run's peak alone. rclone row: max ru_maxrss of the rclone processes.")
         p()
         p("targets:")
         for name, what, val, ok in checks:
@@ -1270,7 +1335,9 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiplies the big file size and the small file count (default 1.0)")
     ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--big-mib", type=int, default=256, help="size of each of the 2 big files per node")
+    ap.add_argument("--big-files", type=int, default=2,
+                    help="big files per node, alternately text-like and random (default 2)")
+    ap.add_argument("--big-mib", type=int, default=256, help="size of each big file (default 256)")
     ap.add_argument("--small-files", type=int, default=3000, help="small files per node")
     ap.add_argument("--small-min-kib", type=int, default=16)
     ap.add_argument("--small-max-kib", type=int, default=64)
@@ -1285,6 +1352,12 @@ def main() -> int:
                     help="working folder (data set, processes' state, logs, results.json)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries in target/release as they are")
     ap.add_argument("--regen", action="store_true", help="regenerate the data set even if cached")
+    ap.add_argument("--fs-dest", metavar="DIR",
+                    help="put the fs target's Coffer location and rclone copy under DIR instead of "
+                         "the work folder (e.g. /dev/shm to take the destination disk out)")
+    ap.add_argument("--strace-agent", action="store_true",
+                    help="diagnostic: run agent 0 under `strace -c -f` (syscall counts in "
+                         "logs/<target>/agent-0.strace-<phase>); distorts that agent's timings")
     ap.add_argument("--keep", action="store_true", help="keep the rclone copies and the fs location")
     ap.add_argument("--drop-caches", action="store_true",
                     help="drop the page cache before each measured phase (root only)")

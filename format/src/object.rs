@@ -351,12 +351,21 @@ pub async fn upload_file(
             .map_err(read_error)?
     };
 
+    if let Some(root) = local_root(op) {
+        return upload_to_folder(&root, object_path, file, opened, expected, options).await;
+    }
+
     let (sender, mut receiver) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let level = options.compression_level;
     let max_ratio = options.max_compressed_ratio;
     let limiter = options.rate_limiter.clone();
     let encoder = tokio::task::spawn_blocking(move || {
-        encode_file(opened, &sender, level, max_ratio, limiter.as_ref())
+        let mut send = |bytes: Bytes| {
+            sender
+                .blocking_send(bytes)
+                .map_err(|_| io::Error::other("the object writer stopped"))
+        };
+        encode_file(opened, &mut send, level, max_ratio, limiter.as_ref())
     });
 
     let writer = if options.chunked {
@@ -419,20 +428,133 @@ pub async fn upload_file(
     Err(failure)
 }
 
+/// The folder of a local (`fs`) location, which [`upload_file`] writes directly.
+///
+/// OpenDAL's fs backend syncs every file it closes. A backup writes thousands of objects, and
+/// one sync per object made the disk's flush latency, not its bandwidth, the limit. Objects are
+/// written to a temporary file and renamed into place (never visible half-written), without a
+/// sync; [`sync_location`] makes them all durable at once before a manifest refers to them.
+fn local_root(op: &Operator) -> Option<PathBuf> {
+    let info = op.info();
+    (info.scheme().to_string() == "fs").then(|| PathBuf::from(info.root()))
+}
+
+async fn upload_to_folder(
+    root: &Path,
+    object_path: &str,
+    file: &Path,
+    opened: File,
+    expected: ContentHash,
+    options: &UploadOptions,
+) -> Result<UploadOutcome, UploadError> {
+    let target = root.join(object_path);
+    let temporary = root
+        .join(crate::storage::FS_ATOMIC_WRITE_DIR)
+        .join(format!("{}.object", uuid::Uuid::new_v4()));
+    let source = file.to_path_buf();
+    let level = options.compression_level;
+    let max_ratio = options.max_compressed_ratio;
+    let limiter = options.rate_limiter.clone();
+    let written = {
+        let (target, temporary) = (target.clone(), temporary.clone());
+        tokio::task::spawn_blocking(
+            move || -> io::Result<Result<(u64, bool, u64), ContentHash>> {
+                let write_error = |error: io::Error| {
+                    io::Error::new(
+                        error.kind(),
+                        format!("write {}: {error}", temporary.display()),
+                    )
+                };
+                if let Some(parent) = temporary.parent() {
+                    std::fs::create_dir_all(parent).map_err(write_error)?;
+                }
+                let mut out = io::BufWriter::with_capacity(
+                    READ_BLOCK,
+                    File::create(&temporary).map_err(write_error)?,
+                );
+                let mut stored = 0u64;
+                let mut compressed = false;
+                let mut send = |bytes: Bytes| {
+                    if stored == 0 && bytes.len() >= OBJECT_HEADER_LEN {
+                        compressed = bytes[7] == Codec::Zstd as u8;
+                    }
+                    stored += bytes.len() as u64;
+                    out.write_all(&bytes)
+                };
+                let summary = encode_file(opened, &mut send, level, max_ratio, limiter.as_ref());
+                let flushed = out.flush();
+                drop(out);
+                let summary = match summary.and_then(|summary| flushed.map(|()| summary)) {
+                    Ok(summary) => summary,
+                    Err(error) => {
+                        let _ = std::fs::remove_file(&temporary);
+                        return Err(error);
+                    }
+                };
+                if summary.hash != expected {
+                    let _ = std::fs::remove_file(&temporary);
+                    return Ok(Err(summary.hash));
+                }
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(write_error)?;
+                }
+                if let Err(error) = std::fs::rename(&temporary, &target) {
+                    let _ = std::fs::remove_file(&temporary);
+                    return Err(write_error(error));
+                }
+                Ok(Ok((stored, compressed, summary.read_bytes)))
+            },
+        )
+        .await
+        .map_err(|error| UploadError::Read {
+            path: source.clone(),
+            source: io::Error::other(error),
+        })?
+    };
+    match written {
+        Ok(Ok((stored_bytes, compressed, read_bytes))) => Ok(UploadOutcome {
+            stored_bytes,
+            compressed,
+            read_bytes,
+        }),
+        Ok(Err(actual)) => Err(UploadError::ContentChanged {
+            path: source,
+            expected,
+            actual,
+        }),
+        Err(error) => Err(UploadError::Read {
+            path: source,
+            source: error,
+        }),
+    }
+}
+
+/// Makes everything written to a location so far durable. For a local folder, one `syncfs` of
+/// its filesystem (objects are written without a sync each); object stores acknowledge a write
+/// only once it is durable, so there is nothing to do.
+///
+/// Fails when the folder cannot be opened or synced.
+pub async fn sync_location(op: &Operator) -> io::Result<()> {
+    let Some(root) = local_root(op) else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || {
+        let folder = File::open(&root)?;
+        rustix::fs::syncfs(&folder).map_err(io::Error::from)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 /// The encoding thread of [`upload_file`]: reads, hashes, decides the codec from the first block,
 /// compresses, and sends the header then the body to the writer.
 fn encode_file(
     mut file: File,
-    sender: &mpsc::Sender<Bytes>,
+    send: &mut dyn FnMut(Bytes) -> io::Result<()>,
     level: i32,
     max_ratio: f64,
     limiter: Option<&RateLimiter>,
 ) -> io::Result<EncodeSummary> {
-    let send = |bytes: Bytes| {
-        sender
-            .blocking_send(bytes)
-            .map_err(|_| io::Error::other("the object writer stopped"))
-    };
     let mut hasher = blake3::Hasher::new();
     let mut read_bytes = 0u64;
     let mut read_block = |hasher: &mut blake3::Hasher| -> io::Result<Bytes> {

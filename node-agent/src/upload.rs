@@ -282,13 +282,6 @@ pub async fn run(
                     .record_hashes(std::mem::take(&mut hashed))
                     .await?;
             }
-            if present.len() >= 1000 && !shared.job.dry_run {
-                shared
-                    .job
-                    .journal
-                    .record_objects(&shared.job.location_id, std::mem::take(&mut present))
-                    .await?;
-            }
             if !shared.job.dry_run {
                 manifest.add(result.entry).await?;
             }
