@@ -436,7 +436,7 @@ pub async fn upload_file(
 /// sync; [`sync_location`] makes them all durable at once before a manifest refers to them.
 fn local_root(op: &Operator) -> Option<PathBuf> {
     let info = op.info();
-    (info.scheme().to_string() == "fs").then(|| PathBuf::from(info.root()))
+    (info.scheme() == "fs").then(|| PathBuf::from(info.root()))
 }
 
 async fn upload_to_folder(
