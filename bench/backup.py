@@ -618,7 +618,8 @@ class Sampler:
                        "system_pct": round(100 * (d[2] + d[5] + d[6]) / tot, 1),
                        "iowait_pct": round(100 * d[4] / tot, 1),
                        "idle_pct": round(100 * d[3] / tot, 1),
-                       "cores": ncpu}
+                       "cores": ncpu,
+                       "busy_core_s": round((tot - d[3] - d[4]) / CLK_TCK, 2)}
             # top CPU consumers of the whole machine over the phase (processes alive at the end)
             now_all = all_procs()
             top = []
@@ -1184,6 +1185,19 @@ class Bench:
 
     # ---- report --------------------------------------------------------------------------
 
+    @staticmethod
+    def foreign_cpu(r: dict) -> tuple[float, float] | None:
+        """CPU seconds the machine spent outside the processes this benchmark watches during the
+        phase (other users' builds and tests on a shared machine), and that as % of its capacity."""
+        u = r.get("usage", {})
+        m = u.get("machine")
+        if not m or "busy_core_s" not in m:
+            return None
+        ours = sum(e.get("cpu_s", 0) for e in u.get("processes", {}).values())
+        other = max(0.0, m["busy_core_s"] - ours)
+        window = u.get("wall_s") or r["wall_s"]  # the sampler's window, not the run's own clock
+        return other, 100 * other / (m["cores"] * window) if window else 0.0
+
     def report(self) -> int:
         lines = []
         p = lambda s="": lines.append(s)  # noqa: E731
@@ -1223,6 +1237,9 @@ class Bench:
                     c = out["change"]
                     note = (f"{c['changed_files']} files changed ({c['changed_percent']:.1f}%), "
                             f"{mib(c['bytes_written']):.1f} MiB")
+                fc = self.foreign_cpu(r)
+                if fc and fc[1] > 10 and fc[0] > 0.5:
+                    note = (note + "; " if note else "") + f"NOISY: {fc[1]:.0f}% of the machine busy elsewhere"
                 up = r.get("uploaded_bytes")
                 p(f"{name:<7}{key:<13}{r['wall_s']:>9.2f}{r['mib_per_s'] if ok else 0:>9.1f}"
                   f"{(mib(up) if up is not None else 0):>14.1f}{(rss or 0):>14.1f}{ratio:>11}  {note}")
@@ -1290,6 +1307,9 @@ class Bench:
                 if m:
                     p(f"      machine: user {m['user_pct']}%  system {m['system_pct']}%  iowait {m['iowait_pct']}%  "
                       f"idle {m['idle_pct']}%  disk read {m['disk_read_mib']} MiB  written {m['disk_written_mib']} MiB")
+                    fc = self.foreign_cpu(r)
+                    if fc:
+                        p(f"      cpu outside the watched processes: {fc[0]:.2f} s ({fc[1]:.0f}% of the machine)")
                     if m.get("top_cpu"):
                         p("      top: " + ", ".join(f"{x['proc']} {x['cpu_s']:.2f}s" for x in m["top_cpu"][:6]))
                 if r.get("error"):
@@ -1325,6 +1345,8 @@ class Bench:
     def close(self) -> None:
         self.procs.stop_all()
         self.sampler.close()
+        if self.weed and not self.args.keep:  # the S3 copies (Coffer's and rclone's)
+            shutil.rmtree(self.work / "run" / "weed", ignore_errors=True)
 
 
 def main() -> int:

@@ -34,6 +34,17 @@ pub struct AgentOptions {
     #[arg(long, env = "COFFER_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Run the post-restore hook commands the server sends with a restore. They run as the
+    /// agent's user, so they are refused unless allowed here [default: false].
+    #[arg(
+        long,
+        env = "COFFER_AGENT_RESTORE_ALLOW_HOOKS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub restore_allow_hooks: Option<bool>,
+
     #[command(flatten)]
     #[serde(default)]
     pub snapshot: SnapshotOptions,
@@ -45,6 +56,7 @@ impl Layered for AgentOptions {
             listen: self.listen.or(lower.listen),
             data_paths: self.data_paths.or(lower.data_paths),
             state_dir: self.state_dir.or(lower.state_dir),
+            restore_allow_hooks: self.restore_allow_hooks.or(lower.restore_allow_hooks),
             snapshot: self.snapshot.or(lower.snapshot),
         }
     }
@@ -131,6 +143,8 @@ pub struct AgentConfig {
     pub data_paths: Vec<PathBuf>,
     /// Absolute state directory.
     pub state_dir: PathBuf,
+    /// Whether restores may run the hook command the server sends.
+    pub restore_allow_hooks: bool,
     /// The snapshot provider and its settings.
     pub snapshot: SnapshotConfig,
 }
@@ -249,6 +263,7 @@ impl AgentOptions {
             listen,
             data_paths,
             state_dir,
+            restore_allow_hooks: self.restore_allow_hooks.unwrap_or(false),
             snapshot,
         })
     }
@@ -386,6 +401,41 @@ mod tests {
             error.to_string().contains("not inside a data path"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn restore_hooks_are_refused_unless_allowed() {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: AgentOptions,
+        }
+        let parse = |args: &[&str]| {
+            let cli = <Cli as clap::Parser>::try_parse_from(
+                ["coffer-agent", "--data-path", "/data"]
+                    .iter()
+                    .chain(args),
+            )
+            .expect("parse flags");
+            cli.options
+        };
+        assert!(!parse(&[]).resolve().expect("valid").restore_allow_hooks);
+        assert!(
+            parse(&["--restore-allow-hooks"])
+                .resolve()
+                .expect("valid")
+                .restore_allow_hooks
+        );
+        assert!(
+            !parse(&["--restore-allow-hooks=false"])
+                .resolve()
+                .expect("valid")
+                .restore_allow_hooks
+        );
+        let file: AgentOptions =
+            toml::from_str("data-paths = [\"/data\"]\nrestore-allow-hooks = true\n")
+                .expect("parse toml");
+        assert!(file.resolve().expect("valid").restore_allow_hooks);
     }
 
     #[test]

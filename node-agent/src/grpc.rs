@@ -266,6 +266,16 @@ impl AgentService for AgentHandler {
         )))
     }
 
+    type RestoreNodeStream =
+        Pin<Box<dyn Stream<Item = Result<proto::RestoreNodeResponse, Status>> + Send + 'static>>;
+
+    async fn restore_node(
+        &self,
+        _request: Request<proto::RestoreNodeRequest>,
+    ) -> Result<Response<Self::RestoreNodeStream>, Status> {
+        Err(Status::unimplemented("restore is being written"))
+    }
+
     async fn delete_snapshot(
         &self,
         request: Request<proto::DeleteSnapshotRequest>,

@@ -15,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod locations;
 pub mod model;
+pub mod restores;
 pub mod runs;
 
 use std::future::Future;
@@ -38,6 +39,7 @@ pub struct Coffer {
     locations: LocationRegistry,
     runs: RunManager,
     backups: BackupService,
+    restores: restores::RestoreService,
 }
 
 impl Coffer {
@@ -56,12 +58,20 @@ impl Coffer {
             locations.clone(),
             runs.clone(),
         );
+        let restores = restores::RestoreService::new(
+            catalog.clone(),
+            (*clusters).clone(),
+            locations.clone(),
+            backups.clone(),
+            runs.clone(),
+        );
         Ok(Self {
             catalog,
             clusters,
             locations,
             runs,
             backups,
+            restores,
         })
     }
 

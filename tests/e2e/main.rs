@@ -7,6 +7,7 @@ mod clusters;
 mod cofferctl;
 mod dev_mode;
 mod reflection;
+mod restores;
 mod storage_s3;
 
 use coffer_client::proto;

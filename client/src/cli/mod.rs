@@ -17,6 +17,7 @@ mod output;
 mod paging;
 mod parse;
 mod progress;
+pub mod restore;
 pub mod run;
 mod table;
 mod transfer;
@@ -85,6 +86,9 @@ pub enum Command {
     /// Start, list, inspect and delete backups.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// Restore a backup onto a cluster.
+    #[command(subcommand)]
+    Restore(restore::RestoreCommand),
     /// List, inspect, watch and cancel backup and restore runs.
     #[command(subcommand)]
     Run(run::RunCommand),
@@ -99,6 +103,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cluster(command) => cluster::run(command, &session).await,
         Command::Location(command) => location::run(command, &session).await,
         Command::Backup(command) => backup::run(command, &session).await,
+        Command::Restore(command) => restore::run(command, &session).await,
         Command::Run(command) => run::run(command, &session).await,
     }
 }

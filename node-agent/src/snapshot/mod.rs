@@ -26,7 +26,8 @@
 //!
 //! Invariants: snapshot folders live on the same filesystem as their data path (hard links
 //! need it, and the copy's space is accounted where the data is); walks of the live data skip
-//! `.coffer-snapshots` at the root of a data path, never follow symbolic links and record regular
+//! `.coffer-snapshots` (and `.coffer-restore`, where restores stage files) at the root of a data
+//! path, never follow symbolic links and record regular
 //! files only (symlinks, sockets, fifos and devices are logged and skipped). A tag names at most
 //! one snapshot: creating an existing tag fails, and a failed creation leaves nothing behind.
 //! Creation and deletion run in their own task, so a caller that gives up (a cancelled request)
@@ -34,7 +35,7 @@
 
 mod command;
 mod dir;
-mod shell;
+pub(crate) mod shell;
 mod sqlite;
 mod walk;
 

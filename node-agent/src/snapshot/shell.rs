@@ -15,7 +15,7 @@ use tokio::process::Command;
 use super::{ShellStep, SnapshotError, TAG_ENV};
 
 /// Lines of standard error kept for an error message.
-const STDERR_TAIL_LINES: usize = 20;
+pub(crate) const STDERR_TAIL_LINES: usize = 20;
 /// Longest line kept, in bytes.
 const MAX_LINE_BYTES: usize = 1024;
 /// How long to keep reading output after the script exited: a background process it started
@@ -84,7 +84,7 @@ pub(crate) async fn run(step: ShellStep, script: &str, tag: &str) -> Result<(), 
 }
 
 /// Waits up to [`OUTPUT_GRACE`] for an output reader, then abandons it.
-async fn finish_reading(reader: Option<tokio::task::JoinHandle<()>>) {
+pub(crate) async fn finish_reading(reader: Option<tokio::task::JoinHandle<()>>) {
     let Some(mut reader) = reader else {
         return;
     };
@@ -99,7 +99,7 @@ async fn finish_reading(reader: Option<tokio::task::JoinHandle<()>>) {
 
 /// Calls `each` with every line of `reader` (lossily decoded, trimmed, cut to
 /// [`MAX_LINE_BYTES`]) until end of file or a read error.
-async fn read_lines(reader: impl AsyncRead + Unpin, mut each: impl FnMut(&str)) {
+pub(crate) async fn read_lines(reader: impl AsyncRead + Unpin, mut each: impl FnMut(&str)) {
     let mut reader = BufReader::new(reader);
     let mut buffer = Vec::new();
     loop {

@@ -8,11 +8,13 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::{SNAPSHOTS_FOLDER, SnapshotError, SnapshotFile};
+use crate::restore::STAGING_FOLDER;
 
 /// The regular files under `root`, as paths relative to it, sorted.
 ///
 /// Never follows symbolic links (they, sockets, fifos and devices are logged and skipped) and
-/// skips `.coffer-snapshots` directly under `root`. A folder or file that disappears during the
+/// skips the agent's own folders directly under `root`: `.coffer-snapshots` (snapshots) and
+/// `.coffer-restore` (restores being staged). A folder or file that disappears during the
 /// walk is skipped: databases delete files while they run. Fails when `root` or a folder cannot
 /// be read.
 pub(crate) fn regular_files(root: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
@@ -30,7 +32,7 @@ pub(crate) fn regular_files(root: &Path) -> Result<Vec<PathBuf>, SnapshotError> 
             let entry =
                 entry.map_err(|source| SnapshotError::file("read folder", &folder, source))?;
             let name = entry.file_name();
-            if at_root && name == SNAPSHOTS_FOLDER {
+            if at_root && (name == SNAPSHOTS_FOLDER || name == STAGING_FOLDER) {
                 continue;
             }
             let relative = relative_folder.join(&name);
@@ -201,6 +203,27 @@ mod tests {
                 PathBuf::from("a/.coffer-snapshots/kept"),
                 PathBuf::from("a/b/deep"),
                 PathBuf::from("top"),
+            ]
+        );
+    }
+
+    #[test]
+    fn skips_the_restore_staging_folder_at_the_root_only() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let root = root.path();
+        let staged = root.join(STAGING_FOLDER).join("backup");
+        fs::create_dir_all(&staged).expect("mkdir");
+        fs::write(staged.join("abcd"), b"staged").expect("write");
+        fs::write(staged.join("abcd.part"), b"half").expect("write");
+        fs::create_dir_all(root.join("ks").join(STAGING_FOLDER)).expect("mkdir");
+        fs::write(root.join("ks").join(STAGING_FOLDER).join("kept"), b"").expect("write");
+        fs::write(root.join("data"), b"1").expect("write");
+        let files = regular_files(root).expect("walk");
+        assert_eq!(
+            files,
+            vec![
+                PathBuf::from("data"),
+                Path::new("ks").join(STAGING_FOLDER).join("kept"),
             ]
         );
     }

@@ -121,6 +121,33 @@ impl Catalog {
         }
     }
 
+    /// The newest backup of a cluster that started at or before `as_of_ms`, optionally only in
+    /// one location: the backup a point-in-time restore restores.
+    pub async fn backup_at(
+        &self,
+        cluster_id: Uuid,
+        location_id: Option<Uuid>,
+        as_of_ms: i64,
+    ) -> Result<Option<BackupRecord>> {
+        let location = location_id.map(|id| id.to_string());
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {BACKUP_COLUMNS} FROM {BACKUP_FROM} WHERE backups.cluster_id = ? \
+             AND (? IS NULL OR backups.location_id = ?) AND backups.start_time_ms <= ? \
+             ORDER BY backups.start_time_ms DESC, backups.id DESC LIMIT 1"
+        )))
+        .bind(cluster_id.to_string())
+        .bind(location.clone())
+        .bind(location)
+        .bind(as_of_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|error| database_error("find backup at a point in time", error))?;
+        match row {
+            Some(row) => Ok(Some(self.complete_backup(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Backups newest first, filtered and paged; the flag says whether more follow.
     pub async fn list_backups(&self, query: &ListBackups) -> Result<(Vec<BackupRecord>, bool)> {
         let mut sql = format!(

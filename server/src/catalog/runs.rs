@@ -78,9 +78,7 @@ impl Catalog {
         .bind(&spec)
         .bind(i64::from(run.dry_run))
         .bind(&run.idempotency_key)
-        .bind(match &run.spec {
-            RunSpec::Backup(spec) => spec.location_id.to_string(),
-        })
+        .bind(run.spec.location_id().to_string())
         .bind(run.schedule_id.map(|id| id.to_string()))
         .bind(run.backup_id.map(|id| id.to_string()))
         .bind(millis(run.update_time))

@@ -486,17 +486,10 @@ impl From<Run> for proto::Run {
                     include: spec.filter.include,
                     exclude: spec.filter.exclude,
                 }),
-                limits: Some(proto::TransferLimits {
-                    rate_limit_bytes_per_second: i64::try_from(
-                        spec.limits.rate_limit_bytes_per_second,
-                    )
-                    .unwrap_or(i64::MAX),
-                    concurrency: i32::try_from(spec.limits.concurrency).unwrap_or(i32::MAX),
-                    node_parallelism: i32::try_from(spec.limits.node_parallelism)
-                        .unwrap_or(i32::MAX),
-                }),
+                limits: Some(limits_out(&spec.limits)),
                 labels: spec.labels.into_iter().collect(),
             }),
+            RunSpec::Restore(spec) => proto::run::Spec::Restore(restore_spec_out(spec)),
         };
         Self {
             id: run.id.to_string(),
@@ -526,5 +519,183 @@ impl From<Run> for proto::Run {
             nodes: run.nodes.into_iter().map(Into::into).collect(),
             totals: Some(totals),
         }
+    }
+}
+
+impl TryFrom<proto::StartRestoreRequest> for crate::restores::StartRestore {
+    type Error = Error;
+
+    fn try_from(request: proto::StartRestoreRequest) -> Result<Self> {
+        use crate::restores::SourceRequest;
+        if request.cluster.is_empty() {
+            return Err(Error::invalid(
+                "cluster",
+                "is required (the target cluster's name or id)",
+            ));
+        }
+        let spec = request
+            .restore
+            .ok_or_else(|| Error::invalid("restore", "is required (what to restore)"))?;
+        let source = match spec.source {
+            None => {
+                return Err(Error::invalid(
+                    "restore.source",
+                    "give backup_id or point_in_time",
+                ));
+            }
+            Some(proto::restore_spec::Source::BackupId(id)) => {
+                SourceRequest::BackupId(parse_id("restore.backup_id", "backup", &id)?)
+            }
+            Some(proto::restore_spec::Source::PointInTime(point)) => {
+                if point.source_cluster.is_empty() {
+                    return Err(Error::invalid(
+                        "restore.point_in_time.source_cluster",
+                        "is required (a cluster name or id)",
+                    ));
+                }
+                let as_of_ms = timestamp_ms("restore.point_in_time.as_of_time", point.as_of_time)?
+                    .ok_or_else(|| {
+                        Error::invalid("restore.point_in_time.as_of_time", "is required")
+                    })?;
+                SourceRequest::PointInTime {
+                    cluster: point.source_cluster,
+                    as_of_ms,
+                    location: point.location,
+                }
+            }
+        };
+        let mappings = spec
+            .node_mappings
+            .iter()
+            .enumerate()
+            .map(|(index, mapping)| {
+                let field = format!("restore.node_mappings[{index}]");
+                Ok(crate::runs::model::NodeMapping {
+                    source_node_id: parse_id(
+                        &format!("{field}.source_node_id"),
+                        "node",
+                        &mapping.source_node_id,
+                    )?,
+                    target_node_id: parse_id(
+                        &format!("{field}.target_node_id"),
+                        "node",
+                        &mapping.target_node_id,
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let hook = match spec.post_restore_hook {
+            None => None,
+            Some(hook) if hook.command.is_empty() => {
+                return Err(Error::invalid(
+                    "restore.post_restore_hook.command",
+                    "needs at least the program",
+                ));
+            }
+            Some(hook) => {
+                if hook
+                    .command
+                    .iter()
+                    .any(|arg| arg.contains('\0') || arg.len() > 4096)
+                    || hook.command.len() > 256
+                {
+                    return Err(Error::invalid(
+                        "restore.post_restore_hook.command",
+                        "at most 256 arguments of at most 4096 bytes, without NUL",
+                    ));
+                }
+                let timeout_seconds = match hook.timeout {
+                    None => 0,
+                    Some(timeout) => {
+                        let timeout = Duration::try_from(timeout).map_err(|_| {
+                            Error::invalid(
+                                "restore.post_restore_hook.timeout",
+                                "must not be negative",
+                            )
+                        })?;
+                        u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX)
+                    }
+                };
+                Some(crate::runs::model::RestoreHook {
+                    command: hook.command,
+                    timeout_seconds,
+                })
+            }
+        };
+        if request.idempotency_key.len() > backups::MAX_IDEMPOTENCY_KEY_LEN
+            || request.idempotency_key.chars().any(char::is_control)
+        {
+            return Err(Error::invalid(
+                "idempotency_key",
+                format!(
+                    "at most {} printable bytes",
+                    backups::MAX_IDEMPOTENCY_KEY_LEN
+                ),
+            ));
+        }
+        Ok(Self {
+            cluster: request.cluster,
+            source,
+            mappings,
+            filter: path_filter("restore.filter", spec.filter)?,
+            overwrite: spec.overwrite,
+            limits: limits("restore.limits", spec.limits)?,
+            hook,
+            dry_run: request.dry_run,
+            idempotency_key: (!request.idempotency_key.is_empty())
+                .then_some(request.idempotency_key),
+        })
+    }
+}
+
+fn restore_spec_out(spec: crate::runs::model::RestoreSpec) -> proto::RestoreSpec {
+    use crate::runs::model::RestoreSource;
+    let source = match spec.source {
+        RestoreSource::BackupId(id) => proto::restore_spec::Source::BackupId(id.to_string()),
+        RestoreSource::PointInTime {
+            source_cluster_id,
+            as_of_ms,
+            location_id,
+        } => proto::restore_spec::Source::PointInTime(proto::PointInTime {
+            source_cluster: source_cluster_id.to_string(),
+            as_of_time: Some(prost_types::Timestamp {
+                seconds: as_of_ms.div_euclid(1000),
+                nanos: i32::try_from(as_of_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+            }),
+            location: location_id.map(|id| id.to_string()).unwrap_or_default(),
+        }),
+    };
+    proto::RestoreSpec {
+        source: Some(source),
+        node_mappings: spec
+            .mappings
+            .iter()
+            .map(|mapping| proto::NodeMapping {
+                source_node_id: mapping.source_node_id.to_string(),
+                target_node_id: mapping.target_node_id.to_string(),
+            })
+            .collect(),
+        filter: Some(proto::PathFilter {
+            include: spec.filter.include,
+            exclude: spec.filter.exclude,
+        }),
+        overwrite: spec.overwrite,
+        limits: Some(limits_out(&spec.limits)),
+        post_restore_hook: spec.hook.map(|hook| proto::RestoreHook {
+            command: hook.command,
+            timeout: (hook.timeout_seconds > 0).then(|| prost_types::Duration {
+                seconds: i64::from(hook.timeout_seconds),
+                nanos: 0,
+            }),
+        }),
+    }
+}
+
+fn limits_out(limits: &TransferLimits) -> proto::TransferLimits {
+    proto::TransferLimits {
+        rate_limit_bytes_per_second: i64::try_from(limits.rate_limit_bytes_per_second)
+            .unwrap_or(i64::MAX),
+        concurrency: i32::try_from(limits.concurrency).unwrap_or(i32::MAX),
+        node_parallelism: i32::try_from(limits.node_parallelism).unwrap_or(i32::MAX),
     }
 }

@@ -8,6 +8,7 @@ mod cluster;
 mod convert;
 mod convert_runs;
 mod location;
+mod restore;
 mod run;
 mod status;
 mod unimplemented;
@@ -22,6 +23,7 @@ use crate::Coffer;
 pub use backup::BackupHandler;
 pub use cluster::ClusterHandler;
 pub use location::LocationHandler;
+pub use restore::RestoreHandler;
 pub use run::RunHandler;
 
 /// The server's router: every `coffer.v1` service, gRPC health, and reflection (v1 and
@@ -59,6 +61,9 @@ pub async fn router(coffer: &Coffer) -> Router {
             ))
             .add_service(proto::backup_service_server::BackupServiceServer::new(
                 BackupHandler::new(coffer.backups.clone()),
+            ))
+            .add_service(proto::restore_service_server::RestoreServiceServer::new(
+                RestoreHandler::new(coffer.restores.clone()),
             ))
             .add_service(proto::run_service_server::RunServiceServer::new(
                 RunHandler::new(coffer.runs.clone(), coffer.clusters().clone()),

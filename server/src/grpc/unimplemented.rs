@@ -39,10 +39,6 @@ macro_rules! not_yet_implemented {
     };
 }
 
-not_yet_implemented!(proto::restore_service_server::RestoreService, "RestoreService", {
-    start_restore(StartRestoreRequest) -> StartRestoreResponse as "StartRestore";
-});
-
 not_yet_implemented!(proto::schedule_service_server::ScheduleService, "ScheduleService", {
     create_schedule(CreateScheduleRequest) -> CreateScheduleResponse as "CreateSchedule";
     get_schedule(GetScheduleRequest) -> GetScheduleResponse as "GetSchedule";
@@ -54,11 +50,7 @@ not_yet_implemented!(proto::schedule_service_server::ScheduleService, "ScheduleS
 /// Adds the not-yet-implemented services to the router.
 pub fn add_services(router: Router) -> Router {
     let handler = NotYetImplementedHandler;
-    router
-        .add_service(proto::restore_service_server::RestoreServiceServer::new(
-            handler,
-        ))
-        .add_service(proto::schedule_service_server::ScheduleServiceServer::new(
-            handler,
-        ))
+    router.add_service(proto::schedule_service_server::ScheduleServiceServer::new(
+        handler,
+    ))
 }

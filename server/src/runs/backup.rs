@@ -404,13 +404,13 @@ async fn upload_node(
 
 /// Throughput over the last few seconds, from cumulative byte counts.
 #[derive(Debug, Default)]
-struct RateMeter {
+pub(crate) struct RateMeter {
     last: Option<(Instant, u64)>,
     rate: f64,
 }
 
 impl RateMeter {
-    fn observe(&mut self, bytes_done: u64) -> u64 {
+    pub(crate) fn observe(&mut self, bytes_done: u64) -> u64 {
         let now = Instant::now();
         if let Some((then, before)) = self.last {
             let elapsed = now.duration_since(then).as_secs_f64();
@@ -745,7 +745,8 @@ pub async fn read_manifest_page(
 /// Finishes a backup run a previous server process left in flight: committed if its manifest
 /// reached storage, failed otherwise; its snapshots are removed either way.
 pub async fn recover(manager: &RunManager, mut run: Run) {
-    let crate::runs::model::RunSpec::Backup(spec) = &run.spec;
+    let spec_location = run.spec.location_id();
+    let is_backup = matches!(run.spec, crate::runs::model::RunSpec::Backup(_));
     let cluster = manager
         .catalog()
         .find_cluster(&run.cluster_id.to_string())
@@ -754,7 +755,7 @@ pub async fn recover(manager: &RunManager, mut run: Run) {
         .flatten();
     let location = manager
         .catalog()
-        .find_location(&spec.location_id.to_string())
+        .find_location(&spec_location.to_string())
         .await
         .ok()
         .flatten();
@@ -762,6 +763,7 @@ pub async fn recover(manager: &RunManager, mut run: Run) {
     if let (Some(cluster), Some(location), Some(backup_id)) = (&cluster, &location, run.backup_id)
         && run.state != RunState::Canceling
         && !run.dry_run
+        && is_backup
     {
         let path = coffer_format::ClusterLayout::new(cluster.id).backup_manifest(backup_id);
         match get_object(manager.agents(), cluster, location, &path).await {
@@ -782,6 +784,7 @@ pub async fn recover(manager: &RunManager, mut run: Run) {
     }
     if let Some(cluster) = &cluster
         && !run.dry_run
+        && is_backup
     {
         delete_snapshots(manager.agents(), &cluster.nodes, &run.id.to_string()).await;
     }
@@ -800,7 +803,11 @@ pub async fn recover(manager: &RunManager, mut run: Run) {
             RunState::Failed
         };
         if run.state == RunState::Failed {
-            run.error = "the server stopped during the run; nothing was committed".into();
+            run.error = if is_backup {
+                "the server stopped during the run; nothing was committed".into()
+            } else {
+                "the server stopped during the restore; run it again to finish (verified files are kept)".into()
+            };
         }
         for node in &mut run.nodes {
             if !matches!(node.phase, NodePhase::Done | NodePhase::Failed) {

@@ -12,6 +12,7 @@
 
 pub mod backup;
 pub mod model;
+pub mod restore;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

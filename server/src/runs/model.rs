@@ -281,12 +281,82 @@ pub struct BackupSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+/// How the backup of a restore was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreSource {
+    /// By id.
+    BackupId(Uuid),
+    /// The newest committed backup of a cluster at or before a time.
+    PointInTime {
+        /// The cluster the backup was taken from.
+        source_cluster_id: Uuid,
+        /// The time, ms since the Unix epoch.
+        as_of_ms: i64,
+        /// Only backups in this location.
+        location_id: Option<Uuid>,
+    },
+}
+
+/// A backup node restored onto a target node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMapping {
+    /// Node of the backup.
+    pub source_node_id: Uuid,
+    /// Node of the target cluster.
+    pub target_node_id: Uuid,
+}
+
+/// A command the target agents run after placing files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreHook {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Seconds it may run; 0 means the default.
+    pub timeout_seconds: u32,
+}
+
+/// Parameters of a restore run, as recorded (the source resolved to a backup).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    /// How the backup was asked for.
+    pub source: RestoreSource,
+    /// The backup restored.
+    pub backup_id: Uuid,
+    /// Its location.
+    pub location_id: Uuid,
+    /// Source node -> target node, as given (empty: by node id).
+    pub requested_mappings: Vec<NodeMapping>,
+    /// The mapping used.
+    pub mappings: Vec<NodeMapping>,
+    /// File selection.
+    pub filter: PathFilter,
+    /// Replace existing files.
+    pub overwrite: bool,
+    /// Limits.
+    pub limits: TransferLimits,
+    /// Post-restore hook.
+    pub hook: Option<RestoreHook>,
+}
+
 /// Parameters of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum RunSpec {
     /// A backup.
     Backup(BackupSpec),
+    /// A restore.
+    Restore(RestoreSpec),
+}
+
+impl RunSpec {
+    /// The location the run reads or writes.
+    pub fn location_id(&self) -> Uuid {
+        match self {
+            Self::Backup(spec) => spec.location_id,
+            Self::Restore(spec) => spec.location_id,
+        }
+    }
 }
 
 /// A run as recorded.

@@ -1,0 +1,34 @@
+//! `coffer.v1.RestoreService`.
+
+use coffer_proto::v1 as proto;
+use coffer_proto::v1::restore_service_server::RestoreService;
+use tonic::{Request, Response, Status};
+
+use crate::restores::{RestoreService as Restores, StartRestore};
+
+/// Implements `coffer.v1.RestoreService`.
+#[derive(Debug, Clone)]
+pub struct RestoreHandler {
+    restores: Restores,
+}
+
+impl RestoreHandler {
+    /// A handler delegating to `restores`.
+    pub fn new(restores: Restores) -> Self {
+        Self { restores }
+    }
+}
+
+#[tonic::async_trait]
+impl RestoreService for RestoreHandler {
+    async fn start_restore(
+        &self,
+        request: Request<proto::StartRestoreRequest>,
+    ) -> Result<Response<proto::StartRestoreResponse>, Status> {
+        let start = StartRestore::try_from(request.into_inner())?;
+        let run_id = self.restores.start(start).await?;
+        Ok(Response::new(proto::StartRestoreResponse {
+            run_id: run_id.to_string(),
+        }))
+    }
+}
