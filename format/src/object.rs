@@ -220,6 +220,153 @@ pub async fn hash_file(
     .map_err(io::Error::other)?
 }
 
+/// Files up to this size are read once into memory by [`read_small_file`] and stored with
+/// [`upload_bytes`]: hashing and uploading them from the same bytes halves their reads, and one
+/// blocking call per file replaces a pipeline of them.
+pub const SMALL_FILE: u64 = 1024 * 1024;
+
+/// A small file's content, read once, with its hash.
+#[derive(Debug, Clone)]
+pub struct SmallFile {
+    /// The content.
+    pub content: Bytes,
+    /// Its BLAKE3 hash.
+    pub hash: ContentHash,
+}
+
+/// Reads a file of at most [`SMALL_FILE`] bytes whole and hashes it, on a blocking thread, at the
+/// limiter's rate if one is given. Returns `None` when the file turns out to be larger (it grew):
+/// the caller streams it instead.
+///
+/// Fails when the file cannot be opened or read.
+pub async fn read_small_file(
+    path: &Path,
+    limiter: Option<&RateLimiter>,
+) -> io::Result<Option<SmallFile>> {
+    let path = path.to_path_buf();
+    let limiter = limiter.cloned();
+    tokio::task::spawn_blocking(move || {
+        let mut file = File::open(&path)?;
+        let mut content = Vec::with_capacity(64 * 1024);
+        let limit = SMALL_FILE + 1;
+        (&mut file).take(limit).read_to_end(&mut content)?;
+        if content.len() as u64 > SMALL_FILE {
+            return Ok(None);
+        }
+        if let Some(limiter) = &limiter
+            && !content.is_empty()
+        {
+            limiter.acquire_blocking(content.len() as u64);
+        }
+        let hash = ContentHash::from(blake3::hash(&content));
+        Ok(Some(SmallFile {
+            content: Bytes::from(content),
+            hash,
+        }))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Stores content held in memory at `object_path` in the object format (compressed when zstd
+/// saves at least the configured share), in one write. For a local folder, by temporary file and
+/// rename, without a sync (see [`sync_location`]).
+///
+/// Fails when the storage fails.
+pub async fn upload_bytes(
+    op: &Operator,
+    object_path: &str,
+    content: Bytes,
+    options: &UploadOptions,
+) -> Result<UploadOutcome, StorageError> {
+    let level = options.compression_level;
+    let max_ratio = options.max_compressed_ratio;
+    let read_bytes = content.len() as u64;
+    let local = local_root(op);
+    let path = object_path.to_string();
+    let encoded = tokio::task::spawn_blocking(move || -> io::Result<(Vec<u8>, bool)> {
+        let encoded = encode_bytes(&content, level, max_ratio)?;
+        if let Some(root) = local {
+            write_local_object(&root, &path, &encoded.0)?;
+        }
+        Ok(encoded)
+    })
+    .await
+    .map_err(io::Error::other)
+    .and_then(|result| result)
+    .map_err(|error| StorageError::local(op, "write", object_path, error))?;
+    let (encoded, compressed) = encoded;
+    let stored_bytes = encoded.len() as u64;
+    if local_root(op).is_none() {
+        op.write(object_path, encoded)
+            .await
+            .map_err(|cause| StorageError::backend(op, "write", object_path, cause))?;
+    }
+    Ok(UploadOutcome {
+        stored_bytes,
+        compressed,
+        read_bytes,
+    })
+}
+
+/// The object form of `content`: header and raw or zstd body.
+fn encode_bytes(content: &[u8], level: i32, max_ratio: f64) -> io::Result<(Vec<u8>, bool)> {
+    if !content.is_empty() {
+        let compressed = zstd::bulk::compress(content, level)?;
+        if (compressed.len() as f64) <= content.len() as f64 * max_ratio {
+            let mut object = Vec::with_capacity(OBJECT_HEADER_LEN + compressed.len());
+            object.extend_from_slice(&Codec::Zstd.header());
+            object.extend_from_slice(&compressed);
+            return Ok((object, true));
+        }
+    }
+    let mut object = Vec::with_capacity(OBJECT_HEADER_LEN + content.len());
+    object.extend_from_slice(&Codec::Raw.header());
+    object.extend_from_slice(content);
+    Ok((object, false))
+}
+
+/// Renames `from` to `to`. The folder of `to` is created only when the rename says it is
+/// missing: storing thousands of objects into 256 fan-out folders then costs no `mkdir` each.
+fn rename_into(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound && from.exists() => {
+            if let Some(folder) = to.parent() {
+                std::fs::create_dir_all(folder)?;
+            }
+            std::fs::rename(from, to)
+        }
+        result => result,
+    }
+}
+
+/// Creates (truncates) `path`, creating its folder only when it is missing.
+fn create_file(path: &Path) -> io::Result<File> {
+    match File::create(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            if let Some(folder) = path.parent() {
+                std::fs::create_dir_all(folder)?;
+            }
+            File::create(path)
+        }
+        result => result,
+    }
+}
+
+/// Writes an object into a local folder: a temporary file renamed into place, no sync.
+fn write_local_object(root: &Path, object_path: &str, bytes: &[u8]) -> io::Result<()> {
+    let temporary = root
+        .join(crate::storage::FS_ATOMIC_WRITE_DIR)
+        .join(format!("{}.object", uuid::Uuid::new_v4()));
+    create_file(&temporary)?.write_all(bytes)?;
+    let target = root.join(object_path);
+    let renamed = rename_into(&temporary, &target);
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    renamed
+}
+
 /// Reads until `buffer` is full or the file ends; returns how much was read.
 fn read_full(file: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -465,12 +612,9 @@ async fn upload_to_folder(
                         format!("write {}: {error}", temporary.display()),
                     )
                 };
-                if let Some(parent) = temporary.parent() {
-                    std::fs::create_dir_all(parent).map_err(write_error)?;
-                }
                 let mut out = io::BufWriter::with_capacity(
                     READ_BLOCK,
-                    File::create(&temporary).map_err(write_error)?,
+                    create_file(&temporary).map_err(write_error)?,
                 );
                 let mut stored = 0u64;
                 let mut compressed = false;
@@ -495,10 +639,7 @@ async fn upload_to_folder(
                     let _ = std::fs::remove_file(&temporary);
                     return Ok(Err(summary.hash));
                 }
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(write_error)?;
-                }
-                if let Err(error) = std::fs::rename(&temporary, &target) {
+                if let Err(error) = rename_into(&temporary, &target) {
                     let _ = std::fs::remove_file(&temporary);
                     return Err(write_error(error));
                 }
@@ -621,6 +762,18 @@ fn encode_file(
 ///
 /// Fails when the storage cannot tell (a network failure, bad credentials, a missing bucket).
 pub async fn object_exists(op: &Operator, path: &str) -> Result<bool, StorageError> {
+    if let Some(root) = local_root(op) {
+        // A local folder answers directly: no layers, no async file wrapper per call.
+        let target = root.join(path);
+        return tokio::task::spawn_blocking(move || std::fs::symlink_metadata(target))
+            .await
+            .map_err(|error| StorageError::local(op, "stat", path, io::Error::other(error)))
+            .and_then(|result| match result {
+                Ok(metadata) => Ok(metadata.is_file()),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(error) => Err(StorageError::local(op, "stat", path, error)),
+            });
+    }
     op.exists(path)
         .await
         .map_err(|cause| StorageError::backend(op, "stat", path, cause))

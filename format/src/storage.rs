@@ -288,6 +288,26 @@ impl StorageError {
         }
     }
 
+    /// A failure of a local folder's file system during an operation on `path` through `op`.
+    pub fn local(
+        op: &Operator,
+        operation: &'static str,
+        path: &str,
+        error: std::io::Error,
+    ) -> Self {
+        let kind = match error.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Unexpected,
+        };
+        Self::backend(
+            op,
+            operation,
+            path,
+            opendal::Error::new(kind, error.to_string()),
+        )
+    }
+
     /// The same error, naming the location `name` (as configured) instead of the operator's
     /// description.
     pub fn in_location(mut self, name: &str) -> Self {

@@ -54,6 +54,8 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
         listen: args.agent_listen,
         data_paths: vec![data.clone()],
         state_dir: dir.join("agent-state"),
+        // Dev mode runs on an operator's own machine: no commands from the API.
+        restore_allow_hooks: false,
         snapshot: SnapshotConfig::Dir {
             pre_hook: None,
             post_hook: None,

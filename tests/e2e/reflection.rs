@@ -149,16 +149,13 @@ async fn reflection_v1_serves_every_service_and_unimplemented_rpcs_say_so() {
         .await
         .expect("register");
     let status = client
-        .restores()
-        .start_restore(proto::StartRestoreRequest {
-            cluster: "later".into(),
-            ..Default::default()
-        })
+        .schedules()
+        .create_schedule(proto::CreateScheduleRequest::default())
         .await
         .expect_err("not implemented yet");
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     assert!(
-        status.message().contains("RestoreService/StartRestore"),
+        status.message().contains("ScheduleService/CreateSchedule"),
         "{}",
         status.message()
     );
