@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
 use coffer_format::object::{
-    RateLimiter, UploadError, UploadOptions, hash_file, object_exists, upload_file,
+    RateLimiter, UploadError, UploadOptions, hash_file, object_exists, read_small_file,
+    upload_bytes, upload_file,
 };
 use coffer_format::{ClusterLayout, ContentHash, StorageError};
 use coffer_proto::agent::v1 as proto;
@@ -290,16 +291,29 @@ pub async fn run(
     }
     .await;
     drop(results);
-    // What was learnt stays learnt, even if the upload failed: a retry starts from it.
+    // What was learnt stays learnt, even if the upload failed: a retry starts from it. Objects
+    // are remembered as present only once durable (local folders are written without a sync per
+    // object), so a crash cannot make the journal vouch for an object lost with the page cache;
+    // and the node manifest below refers only to durable objects.
     if !hashed.is_empty() {
         shared.job.journal.record_hashes(hashed).await?;
     }
-    if !present.is_empty() && !shared.job.dry_run {
-        shared
-            .job
-            .journal
-            .record_objects(&shared.job.location_id, present)
-            .await?;
+    if !shared.job.dry_run {
+        coffer_format::object::sync_location(&shared.job.operator)
+            .await
+            .map_err(|error| {
+                UploadFailure::File(format!(
+                    "sync location {:?}: {error}",
+                    shared.job.location_name
+                ))
+            })?;
+        if !present.is_empty() {
+            shared
+                .job
+                .journal
+                .record_objects(&shared.job.location_id, present)
+                .await?;
+        }
     }
     if let Err(error) = outcome {
         cancel.cancel();
@@ -365,6 +379,11 @@ async fn process_file(
             object_present: None,
         });
     }
+    if file.size <= coffer_format::object::SMALL_FILE && known.is_none() {
+        if let Some(result) = process_small_file(shared, &file).await? {
+            return Ok(result);
+        }
+    }
     let mut attempt = 0;
     let mut hash = known;
     loop {
@@ -410,6 +429,79 @@ async fn process_file(
             Err(EnsureError::Failed(failure)) => return Err(failure),
         }
     }
+}
+
+/// A small file whose hash is not known: read once, hashed, and stored from the same bytes.
+/// `None` when it grew past the small-file size meanwhile (the caller streams it).
+async fn process_small_file(
+    shared: &Shared,
+    file: &SnapshotFile,
+) -> Result<Option<FileResult>, UploadFailure> {
+    let job = &shared.job;
+    let Some(small) = read_small_file(&file.snapshot_path, job.limiter.as_ref())
+        .await
+        .map_err(|error| {
+            UploadFailure::File(format!("read {}: {error}", file.snapshot_path.display()))
+        })?
+    else {
+        return Ok(None);
+    };
+    let size = small.content.len() as u64;
+    shared
+        .counters
+        .bytes_read
+        .fetch_add(size, Ordering::Relaxed);
+    let hash = small.hash;
+    let cell = {
+        let mut objects = shared.objects.lock().await;
+        objects.entry(hash).or_default().clone()
+    };
+    let mut uploaded_here = false;
+    let stored = cell
+        .get_or_try_init(|| async {
+            let path = shared.layout.object(&hash);
+            let known =
+                job.incremental && job.journal.object_known(&job.location_id, &hash).await?;
+            if known
+                || object_exists(&job.operator, &path)
+                    .await
+                    .map_err(|error| error.in_location(&job.location_name))?
+            {
+                return Ok::<bool, UploadFailure>(true);
+            }
+            let outcome =
+                upload_bytes(&job.operator, &path, small.content.clone(), &shared.options)
+                    .await
+                    .map_err(|error| error.in_location(&job.location_name))?;
+            shared
+                .counters
+                .bytes_uploaded
+                .fetch_add(outcome.stored_bytes, Ordering::Relaxed);
+            shared
+                .counters
+                .objects_uploaded
+                .fetch_add(1, Ordering::Relaxed);
+            uploaded_here = true;
+            Ok(true)
+        })
+        .await;
+    if let Err(error) = stored {
+        shared.objects.lock().await.remove(&hash);
+        return Err(error);
+    }
+    // The manifest records what was read: the size and hash of these bytes.
+    let mut read = file.clone();
+    read.size = size;
+    finish(&shared.counters, file.size, !uploaded_here, 0);
+    Ok(Some(FileResult {
+        entry: entry(&read, hash),
+        hashed: Some(HashRecord {
+            live_path: file.live_path.clone(),
+            identity: FileIdentity::from(file),
+            hash,
+        }),
+        object_present: Some(hash),
+    }))
 }
 
 enum EnsureError {
