@@ -37,6 +37,10 @@ use crate::snapshot::SnapshotFile;
 pub const DEFAULT_CONCURRENCY: usize = 8;
 /// How often progress is reported.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+/// Files larger than one chunk streamed at once by one agent (see `Shared::large_uploads`).
+const LARGE_UPLOADS: usize = 2;
+/// Files above this size upload in several chunks and count against `LARGE_UPLOADS`.
+const LARGE_FILE: u64 = 8 * 1024 * 1024;
 /// How many times a file that changed while it was uploaded is hashed and uploaded again.
 const CHANGED_FILE_RETRIES: usize = 2;
 
@@ -143,6 +147,9 @@ struct Shared {
     counters: Counters,
     /// Objects uploaded or found present in this upload, so identical content is handled once.
     objects: Mutex<HashMap<ContentHash, Arc<OnceCell<bool>>>>,
+    /// Large files streamed at once. Each holds a few chunks in flight (about 28 MiB with the
+    /// default 8 MiB chunks), so this, not the file concurrency, bounds the agent's memory.
+    large_uploads: tokio::sync::Semaphore,
     options: UploadOptions,
 }
 
@@ -184,6 +191,7 @@ pub async fn run(
         job,
         counters: Counters::default(),
         objects: Mutex::new(HashMap::new()),
+        large_uploads: tokio::sync::Semaphore::new(LARGE_UPLOADS),
         options,
     });
     shared
@@ -539,6 +547,17 @@ async fn ensure_object(
             })? {
                 return Ok(true);
             }
+            let _slot = if file.size > LARGE_FILE {
+                Some(
+                    shared
+                        .large_uploads
+                        .acquire()
+                        .await
+                        .map_err(|_| EnsureError::Failed(UploadFailure::Canceled))?,
+                )
+            } else {
+                None
+            };
             match upload_file(
                 &job.operator,
                 &path,
