@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import hashlib
 import itertools
 import json
 import os
@@ -200,11 +201,99 @@ def dataset_size(root: Path) -> tuple[int, int]:
     return files, size
 
 
+AGENT_FOLDERS = (".coffer-snapshots", ".coffer-restore")  # the agent's own folders in a data path
+
+
+def file_digest(path: str) -> tuple[int, str]:
+    """Size and BLAKE2b-128 of a file (the benchmark's own check, independent of Coffer's BLAKE3)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        return size, hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def hash_tree(root: str) -> dict:
+    """relative path -> [size, hash] of every file under root (the agent's snapshot folder left
+    out; a leftover restore staging folder is listed, so it shows up as extra files)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == root and ".coffer-snapshots" in dirnames:
+            dirnames.remove(".coffer-snapshots")
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, root)] = list(file_digest(path))
+    return out
+
+
+def stat_tree(root: Path) -> dict:
+    """relative path -> [mode, mtime_ns] of every file under root (agent folders left out)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d not in AGENT_FOLDERS]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            out[os.path.relpath(path, root)] = [st.st_mode, st.st_mtime_ns]
+    return out
+
+
+def hash_trees(roots: list[Path]) -> list[dict]:
+    workers = max(1, min(len(roots), os.cpu_count() or 1))
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(hash_tree, [str(r) for r in roots]))
+
+
+def compare_trees(expected: list[dict], roots: list[Path]) -> dict:
+    """Hashes the trees under roots and compares them with the expected [size, hash] per path:
+    the same set of files, each with the same size and content."""
+    t0 = time.monotonic()
+    got = hash_trees(roots)
+    res: dict = {"files": 0, "bytes": 0, "missing": 0, "extra": 0, "size_mismatch": 0,
+                 "content_mismatch": 0, "examples": []}
+    for root, exp, have in zip(roots, expected, got):
+        for rel, (size, digest) in have.items():
+            res["files"] += 1
+            res["bytes"] += size
+            e = exp.get(rel)
+            kind = ("extra" if e is None else "size_mismatch" if e[0] != size
+                    else "content_mismatch" if e[1] != digest else None)
+            if kind:
+                res[kind] += 1
+                if len(res["examples"]) < 5:
+                    res["examples"].append(f"{kind}: {root / rel}")
+        for rel in exp.keys() - have.keys():
+            res["missing"] += 1
+            if len(res["examples"]) < 5:
+                res["examples"].append(f"missing: {root / rel}")
+    res["ok"] = not any(res[k] for k in ("missing", "extra", "size_mismatch", "content_mismatch"))
+    res["hash_s"] = round(time.monotonic() - t0, 2)
+    return res
+
+
+def compare_stats(expected: list[dict], roots: list[Path]) -> dict:
+    """Modes and modification times of the files under roots against expected (as at backup)."""
+    res = {"mode_mismatch": 0, "mtime_mismatch": 0, "examples": []}
+    for root, exp in zip(roots, expected):
+        for rel, (mode, mtime_ns) in stat_tree(root).items():
+            e = exp.get(rel)
+            if e is None:
+                continue
+            for i, key, a, b in ((0, "mode_mismatch", e[0], mode), (1, "mtime_mismatch", e[1], mtime_ns)):
+                if a != b:
+                    res[key] += 1
+                    if len(res["examples"]) < 3:
+                        res["examples"].append(f"{key}: {root / rel}: {a if i else oct(a)} at backup, "
+                                               f"{b if i else oct(b)} restored")
+    return res
+
+
 class Dataset:
     def __init__(self, work: Path, params: Params):
         self.params = params
         self.root = work / "data"
         self.state_path = self.root / "dataset.json"
+        self.hashes_path = self.root / "hashes.json"
+        self.hashes: list[dict] = []  # per node: relative path -> [size, BLAKE2b-128]
         self.node_dirs = [self.root / f"node-{n}" for n in range(params.nodes)]
         self.files = 0
         self.bytes = 0
@@ -226,6 +315,7 @@ class Dataset:
                 and all(d.is_dir() for d in self.node_dirs)):
             self.files, self.bytes = st["files"], st["bytes"]
             log(f"data set: reusing {self.root} ({self.files} files, {mib(self.bytes):.0f} MiB)")
+            self._load_hashes()
             return
         if self.root.exists():
             shutil.rmtree(self.root)
@@ -244,6 +334,48 @@ class Dataset:
         log(f"data set: {self.files} files, {mib(self.bytes):.0f} MiB in {dt:.1f} s "
             f"({mib(self.bytes) / dt:.0f} MiB/s, synced)")
         self._save(clean=True)
+        self._load_hashes()
+
+    def _load_hashes(self) -> None:
+        """The size and content hash of every generated file, to check restores against; computed
+        once per data set and kept in hashes.json."""
+        try:
+            st = json.loads(self.hashes_path.read_text())
+            if st.get("shape") == self.params.shape() and len(st.get("nodes", [])) == len(self.node_dirs):
+                self.hashes = st["nodes"]
+                return
+        except (OSError, ValueError):
+            pass
+        t0 = time.monotonic()
+        self.hashes = hash_trees(self.node_dirs)
+        n = sum(len(h) for h in self.hashes)
+        size = sum(v[0] for h in self.hashes for v in h.values())
+        if (n, size) != (self.files, self.bytes):
+            raise BenchError(f"data set holds {n} files / {size} bytes, dataset.json says "
+                             f"{self.files} / {self.bytes}: use --regen")
+        self.hashes_path.write_text(json.dumps({"shape": self.params.shape(), "nodes": self.hashes}))
+        log(f"data set: hashed {n} files in {time.monotonic() - t0:.1f} s (BLAKE2b, to check restores against)")
+
+    def wipe(self) -> None:
+        """Empties every node folder (the folders themselves stay): a restore's empty target. The
+        data set is marked not clean until verify_restored() finds it whole again."""
+        self._save(clean=False)
+        for d in self.node_dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            for entry in os.scandir(d):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+        os.sync()
+
+    def verify_restored(self) -> dict:
+        """Compares the node folders with the generated data set (file set, sizes, content); marks
+        the data set clean again when they match."""
+        res = compare_trees(self.hashes, self.node_dirs)
+        if res["ok"]:
+            self._save(clean=True)
+        return res
 
     def pool(self, node: int) -> bytes:
         if node not in self._pools:
@@ -293,7 +425,7 @@ class Dataset:
                 "bytes_written": written, "changed_file_bytes": changed_file_bytes,
                 "dataset_bytes_after": size}
 
-    def restore(self) -> None:
+    def undo_mutate(self) -> None:
         """Undo mutate(): the data set is the generated one again (reusable by the next target
         and the next run)."""
         p = self.params
@@ -311,7 +443,7 @@ class Dataset:
             files += f
             size += s
         if (files, size) != (self.files, self.bytes):
-            raise BenchError(f"data set restore: {files} files / {size} bytes, expected "
+            raise BenchError(f"data set undo_mutate: {files} files / {size} bytes, expected "
                              f"{self.files} / {self.bytes}")
         self._save(clean=True)
 
@@ -659,13 +791,19 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)\s+(\w+)\s+(.*)$")
 
 
-def agent_log_summary(path: Path, tag: str, created: float | None) -> dict:
+BACKUP_MARKS = {"snapshot created": "snapshot_created", "upload finished": "upload_finished",
+                "snapshot removed": "snapshot_removed"}
+RESTORE_MARKS = {"restored files placed": "files_placed", "restore finished": "restore_finished",
+                 "restore failed": "restore_failed"}
+
+
+def agent_log_summary(path: Path, tag: str, created: float | None, marks: dict = BACKUP_MARKS,
+                      end: str = "snapshot removed") -> dict:
     """From an agent's log: when (seconds after the run was created) the agent logged its
-    milestones for the run (the run id is the snapshot tag), and the WARN/ERROR lines it logged
-    between the snapshot and its removal, with the most frequent one."""
+    milestones for the run (the run id is the snapshot tag of a backup and a field of the restore
+    span), and the WARN/ERROR lines it logged from the run's first line to its `end` line, with
+    the most frequent one."""
     out: dict = {"warn_lines": 0, "error_lines": 0}
-    marks = {"snapshot created": "snapshot_created", "upload finished": "upload_finished",
-             "snapshot removed": "snapshot_removed"}
     inside = False
     kinds: dict[str, int] = {}
     try:
@@ -686,7 +824,7 @@ def agent_log_summary(path: Path, tag: str, created: float | None) -> dict:
             out["warn_lines" if level == "WARN" else "error_lines"] += 1
             kind = re.sub(r"[0-9a-f]{16,}|/[^ :]+", "…", msg)[:140]
             kinds[kind] = kinds.get(kind, 0) + 1
-        if tag in msg and "snapshot removed" in msg:
+        if tag in msg and end in msg:
             inside = False
     if kinds:
         kind, n = max(kinds.items(), key=lambda kv: kv[1])
@@ -763,10 +901,12 @@ class Bench:
         shape = self.params
         need = shape.nodes * (shape.big_files * shape.big_mib * MiB + shape.small_files * (shape.small_min + shape.small_max) // 2)
         free = shutil.disk_usage(self.work).free
-        # data set + rclone copy + coffer location (+ margin), the data set may already exist
-        if free < 2.5 * need:
+        # data set + rclone copy + coffer location + rclone's download (+ margin), the data set
+        # may already exist; a restore stages a node's files next to nothing (the folder is empty)
+        factor = 3.5 if not self.args.no_restore else 2.5
+        if free < factor * need:
             raise BenchError(f"{mib(free):.0f} MiB free under {self.work}, the run needs about "
-                             f"{mib(2.5 * need):.0f} MiB (use --scale or --work elsewhere)")
+                             f"{mib(factor * need):.0f} MiB (use --scale or --work elsewhere)")
 
     def start_weed(self) -> None:
         d = self.work / "run" / "weed"
@@ -885,10 +1025,13 @@ class Bench:
         t["server"] = server
         t["server_addr"] = server.address.removeprefix("http://")
         self.sampler.track("server", server.pid)
-        self.rpc(t, "coffer.v1.ClusterService/RegisterCluster", {
+        cluster = self.rpc(t, "coffer.v1.ClusterService/RegisterCluster", {
             "name": CLUSTER,
             "nodes": [{"address": f"127.0.0.1:{p}", "datacenter": "dc1", "rack": f"r{i}"}
-                      for i, p in enumerate(t["agent_ports"])]})
+                      for i, p in enumerate(t["agent_ports"])]}).get("cluster", {})
+        by_port = {str(port): f"agent-{i}" for i, port in enumerate(t["agent_ports"])}
+        t["node_names"] = {n.get("id"): by_port.get(n.get("address", "").rsplit(":", 1)[-1], n.get("id"))
+                           for n in cluster.get("nodes", [])}
         if name == "fs":
             t["location_path"] = self.fs_dest(t) / "coffer-location"
             t["location_path"].mkdir(parents=True)
@@ -991,9 +1134,11 @@ class Bench:
             time.sleep(0.5)
         raise BenchError(f"run {run_id} not finished after {self.args.run_timeout} s")
 
-    def prepare_phase(self) -> None:
-        """Same start for every measured phase: nothing dirty waiting for writeback, and the data
-        set either entirely in the page cache (read once here) or, with --drop-caches, not at all."""
+    def prepare_phase(self, source: list[Path] | None = None) -> None:
+        """Same start for every measured phase: nothing dirty waiting for writeback, and what the
+        phase reads (the data set for a backup, `source` for a restore or a download: the
+        location, rclone's copy, SeaweedFS's data folder) either entirely in the page cache (read
+        once here) or, with --drop-caches, not at all."""
         os.sync()
         if self.args.drop_caches:
             try:
@@ -1002,7 +1147,7 @@ class Bench:
                 raise BenchError(f"--drop-caches: {e} (needs root)")
         else:
             buf = bytearray(MiB)
-            for d in self.data.node_dirs:
+            for d in (source if source is not None else self.data.node_dirs):
                 for dirpath, dirnames, filenames in os.walk(d):
                     if ".coffer-snapshots" in dirnames:
                         dirnames.remove(".coffer-snapshots")
@@ -1023,6 +1168,8 @@ class Bench:
             files += f
             logical += s
         self.prepare_phase()
+        if kind == "FULL":  # modes and mtimes as backed up, for the restore to be checked against
+            t["full_stats"] = [stat_tree(d) for d in self.data.node_dirs]
         self.sampler.begin()
         t0 = time.monotonic()
         resp = self.rpc(t, "coffer.v1.BackupService/StartBackup", {
@@ -1073,27 +1220,112 @@ class Bench:
             f"{mib(res['uploaded_bytes']):.1f} MiB, peak agent VmHWM {res['peak_agent_rss_mib']} MiB")
         return res
 
-    def rclone_copy(self, t: dict) -> dict:
+    def coffer_restore(self, t: dict, backup_id: str) -> dict:
+        """Restores the FULL backup onto the same cluster after emptying every node's data folder,
+        times it like a backup (createTime -> finishTime) and checks the restored trees against
+        the generated data set. A failed or wrong restore regenerates the data set, so that what
+        follows (the next target, the next run) starts from the real one."""
+        name = t["name"]
+        log(f"[{name}] restore: restarting agents (fresh VmHWM), emptying the data folders, then "
+            f"StartRestore of backup {backup_id}")
+        res: dict = {"target": name, "phase": "restore", "backup_id": backup_id, "files": self.data.files,
+                     "logical_bytes": self.data.bytes, "wall_s": 0.0, "mib_per_s": 0.0}
+        good = False
+        try:
+            self.restart_agents(t)
+            self.data.wipe()
+            # What the restore reads: the fs location, or SeaweedFS's data folder (Coffer's objects
+            # and rclone's copy, as for rclone's download).
+            self.prepare_phase([t["location_path"]] if name == "fs" else [self.work / "run" / "weed"])
+            self.sampler.begin()
+            t0 = time.monotonic()
+            resp = self.rpc(t, "coffer.v1.RestoreService/StartRestore", {
+                "cluster": CLUSTER, "restore": {"backupId": backup_id, "overwrite": False}})
+            run_id = resp["runId"]
+            run, t1, timeline = self.watch(t, run_id, t0)
+            client_wall = t1 - t0
+            usage = self.sampler.end()
+            created, finished = parse_ts(run.get("createTime")), parse_ts(run.get("finishTime"))
+            wall = finished - created if created and finished else client_wall
+            hwm = {p.name: proc_status_kib(p.pid, "VmHWM") for p in t["agents"]}
+            nodes: dict = {}
+            for e in timeline:  # phase -> first seen (s after StartRestore was called), per agent
+                nodes.setdefault(t["node_names"].get(e["node"], e["node"]), {}).setdefault(e["phase"], e["t"])
+            res.update({
+                "run_id": run_id, "state": run.get("state"), "wall_s": round(wall, 3),
+                "client_wall_s": round(client_wall, 3), "mib_per_s": round(mib(self.data.bytes) / wall, 1),
+                "agent_vmhwm_mib": {k: round(v / 1024, 1) for k, v in hwm.items() if v},
+                "peak_agent_rss_mib": round(max(v for v in hwm.values() if v) / 1024, 1) if any(hwm.values()) else None,
+                "server_times": {k: run.get(k) for k in ("createTime", "startTime", "finishTime")},
+                "phase_timeline": timeline, "node_phases": nodes, "usage": usage,
+                "agent_log": {p.name: agent_log_summary(p.log_path, run_id, created, RESTORE_MARKS,
+                                                        "restore finished") for p in t["agents"]},
+                "run_totals": run.get("totals", {})})
+            if run.get("state") != "RUN_STATE_SUCCEEDED":
+                res["error"] = run.get("errorMessage", "")
+                res["node_errors"] = {t["node_names"].get(n.get("nodeId"), n.get("nodeId")): n.get("lastError")
+                                      for n in run.get("nodes", []) if n.get("lastError")}
+                log(f"[{name}] restore: run {run_id} ended {run.get('state')}: {res['error']} {res['node_errors']}")
+            else:
+                v = self.data.verify_restored()
+                res["verification"] = v
+                res["dest_bytes"] = v["bytes"]
+                if t.get("full_stats"):
+                    res["metadata"] = compare_stats(t["full_stats"], self.data.node_dirs)
+                good = v["ok"]
+                log(f"[{name}] restore: {wall:.2f} s (client saw {client_wall:.2f} s), {res['mib_per_s']:.1f} MiB/s, "
+                    f"peak agent VmHWM {res['peak_agent_rss_mib']} MiB; check of the restored trees "
+                    f"({v['hash_s']:.1f} s): {'all ' + str(v['files']) + ' files match' if good else v}")
+        except BenchError as e:
+            res.setdefault("state", "BENCH_ERROR")
+            res["error"] = str(e)
+            log(f"[{name}] restore: {e}")
+        finally:
+            self.sampler.active = False
+            if not good:
+                res["left_behind"] = {}
+                for n, d in enumerate(self.data.node_dirs):
+                    staging = d / ".coffer-restore"
+                    files, size = dataset_size(d)
+                    sf, ss = dir_bytes(staging) if staging.exists() else (0, 0)
+                    res["left_behind"][f"agent-{n}"] = {"files": files - sf, "bytes": size - ss,
+                                                        "staging_files": sf, "staging_bytes": ss}
+                log(f"[{name}] restore: left in the data folders: {res['left_behind']}; "
+                    f"regenerating the data set for what follows")
+                self.data.ensure(regen=True)
+        return res
+
+    def rclone_dirs(self, t: dict) -> list[str]:
+        """Where rclone's upload goes and its download comes from: a folder per node next to the
+        fs location, or a prefix per node of the SeaweedFS bucket."""
+        if t["name"] == "fs":
+            return [str(self.fs_dest(t) / "rclone-dest" / f"node-{n}") for n in range(self.params.nodes)]
+        return [f"{RCLONE_REMOTE}:{BUCKET}/rclone/node-{n}" for n in range(self.params.nodes)]
+
+    def remove_rclone_copy(self, t: dict) -> None:
+        if self.args.keep:
+            return
+        if t["name"] == "fs":
+            shutil.rmtree(self.fs_dest(t) / "rclone-dest", ignore_errors=True)
+        elif self.weed:
+            subprocess.run([str(TOOLS / "rclone"), "purge", f"{RCLONE_REMOTE}:{BUCKET}/rclone"],
+                           capture_output=True, env=rclone_env(self.s3_port), timeout=600)
+
+    def rclone_parallel(self, t: dict, phase: str, pairs: list[tuple[str, str]]) -> dict:
+        """One `rclone copy` per (source, destination), all in parallel; wall time from the first
+        start to the last exit, CPU and peak RSS from wait4, then the time a sync takes."""
         name = t["name"]
         transfers = self.args.rclone_transfers
-        env = rclone_env(self.s3_port)
-        if name == "fs":
-            dest_root = self.fs_dest(t) / "rclone-dest"
-            dests = [str(dest_root / f"node-{n}") for n in range(self.params.nodes)]
-        else:
-            dests = [f"{RCLONE_REMOTE}:{BUCKET}/rclone/node-{n}" for n in range(self.params.nodes)]
-        logical = self.data.bytes
-        log(f"[{name}] rclone: {self.params.nodes} x `rclone copy --transfers {transfers}` in parallel")
-        self.prepare_phase()
         self.sampler.begin()
         t0 = time.monotonic()
         procs = []
-        for n, dest in enumerate(dests):
-            argv = [str(TOOLS / "rclone"), "copy", str(self.data.node_dirs[n]), dest,
+        for n, (src, dest) in enumerate(pairs):
+            argv = [str(TOOLS / "rclone"), "copy", src, dest,
                     "--transfers", str(transfers), "--exclude", "/.coffer-snapshots/**",
-                    "--log-file", str(self.logs / name / f"rclone-{n}.log"), "--log-level", "NOTICE",
+                    "--log-file", str(self.logs / name / f"{phase}-{n}.log"), "--log-level", "NOTICE",
                     "--stats", "30s"]
-            p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            p = subprocess.Popen(argv, env=rclone_env(self.s3_port), stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
             procs.append(p)
             self.sampler.track(f"rclone-{n}", p.pid)
         rss = []
@@ -1110,8 +1342,9 @@ class Bench:
                 failed.append(n)
         wall = time.monotonic() - t0
         usage = self.sampler.end()
-        # rclone leaves its local writes to the kernel's writeback; Coffer's fs location fsyncs
-        # every object. Not part of rclone's wall time, but shown: the time to sync them now.
+        # rclone leaves its local writes to the kernel's writeback; Coffer fsyncs what it writes
+        # (every object of the fs location, every restored file). Not part of rclone's wall time,
+        # but shown: the time to sync them now.
         ts = time.monotonic()
         os.sync()
         sync_s = time.monotonic() - ts
@@ -1124,32 +1357,57 @@ class Bench:
         for n in range(len(procs)):
             self.sampler.untrack(f"rclone-{n}")
         if failed:
-            raise BenchError(f"rclone failed for nodes {failed}; logs in {self.logs / name}")
+            raise BenchError(f"rclone ({phase}) failed for nodes {failed}; logs in {self.logs / name}")
+        return {"target": name, "phase": phase, "wall_s": round(wall, 3), "files": self.data.files,
+                "logical_bytes": self.data.bytes, "mib_per_s": round(mib(self.data.bytes) / wall, 1),
+                "transfers": transfers, "processes": len(procs),
+                "rclone_peak_rss_mib": round(max(rss) / 1024, 1), "rclone_cpu_s": round(cpu, 2),
+                "sync_after_s": round(sync_s, 2), "usage": usage}
+
+    def rclone_copy(self, t: dict) -> dict:
+        """rclone's upload. Its copy stays until rclone_download() has read it back."""
+        name = t["name"]
+        dests = self.rclone_dirs(t)
+        log(f"[{name}] rclone: {self.params.nodes} x `rclone copy --transfers {self.args.rclone_transfers}` in parallel")
+        self.prepare_phase()
+        res = self.rclone_parallel(t, "rclone", [(str(d), dest) for d, dest in zip(self.data.node_dirs, dests)])
         copied_files = copied = 0
         for dest in dests:
             p = subprocess.run([str(TOOLS / "rclone"), "size", "--json", dest], capture_output=True,
-                               text=True, env=env, timeout=300)
+                               text=True, env=rclone_env(self.s3_port), timeout=300)
             if p.returncode == 0:
                 s = json.loads(p.stdout)
                 copied_files += s.get("count", 0)
                 copied += s.get("bytes", 0)
-        if copied != logical or copied_files != self.data.files:
+        if copied != self.data.bytes or copied_files != self.data.files:
             log(f"[{name}] warning: rclone destinations hold {copied_files} files / {copied} bytes, "
-                f"data set {self.data.files} / {logical}")
-        res = {"target": name, "phase": "rclone", "wall_s": round(wall, 3), "files": self.data.files,
-               "logical_bytes": logical, "mib_per_s": round(mib(logical) / wall, 1),
-               "uploaded_bytes": copied, "transfers": transfers, "processes": len(procs),
-               "rclone_peak_rss_mib": round(max(rss) / 1024, 1), "rclone_cpu_s": round(cpu, 2),
-               "sync_after_s": round(sync_s, 2),
-               "usage": usage}
-        log(f"[{name}] rclone: {wall:.2f} s, {res['mib_per_s']:.1f} MiB/s, peak RSS "
+                f"data set {self.data.files} / {self.data.bytes}")
+        res["uploaded_bytes"] = copied
+        log(f"[{name}] rclone: {res['wall_s']:.2f} s, {res['mib_per_s']:.1f} MiB/s, peak RSS "
             f"{res['rclone_peak_rss_mib']} MiB per process")
+        return res
+
+    def rclone_download(self, t: dict) -> dict:
+        """rclone copying its own upload back, into fresh folders on the data set's disk, then a
+        check of what it wrote against the data set (untimed)."""
+        name = t["name"]
+        sources = self.rclone_dirs(t)
+        down = t["dir"] / "rclone-down"
+        if down.exists():
+            shutil.rmtree(down)
+        dests = [down / f"node-{n}" for n in range(self.params.nodes)]
+        log(f"[{name}] rclone-down: {self.params.nodes} x `rclone copy --transfers "
+            f"{self.args.rclone_transfers}` back from the {name} target, in parallel")
+        self.prepare_phase([self.fs_dest(t) / "rclone-dest"] if name == "fs" else [self.work / "run" / "weed"])
+        res = self.rclone_parallel(t, "rclone-down", [(src, str(d)) for src, d in zip(sources, dests)])
+        v = compare_trees(self.data.hashes, dests)
+        res["verification"] = v
+        res["dest_bytes"] = v["bytes"]
+        log(f"[{name}] rclone-down: {res['wall_s']:.2f} s, {res['mib_per_s']:.1f} MiB/s (sync after it "
+            f"{res['sync_after_s']:.2f} s), peak RSS {res['rclone_peak_rss_mib']} MiB per process; "
+            f"check of what it wrote: {'all ' + str(v['files']) + ' files match' if v['ok'] else v}")
         if not self.args.keep:
-            if name == "fs":
-                shutil.rmtree(dest_root, ignore_errors=True)
-            else:
-                subprocess.run([str(TOOLS / "rclone"), "purge", f"{RCLONE_REMOTE}:{BUCKET}/rclone"],
-                               capture_output=True, env=env, timeout=600)
+            shutil.rmtree(down, ignore_errors=True)
         return res
 
     def run_target(self, name: str) -> None:
@@ -1160,20 +1418,33 @@ class Bench:
         self.results["targets"][name] = out
         try:
             out["phases"]["rclone"] = self.rclone_copy(t)
-            out["phases"]["full"] = self.coffer_backup(t, "FULL")
-            if out["phases"]["full"].get("state") != "RUN_STATE_SUCCEEDED" and not self.args.incremental_after_failure:
+            full = out["phases"]["full"] = self.coffer_backup(t, "FULL")
+            full_ok = full.get("state") == "RUN_STATE_SUCCEEDED"
+            if full_ok or self.args.incremental_after_failure:
+                change = self.data.mutate()
+                out["change"] = change
+                log(f"[{name}] changed {change['changed_files']} of {change['files']} files "
+                    f"({change['changed_percent']:.2f}%), {mib(change['bytes_written']):.1f} MiB written, "
+                    f"changed files total {mib(change['changed_file_bytes']):.1f} MiB")
+                try:
+                    out["phases"]["incremental"] = self.coffer_backup(t, "INCREMENTAL")
+                finally:
+                    self.data.undo_mutate()
+            else:
                 log(f"[{name}] full backup failed: skipping the incremental")
+            if self.args.no_restore:
                 return
-            change = self.data.mutate()
-            out["change"] = change
-            log(f"[{name}] changed {change['changed_files']} of {change['files']} files "
-                f"({change['changed_percent']:.2f}%), {mib(change['bytes_written']):.1f} MiB written, "
-                f"changed files total {mib(change['changed_file_bytes']):.1f} MiB")
-            try:
-                out["phases"]["incremental"] = self.coffer_backup(t, "INCREMENTAL")
-            finally:
-                self.data.restore()
+            # The restore (of the FULL backup) comes after the incremental, not right after the
+            # full: restored files are new inodes, and the agent's journal knows files by (path,
+            # inode, size, mtime), so an incremental after a restore would hash everything again.
+            # The restored trees are the data set from then on (the next target, the next run).
+            if full_ok:
+                out["phases"]["restore"] = self.coffer_restore(t, full["backup_id"])
+            else:
+                log(f"[{name}] full backup failed: skipping the restore")
+            out["phases"]["rclone-down"] = self.rclone_download(t)
         finally:
+            self.remove_rclone_copy(t)
             self.teardown_target(t)
             if not self.args.keep and name == "fs" and "location_path" in t:
                 shutil.rmtree(t["location_path"], ignore_errors=True)
@@ -1203,33 +1474,38 @@ class Bench:
         p = lambda s="": lines.append(s)  # noqa: E731
         a = self.args
         p()
-        p(f"Coffer backup benchmark  (git {self.results.get('versions', {}).get('git', '?')}, "
+        p(f"Coffer backup and restore benchmark  (git {self.results.get('versions', {}).get('git', '?')}, "
           f"{os.cpu_count()} cores, {self.results.get('versions', {}).get('rclone', 'rclone ?')})")
         p(f"data set: {self.params.nodes} nodes, {self.data.files} files, {mib(self.data.bytes):.0f} MiB "
           f"(per node: {self.params.big_files} x {self.params.big_mib} MiB [text-like/random] + {self.params.small_files} x "
           f"{self.params.small_min // KiB}-{self.params.small_max // KiB} KiB [half text-like, half random]); "
           f"{'page cache dropped' if a.drop_caches else 'data set read into the page cache'} before each phase")
         p(f"rclone: one `rclone copy --transfers {a.rclone_transfers}` per node, {self.params.nodes} in "
-          f"parallel (other flags default); Coffer: default agent concurrency, all nodes in parallel")
+          f"parallel, up (rclone) and back down into fresh folders (rclone-down); other flags at their "
+          f"defaults: after each file a size check and an MD5 check where both sides have one, no fsync")
+        p("Coffer: default agent concurrency, all nodes in parallel; restore = the FULL backup onto the same "
+          "nodes, data folders emptied first (BLAKE3 of every file checked, files fsynced, then moved into place)")
         p()
-        hdr = f"{'target':<7}{'phase':<13}{'wall s':>9}{'MiB/s':>9}{'uploaded MiB':>14}{'peak RSS MiB':>14}{'vs rclone':>11}  note"
+        hdr = f"{'target':<7}{'phase':<13}{'wall s':>9}{'MiB/s':>9}{'stored MiB':>14}{'peak RSS MiB':>14}{'vs rclone':>11}  note"
         p(hdr)
         p("-" * len(hdr))
         checks = []
         for name, out in self.results["targets"].items():
             ph = out["phases"]
-            rc = ph.get("rclone")
-            for key in ("full", "incremental", "rclone"):
+            rc, rd = ph.get("rclone"), ph.get("rclone-down")
+            for key in ("full", "incremental", "rclone", "restore", "rclone-down"):
                 r = ph.get(key)
                 if not r:
                     continue
+                base = rd if key in ("restore", "rclone-down") else rc
                 ok = r.get("state", "RUN_STATE_SUCCEEDED") == "RUN_STATE_SUCCEEDED"
-                ratio = (f"{r['mib_per_s'] / rc['mib_per_s']:.2f}x" if rc and ok else "-")
-                rss = r.get("peak_agent_rss_mib") if key != "rclone" else r.get("rclone_peak_rss_mib")
+                ratio = (f"{r['mib_per_s'] / base['mib_per_s']:.2f}x" if base and ok else "-")
+                rss = r.get("rclone_peak_rss_mib") if key.startswith("rclone") else r.get("peak_agent_rss_mib")
                 note = ""
-                if key == "rclone":
+                v = r.get("verification")
+                if key.startswith("rclone"):
                     note = f"{r['processes']} x rclone copy --transfers {r['transfers']}"
-                    if name == "fs" and r.get("sync_after_s") is not None:
+                    if r.get("sync_after_s") is not None and (key == "rclone-down" or name == "fs"):
                         note += f"; sync after it: {r['sync_after_s']:.2f} s"
                 elif not ok:
                     note = f"{r.get('state')}: {r.get('error', '')[:60]}"
@@ -1237,15 +1513,24 @@ class Bench:
                     c = out["change"]
                     note = (f"{c['changed_files']} files changed ({c['changed_percent']:.1f}%), "
                             f"{mib(c['bytes_written']):.1f} MiB")
+                if v:
+                    note = (note + "; " if note else "") + (
+                        f"{v['files']} files = data set" if v["ok"] else
+                        "DIFFERS from data set: " + ", ".join(f"{v[k]} {k.replace('_', ' ')}" for k in
+                                                             ("missing", "extra", "size_mismatch", "content_mismatch") if v[k]))
+                md = r.get("metadata")
+                if md and (md["mode_mismatch"] or md["mtime_mismatch"]):
+                    note += f"; {md['mode_mismatch']} modes, {md['mtime_mismatch']} mtimes differ from the backup's"
                 fc = self.foreign_cpu(r)
                 if fc and fc[1] > 10 and fc[0] > 0.5:
                     note = (note + "; " if note else "") + f"NOISY: {fc[1]:.0f}% of the machine busy elsewhere"
-                up = r.get("uploaded_bytes")
+                up = r.get("uploaded_bytes", r.get("dest_bytes"))
                 p(f"{name:<7}{key:<13}{r['wall_s']:>9.2f}{r['mib_per_s'] if ok else 0:>9.1f}"
                   f"{(mib(up) if up is not None else 0):>14.1f}{(rss or 0):>14.1f}{ratio:>11}  {note}")
-            full, inc = ph.get("full"), ph.get("incremental")
+            full, inc, rs = ph.get("full"), ph.get("incremental"), ph.get("restore")
             full_ok = bool(full and full.get("state") == "RUN_STATE_SUCCEEDED")
             inc_ok = bool(inc and inc.get("state") == "RUN_STATE_SUCCEEDED")
+            rs_ok = bool(rs and rs.get("state") == "RUN_STATE_SUCCEEDED")
             if full_ok and rc:
                 ratio = full["mib_per_s"] / rc["mib_per_s"]
                 checks.append((name, "full backup throughput >= 1.5x rclone", f"{ratio:.2f}x", ratio >= 1.5))
@@ -1256,31 +1541,49 @@ class Bench:
                 checks.append((name, "incremental wall time <= 5% of full's", f"{pct:.1f}%", pct <= 5))
             else:
                 checks.append((name, "incremental wall time <= 5% of full's", "no successful incremental", False))
-            peaks = [r.get("peak_agent_rss_mib") for r in (full, inc) if r and r.get("peak_agent_rss_mib")]
+            if not a.no_restore:
+                what = "restore throughput >= 1.5x rclone"
+                if rs_ok and not rs.get("verification", {}).get("ok"):
+                    checks.append((name, what, "restored data differs", False))
+                elif rs_ok and rd:
+                    ratio = rs["mib_per_s"] / rd["mib_per_s"]
+                    checks.append((name, what, f"{ratio:.2f}x", ratio >= 1.5))
+                elif rs_ok:
+                    checks.append((name, what, "no rclone download", False))
+                else:
+                    checks.append((name, what, "restore failed" if rs else "no restore", False))
+            peaks = [(r["peak_agent_rss_mib"], k) for k, r in (("full", full), ("incremental", inc), ("restore", rs))
+                     if r and r.get("peak_agent_rss_mib")]
             if peaks:
-                checks.append((name, "agent peak memory < 150 MiB", f"{max(peaks):.1f} MiB", max(peaks) < 150))
+                top, which = max(peaks)
+                checks.append((name, "agent peak memory < 150 MiB", f"{top:.1f} MiB ({which})", top < 150))
         p()
-        p("wall s: Coffer = the run's createTime -> finishTime (StartBackup recorded -> SUCCEEDED, server "
-          "clock; the client's figure, with two grpcurl start-ups, is in results.json); rclone = process "
+        p("wall s: Coffer = the run's createTime -> finishTime (StartBackup/StartRestore recorded -> SUCCEEDED, "
+          "server clock; the client's figure, with two grpcurl start-ups, is in results.json); rclone = process "
           "start -> last exit.")
-        p("MiB/s = logical bytes of the data set / wall s (also for the incremental). uploaded = "
-          "BackupStats.uploaded_bytes (stored, compressed) / bytes at the rclone destination.")
+        p("MiB/s = logical bytes of the data set / wall s (also for the incremental). stored = what the phase "
+          "left at its destination: BackupStats.uploaded_bytes (stored, compressed) for a backup, the bytes "
+          "at the rclone destination, the bytes of the restored files.")
+        p("vs rclone: backups against rclone's upload, the restore against rclone-down. Restored trees and "
+          "rclone's download are checked against the data set afterwards (untimed): same files, sizes and "
+          "BLAKE2b; for the restore also modes and mtimes as at the FULL backup.")
         p("peak RSS = max over agents of VmHWM read right after the run; agents are restarted before "
-          "each Coffer run, so it is that run's peak alone. rclone row: max ru_maxrss of the rclone processes.")
+          "each Coffer run, so it is that run's peak alone. rclone rows: max ru_maxrss of the rclone processes.")
         p()
         p("targets:")
         for name, what, val, ok in checks:
             p(f"  [{name}] {what:<42} {val:>26}   {'PASS' if ok else 'MISS'}")
         self.results["checks"] = [{"target": n, "check": w, "value": v, "pass": ok} for n, w, v, ok in checks]
         p()
-        p("diagnosis, per phase: agent milestones from its log (s after the run was created); CPU s "
-          "(user+sys) and % of one core; minflt = minor page faults;")
+        p("diagnosis, per phase: agent milestones from its log (s after the run was created); for a restore "
+          "also each node's phases as WatchRun reported them (s after StartRestore was called);")
+        p("CPU s (user+sys) and % of one core; minflt = minor page faults;")
         p("rchar/wchar = bytes through read()/write() syscalls; machine = both cores; top = biggest CPU "
           "users of the whole machine, kernel threads included")
         for name, out in self.results["targets"].items():
             if out.get("error"):
                 p(f"  [{name}] ERROR: {out['error']}")
-            for key in ("full", "incremental", "rclone"):
+            for key in ("full", "incremental", "rclone", "restore", "rclone-down"):
                 r = out["phases"].get(key)
                 if not r:
                     continue
@@ -1288,9 +1591,22 @@ class Bench:
                 p(f"  [{name}] {key}: wall {r['wall_s']:.2f} s{extra}")
                 for aname, al in sorted(r.get("agent_log", {}).items()):
                     ms = "  ".join(f"{k.replace('_', ' ')} {al[k]:.2f}" for k in
-                                   ("snapshot_created", "upload_finished", "snapshot_removed") if k in al)
+                                   (*BACKUP_MARKS.values(), *RESTORE_MARKS.values()) if k in al)
                     w = f"  WARN lines {al['warn_lines']}" if al.get("warn_lines") else ""
+                    ph = r.get("node_phases", {}).get(aname)
+                    if ph:
+                        ms += "   phases: " + "  ".join(f"{k.lower()} {v:.2f}" for k, v in ph.items())
                     p(f"      {aname:<9} {ms}{w}")
+                if r.get("run_totals"):
+                    tot = r["run_totals"]
+                    p(f"      run totals: files {tot.get('filesDone', 0)}/{tot.get('filesTotal', 0)}  bytes "
+                      f"{mib(int(tot.get('bytesDone', 0))):.1f}/{mib(int(tot.get('bytesTotal', 0))):.1f} MiB  "
+                      f"skipped {tot.get('filesSkipped', 0)} files")
+                for k in ("verification", "metadata"):
+                    for ex in r.get(k, {}).get("examples", []):
+                        p(f"      {k}: {ex}")
+                if r.get("left_behind"):
+                    p(f"      left in the data folders: {r['left_behind']}")
                 warns = {al.get("most_frequent_warning") for al in r.get("agent_log", {}).values()} - {None}
                 for wline in sorted(warns)[:2]:
                     p(f"      most frequent agent warning: {wline}")
@@ -1370,6 +1686,8 @@ def main() -> int:
                     help="make one of the changed files per node a 1 MiB append to a big file "
                          "(default: only small files are rewritten, as an SSTable database does)")
     ap.add_argument("--rclone-transfers", type=int, default=8)
+    ap.add_argument("--no-restore", action="store_true",
+                    help="skip the restore and rclone's download (backups only)")
     ap.add_argument("--work", default=str(ROOT / "bench" / "out"),
                     help="working folder (data set, processes' state, logs, results.json)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries in target/release as they are")

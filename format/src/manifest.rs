@@ -111,7 +111,8 @@ impl ManifestError {
 
 /// The current time as the manifests write it: RFC 3339 in UTC with a `Z`, to the second.
 pub fn format_time(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
+    // Milliseconds: point-in-time restores tell backups apart that started within one second.
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// Parses a manifest time (RFC 3339 in UTC with a `Z`, optionally with fractional seconds).

@@ -412,9 +412,7 @@ mod tests {
         }
         let parse = |args: &[&str]| {
             let cli = <Cli as clap::Parser>::try_parse_from(
-                ["coffer-agent", "--data-path", "/data"]
-                    .iter()
-                    .chain(args),
+                ["coffer-agent", "--data-path", "/data"].iter().chain(args),
             )
             .expect("parse flags");
             cli.options

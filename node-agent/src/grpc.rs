@@ -1,5 +1,5 @@
 //! The gRPC face of the agent: handlers convert and delegate to [`Agent`], the snapshot
-//! provider, the upload pipeline and the location's storage.
+//! provider, the upload and restore pipelines and the location's storage.
 //!
 //! Errors reach only the Coffer server, which shows them to operators inside run and node
 //! messages: they carry the storage's or the provider's own message.
@@ -7,20 +7,24 @@
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use coffer_format::StorageError;
 use coffer_format::manifest::NodeManifestReader;
+use coffer_format::object::DownloadError;
 use coffer_format::object::RateLimiter;
 use coffer_format::storage::{SecretSource, StorageConfig};
+use coffer_format::{ManifestError, StorageError};
 use coffer_proto::agent::v1 as proto;
 use coffer_proto::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Agent;
+use crate::restore::{self, HookFailure, RestoreFailure, RestoreHook, RestoreJob};
 use crate::snapshot::SnapshotError;
 use crate::upload::{self, UploadFailure, UploadJob};
 
@@ -43,14 +47,49 @@ fn snapshot_status(error: SnapshotError) -> Status {
     }
 }
 
-fn storage_status(error: StorageError) -> Status {
+fn storage_code(error: &StorageError) -> Code {
     if error.is_not_found() {
-        Status::not_found(error.to_string())
+        Code::NotFound
     } else if error.is_retryable() {
-        Status::unavailable(error.to_string())
+        Code::Unavailable
     } else {
-        Status::failed_precondition(error.to_string())
+        Code::FailedPrecondition
     }
+}
+
+fn storage_status(error: StorageError) -> Status {
+    Status::new(storage_code(&error), error.to_string())
+}
+
+/// The one mapping of restore failures to statuses. Messages name the file, manifest path or
+/// folder concerned.
+fn restore_status(failure: RestoreFailure) -> Status {
+    let local_code = |error: &std::io::Error| {
+        if error.kind() == std::io::ErrorKind::StorageFull {
+            Code::ResourceExhausted
+        } else {
+            Code::FailedPrecondition
+        }
+    };
+    let code = match &failure {
+        RestoreFailure::Refused(_) | RestoreFailure::HooksNotAllowed => Code::FailedPrecondition,
+        RestoreFailure::Manifest(ManifestError::Storage(error)) => storage_code(error),
+        RestoreFailure::Manifest(ManifestError::Malformed { .. } | ManifestError::Invalid(_)) => {
+            Code::DataLoss
+        }
+        RestoreFailure::Manifest(_) => Code::FailedPrecondition,
+        RestoreFailure::Download { source, .. } => match source.as_ref() {
+            DownloadError::Storage(error) => storage_code(error),
+            DownloadError::Corrupt { .. } | DownloadError::Malformed { .. } => Code::DataLoss,
+            DownloadError::Write { source, .. } => local_code(source),
+        },
+        RestoreFailure::SizeMismatch { .. } => Code::DataLoss,
+        RestoreFailure::Local { source, .. } => local_code(source),
+        RestoreFailure::Hook(HookFailure::TimedOut { .. }) => Code::DeadlineExceeded,
+        RestoreFailure::Hook(_) => Code::FailedPrecondition,
+        RestoreFailure::Canceled => Code::Cancelled,
+    };
+    Status::new(code, failure.to_string())
 }
 
 fn storage_config(location: Option<proto::StorageLocation>) -> Result<StorageConfig, Status> {
@@ -125,6 +164,52 @@ fn globs(patterns: &[String]) -> Result<globset::GlobSet, Status> {
     }
     set.build()
         .map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
+impl AgentHandler {
+    /// Validates a RestoreNode request into a job: ids are UUIDs, the manifest path is relative,
+    /// the location opens, the patterns parse.
+    fn restore_job(&self, request: proto::RestoreNodeRequest) -> Result<RestoreJob, Status> {
+        let (config, operator) = open(request.location)?;
+        let hook = match request.hook_command.first() {
+            None => None,
+            Some(program) if program.is_empty() => {
+                return Err(Status::invalid_argument(
+                    "hook_command: the program (first element) is empty",
+                ));
+            }
+            Some(_) => Some(RestoreHook {
+                argv: request.hook_command,
+                timeout: match request.hook_timeout_seconds {
+                    0 => restore::DEFAULT_HOOK_TIMEOUT,
+                    seconds => Duration::from_secs(seconds.into()),
+                },
+            }),
+        };
+        Ok(RestoreJob {
+            run_id: request.run_id,
+            operator,
+            location_name: config.name,
+            source_cluster_id: parse_uuid("source_cluster_id", &request.source_cluster_id)?,
+            backup_id: parse_uuid("backup_id", &request.backup_id)?,
+            source_node_id: parse_uuid("source_node_id", &request.source_node_id)?,
+            manifest_path: object_path(&request.manifest_path)?.to_string(),
+            node_id: self.agent.node_id(),
+            data_paths: self.agent.config().data_paths.clone(),
+            include: globs(&request.include)?,
+            exclude: globs(&request.exclude)?,
+            overwrite: request.overwrite,
+            dry_run: request.dry_run,
+            limiter: (request.rate_limit_bytes_per_second > 0)
+                .then(|| RateLimiter::new(request.rate_limit_bytes_per_second)),
+            concurrency: match request.concurrency {
+                0 => restore::DEFAULT_CONCURRENCY,
+                n => n as usize,
+            },
+            hook,
+            allow_hooks: self.agent.config().restore_allow_hooks,
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -271,9 +356,85 @@ impl AgentService for AgentHandler {
 
     async fn restore_node(
         &self,
-        _request: Request<proto::RestoreNodeRequest>,
+        request: Request<proto::RestoreNodeRequest>,
     ) -> Result<Response<Self::RestoreNodeStream>, Status> {
-        Err(Status::unimplemented("restore is being written"))
+        let request = request.into_inner();
+        let job = self.restore_job(request)?;
+        job.check_hook_allowed().map_err(restore_status)?;
+        let backup_id = job.backup_id;
+        let claim = self.agent.claim_restore(backup_id).ok_or_else(|| {
+            Status::aborted(format!(
+                "a restore of backup {backup_id} is running on this node already"
+            ))
+        })?;
+        let span = tracing::info_span!(
+            "restore",
+            run_id = %job.run_id,
+            backup_id = %backup_id,
+            source_node = %job.source_node_id,
+            dry_run = job.dry_run,
+        );
+        let (sender, receiver) =
+            tokio::sync::mpsc::channel::<Result<proto::RestoreNodeResponse, Status>>(16);
+        let (progress_sender, mut progress) = tokio::sync::mpsc::channel(16);
+        let cancel = CancellationToken::new();
+        tokio::spawn(
+            async move {
+                let _claim = claim;
+                let work = tokio::spawn(
+                    restore::run(job, progress_sender, cancel.clone()).in_current_span(),
+                );
+                // Forward progress; a server that went away cancels the restore.
+                loop {
+                    tokio::select! {
+                        update = progress.recv() => match update {
+                            Some(update) => {
+                                let message = proto::RestoreNodeResponse {
+                                    event: Some(proto::restore_node_response::Event::Progress(update)),
+                                };
+                                if sender.send(Ok(message)).await.is_err() {
+                                    cancel.cancel();
+                                }
+                            }
+                            None => break,
+                        },
+                        () = sender.closed() => {
+                            cancel.cancel();
+                            break;
+                        }
+                    }
+                }
+                let result = match work.await {
+                    Ok(result) => result,
+                    Err(error) => Err(RestoreFailure::Local {
+                        action: "run the restore task",
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(error),
+                    }),
+                };
+                let message = match result {
+                    Ok(summary) => {
+                        let placed = summary.progress.map_or(0, |p| p.files_placed);
+                        tracing::info!(placed, overwritten = summary.files_overwritten, "restore finished");
+                        Ok(proto::RestoreNodeResponse {
+                            event: Some(proto::restore_node_response::Event::Done(summary)),
+                        })
+                    }
+                    Err(failure) => {
+                        match &failure {
+                            RestoreFailure::Canceled => tracing::info!("restore canceled"),
+                            failure => tracing::warn!(error = %failure, "restore failed"),
+                        }
+                        Err(restore_status(failure))
+                    }
+                };
+                let _ = sender.send(message).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     async fn delete_snapshot(

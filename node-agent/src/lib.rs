@@ -1,8 +1,8 @@
 //! `coffer-agent`: the Coffer node agent.
 //!
 //! One agent runs on every database node. The Coffer server calls it over gRPC
-//! (`coffer.agent.v1.AgentService`) to learn about the node and, in later versions, to snapshot
-//! the node's data and move it between the node and object storage.
+//! (`coffer.agent.v1.AgentService`) to learn about the node, to snapshot the node's data and
+//! upload it into a location, and to restore a backup's files onto the node.
 //!
 //! [`run`] serves the agent on a listener the caller has already bound, until `shutdown`
 //! resolves; in-flight calls are allowed to finish.
@@ -11,12 +11,14 @@ pub mod config;
 mod grpc;
 pub mod identity;
 pub mod journal;
+pub mod restore;
 pub mod snapshot;
 pub mod upload;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use coffer_proto::agent::v1 as proto;
 use tokio::net::TcpListener;
@@ -56,6 +58,24 @@ pub struct Agent {
     config: AgentConfig,
     snapshots: snapshot::Snapshotter,
     journal: journal::Journal,
+    /// Backups being restored: two restores of one backup would share a staging folder.
+    restores: Arc<Mutex<HashSet<Uuid>>>,
+}
+
+/// A claim on restoring a backup on this node, released when dropped.
+#[derive(Debug)]
+pub struct RestoreClaim {
+    restores: Arc<Mutex<HashSet<Uuid>>>,
+    backup_id: Uuid,
+}
+
+impl Drop for RestoreClaim {
+    fn drop(&mut self) {
+        self.restores
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.backup_id);
+    }
 }
 
 impl Agent {
@@ -90,11 +110,27 @@ impl Agent {
             // pin disk space, so say so.
             tracing::warn!(tags = ?leftovers, "snapshots left by earlier runs");
         }
+        let staged = restore::staged_backups(&config.data_paths);
+        if !staged.is_empty() {
+            // Kept so a new attempt need not download them again; they pin disk space until a
+            // restore of the backup succeeds.
+            tracing::warn!(folders = ?staged, "restore staging folders left by earlier restores");
+        }
         Ok(Self {
             node_id,
             config,
             snapshots,
             journal,
+            restores: Arc::default(),
+        })
+    }
+
+    /// Claims the restore of `backup_id` on this node; `None` while another restore of it runs.
+    pub fn claim_restore(&self, backup_id: Uuid) -> Option<RestoreClaim> {
+        let mut restores = self.restores.lock().unwrap_or_else(PoisonError::into_inner);
+        restores.insert(backup_id).then(|| RestoreClaim {
+            restores: self.restores.clone(),
+            backup_id,
         })
     }
 

@@ -387,10 +387,11 @@ async fn process_file(
             object_present: None,
         });
     }
-    if file.size <= coffer_format::object::SMALL_FILE && known.is_none() {
-        if let Some(result) = process_small_file(shared, &file).await? {
-            return Ok(result);
-        }
+    if file.size <= coffer_format::object::SMALL_FILE
+        && known.is_none()
+        && let Some(result) = process_small_file(shared, &file).await?
+    {
+        return Ok(result);
     }
     let mut attempt = 0;
     let mut hash = known;

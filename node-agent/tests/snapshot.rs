@@ -56,6 +56,7 @@ impl Node {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_paths: self.data_paths.clone(),
             state_dir: self.state_dir(),
+            restore_allow_hooks: false,
             snapshot,
         })
     }
