@@ -42,6 +42,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -1152,9 +1153,15 @@ class Bench:
                     if ".coffer-snapshots" in dirnames:
                         dirnames.remove(".coffer-snapshots")
                     for name in filenames:
-                        with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
-                            while f.readinto(buf):
-                                pass
+                        path = os.path.join(dirpath, name)
+                        try:
+                            if not stat.S_ISREG(os.lstat(path).st_mode):  # weed's sockets
+                                continue
+                            with open(path, "rb", buffering=0) as f:
+                                while f.readinto(buf):
+                                    pass
+                        except FileNotFoundError:  # a server's temporary file, gone since
+                            pass
         time.sleep(0.5)
 
     def coffer_backup(self, t: dict, kind: str) -> dict:
@@ -1236,7 +1243,7 @@ class Bench:
             self.data.wipe()
             # What the restore reads: the fs location, or SeaweedFS's data folder (Coffer's objects
             # and rclone's copy, as for rclone's download).
-            self.prepare_phase([t["location_path"]] if name == "fs" else [self.work / "run" / "weed"])
+            self.prepare_phase([t["location_path"]] if name == "fs" else [self.work / "run" / "weed" / "data"])
             self.sampler.begin()
             t0 = time.monotonic()
             resp = self.rpc(t, "coffer.v1.RestoreService/StartRestore", {
@@ -1276,7 +1283,7 @@ class Bench:
                 log(f"[{name}] restore: {wall:.2f} s (client saw {client_wall:.2f} s), {res['mib_per_s']:.1f} MiB/s, "
                     f"peak agent VmHWM {res['peak_agent_rss_mib']} MiB; check of the restored trees "
                     f"({v['hash_s']:.1f} s): {'all ' + str(v['files']) + ' files match' if good else v}")
-        except BenchError as e:
+        except (BenchError, OSError) as e:
             res.setdefault("state", "BENCH_ERROR")
             res["error"] = str(e)
             log(f"[{name}] restore: {e}")
@@ -1398,7 +1405,7 @@ class Bench:
         dests = [down / f"node-{n}" for n in range(self.params.nodes)]
         log(f"[{name}] rclone-down: {self.params.nodes} x `rclone copy --transfers "
             f"{self.args.rclone_transfers}` back from the {name} target, in parallel")
-        self.prepare_phase([self.fs_dest(t) / "rclone-dest"] if name == "fs" else [self.work / "run" / "weed"])
+        self.prepare_phase([self.fs_dest(t) / "rclone-dest"] if name == "fs" else [self.work / "run" / "weed" / "data"])
         res = self.rclone_parallel(t, "rclone-down", [(src, str(d)) for src, d in zip(sources, dests)])
         v = compare_trees(self.data.hashes, dests)
         res["verification"] = v

@@ -197,6 +197,62 @@ async fn cofferctl_backs_up_with_a_live_watch_and_lists_what_it_made() {
         files.stdout
     );
 
+    // Restore it with cofferctl after losing the data: by id, then by point in time.
+    let original = std::fs::read(agent.data.join("table.db")).expect("read");
+    std::fs::remove_file(agent.data.join("table.db")).expect("lose a file");
+    std::fs::remove_file(agent.data.join("notes.txt")).expect("lose a file");
+    let planned = cofferctl(
+        &server,
+        &["restore", "start", "--backup", &backup_id, "--dry-run"],
+    )
+    .await;
+    assert_eq!(planned.code, 0, "{}", planned.stderr);
+    assert!(
+        !agent.data.join("table.db").exists(),
+        "a dry run restores nothing"
+    );
+    let restored = cofferctl(
+        &server,
+        &["restore", "start", "--backup", &backup_id, "--watch"],
+    )
+    .await;
+    assert_eq!(restored.code, 0, "{}\n{}", restored.stdout, restored.stderr);
+    assert_eq!(
+        std::fs::read(agent.data.join("table.db")).expect("restored"),
+        original
+    );
+    let again = cofferctl(
+        &server,
+        &["restore", "start", "--backup", &backup_id, "--watch"],
+    )
+    .await;
+    assert_eq!(
+        again.code, 10,
+        "existing files are refused: {}",
+        again.stdout
+    );
+    std::fs::remove_file(agent.data.join("notes.txt")).expect("lose a file");
+    let now = "2100-01-01T00:00:00Z";
+    let by_time = cofferctl(
+        &server,
+        &[
+            "restore",
+            "start",
+            "--cluster",
+            "db",
+            "--at",
+            now,
+            "--include",
+            "**/notes.txt",
+            "--watch",
+        ],
+    )
+    .await;
+    assert_eq!(by_time.code, 0, "{}\n{}", by_time.stdout, by_time.stderr);
+    assert!(agent.data.join("notes.txt").exists());
+    let usage = cofferctl(&server, &["restore", "start", "--at", now]).await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+
     // A backup that fails exits 10: its location's folder cannot be created.
     std::fs::write(root.path().join("blocker"), b"a file, not a folder").expect("write");
     let blocked = format!("{}/blocker/store", root.path().display());
