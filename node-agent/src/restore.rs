@@ -559,7 +559,8 @@ async fn plan(shared: &Arc<Shared>, cancel: &CancellationToken) -> Result<Plan, 
             existing_paths.push(shared.target(file).display().to_string());
         }
     }
-    if existing_files > 0 && !job.overwrite {
+    // A dry run reports what exists (in its summary) rather than failing on it: it is a plan.
+    if existing_files > 0 && !job.overwrite && !job.dry_run {
         let named: Vec<&str> = existing_paths
             .iter()
             .take(EXISTING_NAMED)

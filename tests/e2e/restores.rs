@@ -186,6 +186,24 @@ async fn a_wiped_cluster_is_restored_identical_and_existing_files_are_refused() 
     let before: Vec<_> = agents.iter().map(|a| described_tree(&a.data)).collect();
     let made = backup(&client, "prod").await;
 
+    // A dry run over the live data says which files exist, and changes nothing.
+    let mut dry = restore_request("prod", &made.id);
+    dry.dry_run = true;
+    let planned = restore(&client, dry).await;
+    assert_eq!(
+        planned.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        planned.error_message
+    );
+    assert!(
+        planned.nodes.iter().all(
+            |n| n.last_error.contains("without overwrite") && n.last_error.contains("top.conf")
+        ),
+        "{:?}",
+        planned.nodes
+    );
+
     // Restoring over the live data is refused without overwrite, naming a file, placing nothing.
     let refused = restore(&client, restore_request("prod", &made.id)).await;
     assert_eq!(refused.state(), proto::RunState::Failed);

@@ -195,10 +195,10 @@ async fn run_restore(handle: &mut RunHandle, plan: &RestorePlan) -> Result<()> {
                     format!(
                         "{} existing file(s) {}: {}",
                         summary.files_overwritten,
-                        if run.dry_run {
-                            "would be replaced"
-                        } else {
-                            "replaced"
+                        match (run.dry_run, plan.spec.overwrite) {
+                            (true, true) => "would be replaced",
+                            (true, false) => "exist: without overwrite the restore refuses them",
+                            _ => "replaced",
                         },
                         summary.existing_paths.join(", ")
                     )
