@@ -324,6 +324,10 @@ impl Location {
                     set("allow_anonymous", "true");
                     set("disable_vm_metadata", "true");
                     set("disable_config_load", "true");
+                    // Google refuses anonymous writes, so a writable anonymous location is an
+                    // emulator: write objects without XML multipart uploads and delete them one
+                    // by one, which fake-gcs-server needs (both also work on Google).
+                    set("emulator", "fake-gcs-server");
                 }
                 secret("credential", credential);
             }
@@ -345,6 +349,74 @@ fn root_of(prefix: &str) -> String {
         "/".into()
     } else {
         format!("/{trimmed}/")
+    }
+}
+
+impl LocationOptions {
+    /// Where the data is: the settings that, once backups are stored, must not change (the
+    /// backups would no longer be found).
+    fn data_place(&self) -> Vec<&str> {
+        match self {
+            Self::Fs { path } => vec![path.trim_end_matches('/')],
+            Self::S3 { bucket, prefix, .. } => vec![bucket, prefix.trim_matches('/')],
+            Self::Azblob {
+                container,
+                account_name,
+                prefix,
+                ..
+            } => vec![container, account_name, prefix.trim_matches('/')],
+            Self::Gcs { bucket, prefix, .. } => vec![bucket, prefix.trim_matches('/')],
+        }
+    }
+}
+
+/// A change to a location, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocationUpdate {
+    /// Name or id of the location.
+    pub location: String,
+    /// New name.
+    pub name: Option<Name>,
+    /// New options (of the same kind).
+    pub options: Option<LocationOptions>,
+}
+
+/// One step of a location check on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckStep {
+    /// It worked, in this long.
+    Ok(std::time::Duration),
+    /// It failed with this message.
+    Failed(String),
+    /// It was not tried (an earlier step failed).
+    Skipped,
+}
+
+/// What a location check found on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLocationCheck {
+    /// The node.
+    pub node_id: Uuid,
+    /// Its agent.
+    pub address: crate::model::AgentAddress,
+    /// Why nothing could be tried (agent unreachable), else empty.
+    pub error: String,
+    /// Writing the probe.
+    pub write: CheckStep,
+    /// Reading it back.
+    pub read: CheckStep,
+    /// Listing it.
+    pub list: CheckStep,
+    /// Deleting it.
+    pub delete: CheckStep,
+}
+
+impl NodeLocationCheck {
+    /// Whether every step worked.
+    pub fn ok(&self) -> bool {
+        [&self.write, &self.read, &self.list, &self.delete]
+            .iter()
+            .all(|step| matches!(step, CheckStep::Ok(_)))
     }
 }
 
@@ -411,6 +483,38 @@ impl LocationRegistry {
         kind: Option<&str>,
     ) -> Result<Page<Location>> {
         self.catalog.list_locations(page_size, after, kind).await
+    }
+
+    /// Renames a location or replaces its options, atomically. See the API for the rules.
+    pub async fn update(&self, update: LocationUpdate) -> Result<Location> {
+        let current = self.get(&update.location).await?;
+        if let Some(options) = &update.options {
+            if options.kind() != current.options.kind() {
+                return Err(Error::invalid(
+                    options.kind(),
+                    format!(
+                        "location {} is of kind {}; its kind cannot change",
+                        current.name,
+                        current.options.kind()
+                    ),
+                ));
+            }
+        }
+        let moves_data = update
+            .options
+            .as_ref()
+            .is_some_and(|options| options.data_place() != current.options.data_place());
+        let mut updated = current.clone();
+        if let Some(name) = update.name {
+            updated.name = name;
+        }
+        if let Some(options) = update.options {
+            updated.options = options;
+        }
+        updated.update_time = SystemTime::now();
+        self.catalog.update_location(&updated, moves_data).await?;
+        tracing::info!(location = %updated.name, "updated location");
+        Ok(updated)
     }
 
     /// Removes a location from the catalog (and the catalog's records of its backups); storage
@@ -485,4 +589,121 @@ mod tests {
         assert!(SecretRef::parse("s3.access_key_id", SecretRef::Env("1X".into())).is_err());
         assert!(SecretRef::parse("s3.access_key_id", SecretRef::File("x".into())).is_err());
     }
+}
+
+/// Makes every node of `cluster` write, read, list and delete a probe object in `location`, all
+/// nodes at once; each node's result says which steps worked. Probe objects live under
+/// `coffer-probe/` and are named for the node and the check, so checks never collide with each
+/// other or with backups.
+pub async fn check_location(
+    agents: &crate::agents::AgentClients,
+    cluster: &crate::model::Cluster,
+    location: &Location,
+) -> Vec<NodeLocationCheck> {
+    use futures::StreamExt;
+
+    let check_id = Uuid::now_v7();
+    futures::stream::iter(cluster.nodes.iter().cloned())
+        .map(|node| async move {
+            let node_id = node.info.node_id;
+            let address = node.spec.address.clone();
+            let mut result = NodeLocationCheck {
+                node_id,
+                address: address.clone(),
+                error: String::new(),
+                write: CheckStep::Skipped,
+                read: CheckStep::Skipped,
+                list: CheckStep::Skipped,
+                delete: CheckStep::Skipped,
+            };
+            let mut client = match agents.client(&address) {
+                Ok(client) => client,
+                Err(error) => {
+                    result.error = error.to_string();
+                    return result;
+                }
+            };
+            let storage = location.storage();
+            let folder = "coffer-probe/".to_string();
+            let path = format!("{folder}{node_id}-{check_id}");
+            let content =
+                format!("coffer location check {check_id} from node {node_id}\n").into_bytes();
+            let failed = |status: tonic::Status| {
+                CheckStep::Failed(crate::agents::call_error(&address, &status).reason)
+            };
+
+            let started = std::time::Instant::now();
+            let written = client
+                .put_object(agent::PutObjectRequest {
+                    location: Some(storage.clone()),
+                    path: path.clone(),
+                    content: content.clone(),
+                })
+                .await;
+            result.write = match written {
+                Ok(_) => CheckStep::Ok(started.elapsed()),
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && status.message().contains("connect") =>
+                {
+                    result.error = crate::agents::call_error(&address, &status).to_string();
+                    return result;
+                }
+                Err(status) => {
+                    return NodeLocationCheck {
+                        write: failed(status),
+                        ..result
+                    };
+                }
+            };
+
+            let started = std::time::Instant::now();
+            result.read = match client
+                .get_object(agent::GetObjectRequest {
+                    location: Some(storage.clone()),
+                    path: path.clone(),
+                })
+                .await
+            {
+                Ok(response) if response.get_ref().content == content => {
+                    CheckStep::Ok(started.elapsed())
+                }
+                Ok(_) => {
+                    CheckStep::Failed("the probe read back differs from what was written".into())
+                }
+                Err(status) => failed(status),
+            };
+
+            let started = std::time::Instant::now();
+            result.list = match client
+                .list_objects(agent::ListObjectsRequest {
+                    location: Some(storage.clone()),
+                    prefix: folder.clone(),
+                    recursive: false,
+                })
+                .await
+            {
+                Ok(response) if response.get_ref().paths.iter().any(|p| p.ends_with(&path)) => {
+                    CheckStep::Ok(started.elapsed())
+                }
+                Ok(_) => CheckStep::Failed("the probe was written but is not listed".into()),
+                Err(status) => failed(status),
+            };
+
+            let started = std::time::Instant::now();
+            result.delete = match client
+                .delete_object(agent::DeleteObjectRequest {
+                    location: Some(storage),
+                    path,
+                })
+                .await
+            {
+                Ok(_) => CheckStep::Ok(started.elapsed()),
+                Err(status) => failed(status),
+            };
+            result
+        })
+        .buffered(agents.options().parallelism.max(1))
+        .collect()
+        .await
 }

@@ -90,6 +90,62 @@ impl Catalog {
         })
     }
 
+    /// Writes a location's new name and options, unless a run uses it, or (when `moves_data`)
+    /// backups stored there are in the catalog. ALREADY_EXISTS when the new name is taken.
+    pub async fn update_location(&self, location: &Location, moves_data: bool) -> Result<()> {
+        let options = serde_json::to_string(&location.options)
+            .map_err(|error| Error::internal("encode location options", error))?;
+        let mut tx = self.begin_write().await?;
+        let id = location.id.to_string();
+        let active: Option<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM runs WHERE location_id = ? AND state IN {} LIMIT 1",
+            super::ACTIVE_RUN_STATES
+        )))
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|error| database_error("look up runs of location", error))?
+        .map(|row| row.get(0));
+        if let Some(run) = active {
+            return Err(Error::FailedPrecondition(format!(
+                "location {} is used by active run {run}; change it once the run ends",
+                location.name
+            )));
+        }
+        if moves_data {
+            let backups: i64 = sqlx::query("SELECT count(*) FROM backups WHERE location_id = ?")
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|error| database_error("count backups of location", error))?
+                .get(0);
+            if backups > 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "location {} holds {backups} backup(s): its path, bucket, container, account \
+                     or prefix cannot change (create a new location instead)",
+                    location.name
+                )));
+            }
+        }
+        sqlx::query("UPDATE locations SET name = ?, options = ?, update_time_ms = ? WHERE id = ?")
+            .bind(location.name.as_str())
+            .bind(options)
+            .bind(millis(location.update_time))
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|error| match write_error("update location", error) {
+                Error::AlreadyExists(_) => Error::AlreadyExists(format!(
+                    "a location named {:?} exists already",
+                    location.name.as_str()
+                )),
+                other => other,
+            })?;
+        tx.commit()
+            .await
+            .map_err(|error| database_error("commit location update", error))
+    }
+
     /// Deletes a location and the catalog's records of its backups, unless a run uses it.
     pub async fn delete_location(&self, location_id: Uuid, reference: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;

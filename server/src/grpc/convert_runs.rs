@@ -67,48 +67,133 @@ fn secret_out(secret: &Option<SecretRef>) -> Option<proto::SecretRef> {
     })
 }
 
+/// Validates the kind-specific options of a create or update request.
+fn location_options(
+    options: Option<proto::create_location_request::Options>,
+) -> Result<LocationOptions> {
+    use proto::create_location_request::Options;
+    let options = match options {
+        None => {
+            return Err(Error::invalid(
+                "options",
+                "give the options of one kind: fs, s3, azblob or gcs",
+            ));
+        }
+        Some(Options::Fs(fs)) => LocationOptions::Fs { path: fs.path },
+        Some(Options::S3(s3)) => LocationOptions::S3 {
+            bucket: s3.bucket,
+            region: s3.region,
+            endpoint: s3.endpoint,
+            prefix: s3.prefix,
+            force_path_style: s3.force_path_style,
+            access_key_id: secret("s3.access_key_id", s3.access_key_id)?,
+            secret_access_key: secret("s3.secret_access_key", s3.secret_access_key)?,
+            session_token: secret("s3.session_token", s3.session_token)?,
+        },
+        Some(Options::Azblob(az)) => LocationOptions::Azblob {
+            container: az.container,
+            endpoint: az.endpoint,
+            account_name: az.account_name,
+            prefix: az.prefix,
+            account_key: secret("azblob.account_key", az.account_key)?,
+            sas_token: secret("azblob.sas_token", az.sas_token)?,
+        },
+        Some(Options::Gcs(gcs)) => LocationOptions::Gcs {
+            bucket: gcs.bucket,
+            endpoint: gcs.endpoint,
+            prefix: gcs.prefix,
+            credential: secret("gcs.credential", gcs.credential)?,
+            anonymous: gcs.anonymous,
+        },
+    };
+    options.validate(options.kind())?;
+    Ok(options)
+}
+
 impl TryFrom<proto::CreateLocationRequest> for NewLocation {
     type Error = Error;
 
     fn try_from(request: proto::CreateLocationRequest) -> Result<Self> {
         let name = Name::parse("name", &request.name)?;
-        use proto::create_location_request::Options;
-        let options = match request.options {
-            None => {
-                return Err(Error::invalid(
-                    "options",
-                    "give the options of one kind: fs, s3, azblob or gcs",
-                ));
-            }
-            Some(Options::Fs(fs)) => LocationOptions::Fs { path: fs.path },
-            Some(Options::S3(s3)) => LocationOptions::S3 {
-                bucket: s3.bucket,
-                region: s3.region,
-                endpoint: s3.endpoint,
-                prefix: s3.prefix,
-                force_path_style: s3.force_path_style,
-                access_key_id: secret("s3.access_key_id", s3.access_key_id)?,
-                secret_access_key: secret("s3.secret_access_key", s3.secret_access_key)?,
-                session_token: secret("s3.session_token", s3.session_token)?,
-            },
-            Some(Options::Azblob(az)) => LocationOptions::Azblob {
-                container: az.container,
-                endpoint: az.endpoint,
-                account_name: az.account_name,
-                prefix: az.prefix,
-                account_key: secret("azblob.account_key", az.account_key)?,
-                sas_token: secret("azblob.sas_token", az.sas_token)?,
-            },
-            Some(Options::Gcs(gcs)) => LocationOptions::Gcs {
-                bucket: gcs.bucket,
-                endpoint: gcs.endpoint,
-                prefix: gcs.prefix,
-                credential: secret("gcs.credential", gcs.credential)?,
-                anonymous: gcs.anonymous,
-            },
-        };
-        options.validate(options.kind())?;
+        let options = location_options(request.options)?;
         Ok(Self { name, options })
+    }
+}
+
+impl TryFrom<proto::UpdateLocationRequest> for crate::locations::LocationUpdate {
+    type Error = Error;
+
+    fn try_from(request: proto::UpdateLocationRequest) -> Result<Self> {
+        use proto::create_location_request::Options as Create;
+        use proto::update_location_request::Options as Update;
+        if request.location.is_empty() {
+            return Err(Error::invalid(
+                "location",
+                "is required (a location name or id)",
+            ));
+        }
+        let name = request
+            .name
+            .as_deref()
+            .map(|name| Name::parse("name", name))
+            .transpose()?;
+        let options = request
+            .options
+            .map(|options| {
+                location_options(Some(match options {
+                    Update::Fs(fs) => Create::Fs(fs),
+                    Update::S3(s3) => Create::S3(s3),
+                    Update::Azblob(azblob) => Create::Azblob(azblob),
+                    Update::Gcs(gcs) => Create::Gcs(gcs),
+                }))
+            })
+            .transpose()?;
+        if name.is_none() && options.is_none() {
+            return Err(Error::invalid(
+                "name",
+                "nothing to change: give a new name or new options",
+            ));
+        }
+        Ok(Self {
+            location: request.location,
+            name,
+            options,
+        })
+    }
+}
+
+fn check_step(step: crate::locations::CheckStep) -> Option<proto::LocationCheckStep> {
+    use crate::locations::CheckStep;
+    Some(match step {
+        CheckStep::Ok(latency) => proto::LocationCheckStep {
+            status: proto::LocationCheckStatus::Ok.into(),
+            error_message: String::new(),
+            latency: duration(latency),
+        },
+        CheckStep::Failed(message) => proto::LocationCheckStep {
+            status: proto::LocationCheckStatus::Failed.into(),
+            error_message: message,
+            latency: None,
+        },
+        CheckStep::Skipped => proto::LocationCheckStep {
+            status: proto::LocationCheckStatus::Skipped.into(),
+            error_message: String::new(),
+            latency: None,
+        },
+    })
+}
+
+impl From<crate::locations::NodeLocationCheck> for proto::LocationNodeCheck {
+    fn from(check: crate::locations::NodeLocationCheck) -> Self {
+        Self {
+            node_id: check.node_id.to_string(),
+            address: check.address.to_string(),
+            error_message: check.error,
+            write: check_step(check.write),
+            read: check_step(check.read),
+            list: check_step(check.list),
+            delete: check_step(check.delete),
+        }
     }
 }
 

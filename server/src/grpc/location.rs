@@ -5,20 +5,34 @@ use coffer_proto::v1::location_service_server::LocationService;
 use tonic::{Request, Response, Status};
 
 use super::convert_runs::location_kind;
-use super::unimplemented::not_yet;
-use crate::locations::{LocationRegistry, NewLocation};
+use crate::agents::AgentClients;
+use crate::clusters::ClusterRegistry;
+use crate::error::Error;
+use crate::locations::{
+    LocationRegistry, LocationUpdate, NewLocation, NodeLocationCheck, check_location,
+};
 use crate::model::{self, ClusterPageToken};
 
 /// Implements `coffer.v1.LocationService`.
 #[derive(Debug, Clone)]
 pub struct LocationHandler {
     locations: LocationRegistry,
+    clusters: ClusterRegistry,
+    agents: std::sync::Arc<AgentClients>,
 }
 
 impl LocationHandler {
-    /// A handler delegating to `locations`.
-    pub fn new(locations: LocationRegistry) -> Self {
-        Self { locations }
+    /// A handler delegating to `locations`, checking through the agents of `clusters`.
+    pub fn new(
+        locations: LocationRegistry,
+        clusters: ClusterRegistry,
+        agents: std::sync::Arc<AgentClients>,
+    ) -> Self {
+        Self {
+            locations,
+            clusters,
+            agents,
+        }
     }
 }
 
@@ -63,9 +77,13 @@ impl LocationService for LocationHandler {
 
     async fn update_location(
         &self,
-        _request: Request<proto::UpdateLocationRequest>,
+        request: Request<proto::UpdateLocationRequest>,
     ) -> Result<Response<proto::UpdateLocationResponse>, Status> {
-        Err(not_yet("coffer.v1.LocationService/UpdateLocation"))
+        let update = LocationUpdate::try_from(request.into_inner())?;
+        let location = self.locations.update(update).await?;
+        Ok(Response::new(proto::UpdateLocationResponse {
+            location: Some(location.into()),
+        }))
     }
 
     async fn delete_location(
@@ -80,8 +98,23 @@ impl LocationService for LocationHandler {
 
     async fn check_location(
         &self,
-        _request: Request<proto::CheckLocationRequest>,
+        request: Request<proto::CheckLocationRequest>,
     ) -> Result<Response<proto::CheckLocationResponse>, Status> {
-        Err(not_yet("coffer.v1.LocationService/CheckLocation"))
+        let request = request.into_inner();
+        if request.cluster.is_empty() {
+            return Err(
+                Error::invalid("cluster", "is required (the cluster whose agents check)").into(),
+            );
+        }
+        let location = self.locations.get(&request.location).await?;
+        let cluster = self.clusters.get(&request.cluster).await?;
+        let checks = check_location(&self.agents, &cluster, &location).await;
+        let ok = checks.iter().all(NodeLocationCheck::ok);
+        Ok(Response::new(proto::CheckLocationResponse {
+            location: Some(location.into()),
+            cluster_id: cluster.id.to_string(),
+            nodes: checks.into_iter().map(Into::into).collect(),
+            ok,
+        }))
     }
 }

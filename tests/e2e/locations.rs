@@ -1,0 +1,160 @@
+//! Locations: create, rename, change options under the rules, check from every agent, delete.
+
+use coffer_client::proto;
+use coffer_tests::{TestAgent, TestServer, create_fs_location, watch_to_end};
+use tonic::Code;
+
+use crate::{node, register};
+
+fn fs(path: &std::path::Path) -> proto::update_location_request::Options {
+    proto::update_location_request::Options::Fs(proto::FsLocationOptions {
+        path: path.display().to_string(),
+    })
+}
+
+#[tokio::test]
+async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (a, b) = tokio::join!(TestAgent::start(root.path(), "a"), TestAgent::start(root.path(), "b"));
+    std::fs::write(a.data.join("file"), b"content").expect("write");
+    let server = TestServer::start(root.path()).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("pair", vec![node(&a), node(&b)]))
+        .await
+        .expect("register");
+    let store = root.path().join("store");
+    create_fs_location(&client, "local", &store).await;
+
+    // Every agent writes, reads, lists and deletes its probe.
+    let check = |location: &str| proto::CheckLocationRequest {
+        location: location.into(),
+        cluster: "pair".into(),
+    };
+    let checked = client
+        .locations()
+        .check_location(check("local"))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(checked.ok, "{checked:?}");
+    assert_eq!(checked.nodes.len(), 2);
+    for node in &checked.nodes {
+        for step in [&node.write, &node.read, &node.list, &node.delete] {
+            assert_eq!(step.as_ref().expect("step").status(), proto::LocationCheckStatus::Ok);
+        }
+    }
+    let probes = coffer_tests::tree(&store.join("coffer-probe"));
+    assert!(probes.is_empty(), "probes are deleted: {probes:?}");
+
+    // A location whose folder cannot be created fails at the write step, with the reason.
+    std::fs::write(root.path().join("blocker"), b"a file").expect("write");
+    create_fs_location(&client, "blocked", &root.path().join("blocker/store")).await;
+    let checked = client
+        .locations()
+        .check_location(check("blocked"))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!checked.ok);
+    let write = checked.nodes[0].write.as_ref().expect("write step");
+    assert_eq!(write.status(), proto::LocationCheckStatus::Failed);
+    assert!(!write.error_message.is_empty());
+    assert_eq!(
+        checked.nodes[0].read.as_ref().expect("read step").status(),
+        proto::LocationCheckStatus::Skipped
+    );
+
+    // Rename, and move while nothing is stored there.
+    let moved = root.path().join("moved");
+    let renamed = client
+        .locations()
+        .update_location(proto::UpdateLocationRequest {
+            location: "local".into(),
+            name: Some("main".into()),
+            options: Some(fs(&moved)),
+        })
+        .await
+        .expect("rename and move")
+        .into_inner()
+        .location
+        .expect("location");
+    assert_eq!(renamed.name, "main");
+
+    // Once a backup is stored there, the data cannot move, and the kind never changes.
+    let run_id = client
+        .backups()
+        .start_backup(proto::StartBackupRequest {
+            cluster: "pair".into(),
+            backup: Some(proto::BackupSpec {
+                location: "main".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("backup")
+        .into_inner()
+        .run_id;
+    let run = watch_to_end(&client, &run_id).await.pop().expect("final");
+    assert_eq!(run.state(), proto::RunState::Succeeded, "{}", run.error_message);
+    let status = client
+        .locations()
+        .update_location(proto::UpdateLocationRequest {
+            location: "main".into(),
+            name: None,
+            options: Some(fs(&root.path().join("elsewhere"))),
+        })
+        .await
+        .expect_err("data would move");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    let status = client
+        .locations()
+        .update_location(proto::UpdateLocationRequest {
+            location: "main".into(),
+            name: None,
+            options: Some(proto::update_location_request::Options::S3(proto::S3LocationOptions {
+                bucket: "b".into(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .expect_err("kind would change");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    let status = client
+        .locations()
+        .update_location(proto::UpdateLocationRequest {
+            location: "main".into(),
+            name: Some("blocked".into()),
+            options: None,
+        })
+        .await
+        .expect_err("name taken");
+    assert_eq!(status.code(), Code::AlreadyExists);
+    let status = client
+        .locations()
+        .check_location(proto::CheckLocationRequest {
+            location: "main".into(),
+            cluster: "nope".into(),
+        })
+        .await
+        .expect_err("unknown cluster");
+    assert_eq!(status.code(), Code::NotFound);
+
+    // Deleting the location forgets its backups (storage keeps them).
+    client
+        .locations()
+        .delete_location(proto::DeleteLocationRequest { location: "main".into() })
+        .await
+        .expect("delete");
+    let backups = client
+        .backups()
+        .list_backups(proto::ListBackupsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .backups;
+    assert!(backups.is_empty());
+    assert!(coffer_tests::tree(&moved).keys().any(|path| path.ends_with("backup.json")));
+}
