@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Backup throughput benchmark: Coffer (FULL and INCREMENTAL) side by side with rclone.
+"""Backup and restore throughput benchmark: Coffer (FULL, INCREMENTAL, restore) side by side with rclone.
 
 Run by hand from anywhere (Python 3.11, standard library only):
 
@@ -19,6 +19,11 @@ What it does:
                     (fs) or a fresh prefix of the same SeaweedFS bucket (s3);
         full        a FULL backup, StartBackup -> run SUCCEEDED;
         incremental an INCREMENTAL backup after 1% of the files (by count) of each node changed;
+        restore     the data folders emptied, the FULL backup restored onto the same nodes,
+                    StartRestore -> run SUCCEEDED, then the restored trees checked against the
+                    data set (untimed); they are the data set from then on;
+        rclone-down `rclone copy --transfers 8` of rclone's upload back into fresh folders on the
+                    data set's disk, one rclone per node in parallel, then the same check;
      agents are restarted (same state dir, same port) before each Coffer measurement, so the
      VmHWM read from /proc after the run is the peak of that run alone;
   4. prints a table, the targets (PASS/MISS) and a diagnosis (per-node phase timeline, CPU and I/O
@@ -1595,6 +1600,10 @@ class Bench:
                 if not r:
                     continue
                 extra = f" (client saw {r['client_wall_s']:.2f} s)" if "client_wall_s" in r else ""
+                st = r.get("server_times") or {}
+                c, s0, f = (parse_ts(st.get(k)) for k in ("createTime", "startTime", "finishTime"))
+                if c and s0 and f:
+                    extra += f"; queued {s0 - c:.2f} s, then running {f - s0:.2f} s"
                 p(f"  [{name}] {key}: wall {r['wall_s']:.2f} s{extra}")
                 for aname, al in sorted(r.get("agent_log", {}).items()):
                     ms = "  ".join(f"{k.replace('_', ' ')} {al[k]:.2f}" for k in

@@ -444,3 +444,237 @@ impl Drop for SeaweedFs {
         let _ = self.child.wait();
     }
 }
+
+/// Sends one HTTP/1.1 request (`Connection: close`) to a loopback port; returns the status code,
+/// or `None` when nothing answers yet.
+async fn http_status(port: u16, request: &str) -> Option<u16> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).await.ok()?;
+    answer.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A loopback port that was free a moment ago, for emulators that cannot take a bound listener
+/// (another process could take it in between: start-up then fails with the emulator's log).
+fn released_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The last lines of an emulator's log.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Polls `ready` every 100 ms until it says yes, failing with the log when the emulator exits
+/// or 60 s pass.
+async fn wait_until_ready<F, Fut>(child: &mut std::process::Child, log: &Path, what: &str, ready: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited ({status}); log:\n{}", log_tail(log));
+        }
+        if ready().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not get ready; log:\n{}",
+            log_tail(log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A running Azurite blob service on loopback, with one container, stopped when dropped.
+///
+/// The container is created here, by the test, as an Azure operator creates theirs: Coffer
+/// never creates containers (a location's container must exist, see `AzblobLocationOptions`).
+#[derive(Debug)]
+pub struct Azurite {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT/devstoreaccount1`.
+    pub endpoint: String,
+    /// The well-known emulator account.
+    pub account_name: String,
+    /// Its well-known key (base64).
+    pub account_key: String,
+    /// A container that exists.
+    pub container: String,
+}
+
+impl Azurite {
+    /// The account of every Azurite, with its published key.
+    pub const ACCOUNT: &str = "devstoreaccount1";
+    /// The published key of [`Azurite::ACCOUNT`].
+    pub const KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    /// Starts `azurite-blob` with its data under `dir` and creates the container `coffer`.
+    pub async fn start(dir: &Path) -> Self {
+        let port = released_port();
+        let data = dir.join("azurite-data");
+        std::fs::create_dir_all(&data).expect("azurite data dir");
+        let log = dir.join("azurite.log");
+        let log_file = std::fs::File::create(&log).expect("azurite log");
+        let mut child = std::process::Command::new(tool("azurite-blob"))
+            .args(["--blobHost", "127.0.0.1", "--blobPort"])
+            .arg(port.to_string())
+            .arg("--location")
+            .arg(&data)
+            .args([
+                "--silent",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start azurite-blob");
+        let container = "coffer".to_string();
+        // Ready once the container is created (201) or found (409 on a second try).
+        let create = || async {
+            let request = Self::create_container_request(port, "coffer");
+            matches!(http_status(port, &request).await, Some(201 | 409))
+        };
+        wait_until_ready(&mut child, &log, "azurite-blob", create).await;
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}/{}", Self::ACCOUNT),
+            account_name: Self::ACCOUNT.to_string(),
+            account_key: Self::KEY.to_string(),
+            container,
+        }
+    }
+
+    /// A Create Container request signed with the account key (Shared Key authorization).
+    fn create_container_request(port: u16, container: &str) -> String {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let account = Self::ACCOUNT;
+        let version = "2021-08-06";
+        let date = httpdate(std::time::SystemTime::now());
+        // Path-style emulator URLs put the account in the path, so it appears twice.
+        let string_to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n\
+             /{account}/{account}/{container}\nrestype:container"
+        );
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(Self::KEY)
+            .expect("account key is base64");
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("hmac key");
+        mac.update(string_to_sign.as_bytes());
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        format!(
+            "PUT /{account}/{container}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             x-ms-date: {date}\r\nx-ms-version: {version}\r\n\
+             Authorization: SharedKey {account}:{signature}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        )
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP date (RFC 7231 IMF-fixdate) of `time`.
+fn httpdate(time: std::time::SystemTime) -> String {
+    let seconds = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let month_name = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(month - 1) as usize];
+    format!(
+        "{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} GMT",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// A running fake-gcs-server on loopback (plain HTTP, filesystem backend), with one bucket,
+/// stopped when dropped.
+#[derive(Debug)]
+pub struct FakeGcs {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// A bucket that exists.
+    pub bucket: String,
+}
+
+impl FakeGcs {
+    /// Starts fake-gcs-server with its data under `dir` and the bucket `coffer` (a folder of its
+    /// preload directory).
+    pub async fn start(dir: &Path) -> Self {
+        let port = released_port();
+        let bucket = "coffer".to_string();
+        let preload = dir.join("fake-gcs/preload");
+        std::fs::create_dir_all(preload.join(&bucket)).expect("preload bucket dir");
+        let store = dir.join("fake-gcs/store");
+        let log = dir.join("fake-gcs.log");
+        let log_file = std::fs::File::create(&log).expect("fake-gcs log");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut child = std::process::Command::new(tool("fake-gcs-server"))
+            .args(["-scheme", "http", "-host", "127.0.0.1", "-port"])
+            .arg(port.to_string())
+            .args(["-backend", "filesystem", "-filesystem-root"])
+            .arg(&store)
+            .arg("-data")
+            .arg(&preload)
+            .args(["-external-url", &endpoint, "-log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start fake-gcs-server");
+        let request = format!(
+            "GET /storage/v1/b/{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        );
+        let ready = || async { http_status(port, &request).await == Some(200) };
+        wait_until_ready(&mut child, &log, "fake-gcs-server", ready).await;
+        Self {
+            child,
+            endpoint,
+            bucket,
+        }
+    }
+}
+
+impl Drop for FakeGcs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

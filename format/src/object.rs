@@ -389,9 +389,11 @@ pub struct UploadOptions {
     pub chunk_size: usize,
     /// Chunks of one object written at the same time; 2 by default.
     pub concurrent: usize,
-    /// Whether to write in chunks at all. `false` writes an object in one request, as fake-gcs-server
-    /// needs (see [`BackendQuirks`](crate::storage::BackendQuirks)); memory then grows with the
-    /// object, so keep it for emulators.
+    /// Whether to write in chunks (multipart, block list) at all. `false` writes an object as
+    /// one conditional (`if_not_exists`) write, which on GCS is a single resumable upload
+    /// session: what fake-gcs-server needs (see [`BackendQuirks`](crate::storage::BackendQuirks)
+    /// and [`UploadOptions::for_quirks`]). Parts are then sent one after the other, so keep it
+    /// for emulators.
     pub chunked: bool,
     /// zstd level; 1 by default (fast: about 400 MiB/s on text on one core).
     pub compression_level: i32,
@@ -410,6 +412,17 @@ impl Default for UploadOptions {
             compression_level: 1,
             max_compressed_ratio: 0.9,
             rate_limiter: None,
+        }
+    }
+}
+
+impl UploadOptions {
+    /// The default options, adjusted to a backend's quirks (a location's
+    /// [`StorageConfig::quirks`](crate::storage::StorageConfig::quirks)).
+    pub fn for_quirks(quirks: crate::storage::BackendQuirks) -> Self {
+        Self {
+            chunked: quirks.chunked_writes,
+            ..Self::default()
         }
     }
 }
@@ -521,7 +534,11 @@ pub async fn upload_file(
             .concurrent(options.concurrent.max(1))
             .await
     } else {
-        op.writer(object_path).await
+        // A conditional write: on GCS (and fake-gcs-server) it is one resumable upload session,
+        // the only streaming write fake-gcs-server accepts; a plain writer given more than one
+        // buffer starts an XML multipart upload, which it refuses. The condition costs nothing:
+        // objects are content-addressed, so an object already at this path is this content.
+        op.writer_with(object_path).if_not_exists(true).await
     };
     let mut writer = match writer {
         Ok(writer) => writer,
@@ -565,6 +582,17 @@ pub async fn upload_file(
                     compressed,
                     read_bytes: summary.read_bytes,
                 }),
+                // Another writer (a node with the same file) stored the same content first.
+                Err(cause)
+                    if !options.chunked
+                        && cause.kind() == opendal::ErrorKind::ConditionNotMatch =>
+                {
+                    Ok(UploadOutcome {
+                        stored_bytes,
+                        compressed,
+                        read_bytes: summary.read_bytes,
+                    })
+                }
                 Err(cause) => Err(StorageError::backend(op, "write", object_path, cause).into()),
             };
         }

@@ -298,6 +298,7 @@ impl AgentService for AgentHandler {
             dry_run: request.dry_run,
             journal: self.agent.journal().clone(),
             temp_dir,
+            quirks: config.quirks(),
         };
         let (sender, receiver) =
             tokio::sync::mpsc::channel::<Result<proto::UploadSnapshotResponse, Status>>(16);

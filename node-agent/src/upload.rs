@@ -21,6 +21,7 @@ use coffer_format::object::{
     RateLimiter, UploadError, UploadOptions, hash_file, object_exists, read_small_file,
     upload_bytes, upload_file,
 };
+use coffer_format::storage::BackendQuirks;
 use coffer_format::{ClusterLayout, ContentHash, StorageError};
 use coffer_proto::agent::v1 as proto;
 use futures::StreamExt;
@@ -81,6 +82,8 @@ pub struct UploadJob {
     pub journal: Journal,
     /// Where the manifest writer spills.
     pub temp_dir: PathBuf,
+    /// How the location's backend departs from the service it emulates (chunked writes).
+    pub quirks: BackendQuirks,
 }
 
 /// Why an upload failed; the message names the file or the location.
@@ -184,7 +187,7 @@ pub async fn run(
     }
     let options = UploadOptions {
         rate_limiter: job.limiter.clone(),
-        ..UploadOptions::default()
+        ..UploadOptions::for_quirks(job.quirks)
     };
     let shared = Arc::new(Shared {
         layout: ClusterLayout::new(job.cluster_id),

@@ -488,17 +488,17 @@ impl LocationRegistry {
     /// Renames a location or replaces its options, atomically. See the API for the rules.
     pub async fn update(&self, update: LocationUpdate) -> Result<Location> {
         let current = self.get(&update.location).await?;
-        if let Some(options) = &update.options {
-            if options.kind() != current.options.kind() {
-                return Err(Error::invalid(
-                    options.kind(),
-                    format!(
-                        "location {} is of kind {}; its kind cannot change",
-                        current.name,
-                        current.options.kind()
-                    ),
-                ));
-            }
+        if let Some(options) = &update.options
+            && options.kind() != current.options.kind()
+        {
+            return Err(Error::invalid(
+                options.kind(),
+                format!(
+                    "location {} is of kind {}; its kind cannot change",
+                    current.name,
+                    current.options.kind()
+                ),
+            ));
         }
         let moves_data = update
             .options
@@ -524,70 +524,6 @@ impl LocationRegistry {
         self.catalog.delete_location(location.id, reference).await?;
         tracing::info!(location = %location.name, "deleted location");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn location(options: LocationOptions) -> Location {
-        Location {
-            id: Uuid::nil(),
-            name: Name::parse("name", "main").expect("name"),
-            options,
-            create_time: SystemTime::UNIX_EPOCH,
-            update_time: SystemTime::UNIX_EPOCH,
-        }
-    }
-
-    #[test]
-    fn s3_options_become_opendal_settings_without_secret_values() {
-        let storage = location(LocationOptions::S3 {
-            bucket: "backups".into(),
-            region: String::new(),
-            endpoint: "http://127.0.0.1:8333".into(),
-            prefix: "/team/db/".into(),
-            force_path_style: true,
-            access_key_id: Some(SecretRef::Env("AWS_KEY".into())),
-            secret_access_key: Some(SecretRef::File("/etc/coffer/secret".into())),
-            session_token: None,
-        })
-        .storage();
-        assert_eq!(storage.scheme, "s3");
-        assert_eq!(storage.options["bucket"], "backups");
-        assert_eq!(storage.options["region"], "us-east-1");
-        assert_eq!(storage.options["root"], "/team/db/");
-        assert!(!storage.options.contains_key("enable_virtual_host_style"));
-        assert_eq!(storage.secrets.len(), 2);
-        assert!(storage.options.values().all(|v| !v.contains("secret")));
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let bad = LocationOptions::Fs {
-            path: "relative".into(),
-        };
-        let error = bad.validate("fs").expect_err("relative");
-        assert!(error.to_string().starts_with("invalid fs.path"), "{error}");
-        let bad = LocationOptions::S3 {
-            bucket: String::new(),
-            region: String::new(),
-            endpoint: String::new(),
-            prefix: String::new(),
-            force_path_style: false,
-            access_key_id: None,
-            secret_access_key: None,
-            session_token: None,
-        };
-        assert!(
-            bad.validate("s3")
-                .expect_err("bucket")
-                .to_string()
-                .contains("s3.bucket")
-        );
-        assert!(SecretRef::parse("s3.access_key_id", SecretRef::Env("1X".into())).is_err());
-        assert!(SecretRef::parse("s3.access_key_id", SecretRef::File("x".into())).is_err());
     }
 }
 
@@ -706,4 +642,68 @@ pub async fn check_location(
         .buffered(agents.options().parallelism.max(1))
         .collect()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(options: LocationOptions) -> Location {
+        Location {
+            id: Uuid::nil(),
+            name: Name::parse("name", "main").expect("name"),
+            options,
+            create_time: SystemTime::UNIX_EPOCH,
+            update_time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn s3_options_become_opendal_settings_without_secret_values() {
+        let storage = location(LocationOptions::S3 {
+            bucket: "backups".into(),
+            region: String::new(),
+            endpoint: "http://127.0.0.1:8333".into(),
+            prefix: "/team/db/".into(),
+            force_path_style: true,
+            access_key_id: Some(SecretRef::Env("AWS_KEY".into())),
+            secret_access_key: Some(SecretRef::File("/etc/coffer/secret".into())),
+            session_token: None,
+        })
+        .storage();
+        assert_eq!(storage.scheme, "s3");
+        assert_eq!(storage.options["bucket"], "backups");
+        assert_eq!(storage.options["region"], "us-east-1");
+        assert_eq!(storage.options["root"], "/team/db/");
+        assert!(!storage.options.contains_key("enable_virtual_host_style"));
+        assert_eq!(storage.secrets.len(), 2);
+        assert!(storage.options.values().all(|v| !v.contains("secret")));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad = LocationOptions::Fs {
+            path: "relative".into(),
+        };
+        let error = bad.validate("fs").expect_err("relative");
+        assert!(error.to_string().starts_with("invalid fs.path"), "{error}");
+        let bad = LocationOptions::S3 {
+            bucket: String::new(),
+            region: String::new(),
+            endpoint: String::new(),
+            prefix: String::new(),
+            force_path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+        };
+        assert!(
+            bad.validate("s3")
+                .expect_err("bucket")
+                .to_string()
+                .contains("s3.bucket")
+        );
+        assert!(SecretRef::parse("s3.access_key_id", SecretRef::Env("1X".into())).is_err());
+        assert!(SecretRef::parse("s3.access_key_id", SecretRef::File("x".into())).is_err());
+    }
 }

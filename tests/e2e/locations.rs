@@ -15,7 +15,10 @@ fn fs(path: &std::path::Path) -> proto::update_location_request::Options {
 #[tokio::test]
 async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (a, b) = tokio::join!(TestAgent::start(root.path(), "a"), TestAgent::start(root.path(), "b"));
+    let (a, b) = tokio::join!(
+        TestAgent::start(root.path(), "a"),
+        TestAgent::start(root.path(), "b")
+    );
     std::fs::write(a.data.join("file"), b"content").expect("write");
     let server = TestServer::start(root.path()).await;
     let client = server.client().await;
@@ -42,7 +45,10 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
     assert_eq!(checked.nodes.len(), 2);
     for node in &checked.nodes {
         for step in [&node.write, &node.read, &node.list, &node.delete] {
-            assert_eq!(step.as_ref().expect("step").status(), proto::LocationCheckStatus::Ok);
+            assert_eq!(
+                step.as_ref().expect("step").status(),
+                proto::LocationCheckStatus::Ok
+            );
         }
     }
     let probes = coffer_tests::tree(&store.join("coffer-probe"));
@@ -98,7 +104,12 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
         .into_inner()
         .run_id;
     let run = watch_to_end(&client, &run_id).await.pop().expect("final");
-    assert_eq!(run.state(), proto::RunState::Succeeded, "{}", run.error_message);
+    assert_eq!(
+        run.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        run.error_message
+    );
     let status = client
         .locations()
         .update_location(proto::UpdateLocationRequest {
@@ -108,16 +119,23 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
         })
         .await
         .expect_err("data would move");
-    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "{}",
+        status.message()
+    );
     let status = client
         .locations()
         .update_location(proto::UpdateLocationRequest {
             location: "main".into(),
             name: None,
-            options: Some(proto::update_location_request::Options::S3(proto::S3LocationOptions {
-                bucket: "b".into(),
-                ..Default::default()
-            })),
+            options: Some(proto::update_location_request::Options::S3(
+                proto::S3LocationOptions {
+                    bucket: "b".into(),
+                    ..Default::default()
+                },
+            )),
         })
         .await
         .expect_err("kind would change");
@@ -145,7 +163,9 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
     // Deleting the location forgets its backups (storage keeps them).
     client
         .locations()
-        .delete_location(proto::DeleteLocationRequest { location: "main".into() })
+        .delete_location(proto::DeleteLocationRequest {
+            location: "main".into(),
+        })
         .await
         .expect("delete");
     let backups = client
@@ -156,5 +176,9 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
         .into_inner()
         .backups;
     assert!(backups.is_empty());
-    assert!(coffer_tests::tree(&moved).keys().any(|path| path.ends_with("backup.json")));
+    assert!(
+        coffer_tests::tree(&moved)
+            .keys()
+            .any(|path| path.ends_with("backup.json"))
+    );
 }

@@ -6,8 +6,11 @@ mod bad_input;
 mod clusters;
 mod cofferctl;
 mod dev_mode;
+mod locations;
+mod locations_cloud;
 mod reflection;
 mod restores;
+mod sdk_python;
 mod storage_s3;
 
 use coffer_client::proto;

@@ -180,3 +180,92 @@ async fn the_agent_serves_its_own_api_with_reflection() {
     assert_eq!(info["node"]["nodeId"], agent.node_id());
     assert_eq!(info["node"]["snapshotProvider"], "dir");
 }
+
+/// Calls `method` with the JSON `body` through grpcurl and reflection; panics unless it succeeds.
+async fn grpcurl_call(address: &str, method: &str, body: &serde_json::Value) -> String {
+    let body = body.to_string();
+    let (ok, stdout, stderr) = grpcurl(&[
+        "-plaintext",
+        "-max-time",
+        "120",
+        "-d",
+        &body,
+        address,
+        method,
+    ])
+    .await;
+    assert!(ok, "grpcurl {method} {body}: {stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn grpcurl_backs_up_a_cluster_and_watches_the_run_through_reflection_alone() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(root.path(), "a").await;
+    let server = TestServer::start(root.path()).await;
+    let address = server.process.host_port().to_string();
+    std::fs::write(agent.data.join("one.txt"), b"first file\n").expect("write file");
+    std::fs::write(agent.data.join("two.txt"), b"second file\n").expect("write file");
+    let location = root.path().join("backups");
+
+    let registered = grpcurl_call(
+        &address,
+        "coffer.v1.ClusterService/RegisterCluster",
+        &serde_json::json!({"name": "curl", "nodes": [{"address": agent.process.url}]}),
+    )
+    .await;
+    let registered: serde_json::Value = serde_json::from_str(&registered).expect("json");
+    assert_eq!(registered["cluster"]["nodes"][0]["id"], agent.node_id());
+
+    let created = grpcurl_call(
+        &address,
+        "coffer.v1.LocationService/CreateLocation",
+        &serde_json::json!({"name": "curl-fs", "fs": {"path": location.display().to_string()}}),
+    )
+    .await;
+    let created: serde_json::Value = serde_json::from_str(&created).expect("json");
+    assert_eq!(created["location"]["name"], "curl-fs");
+
+    let started = grpcurl_call(
+        &address,
+        "coffer.v1.BackupService/StartBackup",
+        &serde_json::json!({
+            "cluster": "curl",
+            "backup": {"kind": "BACKUP_KIND_FULL", "location": "curl-fs"},
+        }),
+    )
+    .await;
+    let started: serde_json::Value = serde_json::from_str(&started).expect("json");
+    let run_id = started["runId"].as_str().expect("runId").to_string();
+
+    // grpcurl prints each message of the stream as one JSON object; the last one is final.
+    let watched = grpcurl_call(
+        &address,
+        "coffer.v1.RunService/WatchRun",
+        &serde_json::json!({"runId": run_id}),
+    )
+    .await;
+    let messages: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&watched)
+        .into_iter::<serde_json::Value>()
+        .collect::<Result<_, _>>()
+        .expect("a JSON object per message");
+    let last = &messages.last().expect("at least one message")["run"];
+    assert_eq!(last["id"], run_id.as_str());
+    assert_eq!(last["state"], "RUN_STATE_SUCCEEDED", "{watched}");
+    assert!(last["finishTime"].is_string(), "{last}");
+    let backup_id = last["backupId"].as_str().expect("backupId").to_string();
+
+    let got = grpcurl_call(
+        &address,
+        "coffer.v1.BackupService/GetBackup",
+        &serde_json::json!({"backupId": backup_id}),
+    )
+    .await;
+    let got: serde_json::Value = serde_json::from_str(&got).expect("json");
+    assert_eq!(got["backup"]["id"], backup_id.as_str());
+    assert_eq!(got["backup"]["kind"], "BACKUP_KIND_FULL");
+    assert_eq!(got["backup"]["clusterName"], "curl");
+    // 64-bit integers are JSON strings in the proto3 JSON mapping.
+    assert_eq!(got["backup"]["totals"]["fileCount"], "2", "{got}");
+    assert_eq!(got["backup"]["totals"]["totalBytes"], "23", "{got}");
+}

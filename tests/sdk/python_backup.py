@@ -1,0 +1,98 @@
+"""A backup through a Python client generated from proto/, as a user of the API would write it.
+
+Generate the client first, then run this with the generated folder on PYTHONPATH:
+
+    python -m grpc_tools.protoc -I proto --python_out=OUT --grpc_python_out=OUT proto/coffer/v1/*.proto
+    PYTHONPATH=OUT python tests/sdk/python_backup.py SERVER AGENT LOCATION_DIR --expect-files N
+
+It registers a cluster with the one agent, creates a filesystem location at LOCATION_DIR, starts a
+full backup, follows RunService.WatchRun to the end (printing each state as `state RUN_STATE_...`),
+then reads the backup with GetBackup. It exits 0 only if the run SUCCEEDED and the backup holds
+the expected number of files. The end-to-end test tests/e2e/sdk_python.rs runs it.
+"""
+
+import argparse
+import sys
+
+import grpc
+
+from coffer.v1 import backup_pb2, backup_pb2_grpc
+from coffer.v1 import cluster_pb2, cluster_pb2_grpc
+from coffer.v1 import location_pb2, location_pb2_grpc
+from coffer.v1 import run_pb2, run_pb2_grpc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("server", help="the Coffer server, host:port")
+    parser.add_argument("agent", help="the node agent's address, host:port or http://host:port")
+    parser.add_argument("location", help="absolute path of the backup location's folder")
+    parser.add_argument("--expect-files", type=int, required=True, help="files the backup must hold")
+    parser.add_argument("--cluster", default="py-sdk", help="name of the cluster to register")
+    args = parser.parse_args()
+
+    with grpc.insecure_channel(args.server) as channel:
+        clusters = cluster_pb2_grpc.ClusterServiceStub(channel)
+        locations = location_pb2_grpc.LocationServiceStub(channel)
+        backups = backup_pb2_grpc.BackupServiceStub(channel)
+        runs = run_pb2_grpc.RunServiceStub(channel)
+
+        cluster = clusters.RegisterCluster(
+            cluster_pb2.RegisterClusterRequest(
+                name=args.cluster,
+                nodes=[cluster_pb2.NodeSpec(address=args.agent, datacenter="dc1")],
+            ),
+            timeout=30,
+        ).cluster
+        print(f"cluster {cluster.name} {cluster.id} nodes {len(cluster.nodes)}")
+
+        location = locations.CreateLocation(
+            location_pb2.CreateLocationRequest(
+                name=f"{args.cluster}-fs",
+                fs=location_pb2.FsLocationOptions(path=args.location),
+            ),
+            timeout=30,
+        ).location
+        print(f"location {location.name} {location.id}")
+
+        run_id = backups.StartBackup(
+            backup_pb2.StartBackupRequest(
+                cluster=cluster.id,
+                backup=backup_pb2.BackupSpec(
+                    kind=backup_pb2.BACKUP_KIND_FULL, location=location.id
+                ),
+            ),
+            timeout=30,
+        ).run_id
+        print(f"run {run_id}")
+
+        last = None
+        for message in runs.WatchRun(run_pb2.WatchRunRequest(run_id=run_id), timeout=120):
+            last = message.run
+            print(f"state {run_pb2.RunState.Name(last.state)}", flush=True)
+        if last is None:
+            print("error: WatchRun ended without a message", file=sys.stderr)
+            return 1
+        if last.state != run_pb2.RUN_STATE_SUCCEEDED:
+            print(f"error: run ended {run_pb2.RunState.Name(last.state)}: {last.error_message}",
+                  file=sys.stderr)
+            return 1
+
+        backup = backups.GetBackup(
+            backup_pb2.GetBackupRequest(backup_id=last.backup_id), timeout=30
+        ).backup
+        print(f"backup {backup.id} kind {backup_pb2.BackupKind.Name(backup.kind)} "
+              f"files {backup.totals.file_count} bytes {backup.totals.total_bytes}")
+        if backup.totals.file_count != args.expect_files:
+            print(f"error: backup holds {backup.totals.file_count} files, "
+                  f"expected {args.expect_files}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except grpc.RpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        sys.exit(1)
