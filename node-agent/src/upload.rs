@@ -153,7 +153,22 @@ struct Shared {
     /// Large files streamed at once. Each holds a few chunks in flight (about 28 MiB with the
     /// default 8 MiB chunks), so this, not the file concurrency, bounds the agent's memory.
     large_uploads: tokio::sync::Semaphore,
+    /// Objects the journal says the location holds, among the hashes of unchanged files: asked
+    /// once, in one query, rather than once per file.
+    journal_present: std::sync::OnceLock<std::collections::HashSet<ContentHash>>,
     options: UploadOptions,
+}
+
+impl Shared {
+    /// Whether the journal vouches that the location holds `hash` (incremental backups and
+    /// plans only: a full backup checks the location itself).
+    fn journal_vouches(&self, hash: &ContentHash) -> bool {
+        (self.job.incremental || self.job.dry_run)
+            && self
+                .journal_present
+                .get()
+                .is_some_and(|present| present.contains(hash))
+    }
 }
 
 /// Uploads the job's files and writes the node manifest, sending progress on `progress`.
@@ -195,6 +210,7 @@ pub async fn run(
         counters: Counters::default(),
         objects: Mutex::new(HashMap::new()),
         large_uploads: tokio::sync::Semaphore::new(LARGE_UPLOADS),
+        journal_present: std::sync::OnceLock::new(),
         options,
     });
     shared
@@ -221,6 +237,22 @@ pub async fn run(
     } else {
         vec![None; selected.len()]
     };
+    if shared.job.incremental || shared.job.dry_run {
+        let mut hashes: Vec<ContentHash> = known.iter().flatten().copied().collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        let answers = shared
+            .job
+            .journal
+            .objects_known(&shared.job.location_id, hashes.clone())
+            .await?;
+        let present = hashes
+            .into_iter()
+            .zip(answers)
+            .filter_map(|(hash, known)| known.then_some(hash))
+            .collect();
+        let _ = shared.journal_present.set(present);
+    }
 
     let phase = Arc::new(std::sync::Mutex::new(proto::UploadPhase::Uploading));
     let reporter = {
@@ -376,7 +408,7 @@ async fn process_file(
         // anything else would be read and (at most) uploaded.
         let present = match known {
             Some(hash) => {
-                job.journal.object_known(&job.location_id, &hash).await?
+                shared.journal_vouches(&hash)
                     || object_exists(&job.operator, &shared.layout.object(&hash))
                         .await
                         .map_err(|error| error.in_location(&job.location_name))?
@@ -472,8 +504,7 @@ async fn process_small_file(
     let stored = cell
         .get_or_try_init(|| async {
             let path = shared.layout.object(&hash);
-            let known =
-                job.incremental && job.journal.object_known(&job.location_id, &hash).await?;
+            let known = shared.journal_vouches(&hash);
             if known
                 || object_exists(&job.operator, &path)
                     .await
@@ -537,12 +568,7 @@ async fn ensure_object(
         .get_or_try_init(|| async {
             let job = &shared.job;
             let path = shared.layout.object(&hash);
-            let known = job.incremental
-                && job
-                    .journal
-                    .object_known(&job.location_id, &hash)
-                    .await
-                    .map_err(|error| EnsureError::Failed(error.into()))?;
+            let known = shared.journal_vouches(&hash);
             if known {
                 return Ok(true);
             }
