@@ -130,6 +130,32 @@ fn open(
     Ok((config, operator))
 }
 
+/// Forwards a long call's progress updates to its response stream until the work stops
+/// reporting; a client that went away (or stopped reading) cancels the work.
+async fn relay_progress<P, M>(
+    progress: &mut tokio::sync::mpsc::Receiver<P>,
+    sender: &tokio::sync::mpsc::Sender<Result<M, Status>>,
+    cancel: &CancellationToken,
+    message: impl Fn(P) -> M,
+) {
+    loop {
+        tokio::select! {
+            update = progress.recv() => match update {
+                Some(update) => {
+                    if sender.send(Ok(message(update))).await.is_err() {
+                        cancel.cancel();
+                    }
+                }
+                None => return,
+            },
+            () = sender.closed() => {
+                cancel.cancel();
+                return;
+            }
+        }
+    }
+}
+
 /// Checks a path relative to a location's root: no absolute paths, no `..`, no empty parts.
 fn object_path(path: &str) -> Result<&str, Status> {
     let valid = !path.is_empty()
@@ -308,25 +334,12 @@ impl AgentService for AgentHandler {
         tokio::spawn(async move {
             let work = tokio::spawn(upload::run(job, progress_sender, cancel.clone()));
             // Forward progress; a server that went away cancels the upload.
-            loop {
-                tokio::select! {
-                    update = progress.recv() => match update {
-                        Some(update) => {
-                            let message = proto::UploadSnapshotResponse {
-                                event: Some(proto::upload_snapshot_response::Event::Progress(update)),
-                            };
-                            if sender.send(Ok(message)).await.is_err() {
-                                cancel.cancel();
-                            }
-                        }
-                        None => break,
-                    },
-                    () = sender.closed() => {
-                        cancel.cancel();
-                        break;
-                    }
+            relay_progress(&mut progress, &sender, &cancel, |update| {
+                proto::UploadSnapshotResponse {
+                    event: Some(proto::upload_snapshot_response::Event::Progress(update)),
                 }
-            }
+            })
+            .await;
             let result = match work.await {
                 Ok(result) => result,
                 Err(error) => Err(UploadFailure::File(format!("upload task failed: {error}"))),
@@ -386,25 +399,12 @@ impl AgentService for AgentHandler {
                     restore::run(job, progress_sender, cancel.clone()).in_current_span(),
                 );
                 // Forward progress; a server that went away cancels the restore.
-                loop {
-                    tokio::select! {
-                        update = progress.recv() => match update {
-                            Some(update) => {
-                                let message = proto::RestoreNodeResponse {
-                                    event: Some(proto::restore_node_response::Event::Progress(update)),
-                                };
-                                if sender.send(Ok(message)).await.is_err() {
-                                    cancel.cancel();
-                                }
-                            }
-                            None => break,
-                        },
-                        () = sender.closed() => {
-                            cancel.cancel();
-                            break;
-                        }
+                relay_progress(&mut progress, &sender, &cancel, |update| {
+                    proto::RestoreNodeResponse {
+                        event: Some(proto::restore_node_response::Event::Progress(update)),
                     }
-                }
+                })
+                .await;
                 let result = match work.await {
                     Ok(result) => result,
                     Err(error) => Err(RestoreFailure::Local {
@@ -416,7 +416,11 @@ impl AgentService for AgentHandler {
                 let message = match result {
                     Ok(summary) => {
                         let placed = summary.progress.map_or(0, |p| p.files_placed);
-                        tracing::info!(placed, overwritten = summary.files_overwritten, "restore finished");
+                        tracing::info!(
+                            placed,
+                            overwritten = summary.files_overwritten,
+                            "restore finished"
+                        );
                         Ok(proto::RestoreNodeResponse {
                             event: Some(proto::restore_node_response::Event::Done(summary)),
                         })

@@ -415,7 +415,7 @@ async fn process_file(
             }
             None => false,
         };
-        finish(counters, file.size, present, 0);
+        finish(counters, file.size, present);
         return Ok(FileResult {
             entry: entry(&file, known.unwrap_or(ContentHash([0; 32]))),
             hashed: None,
@@ -448,7 +448,7 @@ async fn process_file(
         };
         match ensure_object(shared, &file, content_hash).await {
             Ok(uploaded) => {
-                finish(counters, file.size, !uploaded, 0);
+                finish(counters, file.size, !uploaded);
                 return Ok(FileResult {
                     entry: entry(&file, content_hash),
                     hashed: freshly_hashed.then(|| HashRecord {
@@ -535,7 +535,7 @@ async fn process_small_file(
     // The manifest records what was read: the size and hash of these bytes.
     let mut read = file.clone();
     read.size = size;
-    finish(&shared.counters, file.size, !uploaded_here, 0);
+    finish(&shared.counters, file.size, !uploaded_here);
     Ok(Some(FileResult {
         entry: entry(&read, hash),
         hashed: Some(HashRecord {
@@ -634,7 +634,7 @@ async fn ensure_object(
     }
 }
 
-fn finish(counters: &Counters, size: u64, skipped: bool, _read: u64) {
+fn finish(counters: &Counters, size: u64, skipped: bool) {
     counters.files_done.fetch_add(1, Ordering::Relaxed);
     counters.bytes_done.fetch_add(size, Ordering::Relaxed);
     if skipped {

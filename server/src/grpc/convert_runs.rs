@@ -308,6 +308,20 @@ fn backup_kind_out(kind: BackupKind) -> i32 {
     .into()
 }
 
+/// Validates an idempotency key (empty means none).
+fn idempotency_key(key: String) -> Result<Option<String>> {
+    if key.len() > backups::MAX_IDEMPOTENCY_KEY_LEN || key.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "idempotency_key",
+            format!(
+                "at most {} printable bytes",
+                backups::MAX_IDEMPOTENCY_KEY_LEN
+            ),
+        ));
+    }
+    Ok((!key.is_empty()).then_some(key))
+}
+
 /// Validates a path filter read from `field` (the globs compile).
 pub fn path_filter(field: &str, filter: Option<proto::PathFilter>) -> Result<PathFilter> {
     let filter = filter.unwrap_or_default();
@@ -373,17 +387,7 @@ impl TryFrom<proto::StartBackupRequest> for StartBackup {
             ));
         }
         let kind = backup_kind("backup.kind", spec.kind)?.unwrap_or(BackupKind::Full);
-        if request.idempotency_key.len() > backups::MAX_IDEMPOTENCY_KEY_LEN
-            || request.idempotency_key.chars().any(char::is_control)
-        {
-            return Err(Error::invalid(
-                "idempotency_key",
-                format!(
-                    "at most {} printable bytes",
-                    backups::MAX_IDEMPOTENCY_KEY_LEN
-                ),
-            ));
-        }
+        let idempotency_key = idempotency_key(request.idempotency_key)?;
         Ok(Self {
             cluster: request.cluster,
             kind,
@@ -392,8 +396,7 @@ impl TryFrom<proto::StartBackupRequest> for StartBackup {
             limits: limits("backup.limits", spec.limits)?,
             labels: Labels::parse("backup.labels", spec.labels)?,
             dry_run: request.dry_run,
-            idempotency_key: (!request.idempotency_key.is_empty())
-                .then_some(request.idempotency_key),
+            idempotency_key,
         })
     }
 }
@@ -707,17 +710,7 @@ impl TryFrom<proto::StartRestoreRequest> for crate::restores::StartRestore {
                 })
             }
         };
-        if request.idempotency_key.len() > backups::MAX_IDEMPOTENCY_KEY_LEN
-            || request.idempotency_key.chars().any(char::is_control)
-        {
-            return Err(Error::invalid(
-                "idempotency_key",
-                format!(
-                    "at most {} printable bytes",
-                    backups::MAX_IDEMPOTENCY_KEY_LEN
-                ),
-            ));
-        }
+        let idempotency_key = idempotency_key(request.idempotency_key)?;
         Ok(Self {
             cluster: request.cluster,
             source,
@@ -727,8 +720,7 @@ impl TryFrom<proto::StartRestoreRequest> for crate::restores::StartRestore {
             limits: limits("restore.limits", spec.limits)?,
             hook,
             dry_run: request.dry_run,
-            idempotency_key: (!request.idempotency_key.is_empty())
-                .then_some(request.idempotency_key),
+            idempotency_key,
         })
     }
 }

@@ -51,44 +51,15 @@ enum NodeOutcome {
 /// Runs the backup described by `plan`; every outcome ends in a final, persisted state.
 pub async fn execute(mut handle: RunHandle, plan: BackupPlan) {
     let outcome = run_backup(&mut handle, &plan).await;
-    let cancelled = handle.cancelled().is_cancelled();
-    let shutting_down = handle.manager().is_shutting_down();
-    let run = handle.run();
-    if !run.dry_run {
+    if !handle.run().dry_run {
         remove_snapshots(&mut handle, &plan).await;
     }
-    let (state, error) = match outcome {
-        Ok(()) => (RunState::Succeeded, String::new()),
-        Err(_) if shutting_down => (
-            RunState::Failed,
-            "the server shut down during the run; nothing was committed".to_string(),
-        ),
-        Err(_) if cancelled => (RunState::Canceled, String::new()),
-        Err(error) => (RunState::Failed, error.to_string()),
-    };
-    let final_phase = match state {
-        RunState::Succeeded => NodePhase::Done,
-        RunState::Canceled => NodePhase::Canceled,
-        _ => NodePhase::Failed,
-    };
-    let result = handle
-        .transition(|run| {
-            run.state = state;
-            run.error = error.clone();
-            run.finish_time = Some(SystemTime::now());
-            for node in &mut run.nodes {
-                if !matches!(node.phase, NodePhase::Failed | NodePhase::Canceled) {
-                    node.phase = final_phase;
-                }
-                node.counters.rate_bytes_per_second = 0;
-                node.counters.eta = None;
-            }
-        })
+    handle
+        .finish(
+            outcome,
+            "the server shut down during the run; nothing was committed",
+        )
         .await;
-    match result {
-        Ok(()) => tracing::info!(state = state.as_str(), error, "backup run ended"),
-        Err(error) => tracing::error!(%error, "record the end of a backup run"),
-    }
 }
 
 async fn run_backup(handle: &mut RunHandle, plan: &BackupPlan) -> Result<()> {

@@ -310,6 +310,46 @@ impl RunHandle {
         }
     }
 
+    /// Records the end of the run from its outcome: succeeded, canceled (the run's token fired),
+    /// or failed with the error, or with `shutdown_message` when the server is shutting down.
+    /// Nodes that did not end on their own take the run's ending; rates and ETAs are cleared.
+    pub async fn finish(&mut self, outcome: Result<()>, shutdown_message: &str) {
+        let (state, error) = match outcome {
+            Ok(()) => (RunState::Succeeded, String::new()),
+            Err(_) if self.manager.is_shutting_down() => {
+                (RunState::Failed, shutdown_message.to_string())
+            }
+            Err(_) if self.live.cancel.is_cancelled() => (RunState::Canceled, String::new()),
+            Err(error) => (RunState::Failed, error.to_string()),
+        };
+        let node_phase = match state {
+            RunState::Succeeded => NodePhase::Done,
+            RunState::Canceled => NodePhase::Canceled,
+            _ => NodePhase::Failed,
+        };
+        let result = self
+            .transition(|run| {
+                run.state = state;
+                run.error = error.clone();
+                run.finish_time = Some(SystemTime::now());
+                for node in &mut run.nodes {
+                    if !matches!(
+                        node.phase,
+                        NodePhase::Failed | NodePhase::Canceled | NodePhase::Done
+                    ) {
+                        node.phase = node_phase;
+                    }
+                    node.counters.rate_bytes_per_second = 0;
+                    node.counters.eta = None;
+                }
+            })
+            .await;
+        match result {
+            Ok(()) => tracing::info!(state = state.as_str(), error, "run ended"),
+            Err(error) => tracing::error!(%error, "record the end of a run"),
+        }
+    }
+
     /// Sets the phase of one node (a transition).
     pub async fn node_phase(
         &mut self,

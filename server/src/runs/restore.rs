@@ -43,42 +43,12 @@ enum NodeEvent {
 /// Runs the restore described by `plan`; every outcome ends in a final, persisted state.
 pub async fn execute(mut handle: RunHandle, plan: RestorePlan) {
     let outcome = run_restore(&mut handle, &plan).await;
-    let cancelled = handle.cancelled().is_cancelled();
-    let shutting_down = handle.manager().is_shutting_down();
-    let (state, error) = match outcome {
-        Ok(()) => (RunState::Succeeded, String::new()),
-        Err(_) if shutting_down => (
-            RunState::Failed,
-            "the server shut down during the restore; run it again to finish (verified files are kept)".to_string(),
-        ),
-        Err(_) if cancelled => (RunState::Canceled, String::new()),
-        Err(error) => (RunState::Failed, error.to_string()),
-    };
-    let result = handle
-        .transition(|run| {
-            run.state = state;
-            run.error = error.clone();
-            run.finish_time = Some(SystemTime::now());
-            for node in &mut run.nodes {
-                if !matches!(
-                    node.phase,
-                    NodePhase::Failed | NodePhase::Canceled | NodePhase::Done
-                ) {
-                    node.phase = match state {
-                        RunState::Succeeded => NodePhase::Done,
-                        RunState::Canceled => NodePhase::Canceled,
-                        _ => NodePhase::Failed,
-                    };
-                }
-                node.counters.rate_bytes_per_second = 0;
-                node.counters.eta = None;
-            }
-        })
+    handle
+        .finish(
+            outcome,
+            "the server shut down during the restore; run it again to finish (verified files are kept)",
+        )
         .await;
-    match result {
-        Ok(()) => tracing::info!(state = state.as_str(), error, "restore run ended"),
-        Err(error) => tracing::error!(%error, "record the end of a restore run"),
-    }
 }
 
 async fn run_restore(handle: &mut RunHandle, plan: &RestorePlan) -> Result<()> {
