@@ -293,9 +293,54 @@ def compare_stats(expected: list[dict], roots: list[Path]) -> dict:
     return res
 
 
+class Trash:
+    """Where the bench puts what it clears while it measures, emptied when it exits.
+
+    ext4 without a journal (this kind of machine's root filesystem) refuses to reuse an inode
+    deleted less than 60 s ago (300 s while its inode table block is dirty): each file created
+    then scans past every recently freed inode of its block group, so creating thousands of files
+    right after deleting thousands costs seconds of CPU (quadratic; seen: 9000 files of 40 KiB in
+    0.5 s to 2 s of system time depending on how much was deleted before). A measured phase that
+    followed a deletion (the restore after emptying the data folders, a backup after the last
+    run's cleanup) paid for it and the phase before it did not. So nothing is deleted during a
+    run: it is renamed into <work>/trash; and every measured phase starts at least SETTLE_S after
+    the last real deletion (at start-up, the trash of an interrupted run)."""
+
+    SETTLE_S = 65.0
+
+    def __init__(self, work: Path):
+        self.root = work / "trash"
+        self.last_delete = -1e9
+        self._n = 0
+
+    def discard(self, path: Path) -> None:
+        if not os.path.lexists(path):
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._n += 1
+        try:
+            os.rename(path, self.root / f"{os.getpid()}-{self._n}-{Path(path).name}")
+        except OSError:  # another filesystem (--fs-dest): delete, and let the next phase wait
+            shutil.rmtree(path, ignore_errors=True)
+            self.last_delete = time.monotonic()
+
+    def empty(self) -> None:
+        if self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.last_delete = time.monotonic()
+
+    def settle(self) -> None:
+        wait = self.SETTLE_S - (time.monotonic() - self.last_delete)
+        if wait > 0:
+            log(f"waiting {wait:.0f} s: files were deleted less than {self.SETTLE_S:.0f} s ago "
+                f"(see Trash in bench/backup.py)")
+            time.sleep(wait)
+
+
 class Dataset:
-    def __init__(self, work: Path, params: Params):
+    def __init__(self, work: Path, params: Params, trash: Trash):
         self.params = params
+        self.trash = trash
         self.root = work / "data"
         self.state_path = self.root / "dataset.json"
         self.hashes_path = self.root / "hashes.json"
@@ -323,8 +368,7 @@ class Dataset:
             log(f"data set: reusing {self.root} ({self.files} files, {mib(self.bytes):.0f} MiB)")
             self._load_hashes()
             return
-        if self.root.exists():
-            shutil.rmtree(self.root)
+        self.trash.discard(self.root)
         self.root.mkdir(parents=True)
         shape = self.params.shape()
         log(f"data set: generating {self.params.nodes} nodes x ({shape['big_files']} x {shape['big_mib']} MiB + "
@@ -369,10 +413,7 @@ class Dataset:
         for d in self.node_dirs:
             d.mkdir(parents=True, exist_ok=True)
             for entry in os.scandir(d):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
+                self.trash.discard(Path(entry.path))
         os.sync()
 
     def verify_restored(self) -> dict:
@@ -868,7 +909,8 @@ class Bench:
         self.work = Path(args.work).resolve()
         self.logs = self.work / "logs"
         self.params = Params(args)
-        self.data = Dataset(self.work, self.params)
+        self.trash = Trash(self.work)
+        self.data = Dataset(self.work, self.params, self.trash)
         self.procs = Procs()
         self.sampler = Sampler(args.sample_interval)
         self.weed: Proc | None = None
@@ -909,15 +951,15 @@ class Bench:
         free = shutil.disk_usage(self.work).free
         # data set + rclone copy + coffer location + rclone's download (+ margin), the data set
         # may already exist; a restore stages a node's files next to nothing (the folder is empty)
-        factor = 3.5 if not self.args.no_restore else 2.5
+        # (everything cleared during the run stays in the trash until the end)
+        factor = 5.5 if not self.args.no_restore else 3.5
         if free < factor * need:
             raise BenchError(f"{mib(free):.0f} MiB free under {self.work}, the run needs about "
                              f"{mib(factor * need):.0f} MiB (use --scale or --work elsewhere)")
 
     def start_weed(self) -> None:
         d = self.work / "run" / "weed"
-        if d.exists():
-            shutil.rmtree(d)
+        self.trash.discard(d)
         (d / "data").mkdir(parents=True)
         creds = d / "s3.json"
         creds.write_text(json.dumps({"identities": [{
@@ -1016,12 +1058,10 @@ class Bench:
 
     def setup_target(self, name: str) -> dict:
         d = self.work / "run" / name
-        if d.exists():
-            shutil.rmtree(d)
+        self.trash.discard(d)
         d.mkdir(parents=True)
         log_dir = self.logs / name
-        if log_dir.exists():
-            shutil.rmtree(log_dir)
+        self.trash.discard(log_dir)
         t = {"name": name, "dir": d, "agent_ports": free_ports(self.params.nodes)}
         t["agents"] = [self.start_agent(t, n) for n in range(self.params.nodes)]
         server = self.procs.start("server", [str(RELEASE / "coffer-server"), "--listen", "127.0.0.1:0",
@@ -1144,7 +1184,9 @@ class Bench:
         """Same start for every measured phase: nothing dirty waiting for writeback, and what the
         phase reads (the data set for a backup, `source` for a restore or a download: the
         location, rclone's copy, SeaweedFS's data folder) either entirely in the page cache (read
-        once here) or, with --drop-caches, not at all."""
+        once here) or, with --drop-caches, not at all; and no mass deletion in the last minute
+        (see Trash)."""
+        self.trash.settle()
         os.sync()
         if self.args.drop_caches:
             try:
@@ -1318,7 +1360,7 @@ class Bench:
         if self.args.keep:
             return
         if t["name"] == "fs":
-            shutil.rmtree(self.fs_dest(t) / "rclone-dest", ignore_errors=True)
+            self.trash.discard(self.fs_dest(t) / "rclone-dest")
         elif self.weed:
             subprocess.run([str(TOOLS / "rclone"), "purge", f"{RCLONE_REMOTE}:{BUCKET}/rclone"],
                            capture_output=True, env=rclone_env(self.s3_port), timeout=600)
@@ -1405,8 +1447,7 @@ class Bench:
         name = t["name"]
         sources = self.rclone_dirs(t)
         down = t["dir"] / "rclone-down"
-        if down.exists():
-            shutil.rmtree(down)
+        self.trash.discard(down)
         dests = [down / f"node-{n}" for n in range(self.params.nodes)]
         log(f"[{name}] rclone-down: {self.params.nodes} x `rclone copy --transfers "
             f"{self.args.rclone_transfers}` back from the {name} target, in parallel")
@@ -1419,7 +1460,7 @@ class Bench:
             f"{res['sync_after_s']:.2f} s), peak RSS {res['rclone_peak_rss_mib']} MiB per process; "
             f"check of what it wrote: {'all ' + str(v['files']) + ' files match' if v['ok'] else v}")
         if not self.args.keep:
-            shutil.rmtree(down, ignore_errors=True)
+            self.trash.discard(down)
         return res
 
     def run_target(self, name: str) -> None:
@@ -1459,7 +1500,7 @@ class Bench:
             self.remove_rclone_copy(t)
             self.teardown_target(t)
             if not self.args.keep and name == "fs" and "location_path" in t:
-                shutil.rmtree(t["location_path"], ignore_errors=True)
+                self.trash.discard(t["location_path"])
                 if self.args.fs_dest:
                     try:
                         t["location_path"].parent.rmdir()
@@ -1659,6 +1700,7 @@ class Bench:
     def run(self) -> int:
         self.work.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.trash.empty()  # an interrupted run's
         self.build()
         self.check_space()
         self.data.ensure(self.args.regen)
@@ -1678,7 +1720,8 @@ class Bench:
         self.procs.stop_all()
         self.sampler.close()
         if self.weed and not self.args.keep:  # the S3 copies (Coffer's and rclone's)
-            shutil.rmtree(self.work / "run" / "weed", ignore_errors=True)
+            self.trash.discard(self.work / "run" / "weed")
+        self.trash.empty()
 
 
 def main() -> int:

@@ -16,11 +16,13 @@
 //!    placing (an agent restart) finishes with `overwrite` without fetching anything again.
 //! 2. **Downloading** fetches each distinct content once, `concurrency` at a time, into
 //!    `<data path>/.coffer-restore/<backup id>/<hash>` on the target's own filesystem:
-//!    [`download_object`] writes `<hash>.part`, checks its BLAKE3 hash and size and fsyncs it,
-//!    and only then is it renamed to `<hash>`. A `<hash>` file of the expected size is therefore
-//!    verified content, and a later attempt (after a failure, a cancel or an agent restart, even
-//!    in another run) does not fetch it again. Content needed in several data paths is
-//!    downloaded into one and copied into the others.
+//!    [`download_object`] writes `<hash>.part` and checks its BLAKE3 hash and size; verified
+//!    parts are committed in batches (about every second or 64 MiB): one `syncfs` makes the
+//!    batch durable, and only then is each part renamed to `<hash>`. A `<hash>` file of the
+//!    expected size is therefore verified, durable content, and a later attempt (after a
+//!    failure, a cancel or an agent restart, even in another run) does not fetch it again; what
+//!    was verified before a failure or a cancel is still committed. Content needed in several
+//!    data paths is downloaded into one and copied into the others.
 //! 3. **Placing**, only once every selected file is verified: each staged file gets its mode,
 //!    modification time (and, for an agent running as root, the owner of the data path) and is
 //!    renamed into place; when several files share content, all but the last get a copy. Folders
@@ -1049,6 +1051,24 @@ fn create_staging_folders(shared: &Shared, plan: &Plan) -> Result<(), RestoreFai
     Ok(())
 }
 
+/// Verified staged content is committed (made durable, then named `<hash>`) at least this often...
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// ... or once this many bytes ...
+const COMMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// ... or this many files wait.
+const COMMIT_FILES: usize = 1000;
+
+/// A verified download (or copy) waiting to be committed as `<hash>`.
+#[derive(Debug)]
+struct StagedPart {
+    data_path: usize,
+    part: PathBuf,
+    staged: PathBuf,
+    /// Files of the plan it serves, and its size: counted as done once committed.
+    files: u64,
+    size: u64,
+}
+
 async fn download_all(
     shared: &Arc<Shared>,
     plan: &Arc<Plan>,
@@ -1061,31 +1081,111 @@ async fn download_all(
         .map(|(hash, object)| (object.first_file, *hash))
         .collect();
     work.sort_unstable();
+    let (commit, to_commit) = mpsc::unbounded_channel();
+    // Ends when every sender is gone (the downloads finished, failed or were cancelled), after
+    // committing what was verified: a later attempt does not fetch it again.
+    let committer = tokio::spawn(commit_staged(shared.clone(), to_commit));
     let mut results = futures::stream::iter(work)
         .map(|(_, hash)| {
             let shared = shared.clone();
             let plan = plan.clone();
             let cancel = cancel.clone();
+            let commit = commit.clone();
             async move {
                 tokio::select! {
-                    result = stage_object(&shared, &plan, hash) => result,
+                    result = stage_object(&shared, &plan, hash, &commit) => result,
                     () = cancel.cancelled() => Err(RestoreFailure::Canceled),
                 }
             }
         })
         .buffer_unordered(shared.job.concurrency.max(1));
+    let mut downloaded = Ok(());
     while let Some(result) = results.next().await {
-        result?;
+        if let Err(error) = result {
+            downloaded = Err(error);
+            break;
+        }
     }
-    Ok(())
+    drop(results);
+    drop(commit);
+    let committed = committer.await.map_err(|error| RestoreFailure::Local {
+        action: "commit staged files",
+        path: PathBuf::new(),
+        source: io::Error::other(error),
+    });
+    downloaded?;
+    committed?
+}
+
+/// Commits verified parts in batches: one `syncfs` of each data path's filesystem makes a whole
+/// batch durable (instead of one `fsync` per file, which made the disk's flush latency the
+/// limit), then each part is renamed to `<hash>`. Downloads go on meanwhile.
+async fn commit_staged(
+    shared: Arc<Shared>,
+    mut parts: mpsc::UnboundedReceiver<Vec<StagedPart>>,
+) -> Result<(), RestoreFailure> {
+    let mut pending: Vec<StagedPart> = Vec::new();
+    let mut pending_bytes = 0u64;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        // `None`: the deadline passed; `Some(None)`: no more parts will come.
+        let received = match deadline {
+            None => Some(parts.recv().await),
+            Some(at) => tokio::time::timeout_at(at, parts.recv()).await.ok(),
+        };
+        let closed = matches!(received, Some(None));
+        let timed_out = received.is_none();
+        if let Some(Some(batch)) = received {
+            if pending.is_empty() {
+                deadline = Some(tokio::time::Instant::now() + COMMIT_INTERVAL);
+            }
+            pending_bytes += batch.iter().map(|part| part.size).sum::<u64>();
+            pending.extend(batch);
+        }
+        let due =
+            timed_out || closed || pending_bytes >= COMMIT_BYTES || pending.len() >= COMMIT_FILES;
+        if due && !pending.is_empty() {
+            let batch = std::mem::take(&mut pending);
+            pending_bytes = 0;
+            deadline = None;
+            let data_paths = shared.job.data_paths.clone();
+            let batch = blocking(move || commit_batch(&data_paths, batch)).await?;
+            for part in batch {
+                shared.counters.done(part.files, part.size, false);
+            }
+        }
+        if closed {
+            return Ok(());
+        }
+    }
+}
+
+/// Syncs the filesystem of each data path the batch is staged in, then names each part.
+fn commit_batch(
+    data_paths: &[PathBuf],
+    batch: Vec<StagedPart>,
+) -> Result<Vec<StagedPart>, RestoreFailure> {
+    let used: std::collections::BTreeSet<usize> = batch.iter().map(|part| part.data_path).collect();
+    for data_path in used {
+        let path = &data_paths[data_path];
+        let folder = File::open(path).map_err(RestoreFailure::local("open", path))?;
+        rustix::fs::syncfs(&folder)
+            .map_err(|error| RestoreFailure::local("sync the filesystem of", path)(error.into()))?;
+    }
+    for part in &batch {
+        fs::rename(&part.part, &part.staged)
+            .map_err(RestoreFailure::local("rename", &part.part))?;
+    }
+    Ok(batch)
 }
 
 /// Stages one content in every data path that needs it: downloaded once (unless a verified
-/// copy is staged somewhere already), copied into the others.
+/// copy is staged somewhere already), copied into the others, then handed to the committer.
 async fn stage_object(
     shared: &Shared,
     plan: &Plan,
     hash: ContentHash,
+    commit: &mpsc::UnboundedSender<Vec<StagedPart>>,
 ) -> Result<(), RestoreFailure> {
     let job = &shared.job;
     let object = &plan.objects[&hash];
@@ -1096,6 +1196,7 @@ async fn stage_object(
         .iter()
         .find(|need| need.staged)
         .map(|need| shared.staging_folder(need.data_path).join(&hex));
+    let mut parts = Vec::new();
     for need in object.needs.iter().filter(|need| !need.staged) {
         let folder = shared.staging_folder(need.data_path);
         let part = folder.join(format!("{hex}.part"));
@@ -1148,24 +1249,33 @@ async fn stage_object(
             Some(from) => {
                 let from = from.clone();
                 let to = part.clone();
-                blocking(move || copy_synced(&from, &to)).await?;
+                blocking(move || copy_part(&from, &to)).await?;
             }
         }
-        tokio::fs::rename(&part, &staged)
-            .await
-            .map_err(RestoreFailure::local("rename", &part))?;
-        shared.counters.done(need.files, object.size, false);
-        source = Some(staged);
+        // Copies for other data paths read this part before the committer renames it.
+        source = Some(part.clone());
+        parts.push(StagedPart {
+            data_path: need.data_path,
+            part,
+            staged,
+            files: need.files,
+            size: object.size,
+        });
     }
-    Ok(())
+    commit.send(parts).map_err(|_| RestoreFailure::Local {
+        action: "commit",
+        path: shared.staging_folder(0),
+        source: io::Error::other("the committer stopped"),
+    })
 }
 
-/// Copies a verified staged file into another data path's staging, durably.
-fn copy_synced(from: &Path, to: &Path) -> Result<(), RestoreFailure> {
+/// Copies verified staged content into another data path's staging (made durable with its
+/// batch).
+fn copy_part(from: &Path, to: &Path) -> Result<(), RestoreFailure> {
     let mut source = File::open(from).map_err(RestoreFailure::local("read", from))?;
     let mut dest = File::create(to).map_err(RestoreFailure::local("create", to))?;
     io::copy(&mut source, &mut dest).map_err(RestoreFailure::local("write", to))?;
-    dest.sync_all().map_err(RestoreFailure::local("sync", to))
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

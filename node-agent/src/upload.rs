@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
 use coffer_format::object::{
-    RateLimiter, UploadError, UploadOptions, hash_file, object_exists, read_small_file,
-    upload_bytes, upload_file,
+    LocationWriteback, RateLimiter, UploadError, UploadOptions, hash_file, object_exists,
+    read_small_file, upload_bytes, upload_file,
 };
 use coffer_format::storage::BackendQuirks;
 use coffer_format::{ClusterLayout, ContentHash, StorageError};
@@ -157,6 +157,8 @@ struct Shared {
     /// once, in one query, rather than once per file.
     journal_present: std::sync::OnceLock<std::collections::HashSet<ContentHash>>,
     options: UploadOptions,
+    /// Makes the stored objects durable before the manifest refers to them.
+    writeback: LocationWriteback,
 }
 
 impl Shared {
@@ -206,6 +208,7 @@ pub async fn run(
     };
     let shared = Arc::new(Shared {
         layout: ClusterLayout::new(job.cluster_id),
+        writeback: LocationWriteback::new(&job.operator),
         job,
         counters: Counters::default(),
         objects: Mutex::new(HashMap::new()),
@@ -342,14 +345,12 @@ pub async fn run(
         shared.job.journal.record_hashes(hashed).await?;
     }
     if !shared.job.dry_run {
-        coffer_format::object::sync_location(&shared.job.operator)
-            .await
-            .map_err(|error| {
-                UploadFailure::File(format!(
-                    "sync location {:?}: {error}",
-                    shared.job.location_name
-                ))
-            })?;
+        shared.writeback.finish().await.map_err(|error| {
+            UploadFailure::File(format!(
+                "sync location {:?}: {error}",
+                shared.job.location_name
+            ))
+        })?;
         if !present.is_empty() {
             shared
                 .job
@@ -516,6 +517,7 @@ async fn process_small_file(
                 upload_bytes(&job.operator, &path, small.content.clone(), &shared.options)
                     .await
                     .map_err(|error| error.in_location(&job.location_name))?;
+            shared.writeback.stored(&path, outcome.stored_bytes);
             shared
                 .counters
                 .bytes_uploaded
@@ -598,6 +600,7 @@ async fn ensure_object(
             .await
             {
                 Ok(outcome) => {
+                    shared.writeback.stored(&path, outcome.stored_bytes);
                     shared
                         .counters
                         .bytes_uploaded
