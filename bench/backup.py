@@ -300,18 +300,34 @@ class Trash:
     deleted less than 60 s ago (300 s while its inode table block is dirty): each file created
     then scans past every recently freed inode of its block group, so creating thousands of files
     right after deleting thousands costs seconds of CPU (quadratic; seen: 9000 files of 40 KiB in
-    0.5 s to 2 s of system time depending on how much was deleted before). A measured phase that
-    followed a deletion (the restore after emptying the data folders, a backup after the last
-    run's cleanup) paid for it and the phase before it did not. So nothing is deleted during a
-    run: it is renamed into <work>/trash; and every measured phase starts at least SETTLE_S after
-    the last real deletion (at start-up, the trash of an interrupted run)."""
+    0.5 s to 2 s of system time depending on how much was deleted before, and a full backup or
+    an rclone copy 40% slower). A measured phase that followed a deletion (the restore after
+    emptying the data folders, a backup after the last run's cleanup) paid for it and the phase
+    before it did not. So nothing is deleted by a run: what it clears is renamed into
+    <work>/trash, which is emptied only when a run finds too little free space, and every
+    measured phase starts at least SETTLE_S after the last real deletion (300 s, as writing new
+    inodes next to the freed ones dirties their inode table blocks again)."""
 
-    SETTLE_S = 65.0
+    SETTLE_S = 305.0
 
     def __init__(self, work: Path):
         self.root = work / "trash"
-        self.last_delete = -1e9
+        # When files were last deleted, kept across runs: a run started right after another
+        # must wait for that one's clean-up too.
+        self.stamp = work / "trash.emptied"
+        try:
+            self.last_delete = float(self.stamp.read_text())
+        except (OSError, ValueError):
+            self.last_delete = 0.0
         self._n = 0
+
+    def _deleted(self) -> None:
+        os.sync()
+        self.last_delete = time.time()
+        try:
+            self.stamp.write_text(f"{self.last_delete}\n")
+        except OSError:
+            pass
 
     def discard(self, path: Path) -> None:
         if not os.path.lexists(path):
@@ -322,15 +338,15 @@ class Trash:
             os.rename(path, self.root / f"{os.getpid()}-{self._n}-{Path(path).name}")
         except OSError:  # another filesystem (--fs-dest): delete, and let the next phase wait
             shutil.rmtree(path, ignore_errors=True)
-            self.last_delete = time.monotonic()
+            self._deleted()
 
     def empty(self) -> None:
         if self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
-            self.last_delete = time.monotonic()
+            self._deleted()
 
     def settle(self) -> None:
-        wait = self.SETTLE_S - (time.monotonic() - self.last_delete)
+        wait = self.SETTLE_S - (time.time() - self.last_delete)
         if wait > 0:
             log(f"waiting {wait:.0f} s: files were deleted less than {self.SETTLE_S:.0f} s ago "
                 f"(see Trash in bench/backup.py)")
@@ -953,6 +969,10 @@ class Bench:
         # may already exist; a restore stages a node's files next to nothing (the folder is empty)
         # (everything cleared during the run stays in the trash until the end)
         factor = 5.5 if not self.args.no_restore else 3.5
+        if free < factor * need and self.trash.root.exists():
+            log(f"{mib(free):.0f} MiB free: emptying {self.trash.root} (earlier runs' leftovers)")
+            self.trash.empty()
+            free = shutil.disk_usage(self.work).free
         if free < factor * need:
             raise BenchError(f"{mib(free):.0f} MiB free under {self.work}, the run needs about "
                              f"{mib(factor * need):.0f} MiB (use --scale or --work elsewhere)")
@@ -1700,7 +1720,6 @@ class Bench:
     def run(self) -> int:
         self.work.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.trash.empty()  # an interrupted run's
         self.build()
         self.check_space()
         self.data.ensure(self.args.regen)
@@ -1721,7 +1740,6 @@ class Bench:
         self.sampler.close()
         if self.weed and not self.args.keep:  # the S3 copies (Coffer's and rclone's)
             self.trash.discard(self.work / "run" / "weed")
-        self.trash.empty()
 
 
 def main() -> int:

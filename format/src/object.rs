@@ -312,7 +312,7 @@ pub async fn upload_bytes(
 /// The object form of `content`: header and raw or zstd body.
 fn encode_bytes(content: &[u8], level: i32, max_ratio: f64) -> io::Result<(Vec<u8>, bool)> {
     if !content.is_empty() {
-        let compressed = zstd::bulk::compress(content, level)?;
+        let compressed = compress_reusing_context(content, level)?;
         if (compressed.len() as f64) <= content.len() as f64 * max_ratio {
             let mut object = Vec::with_capacity(OBJECT_HEADER_LEN + compressed.len());
             object.extend_from_slice(&Codec::Zstd.header());
@@ -324,6 +324,25 @@ fn encode_bytes(content: &[u8], level: i32, max_ratio: f64) -> io::Result<(Vec<u
     object.extend_from_slice(&Codec::Raw.header());
     object.extend_from_slice(content);
     Ok((object, false))
+}
+
+thread_local! {
+    /// One zstd compression context per (blocking) thread, reused from one small file to the
+    /// next: creating one per file cost as much as compressing a small file.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `zstd::bulk::compress` with this thread's context.
+fn compress_reusing_context(content: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match &mut *slot {
+            Some((current, compressor)) if *current == level => compressor,
+            slot => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        compressor.compress(content)
+    })
 }
 
 /// Renames `from` to `to`. The folder of `to` is created only when the rename says it is
@@ -622,7 +641,100 @@ async fn upload_to_folder(
     expected: ContentHash,
     options: &UploadOptions,
 ) -> Result<UploadOutcome, UploadError> {
-    let target = root.join(object_path);
+    let pending = encode_into_folder_at(root, file, Some(opened), options).await?;
+    if pending.hash != expected {
+        return Err(UploadError::ContentChanged {
+            path: file.to_path_buf(),
+            expected,
+            actual: pending.hash,
+        });
+    }
+    let outcome = pending.outcome;
+    pending
+        .commit(object_path)
+        .await
+        .map_err(|error| UploadError::Read {
+            path: file.to_path_buf(),
+            source: io::Error::new(
+                error.kind(),
+                format!("write {}: {error}", root.join(object_path).display()),
+            ),
+        })?;
+    Ok(outcome)
+}
+
+/// A file's content encoded into a local (`fs`) location's temporary folder by
+/// [`encode_into_folder`], hashed, not yet visible under its object name. Dropped without
+/// [`PendingObject::commit`], the temporary file is removed.
+#[derive(Debug)]
+pub struct PendingObject {
+    temporary: Option<PathBuf>,
+    root: PathBuf,
+    /// BLAKE3 of the content read.
+    pub hash: ContentHash,
+    /// What was read and what the object holds.
+    pub outcome: UploadOutcome,
+}
+
+impl PendingObject {
+    /// Makes the object visible at `object_path` (the path of [`PendingObject::hash`]).
+    ///
+    /// Fails when it cannot be renamed into place (the temporary file is removed then).
+    pub async fn commit(mut self, object_path: &str) -> io::Result<()> {
+        let Some(temporary) = self.temporary.take() else {
+            return Err(io::Error::other("object already committed"));
+        };
+        let target = self.root.join(object_path);
+        tokio::task::spawn_blocking(move || {
+            let renamed = rename_into(&temporary, &target);
+            if renamed.is_err() {
+                let _ = std::fs::remove_file(&temporary);
+            }
+            renamed
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}
+
+impl Drop for PendingObject {
+    fn drop(&mut self) {
+        if let Some(temporary) = self.temporary.take() {
+            let _ = std::fs::remove_file(temporary);
+        }
+    }
+}
+
+/// Reads, hashes and encodes `file` into a temporary file of a local (`fs`) location in ONE
+/// pass, for content that is probably new: [`upload_file`] needs the hash first (a second
+/// read) to name the object. The caller commits the result under the object's name unless the
+/// location holds it already. `Ok(None)` when `op` is not a local folder.
+///
+/// Fails when the file cannot be read or the temporary file written.
+pub async fn encode_into_folder(
+    op: &Operator,
+    file: &Path,
+    options: &UploadOptions,
+) -> Result<Option<PendingObject>, UploadError> {
+    let Some(root) = local_root(op) else {
+        return Ok(None);
+    };
+    encode_into_folder_at(&root, file, None, options)
+        .await
+        .map(Some)
+}
+
+/// [`encode_into_folder`] into the folder `root`, from `file` (opened here unless `opened`).
+async fn encode_into_folder_at(
+    root: &Path,
+    file: &Path,
+    opened: Option<File>,
+    options: &UploadOptions,
+) -> Result<PendingObject, UploadError> {
+    let read_error = |source| UploadError::Read {
+        path: file.to_path_buf(),
+        source,
+    };
     let temporary = root
         .join(crate::storage::FS_ATOMIC_WRITE_DIR)
         .join(format!("{}.object", uuid::Uuid::new_v4()));
@@ -631,70 +743,68 @@ async fn upload_to_folder(
     let max_ratio = options.max_compressed_ratio;
     let limiter = options.rate_limiter.clone();
     let written = {
-        let (target, temporary) = (target.clone(), temporary.clone());
-        tokio::task::spawn_blocking(
-            move || -> io::Result<Result<(u64, bool, u64), ContentHash>> {
-                let write_error = |error: io::Error| {
-                    io::Error::new(
-                        error.kind(),
-                        format!("write {}: {error}", temporary.display()),
-                    )
-                };
-                let mut out = io::BufWriter::with_capacity(
-                    READ_BLOCK,
-                    create_file(&temporary).map_err(write_error)?,
-                );
-                let mut stored = 0u64;
-                let mut compressed = false;
-                let mut send = |bytes: Bytes| {
-                    if stored == 0 && bytes.len() >= OBJECT_HEADER_LEN {
-                        compressed = bytes[7] == Codec::Zstd as u8;
-                    }
-                    stored += bytes.len() as u64;
-                    out.write_all(&bytes)
-                };
-                let summary = encode_file(opened, &mut send, level, max_ratio, limiter.as_ref());
-                let flushed = out.flush();
-                drop(out);
-                let summary = match summary.and_then(|summary| flushed.map(|()| summary)) {
-                    Ok(summary) => summary,
-                    Err(error) => {
-                        let _ = std::fs::remove_file(&temporary);
-                        return Err(error);
-                    }
-                };
-                if summary.hash != expected {
-                    let _ = std::fs::remove_file(&temporary);
-                    return Ok(Err(summary.hash));
-                }
-                if let Err(error) = rename_into(&temporary, &target) {
-                    let _ = std::fs::remove_file(&temporary);
-                    return Err(write_error(error));
-                }
-                Ok(Ok((stored, compressed, summary.read_bytes)))
-            },
-        )
-        .await
-        .map_err(|error| UploadError::Read {
-            path: source.clone(),
-            source: io::Error::other(error),
-        })?
+        let temporary = temporary.clone();
+        tokio::task::spawn_blocking(move || {
+            let opened = match opened {
+                Some(opened) => opened,
+                None => File::open(&source)?,
+            };
+            encode_to_temporary(opened, &temporary, level, max_ratio, limiter.as_ref())
+        })
+            .await
+            .map_err(|error| read_error(io::Error::other(error)))?
+            .map_err(read_error)?
     };
-    match written {
-        Ok(Ok((stored_bytes, compressed, read_bytes))) => Ok(UploadOutcome {
+    let (summary, stored_bytes, compressed) = written;
+    Ok(PendingObject {
+        temporary: Some(temporary),
+        root: root.to_path_buf(),
+        hash: summary.hash,
+        outcome: UploadOutcome {
             stored_bytes,
             compressed,
-            read_bytes,
-        }),
-        Ok(Err(actual)) => Err(UploadError::ContentChanged {
-            path: source,
-            expected,
-            actual,
-        }),
-        Err(error) => Err(UploadError::Read {
-            path: source,
-            source: error,
-        }),
+            read_bytes: summary.read_bytes,
+        },
+    })
+}
+
+/// Encodes `opened` into the file `temporary` (removed on failure); returns what was read, the
+/// stored size and whether the body is zstd.
+fn encode_to_temporary(
+    opened: File,
+    temporary: &Path,
+    level: i32,
+    max_ratio: f64,
+    limiter: Option<&RateLimiter>,
+) -> io::Result<(EncodeSummary, u64, bool)> {
+    let write_error = |error: io::Error| {
+        io::Error::new(
+            error.kind(),
+            format!("write {}: {error}", temporary.display()),
+        )
+    };
+    let mut out = io::BufWriter::with_capacity(
+        READ_BLOCK,
+        create_file(temporary).map_err(write_error)?,
+    );
+    let mut stored = 0u64;
+    let mut compressed = false;
+    let mut send = |bytes: Bytes| {
+        if stored == 0 && bytes.len() >= OBJECT_HEADER_LEN {
+            compressed = bytes[7] == Codec::Zstd as u8;
+        }
+        stored += bytes.len() as u64;
+        out.write_all(&bytes)
+    };
+    let summary = encode_file(opened, &mut send, level, max_ratio, limiter);
+    let flushed = out.flush();
+    drop(out);
+    match summary.and_then(|summary| flushed.map(|()| summary)) {
+        Ok(summary) => Ok((summary, stored, compressed)),
+        Err(error) => {
+            let _ = std::fs::remove_file(temporary);
+            Err(error)
+        }
     }
 }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
 use coffer_format::object::{
-    LocationWriteback, RateLimiter, UploadError, UploadOptions, hash_file, object_exists,
-    read_small_file, upload_bytes, upload_file,
+    LocationWriteback, RateLimiter, UploadError, UploadOptions, encode_into_folder, hash_file,
+    object_exists, read_small_file, upload_bytes, upload_file,
 };
 use coffer_format::storage::BackendQuirks;
 use coffer_format::{ClusterLayout, ContentHash, StorageError};
@@ -225,23 +225,31 @@ pub async fn run(
         .bytes_total
         .store(selected.iter().map(|f| f.size).sum(), Ordering::Relaxed);
 
-    // Known hashes of unchanged files (incremental backups and dry runs only).
-    let known: Vec<Option<ContentHash>> = if shared.job.incremental || shared.job.dry_run {
-        shared
-            .job
-            .journal
-            .lookup_hashes(
-                selected
-                    .iter()
-                    .map(|file| (file.live_path.clone(), FileIdentity::from(file)))
-                    .collect(),
-            )
-            .await?
-    } else {
-        vec![None; selected.len()]
-    };
+    // Hashes the journal knows for unchanged files: trusted by incremental backups and dry
+    // runs; for a full backup only a hint that the content is probably stored already (so it is
+    // hashed first, and uploaded only if missing) rather than probably new (read once, stored
+    // as it is hashed: see `process_new_file`).
+    let journal_hashes: Vec<Option<ContentHash>> = shared
+        .job
+        .journal
+        .lookup_hashes(
+            selected
+                .iter()
+                .map(|file| (file.live_path.clone(), FileIdentity::from(file)))
+                .collect(),
+        )
+        .await?;
+    let trusted = shared.job.incremental || shared.job.dry_run;
+    let known: Vec<Known> = journal_hashes
+        .iter()
+        .map(|hash| match (hash, trusted) {
+            (Some(hash), true) => Known::Hash(*hash),
+            (Some(_), false) => Known::ProbablyStored,
+            (None, _) => Known::Nothing,
+        })
+        .collect();
     if shared.job.incremental || shared.job.dry_run {
-        let mut hashes: Vec<ContentHash> = known.iter().flatten().copied().collect();
+        let mut hashes: Vec<ContentHash> = journal_hashes.iter().flatten().copied().collect();
         hashes.sort_unstable();
         hashes.dedup();
         let answers = shared
@@ -397,13 +405,35 @@ pub async fn run(
     })
 }
 
+/// What the journal says of a file before it is read.
+#[derive(Debug, Clone, Copy)]
+enum Known {
+    /// Unchanged since it was hashed, and the hash is trusted (incremental backups, dry runs).
+    Hash(ContentHash),
+    /// Unchanged since it was hashed, but a full backup hashes it again.
+    ProbablyStored,
+    /// New or changed.
+    Nothing,
+}
+
 async fn process_file(
     shared: &Shared,
     file: SnapshotFile,
-    known: Option<ContentHash>,
+    known: Known,
 ) -> Result<FileResult, UploadFailure> {
     let counters = &shared.counters;
     let job = &shared.job;
+    if !job.dry_run
+        && matches!(known, Known::Nothing)
+        && file.size > coffer_format::object::SMALL_FILE
+        && let Some(result) = process_new_file(shared, &file).await?
+    {
+        return Ok(result);
+    }
+    let known = match known {
+        Known::Hash(hash) => Some(hash),
+        Known::ProbablyStored | Known::Nothing => None,
+    };
     if job.dry_run {
         // A plan reads nothing: a file with a known hash whose object is present is skipped,
         // anything else would be read and (at most) uploaded.
@@ -474,6 +504,105 @@ async fn process_file(
             Err(EnsureError::Failed(failure)) => return Err(failure),
         }
     }
+}
+
+/// A new or changed large file on a local location: read once, hashed and encoded into a
+/// temporary file in the same pass, then named as its object unless the location holds that
+/// content already. `None` for other locations (the caller hashes first, then uploads).
+async fn process_new_file(
+    shared: &Shared,
+    file: &SnapshotFile,
+) -> Result<Option<FileResult>, UploadFailure> {
+    let job = &shared.job;
+    let _slot = if file.size > LARGE_FILE {
+        Some(
+            shared
+                .large_uploads
+                .acquire()
+                .await
+                .map_err(|_| UploadFailure::Canceled)?,
+        )
+    } else {
+        None
+    };
+    let pending = match encode_into_folder(&job.operator, &file.snapshot_path, &shared.options)
+        .await
+    {
+        Ok(Some(pending)) => pending,
+        Ok(None) => return Ok(None),
+        Err(UploadError::Storage(error)) => {
+            return Err(error.in_location(&job.location_name).into());
+        }
+        Err(error) => {
+            return Err(UploadFailure::File(format!(
+                "upload {}: {error}",
+                file.live_path.display()
+            )));
+        }
+    };
+    let hash = pending.hash;
+    let outcome = pending.outcome;
+    shared
+        .counters
+        .bytes_read
+        .fetch_add(outcome.read_bytes, Ordering::Relaxed);
+    let cell = {
+        let mut objects = shared.objects.lock().await;
+        objects.entry(hash).or_default().clone()
+    };
+    let mut pending = Some(pending);
+    let mut uploaded_here = false;
+    let stored = cell
+        .get_or_try_init(|| async {
+            let path = shared.layout.object(&hash);
+            if object_exists(&job.operator, &path)
+                .await
+                .map_err(|error| error.in_location(&job.location_name))?
+            {
+                return Ok::<bool, UploadFailure>(true);
+            }
+            let Some(pending) = pending.take() else {
+                return Err(UploadFailure::File("object already committed".into()));
+            };
+            pending.commit(&path).await.map_err(|error| {
+                UploadFailure::File(format!(
+                    "store {} in location {:?}: {error}",
+                    file.live_path.display(),
+                    job.location_name
+                ))
+            })?;
+            shared.writeback.stored(&path, outcome.stored_bytes);
+            shared
+                .counters
+                .bytes_uploaded
+                .fetch_add(outcome.stored_bytes, Ordering::Relaxed);
+            shared
+                .counters
+                .objects_uploaded
+                .fetch_add(1, Ordering::Relaxed);
+            uploaded_here = true;
+            Ok(true)
+        })
+        .await;
+    // Content stored already: the temporary copy goes.
+    drop(pending);
+    if let Err(error) = stored {
+        shared.objects.lock().await.remove(&hash);
+        return Err(error);
+    }
+    // The manifest records what was read: the size and hash of these bytes.
+    let mut read = file.clone();
+    read.size = outcome.read_bytes;
+    finish(&shared.counters, file.size, !uploaded_here);
+    Ok(Some(FileResult {
+        entry: entry(&read, hash),
+        hashed: Some(HashRecord {
+            live_path: file.live_path.clone(),
+            identity: FileIdentity::from(file),
+            hash,
+        }),
+        object_present: Some(hash),
+    }))
 }
 
 /// A small file whose hash is not known: read once, hashed, and stored from the same bytes.
