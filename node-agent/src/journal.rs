@@ -195,7 +195,10 @@ impl Journal {
         files: Vec<(PathBuf, FileIdentity)>,
     ) -> Result<Vec<Option<ContentHash>>, JournalError> {
         self.with_connection(move |connection| {
-            let mut statement = connection
+            // One read transaction for all: each statement outside one would take (and drop)
+            // its own snapshot of the database.
+            let transaction = connection.transaction().map_err(query("look up hashes"))?;
+            let mut statement = transaction
                 .prepare_cached(
                     "SELECT hash FROM file_hashes
                      WHERE path = ?1 AND inode = ?2 AND size = ?3 AND mtime_ns = ?4",
@@ -306,7 +309,8 @@ impl Journal {
     ) -> Result<Vec<bool>, JournalError> {
         let location_id = location_id.to_string();
         self.with_connection(move |connection| {
-            let mut statement = connection
+            let transaction = connection.transaction().map_err(query("look up objects"))?;
+            let mut statement = transaction
                 .prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM known_objects WHERE location_id = ?1 AND hash = ?2)",
                 )

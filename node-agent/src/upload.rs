@@ -182,6 +182,7 @@ pub async fn run(
     progress: mpsc::Sender<proto::UploadProgress>,
     cancel: CancellationToken,
 ) -> Result<proto::UploadSummary, UploadFailure> {
+    let started = std::time::Instant::now();
     let selected: Vec<SnapshotFile> = job
         .files
         .iter()
@@ -265,6 +266,7 @@ pub async fn run(
         let _ = shared.journal_present.set(present);
     }
 
+    let planned = started.elapsed();
     let phase = Arc::new(std::sync::Mutex::new(proto::UploadPhase::Uploading));
     let reporter = {
         let shared = shared.clone();
@@ -345,6 +347,7 @@ pub async fn run(
     }
     .await;
     drop(results);
+    let files_done = started.elapsed();
     // What was learnt stays learnt, even if the upload failed: a retry starts from it. Objects
     // are remembered as present only once durable (local folders are written without a sync per
     // object), so a crash cannot make the journal vouch for an object lost with the page cache;
@@ -373,6 +376,7 @@ pub async fn run(
         return Err(error);
     }
 
+    let durable = started.elapsed();
     let manifest_path = if shared.job.dry_run {
         String::new()
     } else {
@@ -396,6 +400,13 @@ pub async fn run(
     };
     cancel.cancel();
     let _ = reporter.await;
+    tracing::debug!(
+        planned_ms = planned.as_millis() as u64,
+        files_ms = (files_done - planned).as_millis() as u64,
+        durable_ms = (durable - files_done).as_millis() as u64,
+        manifest_ms = (started.elapsed() - durable).as_millis() as u64,
+        "upload timings"
+    );
     let final_progress = shared.counters.snapshot(proto::UploadPhase::Uploading);
     let _ = progress.send(final_progress).await;
     Ok(proto::UploadSummary {
@@ -525,21 +536,20 @@ async fn process_new_file(
     } else {
         None
     };
-    let pending = match encode_into_folder(&job.operator, &file.snapshot_path, &shared.options)
-        .await
-    {
-        Ok(Some(pending)) => pending,
-        Ok(None) => return Ok(None),
-        Err(UploadError::Storage(error)) => {
-            return Err(error.in_location(&job.location_name).into());
-        }
-        Err(error) => {
-            return Err(UploadFailure::File(format!(
-                "upload {}: {error}",
-                file.live_path.display()
-            )));
-        }
-    };
+    let pending =
+        match encode_into_folder(&job.operator, &file.snapshot_path, &shared.options).await {
+            Ok(Some(pending)) => pending,
+            Ok(None) => return Ok(None),
+            Err(UploadError::Storage(error)) => {
+                return Err(error.in_location(&job.location_name).into());
+            }
+            Err(error) => {
+                return Err(UploadFailure::File(format!(
+                    "upload {}: {error}",
+                    file.live_path.display()
+                )));
+            }
+        };
     let hash = pending.hash;
     let outcome = pending.outcome;
     shared

@@ -276,6 +276,20 @@ pub(crate) struct Settings {
     pub(crate) data_paths: Vec<PathBuf>,
     pub(crate) state_dir: PathBuf,
     pub(crate) provider: SnapshotConfig,
+    /// File lists of the snapshots this process took last, handed to their upload so it does
+    /// not walk and stat the snapshot again (most recent last, at most [`TAKEN_KEPT`]).
+    taken: std::sync::Mutex<Vec<(String, Vec<SnapshotFile>)>>,
+}
+
+/// File lists kept by [`Settings::taken`]; an upload usually follows its snapshot at once.
+const TAKEN_KEPT: usize = 4;
+
+impl Settings {
+    fn taken(&self) -> std::sync::MutexGuard<'_, Vec<(String, Vec<SnapshotFile>)>> {
+        self.taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Snapshotter {
@@ -286,6 +300,7 @@ impl Snapshotter {
                 data_paths: config.data_paths.clone(),
                 state_dir: config.state_dir.clone(),
                 provider: config.snapshot.clone(),
+                taken: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -313,6 +328,7 @@ impl Snapshotter {
         );
         tokio::spawn(
             async move {
+                let started = std::time::Instant::now();
                 let mut files = match &settings.provider {
                     SnapshotConfig::Dir {
                         pre_hook,
@@ -337,8 +353,16 @@ impl Snapshotter {
                 tracing::info!(
                     files = files.len(),
                     bytes = files.iter().map(|file| file.size).sum::<u64>(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
                     "snapshot created"
                 );
+                {
+                    let mut taken = settings.taken();
+                    if taken.len() >= TAKEN_KEPT {
+                        taken.remove(0);
+                    }
+                    taken.push((tag.clone(), files.clone()));
+                }
                 Ok(Snapshot { tag, files })
             }
             .instrument(span),
@@ -346,7 +370,9 @@ impl Snapshotter {
         .await?
     }
 
-    /// Reads the file list of an existing snapshot again, for example after an agent restart.
+    /// The file list of an existing snapshot: the one [`Snapshotter::create`] found when this
+    /// process took it (handed out once), or read again from disk, for example after an agent
+    /// restart.
     ///
     /// Fails with [`SnapshotError::NotFound`] when no snapshot has this tag,
     /// [`SnapshotError::Incomplete`] when its creation never finished, and with a file error
@@ -355,6 +381,13 @@ impl Snapshotter {
         validate_tag(tag)?;
         let settings = Arc::clone(&self.inner);
         let tag = tag.to_string();
+        {
+            let mut taken = settings.taken();
+            if let Some(index) = taken.iter().position(|(taken_tag, _)| *taken_tag == tag) {
+                let (tag, files) = taken.remove(index);
+                return Ok(Snapshot { tag, files });
+            }
+        }
         tokio::task::spawn_blocking(move || {
             let mut files = match &settings.provider {
                 SnapshotConfig::Dir { .. } => dir::load(&settings, &tag)?,
@@ -376,6 +409,7 @@ impl Snapshotter {
     /// the cleanup command fails (the record is then kept, so a later delete retries it).
     pub async fn delete(&self, tag: &str) -> Result<bool, SnapshotError> {
         validate_tag(tag)?;
+        self.inner.taken().retain(|(taken_tag, _)| taken_tag != tag);
         let settings = Arc::clone(&self.inner);
         let tag = tag.to_string();
         let span = tracing::info_span!("delete_snapshot", tag = %tag);

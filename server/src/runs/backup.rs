@@ -50,9 +50,10 @@ enum NodeOutcome {
 
 /// Runs the backup described by `plan`; every outcome ends in a final, persisted state.
 pub async fn execute(mut handle: RunHandle, plan: BackupPlan) {
-    let outcome = run_backup(&mut handle, &plan).await;
+    let early_deletes = EarlyDeletes::default();
+    let outcome = run_backup(&mut handle, &plan, &early_deletes).await;
     if !handle.run().dry_run {
-        remove_snapshots(&mut handle, &plan).await;
+        remove_snapshots(&mut handle, &plan, &early_deletes).await;
     }
     handle
         .finish(
@@ -62,7 +63,66 @@ pub async fn execute(mut handle: RunHandle, plan: BackupPlan) {
         .await;
 }
 
-async fn run_backup(handle: &mut RunHandle, plan: &BackupPlan) -> Result<()> {
+/// Snapshot deletions started as soon as a node finished its upload: they free the node's disk
+/// space early and overlap the other nodes' uploads and the commit. The final sweep waits for
+/// them and asks again only the nodes whose deletion did not succeed.
+#[derive(Debug, Default, Clone)]
+struct EarlyDeletes(Arc<std::sync::Mutex<Vec<EarlyDelete>>>);
+
+/// A node, and whether its snapshot deletion succeeded (when it has finished).
+type EarlyDelete = (Uuid, tokio::task::JoinHandle<bool>);
+
+impl EarlyDeletes {
+    fn start(
+        &self,
+        node_id: Uuid,
+        mut client: coffer_proto::agent::v1::agent_service_client::AgentServiceClient<
+            tonic::transport::Channel,
+        >,
+        tag: String,
+    ) {
+        // Bounded work (one call); the sweep awaits it.
+        let deletion = tokio::spawn(async move {
+            match client
+                .delete_snapshot(agent::DeleteSnapshotRequest { tag })
+                .await
+            {
+                Ok(_) => true,
+                Err(status) => {
+                    tracing::warn!(node_id = %node_id, error = %status.message(), "remove snapshot after upload");
+                    false
+                }
+            }
+        });
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((node_id, deletion));
+    }
+
+    /// Waits for the deletions started; returns the nodes whose snapshot is gone.
+    async fn finished(&self) -> std::collections::HashSet<Uuid> {
+        let deletions = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let mut done = std::collections::HashSet::new();
+        for (node_id, deletion) in deletions {
+            if matches!(deletion.await, Ok(true)) {
+                done.insert(node_id);
+            }
+        }
+        done
+    }
+}
+
+async fn run_backup(
+    handle: &mut RunHandle,
+    plan: &BackupPlan,
+    early_deletes: &EarlyDeletes,
+) -> Result<()> {
     handle
         .transition(|run| {
             run.state = RunState::Running;
@@ -79,7 +139,7 @@ async fn run_backup(handle: &mut RunHandle, plan: &BackupPlan) -> Result<()> {
     if cancel.is_cancelled() {
         return Err(Error::FailedPrecondition("canceled".into()));
     }
-    let summaries = upload_all(handle, plan).await?;
+    let summaries = upload_all(handle, plan, early_deletes).await?;
     if run.dry_run {
         return Ok(());
     }
@@ -193,6 +253,7 @@ enum NodeEvent {
 async fn upload_all(
     handle: &mut RunHandle,
     plan: &BackupPlan,
+    early_deletes: &EarlyDeletes,
 ) -> Result<Vec<(Node, agent::UploadSummary)>> {
     let run = handle.run();
     let agents = handle.manager().agents().clone();
@@ -228,10 +289,11 @@ async fn upload_all(
         let permits = permits.clone();
         let stop = stop.clone();
         let events = events.clone();
+        let early_deletes = early_deletes.clone();
         tasks.spawn(async move {
             let node_id = node.info.node_id;
             let outcome = tokio::select! {
-                outcome = upload_node(&agents, &node, request, &permits, &events) => outcome,
+                outcome = upload_node(&agents, &node, request, &permits, &events, &early_deletes) => outcome,
                 () = stop.cancelled() => NodeOutcome::Canceled,
             };
             let _ = events.send(NodeEvent::Finished(node_id, outcome)).await;
@@ -330,6 +392,7 @@ async fn upload_node(
     request: agent::UploadSnapshotRequest,
     permits: &Semaphore,
     events: &tokio::sync::mpsc::Sender<NodeEvent>,
+    early_deletes: &EarlyDeletes,
 ) -> NodeOutcome {
     let Ok(_permit) = permits.acquire().await else {
         return NodeOutcome::Canceled;
@@ -354,10 +417,7 @@ async fn upload_node(
                     // The node's snapshot has served its purpose: free its disk space now rather
                     // than when the slowest node finishes. (The final sweep retries failures.)
                     if !dry_run {
-                        let request = agent::DeleteSnapshotRequest { tag: tag.clone() };
-                        if let Err(status) = client.delete_snapshot(request).await {
-                            tracing::warn!(node_id = %node_id, error = %status.message(), "remove snapshot after upload");
-                        }
+                        early_deletes.start(node_id, client.clone(), tag.clone());
                     }
                     return NodeOutcome::Done(summary);
                 }
@@ -525,9 +585,20 @@ async fn commit(
     Ok(())
 }
 
-async fn remove_snapshots(handle: &mut RunHandle, plan: &BackupPlan) {
+async fn remove_snapshots(handle: &mut RunHandle, plan: &BackupPlan, early_deletes: &EarlyDeletes) {
     let run = handle.run();
     let tag = run.id.to_string();
+    let deleted = early_deletes.finished().await;
+    let remaining: Vec<Node> = plan
+        .cluster
+        .nodes
+        .iter()
+        .filter(|node| !deleted.contains(&node.info.node_id))
+        .cloned()
+        .collect();
+    if remaining.is_empty() {
+        return;
+    }
     let _ = handle
         .transition(|run| {
             for node in &mut run.nodes {
@@ -538,7 +609,7 @@ async fn remove_snapshots(handle: &mut RunHandle, plan: &BackupPlan) {
         })
         .await;
     let agents = handle.manager().agents().clone();
-    let failures = delete_snapshots(&agents, &plan.cluster.nodes, &tag).await;
+    let failures = delete_snapshots(&agents, &remaining, &tag).await;
     for (node_id, reason) in failures {
         let _ = handle
             .progress(|run| {
