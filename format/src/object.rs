@@ -1442,6 +1442,110 @@ mod tests {
         outcome
     }
 
+    fn temporary_files(fixture: &Fixture) -> usize {
+        std::fs::read_dir(fixture.root.join(crate::storage::FS_ATOMIC_WRITE_DIR))
+            .expect("tmp dir")
+            .count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_files_are_encoded_in_one_pass_and_visible_only_once_committed() {
+        let fixture = fixture();
+        let content = text_bytes(3 * 1024 * 1024 + 17);
+        let source = fixture.files.join("new");
+        std::fs::write(&source, &content).expect("write source");
+        let hash = ContentHash::of(&content);
+        let object = format!("objects/{}/{hash}", &hash.to_hex()[..2]);
+
+        let pending = encode_into_folder(&fixture.op, &source, &UploadOptions::default())
+            .await
+            .expect("encode")
+            .expect("a local folder");
+        assert_eq!(pending.hash, hash);
+        assert_eq!(pending.outcome.read_bytes, content.len() as u64);
+        assert!(pending.outcome.compressed);
+        assert!(!object_exists(&fixture.op, &object).await.expect("exists"));
+        assert_eq!(temporary_files(&fixture), 1);
+        pending.commit(&object).await.expect("commit");
+        assert_eq!(temporary_files(&fixture), 0);
+        let dest = fixture.files.join("new.restored");
+        download_object(&fixture.op, &object, &dest, hash, None)
+            .await
+            .expect("download");
+        assert!(std::fs::read(&dest).expect("read restored") == content);
+
+        // Content found stored already: the second encoding is dropped, and leaves nothing.
+        let again = encode_into_folder(&fixture.op, &source, &UploadOptions::default())
+            .await
+            .expect("encode")
+            .expect("a local folder");
+        assert_eq!(temporary_files(&fixture), 1);
+        drop(again);
+        assert_eq!(temporary_files(&fixture), 0);
+
+        // Object stores are not local folders: the caller uploads instead.
+        let memory = Operator::new(
+            opendal::services::S3::default()
+                .bucket("coffer")
+                .region("us-east-1")
+                .endpoint("http://127.0.0.1:9"),
+        )
+        .expect("s3 operator");
+        assert!(
+            encode_into_folder(&memory, &source, &UploadOptions::default())
+                .await
+                .expect("encode")
+                .is_none()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writeback_syncs_few_objects_one_by_one_and_many_by_filesystem() {
+        let fixture = fixture();
+        // A few objects: each, and its folders, synced at the end.
+        let few = LocationWriteback::new(&fixture.op);
+        for index in 0..3u8 {
+            let content = random_bytes(1000, index);
+            let hash = ContentHash::of(&content);
+            let object = format!("objects/{}/{hash}", &hash.to_hex()[..2]);
+            let outcome = upload_bytes(
+                &fixture.op,
+                &object,
+                Bytes::from(content),
+                &UploadOptions::default(),
+            )
+            .await
+            .expect("upload");
+            few.stored(&object, outcome.stored_bytes);
+        }
+        few.finish().await.expect("sync few");
+
+        // Past the threshold, a sync of the filesystem starts in the background.
+        let many = LocationWriteback::new(&fixture.op);
+        many.stored("objects/00/large", WRITEBACK_BYTES);
+        assert!(
+            many.state.lock().expect("state").in_flight.is_some(),
+            "a background sync started"
+        );
+        many.finish().await.expect("sync many");
+        // A missing object fails the sync of few objects: nothing is silently skipped.
+        let missing = LocationWriteback::new(&fixture.op);
+        missing.stored("objects/00/missing", 10);
+        assert!(missing.finish().await.is_err());
+
+        // Object stores are durable on acknowledgement: nothing to do.
+        let memory = Operator::new(
+            opendal::services::S3::default()
+                .bucket("coffer")
+                .region("us-east-1")
+                .endpoint("http://127.0.0.1:9"),
+        )
+        .expect("s3 operator");
+        let remote = LocationWriteback::new(&memory);
+        remote.stored("objects/00/missing", WRITEBACK_BYTES);
+        remote.finish().await.expect("nothing to sync");
+    }
+
     #[tokio::test]
     async fn empty_files_round_trip_as_a_bare_header() {
         let fixture = fixture();

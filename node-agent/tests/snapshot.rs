@@ -91,6 +91,12 @@ async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
     write(&node.data(0).join("empty"), b"");
     write(&node.data(0).join("nested/deep/b.bin"), b"bravo");
     write(&node.data(1).join("c/c.log"), b"charlie");
+    // A restore's staging folder at the root is the agent's own; deeper, the name is data.
+    write(
+        &node.data(0).join(".coffer-restore/b1/cafe.part"),
+        b"staged",
+    );
+    write(&node.data(1).join("c/.coffer-restore"), b"data");
     std::os::unix::fs::symlink(node.data(0).join("a.txt"), node.data(0).join("link"))
         .expect("symlink");
     std::os::unix::fs::symlink(
@@ -131,6 +137,11 @@ async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
                 node.data(0).join("nested/deep/b.bin"),
                 folder0.join("nested/deep/b.bin")
             ),
+            (
+                1,
+                node.data(1).join("c/.coffer-restore"),
+                folder1.join("c/.coffer-restore")
+            ),
             (1, node.data(1).join("c/c.log"), folder1.join("c/c.log")),
         ]
     );
@@ -145,7 +156,10 @@ async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
         );
     }
     assert_eq!(snapshot.files[1].size, 0);
-    assert_eq!(snapshot.total_bytes(), 5 + 5 + 7);
+    assert_eq!(snapshot.total_bytes(), 5 + 5 + 4 + 7);
+    // The upload that follows gets the list the snapshot found, once; then it is read again.
+    assert_eq!(snapshotter.load("t1").await.expect("load"), snapshot);
+    assert_eq!(snapshotter.load("t1").await.expect("load again"), snapshot);
     let snapshots_folder = fs::metadata(node.data(0).join(SNAPSHOTS_FOLDER)).expect("metadata");
     assert_eq!(snapshots_folder.permissions().mode() & 0o777, 0o700);
 

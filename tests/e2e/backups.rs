@@ -137,8 +137,10 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
         TestAgent::start(root.path(), "c"),
     );
     let agents = [&a, &b, &c];
-    // The same 1 MiB file on every node, plus files of each node's own.
-    let shared = noise(1 << 20, 1);
+    // The same file (larger than the 1 MiB read in one go: new content is stored as it is
+    // hashed, and the nodes after the first find it stored) on every node, plus files of each
+    // node's own.
+    let shared = noise((1 << 20) + 4096, 1);
     for (index, agent) in agents.iter().enumerate() {
         write(&agent.data.join("ks/shared.db"), &shared);
         write(
@@ -182,6 +184,11 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
     assert_eq!(run.totals.as_ref().expect("run totals").files_done, 39);
     // Text compresses: stored bytes are well below the logical size.
     assert!(totals.uploaded_bytes < totals.total_bytes, "{totals:?}");
+    // The copies encoded by the other nodes were dropped, and nothing half-written is left.
+    let temporary = std::fs::read_dir(location.join(coffer_format::storage::FS_ATOMIC_WRITE_DIR))
+        .expect("temporary folder")
+        .count();
+    assert_eq!(temporary, 0, "temporary files left in the location");
 
     // The location says what it holds.
     let marker: serde_json::Value =
@@ -201,7 +208,7 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
     assert!(
         shared_entries
             .iter()
-            .all(|f| f.blake3_hash == shared_hash && f.size_bytes == 1 << 20)
+            .all(|f| f.blake3_hash == shared_hash && f.size_bytes == (1 << 20) + 4096)
     );
 
     // A second full backup of unchanged data re-reads everything but uploads nothing.
