@@ -303,10 +303,11 @@ class Trash:
     0.5 s to 2 s of system time depending on how much was deleted before, and a full backup or
     an rclone copy 40% slower). A measured phase that followed a deletion (the restore after
     emptying the data folders, a backup after the last run's cleanup) paid for it and the phase
-    before it did not. So nothing is deleted by a run: what it clears is renamed into
-    <work>/trash, which is emptied only when a run finds too little free space, and every
-    measured phase starts at least SETTLE_S after the last real deletion (300 s, as writing new
-    inodes next to the freed ones dirties their inode table blocks again)."""
+    before it did not. So nothing is deleted while a run measures: what it clears is renamed into
+    <work>/trash, emptied when the run ends; and every measured phase starts at least SETTLE_S
+    after the last real deletion (300 s, as writing new inodes next to the freed ones dirties
+    their inode table blocks again), which only makes a run started within five minutes of the
+    previous one wait."""
 
     SETTLE_S = 305.0
 
@@ -1740,6 +1741,7 @@ class Bench:
         self.sampler.close()
         if self.weed and not self.args.keep:  # the S3 copies (Coffer's and rclone's)
             self.trash.discard(self.work / "run" / "weed")
+        self.trash.empty()
 
 
 def main() -> int:

@@ -58,7 +58,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coffer_format::manifest::{ManifestError, NodeManifestReader};
-use coffer_format::object::{DownloadError, RateLimiter, download_object, hash_file};
+use coffer_format::object::{DownloadError, RateLimiter, download_object_sized, hash_file};
 use coffer_format::{ClusterLayout, ContentHash};
 use coffer_proto::agent::v1 as proto;
 use futures::{StreamExt, TryStreamExt};
@@ -85,8 +85,6 @@ pub const MAX_EXISTING_PATHS: usize = 20;
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 /// Existing files named in the error that refuses them.
 const EXISTING_NAMED: usize = 5;
-/// Size of an object's header: the stored size of raw content is its size plus this.
-const OBJECT_HEADER_LEN: u64 = 8;
 
 /// Environment variables the hook receives.
 pub const HOOK_ENV_RUN_ID: &str = "COFFER_RUN_ID";
@@ -1204,18 +1202,16 @@ async fn stage_object(
         match &source {
             None => {
                 let object_path = shared.layout.object(&hash);
-                // The stat only counts stored bytes; it runs beside the download.
-                let (downloaded, stat) = tokio::join!(
-                    download_object(
-                        &job.operator,
-                        &object_path,
-                        &part,
-                        hash,
-                        job.limiter.as_ref()
-                    ),
-                    job.operator.stat(&object_path)
-                );
-                let size = downloaded.map_err(|source| RestoreFailure::Download {
+                let downloaded = download_object_sized(
+                    &job.operator,
+                    &object_path,
+                    &part,
+                    hash,
+                    Some(object.size),
+                    job.limiter.as_ref(),
+                )
+                .await
+                .map_err(|source| RestoreFailure::Download {
                     file: file.clone(),
                     hash,
                     source: Box::new(match source {
@@ -1225,17 +1221,11 @@ async fn stage_object(
                         other => other,
                     }),
                 })?;
-                let stored = match stat {
-                    Ok(metadata) => metadata.content_length(),
-                    Err(error) => {
-                        tracing::debug!(%error, object = object_path, "stat downloaded object");
-                        size + OBJECT_HEADER_LEN
-                    }
-                };
+                let size = downloaded.size;
                 shared
                     .counters
                     .bytes_downloaded
-                    .fetch_add(stored, Ordering::Relaxed);
+                    .fetch_add(downloaded.stored_bytes, Ordering::Relaxed);
                 if size != object.size {
                     let _ = tokio::fs::remove_file(&part).await;
                     return Err(RestoreFailure::SizeMismatch {

@@ -114,6 +114,24 @@ async fn objects_round_trip_through_seaweedfs_s3() {
             .expect("download");
         assert_eq!(size, content.len() as u64);
         assert!(std::fs::read(&dest).expect("read") == *content);
+        // Told the size (as restores are), a small object is one plain GET, a large one a
+        // ranged read; both report the stored size.
+        let sized = coffer_format::object::download_object_sized(
+            &op,
+            object,
+            &dest,
+            *hash,
+            Some(content.len() as u64),
+            None,
+        )
+        .await
+        .expect("download with the size");
+        let stored = op.stat(object).await.expect("stat").content_length();
+        assert_eq!(
+            (sized.size, sized.stored_bytes),
+            (content.len() as u64, stored)
+        );
+        assert!(std::fs::read(&dest).expect("read") == *content);
     }
 
     // A file changed after hashing: the multipart upload is aborted, no object appears.
