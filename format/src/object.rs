@@ -914,11 +914,10 @@ impl LocationWriteback {
             if many {
                 return sync_folder_fs(&root);
             }
+            // The object's folder holds its name; the folder above, the folder's (when this
+            // upload created it).
             let mut folders = std::collections::BTreeSet::new();
             for object in &few {
-                File::open(object)?.sync_all()?;
-                // The object's folder holds its name; the folder above, the folder's (when
-                // this upload created it).
                 if let Some(folder) = object.parent() {
                     folders.insert(folder.to_path_buf());
                     if let Some(above) = folder.parent() {
@@ -926,14 +925,37 @@ impl LocationWriteback {
                     }
                 }
             }
-            for folder in folders {
-                File::open(folder)?.sync_all()?;
-            }
-            Ok(())
+            // Objects first, then the folders naming them; a few at a time, as each waits on
+            // the disk rather than the CPU.
+            sync_each(&few)?;
+            sync_each(&folders.into_iter().collect::<Vec<_>>())
         })
         .await
         .map_err(io::Error::other)?
     }
+}
+
+/// `fsync` of each file or folder, by a few threads at once.
+fn sync_each(paths: &[PathBuf]) -> io::Result<()> {
+    const SYNC_THREADS: usize = 4;
+    let per_thread = paths.len().div_ceil(SYNC_THREADS).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .try_for_each(|path| File::open(path)?.sync_all())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|worker| {
+            worker
+                .join()
+                .map_err(|_| io::Error::other("a sync thread panicked"))?
+        })
+    })
 }
 
 /// `syncfs` of the filesystem holding `folder`.
