@@ -821,7 +821,7 @@ pub async fn sync_location(op: &Operator) -> io::Result<()> {
 }
 
 /// Bytes stored into a local folder after which [`LocationWriteback`] starts a background sync.
-const WRITEBACK_BYTES: u64 = 128 * 1024 * 1024;
+const WRITEBACK_BYTES: u64 = 64 * 1024 * 1024;
 /// Up to this many objects, [`LocationWriteback::finish`] syncs each (and its folder) rather
 /// than the whole filesystem.
 const WRITEBACK_FEW_OBJECTS: usize = 64;

@@ -352,23 +352,35 @@ pub async fn run(
     // are remembered as present only once durable (local folders are written without a sync per
     // object), so a crash cannot make the journal vouch for an object lost with the page cache;
     // and the node manifest below refers only to durable objects.
-    if !hashed.is_empty() {
-        shared.job.journal.record_hashes(hashed).await?;
-    }
-    if !shared.job.dry_run {
-        shared.writeback.finish().await.map_err(|error| {
-            UploadFailure::File(format!(
-                "sync location {:?}: {error}",
-                shared.job.location_name
-            ))
-        })?;
-        if !present.is_empty() {
-            shared
-                .job
-                .journal
-                .record_objects(&shared.job.location_id, present)
-                .await?;
+    // (The hashes and the location's sync are independent: both at once.)
+    let record_hashes = async {
+        if hashed.is_empty() {
+            Ok(())
+        } else {
+            shared.job.journal.record_hashes(hashed).await
         }
+    };
+    let sync = async {
+        if shared.job.dry_run {
+            Ok(())
+        } else {
+            shared.writeback.finish().await.map_err(|error| {
+                UploadFailure::File(format!(
+                    "sync location {:?}: {error}",
+                    shared.job.location_name
+                ))
+            })
+        }
+    };
+    let (recorded, synced) = tokio::join!(record_hashes, sync);
+    recorded?;
+    synced?;
+    if !shared.job.dry_run && !present.is_empty() {
+        shared
+            .job
+            .journal
+            .record_objects(&shared.job.location_id, present)
+            .await?;
     }
     if let Err(error) = outcome {
         cancel.cancel();
