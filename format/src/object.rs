@@ -270,7 +270,7 @@ pub async fn read_small_file(
 
 /// Stores content held in memory at `object_path` in the object format (compressed when zstd
 /// saves at least the configured share), in one write. For a local folder, by temporary file and
-/// rename, without a sync (see [`sync_location`]).
+/// rename, without a sync (see [`LocationWriteback`]).
 ///
 /// Fails when the storage fails.
 pub async fn upload_bytes(
@@ -627,7 +627,8 @@ pub async fn upload_file(
 /// OpenDAL's fs backend syncs every file it closes. A backup writes thousands of objects, and
 /// one sync per object made the disk's flush latency, not its bandwidth, the limit. Objects are
 /// written to a temporary file and renamed into place (never visible half-written), without a
-/// sync; [`sync_location`] makes them all durable at once before a manifest refers to them.
+/// sync; a [`LocationWriteback`] makes them durable, in the background and in batches, before
+/// a manifest refers to them.
 fn local_root(op: &Operator) -> Option<PathBuf> {
     let info = op.info();
     (info.scheme() == "fs").then(|| PathBuf::from(info.root()))
@@ -804,20 +805,6 @@ fn encode_to_temporary(
             Err(error)
         }
     }
-}
-
-/// Makes everything written to a location so far durable. For a local folder, one `syncfs` of
-/// its filesystem (objects are written without a sync each); object stores acknowledge a write
-/// only once it is durable, so there is nothing to do.
-///
-/// Fails when the folder cannot be opened or synced.
-pub async fn sync_location(op: &Operator) -> io::Result<()> {
-    let Some(root) = local_root(op) else {
-        return Ok(());
-    };
-    tokio::task::spawn_blocking(move || sync_folder_fs(&root))
-        .await
-        .map_err(io::Error::other)?
 }
 
 /// Bytes stored into a local folder after which [`LocationWriteback`] starts a background sync.
