@@ -1523,6 +1523,17 @@ mod tests {
         outcome
     }
 
+    /// An operator for an object store (never contacted).
+    fn s3_operator() -> Operator {
+        Operator::new(
+            opendal::services::S3::default()
+                .bucket("coffer")
+                .region("us-east-1")
+                .endpoint("http://127.0.0.1:9"),
+        )
+        .expect("s3 operator")
+    }
+
     fn temporary_files(fixture: &Fixture) -> usize {
         std::fs::read_dir(fixture.root.join(crate::storage::FS_ATOMIC_WRITE_DIR))
             .expect("tmp dir")
@@ -1565,15 +1576,8 @@ mod tests {
         assert_eq!(temporary_files(&fixture), 0);
 
         // Object stores are not local folders: the caller uploads instead.
-        let memory = Operator::new(
-            opendal::services::S3::default()
-                .bucket("coffer")
-                .region("us-east-1")
-                .endpoint("http://127.0.0.1:9"),
-        )
-        .expect("s3 operator");
         assert!(
-            encode_into_folder(&memory, &source, &UploadOptions::default())
+            encode_into_folder(&s3_operator(), &source, &UploadOptions::default())
                 .await
                 .expect("encode")
                 .is_none()
@@ -1615,14 +1619,7 @@ mod tests {
         assert!(missing.finish().await.is_err());
 
         // Object stores are durable on acknowledgement: nothing to do.
-        let memory = Operator::new(
-            opendal::services::S3::default()
-                .bucket("coffer")
-                .region("us-east-1")
-                .endpoint("http://127.0.0.1:9"),
-        )
-        .expect("s3 operator");
-        let remote = LocationWriteback::new(&memory);
+        let remote = LocationWriteback::new(&s3_operator());
         remote.stored("objects/00/missing", WRITEBACK_BYTES);
         remote.finish().await.expect("nothing to sync");
     }

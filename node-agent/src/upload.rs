@@ -162,6 +162,35 @@ struct Shared {
 }
 
 impl Shared {
+    /// The cell that makes identical content handled once within this upload.
+    async fn object_cell(&self, hash: ContentHash) -> Arc<OnceCell<bool>> {
+        self.objects.lock().await.entry(hash).or_default().clone()
+    }
+
+    /// For a file larger than one chunk, a slot among the `LARGE_UPLOADS` streamed at once
+    /// (`Some(None)` for smaller files); `None` once the semaphore is closed.
+    async fn large_upload_slot(
+        &self,
+        file: &SnapshotFile,
+    ) -> Option<Option<tokio::sync::SemaphorePermit<'_>>> {
+        if file.size > LARGE_FILE {
+            self.large_uploads.acquire().await.ok().map(Some)
+        } else {
+            Some(None)
+        }
+    }
+
+    /// Counts an object this upload stored at `path`, and has it made durable.
+    fn stored(&self, path: &str, stored_bytes: u64) {
+        self.writeback.stored(path, stored_bytes);
+        self.counters
+            .bytes_uploaded
+            .fetch_add(stored_bytes, Ordering::Relaxed);
+        self.counters
+            .objects_uploaded
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether the journal vouches that the location holds `hash` (incremental backups and
     /// plans only: a full backup checks the location itself).
     fn journal_vouches(&self, hash: &ContentHash) -> bool {
@@ -537,17 +566,10 @@ async fn process_new_file(
     file: &SnapshotFile,
 ) -> Result<Option<FileResult>, UploadFailure> {
     let job = &shared.job;
-    let _slot = if file.size > LARGE_FILE {
-        Some(
-            shared
-                .large_uploads
-                .acquire()
-                .await
-                .map_err(|_| UploadFailure::Canceled)?,
-        )
-    } else {
-        None
-    };
+    let _slot = shared
+        .large_upload_slot(file)
+        .await
+        .ok_or(UploadFailure::Canceled)?;
     let pending =
         match encode_into_folder(&job.operator, &file.snapshot_path, &shared.options).await {
             Ok(Some(pending)) => pending,
@@ -568,10 +590,7 @@ async fn process_new_file(
         .counters
         .bytes_read
         .fetch_add(outcome.read_bytes, Ordering::Relaxed);
-    let cell = {
-        let mut objects = shared.objects.lock().await;
-        objects.entry(hash).or_default().clone()
-    };
+    let cell = shared.object_cell(hash).await;
     let mut pending = Some(pending);
     let mut uploaded_here = false;
     let stored = cell
@@ -593,15 +612,7 @@ async fn process_new_file(
                     job.location_name
                 ))
             })?;
-            shared.writeback.stored(&path, outcome.stored_bytes);
-            shared
-                .counters
-                .bytes_uploaded
-                .fetch_add(outcome.stored_bytes, Ordering::Relaxed);
-            shared
-                .counters
-                .objects_uploaded
-                .fetch_add(1, Ordering::Relaxed);
+            shared.stored(&path, outcome.stored_bytes);
             uploaded_here = true;
             Ok(true)
         })
@@ -612,19 +623,13 @@ async fn process_new_file(
         shared.objects.lock().await.remove(&hash);
         return Err(error);
     }
-    // The manifest records what was read: the size and hash of these bytes.
-    let mut read = file.clone();
-    read.size = outcome.read_bytes;
-    finish(&shared.counters, file.size, !uploaded_here);
-    Ok(Some(FileResult {
-        entry: entry(&read, hash),
-        hashed: Some(HashRecord {
-            live_path: file.live_path.clone(),
-            identity: FileIdentity::from(file),
-            hash,
-        }),
-        object_present: Some(hash),
-    }))
+    Ok(Some(read_once(
+        shared,
+        file,
+        hash,
+        outcome.read_bytes,
+        uploaded_here,
+    )))
 }
 
 /// A small file whose hash is not known: read once, hashed, and stored from the same bytes.
@@ -648,10 +653,7 @@ async fn process_small_file(
         .bytes_read
         .fetch_add(size, Ordering::Relaxed);
     let hash = small.hash;
-    let cell = {
-        let mut objects = shared.objects.lock().await;
-        objects.entry(hash).or_default().clone()
-    };
+    let cell = shared.object_cell(hash).await;
     let mut uploaded_here = false;
     let stored = cell
         .get_or_try_init(|| async {
@@ -668,15 +670,7 @@ async fn process_small_file(
                 upload_bytes(&job.operator, &path, small.content.clone(), &shared.options)
                     .await
                     .map_err(|error| error.in_location(&job.location_name))?;
-            shared.writeback.stored(&path, outcome.stored_bytes);
-            shared
-                .counters
-                .bytes_uploaded
-                .fetch_add(outcome.stored_bytes, Ordering::Relaxed);
-            shared
-                .counters
-                .objects_uploaded
-                .fetch_add(1, Ordering::Relaxed);
+            shared.stored(&path, outcome.stored_bytes);
             uploaded_here = true;
             Ok(true)
         })
@@ -685,11 +679,22 @@ async fn process_small_file(
         shared.objects.lock().await.remove(&hash);
         return Err(error);
     }
-    // The manifest records what was read: the size and hash of these bytes.
+    Ok(Some(read_once(shared, file, hash, size, uploaded_here)))
+}
+
+/// The result of a file read once (hashed and stored in the same pass), of `read_size` bytes:
+/// the manifest records what was read, and the journal learns its hash.
+fn read_once(
+    shared: &Shared,
+    file: &SnapshotFile,
+    hash: ContentHash,
+    read_size: u64,
+    uploaded_here: bool,
+) -> FileResult {
     let mut read = file.clone();
-    read.size = size;
+    read.size = read_size;
     finish(&shared.counters, file.size, !uploaded_here);
-    Ok(Some(FileResult {
+    FileResult {
         entry: entry(&read, hash),
         hashed: Some(HashRecord {
             live_path: file.live_path.clone(),
@@ -697,7 +702,7 @@ async fn process_small_file(
             hash,
         }),
         object_present: Some(hash),
-    }))
+    }
 }
 
 enum EnsureError {
@@ -712,10 +717,7 @@ async fn ensure_object(
     file: &SnapshotFile,
     hash: ContentHash,
 ) -> Result<bool, EnsureError> {
-    let cell = {
-        let mut objects = shared.objects.lock().await;
-        objects.entry(hash).or_default().clone()
-    };
+    let cell = shared.object_cell(hash).await;
     let mut uploaded_here = false;
     let result = cell
         .get_or_try_init(|| async {
@@ -730,17 +732,10 @@ async fn ensure_object(
             })? {
                 return Ok(true);
             }
-            let _slot = if file.size > LARGE_FILE {
-                Some(
-                    shared
-                        .large_uploads
-                        .acquire()
-                        .await
-                        .map_err(|_| EnsureError::Failed(UploadFailure::Canceled))?,
-                )
-            } else {
-                None
-            };
+            let _slot = shared
+                .large_upload_slot(file)
+                .await
+                .ok_or(EnsureError::Failed(UploadFailure::Canceled))?;
             match upload_file(
                 &job.operator,
                 &path,
@@ -751,19 +746,11 @@ async fn ensure_object(
             .await
             {
                 Ok(outcome) => {
-                    shared.writeback.stored(&path, outcome.stored_bytes);
-                    shared
-                        .counters
-                        .bytes_uploaded
-                        .fetch_add(outcome.stored_bytes, Ordering::Relaxed);
+                    shared.stored(&path, outcome.stored_bytes);
                     shared
                         .counters
                         .bytes_read
                         .fetch_add(outcome.read_bytes, Ordering::Relaxed);
-                    shared
-                        .counters
-                        .objects_uploaded
-                        .fetch_add(1, Ordering::Relaxed);
                     uploaded_here = true;
                     Ok(true)
                 }
