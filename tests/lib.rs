@@ -279,6 +279,34 @@ pub async fn create_fs_location(client: &CofferClient, name: &str, path: &Path) 
         .expect("create location");
 }
 
+/// Writes `content` to `path`, creating its folders.
+pub fn write(path: &Path, content: &[u8]) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, content).expect("write");
+}
+
+/// `len` deterministic, random-looking (incompressible) bytes for `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut bytes);
+    bytes
+}
+
+/// Empties the folder `data` (the folder stays).
+pub fn wipe(data: &Path) {
+    for entry in std::fs::read_dir(data).expect("read data") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove dir");
+        } else {
+            std::fs::remove_file(&path).expect("remove file");
+        }
+    }
+}
+
 /// Every file below `root`, relative, with its content.
 pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {

@@ -634,6 +634,11 @@ fn local_root(op: &Operator) -> Option<PathBuf> {
     (info.scheme() == "fs").then(|| PathBuf::from(info.root()))
 }
 
+/// Whether `op` is a local (`fs`) folder, which [`encode_into_folder`] can write into.
+pub fn is_local_folder(op: &Operator) -> bool {
+    local_root(op).is_some()
+}
+
 async fn upload_to_folder(
     root: &Path,
     object_path: &str,
@@ -829,14 +834,23 @@ pub struct LocationWriteback {
     state: Mutex<WritebackState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct WritebackState {
     unsynced_bytes: u64,
-    /// Objects stored, while there are few of them.
-    few: Vec<PathBuf>,
-    /// More than [`WRITEBACK_FEW_OBJECTS`] stored: the filesystem is synced instead.
-    many: bool,
+    /// Objects stored while there are few of them; `None` once there are more than
+    /// [`WRITEBACK_FEW_OBJECTS`] (or a background sync ran): the filesystem is synced instead.
+    few: Option<Vec<PathBuf>>,
     in_flight: Option<tokio::task::JoinHandle<io::Result<()>>>,
+}
+
+impl Default for WritebackState {
+    fn default() -> Self {
+        Self {
+            unsynced_bytes: 0,
+            few: Some(Vec::new()),
+            in_flight: None,
+        }
+    }
 }
 
 impl LocationWriteback {
@@ -855,12 +869,11 @@ impl LocationWriteback {
             return;
         };
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if !state.many {
-            if state.few.len() < WRITEBACK_FEW_OBJECTS {
-                state.few.push(root.join(object_path));
+        if let Some(few) = &mut state.few {
+            if few.len() < WRITEBACK_FEW_OBJECTS {
+                few.push(root.join(object_path));
             } else {
-                state.many = true;
-                state.few = Vec::new();
+                state.few = None;
             }
         }
         state.unsynced_bytes += bytes;
@@ -870,8 +883,7 @@ impl LocationWriteback {
             .is_none_or(tokio::task::JoinHandle::is_finished);
         if state.unsynced_bytes >= WRITEBACK_BYTES && idle {
             state.unsynced_bytes = 0;
-            state.many = true;
-            state.few = Vec::new();
+            state.few = None;
             let root = root.clone();
             // A finished earlier sync's result does not matter: the final one covers its data.
             state.in_flight = Some(tokio::task::spawn_blocking(move || sync_folder_fs(&root)));
@@ -885,22 +897,18 @@ impl LocationWriteback {
         let Some(root) = self.root.clone() else {
             return Ok(());
         };
-        let (in_flight, few, many) = {
+        let (in_flight, few) = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                state.in_flight.take(),
-                std::mem::take(&mut state.few),
-                state.many,
-            )
+            (state.in_flight.take(), state.few.take())
         };
         if let Some(in_flight) = in_flight {
             // Its data is covered by the sync below; only a join failure is worth reporting.
             let _ = in_flight.await.map_err(io::Error::other)?;
         }
         tokio::task::spawn_blocking(move || {
-            if many {
+            let Some(few) = few else {
                 return sync_folder_fs(&root);
-            }
+            };
             // The object's folder holds its name; the folder above, the folder's (when this
             // upload created it).
             let mut folders = std::collections::BTreeSet::new();
@@ -1576,6 +1584,8 @@ mod tests {
         assert_eq!(temporary_files(&fixture), 0);
 
         // Object stores are not local folders: the caller uploads instead.
+        assert!(is_local_folder(&fixture.op));
+        assert!(!is_local_folder(&s3_operator()));
         assert!(
             encode_into_folder(&s3_operator(), &source, &UploadOptions::default())
                 .await

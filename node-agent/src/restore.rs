@@ -1106,13 +1106,17 @@ async fn download_all(
     }
     drop(results);
     drop(commit);
-    let committed = committer.await.map_err(|error| RestoreFailure::Local {
-        action: "commit staged files",
-        path: PathBuf::new(),
-        source: io::Error::other(error),
+    let committed = committer.await.unwrap_or_else(|error| {
+        Err(RestoreFailure::Local {
+            action: "commit staged files",
+            path: PathBuf::new(),
+            source: io::Error::other(error),
+        })
     });
-    downloaded?;
-    committed?
+    // A committer that failed made the downloads fail too ("the committer stopped"): its error
+    // is the cause to report.
+    committed?;
+    downloaded
 }
 
 /// Commits verified parts in batches: one `syncfs` of each data path's filesystem makes a whole

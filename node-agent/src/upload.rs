@@ -19,7 +19,7 @@ use std::time::Duration;
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
 use coffer_format::object::{
     LocationWriteback, RateLimiter, UploadError, UploadOptions, encode_into_folder, hash_file,
-    object_exists, read_small_file, upload_bytes, upload_file,
+    is_local_folder, object_exists, read_small_file, upload_bytes, upload_file,
 };
 use coffer_format::storage::BackendQuirks;
 use coffer_format::{ClusterLayout, ContentHash, StorageError};
@@ -478,6 +478,7 @@ async fn process_file(
     if !job.dry_run
         && matches!(known, Known::Nothing)
         && file.size > coffer_format::object::SMALL_FILE
+        && is_local_folder(&job.operator)
         && let Some(result) = process_new_file(shared, &file).await?
     {
         return Ok(result);
@@ -560,7 +561,8 @@ async fn process_file(
 
 /// A new or changed large file on a local location: read once, hashed and encoded into a
 /// temporary file in the same pass, then named as its object unless the location holds that
-/// content already. `None` for other locations (the caller hashes first, then uploads).
+/// content already. `None` for other locations (the caller checks first: they hash, then
+/// upload).
 async fn process_new_file(
     shared: &Shared,
     file: &SnapshotFile,

@@ -4,28 +4,10 @@
 use std::path::Path;
 
 use coffer_client::{CofferClient, proto};
-use coffer_tests::{TestAgent, TestServer, create_fs_location, watch_to_end};
+use coffer_tests::{TestAgent, TestServer, create_fs_location, noise, watch_to_end, write};
 use tonic::Code;
 
 use crate::{node, register};
-
-/// Deterministic bytes: random-looking for `seed`.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
-fn write(path: &Path, content: &[u8]) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, content).expect("write");
-}
 
 fn backup_request(
     cluster: &str,

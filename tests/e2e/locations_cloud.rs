@@ -7,34 +7,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use coffer_client::{CofferClient, proto};
-use coffer_tests::{Azurite, FakeGcs, TestAgent, TestServer, tree, watch_to_end};
+use coffer_tests::{
+    Azurite, FakeGcs, TestAgent, TestServer, noise, tree, watch_to_end, wipe, write,
+};
 
 use crate::{node, register};
-
-fn write(path: &Path, content: &[u8]) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, content).expect("write");
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut bytes = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut bytes);
-    bytes
-}
-
-fn wipe(data: &Path) {
-    for entry in std::fs::read_dir(data).expect("read data") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).expect("remove dir");
-        } else {
-            std::fs::remove_file(&path).expect("remove file");
-        }
-    }
-}
 
 /// Runs a backup of `kind` to `location`; returns the final run.
 async fn run_backup(client: &CofferClient, location: &str, kind: proto::BackupKind) -> proto::Run {

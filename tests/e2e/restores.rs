@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use coffer_client::{CofferClient, proto};
-use coffer_tests::{TestAgent, TestServer, create_fs_location, watch_to_end};
+use coffer_tests::{TestAgent, TestServer, create_fs_location, noise, watch_to_end, wipe, write};
 
 use crate::{node, register};
 
@@ -47,31 +47,6 @@ fn described_tree(root: &Path) -> BTreeMap<String, (Vec<u8>, u32, i64)> {
     let mut out = BTreeMap::new();
     walk(root, root, &mut out);
     out
-}
-
-fn write(path: &Path, content: &[u8]) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, content).expect("write");
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut bytes = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut bytes);
-    bytes
-}
-
-fn wipe(data: &Path) {
-    for entry in std::fs::read_dir(data).expect("read data") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).expect("remove dir");
-        } else {
-            std::fs::remove_file(&path).expect("remove file");
-        }
-    }
 }
 
 async fn backup(client: &CofferClient, cluster: &str) -> proto::Backup {

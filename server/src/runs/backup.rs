@@ -73,23 +73,14 @@ struct EarlyDeletes(Arc<std::sync::Mutex<Vec<EarlyDelete>>>);
 type EarlyDelete = (Uuid, tokio::task::JoinHandle<bool>);
 
 impl EarlyDeletes {
-    fn start(
-        &self,
-        node_id: Uuid,
-        mut client: coffer_proto::agent::v1::agent_service_client::AgentServiceClient<
-            tonic::transport::Channel,
-        >,
-        tag: String,
-    ) {
+    fn start(&self, agents: Arc<AgentClients>, node: Node, tag: String) {
+        let node_id = node.info.node_id;
         // Bounded work (one call); the sweep awaits it.
         let deletion = tokio::spawn(async move {
-            match client
-                .delete_snapshot(agent::DeleteSnapshotRequest { tag })
-                .await
-            {
-                Ok(_) => true,
-                Err(status) => {
-                    tracing::warn!(node_id = %node_id, error = %status.message(), "remove snapshot after upload");
+            match delete_snapshot(&agents, &node, tag).await {
+                Ok(()) => true,
+                Err(reason) => {
+                    tracing::warn!(node_id = %node_id, reason, "remove snapshot after upload");
                     false
                 }
             }
@@ -387,7 +378,7 @@ fn apply_progress(counters: &mut crate::runs::model::Counters, progress: &agent:
 }
 
 async fn upload_node(
-    agents: &AgentClients,
+    agents: &Arc<AgentClients>,
     node: &Node,
     request: agent::UploadSnapshotRequest,
     permits: &Semaphore,
@@ -417,7 +408,7 @@ async fn upload_node(
                     // The node's snapshot has served its purpose: free its disk space now rather
                     // than when the slowest node finishes. (The final sweep retries failures.)
                     if !dry_run {
-                        early_deletes.start(node_id, client.clone(), tag.clone());
+                        early_deletes.start(agents.clone(), node.clone(), tag.clone());
                     }
                     return NodeOutcome::Done(summary);
                 }
@@ -621,6 +612,22 @@ async fn remove_snapshots(handle: &mut RunHandle, plan: &BackupPlan, early_delet
     }
 }
 
+/// Asks `node` to delete the snapshot `tag`; the error names the agent.
+async fn delete_snapshot(
+    agents: &AgentClients,
+    node: &Node,
+    tag: String,
+) -> std::result::Result<(), String> {
+    let mut client = agents
+        .long_client(&node.spec.address)
+        .map_err(|e| e.to_string())?;
+    client
+        .delete_snapshot(agent::DeleteSnapshotRequest { tag })
+        .await
+        .map(|_| ())
+        .map_err(|status| call_error(&node.spec.address, &status).to_string())
+}
+
 /// Asks every node to delete the snapshot `tag`; returns the nodes that failed.
 async fn delete_snapshots(
     agents: &Arc<AgentClients>,
@@ -632,17 +639,10 @@ async fn delete_snapshots(
             let agents = agents.clone();
             let tag = tag.to_string();
             async move {
-                let result = async {
-                    let mut client = agents
-                        .long_client(&node.spec.address)
-                        .map_err(|e| e.to_string())?;
-                    client
-                        .delete_snapshot(agent::DeleteSnapshotRequest { tag })
-                        .await
-                        .map_err(|status| call_error(&node.spec.address, &status).to_string())
-                }
-                .await;
-                (node.info.node_id, result)
+                (
+                    node.info.node_id,
+                    delete_snapshot(&agents, &node, tag).await,
+                )
             }
         })
         .buffer_unordered(agents.options().parallelism.max(1))
