@@ -297,7 +297,8 @@ class Trash:
     """Where the bench puts what it clears while it measures, emptied when it exits.
 
     ext4 without a journal (this kind of machine's root filesystem) refuses to reuse an inode
-    deleted less than 60 s ago (300 s while its inode table block is dirty): each file created
+    deleted less than 60 s ago (360 s while its inode table block is dirty: RECENTCY_MIN plus
+    RECENTCY_DIRTY in fs/ext4/ialloc.c): each file created
     then scans past every recently freed inode of its block group, so creating thousands of files
     right after deleting thousands costs seconds of CPU (quadratic; seen: 9000 files of 40 KiB in
     0.5 s to 2 s of system time depending on how much was deleted before, and a full backup or
@@ -305,11 +306,12 @@ class Trash:
     emptying the data folders, a backup after the last run's cleanup) paid for it and the phase
     before it did not. So nothing is deleted while a run measures: what it clears is renamed into
     <work>/trash, emptied when the run ends; and every measured phase starts at least SETTLE_S
-    after the last real deletion (300 s, as writing new inodes next to the freed ones dirties
-    their inode table blocks again), which only makes a run started within five minutes of the
-    previous one wait."""
+    after the last real deletion (360 s, as writing new inodes next to the freed ones dirties
+    their inode table blocks again; 305 s was not enough: a full backup 318 s after a clean-up
+    still spent 17% of its CPU scanning freed inodes), which only makes a run started within six
+    minutes of the previous one wait."""
 
-    SETTLE_S = 305.0
+    SETTLE_S = 370.0
 
     def __init__(self, work: Path):
         self.root = work / "trash"
@@ -1741,7 +1743,10 @@ class Bench:
         self.sampler.close()
         if self.weed and not self.args.keep:  # the S3 copies (Coffer's and rclone's)
             self.trash.discard(self.work / "run" / "weed")
-        self.trash.empty()
+        if self.args.keep_trash:
+            log(f"left {self.trash.root} for a later run to empty (--keep-trash)")
+        else:
+            self.trash.empty()
 
 
 def main() -> int:
@@ -1778,6 +1783,10 @@ def main() -> int:
                     help="diagnostic: run agent 0 under `strace -c -f` (syscall counts in "
                          "logs/<target>/agent-0.strace-<phase>); distorts that agent's timings")
     ap.add_argument("--keep", action="store_true", help="keep the rclone copies and the fs location")
+    ap.add_argument("--keep-trash", action="store_true",
+                    help="leave what this run cleared in <work>/trash (a later run empties it, or "
+                         "this one when the disk runs short), so the next run need not wait for "
+                         "freed inodes to settle (see Trash)")
     ap.add_argument("--drop-caches", action="store_true",
                     help="drop the page cache before each measured phase (root only)")
     ap.add_argument("--run-timeout", type=float, default=3600)

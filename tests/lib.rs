@@ -16,6 +16,9 @@ use tokio::process::{Child, Command};
 /// Longest wait for a process to announce its address or to exit after SIGTERM.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The agent's snapshots folder at the root of a data path.
+const SNAPSHOTS_FOLDER: &str = ".coffer-snapshots";
+
 /// The directory holding the workspace's binaries (`target/<profile>`), found from the test
 /// executable's own path (`target/<profile>/deps/e2e-*`).
 pub fn binary(name: &str) -> PathBuf {
@@ -295,10 +298,14 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
-/// Empties the folder `data` (the folder stays).
+/// Empties the data path `data` (the folder stays), all but the agent's snapshots folder: the
+/// agent may still be freeing the space of deleted snapshots there (see [`snapshots_left`]).
 pub fn wipe(data: &Path) {
     for entry in std::fs::read_dir(data).expect("read data") {
         let path = entry.expect("entry").path();
+        if path.file_name() == Some(std::ffi::OsStr::new(SNAPSHOTS_FOLDER)) {
+            continue;
+        }
         if path.is_dir() {
             std::fs::remove_dir_all(&path).expect("remove dir");
         } else {
@@ -307,11 +314,38 @@ pub fn wipe(data: &Path) {
     }
 }
 
-/// Every file below `root`, relative, with its content.
+/// What stays in the data path `data`'s `.coffer-snapshots` folder (names; empty when the folder
+/// is gone) once the agent has freed the deleted snapshots: it detaches them at once and frees
+/// their space in the background, within moments. Waits up to 10 s for detached folders to go.
+pub async fn snapshots_left(data: &Path) -> Vec<String> {
+    let folder = data.join(SNAPSHOTS_FOLDER);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = std::fs::read_dir(&folder)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let freeing = names.iter().any(|name| name.starts_with(".removing-"));
+        if !freeing || std::time::Instant::now() > deadline {
+            return names;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every file below `root`, relative, with its content; for a data path, without the agent's
+/// snapshots folder at its root (see [`snapshots_left`]).
 pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
         for entry in std::fs::read_dir(dir).expect("read dir") {
             let path = entry.expect("entry").path();
+            if dir == base && path.file_name() == Some(std::ffi::OsStr::new(SNAPSHOTS_FOLDER)) {
+                continue;
+            }
             if path.is_dir() {
                 walk(base, &path, out);
             } else {

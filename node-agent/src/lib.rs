@@ -104,6 +104,8 @@ impl Agent {
         let node_id = identity::load_or_create_node_id(&config.state_dir)?;
         let journal = journal::Journal::open(&config.state_dir).await?;
         let snapshots = snapshot::Snapshotter::new(&config);
+        // Deleted snapshots whose space an earlier agent had not finished freeing.
+        snapshots.reclaim();
         let leftovers = snapshots.list_tags();
         if !leftovers.is_empty() {
             // The server removes the snapshots of runs it finds interrupted; until then they
@@ -190,13 +192,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     let agent = Arc::new(agent);
+    let snapshots = agent.snapshots.clone();
     let router = grpc::router(agent).await;
-    router
+    let served = router
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
         )
-        .await?;
+        .await;
+    snapshots.stop_reclaiming();
+    served?;
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -379,9 +379,12 @@ pub async fn run(
     let files_done = started.elapsed();
     // What was learnt stays learnt, even if the upload failed: a retry starts from it. Objects
     // are remembered as present only once durable (local folders are written without a sync per
-    // object), so a crash cannot make the journal vouch for an object lost with the page cache;
-    // and the node manifest below refers only to durable objects.
-    // (The hashes and the location's sync are independent: both at once.)
+    // object), so a crash cannot make the journal vouch for an object lost with the page cache.
+    // The hashes, the location's sync and the node manifest are independent, so all three run at
+    // once: the manifest may reach storage before the objects it names are durable, but the
+    // upload reports success only once both are, and only a successful upload of every node
+    // lets the server write the backup's commit point. A manifest written before the sync
+    // failed is removed again.
     let record_hashes = async {
         if hashed.is_empty() {
             Ok(())
@@ -389,38 +392,29 @@ pub async fn run(
             shared.job.journal.record_hashes(hashed).await
         }
     };
-    let sync = async {
-        if shared.job.dry_run {
-            Ok(())
-        } else {
+    let make_durable = async {
+        if !shared.job.dry_run {
             shared.writeback.finish().await.map_err(|error| {
                 UploadFailure::File(format!(
                     "sync location {:?}: {error}",
                     shared.job.location_name
                 ))
-            })
+            })?;
         }
+        let durable = started.elapsed();
+        if !shared.job.dry_run && !present.is_empty() {
+            shared
+                .job
+                .journal
+                .record_objects(&shared.job.location_id, present)
+                .await?;
+        }
+        Ok::<_, UploadFailure>(durable)
     };
-    let (recorded, synced) = tokio::join!(record_hashes, sync);
-    recorded?;
-    synced?;
-    if !shared.job.dry_run && !present.is_empty() {
-        shared
-            .job
-            .journal
-            .record_objects(&shared.job.location_id, present)
-            .await?;
-    }
-    if let Err(error) = outcome {
-        cancel.cancel();
-        let _ = reporter.await;
-        return Err(error);
-    }
-
-    let durable = started.elapsed();
-    let manifest_path = if shared.job.dry_run {
-        String::new()
-    } else {
+    let write_manifest = async {
+        if shared.job.dry_run || outcome.is_err() {
+            return Ok((String::new(), started.elapsed()));
+        }
         *phase
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
@@ -437,7 +431,31 @@ pub async fn run(
                     shared.job.location_name
                 ))
             })?;
-        path
+        Ok((path, started.elapsed()))
+    };
+    let (recorded, durable, written) = tokio::join!(record_hashes, make_durable, write_manifest);
+    let written_path = written
+        .as_ref()
+        .ok()
+        .map(|(path, _)| path.clone())
+        .filter(|path| !path.is_empty());
+    // The cause comes first: a file that failed, then the journal, the sync, the manifest.
+    let finished = outcome
+        .and(recorded.map_err(UploadFailure::from))
+        .and(durable)
+        .and_then(|durable| written.map(|written| (durable, written)));
+    let (durable, (manifest_path, manifest_done)) = match finished {
+        Ok(finished) => finished,
+        Err(error) => {
+            if let Some(path) = written_path
+                && let Err(cause) = shared.job.operator.delete(&path).await
+            {
+                tracing::warn!(path, error = %cause, "remove the node manifest of a failed upload");
+            }
+            cancel.cancel();
+            let _ = reporter.await;
+            return Err(error);
+        }
     };
     cancel.cancel();
     let _ = reporter.await;
@@ -445,7 +463,7 @@ pub async fn run(
         planned_ms = planned.as_millis() as u64,
         files_ms = (files_done - planned).as_millis() as u64,
         durable_ms = (durable - files_done).as_millis() as u64,
-        manifest_ms = (started.elapsed() - durable).as_millis() as u64,
+        manifest_ms = (manifest_done - files_done).as_millis() as u64,
         "upload timings"
     );
     let final_progress = shared.counters.snapshot(proto::UploadPhase::Uploading);

@@ -210,6 +210,10 @@ async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
     );
 
     assert!(snapshotter.delete("t1").await.expect("delete"));
+    // Detached at once: no longer a snapshot, its space freed in the background.
+    assert!(snapshotter.list_tags().is_empty());
+    assert!(!folder0.exists());
+    snapshotter.reclaimed().await;
     assert!(!node.data(0).join(SNAPSHOTS_FOLDER).exists());
     assert!(!node.data(1).join(SNAPSHOTS_FOLDER).exists());
     assert_eq!(read(&node.data(0).join("a.txt")), "replaced");
@@ -218,6 +222,54 @@ async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
     assert!(snapshotter.list_tags().is_empty());
     let gone = snapshotter.load("t1").await.expect_err("deleted");
     assert!(matches!(gone, SnapshotError::NotFound { .. }), "{gone}");
+}
+
+#[tokio::test]
+async fn deleted_snapshots_are_freed_in_the_background_and_after_a_restart() {
+    let node = Node::new(1);
+    for index in 0..200 {
+        write(&node.data(0).join(format!("t{}/f{index}", index % 7)), b"x");
+    }
+    let snapshotter = node.snapshotter(dir_provider(None, None));
+    snapshotter.create("again").await.expect("snapshot");
+    assert!(snapshotter.delete("again").await.expect("delete"));
+    // The tag is free at once, even while the old folder is still being freed.
+    let taken = snapshotter.create("again").await.expect("same tag again");
+    assert_eq!(taken.files.len(), 200);
+    assert_eq!(snapshotter.list_tags(), vec!["again".to_string()]);
+    assert!(snapshotter.delete("again").await.expect("delete again"));
+    snapshotter.reclaimed().await;
+    assert!(!node.data(0).join(SNAPSHOTS_FOLDER).exists());
+    assert_eq!(
+        fs::read_dir(node.data(0).join("t0")).expect("live").count(),
+        29
+    );
+
+    // A folder an agent left detached (it stopped while freeing) is freed by the next one; the
+    // snapshots beside it are not touched.
+    let snapshots = node.data(0).join(SNAPSHOTS_FOLDER);
+    write(&snapshots.join(".removing-old-0123/a/b"), b"left");
+    write(&snapshots.join("kept/c"), b"kept");
+    let restarted = node.snapshotter(dir_provider(None, None));
+    assert_eq!(restarted.list_tags(), vec!["kept".to_string()]);
+    restarted.reclaim();
+    restarted.reclaimed().await;
+    assert!(!snapshots.join(".removing-old-0123").exists());
+    assert_eq!(read(&snapshots.join("kept/c")), "kept");
+
+    // Stopping interrupts the freeing between two folders; the next start finishes it.
+    restarted.stop_reclaiming();
+    assert!(restarted.delete("kept").await.expect("delete kept"));
+    restarted.reclaimed().await;
+    let detached: Vec<_> = fs::read_dir(&snapshots)
+        .expect("snapshots folder")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(detached.len(), 1, "{detached:?}");
+    let next = node.snapshotter(dir_provider(None, None));
+    next.reclaim();
+    next.reclaimed().await;
+    assert!(!snapshots.exists());
 }
 
 #[tokio::test]
@@ -640,6 +692,7 @@ async fn sqlite_snapshot_is_consistent_while_another_connection_writes() {
     assert_eq!(live[0].snapshot_path, database);
 
     assert!(restarted.delete("sq-1").await.expect("delete"));
+    restarted.reclaimed().await;
     assert!(!node.data(1).join(SNAPSHOTS_FOLDER).exists());
     assert_eq!(count_rows(&open_database(&database)), end_count);
 }

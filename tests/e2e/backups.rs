@@ -166,7 +166,9 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
     assert_eq!(run.totals.as_ref().expect("run totals").files_done, 39);
     // Text compresses: stored bytes are well below the logical size.
     assert!(totals.uploaded_bytes < totals.total_bytes, "{totals:?}");
-    // The copies encoded by the other nodes were dropped, and nothing half-written is left.
+    // The copies encoded by the other nodes were dropped, and nothing half-written is left:
+    // neither in the temporary folder (files stored in one pass) nor next to the objects (the
+    // count of files in the fan-out folders above is the count of objects).
     let temporary = std::fs::read_dir(location.join(coffer_format::storage::FS_ATOMIC_WRITE_DIR))
         .expect("temporary folder")
         .count();
@@ -281,11 +283,12 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
 
     // No snapshot stays behind on any node.
     for agent in agents {
-        let snapshots = agent.data.join(".coffer-snapshots");
-        let left = std::fs::read_dir(&snapshots)
-            .map(|d| d.count())
-            .unwrap_or(0);
-        assert_eq!(left, 0, "snapshots left in {}", snapshots.display());
+        let left = coffer_tests::snapshots_left(&agent.data).await;
+        assert!(
+            left.is_empty(),
+            "snapshots left in {}: {left:?}",
+            agent.data.display()
+        );
     }
 }
 
@@ -495,10 +498,8 @@ async fn cancel_mid_run_commits_nothing_and_leaves_no_snapshot() {
         .filter(|path| path.ends_with("backup.json"))
         .count();
     assert_eq!(committed, 0);
-    let snapshots = std::fs::read_dir(agent.data.join(".coffer-snapshots"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(snapshots, 0);
+    let snapshots = coffer_tests::snapshots_left(&agent.data).await;
+    assert!(snapshots.is_empty(), "{snapshots:?}");
 
     // Cancelling a finished run is refused; an unknown one is not found.
     let status = client

@@ -32,6 +32,12 @@
 //! one snapshot: creating an existing tag fails, and a failed creation leaves nothing behind.
 //! Creation and deletion run in their own task, so a caller that gives up (a cancelled request)
 //! never leaves a pre-hook without its post-hook.
+//!
+//! Deleting detaches a snapshot's folders at once (a rename to `.coffer-snapshots/.removing-*`,
+//! which is not a tag) and frees their space in the background, as ZFS and Btrfs free a destroyed
+//! snapshot's blocks: unlinking thousands of files otherwise sits on the path of every run that
+//! ends with a deletion. A folder left detached by an agent that stopped is freed when the next
+//! one starts.
 
 mod command;
 mod dir;
@@ -48,6 +54,10 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::config::{AgentConfig, SnapshotConfig};
+
+/// How the folders of a deleted snapshot are named while their space is freed:
+/// `.coffer-snapshots/.removing-<tag>-<uuid>`. Never a valid tag, so never listed as one.
+const REMOVING_PREFIX: &str = ".removing-";
 
 /// Name of the folder, at the root of each data path, that holds the snapshots.
 pub const SNAPSHOTS_FOLDER: &str = ".coffer-snapshots";
@@ -279,6 +289,8 @@ pub(crate) struct Settings {
     /// File lists of the snapshots this process took last, handed to their upload so it does
     /// not walk and stat the snapshot again (most recent last, at most [`TAKEN_KEPT`]).
     taken: std::sync::Mutex<Vec<(String, Vec<SnapshotFile>)>>,
+    /// Frees the space of deleted snapshots in the background.
+    reclaimer: Reclaimer,
 }
 
 /// File lists kept by [`Settings::taken`]; an upload usually follows its snapshot at once.
@@ -301,8 +313,26 @@ impl Snapshotter {
                 state_dir: config.state_dir.clone(),
                 provider: config.snapshot.clone(),
                 taken: std::sync::Mutex::new(Vec::new()),
+                reclaimer: Reclaimer::default(),
             }),
         }
+    }
+
+    /// Starts freeing the folders of deleted snapshots in the background (those an earlier agent
+    /// left detached, at start-up); returns at once.
+    pub fn reclaim(&self) {
+        Reclaimer::start(&self.inner);
+    }
+
+    /// Waits until no deleted snapshot's space is being freed.
+    pub async fn reclaimed(&self) {
+        self.inner.reclaimer.idle().await;
+    }
+
+    /// Stops freeing space (between two folders): the agent is stopping. What is left is freed
+    /// when the next agent starts.
+    pub fn stop_reclaiming(&self) {
+        self.inner.reclaimer.stop.cancel();
     }
 
     /// The configured data paths; [`SnapshotFile::data_path_index`] indexes them.
@@ -402,11 +432,12 @@ impl Snapshotter {
 
     /// Deletes the snapshot `tag`; returns whether anything was removed.
     ///
-    /// Idempotent: deleting a missing snapshot returns `Ok(false)`. Removes the tag's folders
-    /// under every data path and its state-directory record whatever the provider (so leftovers
-    /// of another provider go too) and, for the `command` provider, runs the cleanup command
-    /// when the snapshot existed. Fails when the tag is invalid, a folder cannot be removed, or
-    /// the cleanup command fails (the record is then kept, so a later delete retries it).
+    /// Idempotent: deleting a missing snapshot returns `Ok(false)`. Detaches the tag's folders
+    /// under every data path (their space is freed in the background, see the module's notes)
+    /// and removes its state-directory record whatever the provider (so leftovers of another
+    /// provider go too) and, for the `command` provider, runs the cleanup command when the
+    /// snapshot existed. Fails when the tag is invalid, a folder cannot be detached, or the
+    /// cleanup command fails (the record is then kept, so a later delete retries it).
     pub async fn delete(&self, tag: &str) -> Result<bool, SnapshotError> {
         validate_tag(tag)?;
         self.inner.taken().retain(|(taken_tag, _)| taken_tag != tag);
@@ -419,9 +450,12 @@ impl Snapshotter {
                 let removed_folders = {
                     let data_paths = settings.data_paths.clone();
                     let tag = tag.clone();
-                    tokio::task::spawn_blocking(move || remove_tag_folders(&data_paths, &tag))
+                    tokio::task::spawn_blocking(move || detach_tag_folders(&data_paths, &tag))
                         .await??
                 };
+                if removed_folders {
+                    Reclaimer::start(&settings);
+                }
                 let removed = removed_command_snapshot || removed_folders;
                 if removed {
                     tracing::info!("snapshot deleted");
@@ -508,22 +542,34 @@ pub(crate) fn claim_tag_folders(data_paths: &[PathBuf], tag: &str) -> Result<(),
     let result = (|| {
         for data_path in data_paths {
             let snapshots = data_path.join(SNAPSHOTS_FOLDER);
-            match std::fs::DirBuilder::new().mode(0o700).create(&snapshots) {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(source) => {
-                    return Err(SnapshotError::file("create folder", snapshots, source));
-                }
-            }
             let folder = snapshots.join(tag);
-            match std::fs::create_dir(&folder) {
-                Ok(()) => created.push(folder),
-                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                    return Err(SnapshotError::AlreadyExists {
-                        tag: tag.to_string(),
-                    });
+            // The reclaimer removes `.coffer-snapshots` when it is empty: if it did so between
+            // the two creations, create it again.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                match std::fs::DirBuilder::new().mode(0o700).create(&snapshots) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(source) => {
+                        return Err(SnapshotError::file("create folder", snapshots, source));
+                    }
                 }
-                Err(source) => return Err(SnapshotError::file("create folder", folder, source)),
+                match std::fs::create_dir(&folder) {
+                    Ok(()) => {
+                        created.push(folder);
+                        break;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(SnapshotError::AlreadyExists {
+                            tag: tag.to_string(),
+                        });
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::NotFound && attempts < 3 => {}
+                    Err(source) => {
+                        return Err(SnapshotError::file("create folder", folder, source));
+                    }
+                }
             }
         }
         Ok(())
@@ -538,8 +584,145 @@ pub(crate) fn claim_tag_folders(data_paths: &[PathBuf], tag: &str) -> Result<(),
     result
 }
 
+/// Renames `<data path>/.coffer-snapshots/<tag>` under every data path to a detached name for
+/// [`Reclaimer`] to remove; returns whether any folder existed.
+fn detach_tag_folders(data_paths: &[PathBuf], tag: &str) -> Result<bool, SnapshotError> {
+    let mut detached = false;
+    for data_path in data_paths {
+        let folder = tag_folder(data_path, tag);
+        let removing = data_path.join(SNAPSHOTS_FOLDER).join(format!(
+            "{REMOVING_PREFIX}{tag}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        match std::fs::rename(&folder, &removing) {
+            Ok(()) => detached = true,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SnapshotError::file("detach folder", folder, source)),
+        }
+    }
+    Ok(detached)
+}
+
+/// Frees the space of detached snapshot folders on a blocking thread, one sweep at a time: a
+/// deletion during a sweep makes it sweep again.
+#[derive(Debug, Default)]
+struct Reclaimer {
+    state: std::sync::Mutex<ReclaimState>,
+    /// Signalled whenever a sweep ends with nothing left to do.
+    idle: tokio::sync::Notify,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ReclaimState {
+    #[default]
+    Idle,
+    Sweeping,
+    /// Sweeping, and something was detached since the sweep listed the folders.
+    SweepAgain,
+}
+
+impl Reclaimer {
+    fn state(&self) -> std::sync::MutexGuard<'_, ReclaimState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn start(settings: &Arc<Settings>) {
+        {
+            let mut state = settings.reclaimer.state();
+            if *state != ReclaimState::Idle {
+                *state = ReclaimState::SweepAgain;
+                return;
+            }
+            *state = ReclaimState::Sweeping;
+        }
+        let settings = Arc::clone(settings);
+        // Bounded work that checks `stop` between folders.
+        tokio::task::spawn_blocking(move || {
+            let reclaimer = &settings.reclaimer;
+            loop {
+                for data_path in &settings.data_paths {
+                    sweep_detached(data_path, &reclaimer.stop);
+                }
+                let mut state = reclaimer.state();
+                if *state == ReclaimState::SweepAgain && !reclaimer.stop.is_cancelled() {
+                    *state = ReclaimState::Sweeping;
+                    continue;
+                }
+                *state = ReclaimState::Idle;
+                reclaimer.idle.notify_waiters();
+                return;
+            }
+        });
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if *self.state() == ReclaimState::Idle {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Removes the detached folders under `<data_path>/.coffer-snapshots`, and that folder when it
+/// is left empty. Failures are logged: the folder stays detached and the next sweep (the next
+/// deletion, or the next agent's start) tries again.
+fn sweep_detached(data_path: &Path, stop: &tokio_util::sync::CancellationToken) {
+    let snapshots = data_path.join(SNAPSHOTS_FOLDER);
+    let entries = match std::fs::read_dir(&snapshots) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return,
+        Err(error) => {
+            tracing::warn!(folder = %snapshots.display(), %error, "list deleted snapshots");
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(REMOVING_PREFIX) {
+            continue;
+        }
+        let folder = entry.path();
+        if let Err(error) = remove_tree(&folder, stop) {
+            tracing::warn!(folder = %folder.display(), %error, "free a deleted snapshot's space");
+        }
+    }
+    // Only succeeds when empty, which is exactly when it should go.
+    let _ = std::fs::remove_dir(&snapshots);
+}
+
+/// `remove_dir_all` that stops (with an error) between two folders once `stop` is cancelled.
+/// Never follows symbolic links: it only ever unlinks inside `folder`.
+fn remove_tree(folder: &Path, stop: &tokio_util::sync::CancellationToken) -> io::Result<()> {
+    if stop.is_cancelled() {
+        return Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "the agent is stopping",
+        ));
+    }
+    for entry in std::fs::read_dir(folder)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_tree(&entry.path(), stop)?;
+        } else {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    std::fs::remove_dir(folder)
+}
+
 /// Removes `<data path>/.coffer-snapshots/<tag>` under every data path (and `.coffer-snapshots`
-/// when it is left empty); returns whether any folder existed.
+/// when it is left empty) before returning; returns whether any folder existed. For a snapshot
+/// that failed to be taken: deletions detach instead (see [`detach_tag_folders`]).
 pub(crate) fn remove_tag_folders(data_paths: &[PathBuf], tag: &str) -> Result<bool, SnapshotError> {
     let mut removed = false;
     for data_path in data_paths {

@@ -53,7 +53,9 @@ pub async fn execute(mut handle: RunHandle, plan: BackupPlan) {
     let early_deletes = EarlyDeletes::default();
     let outcome = run_backup(&mut handle, &plan, &early_deletes).await;
     if !handle.run().dry_run {
+        let mut cleanup = StepTimer::default();
         remove_snapshots(&mut handle, &plan, &early_deletes).await;
+        tracing::debug!(cleanup_ms = cleanup.next(), "snapshots removed");
     }
     handle
         .finish(
@@ -114,6 +116,7 @@ async fn run_backup(
     plan: &BackupPlan,
     early_deletes: &EarlyDeletes,
 ) -> Result<()> {
+    let mut steps = StepTimer::default();
     handle
         .transition(|run| {
             run.state = RunState::Running;
@@ -122,22 +125,54 @@ async fn run_backup(
         .await?;
     let run = handle.run();
     let cancel = handle.cancelled();
+    let running_ms = steps.next();
     // Before touching any node: the location must hold Coffer's format (or nothing yet).
     ensure_format_marker(handle.manager().agents(), plan, !run.dry_run).await?;
+    let marker_ms = steps.next();
     if !run.dry_run {
         snapshot_all(handle, plan).await?;
     }
+    let snapshot_ms = steps.next();
     if cancel.is_cancelled() {
         return Err(Error::FailedPrecondition("canceled".into()));
     }
     let summaries = upload_all(handle, plan, early_deletes).await?;
+    let upload_ms = steps.next();
     if run.dry_run {
         return Ok(());
     }
     let Some(backup_id) = run.backup_id else {
         return Err(Error::internal("commit backup", "the run has no backup id"));
     };
-    commit(handle, plan, backup_id, &summaries).await
+    commit(handle, plan, backup_id, &summaries).await?;
+    tracing::debug!(
+        running_ms,
+        marker_ms,
+        snapshot_ms,
+        upload_ms,
+        commit_ms = steps.next(),
+        "backup timings"
+    );
+    Ok(())
+}
+
+/// Milliseconds taken by each step of a run, for the debug log.
+struct StepTimer(Instant);
+
+impl Default for StepTimer {
+    fn default() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl StepTimer {
+    /// Milliseconds since the previous step ended (or the timer started).
+    fn next(&mut self) -> u64 {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.0).as_millis() as u64;
+        self.0 = now;
+        elapsed
+    }
 }
 
 /// Checks the location's `coffer.json`: a location of another format, or of a newer version of
