@@ -931,19 +931,21 @@ impl LocationWriteback {
                     }
                 }
             }
-            // Objects first, then the folders naming them; a few at a time, as each waits on
-            // the disk rather than the CPU.
-            sync_each(&few)?;
-            sync_each(&folders.into_iter().collect::<Vec<_>>())
+            // Objects and the folders naming them, all in one round: the upload reports them
+            // durable only once every sync returned, whatever the order they completed in.
+            let mut paths = few;
+            paths.extend(folders);
+            sync_each(&paths)
         })
         .await
         .map_err(io::Error::other)?
     }
 }
 
-/// `fsync` of each file or folder, by a few threads at once.
+/// `fsync` of each file or folder, by several threads at once: each waits on the disk rather than
+/// the CPU, and the disk serves (and merges the cache flushes of) many at a time.
 fn sync_each(paths: &[PathBuf]) -> io::Result<()> {
-    const SYNC_THREADS: usize = 4;
+    const SYNC_THREADS: usize = 16;
     let per_thread = paths.len().div_ceil(SYNC_THREADS).max(1);
     std::thread::scope(|scope| {
         let workers: Vec<_> = paths

@@ -72,6 +72,15 @@ impl From<&SnapshotFile> for FileIdentity {
     }
 }
 
+/// What the journal remembers of one version of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    /// Its content hash.
+    pub hash: ContentHash,
+    /// Whether the object of that content is known to be in the location asked about.
+    pub object_known: bool,
+}
+
 /// A file's hash to remember.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashRecord {
@@ -182,44 +191,57 @@ impl Journal {
             mtime_ns,
         };
         let mut found = self
-            .lookup_hashes(vec![(live_path.to_path_buf(), identity)])
+            .lookup_hashes("", vec![(live_path.to_path_buf(), identity)])
             .await?;
-        Ok(found.pop().flatten())
+        Ok(found.pop().flatten().map(|remembered| remembered.hash))
     }
 
-    /// [`Journal::lookup_hash`] for many files at once; the answers are in the order asked.
+    /// [`Journal::lookup_hash`] for many files at once, with whether each hash's object is
+    /// known to be in the location `location_id` ([`Journal::object_known`]); the answers are
+    /// in the order asked.
     ///
     /// Fails when the journal cannot be read.
     pub async fn lookup_hashes(
         &self,
+        location_id: &str,
         files: Vec<(PathBuf, FileIdentity)>,
-    ) -> Result<Vec<Option<ContentHash>>, JournalError> {
+    ) -> Result<Vec<Option<Remembered>>, JournalError> {
+        let location_id = location_id.to_string();
         self.with_connection(move |connection| {
             // One read transaction for all: each statement outside one would take (and drop)
-            // its own snapshot of the database.
+            // its own snapshot of the database. One statement per file answers both questions.
             let transaction = connection.transaction().map_err(query("look up hashes"))?;
             let mut statement = transaction
                 .prepare_cached(
-                    "SELECT hash FROM file_hashes
-                     WHERE path = ?1 AND inode = ?2 AND size = ?3 AND mtime_ns = ?4",
+                    "SELECT f.hash, EXISTS (SELECT 1 FROM known_objects AS k
+                                            WHERE k.location_id = ?5 AND k.hash = f.hash)
+                     FROM file_hashes AS f
+                     WHERE f.path = ?1 AND f.inode = ?2 AND f.size = ?3 AND f.mtime_ns = ?4",
                 )
                 .map_err(query("look up hashes"))?;
             files
                 .iter()
                 .map(|(path, identity)| {
-                    let hash: Option<Vec<u8>> = statement
+                    let found: Option<(Vec<u8>, bool)> = statement
                         .query_row(
                             params![
                                 path_key(path),
                                 to_sql_u64(identity.inode),
                                 to_sql_u64(identity.size),
-                                identity.mtime_ns
+                                identity.mtime_ns,
+                                location_id,
                             ],
-                            |row| row.get(0),
+                            |row| Ok((row.get(0)?, row.get(1)?)),
                         )
                         .optional()
                         .map_err(query("look up hashes"))?;
-                    hash.map(|bytes| to_hash(bytes, || path.display().to_string()))
+                    found
+                        .map(|(bytes, object_known)| {
+                            Ok(Remembered {
+                                hash: to_hash(bytes, || path.display().to_string())?,
+                                object_known,
+                            })
+                        })
                         .transpose()
                 })
                 .collect()

@@ -31,7 +31,7 @@ use tokio::sync::{Mutex, OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::journal::{FileIdentity, HashRecord, Journal};
+use crate::journal::{FileIdentity, HashRecord, Journal, Remembered};
 use crate::snapshot::SnapshotFile;
 
 /// Files processed at once when the request does not say.
@@ -259,10 +259,11 @@ pub async fn run(
     // runs; for a full backup only a hint that the content is probably stored already (so it is
     // hashed first, and uploaded only if missing) rather than probably new (read once, stored
     // as it is hashed: see `process_new_file`).
-    let journal_hashes: Vec<Option<ContentHash>> = shared
+    let remembered: Vec<Option<Remembered>> = shared
         .job
         .journal
         .lookup_hashes(
+            &shared.job.location_id,
             selected
                 .iter()
                 .map(|file| (file.live_path.clone(), FileIdentity::from(file)))
@@ -270,27 +271,20 @@ pub async fn run(
         )
         .await?;
     let trusted = shared.job.incremental || shared.job.dry_run;
-    let known: Vec<Known> = journal_hashes
+    let known: Vec<Known> = remembered
         .iter()
-        .map(|hash| match (hash, trusted) {
-            (Some(hash), true) => Known::Hash(*hash),
+        .map(|found| match (found, trusted) {
+            (Some(found), true) => Known::Hash(found.hash),
             (Some(_), false) => Known::ProbablyStored,
             (None, _) => Known::Nothing,
         })
         .collect();
-    if shared.job.incremental || shared.job.dry_run {
-        let mut hashes: Vec<ContentHash> = journal_hashes.iter().flatten().copied().collect();
-        hashes.sort_unstable();
-        hashes.dedup();
-        let answers = shared
-            .job
-            .journal
-            .objects_known(&shared.job.location_id, hashes.clone())
-            .await?;
-        let present = hashes
-            .into_iter()
-            .zip(answers)
-            .filter_map(|(hash, known)| known.then_some(hash))
+    if trusted {
+        let present = remembered
+            .iter()
+            .flatten()
+            .filter(|found| found.object_known)
+            .map(|found| found.hash)
             .collect();
         let _ = shared.journal_present.set(present);
     }

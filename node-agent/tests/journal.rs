@@ -130,10 +130,24 @@ async fn batches_record_and_look_up_thousands_of_files() {
         .map(|record| (record.live_path.clone(), record.identity))
         .collect();
     asked.push((PathBuf::from("/data/unknown"), IDENTITY));
-    let found = journal.lookup_hashes(asked).await.expect("lookup batch");
+    // Objects of the first ten hashes are known in one location (and one in another).
+    journal
+        .record_objects("loc-a", (0..10).map(hash).collect())
+        .await
+        .expect("record objects");
+    journal
+        .record_objects("loc-b", vec![hash(200)])
+        .await
+        .expect("record objects");
+    let found = journal
+        .lookup_hashes("loc-a", asked)
+        .await
+        .expect("lookup batch");
     assert_eq!(found.len(), 5_001);
     for (record, found) in records.iter().zip(&found) {
-        assert_eq!(*found, Some(record.hash));
+        let found = found.expect("remembered");
+        assert_eq!(found.hash, record.hash);
+        assert_eq!(found.object_known, record.hash.0[0] < 10, "{found:?}");
     }
     assert_eq!(found[5_000], None);
 }
