@@ -404,6 +404,88 @@ async fn a_sqlite_database_written_during_the_backup_is_copied_consistently() {
     );
 }
 
+#[tokio::test]
+async fn a_failed_snapshot_fails_the_run_while_the_other_node_uploads_and_commits_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let healthy = TestAgent::start(root.path(), "healthy").await;
+    for file in 0..16 {
+        write(
+            &healthy.data.join(format!("f{file}.bin")),
+            &noise(1 << 20, file),
+        );
+    }
+    // Fails after the healthy node has started uploading: its snapshot is taken at once.
+    let broken = TestAgent::start_with(
+        root.path(),
+        "broken",
+        "127.0.0.1:0",
+        &[
+            "--snapshot-pre-hook",
+            "sleep 0.3; echo flush refused >&2; exit 3",
+        ],
+    )
+    .await;
+    write(&broken.data.join("x"), b"x");
+    let server = TestServer::start(root.path()).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("pair", vec![node(&healthy), node(&broken)]))
+        .await
+        .expect("register");
+    create_fs_location(&client, "local", &root.path().join("backups")).await;
+
+    let run_id = start(
+        &client,
+        backup_request("pair", "local", proto::BackupKind::Full),
+    )
+    .await;
+    let last = watch_to_end(&client, &run_id).await.pop().expect("final");
+    assert_eq!(last.state(), proto::RunState::Failed, "{last:?}");
+    assert!(
+        last.error_message.contains("snapshot") && last.error_message.contains("flush refused"),
+        "{}",
+        last.error_message
+    );
+    let failed: Vec<_> = last
+        .nodes
+        .iter()
+        .filter(|node| node.phase() == proto::NodePhase::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", last.nodes);
+    assert!(failed[0].last_error.contains("flush refused"), "{failed:?}");
+    // The healthy node either finished its upload (done) or was stopped mid-way (canceled).
+    let other = last
+        .nodes
+        .iter()
+        .find(|node| node.phase() != proto::NodePhase::Failed)
+        .expect("the healthy node");
+    assert!(
+        matches!(
+            other.phase(),
+            proto::NodePhase::Done | proto::NodePhase::Canceled
+        ),
+        "{other:?}"
+    );
+    // Nothing committed, nothing listed, no snapshot left on either node.
+    let committed = coffer_tests::tree(&root.path().join("backups"))
+        .keys()
+        .filter(|path| path.ends_with("backup.json"))
+        .count();
+    assert_eq!(committed, 0);
+    let backups = client
+        .backups()
+        .list_backups(proto::ListBackupsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(backups.backups.is_empty());
+    for agent in [&healthy, &broken] {
+        let left = coffer_tests::snapshots_left(&agent.data).await;
+        assert!(left.is_empty(), "{}: {left:?}", agent.data.display());
+    }
+}
+
 /// A cluster of one agent with `megabytes` of random data, a location, and a client.
 async fn slow_setup(root: &Path, megabytes: usize) -> (TestAgent, TestServer, CofferClient) {
     let agent = TestAgent::start(root, "a").await;

@@ -129,15 +129,11 @@ async fn run_backup(
     // Before touching any node: the location must hold Coffer's format (or nothing yet).
     ensure_format_marker(handle.manager().agents(), plan, !run.dry_run).await?;
     let marker_ms = steps.next();
-    if !run.dry_run {
-        snapshot_all(handle, plan).await?;
-    }
-    let snapshot_ms = steps.next();
     if cancel.is_cancelled() {
         return Err(Error::FailedPrecondition("canceled".into()));
     }
-    let summaries = upload_all(handle, plan, early_deletes).await?;
-    let upload_ms = steps.next();
+    let summaries = snapshot_and_upload_all(handle, plan, early_deletes).await?;
+    let nodes_ms = steps.next();
     if run.dry_run {
         return Ok(());
     }
@@ -148,8 +144,7 @@ async fn run_backup(
     tracing::debug!(
         running_ms,
         marker_ms,
-        snapshot_ms,
-        upload_ms,
+        nodes_ms,
         commit_ms = steps.next(),
         "backup timings"
     );
@@ -196,87 +191,20 @@ async fn ensure_format_marker(agents: &AgentClients, plan: &BackupPlan, write: b
     }
 }
 
-async fn snapshot_all(handle: &mut RunHandle, plan: &BackupPlan) -> Result<()> {
-    let run = handle.run();
-    let tag = run.id.to_string();
-    handle
-        .transition(|run| {
-            for node in &mut run.nodes {
-                node.phase = NodePhase::Snapshotting;
-            }
-        })
-        .await?;
-    let agents = handle.manager().agents().clone();
-    let cancel = handle.cancelled();
-    let parallelism = agents.options().parallelism.max(1);
-    let results: Vec<(
-        Uuid,
-        std::result::Result<agent::CreateSnapshotResponse, String>,
-    )> = futures::stream::iter(plan.cluster.nodes.iter().cloned())
-        .map(|node| {
-            let agents = agents.clone();
-            let tag = tag.clone();
-            let cancel = cancel.clone();
-            async move {
-                let call = async {
-                    let mut client = agents
-                        .long_client(&node.spec.address)
-                        .map_err(|e| e.to_string())?;
-                    client
-                        .create_snapshot(agent::CreateSnapshotRequest { tag })
-                        .await
-                        .map(tonic::Response::into_inner)
-                        .map_err(|status| call_error(&node.spec.address, &status).to_string())
-                };
-                let result = tokio::select! {
-                    result = call => result,
-                    () = cancel.cancelled() => Err("canceled".to_string()),
-                };
-                (node.info.node_id, result)
-            }
-        })
-        .buffer_unordered(parallelism)
-        .collect()
-        .await;
-    let mut failures = Vec::new();
-    for (node_id, result) in results {
-        match result {
-            Ok(snapshot) => {
-                handle
-                    .progress(|run| {
-                        if let Some(node) = run.nodes.iter_mut().find(|n| n.node_id == node_id) {
-                            node.counters.files_total = snapshot.file_count;
-                            node.counters.bytes_total = snapshot.total_bytes;
-                            node.phase = NodePhase::Queued;
-                        }
-                    })
-                    .await;
-            }
-            Err(reason) => {
-                handle
-                    .node_phase(node_id, NodePhase::Failed, Some(reason.clone()))
-                    .await?;
-                failures.push(format!("node {node_id}: {reason}"));
-            }
-        }
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::FailedPrecondition(format!(
-            "snapshot failed: {}",
-            failures.join("; ")
-        )))
-    }
-}
-
-/// A progress event from one node's upload stream.
+/// What one node's part reports to the run.
 enum NodeEvent {
+    Snapshotted(Uuid, agent::CreateSnapshotResponse),
     Progress(Uuid, agent::UploadProgress),
     Finished(Uuid, NodeOutcome),
 }
 
-async fn upload_all(
+/// Takes every node's snapshot and uploads each as soon as it is taken.
+///
+/// All snapshots are asked for at once (at the agents' call parallelism), so they are taken as
+/// close together as before; a node's upload then starts when its own snapshot is ready (and an
+/// upload slot is free) instead of when the slowest node's is: the nodes' work overlaps. A
+/// snapshot that fails fails its node, which stops the others, as an upload failure does.
+async fn snapshot_and_upload_all(
     handle: &mut RunHandle,
     plan: &BackupPlan,
     early_deletes: &EarlyDeletes,
@@ -292,6 +220,16 @@ async fn upload_all(
         n => (n as usize).min(node_count),
     };
     let permits = Arc::new(Semaphore::new(parallelism));
+    let snapshot_permits = Arc::new(Semaphore::new(agents.options().parallelism.max(1)));
+    if !run.dry_run {
+        handle
+            .transition(|run| {
+                for node in &mut run.nodes {
+                    node.phase = NodePhase::Snapshotting;
+                }
+            })
+            .await?;
+    }
     let (events, mut received) = tokio::sync::mpsc::channel::<NodeEvent>(256);
     let mut tasks = tokio::task::JoinSet::new();
     for node in plan.cluster.nodes.clone() {
@@ -313,13 +251,26 @@ async fn upload_all(
         };
         let agents = agents.clone();
         let permits = permits.clone();
+        let snapshot_permits = snapshot_permits.clone();
         let stop = stop.clone();
         let events = events.clone();
         let early_deletes = early_deletes.clone();
+        let dry_run = run.dry_run;
         tasks.spawn(async move {
             let node_id = node.info.node_id;
+            let work = async {
+                if !dry_run {
+                    match snapshot_node(&agents, &node, &request.tag, &snapshot_permits).await {
+                        Ok(snapshot) => {
+                            let _ = events.send(NodeEvent::Snapshotted(node_id, snapshot)).await;
+                        }
+                        Err(reason) => return NodeOutcome::Failed(format!("snapshot: {reason}")),
+                    }
+                }
+                upload_node(&agents, &node, request, &permits, &events, &early_deletes).await
+            };
             let outcome = tokio::select! {
-                outcome = upload_node(&agents, &node, request, &permits, &events, &early_deletes) => outcome,
+                outcome = work => outcome,
                 () = stop.cancelled() => NodeOutcome::Canceled,
             };
             let _ = events.send(NodeEvent::Finished(node_id, outcome)).await;
@@ -332,6 +283,17 @@ async fn upload_all(
     let mut failures = Vec::new();
     while let Some(event) = received.recv().await {
         match event {
+            NodeEvent::Snapshotted(node_id, snapshot) => {
+                handle
+                    .progress(|run| {
+                        if let Some(node) = run.nodes.iter_mut().find(|n| n.node_id == node_id) {
+                            node.counters.files_total = snapshot.file_count;
+                            node.counters.bytes_total = snapshot.total_bytes;
+                            node.phase = NodePhase::Queued;
+                        }
+                    })
+                    .await;
+            }
             NodeEvent::Progress(node_id, progress) => {
                 let meter = rates.entry(node_id).or_default();
                 let rate = meter.observe(progress.bytes_done);
@@ -362,6 +324,9 @@ async fn upload_all(
                             node.counters.objects_uploaded = summary.objects_uploaded;
                             node.counters.rate_bytes_per_second = 0;
                             node.counters.eta = None;
+                            // Its part is done, whatever becomes of the others' or the commit:
+                            // a run that fails later shows which nodes did their share.
+                            node.phase = NodePhase::Done;
                         }
                     })
                     .await;
@@ -375,7 +340,7 @@ async fn upload_all(
                 }
             }
             NodeEvent::Finished(node_id, NodeOutcome::Failed(reason)) => {
-                tracing::warn!(node_id = %node_id, reason, "node failed its upload");
+                tracing::warn!(node_id = %node_id, reason, "node failed its snapshot or upload");
                 handle
                     .node_phase(node_id, NodePhase::Failed, Some(reason.clone()))
                     .await?;
@@ -392,7 +357,7 @@ async fn upload_all(
     while tasks.join_next().await.is_some() {}
     if !failures.is_empty() {
         return Err(Error::FailedPrecondition(format!(
-            "upload failed: {}",
+            "backup failed: {}",
             failures.join("; ")
         )));
     }
@@ -410,6 +375,28 @@ fn apply_progress(counters: &mut crate::runs::model::Counters, progress: &agent:
     counters.bytes_done = progress.bytes_done;
     counters.bytes_skipped = progress.bytes_skipped;
     counters.bytes_uploaded = progress.bytes_uploaded;
+}
+
+/// Takes `node`'s snapshot under `tag`, at most `permits` nodes at a time; the error says why.
+async fn snapshot_node(
+    agents: &AgentClients,
+    node: &Node,
+    tag: &str,
+    permits: &Semaphore,
+) -> std::result::Result<agent::CreateSnapshotResponse, String> {
+    let Ok(_permit) = permits.acquire().await else {
+        return Err("canceled".into());
+    };
+    let mut client = agents
+        .long_client(&node.spec.address)
+        .map_err(|error| error.to_string())?;
+    client
+        .create_snapshot(agent::CreateSnapshotRequest {
+            tag: tag.to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| call_error(&node.spec.address, &status).to_string())
 }
 
 async fn upload_node(
@@ -628,7 +615,8 @@ async fn remove_snapshots(handle: &mut RunHandle, plan: &BackupPlan, early_delet
     let _ = handle
         .transition(|run| {
             for node in &mut run.nodes {
-                if !matches!(node.phase, NodePhase::Failed) {
+                let sweeping = remaining.iter().any(|n| n.info.node_id == node.node_id);
+                if sweeping && !matches!(node.phase, NodePhase::Failed | NodePhase::Done) {
                     node.phase = NodePhase::CleaningUp;
                 }
             }
