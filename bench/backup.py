@@ -816,6 +816,8 @@ class Sampler:
                        "system_pct": round(100 * (d[2] + d[5] + d[6]) / tot, 1),
                        "iowait_pct": round(100 * d[4] / tot, 1),
                        "idle_pct": round(100 * d[3] / tot, 1),
+                       # time the hypervisor ran something else on our virtual CPUs
+                       "steal_pct": round(100 * d[7] / tot, 1) if len(d) > 7 else 0.0,
                        "cores": ncpu,
                        "busy_core_s": round((tot - d[3] - d[4]) / CLK_TCK, 2)}
             # top CPU consumers of the whole machine over the phase (processes alive at the end)
@@ -1719,7 +1721,8 @@ class Bench:
                 m = u.get("machine")
                 if m:
                     p(f"      machine: user {m['user_pct']}%  system {m['system_pct']}%  iowait {m['iowait_pct']}%  "
-                      f"idle {m['idle_pct']}%  disk read {m['disk_read_mib']} MiB  written {m['disk_written_mib']} MiB")
+                      f"idle {m['idle_pct']}%  steal {m.get('steal_pct', 0.0)}%  "
+                      f"disk read {m['disk_read_mib']} MiB  written {m['disk_written_mib']} MiB")
                     fc = self.foreign_cpu(r)
                     if fc:
                         p(f"      cpu outside the watched processes: {fc[0]:.2f} s ({fc[1]:.0f}% of the machine)")
