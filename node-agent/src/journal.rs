@@ -190,6 +190,7 @@ impl Journal {
             size,
             mtime_ns,
         };
+        // No location: only the hash is asked for.
         let mut found = self
             .lookup_hashes("", vec![(live_path.to_path_buf(), identity)])
             .await?;

@@ -329,7 +329,7 @@ impl Snapshotter {
         self.inner.reclaimer.idle().await;
     }
 
-    /// Stops freeing space (between two folders): the agent is stopping. What is left is freed
+    /// Stops freeing space (between two entries): the agent is stopping. What is left is freed
     /// when the next agent starts.
     pub fn stop_reclaiming(&self) {
         self.inner.reclaimer.stop.cancel();
@@ -604,7 +604,8 @@ fn detach_tag_folders(data_paths: &[PathBuf], tag: &str) -> Result<bool, Snapsho
 }
 
 /// Frees the space of detached snapshot folders on a blocking thread, one sweep at a time: a
-/// deletion during a sweep makes it sweep again.
+/// deletion during a sweep makes it sweep again. A sweep stops between two entries of a folder
+/// once `stop` is cancelled.
 #[derive(Debug, Default)]
 struct Reclaimer {
     state: std::sync::Mutex<ReclaimState>,
@@ -639,7 +640,7 @@ impl Reclaimer {
             *state = ReclaimState::Sweeping;
         }
         let settings = Arc::clone(settings);
-        // Bounded work that checks `stop` between folders.
+        // Bounded work that checks `stop` between entries.
         tokio::task::spawn_blocking(move || {
             let reclaimer = &settings.reclaimer;
             loop {
@@ -696,25 +697,26 @@ fn sweep_detached(data_path: &Path, stop: &tokio_util::sync::CancellationToken) 
     let _ = std::fs::remove_dir(&snapshots);
 }
 
-/// `remove_dir_all` that stops (with an error) between two folders once `stop` is cancelled.
-/// Never follows symbolic links: it only ever unlinks inside `folder`.
+/// Removes `folder` and everything in it, one entry at a time (`remove_dir_all` for a folder,
+/// which never follows symbolic links), stopping with an error between two entries once `stop`
+/// is cancelled.
 fn remove_tree(folder: &Path, stop: &tokio_util::sync::CancellationToken) -> io::Result<()> {
-    if stop.is_cancelled() {
-        return Err(io::Error::new(
-            io::ErrorKind::Interrupted,
-            "the agent is stopping",
-        ));
-    }
     for entry in std::fs::read_dir(folder)? {
+        if stop.is_cancelled() {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the agent is stopping",
+            ));
+        }
         let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            remove_tree(&entry.path(), stop)?;
+        let removed = if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())
         } else {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => return Err(error),
-            }
+            std::fs::remove_file(entry.path())
+        };
+        match removed {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
         }
     }
     std::fs::remove_dir(folder)
