@@ -136,6 +136,16 @@ class Params:
         return self.big_files + self.small_files
 
 
+def compression_setting(text: str) -> dict:
+    """A cofferctl-style compression (none, zstd, zstd:LEVEL) as the API's Compression message."""
+    if text == "none":
+        return {"codec": "COMPRESSION_CODEC_NONE"}
+    codec, _, level = text.partition(":")
+    if codec != "zstd" or (level and not level.lstrip("-").isdigit()):
+        raise SystemExit(f"--compression {text!r}: use none, zstd or zstd:LEVEL")
+    return {"codec": "COMPRESSION_CODEC_ZSTD", "level": int(level or 1)}
+
+
 def small_path(root: Path, i: int) -> Path:
     return root / "tables" / f"t{i // 100:03d}" / f"nb-{i:05d}-big-Data.db"
 
@@ -1114,6 +1124,8 @@ class Bench:
                 "accessKeyId": {"env": "AWS_ACCESS_KEY_ID"},
                 "secretAccessKey": {"env": "AWS_SECRET_ACCESS_KEY"}}}
         t["location"] = loc["name"]
+        if self.args.compression:
+            loc["compression"] = compression_setting(self.args.compression)
         self.rpc(t, "coffer.v1.LocationService/CreateLocation", loc)
         log(f"[{name}] server {t['server_addr']}, {self.params.nodes} agents on ports "
             f"{t['agent_ports']}, cluster '{CLUSTER}', location '{t['location']}'")
@@ -1578,7 +1590,8 @@ class Bench:
         p(f"rclone: one `rclone copy --transfers {a.rclone_transfers}` per node, {self.params.nodes} in "
           f"parallel, up (rclone) and back down into fresh folders (rclone-down); other flags at their "
           f"defaults: after each file a size check and an MD5 check where both sides have one, no fsync")
-        p("Coffer: default agent concurrency, all nodes in parallel; restore = the FULL backup onto the same "
+        p(f"Coffer: location compression {a.compression or 'zstd:1 (the default)'}, default agent "
+          "concurrency, all nodes in parallel; restore = the FULL backup onto the same "
           "nodes, data folders emptied first (BLAKE3 of every file checked, files fsynced, then moved into place)")
         p()
         hdr = f"{'target':<7}{'phase':<13}{'wall s':>9}{'MiB/s':>9}{'stored MiB':>14}{'peak RSS MiB':>14}{'vs rclone':>11}  note"
@@ -1789,6 +1802,9 @@ def main() -> int:
     ap.add_argument("--append-big", action="store_true",
                     help="make one of the changed files per node a 1 MiB append to a big file "
                          "(default: only small files are rewritten, as an SSTable database does)")
+    ap.add_argument("--compression", metavar="CODEC",
+                    help="the locations' compression: none, zstd or zstd:LEVEL (default: the "
+                         "server's default, zstd:1); rclone never compresses")
     ap.add_argument("--rclone-transfers", type=int, default=8)
     ap.add_argument("--no-restore", action="store_true",
                     help="skip the restore and rclone's download (backups only)")

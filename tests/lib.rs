@@ -277,6 +277,7 @@ pub async fn create_fs_location(client: &CofferClient, name: &str, path: &Path) 
                     path: path.display().to_string(),
                 },
             )),
+            compression: None,
         })
         .await
         .expect("create location");

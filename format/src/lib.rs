@@ -25,7 +25,7 @@ pub use manifest::{
     NodeManifestReader, NodeManifestSummary, NodeManifestWriter, PathFilter,
 };
 pub use object::{
-    Codec, DownloadError, LocationWriteback, RateLimiter, UploadError, UploadOptions,
+    Codec, Compression, DownloadError, LocationWriteback, RateLimiter, UploadError, UploadOptions,
     UploadOutcome, download_object, hash_file, object_exists, upload_file,
 };
 pub use storage::{SecretSource, StorageConfig, StorageError, open_operator};

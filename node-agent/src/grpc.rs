@@ -13,7 +13,7 @@ use coffer_format::manifest::NodeManifestReader;
 use coffer_format::object::DownloadError;
 use coffer_format::object::RateLimiter;
 use coffer_format::storage::{SecretSource, StorageConfig};
-use coffer_format::{ManifestError, StorageError};
+use coffer_format::{Compression, ManifestError, StorageError};
 use coffer_proto::agent::v1 as proto;
 use coffer_proto::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
 use futures::Stream;
@@ -192,6 +192,23 @@ fn globs(patterns: &[String]) -> Result<globset::GlobSet, Status> {
         .map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
+/// The compression an upload request asks for; unset means the default (zstd level 1).
+fn compression(requested: Option<proto::ObjectCompression>) -> Result<Compression, Status> {
+    match requested {
+        None => Ok(Compression::DEFAULT),
+        Some(proto::ObjectCompression {
+            none: true,
+            zstd_level: 0,
+        }) => Ok(Compression::None),
+        Some(proto::ObjectCompression { none: true, .. }) => Err(Status::invalid_argument(
+            "compression: a zstd level was given with no compression",
+        )),
+        Some(proto::ObjectCompression { zstd_level: 0, .. }) => Ok(Compression::DEFAULT),
+        Some(proto::ObjectCompression { zstd_level, .. }) => Compression::zstd(zstd_level)
+            .map_err(|error| Status::invalid_argument(format!("compression: {error}"))),
+    }
+}
+
 impl AgentHandler {
     /// Validates a RestoreNode request into a job: ids are UUIDs, the manifest path is relative,
     /// the location opens, the patterns parse.
@@ -278,6 +295,7 @@ impl AgentService for AgentHandler {
         let request = request.into_inner();
         let incremental = request.kind() == proto::BackupKind::Incremental;
         let (config, operator) = open(request.location.clone())?;
+        let compression = compression(request.compression)?;
         let cluster_id = parse_uuid("cluster_id", &request.cluster_id)?;
         let backup_id = if request.dry_run {
             Uuid::nil()
@@ -325,6 +343,7 @@ impl AgentService for AgentHandler {
             journal: self.agent.journal().clone(),
             temp_dir,
             quirks: config.quirks(),
+            compression,
         };
         let (sender, receiver) =
             tokio::sync::mpsc::channel::<Result<proto::UploadSnapshotResponse, Status>>(16);

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
 use coffer_format::object::{
-    LocationWriteback, RateLimiter, UploadError, UploadOptions, encode_into_folder, hash_file,
-    is_local_folder, object_exists, read_small_file, upload_bytes, upload_file,
+    Compression, LocationWriteback, RateLimiter, UploadError, UploadOptions, encode_into_folder,
+    hash_file, is_local_folder, object_exists, read_small_file, upload_bytes, upload_file,
 };
 use coffer_format::storage::BackendQuirks;
 use coffer_format::{ClusterLayout, ContentHash, StorageError};
@@ -84,6 +84,8 @@ pub struct UploadJob {
     pub temp_dir: PathBuf,
     /// How the location's backend departs from the service it emulates (chunked writes).
     pub quirks: BackendQuirks,
+    /// How new objects are stored (the location's setting).
+    pub compression: Compression,
 }
 
 /// Why an upload failed; the message names the file or the location.
@@ -234,6 +236,7 @@ pub async fn run(
     }
     let options = UploadOptions {
         rate_limiter: job.limiter.clone(),
+        compression: job.compression,
         ..UploadOptions::for_quirks(job.quirks)
     };
     let shared = Arc::new(Shared {

@@ -12,6 +12,8 @@ use coffer_proto::agent::v1 as agent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use coffer_format::Compression;
+
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::model::{Name, Page};
@@ -244,6 +246,8 @@ pub struct Location {
     pub name: Name,
     /// Kind and options.
     pub options: LocationOptions,
+    /// How agents compress the objects they store there.
+    pub compression: Compression,
     /// When it was created.
     pub create_time: SystemTime,
     /// When it last changed.
@@ -251,6 +255,20 @@ pub struct Location {
 }
 
 impl Location {
+    /// The compression agents apply to the objects they store here.
+    pub fn object_compression(&self) -> agent::ObjectCompression {
+        match self.compression {
+            Compression::None => agent::ObjectCompression {
+                none: true,
+                zstd_level: 0,
+            },
+            Compression::Zstd { level } => agent::ObjectCompression {
+                none: false,
+                zstd_level: level,
+            },
+        }
+    }
+
     /// The location as agents open it: OpenDAL scheme, settings and secret references.
     pub fn storage(&self) -> agent::StorageLocation {
         let mut options = BTreeMap::new();
@@ -379,6 +397,8 @@ pub struct LocationUpdate {
     pub name: Option<Name>,
     /// New options (of the same kind).
     pub options: Option<LocationOptions>,
+    /// New compression.
+    pub compression: Option<Compression>,
 }
 
 /// One step of a location check on one node.
@@ -427,6 +447,8 @@ pub struct NewLocation {
     pub name: Name,
     /// Kind and options.
     pub options: LocationOptions,
+    /// How agents compress the objects they store there.
+    pub compression: Compression,
 }
 
 /// Creates, reads and removes locations.
@@ -450,6 +472,7 @@ impl LocationRegistry {
             id: Uuid::now_v7(),
             name: new.name,
             options: new.options,
+            compression: new.compression,
             create_time: now,
             update_time: now,
         };
@@ -510,6 +533,9 @@ impl LocationRegistry {
         }
         if let Some(options) = update.options {
             updated.options = options;
+        }
+        if let Some(compression) = update.compression {
+            updated.compression = compression;
         }
         updated.update_time = SystemTime::now();
         self.catalog.update_location(&updated, moves_data).await?;
@@ -653,6 +679,7 @@ mod tests {
             id: Uuid::nil(),
             name: Name::parse("name", "main").expect("name"),
             options,
+            compression: Compression::DEFAULT,
             create_time: SystemTime::UNIX_EPOCH,
             update_time: SystemTime::UNIX_EPOCH,
         }

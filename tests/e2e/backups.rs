@@ -292,6 +292,201 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
     }
 }
 
+/// Text that zstd shrinks several times over: `lines` numbered lines.
+fn text(lines: usize, seed: &str) -> Vec<u8> {
+    (0..lines)
+        .map(|line| format!("{seed} row {line}: the quick brown fox jumps over the lazy dog\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// The stored object of `content` in a filesystem location.
+fn object_of(location: &Path, content: &[u8]) -> Vec<u8> {
+    let hash = coffer_format::ContentHash::of(content).to_hex();
+    let path = objects(location)
+        .into_iter()
+        .find(|path| path.file_name().is_some_and(|name| *name == *hash))
+        .unwrap_or_else(|| panic!("no object {hash}"));
+    std::fs::read(path).expect("read object")
+}
+
+#[tokio::test]
+async fn a_location_compresses_new_objects_as_set_and_restores_any_mix() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(root.path(), "a").await;
+    let server = TestServer::start(root.path()).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("solo", vec![node(&agent)]))
+        .await
+        .expect("register");
+    // A small file (stored in one write) and one over the agent's large-file size (streamed).
+    let small = text(2_000, "small");
+    let large = text(150_000, "large");
+    write(&agent.data.join("t/small.txt"), &small);
+    write(&agent.data.join("t/large.txt"), &large);
+    let store = root.path().join("store");
+    let created = client
+        .locations()
+        .create_location(proto::CreateLocationRequest {
+            name: "raw".into(),
+            options: Some(proto::create_location_request::Options::Fs(
+                proto::FsLocationOptions {
+                    path: store.display().to_string(),
+                },
+            )),
+            compression: Some(proto::Compression {
+                codec: proto::CompressionCodec::None.into(),
+                level: 0,
+            }),
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .location
+        .expect("location");
+    assert_eq!(
+        created.compression.expect("compression").codec(),
+        proto::CompressionCodec::None
+    );
+
+    // Without compression every object is the header and the content as read.
+    let (_, full) = backup(
+        &client,
+        backup_request("solo", "raw", proto::BackupKind::Full),
+    )
+    .await;
+    for content in [&small, &large] {
+        let object = object_of(&store, content);
+        assert_eq!(&object[..8], b"COFFER\x01\x00", "stored raw");
+        assert!(object[8..] == content[..]);
+    }
+    let totals = full.totals.expect("totals");
+    assert_eq!(
+        totals.uploaded_bytes,
+        (small.len() + large.len() + 16) as u64
+    );
+
+    // Compression changes while backups are stored; only new objects take it.
+    let updated = client
+        .locations()
+        .update_location(proto::UpdateLocationRequest {
+            location: "raw".into(),
+            compression: Some(proto::Compression {
+                codec: proto::CompressionCodec::Zstd.into(),
+                level: 9,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("update")
+        .into_inner()
+        .location
+        .expect("location")
+        .compression
+        .expect("compression");
+    assert_eq!(
+        (updated.codec(), updated.level),
+        (proto::CompressionCodec::Zstd, 9)
+    );
+    let small_changed = text(2_000, "changed");
+    let large_changed = text(150_000, "grown");
+    write(&agent.data.join("t/small.txt"), &small_changed);
+    write(&agent.data.join("t/large2.txt"), &large_changed);
+    let (_, incremental) = backup(
+        &client,
+        backup_request("solo", "raw", proto::BackupKind::Incremental),
+    )
+    .await;
+    for content in [&small_changed, &large_changed] {
+        let object = object_of(&store, content);
+        assert_eq!(&object[..8], b"COFFER\x01\x01", "stored as zstd");
+        assert!(
+            object.len() < content.len() / 4,
+            "{} of {}",
+            object.len(),
+            content.len()
+        );
+    }
+    assert_eq!(
+        object_of(&store, &large)[7],
+        0,
+        "stored objects are not rewritten"
+    );
+
+    // The incremental refers to raw and zstd objects alike, and restores byte for byte.
+    let before = coffer_tests::tree(&agent.data);
+    coffer_tests::wipe(&agent.data);
+    let run_id = client
+        .restores()
+        .start_restore(proto::StartRestoreRequest {
+            cluster: "solo".into(),
+            restore: Some(proto::RestoreSpec {
+                source: Some(proto::restore_spec::Source::BackupId(incremental.id)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("start restore")
+        .into_inner()
+        .run_id;
+    let restored = watch_to_end(&client, &run_id).await.pop().expect("final");
+    assert_eq!(
+        restored.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        restored.error_message
+    );
+    assert_eq!(coffer_tests::tree(&agent.data), before);
+
+    // A location made without a setting compresses at zstd level 1; bad settings are refused.
+    create_fs_location(&client, "default", &root.path().join("default")).await;
+    let default = client
+        .locations()
+        .get_location(proto::GetLocationRequest {
+            location: "default".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .location
+        .expect("location")
+        .compression
+        .expect("compression");
+    assert_eq!(
+        (default.codec(), default.level),
+        (proto::CompressionCodec::Zstd, 1)
+    );
+    for (codec, level, field) in [
+        (
+            proto::CompressionCodec::Zstd as i32,
+            13,
+            "compression.level",
+        ),
+        (
+            proto::CompressionCodec::Zstd as i32,
+            -8,
+            "compression.level",
+        ),
+        (proto::CompressionCodec::None as i32, 3, "compression.level"),
+        (7, 0, "compression.codec"),
+    ] {
+        let status = client
+            .locations()
+            .update_location(proto::UpdateLocationRequest {
+                location: "default".into(),
+                compression: Some(proto::Compression { codec, level }),
+                ..Default::default()
+            })
+            .await
+            .expect_err("bad compression");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(status.message().contains(field), "{}", status.message());
+    }
+}
+
 #[tokio::test]
 async fn a_sqlite_database_written_during_the_backup_is_copied_consistently() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -960,6 +1155,7 @@ async fn backups_go_to_seaweedfs_over_s3_with_credentials_by_reference() {
         .locations()
         .create_location(proto::CreateLocationRequest {
             name: "weed".into(),
+            compression: None,
             options: Some(proto::create_location_request::Options::S3(
                 proto::S3LocationOptions {
                     bucket: weed.bucket.clone(),
@@ -1049,6 +1245,7 @@ async fn backups_go_to_seaweedfs_over_s3_with_credentials_by_reference() {
         .locations()
         .create_location(proto::CreateLocationRequest {
             name: "weed-wrong".into(),
+            compression: None,
             options: Some(proto::create_location_request::Options::S3(
                 proto::S3LocationOptions {
                     bucket: weed.bucket.clone(),

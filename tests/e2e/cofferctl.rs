@@ -147,13 +147,30 @@ async fn cofferctl_backs_up_with_a_live_watch_and_lists_what_it_made() {
     let store = root.path().join("store");
     let store_arg = store.display().to_string();
     let node = agent.process.host_port().to_string();
-    for args in [
-        vec!["cluster", "register", "db", "--node", node.as_str()],
-        vec!["location", "create", "local", "--fs", store_arg.as_str()],
-    ] {
-        let output = cofferctl(&server, &args).await;
-        assert_eq!(output.code, 0, "{args:?}: {}", output.stderr);
-    }
+    let registered = cofferctl(&server, &["cluster", "register", "db", "--node", &node]).await;
+    assert_eq!(registered.code, 0, "{}", registered.stderr);
+    let created = cofferctl(
+        &server,
+        &[
+            "location",
+            "create",
+            "local",
+            "--fs",
+            &store_arg,
+            "--compression",
+            "zstd:-3",
+        ],
+    )
+    .await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert!(
+        created
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("Compression") && line.ends_with("zstd:-3")),
+        "{}",
+        created.stdout
+    );
 
     // Table mode: the run id on stdout, then the summary; exit 0 for a succeeded run.
     let started = cofferctl(
@@ -264,6 +281,37 @@ async fn cofferctl_backs_up_with_a_live_watch_and_lists_what_it_made() {
     )
     .await;
     assert_eq!(failed.code, 10, "{}\n{}", failed.stdout, failed.stderr);
+
+    // Compression changes by `location update`; the server names a level it refuses, and
+    // cofferctl refuses what is not a compression at all, or an update that changes nothing.
+    let updated = cofferctl(
+        &server,
+        &["location", "update", "local", "--compression", "none"],
+    )
+    .await;
+    assert_eq!(updated.code, 0, "{}", updated.stderr);
+    assert!(
+        updated
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("Compression") && line.ends_with("none")),
+        "{}",
+        updated.stdout
+    );
+    let refused = cofferctl(
+        &server,
+        &["location", "update", "local", "--compression", "zstd:40"],
+    )
+    .await;
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert!(refused.stderr.contains("-7 to 12"), "{}", refused.stderr);
+    for args in [
+        vec!["location", "update", "local", "--compression", "lz4"],
+        vec!["location", "update", "local"],
+    ] {
+        let usage = cofferctl(&server, &args).await;
+        assert_eq!(usage.code, 2, "{args:?}: {}", usage.stderr);
+    }
 
     // Deleting the backup makes it disappear from the catalog and from storage.
     let deleted = cofferctl(&server, &["backup", "delete", &backup_id]).await;

@@ -78,6 +78,7 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
         .locations()
         .update_location(proto::UpdateLocationRequest {
             location: "local".into(),
+            compression: None,
             name: Some("main".into()),
             options: Some(fs(&moved)),
         })
@@ -114,6 +115,7 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
         .locations()
         .update_location(proto::UpdateLocationRequest {
             location: "main".into(),
+            compression: None,
             name: None,
             options: Some(fs(&root.path().join("elsewhere"))),
         })
@@ -129,6 +131,7 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
         .locations()
         .update_location(proto::UpdateLocationRequest {
             location: "main".into(),
+            compression: None,
             name: None,
             options: Some(proto::update_location_request::Options::S3(
                 proto::S3LocationOptions {
@@ -144,6 +147,7 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
         .locations()
         .update_location(proto::UpdateLocationRequest {
             location: "main".into(),
+            compression: None,
             name: Some("blocked".into()),
             options: None,
         })

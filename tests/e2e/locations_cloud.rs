@@ -93,6 +93,7 @@ async fn create_location(
         .locations()
         .create_location(proto::CreateLocationRequest {
             name: name.into(),
+            compression: None,
             options: Some(options),
         })
         .await

@@ -13,7 +13,7 @@ use crate::cli::exit::EXIT_CODES_HELP;
 use crate::cli::format::{self, NONE, or_none};
 use crate::cli::output::OutputFormat;
 use crate::cli::paging::{Page, PageArgs, fetch_pages};
-use crate::cli::parse::{EnvVarNameParser, parse_absolute_path};
+use crate::cli::parse::{EnvVarNameParser, parse_absolute_path, parse_compression};
 use crate::cli::table::{Table, fields};
 use crate::cli::{CliError, Session};
 
@@ -35,6 +35,9 @@ pub enum LocationCommand {
     List(ListArgs),
     /// Show a location and its options.
     Show(LocationArgs),
+    /// Rename a location or change its compression. Other options change through the API
+    /// (UpdateLocation), since most of them must not change while backups are stored.
+    Update(UpdateArgs),
     /// Remove a location from the catalog, with the catalog's records of the backups stored there.
     /// Nothing in the storage is touched.
     Delete(LocationArgs),
@@ -80,6 +83,27 @@ pub struct CreateArgs {
     pub azblob_options: AzblobArgs,
     #[command(flatten)]
     pub gcs_options: GcsArgs,
+    /// How the agents compress the objects they store: zstd (level 1, the default), zstd:LEVEL
+    /// (-7 fastest to 12 smallest) or none (for data that does not compress, or storage cheaper
+    /// than the agents' CPU).
+    #[arg(long, value_name = "CODEC", value_parser = parse_compression)]
+    pub compression: Option<proto::Compression>,
+}
+
+/// Arguments of `location update`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("change").required(true).multiple(true).args(["rename", "compression"])))]
+pub struct UpdateArgs {
+    /// Name or id of the location.
+    #[arg(value_name = "NAME_OR_ID", value_parser = non_empty())]
+    pub location: String,
+    /// New name.
+    #[arg(long, value_name = "NAME", value_parser = non_empty())]
+    pub rename: Option<String>,
+    /// New compression for the objects stored from now on (objects already stored keep theirs):
+    /// zstd, zstd:LEVEL or none.
+    #[arg(long, value_name = "CODEC", value_parser = parse_compression)]
+    pub compression: Option<proto::Compression>,
 }
 
 // The flags of one kind conflict with the other kinds rather than `requires` their own: clap
@@ -229,6 +253,7 @@ pub async fn run(command: LocationCommand, session: &Session) -> Result<(), CliE
         LocationCommand::Create(args) => create(*args, session).await,
         LocationCommand::List(args) => list(args, session).await,
         LocationCommand::Show(args) => show(args, session).await,
+        LocationCommand::Update(args) => update(args, session).await,
         LocationCommand::Delete(args) => delete(args, session).await,
         LocationCommand::Check(args) => check(args, session).await,
     }
@@ -250,6 +275,7 @@ pub fn create_request(args: CreateArgs) -> proto::CreateLocationRequest {
         s3_options,
         azblob_options,
         gcs_options,
+        compression,
     } = args;
     let endpoint = endpoint.unwrap_or_default();
     let prefix = prefix.unwrap_or_default();
@@ -293,6 +319,7 @@ pub fn create_request(args: CreateArgs) -> proto::CreateLocationRequest {
     proto::CreateLocationRequest {
         name,
         options: Some(options),
+        compression,
     }
 }
 
@@ -368,6 +395,25 @@ async fn show(args: LocationArgs, session: &Session) -> Result<(), CliError> {
         .locations()
         .get_location(proto::GetLocationRequest {
             location: args.location,
+        })
+        .await?
+        .into_inner();
+    session.output.response(&response, |response| {
+        Ok(render_location(required_location(
+            response.location.as_ref(),
+        )?))
+    })
+}
+
+async fn update(args: UpdateArgs, session: &Session) -> Result<(), CliError> {
+    let client = session.connect().await?;
+    let response = client
+        .locations()
+        .update_location(proto::UpdateLocationRequest {
+            location: args.location,
+            name: args.rename,
+            options: None,
+            compression: args.compression,
         })
         .await?
         .into_inner();
@@ -538,10 +584,35 @@ fn render_location(location: &proto::Location) -> String {
         None => rows.push(("Options", NONE.to_owned())),
     }
     rows.extend([
+        (
+            "Compression",
+            compression_name(location.compression.as_ref()),
+        ),
         ("Created", format::timestamp(location.create_time.as_ref())),
         ("Updated", format::timestamp(location.update_time.as_ref())),
     ]);
     fields(rows)
+}
+
+/// A location's compression as `location create --compression` takes it.
+fn compression_name(compression: Option<&proto::Compression>) -> String {
+    match compression {
+        None => NONE.to_owned(),
+        Some(compression) => match compression.codec() {
+            proto::CompressionCodec::None => "none".to_owned(),
+            proto::CompressionCodec::Zstd | proto::CompressionCodec::Unspecified => {
+                // 0 is the default level, 1; negative levels are real ones.
+                format!(
+                    "zstd:{}",
+                    if compression.level == 0 {
+                        1
+                    } else {
+                        compression.level
+                    }
+                )
+            }
+        },
+    }
 }
 
 fn yes_no(value: bool) -> String {
@@ -676,6 +747,7 @@ mod tests {
             request,
             proto::CreateLocationRequest {
                 name: "backups".to_owned(),
+                compression: None,
                 options: Some(proto::create_location_request::Options::S3(
                     proto::S3LocationOptions {
                         bucket: "coffer-backups".to_owned(),
@@ -842,6 +914,10 @@ mod tests {
                 secret_access_key: file("/etc/coffer/secret"),
                 ..Default::default()
             })),
+            compression: Some(proto::Compression {
+                codec: proto::CompressionCodec::Zstd as i32,
+                level: -3,
+            }),
             ..Default::default()
         };
         assert_eq!(
@@ -857,6 +933,7 @@ mod tests {
              Access key id:      env:AWS_ACCESS_KEY_ID\n\
              Secret access key:  file:/etc/coffer/secret\n\
              Session token:      -\n\
+             Compression:        zstd:-3\n\
              Created:            -\n\
              Updated:            -\n"
         );

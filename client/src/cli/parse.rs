@@ -52,6 +52,26 @@ pub fn parse_node_spec(text: &str) -> Result<proto::NodeSpec, String> {
     Ok(spec)
 }
 
+/// Parses a location's compression: `none`, `zstd` (level 1) or `zstd:LEVEL`. The level's range
+/// is the server's to check (it names the allowed levels).
+pub fn parse_compression(text: &str) -> Result<proto::Compression, String> {
+    let (codec, level) = match text.split_once(':') {
+        None if text == "none" => (proto::CompressionCodec::None, 0),
+        None if text == "zstd" => (proto::CompressionCodec::Zstd, 1),
+        Some(("zstd", level)) => (
+            proto::CompressionCodec::Zstd,
+            level
+                .parse::<i32>()
+                .map_err(|_| format!("{level:?} is not a zstd level (a whole number)"))?,
+        ),
+        _ => return Err("use none, zstd or zstd:LEVEL (LEVEL from -7 to 12)".to_owned()),
+    };
+    Ok(proto::Compression {
+        codec: codec.into(),
+        level,
+    })
+}
+
 /// A `KEY=VALUE` label from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Label {

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::locations::{Location, LocationOptions};
 use crate::model::{Name, Page};
 
-const COLUMNS: &str = "id, name, options, create_time_ms, update_time_ms";
+const COLUMNS: &str = "id, name, options, compression, create_time_ms, update_time_ms";
 
 impl Catalog {
     /// Records a new location. ALREADY_EXISTS when the name is taken.
@@ -17,13 +17,15 @@ impl Catalog {
         let options = serde_json::to_string(&location.options)
             .map_err(|error| Error::internal("encode location options", error))?;
         sqlx::query(
-            "INSERT INTO locations (id, name, kind, options, create_time_ms, update_time_ms) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO locations \
+             (id, name, kind, options, compression, create_time_ms, update_time_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(location.id.to_string())
         .bind(location.name.as_str())
         .bind(location.options.kind())
         .bind(options)
+        .bind(location.compression.to_string())
         .bind(millis(location.create_time))
         .bind(millis(location.update_time))
         .execute(&self.pool)
@@ -127,20 +129,24 @@ impl Catalog {
                 )));
             }
         }
-        sqlx::query("UPDATE locations SET name = ?, options = ?, update_time_ms = ? WHERE id = ?")
-            .bind(location.name.as_str())
-            .bind(options)
-            .bind(millis(location.update_time))
-            .bind(&id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|error| match write_error("update location", error) {
-                Error::AlreadyExists(_) => Error::AlreadyExists(format!(
-                    "a location named {:?} exists already",
-                    location.name.as_str()
-                )),
-                other => other,
-            })?;
+        sqlx::query(
+            "UPDATE locations SET name = ?, options = ?, compression = ?, update_time_ms = ? \
+             WHERE id = ?",
+        )
+        .bind(location.name.as_str())
+        .bind(options)
+        .bind(location.compression.to_string())
+        .bind(millis(location.update_time))
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| match write_error("update location", error) {
+            Error::AlreadyExists(_) => Error::AlreadyExists(format!(
+                "a location named {:?} exists already",
+                location.name.as_str()
+            )),
+            other => other,
+        })?;
         tx.commit()
             .await
             .map_err(|error| database_error("commit location update", error))
@@ -187,11 +193,16 @@ fn read_location(row: &SqliteRow) -> Result<Location> {
     let options: LocationOptions = serde_json::from_str(&options)
         .map_err(|error| Error::internal("decode location options", error))?;
     let name: String = row.try_get("name").map_err(get)?;
+    let compression: String = row.try_get("compression").map_err(get)?;
+    let compression = compression
+        .parse()
+        .map_err(|error: String| Error::internal("decode location compression", error))?;
     Ok(Location {
         id: parse_uuid(&row.try_get::<String, _>("id").map_err(get)?)?,
         name: Name::parse("catalog locations.name", &name)
             .map_err(|error| Error::internal("decode location name", error))?,
         options,
+        compression,
         create_time: from_millis(row.try_get("create_time_ms").map_err(get)?),
         update_time: from_millis(row.try_get("update_time_ms").map_err(get)?),
     })

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::backups::{self, BackupFile, BackupRecord, StartBackup};
 use crate::error::{Error, Result};
-use crate::locations::{Location, LocationOptions, NewLocation, SecretRef};
+use crate::locations::{Compression, Location, LocationOptions, NewLocation, SecretRef};
 use crate::model::{Labels, Name};
 use crate::runs::model::{
     BackupKind, Counters, NodePhase, NodeProgress, PathFilter, Run, RunKind, RunSpec, RunState,
@@ -110,13 +110,59 @@ fn location_options(
     Ok(options)
 }
 
+/// Validates a requested compression; unset means the default (zstd level 1).
+fn compression(requested: Option<proto::Compression>) -> Result<Compression> {
+    let Some(requested) = requested else {
+        return Ok(Compression::DEFAULT);
+    };
+    match proto::CompressionCodec::try_from(requested.codec) {
+        Ok(proto::CompressionCodec::Unspecified | proto::CompressionCodec::Zstd) => {
+            match requested.level {
+                0 => Ok(Compression::DEFAULT),
+                level => Compression::zstd(level)
+                    .map_err(|error| Error::invalid("compression.level", error)),
+            }
+        }
+        Ok(proto::CompressionCodec::None) if requested.level == 0 => Ok(Compression::None),
+        Ok(proto::CompressionCodec::None) => Err(Error::invalid(
+            "compression.level",
+            format!(
+                "is {} but the codec is NONE: give a level only with ZSTD",
+                requested.level
+            ),
+        )),
+        Err(_) => Err(Error::invalid(
+            "compression.codec",
+            format!("{} is not a compression codec", requested.codec),
+        )),
+    }
+}
+
+fn compression_out(compression: Compression) -> proto::Compression {
+    match compression {
+        Compression::None => proto::Compression {
+            codec: proto::CompressionCodec::None.into(),
+            level: 0,
+        },
+        Compression::Zstd { level } => proto::Compression {
+            codec: proto::CompressionCodec::Zstd.into(),
+            level,
+        },
+    }
+}
+
 impl TryFrom<proto::CreateLocationRequest> for NewLocation {
     type Error = Error;
 
     fn try_from(request: proto::CreateLocationRequest) -> Result<Self> {
         let name = Name::parse("name", &request.name)?;
         let options = location_options(request.options)?;
-        Ok(Self { name, options })
+        let compression = compression(request.compression)?;
+        Ok(Self {
+            name,
+            options,
+            compression,
+        })
     }
 }
 
@@ -148,16 +194,21 @@ impl TryFrom<proto::UpdateLocationRequest> for crate::locations::LocationUpdate 
                 }))
             })
             .transpose()?;
-        if name.is_none() && options.is_none() {
+        let compression = request
+            .compression
+            .map(|requested| compression(Some(requested)))
+            .transpose()?;
+        if name.is_none() && options.is_none() && compression.is_none() {
             return Err(Error::invalid(
                 "name",
-                "nothing to change: give a new name or new options",
+                "nothing to change: give a new name, new options or a new compression",
             ));
         }
         Ok(Self {
             location: request.location,
             name,
             options,
+            compression,
         })
     }
 }
@@ -269,6 +320,7 @@ impl From<Location> for proto::Location {
             options: Some(options),
             create_time: timestamp(location.create_time),
             update_time: timestamp(location.update_time),
+            compression: Some(compression_out(location.compression)),
         }
     }
 }

@@ -248,6 +248,7 @@ async fn snapshot_and_upload_all(
             rate_limit_bytes_per_second: plan.spec.limits.rate_limit_bytes_per_second,
             concurrency: plan.spec.limits.concurrency,
             dry_run: run.dry_run,
+            compression: Some(plan.location.object_compression()),
         };
         let agents = agents.clone();
         let permits = permits.clone();
