@@ -12,6 +12,7 @@
 //! The agent (which touches storage) and the server (which plans) both use this crate, so the two
 //! can never disagree about names or encodings.
 
+mod direct;
 pub mod layout;
 pub mod manifest;
 pub mod object;

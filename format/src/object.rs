@@ -36,6 +36,7 @@ use futures::TryStreamExt;
 use opendal::Operator;
 use tokio::sync::mpsc;
 
+use crate::direct::DirectWriter;
 use crate::layout::ContentHash;
 use crate::storage::StorageError;
 
@@ -882,22 +883,38 @@ fn encode_to_temporary(
             format!("write {}: {error}", temporary.display()),
         )
     };
-    let mut out =
-        io::BufWriter::with_capacity(READ_BLOCK, create_file(temporary).map_err(write_error)?);
-    let mut stored = 0u64;
-    let mut compressed = false;
-    let mut send = |bytes: Bytes| {
-        if stored == 0 && bytes.len() >= OBJECT_HEADER_LEN {
-            compressed = bytes[7] == Codec::Zstd as u8;
+    // Large objects bypass the page cache: see `crate::direct`.
+    let mut out = match DirectWriter::create(temporary) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            if let Some(folder) = temporary.parent() {
+                std::fs::create_dir_all(folder).map_err(write_error)?;
+            }
+            DirectWriter::create(temporary)
         }
-        stored += bytes.len() as u64;
-        out.write_all(&bytes)
-    };
-    let summary = encode_file(opened, &mut send, level, max_ratio, limiter);
-    let flushed = out.flush();
-    drop(out);
-    match summary.and_then(|summary| flushed.map(|()| summary)) {
-        Ok(summary) => Ok((summary, stored, compressed)),
+        result => result,
+    }
+    .map_err(write_error)?;
+    let mut compressed = None;
+    let summary = encode_file(
+        opened,
+        &mut |bytes: Bytes| {
+            // The first piece is the header.
+            if compressed.is_none() {
+                compressed = Some(bytes.get(7) == Some(&(Codec::Zstd as u8)));
+            }
+            out.write_all(&bytes).map_err(write_error)
+        },
+        level,
+        max_ratio,
+        limiter,
+    );
+    let finished = summary.and_then(|summary| {
+        out.finish()
+            .map(|stored| (summary, stored))
+            .map_err(write_error)
+    });
+    match finished {
+        Ok((summary, stored)) => Ok((summary, stored, compressed.unwrap_or(false))),
         Err(error) => {
             let _ = std::fs::remove_file(temporary);
             Err(error)

@@ -420,6 +420,31 @@ mod tests {
     }
 
     #[test]
+    fn compressions_become_the_api_message() {
+        let zstd = |level| proto::Compression {
+            codec: proto::CompressionCodec::Zstd.into(),
+            level,
+        };
+        assert_eq!(parse_compression("zstd"), Ok(zstd(1)));
+        assert_eq!(parse_compression("zstd:-7"), Ok(zstd(-7)));
+        assert_eq!(
+            parse_compression("zstd:40"),
+            Ok(zstd(40)),
+            "the server checks the range"
+        );
+        assert_eq!(
+            parse_compression("none"),
+            Ok(proto::Compression {
+                codec: proto::CompressionCodec::None.into(),
+                level: 0,
+            })
+        );
+        for bad in ["lz4", "none:1", "zstd:", "zstd:fast", "ZSTD", ""] {
+            assert!(parse_compression(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn byte_rate_errors() {
         for bad in [
             "",
