@@ -1261,7 +1261,7 @@ pub async fn download_object_sized(
         let dest_path = dest.to_path_buf();
         let limiter = limiter.cloned();
         let decoded = tokio::task::spawn_blocking(move || {
-            decode_local_object(&source, &dest_path, limiter.as_ref())
+            decode_local_object(&source, &dest_path, size_hint, limiter.as_ref())
         })
         .await;
         return finish_download(op, object_path, dest, expected, Ok(()), decoded).await;
@@ -1270,7 +1270,7 @@ pub async fn download_object_sized(
     let (sender, receiver) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let decoder = {
         let dest = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || decode_to_file(receiver, &dest))
+        tokio::task::spawn_blocking(move || decode_to_file(receiver, &dest, size_hint))
     };
 
     let small =
@@ -1353,10 +1353,47 @@ async fn finish_download(
     result
 }
 
+/// Where decoded content goes: a file written through the page cache, or (a large file, see
+/// `crate::direct`) around it.
+enum FileSink {
+    Buffered(io::BufWriter<File>),
+    Direct(DirectWriter),
+}
+
+impl FileSink {
+    /// Writes what is buffered and closes the file (not synced).
+    fn finish(self) -> io::Result<()> {
+        match self {
+            Self::Buffered(file) => file
+                .into_inner()
+                .map(drop)
+                .map_err(|error| error.into_error()),
+            Self::Direct(file) => file.finish().map(drop),
+        }
+    }
+}
+
+impl Write for FileSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Buffered(file) => file.write(buf),
+            Self::Direct(file) => file.write_all(buf).map(|()| buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Buffered(file) => file.flush(),
+            // Only whole blocks can be written before the end: `finish` writes the rest.
+            Self::Direct(_) => Ok(()),
+        }
+    }
+}
+
 /// Writes decoded content to the destination file while hashing it; remembers whether a failure
 /// came from the file (and not from the zstd decoder that writes into it).
 struct HashingFileWriter {
-    file: io::BufWriter<File>,
+    file: FileSink,
     hasher: blake3::Hasher,
     written: u64,
     file_error: bool,
@@ -1402,13 +1439,20 @@ struct ObjectDecoder {
 }
 
 impl ObjectDecoder {
-    fn create(dest: &Path) -> Result<Self, DecodeFailure> {
-        let file = File::create(dest).map_err(DecodeFailure::Write)?;
+    /// A decoder into a new file at `dest`; a file known to be large (`size_hint`) is written
+    /// around the page cache.
+    fn create(dest: &Path, size_hint: Option<u64>) -> Result<Self, DecodeFailure> {
+        let file = if size_hint.is_some_and(|size| size > SMALL_FILE) {
+            FileSink::Direct(DirectWriter::create(dest).map_err(DecodeFailure::Write)?)
+        } else {
+            let file = File::create(dest).map_err(DecodeFailure::Write)?;
+            FileSink::Buffered(io::BufWriter::with_capacity(READ_BLOCK, file))
+        };
         Ok(Self {
             stored_bytes: 0,
             body: Body::Header(Vec::with_capacity(OBJECT_HEADER_LEN)),
             sink: Some(HashingFileWriter {
-                file: io::BufWriter::with_capacity(READ_BLOCK, file),
+                file,
                 hasher: blake3::Hasher::new(),
                 written: 0,
                 file_error: false,
@@ -1478,8 +1522,7 @@ impl ObjectDecoder {
             written,
             ..
         } = writer;
-        file.into_inner()
-            .map_err(|error| DecodeFailure::Write(error.into_error()))?;
+        file.finish().map_err(DecodeFailure::Write)?;
         Ok(Decoded {
             hash: ContentHash::from(hasher.finalize()),
             size: written,
@@ -1492,8 +1535,9 @@ impl ObjectDecoder {
 fn decode_to_file(
     mut receiver: mpsc::Receiver<Bytes>,
     dest: &Path,
+    size_hint: Option<u64>,
 ) -> Result<Decoded, DecodeFailure> {
-    let mut decoder = ObjectDecoder::create(dest)?;
+    let mut decoder = ObjectDecoder::create(dest, size_hint)?;
     while let Some(bytes) = receiver.blocking_recv() {
         decoder.push(&bytes)?;
     }
@@ -1505,10 +1549,11 @@ fn decode_to_file(
 fn decode_local_object(
     source: &Path,
     dest: &Path,
+    size_hint: Option<u64>,
     limiter: Option<&RateLimiter>,
 ) -> Result<Decoded, DecodeFailure> {
     let mut object = File::open(source).map_err(DecodeFailure::Read)?;
-    let mut decoder = ObjectDecoder::create(dest)?;
+    let mut decoder = ObjectDecoder::create(dest, size_hint)?;
     let mut buffer = vec![0u8; READ_BLOCK];
     loop {
         let read = read_full(&mut object, &mut buffer).map_err(DecodeFailure::Read)?;
