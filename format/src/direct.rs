@@ -53,9 +53,7 @@ impl Aligned {
 struct DiskFile {
     file: File,
     direct: bool,
-    /// File offset of the next write (content plus any padding written).
-    offset: u64,
-    /// Bytes of content written.
+    /// Bytes of content written. Only the last write is padded, so every other one starts here.
     content: u64,
 }
 
@@ -70,6 +68,8 @@ impl DiskFile {
         };
         let window = buffer.window();
         window[len..padded].fill(0);
+        // Whether the file may now reach past its content: padding, or a failed write.
+        let mut cut = padded != len;
         match (&self.file).write_all(&window[..padded]) {
             Err(error)
                 if self.direct
@@ -80,17 +80,14 @@ impl DiskFile {
                 let flags = rustix::fs::fcntl_getfl(&self.file)?;
                 rustix::fs::fcntl_setfl(&self.file, flags - OFlags::DIRECT)?;
                 self.direct = false;
-                rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Start(self.offset))?;
+                rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Start(self.content))?;
                 (&self.file).write_all(&window[..len])?;
-                self.offset += len as u64;
-                // The failed write may have reached past the content.
-                self.file.set_len(self.offset)?;
+                cut = true;
             }
-            Err(error) => return Err(error),
-            Ok(()) => self.offset += padded as u64,
+            result => result?,
         }
         self.content += len as u64;
-        if self.offset != self.content {
+        if cut {
             self.file.set_len(self.content)?;
         }
         Ok(())
@@ -140,7 +137,6 @@ impl DirectWriter {
         let mut disk = DiskFile {
             file,
             direct,
-            offset: 0,
             content: 0,
         };
         let (chunks, incoming) = mpsc::sync_channel::<Chunk>(1);

@@ -446,14 +446,14 @@ fn rename_into(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Creates (truncates) `path`, creating its folder only when it is missing.
-fn create_file(path: &Path) -> io::Result<File> {
-    match File::create(path) {
+/// Creates (truncates) `path` with `create`, creating its folder only when it is missing.
+fn create_in_folder<T>(path: &Path, create: impl Fn(&Path) -> io::Result<T>) -> io::Result<T> {
+    match create(path) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             if let Some(folder) = path.parent() {
                 std::fs::create_dir_all(folder)?;
             }
-            File::create(path)
+            create(path)
         }
         result => result,
     }
@@ -472,7 +472,7 @@ fn write_local_object(root: &Path, object_path: &str, bytes: &[u8]) -> io::Resul
         "{object_path}.{}{TEMPORARY_SUFFIX}",
         uuid::Uuid::new_v4().simple()
     ));
-    create_file(&temporary)?.write_all(bytes)?;
+    create_in_folder(&temporary, |path| File::create(path))?.write_all(bytes)?;
     let renamed = std::fs::rename(&temporary, &target);
     if renamed.is_err() {
         let _ = std::fs::remove_file(&temporary);
@@ -884,16 +884,7 @@ fn encode_to_temporary(
         )
     };
     // Large objects bypass the page cache: see `crate::direct`.
-    let mut out = match DirectWriter::create(temporary) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            if let Some(folder) = temporary.parent() {
-                std::fs::create_dir_all(folder).map_err(write_error)?;
-            }
-            DirectWriter::create(temporary)
-        }
-        result => result,
-    }
-    .map_err(write_error)?;
+    let mut out = create_in_folder(temporary, DirectWriter::create).map_err(write_error)?;
     let mut compressed = None;
     let summary = encode_file(
         opened,

@@ -110,11 +110,8 @@ fn location_options(
     Ok(options)
 }
 
-/// Validates a requested compression; unset means the default (zstd level 1).
-fn compression(requested: Option<proto::Compression>) -> Result<Compression> {
-    let Some(requested) = requested else {
-        return Ok(Compression::DEFAULT);
-    };
+/// Validates a requested compression.
+fn compression(requested: proto::Compression) -> Result<Compression> {
     match proto::CompressionCodec::try_from(requested.codec) {
         Ok(proto::CompressionCodec::Unspecified | proto::CompressionCodec::Zstd) => {
             match requested.level {
@@ -157,7 +154,12 @@ impl TryFrom<proto::CreateLocationRequest> for NewLocation {
     fn try_from(request: proto::CreateLocationRequest) -> Result<Self> {
         let name = Name::parse("name", &request.name)?;
         let options = location_options(request.options)?;
-        let compression = compression(request.compression)?;
+        // Unset means the default, zstd level 1.
+        let compression = request
+            .compression
+            .map(compression)
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             name,
             options,
@@ -194,10 +196,7 @@ impl TryFrom<proto::UpdateLocationRequest> for crate::locations::LocationUpdate 
                 }))
             })
             .transpose()?;
-        let compression = request
-            .compression
-            .map(|requested| compression(Some(requested)))
-            .transpose()?;
+        let compression = request.compression.map(compression).transpose()?;
         if name.is_none() && options.is_none() && compression.is_none() {
             return Err(Error::invalid(
                 "name",
