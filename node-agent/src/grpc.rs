@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::Agent;
 use crate::restore::{self, HookFailure, RestoreFailure, RestoreHook, RestoreJob};
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{SnapshotError, UnchangedFiles};
 use crate::upload::{self, UploadFailure, UploadJob};
 
 /// Largest object served by GetObject.
@@ -271,13 +271,19 @@ impl AgentService for AgentHandler {
         &self,
         request: Request<proto::CreateSnapshotRequest>,
     ) -> Result<Response<proto::CreateSnapshotResponse>, Status> {
-        let tag = request.into_inner().tag;
-        let snapshot = self
-            .agent
-            .snapshots()
-            .create(&tag)
-            .await
-            .map_err(snapshot_status)?;
+        let request = request.into_inner();
+        let tag = request.tag;
+        let snapshots = self.agent.snapshots();
+        let snapshot = if request.incremental_location_id.is_empty() {
+            snapshots.create(&tag).await
+        } else {
+            let unchanged = UnchangedFiles {
+                journal: self.agent.journal().clone(),
+                location_id: request.incremental_location_id,
+            };
+            snapshots.create_incremental(&tag, unchanged).await
+        }
+        .map_err(snapshot_status)?;
         tracing::info!(tag, files = snapshot.files.len(), "snapshot taken");
         Ok(Response::new(proto::CreateSnapshotResponse {
             file_count: snapshot.files.len() as u64,
@@ -309,12 +315,27 @@ impl AgentService for AgentHandler {
                 .await
                 .map_err(snapshot_status)?
         } else {
-            self.agent
+            let snapshot = self
+                .agent
                 .snapshots()
                 .load(&request.tag)
                 .await
-                .map_err(snapshot_status)?
-                .files
+                .map_err(snapshot_status)?;
+            // Its unlinked files are not frozen: only the backup they were left out for may
+            // skip them, as it never reads them.
+            if let Some(location_id) = &snapshot.unlinked_for
+                && (!incremental || *location_id != config.location_id)
+            {
+                return Err(Status::failed_precondition(format!(
+                    "snapshot {} was taken for an incremental backup into location {location_id} \
+                     and left unchanged files unlinked; a {} backup into location {} needs a \
+                     snapshot of its own",
+                    request.tag,
+                    if incremental { "INCREMENTAL" } else { "FULL" },
+                    config.location_id
+                )));
+            }
+            snapshot.files
         };
         let temp_dir = self.agent.config().state_dir.join("tmp");
         tokio::fs::create_dir_all(&temp_dir)

@@ -208,46 +208,24 @@ impl Journal {
         files: Vec<(PathBuf, FileIdentity)>,
     ) -> Result<Vec<Option<Remembered>>, JournalError> {
         let location_id = location_id.to_string();
-        self.with_connection(move |connection| {
-            // One read transaction for all: each statement outside one would take (and drop)
-            // its own snapshot of the database. One statement per file answers both questions.
-            let transaction = connection.transaction().map_err(query("look up hashes"))?;
-            let mut statement = transaction
-                .prepare_cached(
-                    "SELECT f.hash, EXISTS (SELECT 1 FROM known_objects AS k
-                                            WHERE k.location_id = ?5 AND k.hash = f.hash)
-                     FROM file_hashes AS f
-                     WHERE f.path = ?1 AND f.inode = ?2 AND f.size = ?3 AND f.mtime_ns = ?4",
-                )
-                .map_err(query("look up hashes"))?;
-            files
-                .iter()
-                .map(|(path, identity)| {
-                    let found: Option<(Vec<u8>, bool)> = statement
-                        .query_row(
-                            params![
-                                path_key(path),
-                                to_sql_u64(identity.inode),
-                                to_sql_u64(identity.size),
-                                identity.mtime_ns,
-                                location_id,
-                            ],
-                            |row| Ok((row.get(0)?, row.get(1)?)),
-                        )
-                        .optional()
-                        .map_err(query("look up hashes"))?;
-                    found
-                        .map(|(bytes, object_known)| {
-                            Ok(Remembered {
-                                hash: to_hash(bytes, || path.display().to_string())?,
-                                object_known,
-                            })
-                        })
-                        .transpose()
-                })
-                .collect()
-        })
-        .await
+        self.with_connection(move |connection| lookup_in(connection, &location_id, &files))
+            .await
+    }
+
+    /// [`Journal::lookup_hashes`] for a caller that is on a blocking thread already (a snapshot
+    /// walking the data paths).
+    ///
+    /// Fails when the journal cannot be read.
+    pub fn lookup_hashes_blocking(
+        &self,
+        location_id: &str,
+        files: &[(PathBuf, FileIdentity)],
+    ) -> Result<Vec<Option<Remembered>>, JournalError> {
+        let mut connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        lookup_in(&mut connection, location_id, files)
     }
 
     /// Remembers the hash of one version of the file at `live_path`, replacing what was
@@ -455,6 +433,51 @@ impl Journal {
         })
         .await?
     }
+}
+
+/// The remembered hash of each file, with whether its object is known to be in `location_id`.
+fn lookup_in(
+    connection: &mut Connection,
+    location_id: &str,
+    files: &[(PathBuf, FileIdentity)],
+) -> Result<Vec<Option<Remembered>>, JournalError> {
+    // One read transaction for all: each statement outside one would take (and drop) its own
+    // snapshot of the database. One statement per file answers both questions.
+    let transaction = connection.transaction().map_err(query("look up hashes"))?;
+    let mut statement = transaction
+        .prepare_cached(
+            "SELECT f.hash, EXISTS (SELECT 1 FROM known_objects AS k
+                                    WHERE k.location_id = ?5 AND k.hash = f.hash)
+             FROM file_hashes AS f
+             WHERE f.path = ?1 AND f.inode = ?2 AND f.size = ?3 AND f.mtime_ns = ?4",
+        )
+        .map_err(query("look up hashes"))?;
+    files
+        .iter()
+        .map(|(path, identity)| {
+            let found: Option<(Vec<u8>, bool)> = statement
+                .query_row(
+                    params![
+                        path_key(path),
+                        to_sql_u64(identity.inode),
+                        to_sql_u64(identity.size),
+                        identity.mtime_ns,
+                        location_id,
+                    ],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(query("look up hashes"))?;
+            found
+                .map(|(bytes, object_known)| {
+                    Ok(Remembered {
+                        hash: to_hash(bytes, || path.display().to_string())?,
+                        object_known,
+                    })
+                })
+                .transpose()
+        })
+        .collect()
 }
 
 fn open_connection(path: &Path) -> Result<Connection, JournalError> {

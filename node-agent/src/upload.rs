@@ -262,18 +262,39 @@ pub async fn run(
     // runs; for a full backup only a hint that the content is probably stored already (so it is
     // hashed first, and uploaded only if missing) rather than probably new (read once, stored
     // as it is hashed: see `process_new_file`).
-    let remembered: Vec<Option<Remembered>> = shared
+    let trusted = shared.job.incremental || shared.job.dry_run;
+    if !trusted && let Some(file) = selected.iter().find(|file| file.stored_hash.is_some()) {
+        return Err(UploadFailure::File(format!(
+            "{} was left out of the snapshot for an incremental backup: a full backup needs a \
+             snapshot of its own",
+            file.live_path.display()
+        )));
+    }
+    // A file the snapshot left unlinked is known by the hash it was left out for (the journal
+    // was asked then): it must never be read. The journal is asked about the others.
+    let mut remembered = shared
         .job
         .journal
         .lookup_hashes(
             &shared.job.location_id,
             selected
                 .iter()
+                .filter(|file| file.stored_hash.is_none())
                 .map(|file| (file.live_path.clone(), FileIdentity::from(file)))
                 .collect(),
         )
-        .await?;
-    let trusted = shared.job.incremental || shared.job.dry_run;
+        .await?
+        .into_iter();
+    let remembered: Vec<Option<Remembered>> = selected
+        .iter()
+        .map(|file| match file.stored_hash {
+            Some(hash) => Some(Remembered {
+                hash,
+                object_known: true,
+            }),
+            None => remembered.next().flatten(),
+        })
+        .collect();
     let known: Vec<Known> = remembered
         .iter()
         .map(|found| match (found, trusted) {

@@ -719,3 +719,385 @@ async fn a_missing_sqlite_database_fails_and_leaves_nothing() {
     assert!(!missing.exists(), "a missing database is not created");
     assert!(!node.data(0).join(SNAPSHOTS_FOLDER).exists());
 }
+
+/// Remembers `path` in `journal` as hashed to `hash` in its current version.
+async fn remember(journal: &coffer_agent::journal::Journal, path: &Path, hash: u8) {
+    let metadata = fs::metadata(path).expect("stat");
+    journal
+        .record_hash(
+            path,
+            metadata.ino(),
+            metadata.len(),
+            metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+            coffer_format::ContentHash([hash; 32]),
+        )
+        .await
+        .expect("record hash");
+}
+
+#[tokio::test]
+async fn an_incremental_dir_snapshot_links_only_what_the_journal_cannot_vouch_for() {
+    use coffer_agent::journal::Journal;
+    use coffer_agent::snapshot::UnchangedFiles;
+    use coffer_format::ContentHash;
+
+    let node = Node::new(2);
+    let stored = node.data(0).join("ks/t1/stored.db");
+    let elsewhere = node.data(0).join("ks/t1/elsewhere.db");
+    let changed = node.data(0).join("ks/t2/changed.db");
+    let new = node.data(1).join("new.db");
+    let stored_too = node.data(1).join("deep/er/stored.log");
+    for (path, content) in [
+        (&stored, &b"stored"[..]),
+        (&elsewhere, b"in another location only"),
+        (&changed, b"before"),
+        (&stored_too, b"stored as well"),
+    ] {
+        write(path, content);
+    }
+    let journal = Journal::open(&node.state_dir()).await.expect("journal");
+    remember(&journal, &stored, 1).await;
+    remember(&journal, &elsewhere, 2).await;
+    remember(&journal, &changed, 3).await;
+    remember(&journal, &stored_too, 4).await;
+    journal
+        .record_objects(
+            "loc-a",
+            vec![
+                ContentHash([1; 32]),
+                ContentHash([3; 32]),
+                ContentHash([4; 32]),
+            ],
+        )
+        .await
+        .expect("record objects");
+    journal
+        .record_objects("loc-b", vec![ContentHash([2; 32])])
+        .await
+        .expect("record objects");
+    // Written since it was hashed (the size differs), and a file the journal never saw.
+    write(&changed, b"after!!");
+    write(&new, b"new");
+
+    let snapshotter = node.snapshotter(dir_provider(None, None));
+    let unchanged = UnchangedFiles {
+        journal: journal.clone(),
+        location_id: "loc-a".into(),
+    };
+    let snapshot = snapshotter
+        .create_incremental("inc-1", unchanged.clone())
+        .await
+        .expect("create");
+    assert_eq!(snapshot.unlinked_for.as_deref(), Some("loc-a"));
+    assert_eq!(snapshot.files.len(), 5);
+    let by_path = |path: &Path| {
+        snapshot
+            .files
+            .iter()
+            .find(|file| file.live_path == path)
+            .unwrap_or_else(|| panic!("{} in the snapshot", path.display()))
+    };
+    for (path, hash) in [(&stored, 1), (&stored_too, 4)] {
+        let file = by_path(path);
+        assert_eq!(file.stored_hash, Some(ContentHash([hash; 32])));
+        assert_eq!(file.snapshot_path, *path, "described, not linked");
+        assert_eq!(file.inode, fs::metadata(path).expect("stat").ino());
+        assert_eq!(fs::metadata(path).expect("stat").nlink(), 1, "never linked");
+    }
+    for path in [&elsewhere, &changed, &new] {
+        let file = by_path(path);
+        assert_eq!(file.stored_hash, None, "{}", path.display());
+        assert_ne!(file.snapshot_path, *path);
+        assert_eq!(
+            fs::metadata(&file.snapshot_path).expect("linked").ino(),
+            fs::metadata(path).expect("stat").ino()
+        );
+    }
+    // Only the linked files are in the snapshot's folders.
+    let mut linked = Vec::new();
+    for data_path in &node.data_paths {
+        let folder = data_path.join(SNAPSHOTS_FOLDER).join("inc-1");
+        let mut stack = vec![folder];
+        while let Some(folder) = stack.pop() {
+            for entry in fs::read_dir(&folder).expect("read folder") {
+                let entry = entry.expect("entry");
+                if entry.file_type().expect("type").is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    linked.push(entry.file_name());
+                }
+            }
+        }
+    }
+    linked.sort();
+    assert_eq!(linked, ["changed.db", "elsewhere.db", "new.db"]);
+
+    // A restarted agent loads the same snapshot, unlinked files included.
+    let restarted = node.snapshotter(dir_provider(None, None));
+    assert_eq!(restarted.list_tags(), vec!["inc-1".to_string()]);
+    assert_eq!(restarted.load("inc-1").await.expect("load"), snapshot);
+
+    // A snapshot for a full backup links everything, whatever the journal knows.
+    let full = restarted.create("full-1").await.expect("create full");
+    assert_eq!(full.unlinked_for, None);
+    assert!(full.files.iter().all(|file| file.stored_hash.is_none()));
+    assert_eq!(fs::metadata(&stored).expect("stat").nlink(), 2);
+
+    // Deleting removes the record with the folders.
+    assert!(restarted.delete("inc-1").await.expect("delete"));
+    assert!(restarted.delete("full-1").await.expect("delete"));
+    restarted.reclaimed().await;
+    assert!(restarted.list_tags().is_empty());
+    assert!(matches!(
+        restarted.load("inc-1").await,
+        Err(SnapshotError::NotFound { .. })
+    ));
+    let records: Vec<_> = fs::read_dir(node.state_dir().join("snapshots"))
+        .map(|entries| {
+            entries
+                .map(|entry| entry.expect("entry").file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(records.is_empty(), "records left: {records:?}");
+
+    // With nothing to vouch for, nothing is recorded and every file is linked.
+    let none_stored = snapshotter
+        .create_incremental(
+            "inc-2",
+            UnchangedFiles {
+                location_id: "loc-empty".into(),
+                ..unchanged
+            },
+        )
+        .await
+        .expect("create");
+    assert_eq!(none_stored.unlinked_for, None);
+    assert!(
+        none_stored
+            .files
+            .iter()
+            .all(|file| file.stored_hash.is_none())
+    );
+    assert!(
+        !node
+            .state_dir()
+            .join("snapshots/inc-2.unlinked.json")
+            .exists()
+    );
+}
+
+/// The agent's RPCs: a snapshot taken for an incremental backup is uploaded by that backup
+/// only, and an agent restarted in between uploads it whole.
+mod rpc {
+    use coffer_agent::Agent;
+    use coffer_proto::agent::v1 as proto;
+    use coffer_proto::agent::v1::agent_service_client::AgentServiceClient;
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    /// Serves an agent of `node` until the returned sender is dropped.
+    async fn serve(
+        node: &Node,
+    ) -> (
+        AgentServiceClient<tonic::transport::Channel>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let config = AgentConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_paths: node.data_paths.clone(),
+            state_dir: node.state_dir(),
+            restore_allow_hooks: false,
+            snapshot: dir_provider(None, None),
+        };
+        let agent = Agent::open(config).await.expect("open agent");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            coffer_agent::run(listener, agent, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("agent runs");
+        });
+        let client = AgentServiceClient::connect(format!("http://{address}"))
+            .await
+            .expect("connect");
+        (client, stop, served)
+    }
+
+    fn location(node: &Node, id: &str) -> proto::StorageLocation {
+        proto::StorageLocation {
+            location_id: id.into(),
+            name: id.into(),
+            scheme: "fs".into(),
+            options: [("root".to_string(), node.side_file(id).display().to_string())].into(),
+            secrets: Default::default(),
+        }
+    }
+
+    fn upload(
+        tag: &str,
+        location: proto::StorageLocation,
+        kind: proto::BackupKind,
+    ) -> proto::UploadSnapshotRequest {
+        proto::UploadSnapshotRequest {
+            tag: tag.into(),
+            location: Some(location),
+            cluster_id: uuid::Uuid::now_v7().to_string(),
+            backup_id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Runs an upload to its end: the summary, or the status it failed with.
+    async fn run_upload(
+        client: &mut AgentServiceClient<tonic::transport::Channel>,
+        request: proto::UploadSnapshotRequest,
+    ) -> Result<proto::UploadSummary, tonic::Status> {
+        let mut stream = client.upload_snapshot(request).await?.into_inner();
+        while let Some(message) = stream.next().await {
+            if let Some(proto::upload_snapshot_response::Event::Done(summary)) = message?.event {
+                return Ok(summary);
+            }
+        }
+        Err(tonic::Status::unknown("the stream ended without a summary"))
+    }
+
+    fn create(tag: &str, incremental_location_id: &str) -> proto::CreateSnapshotRequest {
+        proto::CreateSnapshotRequest {
+            tag: tag.into(),
+            incremental_location_id: incremental_location_id.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_incremental_snapshot_is_uploaded_only_by_its_backup_even_after_a_restart() {
+        let node = Node::new(1);
+        for index in 0..5 {
+            write(
+                &node.data(0).join(format!("t{index}/data.db")),
+                format!("table {index}\n").repeat(1000).as_bytes(),
+            );
+        }
+        let (mut client, stop, served) = serve(&node).await;
+        client
+            .create_snapshot(create("full", ""))
+            .await
+            .expect("snapshot");
+        let full = run_upload(
+            &mut client,
+            upload("full", location(&node, "loc-a"), proto::BackupKind::Full),
+        )
+        .await
+        .expect("full upload");
+        assert_eq!(full.objects_uploaded, 5);
+        client
+            .delete_snapshot(proto::DeleteSnapshotRequest { tag: "full".into() })
+            .await
+            .expect("delete");
+
+        write(&node.data(0).join("t3/data.db"), b"changed\n");
+        let taken = client
+            .create_snapshot(create("inc", "loc-a"))
+            .await
+            .expect("snapshot")
+            .into_inner();
+        assert_eq!(taken.file_count, 5);
+        let linked: Vec<_> = (0..5)
+            .filter(|index| {
+                node.data(0)
+                    .join(SNAPSHOTS_FOLDER)
+                    .join(format!("inc/t{index}/data.db"))
+                    .exists()
+            })
+            .collect();
+        assert_eq!(linked, [3], "only the changed file is linked");
+
+        // Its unchanged files are not frozen: a full backup, or one into another location,
+        // would read them live, so both are refused.
+        for (request, what) in [
+            (
+                upload("inc", location(&node, "loc-a"), proto::BackupKind::Full),
+                "FULL",
+            ),
+            (
+                upload(
+                    "inc",
+                    location(&node, "loc-b"),
+                    proto::BackupKind::Incremental,
+                ),
+                "INCREMENTAL",
+            ),
+        ] {
+            let status = run_upload(&mut client, request).await.expect_err("refused");
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+            assert!(
+                status.message().contains(&format!("a {what} backup"))
+                    && status.message().contains("needs a snapshot of its own"),
+                "{}",
+                status.message()
+            );
+        }
+
+        // An agent restarted between the snapshot and the upload loads it whole.
+        drop(stop);
+        served.await.expect("agent stopped");
+        let (mut client, _stop, _served) = serve(&node).await;
+        let incremental = run_upload(
+            &mut client,
+            upload(
+                "inc",
+                location(&node, "loc-a"),
+                proto::BackupKind::Incremental,
+            ),
+        )
+        .await
+        .expect("incremental upload");
+        assert_eq!(incremental.objects_uploaded, 1);
+        let progress = incremental.progress.expect("progress");
+        assert_eq!((progress.files_total, progress.files_skipped), (5, 4));
+        assert_eq!(progress.bytes_read, 8, "only the changed file is read");
+        let operator = coffer_format::open_operator(&coffer_format::StorageConfig {
+            location_id: "loc-a".into(),
+            name: "loc-a".into(),
+            scheme: "fs".into(),
+            options: [(
+                "root".to_string(),
+                node.side_file("loc-a").display().to_string(),
+            )]
+            .into(),
+            secrets: Default::default(),
+        })
+        .expect("open location");
+        let (entries, more, total) = coffer_format::manifest::NodeManifestReader::read_page(
+            &operator,
+            &incremental.manifest_path,
+            0,
+            10,
+        )
+        .await
+        .expect("read node manifest");
+        assert_eq!(
+            (entries.len(), more, total),
+            (5, false, 5),
+            "every file is listed"
+        );
+        client
+            .delete_snapshot(proto::DeleteSnapshotRequest { tag: "inc".into() })
+            .await
+            .expect("delete");
+        assert!(
+            !node
+                .state_dir()
+                .join("snapshots/inc.unlinked.json")
+                .exists()
+        );
+    }
+}

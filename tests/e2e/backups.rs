@@ -113,9 +113,17 @@ async fn files_of(client: &CofferClient, backup_id: &str) -> Vec<proto::BackupFi
 async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_uploads_only_changes()
 {
     let root = tempfile::tempdir().expect("tempdir");
+    // Node b counts the files its snapshots link, once linking is done.
+    let links = root.path().join("b-links");
+    let count_links = format!(
+        "find '{}'/\"$COFFER_SNAPSHOT_TAG\" -type f | wc -l >> '{}'",
+        root.path().join("b/data/.coffer-snapshots").display(),
+        links.display()
+    );
+    let b_options = ["--snapshot-post-hook", count_links.as_str()];
     let (a, b, c) = tokio::join!(
         TestAgent::start(root.path(), "a"),
-        TestAgent::start(root.path(), "b"),
+        TestAgent::start_with(root.path(), "b", "127.0.0.1:0", &b_options),
         TestAgent::start(root.path(), "c"),
     );
     let agents = [&a, &b, &c];
@@ -223,6 +231,14 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
     );
     assert!(totals.uploaded_bytes < 360_000, "{totals:?}");
     assert_eq!(objects(&location).len() as u64, unique_contents + 3);
+    // The full backups froze all 13 files of node b; the incremental only the two it had to
+    // read, as it never reads the others (their content is stored).
+    let linked: Vec<String> = std::fs::read_to_string(&links)
+        .expect("link counts")
+        .lines()
+        .map(|line| line.trim().to_string())
+        .collect();
+    assert_eq!(linked, ["13", "13", "2"]);
 
     let listed = client
         .backups()
@@ -281,7 +297,7 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
         .into_inner();
     assert!(failed.runs.is_empty());
 
-    // No snapshot stays behind on any node.
+    // No snapshot stays behind on any node, nor a record of one.
     for agent in agents {
         let left = coffer_tests::snapshots_left(&agent.data).await;
         assert!(
@@ -289,6 +305,14 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
             "snapshots left in {}: {left:?}",
             agent.data.display()
         );
+        let records: Vec<_> = std::fs::read_dir(agent.state.join("snapshots"))
+            .map(|entries| {
+                entries
+                    .map(|entry| entry.expect("entry").file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(records.is_empty(), "snapshot records left: {records:?}");
     }
 }
 

@@ -1,34 +1,94 @@
 //! The `dir` provider: pre-hook, hard-link every regular file, post-hook.
 //!
+//! For an incremental backup, files the journal vouches for are described, not linked (see the
+//! parent module's notes), and recorded in `<state dir>/snapshots/<tag>.unlinked.json`.
+//!
 //! The post-hook runs whenever linking was attempted, like a `finally`, so a pre-hook that
 //! pauses or locks the database is always undone. When the pre-hook itself fails, nothing was
 //! linked and the post-hook does not run: a pre-hook that fails halfway must undo its own work.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
+use std::io::{self, BufWriter};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use coffer_format::ContentHash;
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
 
+use super::command::records_folder;
 use super::walk::{describe_listed, is_folder, regular_files};
 use super::{
-    SNAPSHOTS_FOLDER, Settings, ShellStep, SnapshotError, SnapshotFile, claim_tag_folders,
-    discard_tag_folders, shell, tag_folder,
+    SNAPSHOTS_FOLDER, Settings, ShellStep, SnapshotError, SnapshotFile, UnchangedFiles,
+    claim_tag_folders, discard_tag_folders, shell, tag_folder,
 };
+use crate::journal::FileIdentity;
 use crate::restore::STAGING_FOLDER;
 
-/// Takes a `dir` snapshot; on failure removes the tag's folders.
+/// Ending of the record of a snapshot's unlinked files, after the tag.
+pub(crate) const UNLINKED_RECORD_SUFFIX: &str = ".unlinked.json";
+
+fn unlinked_record_path(state_dir: &Path, tag: &str) -> PathBuf {
+    records_folder(state_dir).join(format!("{tag}{UNLINKED_RECORD_SUFFIX}"))
+}
+
+/// The files a snapshot left unlinked, for a restarted agent.
+#[derive(Debug, Serialize, Deserialize)]
+struct UnlinkedRecord {
+    /// The location whose content they are in.
+    location_id: String,
+    files: Vec<UnlinkedFile>,
+}
+
+/// One unlinked file; `live` is relative to `data_path`.
+#[derive(Debug, Serialize, Deserialize)]
+struct UnlinkedFile {
+    data_path: PathBuf,
+    live: PathBuf,
+    size: u64,
+    mode: u32,
+    mtime_ns: i64,
+    inode: u64,
+    hash: ContentHash,
+}
+
+/// Answers, for the files of one folder (live path and identity), the hash of each one the
+/// journal vouches for.
+type Vouch<'a> =
+    &'a dyn Fn(&[(PathBuf, FileIdentity)]) -> Result<Vec<Option<ContentHash>>, SnapshotError>;
+
+/// Takes a `dir` snapshot, leaving unlinked the files `unchanged` vouches for; on failure
+/// removes the tag's folders.
 pub(crate) async fn create(
     settings: &Settings,
     pre_hook: Option<&str>,
     post_hook: Option<&str>,
     tag: &str,
+    unchanged: Option<&UnchangedFiles>,
 ) -> Result<Vec<SnapshotFile>, SnapshotError> {
     let data_paths = settings.data_paths.clone();
     let owned_tag = tag.to_string();
     tokio::task::spawn_blocking(move || claim_tag_folders(&data_paths, &owned_tag)).await??;
-    let result = hooks_and_links(settings, pre_hook, post_hook, tag).await;
+    let mut result = hooks_and_links(settings, pre_hook, post_hook, tag, unchanged).await;
+    if let (Ok(files), Some(unchanged)) = (&result, unchanged)
+        && files.iter().any(|file| file.stored_hash.is_some())
+    {
+        let record = UnlinkedRecord {
+            location_id: unchanged.location_id.clone(),
+            files: files
+                .iter()
+                .filter_map(|file| unlinked_file(settings, file))
+                .collect(),
+        };
+        let path = unlinked_record_path(&settings.state_dir, tag);
+        if let Err(error) =
+            tokio::task::spawn_blocking(move || write_unlinked_record(&path, &record)).await?
+        {
+            result = Err(error);
+        }
+    }
     if result.is_err() {
         let data_paths = settings.data_paths.clone();
         let tag = tag.to_string();
@@ -42,16 +102,39 @@ async fn hooks_and_links(
     pre_hook: Option<&str>,
     post_hook: Option<&str>,
     tag: &str,
+    unchanged: Option<&UnchangedFiles>,
 ) -> Result<Vec<SnapshotFile>, SnapshotError> {
     if let Some(pre_hook) = pre_hook {
         shell::run(ShellStep::PreHook, pre_hook, tag).await?;
     }
     let data_paths = settings.data_paths.clone();
     let owned_tag = tag.to_string();
-    let linked = tokio::task::spawn_blocking(move || link_data_paths(&data_paths, &owned_tag))
-        .await
-        .map_err(SnapshotError::from)
-        .and_then(|linked| linked);
+    let unchanged = unchanged.cloned();
+    let linked = tokio::task::spawn_blocking(move || {
+        let vouch = unchanged.map(|unchanged| {
+            move |batch: &[(PathBuf, FileIdentity)]| {
+                let found = unchanged
+                    .journal
+                    .lookup_hashes_blocking(&unchanged.location_id, batch)?;
+                Ok(found
+                    .into_iter()
+                    .map(|found| {
+                        found
+                            .filter(|found| found.object_known)
+                            .map(|found| found.hash)
+                    })
+                    .collect())
+            }
+        });
+        link_data_paths(
+            &data_paths,
+            &owned_tag,
+            vouch.as_ref().map(|vouch| vouch as Vouch<'_>),
+        )
+    })
+    .await
+    .map_err(SnapshotError::from)
+    .and_then(|linked| linked);
     let post = match post_hook {
         Some(post_hook) => shell::run(ShellStep::PostHook, post_hook, tag).await,
         None => Ok(()),
@@ -71,11 +154,22 @@ async fn hooks_and_links(
 }
 
 /// Hard-links every regular file of every data path into its snapshot folder and describes the
-/// links. Files that vanish before they are linked are skipped.
-fn link_data_paths(data_paths: &[PathBuf], tag: &str) -> Result<Vec<SnapshotFile>, SnapshotError> {
+/// links, except the files `vouch` vouches for, described from the live file. Files that vanish
+/// before they are linked are skipped.
+fn link_data_paths(
+    data_paths: &[PathBuf],
+    tag: &str,
+    vouch: Option<Vouch<'_>>,
+) -> Result<Vec<SnapshotFile>, SnapshotError> {
     let mut files = Vec::new();
     for (index, data_path) in data_paths.iter().enumerate() {
-        link_tree(index, data_path, &tag_folder(data_path, tag), &mut files)?;
+        link_tree(
+            index,
+            data_path,
+            &tag_folder(data_path, tag),
+            vouch,
+            &mut files,
+        )?;
     }
     Ok(files)
 }
@@ -95,6 +189,7 @@ fn link_tree(
     index: usize,
     data_path: &Path,
     snapshot_root: &Path,
+    vouch: Option<Vouch<'_>>,
     files: &mut Vec<SnapshotFile>,
 ) -> Result<(), SnapshotError> {
     let open_root = |path: &Path| {
@@ -116,6 +211,7 @@ fn link_tree(
             SnapshotError::file(action, data_path.join(&relative_folder), errno.into())
         };
         let mut entries = Dir::read_from(&source).map_err(|e| folder_error("read folder", e))?;
+        let mut regular_files = Vec::new();
         while let Some(entry) = entries.read() {
             let entry = entry.map_err(|e| folder_error("read folder", e))?;
             let name = entry.file_name();
@@ -174,41 +270,7 @@ fn link_tree(
                         .map_err(mirror_error)?;
                     folders.push((relative, below, mirrored));
                 }
-                FileType::RegularFile => {
-                    match rustix::fs::linkat(&source, name, &mirror, name, AtFlags::empty()) {
-                        Ok(()) => {}
-                        Err(Errno::NOENT) => {
-                            tracing::debug!(path = %data_path.join(&relative).display(), "file vanished before it was linked");
-                            continue;
-                        }
-                        Err(errno) => {
-                            return Err(SnapshotError::file(
-                                "hard-link",
-                                data_path.join(&relative),
-                                errno.into(),
-                            ));
-                        }
-                    }
-                    let stat = rustix::fs::statat(&mirror, name, AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(|errno| {
-                            SnapshotError::file(
-                                "read metadata",
-                                snapshot_root.join(&relative),
-                                errno.into(),
-                            )
-                        })?;
-                    files.push(SnapshotFile {
-                        data_path_index: index,
-                        live_path: data_path.join(&relative),
-                        snapshot_path: snapshot_root.join(&relative),
-                        size: u64::try_from(stat.st_size).unwrap_or(0),
-                        mode: stat.st_mode & 0o7777,
-                        mtime_ns: (stat.st_mtime as i64)
-                            .saturating_mul(1_000_000_000)
-                            .saturating_add(stat.st_mtime_nsec as i64),
-                        inode: stat.st_ino,
-                    });
-                }
+                FileType::RegularFile => regular_files.push(name.to_owned()),
                 other => {
                     tracing::warn!(
                         path = %data_path.join(&relative).display(),
@@ -218,12 +280,159 @@ fn link_tree(
                 }
             }
         }
+        let folder = Folder {
+            index,
+            live: data_path.join(&relative_folder),
+            mirror_path: snapshot_root.join(&relative_folder),
+            source: &source,
+            mirror: &mirror,
+        };
+        match vouch {
+            Some(vouch) => folder.snapshot_unless_vouched(regular_files, vouch, files)?,
+            None => {
+                for name in regular_files {
+                    folder.link(&name, files)?;
+                }
+            }
+        }
     }
     Ok(())
 }
 
-/// Lists the files of an existing `dir` snapshot.
-pub(crate) fn load(settings: &Settings, tag: &str) -> Result<Vec<SnapshotFile>, SnapshotError> {
+/// One folder of the live tree and its mirror in the snapshot.
+struct Folder<'a> {
+    index: usize,
+    live: PathBuf,
+    mirror_path: PathBuf,
+    source: &'a OwnedFd,
+    mirror: &'a OwnedFd,
+}
+
+impl Folder<'_> {
+    /// Hard-links the file `name` into the mirror and describes the link; skips a file that
+    /// vanished.
+    fn link(&self, name: &CString, files: &mut Vec<SnapshotFile>) -> Result<(), SnapshotError> {
+        let os_name = OsStr::from_bytes(name.as_bytes());
+        match rustix::fs::linkat(self.source, name, self.mirror, name, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::NOENT) => {
+                tracing::debug!(path = %self.live.join(os_name).display(), "file vanished before it was linked");
+                return Ok(());
+            }
+            Err(errno) => {
+                return Err(SnapshotError::file(
+                    "hard-link",
+                    self.live.join(os_name),
+                    errno.into(),
+                ));
+            }
+        }
+        let stat =
+            rustix::fs::statat(self.mirror, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|errno| {
+                SnapshotError::file(
+                    "read metadata",
+                    self.mirror_path.join(os_name),
+                    errno.into(),
+                )
+            })?;
+        files.push(describe(
+            self.index,
+            self.live.join(os_name),
+            self.mirror_path.join(os_name),
+            &stat,
+            None,
+        ));
+        Ok(())
+    }
+
+    /// Describes the files `vouch` vouches for as they are, unlinked, and links the others.
+    fn snapshot_unless_vouched(
+        &self,
+        names: Vec<CString>,
+        vouch: Vouch<'_>,
+        files: &mut Vec<SnapshotFile>,
+    ) -> Result<(), SnapshotError> {
+        let mut candidates = Vec::with_capacity(names.len());
+        let mut identities = Vec::with_capacity(names.len());
+        for name in names {
+            let live_path = self.live.join(OsStr::from_bytes(name.as_bytes()));
+            let stat = match rustix::fs::statat(self.source, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                Err(Errno::NOENT) => continue,
+                Err(errno) => {
+                    return Err(SnapshotError::file(
+                        "read metadata",
+                        live_path,
+                        errno.into(),
+                    ));
+                }
+            };
+            if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+                // Replaced since it was listed: linking says what is wrong with it.
+                self.link(&name, files)?;
+                continue;
+            }
+            identities.push((live_path, identity(&stat)));
+            candidates.push((name, stat));
+        }
+        let hashes = vouch(&identities)?;
+        for (((name, stat), (live_path, _)), hash) in
+            candidates.into_iter().zip(identities).zip(hashes)
+        {
+            match hash {
+                Some(hash) => files.push(describe(
+                    self.index,
+                    live_path.clone(),
+                    live_path,
+                    &stat,
+                    Some(hash),
+                )),
+                None => self.link(&name, files)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn identity(stat: &Stat) -> FileIdentity {
+    FileIdentity {
+        inode: stat.st_ino,
+        size: u64::try_from(stat.st_size).unwrap_or(0),
+        mtime_ns: mtime_ns(stat),
+    }
+}
+
+fn mtime_ns(stat: &Stat) -> i64 {
+    stat.st_mtime
+        .saturating_mul(1_000_000_000)
+        .saturating_add(stat.st_mtime_nsec as i64)
+}
+
+fn describe(
+    index: usize,
+    live_path: PathBuf,
+    snapshot_path: PathBuf,
+    stat: &Stat,
+    stored_hash: Option<ContentHash>,
+) -> SnapshotFile {
+    SnapshotFile {
+        data_path_index: index,
+        live_path,
+        snapshot_path,
+        size: u64::try_from(stat.st_size).unwrap_or(0),
+        mode: stat.st_mode & 0o7777,
+        mtime_ns: mtime_ns(stat),
+        inode: stat.st_ino,
+        stored_hash,
+    }
+}
+
+/// Lists the files of an existing `dir` snapshot: those linked in its folders and those its
+/// record says it left unlinked, with the location the record is for.
+pub(crate) fn load(
+    settings: &Settings,
+    tag: &str,
+) -> Result<(Vec<SnapshotFile>, Option<String>), SnapshotError> {
     let mut found = false;
     let mut files = Vec::new();
     for (index, data_path) in settings.data_paths.iter().enumerate() {
@@ -245,5 +454,86 @@ pub(crate) fn load(settings: &Settings, tag: &str) -> Result<Vec<SnapshotFile>, 
             tag: tag.to_string(),
         });
     }
-    Ok(files)
+    let path = unlinked_record_path(&settings.state_dir, tag);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((files, None)),
+        Err(source) => return Err(SnapshotError::file("read snapshot record", path, source)),
+    };
+    let record_error = |reason: String| SnapshotError::Record {
+        path: path.clone(),
+        reason,
+    };
+    let record: UnlinkedRecord =
+        serde_json::from_slice(&bytes).map_err(|error| record_error(error.to_string()))?;
+    for file in record.files {
+        let index = settings
+            .data_paths
+            .iter()
+            .position(|data_path| *data_path == file.data_path)
+            .ok_or_else(|| {
+                record_error(format!(
+                    "lists data path {} which is no longer configured",
+                    file.data_path.display()
+                ))
+            })?;
+        let live_path = file.data_path.join(&file.live);
+        files.push(SnapshotFile {
+            data_path_index: index,
+            live_path: live_path.clone(),
+            snapshot_path: live_path,
+            size: file.size,
+            mode: file.mode,
+            mtime_ns: file.mtime_ns,
+            inode: file.inode,
+            stored_hash: Some(file.hash),
+        });
+    }
+    Ok((files, Some(record.location_id)))
+}
+
+/// The record entry of a file left unlinked (`None` for a linked one).
+fn unlinked_file(settings: &Settings, file: &SnapshotFile) -> Option<UnlinkedFile> {
+    let hash = file.stored_hash?;
+    let data_path = settings.data_paths.get(file.data_path_index)?;
+    Some(UnlinkedFile {
+        data_path: data_path.clone(),
+        live: file.live_path.strip_prefix(data_path).ok()?.to_path_buf(),
+        size: file.size,
+        mode: file.mode,
+        mtime_ns: file.mtime_ns,
+        inode: file.inode,
+        hash,
+    })
+}
+
+/// Writes the record by a temporary file renamed into place. Not synced: neither are the
+/// snapshot's links, and a run interrupted by a crash of the node is failed and its snapshot
+/// deleted, never uploaded.
+fn write_unlinked_record(path: &Path, record: &UnlinkedRecord) -> Result<(), SnapshotError> {
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder)
+            .map_err(|source| SnapshotError::file("create folder", folder, source))?;
+    }
+    let temporary = path.with_extension("json.tmp");
+    let written = (|| {
+        let mut writer = BufWriter::new(std::fs::File::create(&temporary)?);
+        serde_json::to_writer(&mut writer, record).map_err(io::Error::other)?;
+        writer.into_inner().map_err(io::Error::other)?;
+        std::fs::rename(&temporary, path)
+    })();
+    written.map_err(|source| {
+        let _ = std::fs::remove_file(&temporary);
+        SnapshotError::file("write snapshot record", path, source)
+    })
+}
+
+/// Removes the record of the snapshot `tag`'s unlinked files; returns whether there was one.
+pub(crate) fn remove_unlinked_record(state_dir: &Path, tag: &str) -> Result<bool, SnapshotError> {
+    let path = unlinked_record_path(state_dir, tag);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(SnapshotError::file("remove snapshot record", path, source)),
+    }
 }

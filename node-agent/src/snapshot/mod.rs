@@ -33,6 +33,14 @@
 //! Creation and deletion run in their own task, so a caller that gives up (a cancelled request)
 //! never leaves a pre-hook without its post-hook.
 //!
+//! A `dir` snapshot for an incremental backup ([`Snapshotter::create_incremental`]) leaves
+//! unlinked the files that backup will not read: those the journal vouches for (same inode,
+//! size and mtime as when they were hashed, their content known to be in the backup's
+//! location). Linking them would only cost a link, an unlink and an inode update each, which
+//! for a node of many files is most of an incremental backup's time. They are described from
+//! the live file and carry the hash; `<state dir>/snapshots/<tag>.unlinked.json` records them
+//! (without fsync, like the links themselves) so a restarted agent loads the same set.
+//!
 //! Deleting detaches a snapshot's folders at once (a rename to `.coffer-snapshots/.removing-*`,
 //! which is not a tag) and frees their space in the background, as ZFS and Btrfs free a destroyed
 //! snapshot's blocks: unlinking thousands of files otherwise sits on the path of every run that
@@ -53,7 +61,10 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
+use coffer_format::ContentHash;
+
 use crate::config::{AgentConfig, SnapshotConfig};
+use crate::journal::Journal;
 
 /// How the folders of a deleted snapshot are named while their space is freed:
 /// `.coffer-snapshots/.removing-<tag>-<uuid>`. Never a valid tag, so never listed as one.
@@ -75,6 +86,9 @@ pub struct Snapshot {
     pub tag: String,
     /// Its files, sorted by data path index, then live path.
     pub files: Vec<SnapshotFile>,
+    /// The location whose stored content let files go unlinked (see
+    /// [`SnapshotFile::stored_hash`]); `None` when every file is frozen.
+    pub unlinked_for: Option<String>,
 }
 
 impl Snapshot {
@@ -106,6 +120,21 @@ pub struct SnapshotFile {
     pub mtime_ns: i64,
     /// Inode number.
     pub inode: u64,
+    /// Set for a file an incremental snapshot left unlinked because the journal vouches for it
+    /// (see [`UnchangedFiles`]): the hash of its content, which the location holds. Such a
+    /// file is never read: `snapshot_path` is its live path, whose content may have changed
+    /// since.
+    pub stored_hash: Option<ContentHash>,
+}
+
+/// What lets an incremental backup's snapshot leave files unlinked: the agent's journal, asked
+/// which files are unchanged since they were hashed and have their content in `location_id`.
+#[derive(Debug, Clone)]
+pub struct UnchangedFiles {
+    /// The agent's journal.
+    pub journal: Journal,
+    /// The location the backup goes to.
+    pub location_id: String,
 }
 
 /// A shell step of a snapshot, named in errors and logs.
@@ -232,6 +261,9 @@ pub enum SnapshotError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The journal could not tell which files are unchanged.
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
     /// A background task running the snapshot panicked or was cancelled.
     #[error("snapshot task: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -288,7 +320,7 @@ pub(crate) struct Settings {
     pub(crate) provider: SnapshotConfig,
     /// File lists of the snapshots this process took last, handed to their upload so it does
     /// not walk and stat the snapshot again (most recent last, at most [`TAKEN_KEPT`]).
-    taken: std::sync::Mutex<Vec<(String, Vec<SnapshotFile>)>>,
+    taken: std::sync::Mutex<Vec<Snapshot>>,
     /// Frees the space of deleted snapshots in the background.
     reclaimer: Reclaimer,
 }
@@ -297,7 +329,7 @@ pub(crate) struct Settings {
 const TAKEN_KEPT: usize = 4;
 
 impl Settings {
-    fn taken(&self) -> std::sync::MutexGuard<'_, Vec<(String, Vec<SnapshotFile>)>> {
+    fn taken(&self) -> std::sync::MutexGuard<'_, Vec<Snapshot>> {
         self.taken
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -348,6 +380,25 @@ impl Snapshotter {
     /// left behind. The work runs in its own task: if the caller stops waiting, it still
     /// finishes (post-hook included) and the snapshot stays until deleted.
     pub async fn create(&self, tag: &str) -> Result<Snapshot, SnapshotError> {
+        self.create_with(tag, None).await
+    }
+
+    /// Takes a snapshot under `tag` for an incremental backup into `unchanged.location_id`: as
+    /// [`Snapshotter::create`], except that the `dir` provider leaves unlinked the files the
+    /// journal vouches for (see the module's notes). Other providers freeze every file.
+    pub async fn create_incremental(
+        &self,
+        tag: &str,
+        unchanged: UnchangedFiles,
+    ) -> Result<Snapshot, SnapshotError> {
+        self.create_with(tag, Some(unchanged)).await
+    }
+
+    async fn create_with(
+        &self,
+        tag: &str,
+        unchanged: Option<UnchangedFiles>,
+    ) -> Result<Snapshot, SnapshotError> {
         validate_tag(tag)?;
         let settings = Arc::clone(&self.inner);
         let tag = tag.to_string();
@@ -364,8 +415,14 @@ impl Snapshotter {
                         pre_hook,
                         post_hook,
                     } => {
-                        dir::create(&settings, pre_hook.as_deref(), post_hook.as_deref(), &tag)
-                            .await?
+                        dir::create(
+                            &settings,
+                            pre_hook.as_deref(),
+                            post_hook.as_deref(),
+                            &tag,
+                            unchanged.as_ref(),
+                        )
+                        .await?
                     }
                     SnapshotConfig::Command {
                         command,
@@ -380,20 +437,32 @@ impl Snapshotter {
                     }
                 };
                 sort_files(&mut files);
+                let unlinked = files
+                    .iter()
+                    .filter(|file| file.stored_hash.is_some())
+                    .count();
                 tracing::info!(
                     files = files.len(),
+                    unlinked,
                     bytes = files.iter().map(|file| file.size).sum::<u64>(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "snapshot created"
                 );
+                let snapshot = Snapshot {
+                    tag,
+                    files,
+                    unlinked_for: unchanged
+                        .filter(|_| unlinked > 0)
+                        .map(|unchanged| unchanged.location_id),
+                };
                 {
                     let mut taken = settings.taken();
                     if taken.len() >= TAKEN_KEPT {
                         taken.remove(0);
                     }
-                    taken.push((tag.clone(), files.clone()));
+                    taken.push(snapshot.clone());
                 }
-                Ok(Snapshot { tag, files })
+                Ok(snapshot)
             }
             .instrument(span),
         )
@@ -413,19 +482,24 @@ impl Snapshotter {
         let tag = tag.to_string();
         {
             let mut taken = settings.taken();
-            if let Some(index) = taken.iter().position(|(taken_tag, _)| *taken_tag == tag) {
-                let (tag, files) = taken.remove(index);
-                return Ok(Snapshot { tag, files });
+            if let Some(index) = taken.iter().position(|taken| taken.tag == tag) {
+                return Ok(taken.remove(index));
             }
         }
         tokio::task::spawn_blocking(move || {
-            let mut files = match &settings.provider {
+            let (mut files, unlinked_for) = match &settings.provider {
                 SnapshotConfig::Dir { .. } => dir::load(&settings, &tag)?,
-                SnapshotConfig::Command { .. } => command::load(&settings, &tag)?,
-                SnapshotConfig::Sqlite { databases } => sqlite::load(&settings, databases, &tag)?,
+                SnapshotConfig::Command { .. } => (command::load(&settings, &tag)?, None),
+                SnapshotConfig::Sqlite { databases } => {
+                    (sqlite::load(&settings, databases, &tag)?, None)
+                }
             };
             sort_files(&mut files);
-            Ok(Snapshot { tag, files })
+            Ok(Snapshot {
+                tag,
+                files,
+                unlinked_for,
+            })
         })
         .await?
     }
@@ -440,7 +514,7 @@ impl Snapshotter {
     /// cleanup command fails (the record is then kept, so a later delete retries it).
     pub async fn delete(&self, tag: &str) -> Result<bool, SnapshotError> {
         validate_tag(tag)?;
-        self.inner.taken().retain(|(taken_tag, _)| taken_tag != tag);
+        self.inner.taken().retain(|taken| taken.tag != tag);
         let settings = Arc::clone(&self.inner);
         let tag = tag.to_string();
         let span = tracing::info_span!("delete_snapshot", tag = %tag);
@@ -449,9 +523,17 @@ impl Snapshotter {
                 let removed_command_snapshot = command::delete(&settings, &tag).await?;
                 let removed_folders = {
                     let data_paths = settings.data_paths.clone();
+                    let state_dir = settings.state_dir.clone();
                     let tag = tag.clone();
-                    tokio::task::spawn_blocking(move || detach_tag_folders(&data_paths, &tag))
-                        .await??
+                    // The record of unlinked files goes after the folders: a snapshot is never
+                    // left listing fewer files than it was taken with.
+                    tokio::task::spawn_blocking(move || {
+                        let detached = detach_tag_folders(&data_paths, &tag)?;
+                        Ok::<_, SnapshotError>(
+                            dir::remove_unlinked_record(&state_dir, &tag)? || detached,
+                        )
+                    })
+                    .await??
                 };
                 if removed_folders {
                     Reclaimer::start(&settings);
@@ -496,6 +578,10 @@ impl Snapshotter {
             read_names(&data_path.join(SNAPSHOTS_FOLDER), "");
         }
         read_names(&command::records_folder(&self.inner.state_dir), ".json");
+        read_names(
+            &command::records_folder(&self.inner.state_dir),
+            dir::UNLINKED_RECORD_SUFFIX,
+        );
         tags.sort();
         tags.dedup();
         tags

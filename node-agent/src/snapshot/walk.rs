@@ -128,6 +128,7 @@ pub(crate) fn from_metadata(
             .saturating_mul(1_000_000_000)
             .saturating_add(metadata.mtime_nsec()),
         inode: metadata.ino(),
+        stored_hash: None,
     }
 }
 

@@ -261,7 +261,22 @@ async fn snapshot_and_upload_all(
             let node_id = node.info.node_id;
             let work = async {
                 if !dry_run {
-                    match snapshot_node(&agents, &node, &request.tag, &snapshot_permits).await {
+                    let snapshot = agent::CreateSnapshotRequest {
+                        tag: request.tag.clone(),
+                        // An incremental backup reads only new and changed files: the agent
+                        // need not freeze the others.
+                        incremental_location_id: if request.kind() == agent::BackupKind::Incremental
+                        {
+                            request
+                                .location
+                                .as_ref()
+                                .map(|location| location.location_id.clone())
+                                .unwrap_or_default()
+                        } else {
+                            String::new()
+                        },
+                    };
+                    match snapshot_node(&agents, &node, snapshot, &snapshot_permits).await {
                         Ok(snapshot) => {
                             let _ = events.send(NodeEvent::Snapshotted(node_id, snapshot)).await;
                         }
@@ -378,11 +393,11 @@ fn apply_progress(counters: &mut crate::runs::model::Counters, progress: &agent:
     counters.bytes_uploaded = progress.bytes_uploaded;
 }
 
-/// Takes `node`'s snapshot under `tag`, at most `permits` nodes at a time; the error says why.
+/// Takes `node`'s snapshot, at most `permits` nodes at a time; the error says why.
 async fn snapshot_node(
     agents: &AgentClients,
     node: &Node,
-    tag: &str,
+    request: agent::CreateSnapshotRequest,
     permits: &Semaphore,
 ) -> std::result::Result<agent::CreateSnapshotResponse, String> {
     let Ok(_permit) = permits.acquire().await else {
@@ -392,9 +407,7 @@ async fn snapshot_node(
         .long_client(&node.spec.address)
         .map_err(|error| error.to_string())?;
     client
-        .create_snapshot(agent::CreateSnapshotRequest {
-            tag: tag.to_string(),
-        })
+        .create_snapshot(request)
         .await
         .map(tonic::Response::into_inner)
         .map_err(|status| call_error(&node.spec.address, &status).to_string())
