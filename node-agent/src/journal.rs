@@ -4,7 +4,9 @@
 //! - File hashes by `(live path, inode, size, mtime)`: an incremental backup does not re-read
 //!   a file whose identity has not changed. One row per live path; any change of inode, size
 //!   or mtime misses. (Like every such cache it trusts that content does not change without
-//!   the mtime changing; files read from snapshots do not.)
+//!   the mtime changing; files read from snapshots do not.) After a full backup, the rows of
+//!   files gone from the node are forgotten ([`Journal::forget_files_except`]), so the journal
+//!   stays the size of the node's file set, not of every file it ever held.
 //! - Objects per location: content hashes this agent uploaded to, or verified in, a location,
 //!   so a resumed or incremental run does not upload them again. This is only as true as the
 //!   location: whoever deletes objects from a location (a purge) must make the agents forget
@@ -414,6 +416,48 @@ impl Journal {
                     params![location_id],
                 )
                 .map_err(query("forget location"))?;
+            Ok(forgotten as u64)
+        })
+        .await
+    }
+
+    /// Forgets the hash of every file not in `present`, the complete file set of a snapshot
+    /// (files deleted since they were hashed, or no longer snapshotted); returns how many were
+    /// forgotten. Without it the journal would keep a row for every file a database ever wrote
+    /// and then removed (every compacted SSTable).
+    ///
+    /// Fails when the journal cannot be written; then nothing is forgotten.
+    pub async fn forget_files_except(&self, present: Vec<PathBuf>) -> Result<u64, JournalError> {
+        self.with_connection(move |connection| {
+            let transaction = connection.transaction().map_err(query("forget files"))?;
+            transaction
+                .execute_batch(
+                    "CREATE TEMP TABLE IF NOT EXISTS present_files (path BLOB PRIMARY KEY)
+                         WITHOUT ROWID;
+                     DELETE FROM temp.present_files;",
+                )
+                .map_err(query("forget files"))?;
+            {
+                let mut insert = transaction
+                    .prepare_cached("INSERT OR IGNORE INTO temp.present_files (path) VALUES (?1)")
+                    .map_err(query("forget files"))?;
+                for path in &present {
+                    insert
+                        .execute(params![path_key(path)])
+                        .map_err(query("forget files"))?;
+                }
+            }
+            let forgotten = transaction
+                .execute(
+                    "DELETE FROM file_hashes
+                     WHERE path NOT IN (SELECT path FROM temp.present_files)",
+                    [],
+                )
+                .map_err(query("forget files"))?;
+            transaction
+                .execute("DELETE FROM temp.present_files", [])
+                .map_err(query("forget files"))?;
+            transaction.commit().map_err(query("forget files"))?;
             Ok(forgotten as u64)
         })
         .await

@@ -477,6 +477,20 @@ pub async fn run(
     };
     cancel.cancel();
     let _ = reporter.await;
+    if !shared.job.incremental && !shared.job.dry_run {
+        // A full backup sees the node's complete file set: the journal forgets the files gone
+        // since (it is a cache, so a failure only costs its size).
+        let present = shared
+            .job
+            .files
+            .iter()
+            .map(|file| file.live_path.clone())
+            .collect();
+        match shared.job.journal.forget_files_except(present).await {
+            Ok(forgotten) => tracing::debug!(forgotten, "journal forgot files gone"),
+            Err(error) => tracing::warn!(%error, "journal: forget files gone"),
+        }
+    }
     tracing::debug!(
         planned_ms = planned.as_millis() as u64,
         files_ms = (files_done - planned).as_millis() as u64,

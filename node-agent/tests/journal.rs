@@ -153,6 +153,58 @@ async fn batches_record_and_look_up_thousands_of_files() {
 }
 
 #[tokio::test]
+async fn files_gone_from_a_snapshot_are_forgotten_and_the_others_kept() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(state.path()).await.expect("open");
+    let path = |index: u64| PathBuf::from(format!("/data/ks/t/sstable-{index}"));
+    let records: Vec<HashRecord> = (0..1_000u64)
+        .map(|index| HashRecord {
+            live_path: path(index),
+            identity: IDENTITY,
+            hash: hash((index % 251) as u8),
+        })
+        .collect();
+    journal.record_hashes(records).await.expect("record");
+    journal
+        .record_objects("loc-a", vec![hash(3)])
+        .await
+        .expect("record objects");
+    // Compaction replaced all but every tenth file; one present file was never hashed.
+    let present: Vec<PathBuf> = (0..1_000u64)
+        .filter(|index| index % 10 == 0)
+        .map(path)
+        .chain([PathBuf::from("/data/ks/t/new")])
+        .collect();
+    let forgotten = journal
+        .forget_files_except(present.clone())
+        .await
+        .expect("forget");
+    assert_eq!(forgotten, 900);
+    let found = journal
+        .lookup_hashes(
+            "loc-a",
+            (0..1_000u64).map(|index| (path(index), IDENTITY)).collect(),
+        )
+        .await
+        .expect("lookup");
+    for (index, found) in found.iter().enumerate() {
+        assert_eq!(found.is_some(), index % 10 == 0, "file {index}");
+    }
+    // Objects are the location's, not the files': they stay known.
+    assert!(
+        journal
+            .object_known("loc-a", &hash(3))
+            .await
+            .expect("known")
+    );
+    // Asked again with the same set, nothing more goes.
+    assert_eq!(
+        journal.forget_files_except(present).await.expect("forget"),
+        0
+    );
+}
+
+#[tokio::test]
 async fn paths_need_not_be_utf8() {
     let state = tempfile::tempdir().expect("temp dir");
     let journal = Journal::open(state.path()).await.expect("open");

@@ -1099,5 +1099,41 @@ mod rpc {
                 .join("snapshots/inc.unlinked.json")
                 .exists()
         );
+
+        // A full backup makes the journal forget the files gone since.
+        let identity = |path: &Path| {
+            let metadata = fs::metadata(path).expect("stat");
+            (
+                metadata.ino(),
+                metadata.len(),
+                metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+            )
+        };
+        let gone = node.data(0).join("t4/data.db");
+        let kept = node.data(0).join("t0/data.db");
+        let (gone_identity, kept_identity) = (identity(&gone), identity(&kept));
+        fs::remove_file(&gone).expect("remove");
+        client
+            .create_snapshot(create("full-2", ""))
+            .await
+            .expect("snapshot");
+        run_upload(
+            &mut client,
+            upload("full-2", location(&node, "loc-a"), proto::BackupKind::Full),
+        )
+        .await
+        .expect("full upload");
+        let journal = coffer_agent::journal::Journal::open(&node.state_dir())
+            .await
+            .expect("journal");
+        let (inode, size, mtime_ns) = gone_identity;
+        let forgotten = journal.lookup_hash(&gone, inode, size, mtime_ns).await;
+        assert_eq!(forgotten.expect("lookup"), None, "a file gone is forgotten");
+        let (inode, size, mtime_ns) = kept_identity;
+        let remembered = journal.lookup_hash(&kept, inode, size, mtime_ns).await;
+        assert!(
+            remembered.expect("lookup").is_some(),
+            "a file still there is kept"
+        );
     }
 }

@@ -520,13 +520,14 @@ fn reference(secret: Option<&proto::SecretRef>, default: &str) -> String {
 
 /// `location list`: one row per location.
 fn render_location_list(locations: &[proto::Location]) -> String {
-    let mut table = Table::new(["NAME", "ID", "KIND", "TARGET", "CREATED"]);
+    let mut table = Table::new(["NAME", "ID", "KIND", "TARGET", "COMPRESSION", "CREATED"]);
     for location in locations {
         table.push([
             location.name.clone(),
             location.id.clone(),
             kind_name(location.kind),
             target(location),
+            compression_name(location.compression.as_ref()),
             format::timestamp(location.create_time.as_ref()),
         ]);
     }
@@ -939,8 +940,8 @@ mod tests {
         );
         assert_eq!(
             render_location_list(&[location]),
-            "NAME      ID    KIND   TARGET                     CREATED\n\
-             backups   l-1   S3     s3://coffer-backups/prod   -\n"
+            "NAME      ID    KIND   TARGET                     COMPRESSION   CREATED\n\
+             backups   l-1   S3     s3://coffer-backups/prod   zstd:-3       -\n"
         );
     }
 
