@@ -111,12 +111,17 @@ async fn hooks_and_links(
     let owned_tag = tag.to_string();
     let unchanged = unchanged.cloned();
     let linked = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let asking = std::cell::Cell::new(std::time::Duration::ZERO);
         let vouch = unchanged.map(|unchanged| {
+            let asking = &asking;
             move |batch: &[(PathBuf, FileIdentity)]| {
+                let asked = std::time::Instant::now();
                 let found = unchanged
                     .journal
-                    .lookup_hashes_blocking(&unchanged.location_id, batch)?;
-                Ok(found
+                    .lookup_hashes_blocking(&unchanged.location_id, batch);
+                asking.set(asking.get() + asked.elapsed());
+                Ok(found?
                     .into_iter()
                     .map(|found| {
                         found
@@ -126,11 +131,17 @@ async fn hooks_and_links(
                     .collect())
             }
         });
-        link_data_paths(
+        let linked = link_data_paths(
             &data_paths,
             &owned_tag,
             vouch.as_ref().map(|vouch| vouch as Vouch<'_>),
-        )
+        );
+        tracing::debug!(
+            walk_ms = started.elapsed().as_millis() as u64,
+            journal_ms = asking.get().as_millis() as u64,
+            "snapshot links"
+        );
+        linked
     })
     .await
     .map_err(SnapshotError::from)
