@@ -733,6 +733,35 @@ pub fn is_local_folder(op: &Operator) -> bool {
     local_root(op).is_some()
 }
 
+/// Makes the name of a file just written through `op` durable (a no-op for object stores).
+///
+/// OpenDAL's fs backend syncs the content of the file it closes, then renames it into place,
+/// but syncs no folder: after a power loss the file, or a folder its write created, could be
+/// gone although the write returned. A manifest or a backup's commit point must not be: this
+/// syncs each folder from the file's up to the location's root, at once.
+///
+/// Fails when a folder cannot be opened or synced.
+pub async fn sync_name(op: &Operator, path: &str) -> io::Result<()> {
+    let Some(root) = local_root(op) else {
+        return Ok(());
+    };
+    let folders = folders_of(&root, path);
+    tokio::task::spawn_blocking(move || sync_each(&folders))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// The folders holding `path` under `root`, from its own up to `root`.
+fn folders_of(root: &Path, path: &str) -> Vec<PathBuf> {
+    let mut folders = Vec::new();
+    let mut relative = Path::new(path.trim_start_matches('/')).parent();
+    while let Some(folder) = relative {
+        folders.push(root.join(folder));
+        relative = folder.parent();
+    }
+    folders
+}
+
 async fn upload_to_folder(
     root: &Path,
     object_path: &str,
@@ -1780,6 +1809,39 @@ mod tests {
         let remote = LocationWriteback::new(&s3_operator());
         remote.stored("objects/00/missing", WRITEBACK_BYTES);
         remote.finish().await.expect("nothing to sync");
+    }
+
+    #[test]
+    fn a_written_file_has_each_folder_up_to_the_root_synced() {
+        let root = Path::new("/loc");
+        assert_eq!(
+            folders_of(root, "clusters/c/backups/b/backup.json"),
+            [
+                "/loc/clusters/c/backups/b",
+                "/loc/clusters/c/backups",
+                "/loc/clusters/c",
+                "/loc/clusters",
+                "/loc/",
+            ]
+            .map(PathBuf::from)
+        );
+        assert_eq!(folders_of(root, "/coffer.json"), [PathBuf::from("/loc/")]);
+    }
+
+    #[tokio::test]
+    async fn syncing_a_written_name_needs_its_folders_and_skips_object_stores() {
+        let fixture = fixture();
+        let path = "clusters/c/backups/b/backup.json";
+        fixture.op.write(path, b"{}".to_vec()).await.expect("write");
+        sync_name(&fixture.op, path).await.expect("sync");
+        // A folder that is not there is an error, not a silent success.
+        let error = sync_name(&fixture.op, "clusters/gone/backup.json")
+            .await
+            .expect_err("no such folder");
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        sync_name(&s3_operator(), path)
+            .await
+            .expect("nothing to sync on an object store");
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use coffer_format::manifest::NodeManifestReader;
 use coffer_format::object::DownloadError;
-use coffer_format::object::RateLimiter;
+use coffer_format::object::{RateLimiter, sync_name};
 use coffer_format::storage::{SecretSource, StorageConfig};
 use coffer_format::{Compression, ManifestError, StorageError};
 use coffer_proto::agent::v1 as proto;
@@ -515,6 +515,14 @@ impl AgentService for AgentHandler {
                         .in_location(&config.name),
                 )
             })?;
+        // What the server puts is a backup's commit point or the location's marker: durable
+        // with its name before the call returns.
+        sync_name(&operator, &path).await.map_err(|error| {
+            storage_status(
+                StorageError::local(&operator, "sync the folders of", &path, error)
+                    .in_location(&config.name),
+            )
+        })?;
         Ok(Response::new(proto::PutObjectResponse {}))
     }
 
