@@ -590,7 +590,9 @@ async fn process_file(
                         identity: FileIdentity::from(&file),
                         hash: content_hash,
                     }),
-                    object_present: Some(content_hash),
+                    // What the journal vouched for it knows already.
+                    object_present: (!shared.journal_vouches(&content_hash))
+                        .then_some(content_hash),
                 });
             }
             Err(EnsureError::Changed) if attempt < CHANGED_FILE_RETRIES => {
