@@ -127,7 +127,7 @@ pub struct ContentHash(pub [u8; 32]);
 impl ContentHash {
     /// Lowercase hex, 64 characters.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|byte| format!("{byte:02x}")).collect()
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
 
     /// Parses 64 hex characters; `None` for anything else.
@@ -157,17 +157,15 @@ impl From<blake3::Hash> for ContentHash {
 /// Lowercase hex, as in object paths and manifests.
 impl std::fmt::Display for ContentHash {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for byte in &self.0 {
-            write!(formatter, "{byte:02x}")?;
-        }
-        Ok(())
+        // A table lookup per byte: the hex of every object path and manifest entry is made here.
+        formatter.write_str(blake3::Hash::from_bytes(self.0).to_hex().as_str())
     }
 }
 
 /// Manifests store hashes as 64 lowercase hex characters.
 impl Serialize for ContentHash {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
+        serializer.serialize_str(blake3::Hash::from_bytes(self.0).to_hex().as_str())
     }
 }
 
