@@ -127,7 +127,7 @@ pub struct ContentHash(pub [u8; 32]);
 impl ContentHash {
     /// Lowercase hex, 64 characters.
     pub fn to_hex(&self) -> String {
-        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+        self.to_string()
     }
 
     /// Parses 64 hex characters; `None` for anything else.
@@ -165,7 +165,7 @@ impl std::fmt::Display for ContentHash {
 /// Manifests store hashes as 64 lowercase hex characters.
 impl Serialize for ContentHash {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(blake3::Hash::from_bytes(self.0).to_hex().as_str())
+        serializer.collect_str(self)
     }
 }
 

@@ -454,9 +454,7 @@ async fn upload_local_file(op: &Operator, path: &str, file: File) -> Result<u64,
                 .close()
                 .await
                 .map_err(|cause| StorageError::backend(op, "write", path, cause))?;
-            crate::object::sync_name(op, path)
-                .await
-                .map_err(|error| StorageError::local(op, "sync the folders of", path, error))?;
+            crate::object::sync_name(op, path).await?;
             Ok(total)
         }
         Err(error) => {
@@ -881,9 +879,7 @@ impl BackupManifest {
         op.write(path, self.encode())
             .await
             .map_err(|cause| StorageError::backend(op, "write", path, cause))?;
-        crate::object::sync_name(op, path)
-            .await
-            .map_err(|error| StorageError::local(op, "sync the folders of", path, error))?;
+        crate::object::sync_name(op, path).await?;
         Ok(())
     }
 

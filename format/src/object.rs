@@ -741,14 +741,16 @@ pub fn is_local_folder(op: &Operator) -> bool {
 /// syncs each folder from the file's up to the location's root, at once.
 ///
 /// Fails when a folder cannot be opened or synced.
-pub async fn sync_name(op: &Operator, path: &str) -> io::Result<()> {
+pub async fn sync_name(op: &Operator, path: &str) -> Result<(), StorageError> {
     let Some(root) = local_root(op) else {
         return Ok(());
     };
     let folders = folders_of(&root, path);
     tokio::task::spawn_blocking(move || sync_each(&folders))
         .await
-        .map_err(io::Error::other)?
+        .map_err(io::Error::other)
+        .and_then(|synced| synced)
+        .map_err(|error| StorageError::local(op, "sync the folders of", path, error))
 }
 
 /// The folders holding `path` under `root`, from its own up to `root`.
@@ -1838,7 +1840,7 @@ mod tests {
         let error = sync_name(&fixture.op, "clusters/gone/backup.json")
             .await
             .expect_err("no such folder");
-        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        assert!(error.is_not_found(), "{error}");
         sync_name(&s3_operator(), path)
             .await
             .expect("nothing to sync on an object store");

@@ -308,12 +308,14 @@ impl AgentService for AgentHandler {
         } else {
             parse_uuid("backup_id", &request.backup_id)?
         };
-        let files = if request.dry_run {
-            self.agent
+        let (files, unlinked_for) = if request.dry_run {
+            let files = self
+                .agent
                 .snapshots()
                 .walk_live()
                 .await
-                .map_err(snapshot_status)?
+                .map_err(snapshot_status)?;
+            (files, None)
         } else {
             let snapshot = self
                 .agent
@@ -321,21 +323,7 @@ impl AgentService for AgentHandler {
                 .load(&request.tag)
                 .await
                 .map_err(snapshot_status)?;
-            // Its unlinked files are not frozen: only the backup they were left out for may
-            // skip them, as it never reads them.
-            if let Some(location_id) = &snapshot.unlinked_for
-                && (!incremental || *location_id != config.location_id)
-            {
-                return Err(Status::failed_precondition(format!(
-                    "snapshot {} was taken for an incremental backup into location {location_id} \
-                     and left unchanged files unlinked; a {} backup into location {} needs a \
-                     snapshot of its own",
-                    request.tag,
-                    if incremental { "INCREMENTAL" } else { "FULL" },
-                    config.location_id
-                )));
-            }
-            snapshot.files
+            (snapshot.files, snapshot.unlinked_for)
         };
         let temp_dir = self.agent.config().state_dir.join("tmp");
         tokio::fs::create_dir_all(&temp_dir)
@@ -343,6 +331,7 @@ impl AgentService for AgentHandler {
             .map_err(|error| Status::internal(format!("create {}: {error}", temp_dir.display())))?;
         let job = UploadJob {
             files,
+            unlinked_for,
             operator,
             location_id: config.location_id.clone(),
             location_name: config.name.clone(),
@@ -517,12 +506,9 @@ impl AgentService for AgentHandler {
             })?;
         // What the server puts is a backup's commit point or the location's marker: durable
         // with its name before the call returns.
-        sync_name(&operator, &path).await.map_err(|error| {
-            storage_status(
-                StorageError::local(&operator, "sync the folders of", &path, error)
-                    .in_location(&config.name),
-            )
-        })?;
+        sync_name(&operator, &path)
+            .await
+            .map_err(|error| storage_status(error.in_location(&config.name)))?;
         Ok(Response::new(proto::PutObjectResponse {}))
     }
 

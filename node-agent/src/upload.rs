@@ -50,6 +50,8 @@ const CHANGED_FILE_RETRIES: usize = 2;
 pub struct UploadJob {
     /// Files of the snapshot (or the live files, for a dry run).
     pub files: Vec<SnapshotFile>,
+    /// The location the snapshot left files unlinked for ([`crate::snapshot::Snapshot::unlinked_for`]).
+    pub unlinked_for: Option<String>,
     /// The location.
     pub operator: Operator,
     /// Location id, keying the journal's knowledge of objects.
@@ -214,6 +216,23 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<proto::UploadSummary, UploadFailure> {
     let started = std::time::Instant::now();
+    // A snapshot's unlinked files are not frozen: only the backup they were left out for may
+    // skip them, as it never reads them.
+    if let Some(location_id) = &job.unlinked_for
+        && (!job.incremental || *location_id != job.location_id)
+    {
+        return Err(UploadFailure::File(format!(
+            "the snapshot was taken for an incremental backup into location {location_id} and \
+             left unchanged files unlinked; a {} backup into location {} needs a snapshot of \
+             its own",
+            if job.incremental {
+                "INCREMENTAL"
+            } else {
+                "FULL"
+            },
+            job.location_id
+        )));
+    }
     let selected: Vec<SnapshotFile> = job
         .files
         .iter()
@@ -263,13 +282,6 @@ pub async fn run(
     // hashed first, and uploaded only if missing) rather than probably new (read once, stored
     // as it is hashed: see `process_new_file`).
     let trusted = shared.job.incremental || shared.job.dry_run;
-    if !trusted && let Some(file) = selected.iter().find(|file| file.stored_hash.is_some()) {
-        return Err(UploadFailure::File(format!(
-            "{} was left out of the snapshot for an incremental backup: a full backup needs a \
-             snapshot of its own",
-            file.live_path.display()
-        )));
-    }
     // A file the snapshot left unlinked is known by the hash it was left out for (the journal
     // was asked then): it must never be read. The journal is asked about the others.
     let mut remembered = shared

@@ -720,15 +720,25 @@ async fn a_missing_sqlite_database_fails_and_leaves_nothing() {
     assert!(!node.data(0).join(SNAPSHOTS_FOLDER).exists());
 }
 
+/// What the journal identifies the current version of `path` by: inode, size, mtime in ns.
+fn identity(path: &Path) -> (u64, u64, i64) {
+    let metadata = fs::metadata(path).expect("stat");
+    (
+        metadata.ino(),
+        metadata.len(),
+        metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+    )
+}
+
 /// Remembers `path` in `journal` as hashed to `hash` in its current version.
 async fn remember(journal: &coffer_agent::journal::Journal, path: &Path, hash: u8) {
-    let metadata = fs::metadata(path).expect("stat");
+    let (inode, size, mtime_ns) = identity(path);
     journal
         .record_hash(
             path,
-            metadata.ino(),
-            metadata.len(),
-            metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+            inode,
+            size,
+            mtime_ns,
             coffer_format::ContentHash([hash; 32]),
         )
         .await
@@ -1101,14 +1111,6 @@ mod rpc {
         );
 
         // A full backup makes the journal forget the files gone since.
-        let identity = |path: &Path| {
-            let metadata = fs::metadata(path).expect("stat");
-            (
-                metadata.ino(),
-                metadata.len(),
-                metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
-            )
-        };
         let gone = node.data(0).join("t4/data.db");
         let kept = node.data(0).join("t0/data.db");
         let (gone_identity, kept_identity) = (identity(&gone), identity(&kept));

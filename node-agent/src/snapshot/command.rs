@@ -194,17 +194,7 @@ pub(crate) fn load(settings: &Settings, tag: &str) -> Result<Vec<SnapshotFile>, 
         .files
         .into_iter()
         .map(|file| {
-            let index = settings
-                .data_paths
-                .iter()
-                .position(|data_path| *data_path == file.data_path)
-                .ok_or_else(|| SnapshotError::Record {
-                    path: path.clone(),
-                    reason: format!(
-                        "lists data path {} which is no longer configured",
-                        file.data_path.display()
-                    ),
-                })?;
+            let index = recorded_data_path(settings, &file.data_path, &path)?;
             describe_listed(
                 index,
                 file.data_path.join(&file.live),
@@ -385,12 +375,32 @@ fn encode(path: &Path, record: &Record) -> Result<Vec<u8>, SnapshotError> {
     })
 }
 
-fn remove_record(path: &Path) -> Result<(), SnapshotError> {
+/// Removes a snapshot record of the state directory; returns whether there was one.
+pub(crate) fn remove_record(path: &Path) -> Result<bool, SnapshotError> {
     match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(source) => Err(SnapshotError::file("remove snapshot record", path, source)),
     }
+}
+
+/// The index of the data path a record (at `record`) names, which must still be configured.
+pub(crate) fn recorded_data_path(
+    settings: &Settings,
+    data_path: &Path,
+    record: &Path,
+) -> Result<usize, SnapshotError> {
+    settings
+        .data_paths
+        .iter()
+        .position(|configured| configured == data_path)
+        .ok_or_else(|| SnapshotError::Record {
+            path: record.to_path_buf(),
+            reason: format!(
+                "lists data path {} which is no longer configured",
+                data_path.display()
+            ),
+        })
 }
 
 fn exists(path: &Path) -> Result<bool, SnapshotError> {

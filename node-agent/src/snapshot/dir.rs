@@ -18,7 +18,7 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use super::command::records_folder;
+use super::command::{recorded_data_path, records_folder, remove_record};
 use super::walk::{describe_listed, is_folder, regular_files};
 use super::{
     SNAPSHOTS_FOLDER, Settings, ShellStep, SnapshotError, SnapshotFile, UnchangedFiles,
@@ -351,7 +351,6 @@ impl Folder<'_> {
             self.live.join(os_name),
             self.mirror_path.join(os_name),
             &stat,
-            None,
         ));
         Ok(())
     }
@@ -364,7 +363,6 @@ impl Folder<'_> {
         files: &mut Vec<SnapshotFile>,
     ) -> Result<(), SnapshotError> {
         let mut candidates = Vec::with_capacity(names.len());
-        let mut identities = Vec::with_capacity(names.len());
         for name in names {
             let live_path = self.live.join(OsStr::from_bytes(name.as_bytes()));
             let stat = match rustix::fs::statat(self.source, &name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -383,33 +381,26 @@ impl Folder<'_> {
                 self.link(&name, files)?;
                 continue;
             }
-            identities.push((live_path, identity(&stat)));
-            candidates.push((name, stat));
+            candidates.push((
+                name,
+                describe(self.index, live_path.clone(), live_path, &stat),
+            ));
         }
+        let identities: Vec<_> = candidates
+            .iter()
+            .map(|(_, file)| (file.live_path.clone(), FileIdentity::from(file)))
+            .collect();
         let hashes = vouch(&identities)?;
-        for (((name, stat), (live_path, _)), hash) in
-            candidates.into_iter().zip(identities).zip(hashes)
-        {
+        for ((name, mut file), hash) in candidates.into_iter().zip(hashes) {
             match hash {
-                Some(hash) => files.push(describe(
-                    self.index,
-                    live_path.clone(),
-                    live_path,
-                    &stat,
-                    Some(hash),
-                )),
+                Some(hash) => {
+                    file.stored_hash = Some(hash);
+                    files.push(file);
+                }
                 None => self.link(&name, files)?,
             }
         }
         Ok(())
-    }
-}
-
-fn identity(stat: &Stat) -> FileIdentity {
-    FileIdentity {
-        inode: stat.st_ino,
-        size: u64::try_from(stat.st_size).unwrap_or(0),
-        mtime_ns: mtime_ns(stat),
     }
 }
 
@@ -419,13 +410,7 @@ fn mtime_ns(stat: &Stat) -> i64 {
         .saturating_add(stat.st_mtime_nsec as i64)
 }
 
-fn describe(
-    index: usize,
-    live_path: PathBuf,
-    snapshot_path: PathBuf,
-    stat: &Stat,
-    stored_hash: Option<ContentHash>,
-) -> SnapshotFile {
+fn describe(index: usize, live_path: PathBuf, snapshot_path: PathBuf, stat: &Stat) -> SnapshotFile {
     SnapshotFile {
         data_path_index: index,
         live_path,
@@ -434,7 +419,7 @@ fn describe(
         mode: stat.st_mode & 0o7777,
         mtime_ns: mtime_ns(stat),
         inode: stat.st_ino,
-        stored_hash,
+        stored_hash: None,
     }
 }
 
@@ -471,23 +456,13 @@ pub(crate) fn load(
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((files, None)),
         Err(source) => return Err(SnapshotError::file("read snapshot record", path, source)),
     };
-    let record_error = |reason: String| SnapshotError::Record {
-        path: path.clone(),
-        reason,
-    };
     let record: UnlinkedRecord =
-        serde_json::from_slice(&bytes).map_err(|error| record_error(error.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|error| SnapshotError::Record {
+            path: path.clone(),
+            reason: error.to_string(),
+        })?;
     for file in record.files {
-        let index = settings
-            .data_paths
-            .iter()
-            .position(|data_path| *data_path == file.data_path)
-            .ok_or_else(|| {
-                record_error(format!(
-                    "lists data path {} which is no longer configured",
-                    file.data_path.display()
-                ))
-            })?;
+        let index = recorded_data_path(settings, &file.data_path, &path)?;
         let live_path = file.data_path.join(&file.live);
         files.push(SnapshotFile {
             data_path_index: index,
@@ -541,10 +516,5 @@ fn write_unlinked_record(path: &Path, record: &UnlinkedRecord) -> Result<(), Sna
 
 /// Removes the record of the snapshot `tag`'s unlinked files; returns whether there was one.
 pub(crate) fn remove_unlinked_record(state_dir: &Path, tag: &str) -> Result<bool, SnapshotError> {
-    let path = unlinked_record_path(state_dir, tag);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(SnapshotError::file("remove snapshot record", path, source)),
-    }
+    remove_record(&unlinked_record_path(state_dir, tag))
 }

@@ -230,6 +230,12 @@ async fn snapshot_and_upload_all(
             })
             .await?;
     }
+    // An incremental backup reads only new and changed files: the agents need not freeze the
+    // others.
+    let incremental_location_id = match plan.kind {
+        BackupKind::Incremental => plan.location.id.to_string(),
+        BackupKind::Full => String::new(),
+    };
     let (events, mut received) = tokio::sync::mpsc::channel::<NodeEvent>(256);
     let mut tasks = tokio::task::JoinSet::new();
     for node in plan.cluster.nodes.clone() {
@@ -256,6 +262,7 @@ async fn snapshot_and_upload_all(
         let stop = stop.clone();
         let events = events.clone();
         let early_deletes = early_deletes.clone();
+        let incremental_location_id = incremental_location_id.clone();
         let dry_run = run.dry_run;
         tasks.spawn(async move {
             let node_id = node.info.node_id;
@@ -263,18 +270,7 @@ async fn snapshot_and_upload_all(
                 if !dry_run {
                     let snapshot = agent::CreateSnapshotRequest {
                         tag: request.tag.clone(),
-                        // An incremental backup reads only new and changed files: the agent
-                        // need not freeze the others.
-                        incremental_location_id: if request.kind() == agent::BackupKind::Incremental
-                        {
-                            request
-                                .location
-                                .as_ref()
-                                .map(|location| location.location_id.clone())
-                                .unwrap_or_default()
-                        } else {
-                            String::new()
-                        },
+                        incremental_location_id: incremental_location_id.clone(),
                     };
                     match snapshot_node(&agents, &node, snapshot, &snapshot_permits).await {
                         Ok(snapshot) => {
