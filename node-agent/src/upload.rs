@@ -311,8 +311,10 @@ pub async fn run(
         .iter()
         .map(|found| match (found, trusted) {
             (Some(found), true) => Known::Hash(found.hash),
-            (Some(_), false) => Known::ProbablyStored,
-            (None, _) => Known::Nothing,
+            // Content the journal knows only in other locations is probably new to this one:
+            // read once, stored as it is hashed, rather than hashed first and read again.
+            (Some(found), false) if found.object_known => Known::ProbablyStored,
+            (Some(_) | None, _) => Known::Nothing,
         })
         .collect();
     if trusted {
@@ -524,9 +526,10 @@ pub async fn run(
 enum Known {
     /// Unchanged since it was hashed, and the hash is trusted (incremental backups, dry runs).
     Hash(ContentHash),
-    /// Unchanged since it was hashed, but a full backup hashes it again.
+    /// Unchanged since it was hashed and its content known to be in the location, but a full
+    /// backup hashes it again (and uploads it only if missing).
     ProbablyStored,
-    /// New or changed.
+    /// New or changed, or its content not known to be in the location.
     Nothing,
 }
 

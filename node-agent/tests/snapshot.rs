@@ -988,6 +988,44 @@ mod rpc {
     }
 
     #[tokio::test]
+    async fn a_full_backup_reads_content_new_to_its_location_once() {
+        let node = Node::new(1);
+        // Over the small-file size, so it is streamed rather than read whole.
+        let large: Vec<u8> = (0..3 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        write(&node.data(0).join("t0/big.db"), &large);
+        write(&node.data(0).join("t1/small.db"), b"small table\n");
+        let total = large.len() as u64 + 12;
+        let (mut client, _stop, _served) = serve(&node).await;
+        let cluster_id = uuid::Uuid::now_v7().to_string();
+        let mut full = async |tag: &str, location_id: &str| {
+            client
+                .create_snapshot(create(tag, ""))
+                .await
+                .expect("snapshot");
+            let request = proto::UploadSnapshotRequest {
+                cluster_id: cluster_id.clone(),
+                ..upload(tag, location(&node, location_id), proto::BackupKind::Full)
+            };
+            let summary = run_upload(&mut client, request).await.expect("full upload");
+            client
+                .delete_snapshot(proto::DeleteSnapshotRequest { tag: tag.into() })
+                .await
+                .expect("delete");
+            let progress = summary.progress.expect("progress");
+            (summary.objects_uploaded, progress.bytes_read)
+        };
+        assert_eq!(full("first", "loc-a").await, (2, total));
+        // The journal knows both hashes, but only in loc-a: for loc-b the content is new, and
+        // each file is read once, as it is stored.
+        assert_eq!(full("other", "loc-b").await, (2, total));
+        // In loc-a it is known: hashed again (a full backup trusts no journal), found, not
+        // stored again.
+        assert_eq!(full("again", "loc-a").await, (0, total));
+    }
+
+    #[tokio::test]
     async fn an_incremental_snapshot_is_uploaded_only_by_its_backup_even_after_a_restart() {
         let node = Node::new(1);
         for index in 0..5 {
