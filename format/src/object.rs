@@ -1087,6 +1087,59 @@ fn sync_each(paths: &[PathBuf]) -> io::Result<()> {
     })
 }
 
+/// How long a file in an `fs` location's temporary folder must have gone unwritten to count as
+/// left over. A writer touches its temporary file with every buffer it writes (about one a
+/// second even at a rate limit of 1 MiB/s), so only a writer that stopped mid-write (an agent
+/// killed or powered off) leaves one this old.
+pub const STALE_TEMPORARY_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Removes the files of an `fs` location's temporary folder not modified for `age`: what
+/// writers that stopped mid-write left (they can be as large as the largest file backed up).
+/// Returns how many were removed; 0 for object stores (an abandoned multipart upload is the
+/// bucket's lifecycle rules' to expire) or when there is no such folder. Temporary files named
+/// next to their object (`<hash>.<uuid>.tmp`) exist only between a create and a rename of a
+/// small file and are not looked for: that would list every object.
+///
+/// Fails when the folder cannot be listed or a file removed.
+pub async fn remove_stale_temporaries(op: &Operator, age: Duration) -> io::Result<u64> {
+    let Some(root) = local_root(op) else {
+        return Ok(0);
+    };
+    let folder = root.join(crate::storage::FS_ATOMIC_WRITE_DIR);
+    tokio::task::spawn_blocking(move || {
+        let entries = match std::fs::read_dir(&folder) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+            entries => entries?,
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry?;
+            let metadata = match entry.metadata() {
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                metadata => metadata?,
+            };
+            let unwritten_for = now
+                .duration_since(metadata.modified()?)
+                .unwrap_or(Duration::ZERO);
+            if !metadata.is_file() || unwritten_for < age {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                // Another agent of the cluster removed it first.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                result => {
+                    result?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 /// `syncfs` of the filesystem holding `folder`.
 fn sync_folder_fs(folder: &Path) -> io::Result<()> {
     let folder = File::open(folder)?;
@@ -1719,6 +1772,46 @@ mod tests {
                 .endpoint("http://127.0.0.1:9"),
         )
         .expect("s3 operator")
+    }
+
+    #[tokio::test]
+    async fn only_temporary_files_left_unwritten_for_long_are_removed() {
+        let fixture = fixture();
+        assert_eq!(
+            remove_stale_temporaries(&fixture.op, STALE_TEMPORARY_AGE)
+                .await
+                .expect("no folder yet"),
+            0
+        );
+        let folder = fixture.root.join(crate::storage::FS_ATOMIC_WRITE_DIR);
+        std::fs::create_dir_all(folder.join("a-folder")).expect("mkdir");
+        let day_ago = std::time::SystemTime::now() - Duration::from_secs(25 * 60 * 60);
+        for (name, modified) in [
+            ("left-over.object", Some(day_ago)),
+            ("in-progress.object", None),
+        ] {
+            let file = File::create(folder.join(name)).expect("create");
+            file.set_len(4096).expect("size");
+            if let Some(modified) = modified {
+                file.set_modified(modified).expect("set mtime");
+            }
+        }
+        let removed = remove_stale_temporaries(&fixture.op, STALE_TEMPORARY_AGE)
+            .await
+            .expect("remove");
+        assert_eq!(removed, 1);
+        let mut left: Vec<_> = std::fs::read_dir(&folder)
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a-folder", "in-progress.object"]);
+        assert_eq!(
+            remove_stale_temporaries(&s3_operator(), Duration::ZERO)
+                .await
+                .expect("object store"),
+            0
+        );
     }
 
     fn temporary_files(fixture: &Fixture) -> usize {

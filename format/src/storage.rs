@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 /// Name of the temporary folder, inside an `fs` location's root, where objects whose hash is not
 /// known yet (and manifests) are written before being renamed into place; objects whose hash is
 /// known are written next to their final name instead (see `object::TEMPORARY_SUFFIX`). It is not
-/// part of the layout: a restore never reads it and a purge may empty it when no backup runs.
+/// part of the layout: a restore never reads it, and uploads remove what was left in it by writers
+/// that stopped mid-write (see `object::remove_stale_temporaries`).
 pub const FS_ATOMIC_WRITE_DIR: &str = ".coffer-tmp";
 
 /// Settings of Coffer itself (not of the backend) that a location's `options` may hold.

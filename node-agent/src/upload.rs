@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
 use coffer_format::object::{
-    Compression, LocationWriteback, RateLimiter, UploadError, UploadOptions, encode_into_folder,
-    hash_file, is_local_folder, object_exists, read_small_file, upload_bytes, upload_file,
+    Compression, LocationWriteback, RateLimiter, STALE_TEMPORARY_AGE, UploadError, UploadOptions,
+    encode_into_folder, hash_file, is_local_folder, object_exists, read_small_file,
+    remove_stale_temporaries, upload_bytes, upload_file,
 };
 use coffer_format::storage::BackendQuirks;
 use coffer_format::{ClusterLayout, ContentHash, StorageError};
@@ -465,7 +466,32 @@ pub async fn run(
             })?;
         Ok((path, started.elapsed()))
     };
-    let (recorded, durable, written) = tokio::join!(record_hashes, make_durable, write_manifest);
+    // Left over by a writer that stopped mid-write (an agent killed during an earlier upload):
+    // files that would otherwise hold their space forever. Never fails the upload.
+    let sweep_temporaries = async {
+        if shared.job.dry_run {
+            return;
+        }
+        match remove_stale_temporaries(&shared.job.operator, STALE_TEMPORARY_AGE).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(
+                location = %shared.job.location_name,
+                removed,
+                "removed temporary files left over by interrupted writes"
+            ),
+            Err(error) => tracing::warn!(
+                location = %shared.job.location_name,
+                %error,
+                "remove temporary files left over by interrupted writes"
+            ),
+        }
+    };
+    let (recorded, durable, written, ()) = tokio::join!(
+        record_hashes,
+        make_durable,
+        write_manifest,
+        sweep_temporaries
+    );
     let written_path = written
         .as_ref()
         .ok()

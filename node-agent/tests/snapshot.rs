@@ -988,6 +988,41 @@ mod rpc {
     }
 
     #[tokio::test]
+    async fn an_upload_removes_temporary_files_left_over_by_interrupted_writes() {
+        let node = Node::new(1);
+        write(&node.data(0).join("t0/data.db"), b"table\n");
+        let temporary = node
+            .side_file("loc-a")
+            .join(coffer_format::storage::FS_ATOMIC_WRITE_DIR);
+        fs::create_dir_all(&temporary).expect("mkdir");
+        let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(48 * 60 * 60);
+        for (name, modified) in [
+            ("left-over.object", two_days_ago),
+            ("in-progress.object", std::time::SystemTime::now()),
+        ] {
+            let file = fs::File::create(temporary.join(name)).expect("create");
+            file.set_len(1 << 20).expect("size");
+            file.set_modified(modified).expect("mtime");
+        }
+        let (mut client, _stop, _served) = serve(&node).await;
+        client
+            .create_snapshot(create("full", ""))
+            .await
+            .expect("snapshot");
+        run_upload(
+            &mut client,
+            upload("full", location(&node, "loc-a"), proto::BackupKind::Full),
+        )
+        .await
+        .expect("full upload");
+        let left: Vec<_> = fs::read_dir(&temporary)
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, ["in-progress.object"]);
+    }
+
+    #[tokio::test]
     async fn a_full_backup_reads_content_new_to_its_location_once() {
         let node = Node::new(1);
         // Over the small-file size, so it is streamed rather than read whole.
