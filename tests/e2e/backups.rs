@@ -171,9 +171,12 @@ async fn full_backup_of_three_nodes_stores_each_content_once_and_incremental_upl
     assert_eq!(totals.uploaded_objects, unique_contents, "{totals:?}");
     assert_eq!(objects(&location).len() as u64, unique_contents);
     assert_eq!(full.kind(), proto::BackupKind::Full);
-    assert_eq!(run.totals.as_ref().expect("run totals").files_done, 39);
-    // Text compresses: stored bytes are well below the logical size.
+    let run_totals = run.totals.expect("run totals");
+    assert_eq!(run_totals.files_done, 39);
+    // Text compresses: stored bytes are well below the logical size. The run counts what it
+    // stored as the backup does.
     assert!(totals.uploaded_bytes < totals.total_bytes, "{totals:?}");
+    assert_eq!(run_totals.bytes_transferred, totals.uploaded_bytes);
     // The copies encoded by the other nodes were dropped, and nothing half-written is left:
     // neither in the temporary folder (files stored in one pass) nor next to the objects (the
     // count of files in the fan-out folders above is the count of objects).

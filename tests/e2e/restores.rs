@@ -216,6 +216,17 @@ async fn a_wiped_cluster_is_restored_identical_and_existing_files_are_refused() 
         "{}",
         restored.error_message
     );
+    // Each node fetched its objects as stored: the noise raw (with its header), the text
+    // compressed to almost nothing.
+    for node in &restored.nodes {
+        let counters = node.progress.expect("progress");
+        assert!(
+            (3 << 20) < counters.bytes_transferred
+                && counters.bytes_transferred < (3 << 20) + 1024
+                && counters.bytes_transferred < counters.bytes_done,
+            "{counters:?}"
+        );
+    }
     for (agent, before) in agents.iter().zip(&before) {
         assert_eq!(
             &described_tree(&agent.data),

@@ -194,7 +194,7 @@ fn transferred(run: &proto::Run) -> &'static str {
 }
 
 /// The end of a run: a headline, then per node (and in all) files, bytes, skipped files, bytes
-/// transferred, final phase and error.
+/// transferred as stored (what `backup list` shows as uploaded), final phase and error.
 pub fn render_summary(run: &proto::Run, now: SystemTime) -> String {
     let mut out = format!(
         "Run {} {} after {}",
@@ -230,7 +230,7 @@ pub fn render_summary(run: &proto::Run, now: SystemTime) -> String {
             format::count_of(counters.files_done, counters.files_total),
             format::size_of(counters.bytes_done, counters.bytes_total),
             counters.files_skipped.to_string(),
-            format::human_bytes(counters.bytes_done.saturating_sub(counters.bytes_skipped)),
+            format::human_bytes(counters.bytes_transferred),
             error,
         ]
     };
@@ -495,6 +495,7 @@ mod tests {
         skipped_files: u64,
         bytes: u64,
         skipped_bytes: u64,
+        transferred: u64,
     ) -> proto::ProgressCounters {
         proto::ProgressCounters {
             files_total: files,
@@ -503,6 +504,7 @@ mod tests {
             bytes_total: bytes,
             bytes_done: bytes,
             bytes_skipped: skipped_bytes,
+            bytes_transferred: transferred,
             ..Default::default()
         }
     }
@@ -529,12 +531,13 @@ mod tests {
                 node(
                     "a",
                     proto::NodePhase::Done,
-                    counters(100, 90, 10 << 30, 9 << 30),
+                    // 1 GiB of new content, stored compressed.
+                    counters(100, 90, 10 << 30, 9 << 30, 400 << 20),
                 ),
                 node(
                     "b",
                     proto::NodePhase::Done,
-                    counters(50, 50, 1 << 20, 1 << 20),
+                    counters(50, 50, 1 << 20, 1 << 20, 0),
                 ),
             ],
             totals: Some(counters(
@@ -542,6 +545,7 @@ mod tests {
                 140,
                 (10 << 30) + (1 << 20),
                 (9 << 30) + (1 << 20),
+                400 << 20,
             )),
             ..Default::default()
         }
@@ -557,10 +561,10 @@ mod tests {
             rendered,
             "Run r-1 SUCCEEDED after 2m03s; committed backup b-1\n\
              \n\
-             NODE    STATE       FILES   BYTES      SKIPPED   UPLOADED   ERROR\n\
-             a       DONE        100     10.0 GiB   90        1.0 GiB\n\
+             NODE    STATE       FILES   BYTES      SKIPPED   UPLOADED    ERROR\n\
+             a       DONE        100     10.0 GiB   90        400.0 MiB\n\
              b       DONE        50      1.0 MiB    50        0 B\n\
-             TOTAL   SUCCEEDED   150     10.0 GiB   140       1.0 GiB\n"
+             TOTAL   SUCCEEDED   150     10.0 GiB   140       400.0 MiB\n"
         );
     }
 
@@ -577,6 +581,7 @@ mod tests {
                     files_done: 20,
                     bytes_total: 2048,
                     bytes_done: 1024,
+                    bytes_transferred: 512,
                     ..Default::default()
                 },
             )
@@ -584,7 +589,7 @@ mod tests {
         let rendered = render_summary(&run, SystemTime::UNIX_EPOCH);
         assert!(
             rendered.contains(
-                "b       FAILED   20/50   1.0 KiB / 2.0 KiB   0         1.0 KiB    disk full\n"
+                "b       FAILED   20/50   1.0 KiB / 2.0 KiB   0         512 B       disk full\n"
             ),
             "{rendered}"
         );

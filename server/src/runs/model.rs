@@ -171,7 +171,8 @@ pub struct Counters {
     pub bytes_done: u64,
     /// Of the finished bytes, those not transferred because present.
     pub bytes_skipped: u64,
-    /// Bytes written to storage (after compression).
+    /// Bytes written to storage by a backup, or read from it by a restore, as stored (after
+    /// compression).
     pub bytes_uploaded: u64,
     /// Objects written to storage.
     pub objects_uploaded: u64,
