@@ -187,6 +187,17 @@ async fn cofferctl_backs_up_with_a_live_watch_and_lists_what_it_made() {
         .trim()
         .to_string();
     assert!(started.stdout.contains("SUCCEEDED"), "{}", started.stdout);
+    // The run keeps the location's id; `run show` names it.
+    let shown = cofferctl(&server, &["run", "show", &run_id]).await;
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    assert!(
+        shown
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("Location:") && line.contains(" local (")),
+        "{}",
+        shown.stdout
+    );
 
     // JSON mode: one WatchRunResponse per line, the last one final.
     let watched = cofferctl(&server, &["-o", "json", "run", "watch", &run_id]).await;

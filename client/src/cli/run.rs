@@ -181,9 +181,24 @@ async fn show(args: RunArgs, session: &Session) -> Result<(), CliError> {
         })
         .await?
         .into_inner();
+    // A backup run keeps its location's id (names can change): shown with the current name, or
+    // alone when the location is gone.
+    let location_name = match response.run.as_ref().and_then(|run| run.spec.as_ref()) {
+        Some(proto::run::Spec::Backup(backup)) if !backup.location.is_empty() => client
+            .locations()
+            .get_location(proto::GetLocationRequest {
+                location: backup.location.clone(),
+            })
+            .await
+            .ok()
+            .and_then(|response| response.into_inner().location)
+            .map(|location| location.name),
+        _ => None,
+    };
     session.output.response(&response, |response| {
         Ok(render_run(
             required_run(response.run.as_ref())?,
+            location_name.as_deref(),
             SystemTime::now(),
         ))
     })
@@ -254,8 +269,9 @@ fn render_run_list(runs: &[proto::Run], now: SystemTime) -> String {
     table.render()
 }
 
-/// `run show`: the run's fields and parameters, then each node's progress.
-fn render_run(run: &proto::Run, now: SystemTime) -> String {
+/// `run show`: the run's fields and parameters (a backup's location by `location_name` when
+/// known), then each node's progress.
+fn render_run(run: &proto::Run, location_name: Option<&str>, now: SystemTime) -> String {
     let mut rows = vec![
         ("ID", run.id.clone()),
         (
@@ -267,7 +283,7 @@ fn render_run(run: &proto::Run, now: SystemTime) -> String {
         ("Error", or_none(&run.error_message)),
         ("Backup", or_none(&run.backup_id)),
     ];
-    rows.extend(spec_rows(run));
+    rows.extend(spec_rows(run, location_name));
     rows.extend([
         ("Schedule", or_none(&run.schedule_id)),
         ("Idempotency key", or_none(&run.idempotency_key)),
@@ -287,14 +303,20 @@ fn render_run(run: &proto::Run, now: SystemTime) -> String {
 }
 
 /// The parameters a run was started with, as `run show` rows.
-fn spec_rows(run: &proto::Run) -> Vec<(&'static str, String)> {
+fn spec_rows(run: &proto::Run, location_name: Option<&str>) -> Vec<(&'static str, String)> {
     use proto::restore_spec::Source;
     use proto::run::Spec;
 
     match &run.spec {
         Some(Spec::Backup(backup)) => vec![
             ("Backup kind", format::backup_kind(backup.kind)),
-            ("Location", or_none(&backup.location)),
+            (
+                "Location",
+                match location_name {
+                    Some(name) => format::name_with_id(name, &backup.location),
+                    None => or_none(&backup.location),
+                },
+            ),
             ("Filter", describe_filter(backup.filter.as_ref())),
             ("Limits", describe_limits(backup.limits.as_ref())),
             ("Labels", format::labels(&backup.labels)),
@@ -497,7 +519,7 @@ mod tests {
     #[test]
     fn show_renders_the_run_its_spec_and_node_progress() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_061);
-        let rendered = render_run(&running_backup(), now);
+        let rendered = render_run(&running_backup(), Some("nas"), now);
         assert!(
             rendered.starts_with(
                 "ID:               r-1\n\
@@ -507,13 +529,19 @@ mod tests {
                  Error:            -\n\
                  Backup:           -\n\
                  Backup kind:      INCREMENTAL\n\
-                 Location:         l-1\n\
+                 Location:         nas (l-1)\n\
                  Filter:           -\n\
                  Limits:           defaults\n"
             ),
             "{rendered}"
         );
         assert!(rendered.contains("Duration:         1m00s\n"), "{rendered}");
+        // A location deleted since: its id alone.
+        let rendered = render_run(&running_backup(), None, now);
+        assert!(
+            rendered.contains("Backup kind:      INCREMENTAL\nLocation:         l-1\n"),
+            "{rendered}"
+        );
         assert!(
             rendered.ends_with(
                 "NODE ID   PHASE       FILES   BYTES               SKIPPED   RATE        ETA   LAST ERROR\n\
