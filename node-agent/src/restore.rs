@@ -573,7 +573,8 @@ async fn plan(shared: &Arc<Shared>, cancel: &CancellationToken) -> Result<Plan, 
         };
         return Err(RestoreFailure::Refused(format!(
             "{existing_files} of the files to restore exist on this node already: {}{more}; \
-             restore with overwrite to replace them",
+             restore with overwrite to replace them (those already identical to the \
+             backup's are kept and not downloaded)",
             named.join(", ")
         )));
     }
