@@ -29,6 +29,35 @@ pub struct DevArgs {
     agent_listen: SocketAddr,
 }
 
+/// A few files for the first backup to find, written only into a data folder dev mode has just
+/// created: afterwards the folder is the user's.
+const SEED_FILES: [(&str, &str); 3] = [
+    (
+        "hello.txt",
+        "Hello from Coffer dev mode. Change me, then run an incremental backup.\n",
+    ),
+    (
+        "shop/orders-1/data.csv",
+        "order,item,quantity\n1,coffee,2\n2,tea,1\n3,coffee,5\n",
+    ),
+    (
+        "shop/orders-1/schema.txt",
+        "orders: order integer, item text, quantity integer\n",
+    ),
+];
+
+fn seed_data(data: &Path) -> anyhow::Result<()> {
+    for (relative, content) in SEED_FILES {
+        let path = data.join(relative);
+        if let Some(folder) = path.parent() {
+            std::fs::create_dir_all(folder)
+                .with_context(|| format!("create {}", folder.display()))?;
+        }
+        std::fs::write(&path, content).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Name of the cluster dev mode registers.
 const DEV_CLUSTER: &str = "dev";
 
@@ -39,8 +68,12 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
         .with_context(|| format!("resolve {}", args.dir.display()))?;
     let data = dir.join("data");
     let storage = dir.join("storage");
+    let first_start = !data.exists();
     for folder in [&data, &storage] {
         std::fs::create_dir_all(folder).with_context(|| format!("create {}", folder.display()))?;
+    }
+    if first_start {
+        seed_data(&data)?;
     }
     // Dev mode's defaults sit below everything the user configured.
     let server_config = options

@@ -1,7 +1,7 @@
 //! Dev mode, the README's first command: everything on embedded defaults in one directory.
 
 use coffer_client::proto;
-use coffer_tests::{Process, binary};
+use coffer_tests::{Process, binary, watch_to_end};
 
 async fn start_dev(dir: &std::path::Path, log: &std::path::Path) -> Process {
     let mut command = tokio::process::Command::new(binary("coffer-server"));
@@ -47,7 +47,41 @@ async fn dev_mode_runs_a_registered_dev_cluster_and_keeps_it_across_restarts() {
             .as_path()
     );
     assert_eq!(check.nodes[0].health(), proto::NodeHealth::Serving);
+
+    // Its first data folder holds a few files, so the README's first backup finds something.
+    let data = dir.join("data");
+    for seeded in [
+        "hello.txt",
+        "shop/orders-1/data.csv",
+        "shop/orders-1/schema.txt",
+    ] {
+        assert!(data.join(seeded).is_file(), "{seeded} seeded");
+    }
+    let run_id = client
+        .backups()
+        .start_backup(proto::StartBackupRequest {
+            cluster: "dev".into(),
+            backup: Some(proto::BackupSpec {
+                location: "dev-fs".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("start backup")
+        .into_inner()
+        .run_id;
+    let run = watch_to_end(&client, &run_id).await.pop().expect("final");
+    assert_eq!(
+        run.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        run.error_message
+    );
+    assert_eq!(run.totals.expect("totals").files_total, 3);
     dev.stop().await;
+    // The folder is the user's from then on: nothing is seeded again.
+    std::fs::remove_file(data.join("hello.txt")).expect("remove");
 
     // Restarted (on other ports), it finds its catalog, its node and its cluster again.
     let dev = start_dev(&dir, &root.path().join("dev2.log")).await;
@@ -71,5 +105,6 @@ async fn dev_mode_runs_a_registered_dev_cluster_and_keeps_it_across_restarts() {
         .into_inner();
     assert_eq!(check.nodes[0].node_id, node_id);
     assert_eq!(check.nodes[0].health(), proto::NodeHealth::Serving);
+    assert!(!data.join("hello.txt").exists(), "not seeded again");
     dev.stop().await;
 }
