@@ -143,7 +143,7 @@ impl Catalog {
             .bind(count(c.bytes_total))
             .bind(count(c.bytes_done))
             .bind(count(c.bytes_skipped))
-            .bind(count(c.bytes_uploaded))
+            .bind(count(c.bytes_transferred))
             .bind(count(c.objects_uploaded))
             .bind(count(c.rate_bytes_per_second))
             .bind(c.eta.map(|eta| i64::try_from(eta.as_millis()).unwrap_or(i64::MAX)))
@@ -326,7 +326,7 @@ fn read_node_progress(row: &SqliteRow) -> Result<NodeProgress> {
             bytes_total: number("bytes_total")?,
             bytes_done: number("bytes_done")?,
             bytes_skipped: number("bytes_skipped")?,
-            bytes_uploaded: number("bytes_uploaded")?,
+            bytes_transferred: number("bytes_uploaded")?,
             objects_uploaded: number("objects_uploaded")?,
             rate_bytes_per_second: number("rate_bytes_per_s")?,
             eta: row

@@ -596,7 +596,7 @@ fn counters_out(counters: &Counters) -> proto::ProgressCounters {
         bytes_skipped: counters.bytes_skipped,
         rate_bytes_per_second: counters.rate_bytes_per_second,
         eta: counters.eta.and_then(duration),
-        bytes_transferred: counters.bytes_uploaded,
+        bytes_transferred: counters.bytes_transferred,
     }
 }
 

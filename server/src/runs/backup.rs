@@ -386,7 +386,7 @@ fn apply_progress(counters: &mut crate::runs::model::Counters, progress: &agent:
     counters.bytes_total = progress.bytes_total;
     counters.bytes_done = progress.bytes_done;
     counters.bytes_skipped = progress.bytes_skipped;
-    counters.bytes_uploaded = progress.bytes_uploaded;
+    counters.bytes_transferred = progress.bytes_uploaded;
 }
 
 /// Takes `node`'s snapshot, at most `permits` nodes at a time; the error says why.

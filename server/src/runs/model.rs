@@ -173,7 +173,7 @@ pub struct Counters {
     pub bytes_skipped: u64,
     /// Bytes written to storage by a backup, or read from it by a restore, as stored (after
     /// compression).
-    pub bytes_uploaded: u64,
+    pub bytes_transferred: u64,
     /// Objects written to storage.
     pub objects_uploaded: u64,
     /// Recent throughput, bytes per second.
@@ -191,7 +191,7 @@ impl Counters {
         self.bytes_total += other.bytes_total;
         self.bytes_done += other.bytes_done;
         self.bytes_skipped += other.bytes_skipped;
-        self.bytes_uploaded += other.bytes_uploaded;
+        self.bytes_transferred += other.bytes_transferred;
         self.objects_uploaded += other.objects_uploaded;
         self.rate_bytes_per_second += other.rate_bytes_per_second;
         self.eta = match (self.eta, other.eta) {

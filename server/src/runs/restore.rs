@@ -228,7 +228,7 @@ fn apply(counters: &mut crate::runs::model::Counters, progress: &agent::RestoreP
     counters.bytes_total = progress.bytes_total;
     counters.bytes_done = progress.bytes_done;
     counters.bytes_skipped = progress.bytes_skipped;
-    counters.bytes_uploaded = progress.bytes_downloaded;
+    counters.bytes_transferred = progress.bytes_downloaded;
 }
 
 async fn restore_node(
