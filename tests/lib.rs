@@ -266,6 +266,33 @@ pub async fn watch_to_end(client: &CofferClient, run_id: &str) -> Vec<coffer_cli
     seen
 }
 
+/// Starts a backup of `kind` of `cluster` into `location` with default limits and follows it to
+/// its end; returns the final run (whatever its state).
+pub async fn run_backup(
+    client: &CofferClient,
+    cluster: &str,
+    location: &str,
+    kind: coffer_client::proto::BackupKind,
+) -> coffer_client::proto::Run {
+    use coffer_client::proto;
+    let run_id = client
+        .backups()
+        .start_backup(proto::StartBackupRequest {
+            cluster: cluster.into(),
+            backup: Some(proto::BackupSpec {
+                kind: kind.into(),
+                location: location.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("start backup")
+        .into_inner()
+        .run_id;
+    watch_to_end(client, &run_id).await.pop().expect("final")
+}
+
 /// Creates a filesystem location named `name` at `path`.
 pub async fn create_fs_location(client: &CofferClient, name: &str, path: &Path) {
     client

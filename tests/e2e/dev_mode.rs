@@ -1,7 +1,7 @@
 //! Dev mode, the README's first command: everything on embedded defaults in one directory.
 
 use coffer_client::proto;
-use coffer_tests::{Process, binary, watch_to_end};
+use coffer_tests::{Process, binary, run_backup};
 
 async fn start_dev(dir: &std::path::Path, log: &std::path::Path) -> Process {
     let mut command = tokio::process::Command::new(binary("coffer-server"));
@@ -57,21 +57,7 @@ async fn dev_mode_runs_a_registered_dev_cluster_and_keeps_it_across_restarts() {
     ] {
         assert!(data.join(seeded).is_file(), "{seeded} seeded");
     }
-    let run_id = client
-        .backups()
-        .start_backup(proto::StartBackupRequest {
-            cluster: "dev".into(),
-            backup: Some(proto::BackupSpec {
-                location: "dev-fs".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("start backup")
-        .into_inner()
-        .run_id;
-    let run = watch_to_end(&client, &run_id).await.pop().expect("final");
+    let run = run_backup(&client, "dev", "dev-fs", proto::BackupKind::Full).await;
     assert_eq!(
         run.state(),
         proto::RunState::Succeeded,

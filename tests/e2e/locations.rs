@@ -1,7 +1,7 @@
 //! Locations: create, rename, change options under the rules, check from every agent, delete.
 
 use coffer_client::proto;
-use coffer_tests::{TestAgent, TestServer, create_fs_location, watch_to_end};
+use coffer_tests::{TestAgent, TestServer, create_fs_location, run_backup};
 use tonic::Code;
 
 use crate::{node, register};
@@ -90,21 +90,7 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
     assert_eq!(renamed.name, "main");
 
     // Once a backup is stored there, the data cannot move, and the kind never changes.
-    let run_id = client
-        .backups()
-        .start_backup(proto::StartBackupRequest {
-            cluster: "pair".into(),
-            backup: Some(proto::BackupSpec {
-                location: "main".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("backup")
-        .into_inner()
-        .run_id;
-    let run = watch_to_end(&client, &run_id).await.pop().expect("final");
+    let run = run_backup(&client, "pair", "main", proto::BackupKind::Full).await;
     assert_eq!(
         run.state(),
         proto::RunState::Succeeded,

@@ -8,30 +8,10 @@ use std::time::{Duration, Instant};
 
 use coffer_client::{CofferClient, proto};
 use coffer_tests::{
-    Azurite, FakeGcs, TestAgent, TestServer, noise, tree, watch_to_end, wipe, write,
+    Azurite, FakeGcs, TestAgent, TestServer, noise, run_backup, tree, watch_to_end, wipe, write,
 };
 
 use crate::{node, register};
-
-/// Runs a backup of `kind` to `location`; returns the final run.
-async fn run_backup(client: &CofferClient, location: &str, kind: proto::BackupKind) -> proto::Run {
-    let run_id = client
-        .backups()
-        .start_backup(proto::StartBackupRequest {
-            cluster: "cloud".into(),
-            backup: Some(proto::BackupSpec {
-                kind: kind.into(),
-                location: location.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("start backup")
-        .into_inner()
-        .run_id;
-    watch_to_end(client, &run_id).await.pop().expect("final")
-}
 
 async fn get_backup(client: &CofferClient, run: &proto::Run) -> proto::Backup {
     assert_eq!(
@@ -104,7 +84,7 @@ async fn create_location(
 async fn backup_change_wipe_restore(client: &CofferClient, agents: &[TestAgent], location: &str) {
     let full = get_backup(
         client,
-        &run_backup(client, location, proto::BackupKind::Full).await,
+        &run_backup(client, "cloud", location, proto::BackupKind::Full).await,
     )
     .await;
     let totals = full.totals.expect("totals");
@@ -120,7 +100,7 @@ async fn backup_change_wipe_restore(client: &CofferClient, agents: &[TestAgent],
     write(&agents[0].data.join("ks/t1/index.txt"), b"changed\n");
     let incremental = get_backup(
         client,
-        &run_backup(client, location, proto::BackupKind::Incremental).await,
+        &run_backup(client, "cloud", location, proto::BackupKind::Incremental).await,
     )
     .await;
     assert_eq!(
@@ -163,7 +143,7 @@ async fn backup_change_wipe_restore(client: &CofferClient, agents: &[TestAgent],
 /// A backup to `location` fails quickly, naming the location and saying what the storage said.
 async fn fails_quickly(client: &CofferClient, location: &str, storage_says: &[&str]) {
     let started = Instant::now();
-    let run = run_backup(client, location, proto::BackupKind::Full).await;
+    let run = run_backup(client, "cloud", location, proto::BackupKind::Full).await;
     assert_eq!(run.state(), proto::RunState::Failed, "{run:?}");
     let message = &run.error_message;
     assert!(message.contains(location), "{message}");

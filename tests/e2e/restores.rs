@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use coffer_client::{CofferClient, proto};
-use coffer_tests::{TestAgent, TestServer, create_fs_location, noise, watch_to_end, wipe, write};
+use coffer_tests::{
+    TestAgent, TestServer, create_fs_location, noise, run_backup, watch_to_end, wipe, write,
+};
 
 use crate::{node, register};
 
@@ -50,21 +52,7 @@ fn described_tree(root: &Path) -> BTreeMap<String, (Vec<u8>, u32, i64)> {
 }
 
 async fn backup(client: &CofferClient, cluster: &str) -> proto::Backup {
-    let run_id = client
-        .backups()
-        .start_backup(proto::StartBackupRequest {
-            cluster: cluster.into(),
-            backup: Some(proto::BackupSpec {
-                location: "local".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("start backup")
-        .into_inner()
-        .run_id;
-    let run = watch_to_end(client, &run_id).await.pop().expect("final");
+    let run = run_backup(client, cluster, "local", proto::BackupKind::Full).await;
     assert_eq!(
         run.state(),
         proto::RunState::Succeeded,
