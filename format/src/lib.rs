@@ -7,17 +7,20 @@
 //! - [`storage`]: a location's configuration, its secrets and the OpenDAL operator that reaches it.
 //! - [`object`]: the object codec (header + raw or zstd body), hashing, streaming upload and
 //!   verified download, and the shared [`RateLimiter`].
+//! - [`filter`]: path filters (include and exclude globs) and their one compiler.
 //! - [`manifest`]: the node manifest (zstd JSON Lines) and the backup manifest (the commit point).
 //!
 //! The agent (which touches storage) and the server (which plans) both use this crate, so the two
 //! can never disagree about names or encodings.
 
 mod direct;
+pub mod filter;
 pub mod layout;
 pub mod manifest;
 pub mod object;
 pub mod storage;
 
+pub use filter::{FilterError, PathMatcher};
 pub use layout::{
     ClusterLayout, ContentHash, FORMAT_VERSION, FormatMarker, MARKER_PATH, MarkerError,
 };

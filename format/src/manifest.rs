@@ -24,6 +24,8 @@
 //! newer versions; a node manifest's header counts (`file_count`, `total_bytes`) match its entries;
 //! entries are strictly increasing by path.
 
+pub use crate::filter::PathFilter;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fs::File;
@@ -729,18 +731,6 @@ pub struct BackupNode {
     pub uploaded_bytes: u64,
     /// Objects this backup uploaded for the node.
     pub uploaded_objects: u64,
-}
-
-/// Path globs selecting files (absolute paths on the node): a file is in when it matches an
-/// include pattern (or there are none) and no exclude pattern.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PathFilter {
-    /// Patterns of files to include; empty includes every file.
-    #[serde(default)]
-    pub include: Vec<String>,
-    /// Patterns of files to leave out.
-    #[serde(default)]
-    pub exclude: Vec<String>,
 }
 
 /// The backup manifest `backup.json`: the commit point of a backup, written after every node
