@@ -15,11 +15,11 @@ use crate::catalog::{Catalog, RunInsert};
 use crate::clusters::ClusterRegistry;
 use crate::error::{Error, Result};
 use crate::locations::{Location, LocationRegistry};
-use crate::model::{Cluster, Labels, Page};
-use crate::runs::model::{
+use crate::model::run::{
     BackupKind, BackupSpec, Counters, NodePhase, NodeProgress, PathFilter, Run, RunKind, RunSpec,
     RunState, TransferLimits,
 };
+use crate::model::{Cluster, Labels, Page};
 use crate::runs::{RunManager, backup};
 
 /// Most patterns in one include or exclude list.

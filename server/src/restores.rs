@@ -15,7 +15,7 @@ use crate::catalog::{Catalog, RunInsert};
 use crate::clusters::ClusterRegistry;
 use crate::error::{Error, Result};
 use crate::locations::LocationRegistry;
-use crate::runs::model::{
+use crate::model::run::{
     Counters, NodeMapping, NodePhase, NodeProgress, PathFilter, RestoreHook, RestoreSource,
     RestoreSpec, Run, RunKind, RunSpec, RunState, TransferLimits,
 };

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{Catalog, database_error, from_millis, millis, parse_labels, parse_uuid, write_error};
 use crate::backups::{BackupNodeRecord, BackupRecord, ListBackups};
 use crate::error::{Error, Result};
-use crate::runs::model::{BackupKind, PathFilter, RunState};
+use crate::model::run::{BackupKind, PathFilter, RunState};
 
 const BACKUP_COLUMNS: &str = "backups.id, backups.cluster_id, clusters.name AS cluster_name, \
     backups.location_id, locations.name AS location_name, backups.kind, backups.parent_backup_id, \

@@ -10,7 +10,7 @@ use super::{
     ACTIVE_RUN_STATES, Catalog, database_error, from_millis, millis, parse_uuid, write_error,
 };
 use crate::error::{Error, Result};
-use crate::runs::model::{
+use crate::model::run::{
     Counters, ListRuns, NodePhase, NodeProgress, Run, RunKind, RunSpec, RunState,
 };
 

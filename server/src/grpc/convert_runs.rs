@@ -8,11 +8,11 @@ use uuid::Uuid;
 use crate::backups::{self, BackupFile, BackupRecord, StartBackup};
 use crate::error::{Error, Result};
 use crate::locations::{Compression, Location, LocationOptions, NewLocation, SecretRef};
-use crate::model::{Labels, Name};
-use crate::runs::model::{
+use crate::model::run::{
     BackupKind, Counters, NodePhase, NodeProgress, PathFilter, Run, RunKind, RunSpec, RunState,
     TransferLimits,
 };
+use crate::model::{Labels, Name};
 
 fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp::from(time))
@@ -710,7 +710,7 @@ impl TryFrom<proto::StartRestoreRequest> for crate::restores::StartRestore {
             .enumerate()
             .map(|(index, mapping)| {
                 let field = format!("restore.node_mappings[{index}]");
-                Ok(crate::runs::model::NodeMapping {
+                Ok(crate::model::run::NodeMapping {
                     source_node_id: parse_id(
                         &format!("{field}.source_node_id"),
                         "node",
@@ -756,7 +756,7 @@ impl TryFrom<proto::StartRestoreRequest> for crate::restores::StartRestore {
                         u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX)
                     }
                 };
-                Some(crate::runs::model::RestoreHook {
+                Some(crate::model::run::RestoreHook {
                     command: hook.command,
                     timeout_seconds,
                 })
@@ -777,8 +777,8 @@ impl TryFrom<proto::StartRestoreRequest> for crate::restores::StartRestore {
     }
 }
 
-fn restore_spec_out(spec: crate::runs::model::RestoreSpec) -> proto::RestoreSpec {
-    use crate::runs::model::RestoreSource;
+fn restore_spec_out(spec: crate::model::run::RestoreSpec) -> proto::RestoreSpec {
+    use crate::model::run::RestoreSource;
     let source = match spec.source {
         RestoreSource::BackupId(id) => proto::restore_spec::Source::BackupId(id.to_string()),
         RestoreSource::PointInTime {

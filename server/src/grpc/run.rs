@@ -13,7 +13,7 @@ use crate::backups;
 use crate::clusters::ClusterRegistry;
 use crate::error::Error;
 use crate::model;
-use crate::runs::model::ListRuns;
+use crate::model::run::ListRuns;
 use crate::runs::{DEFAULT_WATCH_INTERVAL, MIN_WATCH_INTERVAL, RunManager};
 
 /// Implements `coffer.v1.RunService`.

@@ -21,8 +21,8 @@ use crate::agents::{AgentClients, call_error};
 use crate::backups::{BackupNodeRecord, BackupRecord};
 use crate::error::{Error, Result};
 use crate::locations::Location;
+use crate::model::run::{BackupKind, BackupSpec, NodePhase, PathFilter, Run, RunState};
 use crate::model::{Cluster, Node};
-use crate::runs::model::{BackupKind, BackupSpec, NodePhase, PathFilter, Run, RunState};
 use crate::runs::{RunHandle, RunManager};
 
 /// Everything a backup run needs, resolved when it was started.
@@ -379,7 +379,7 @@ async fn snapshot_and_upload_all(
     Ok(summaries)
 }
 
-fn apply_progress(counters: &mut crate::runs::model::Counters, progress: &agent::UploadProgress) {
+fn apply_progress(counters: &mut crate::model::run::Counters, progress: &agent::UploadProgress) {
     counters.files_total = progress.files_total;
     counters.files_done = progress.files_done;
     counters.files_skipped = progress.files_skipped;
@@ -821,7 +821,7 @@ pub async fn read_manifest_page(
 /// reached storage, failed otherwise; its snapshots are removed either way.
 pub async fn recover(manager: &RunManager, mut run: Run) {
     let spec_location = run.spec.location_id();
-    let is_backup = matches!(run.spec, crate::runs::model::RunSpec::Backup(_));
+    let is_backup = matches!(run.spec, crate::model::run::RunSpec::Backup(_));
     let cluster = manager
         .catalog()
         .find_cluster(&run.cluster_id.to_string())

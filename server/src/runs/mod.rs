@@ -11,7 +11,6 @@
 //! it to storage is recorded as committed; anything else failed) and removes their snapshots.
 
 pub mod backup;
-pub mod model;
 pub mod restore;
 
 use std::collections::HashMap;
@@ -27,7 +26,7 @@ use uuid::Uuid;
 use crate::agents::AgentClients;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
-use crate::runs::model::{NodePhase, Run, RunState};
+use crate::model::run::{NodePhase, Run, RunState};
 
 /// Most often progress reaches the catalog while a run executes.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);

@@ -18,9 +18,9 @@ use crate::agents::{AgentClients, call_error};
 use crate::backups::BackupRecord;
 use crate::error::{Error, Result};
 use crate::locations::Location;
+use crate::model::run::{NodePhase, RestoreSpec, RunState};
 use crate::model::{Cluster, Node};
 use crate::runs::RunHandle;
-use crate::runs::model::{NodePhase, RestoreSpec, RunState};
 
 /// Everything a restore run needs, resolved when it was started.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ async fn run_restore(handle: &mut RunHandle, plan: &RestorePlan) -> Result<()> {
             .spec
             .hook
             .clone()
-            .unwrap_or(crate::runs::model::RestoreHook {
+            .unwrap_or(crate::model::run::RestoreHook {
                 command: Vec::new(),
                 timeout_seconds: 0,
             });
@@ -221,7 +221,7 @@ fn phase_of(progress: &agent::RestoreProgress) -> NodePhase {
     }
 }
 
-fn apply(counters: &mut crate::runs::model::Counters, progress: &agent::RestoreProgress) {
+fn apply(counters: &mut crate::model::run::Counters, progress: &agent::RestoreProgress) {
     counters.files_total = progress.files_total;
     counters.files_done = progress.files_done;
     counters.files_skipped = progress.files_skipped;

@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
+pub mod run;
+
 /// Longest name, label key, datacenter or rack, in bytes (a DNS label's limit).
 pub const MAX_NAME_LEN: usize = 63;
 /// Longest label value, in bytes.
