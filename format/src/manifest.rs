@@ -708,6 +708,25 @@ pub enum BackupKind {
     Incremental,
 }
 
+impl BackupKind {
+    /// The kind as manifests and catalogs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Incremental => "incremental",
+        }
+    }
+
+    /// Parses [`BackupKind::as_str`]'s spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "full" => Some(Self::Full),
+            "incremental" => Some(Self::Incremental),
+            _ => None,
+        }
+    }
+}
+
 /// One node of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupNode {

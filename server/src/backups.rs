@@ -4,109 +4,32 @@
 //! recorded here. The server never opens storage itself: reading a node manifest or removing a
 //! commit manifest is asked of an agent of the backup's cluster.
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use coffer_proto::agent::v1 as agent;
-use globset::GlobSet;
 use uuid::Uuid;
 
+use crate::agents::storage;
 use crate::catalog::{Catalog, RunInsert};
 use crate::clusters::ClusterRegistry;
 use crate::error::{Error, Result};
-use crate::locations::{Location, LocationRegistry};
+use crate::locations::LocationRegistry;
+use crate::model::backup::{
+    BackupFile, BackupNodeRecord, BackupQuery, BackupRecord, FileQuery, ListBackups,
+};
+use crate::model::page::{Cursor, CursorKind};
 use crate::model::run::{
     BackupKind, BackupSpec, Counters, NodePhase, NodeProgress, PathFilter, Run, RunKind, RunSpec,
     RunState, TransferLimits,
 };
-use crate::model::{Cluster, Labels, Page};
+use crate::model::{Labels, Page};
 use crate::runs::{RunManager, backup};
 
-/// Most patterns in one include or exclude list.
-pub const MAX_PATTERNS: usize = 256;
-/// Longest pattern, in bytes.
-pub const MAX_PATTERN_LEN: usize = 1024;
+/// Entries read from a node manifest at once when listing a backup's files.
+const MANIFEST_PAGE: u32 = 1000;
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 /// Most files uploaded at once by one node.
 pub const MAX_CONCURRENCY: u32 = 1024;
-
-/// A committed backup as recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupRecord {
-    /// Id.
-    pub id: Uuid,
-    /// Cluster.
-    pub cluster_id: Uuid,
-    /// Cluster name.
-    pub cluster_name: String,
-    /// Location.
-    pub location_id: Uuid,
-    /// Location name.
-    pub location_name: String,
-    /// Kind.
-    pub kind: BackupKind,
-    /// Parent (incremental).
-    pub parent_backup_id: Option<Uuid>,
-    /// File selection it was taken with.
-    pub filter: PathFilter,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Run that made it.
-    pub run_id: Option<Uuid>,
-    /// Schedule that started that run.
-    pub schedule_id: Option<Uuid>,
-    /// When the run started (the backup's point in time).
-    pub start_time: SystemTime,
-    /// When it was committed.
-    pub commit_time: SystemTime,
-    /// Per-node summaries.
-    pub nodes: Vec<BackupNodeRecord>,
-}
-
-/// One node of a backup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupNodeRecord {
-    /// Node id.
-    pub node_id: Uuid,
-    /// Host name at backup time.
-    pub hostname: String,
-    /// Datacenter.
-    pub datacenter: String,
-    /// Rack.
-    pub rack: String,
-    /// Path of its manifest in the location.
-    pub manifest_path: String,
-    /// Files.
-    pub file_count: u64,
-    /// Bytes of the files.
-    pub total_bytes: u64,
-    /// Bytes this backup wrote to storage for the node.
-    pub uploaded_bytes: u64,
-    /// Objects this backup wrote.
-    pub uploaded_objects: u64,
-}
-
-/// A query over backups.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListBackups {
-    /// Page size.
-    pub page_size: u32,
-    /// Resume after (start ms, id), newest first.
-    pub after: Option<(i64, Uuid)>,
-    /// Only this cluster.
-    pub cluster_id: Option<Uuid>,
-    /// Only this location.
-    pub location_id: Option<Uuid>,
-    /// Only this kind.
-    pub kind: Option<BackupKind>,
-    /// Started at or after.
-    pub min_start_ms: Option<i64>,
-    /// Started at or before.
-    pub max_start_ms: Option<i64>,
-    /// Carrying all these labels.
-    pub labels: BTreeMap<String, String>,
-}
 
 /// A request to start a backup, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,57 +52,16 @@ pub struct StartBackup {
     pub idempotency_key: Option<String>,
 }
 
-/// One file of a backup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupFile {
-    /// Node.
-    pub node_id: Uuid,
-    /// The manifest entry.
-    pub entry: agent::ManifestEntry,
-}
-
-/// Compiles a list of globs read from `field`, naming the bad one.
-pub fn compile_globs(field: &str, patterns: &[String]) -> Result<GlobSet> {
-    if patterns.len() > MAX_PATTERNS {
-        return Err(Error::invalid(
-            field,
-            format!("{} patterns, the limit is {MAX_PATTERNS}", patterns.len()),
-        ));
-    }
-    let mut set = globset::GlobSetBuilder::new();
-    for (index, pattern) in patterns.iter().enumerate() {
-        let field = format!("{field}[{index}]");
-        if pattern.is_empty() || pattern.len() > MAX_PATTERN_LEN {
-            return Err(Error::invalid(
-                field,
-                format!("patterns are 1 to {MAX_PATTERN_LEN} bytes long"),
-            ));
-        }
-        let glob = globset::GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .map_err(|error| {
-                Error::invalid(
-                    &field,
-                    format!("{pattern:?} is not a valid glob: {}", error.kind()),
-                )
-            })?;
-        set.add(glob);
-    }
-    set.build()
-        .map_err(|error| Error::invalid(field, format!("patterns do not compile: {error}")))
-}
-
 /// Starts backups and answers questions about committed ones.
 #[derive(Debug, Clone)]
-pub struct BackupService {
+pub struct Backups {
     catalog: Catalog,
     clusters: ClusterRegistry,
     locations: LocationRegistry,
     runs: RunManager,
 }
 
-impl BackupService {
+impl Backups {
     /// A service over the catalog, registries and run manager.
     pub fn new(
         catalog: Catalog,
@@ -283,13 +165,32 @@ impl BackupService {
             })
     }
 
-    /// Backups newest first.
-    pub async fn list(&self, query: ListBackups) -> Result<Page<BackupRecord>> {
-        let (items, more) = self.catalog.list_backups(&query).await?;
+    /// Backups newest first. Fails with NOT_FOUND when the cluster or location named does
+    /// not exist.
+    pub async fn list(&self, query: BackupQuery) -> Result<Page<BackupRecord>> {
+        let cluster_id = match &query.cluster {
+            Some(cluster) => Some(self.clusters.get(cluster).await?.id),
+            None => None,
+        };
+        let location_id = match &query.location {
+            Some(location) => Some(self.locations.get(location).await?.id),
+            None => None,
+        };
+        let listing = ListBackups {
+            page_size: query.page_size,
+            after: query.after,
+            cluster_id,
+            location_id,
+            kind: query.kind,
+            min_start_ms: query.min_start_ms,
+            max_start_ms: query.max_start_ms,
+            labels: query.labels.as_map().clone(),
+        };
+        let (items, more) = self.catalog.list_backups(&listing).await?;
         let next_page_token = if more {
-            items
-                .last()
-                .map(|last| encode_time_token("b1", last.start_time, last.id))
+            items.last().map(|last| {
+                Cursor::after_time(CursorKind::Backup, last.start_time, last.id).encode()
+            })
         } else {
             None
         };
@@ -299,35 +200,15 @@ impl BackupService {
         })
     }
 
-    /// Resolves a cluster and location reference for a listing (NOT_FOUND if unknown).
-    pub async fn resolve_filters(
-        &self,
-        cluster: &str,
-        location: &str,
-    ) -> Result<(Option<Cluster>, Option<Location>)> {
-        let cluster = if cluster.is_empty() {
-            None
-        } else {
-            Some(self.clusters.get(cluster).await?)
-        };
-        let location = if location.is_empty() {
-            None
-        } else {
-            Some(self.locations.get(location).await?)
-        };
-        Ok((cluster, location))
-    }
-
     /// A page of a backup's files, read from its node manifests through an agent.
-    pub async fn files(
-        &self,
-        id: Uuid,
-        node: Option<Uuid>,
-        include: &GlobSet,
-        exclude: &GlobSet,
-        page_size: u32,
-        token: Option<(usize, u64)>,
-    ) -> Result<Page<BackupFile>> {
+    pub async fn files(&self, query: FileQuery) -> Result<Page<BackupFile>> {
+        let FileQuery {
+            backup_id: id,
+            node_id: node,
+            filter,
+            page_size,
+            from,
+        } = query;
         let backup = self.get(id).await?;
         let location = self.locations.get(&backup.location_id.to_string()).await?;
         let cluster = self.clusters.get(&backup.cluster_id.to_string()).await?;
@@ -344,42 +225,39 @@ impl BackupService {
                 name: format!("{id} in backup {}", backup.id),
             });
         }
-        let (mut node_index, mut offset) = token.unwrap_or((0, 0));
+        let (mut node_index, mut offset) = from.unwrap_or((0, 0));
         let mut files = Vec::new();
         while node_index < nodes.len() && files.len() < page_size as usize {
             let record = nodes[node_index];
-            let (entries, more) = backup::read_manifest_page(
+            let (entries, more) = storage::read_manifest_page(
                 self.runs.agents(),
                 &cluster,
                 &location,
                 &record.manifest_path,
+                record.node_id,
                 offset,
-                1000,
+                MANIFEST_PAGE,
             )
             .await?;
             let mut consumed = 0u64;
-            for entry in entries.iter() {
+            let read = entries.len() as u64;
+            for file in entries {
                 if files.len() >= page_size as usize {
                     break;
                 }
                 consumed += 1;
-                let selected = (include.is_empty() || include.is_match(&entry.path))
-                    && !exclude.is_match(&entry.path);
-                if selected {
-                    files.push(BackupFile {
-                        node_id: record.node_id,
-                        entry: entry.clone(),
-                    });
+                if filter.selects(&file.path) {
+                    files.push(file);
                 }
             }
             offset += consumed;
-            if consumed == entries.len() as u64 && !more {
+            if consumed == read && !more {
                 node_index += 1;
                 offset = 0;
             }
         }
         let next_page_token =
-            (node_index < nodes.len()).then(|| format!("f1.{node_index}.{offset}"));
+            (node_index < nodes.len()).then(|| Cursor::InManifest { node_index, offset }.encode());
         Ok(Page {
             items: files,
             next_page_token,
@@ -401,70 +279,9 @@ impl BackupService {
             )));
         }
         let path = coffer_format::ClusterLayout::new(cluster.id).backup_manifest(backup.id);
-        backup::delete_object(self.runs.agents(), &cluster, &location, &path).await?;
+        storage::delete_object(self.runs.agents(), &cluster, &location, &path).await?;
         self.catalog.delete_backup(id).await?;
         tracing::info!(backup_id = %id, "deleted backup");
         Ok(())
     }
-}
-
-/// Page token of newest-first listings: prefix, time in ms and id.
-pub fn encode_time_token(prefix: &str, time: SystemTime, id: Uuid) -> String {
-    let ms = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    format!("{prefix}.{ms}.{id}")
-}
-
-/// Parses a token made by [`encode_time_token`] read from `field`.
-pub fn parse_time_token(field: &str, prefix: &str, token: &str) -> Result<Option<(i64, Uuid)>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let malformed = || {
-        Error::invalid(
-            field,
-            "malformed page token; pass next_page_token back unchanged",
-        )
-    };
-    let mut parts = token.splitn(3, '.');
-    if parts.next() != Some(prefix) {
-        return Err(malformed());
-    }
-    let ms = parts
-        .next()
-        .and_then(|ms| ms.parse::<i64>().ok())
-        .ok_or_else(malformed)?;
-    let id = parts
-        .next()
-        .and_then(|id| Uuid::parse_str(id).ok())
-        .ok_or_else(malformed)?;
-    Ok(Some((ms, id)))
-}
-
-/// Parses a ListBackupFiles token read from `field`.
-pub fn parse_files_token(field: &str, token: &str) -> Result<Option<(usize, u64)>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let malformed = || {
-        Error::invalid(
-            field,
-            "malformed page token; pass next_page_token back unchanged",
-        )
-    };
-    let mut parts = token.splitn(3, '.');
-    if parts.next() != Some("f1") {
-        return Err(malformed());
-    }
-    let node = parts
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(malformed)?;
-    let offset = parts
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(malformed)?;
-    Ok(Some((node, offset)))
 }

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use crate::agents::{AgentCallError, AgentClients};
+use crate::agents::{AgentClients, AgentError};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::model::{
@@ -213,7 +213,7 @@ impl ClusterRegistry {
         }
         let addresses: Vec<_> = specs.iter().map(|spec| spec.address.clone()).collect();
         let answers = self.agents.node_infos(&addresses).await;
-        let failures: Vec<&AgentCallError> = answers
+        let failures: Vec<&AgentError> = answers
             .iter()
             .filter_map(|answer| answer.as_ref().err())
             .collect();

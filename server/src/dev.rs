@@ -13,7 +13,7 @@ use anyhow::Context;
 use coffer_agent::config::{AgentConfig, SnapshotConfig};
 use coffer_process::Layered;
 use coffer_server::config::ServerOptions;
-use coffer_server::locations::{Compression, LocationOptions, NewLocation};
+use coffer_server::model::location::{Compression, LocationOptions, NewLocation};
 use coffer_server::model::{AgentAddress, ClusterUpdate, Labels, Name, NewCluster, NodeSpec};
 use tokio_util::sync::CancellationToken;
 

@@ -2,7 +2,7 @@
 //!
 //! Domain and catalog code return [`Error`]; the gRPC layer turns it into a status in exactly one
 //! place (`grpc::status`). Variants say what kind of failure it is for the caller, which decides
-//! the status code and whether a retry can help ([`Error::is_retryable`]).
+//! the status code.
 
 use std::fmt;
 
@@ -38,6 +38,18 @@ pub enum Error {
     /// A dependency (the catalog) is momentarily unable to serve; retrying may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// An agent (or the way to it) failed; `code` says what kind of failure it reported, and
+    /// the message names the agent.
+    #[error("{message}")]
+    Agent {
+        /// The kind of failure, as the agent reported it.
+        code: AgentCode,
+        /// The agent's address and message.
+        message: String,
+    },
+    /// The run was canceled (by a cancel or by the server shutting down).
+    #[error("canceled")]
+    Canceled,
     /// A defect or an unexpected failure; details are logged, not shown to clients.
     #[error("{context}: {source}")]
     Internal {
@@ -67,11 +79,36 @@ impl Error {
             source: source.into(),
         }
     }
+}
 
-    /// Whether the same request may succeed if sent again unchanged.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
-    }
+/// The kind of failure an agent reported: its gRPC status code, in the domain's terms (the
+/// domain never sees tonic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentCode {
+    /// The object, manifest or snapshot asked for does not exist.
+    NotFound,
+    /// The agent refused the request's content.
+    InvalidArgument,
+    /// A snapshot with that tag exists already.
+    AlreadyExists,
+    /// The node or the storage is not in a state that allows the call.
+    FailedPrecondition,
+    /// Stored data is corrupt or does not match its manifest.
+    DataLoss,
+    /// A disk or a quota is full.
+    ResourceExhausted,
+    /// The call, or a hook it ran, took too long.
+    DeadlineExceeded,
+    /// The call was canceled.
+    Canceled,
+    /// The agent or its storage could not be reached; trying again may help.
+    Unavailable,
+    /// The agent does not know the call (an older agent).
+    Unimplemented,
+    /// The agent refused the caller.
+    PermissionDenied,
+    /// A defect, or a failure the agent did not classify.
+    Internal,
 }
 
 /// Result of a domain operation.

@@ -24,11 +24,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::agents::AgentClients;
-use crate::backups::BackupService;
+use crate::backups::Backups;
 use crate::catalog::Catalog;
 use crate::clusters::ClusterRegistry;
 use crate::config::ServerConfig;
 use crate::locations::LocationRegistry;
+use crate::restores::Restores;
 use crate::runs::RunManager;
 
 /// The server's state: the catalog and the domain services over it.
@@ -38,8 +39,8 @@ pub struct Coffer {
     clusters: Arc<ClusterRegistry>,
     locations: LocationRegistry,
     runs: RunManager,
-    backups: BackupService,
-    restores: restores::RestoreService,
+    backups: Backups,
+    restores: Restores,
 }
 
 impl Coffer {
@@ -50,15 +51,15 @@ impl Coffer {
         let catalog = Catalog::open(&config.catalog).await?;
         let agents = Arc::new(AgentClients::new(config.agent_calls()));
         let clusters = Arc::new(ClusterRegistry::new(catalog.clone(), agents.clone()));
-        let locations = LocationRegistry::new(catalog.clone());
+        let locations = LocationRegistry::new(catalog.clone(), (*clusters).clone(), agents.clone());
         let runs = RunManager::new(catalog.clone(), agents);
-        let backups = BackupService::new(
+        let backups = Backups::new(
             catalog.clone(),
             (*clusters).clone(),
             locations.clone(),
             runs.clone(),
         );
-        let restores = restores::RestoreService::new(
+        let restores = Restores::new(
             catalog.clone(),
             (*clusters).clone(),
             locations.clone(),
@@ -86,7 +87,7 @@ impl Coffer {
     }
 
     /// Backups.
-    pub fn backups(&self) -> &BackupService {
+    pub fn backups(&self) -> &Backups {
         &self.backups
     }
 

@@ -1,5 +1,6 @@
 //! `coffer-server`: parses configuration, opens the catalog, binds, announces and serves.
 
+#[cfg(feature = "dev")]
 mod dev;
 
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[cfg(feature = "dev")]
     /// Run Coffer on embedded defaults: a catalog, a filesystem backup location, a data folder
     /// and a local agent under one directory, with a cluster named `dev` registered.
     Dev(dev::DevArgs),
@@ -48,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let options = cli.options.or(file_options);
     match cli.command {
+        #[cfg(feature = "dev")]
         Some(Command::Dev(args)) => dev::run(args, options, cli.dump_config).await,
         None => {
             let config = options.resolve().context("resolve server configuration")?;

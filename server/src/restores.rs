@@ -10,11 +10,12 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use crate::backups::{BackupRecord, BackupService};
+use crate::backups::Backups;
 use crate::catalog::{Catalog, RunInsert};
 use crate::clusters::ClusterRegistry;
 use crate::error::{Error, Result};
 use crate::locations::LocationRegistry;
+use crate::model::backup::BackupRecord;
 use crate::model::run::{
     Counters, NodeMapping, NodePhase, NodeProgress, PathFilter, RestoreHook, RestoreSource,
     RestoreSpec, Run, RunKind, RunSpec, RunState, TransferLimits,
@@ -62,21 +63,21 @@ pub struct StartRestore {
 
 /// Starts restores.
 #[derive(Debug, Clone)]
-pub struct RestoreService {
+pub struct Restores {
     catalog: Catalog,
     clusters: ClusterRegistry,
     locations: LocationRegistry,
-    backups: BackupService,
+    backups: Backups,
     runs: RunManager,
 }
 
-impl RestoreService {
+impl Restores {
     /// A service over the catalog, registries and run manager.
     pub fn new(
         catalog: Catalog,
         clusters: ClusterRegistry,
         locations: LocationRegistry,
-        backups: BackupService,
+        backups: Backups,
         runs: RunManager,
     ) -> Self {
         Self {

@@ -5,8 +5,8 @@ use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
 use super::{Catalog, database_error, from_millis, millis, parse_labels, parse_uuid, write_error};
-use crate::backups::{BackupNodeRecord, BackupRecord, ListBackups};
 use crate::error::{Error, Result};
+use crate::model::backup::{BackupNodeRecord, BackupRecord, ListBackups};
 use crate::model::run::{BackupKind, PathFilter, RunState};
 
 const BACKUP_COLUMNS: &str = "backups.id, backups.cluster_id, clusters.name AS cluster_name, \

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{Catalog, database_error, from_millis, millis, parse_uuid, write_error};
 use crate::error::{Error, Result};
-use crate::locations::{Location, LocationOptions};
+use crate::model::location::{Location, LocationOptions};
 use crate::model::{Name, Page};
 
 const COLUMNS: &str = "id, name, options, compression, create_time_ms, update_time_ms";
@@ -81,7 +81,7 @@ impl Catalog {
         let next_page_token = if rows.len() > page_size as usize {
             items
                 .last()
-                .map(|last| crate::model::NamePageToken::encode_after(&last.name))
+                .map(|last| crate::model::page::Cursor::AfterName(last.name.clone()).encode())
         } else {
             None
         };

@@ -29,9 +29,10 @@ mod runs;
 pub use runs::RunInsert;
 
 use crate::error::{Error, Result};
+use crate::model::page::Cursor;
 use crate::model::{
-    AgentAddress, Cluster, ClusterPageToken, ClusterUpdate, DataPath, Labels, ListClusters, Name,
-    Node, NodeInfo, NodeSpec, Page,
+    AgentAddress, Cluster, ClusterUpdate, DataPath, Labels, ListClusters, Name, Node, NodeInfo,
+    NodeSpec, Page,
 };
 
 /// How long a statement waits for another writer before failing as unavailable.
@@ -176,9 +177,9 @@ impl Catalog {
         }
         sql.push_str(" ORDER BY name LIMIT ?");
         let after = query
-            .page_token
+            .after
             .as_ref()
-            .map(|token| token.after_name.as_str().to_string())
+            .map(|name| name.as_str().to_string())
             .unwrap_or_default();
         let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after);
         for (key, value) in query.labels.as_map() {
@@ -196,12 +197,9 @@ impl Catalog {
             clusters.push(row.into_cluster(nodes)?);
         }
         let next_page_token = if rows.len() > query.page_size as usize {
-            clusters.last().map(|last| {
-                ClusterPageToken {
-                    after_name: last.name.clone(),
-                }
-                .encode()
-            })
+            clusters
+                .last()
+                .map(|last| Cursor::AfterName(last.name.clone()).encode())
         } else {
             None
         };

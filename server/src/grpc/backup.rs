@@ -4,9 +4,9 @@ use coffer_proto::v1 as proto;
 use coffer_proto::v1::backup_service_server::BackupService;
 use tonic::{Request, Response, Status};
 
-use super::convert_runs::{list_backup_kind, parse_id, path_filter, timestamp_ms};
-use crate::backups::{self, BackupService as Backups, ListBackups, StartBackup};
-use crate::model::{self, Labels};
+use super::convert::parse_id;
+use crate::backups::{Backups, StartBackup};
+use crate::model::backup::{BackupQuery, FileQuery};
 
 /// Implements `coffer.v1.BackupService`.
 #[derive(Debug, Clone)]
@@ -38,30 +38,8 @@ impl BackupService for BackupHandler {
         &self,
         request: Request<proto::ListBackupsRequest>,
     ) -> Result<Response<proto::ListBackupsResponse>, Status> {
-        let request = request.into_inner();
-        let page_size = model::parse_page_size("page_size", request.page_size)?;
-        let after = backups::parse_time_token("page_token", "b1", &request.page_token)?;
-        let kind = list_backup_kind(request.kind)?;
-        let min_start_ms = timestamp_ms("min_start_time", request.min_start_time)?;
-        let max_start_ms = timestamp_ms("max_start_time", request.max_start_time)?;
-        let labels = Labels::parse("labels", request.labels)?;
-        let (cluster, location) = self
-            .backups
-            .resolve_filters(&request.cluster, &request.location)
-            .await?;
-        let page = self
-            .backups
-            .list(ListBackups {
-                page_size,
-                after,
-                cluster_id: cluster.map(|c| c.id),
-                location_id: location.map(|l| l.id),
-                kind,
-                min_start_ms,
-                max_start_ms,
-                labels: labels.as_map().clone(),
-            })
-            .await?;
+        let query = BackupQuery::try_from(request.into_inner())?;
+        let page = self.backups.list(query).await?;
         Ok(Response::new(proto::ListBackupsResponse {
             backups: page.items.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -83,22 +61,8 @@ impl BackupService for BackupHandler {
         &self,
         request: Request<proto::ListBackupFilesRequest>,
     ) -> Result<Response<proto::ListBackupFilesResponse>, Status> {
-        let request = request.into_inner();
-        let id = parse_id("backup_id", "backup", &request.backup_id)?;
-        let node = if request.node_id.is_empty() {
-            None
-        } else {
-            Some(parse_id("node_id", "node", &request.node_id)?)
-        };
-        let filter = path_filter("filter", request.filter)?;
-        let include = backups::compile_globs("filter.include", &filter.include)?;
-        let exclude = backups::compile_globs("filter.exclude", &filter.exclude)?;
-        let page_size = model::parse_page_size("page_size", request.page_size)?;
-        let token = backups::parse_files_token("page_token", &request.page_token)?;
-        let page = self
-            .backups
-            .files(id, node, &include, &exclude, page_size, token)
-            .await?;
+        let query = FileQuery::try_from(request.into_inner())?;
+        let page = self.backups.files(query).await?;
         Ok(Response::new(proto::ListBackupFilesResponse {
             files: page.items.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),

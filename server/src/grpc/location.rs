@@ -4,35 +4,19 @@ use coffer_proto::v1 as proto;
 use coffer_proto::v1::location_service_server::LocationService;
 use tonic::{Request, Response, Status};
 
-use super::convert_runs::location_kind;
-use crate::agents::AgentClients;
-use crate::clusters::ClusterRegistry;
-use crate::error::Error;
-use crate::locations::{
-    LocationRegistry, LocationUpdate, NewLocation, NodeLocationCheck, check_location,
-};
-use crate::model::{self, ClusterPageToken};
+use crate::locations::LocationRegistry;
+use crate::model::location::{ListLocations, LocationUpdate, NewLocation, NodeLocationCheck};
 
 /// Implements `coffer.v1.LocationService`.
 #[derive(Debug, Clone)]
 pub struct LocationHandler {
     locations: LocationRegistry,
-    clusters: ClusterRegistry,
-    agents: std::sync::Arc<AgentClients>,
 }
 
 impl LocationHandler {
-    /// A handler delegating to `locations`, checking through the agents of `clusters`.
-    pub fn new(
-        locations: LocationRegistry,
-        clusters: ClusterRegistry,
-        agents: std::sync::Arc<AgentClients>,
-    ) -> Self {
-        Self {
-            locations,
-            clusters,
-            agents,
-        }
+    /// A handler delegating to `locations`.
+    pub fn new(locations: LocationRegistry) -> Self {
+        Self { locations }
     }
 }
 
@@ -63,12 +47,8 @@ impl LocationService for LocationHandler {
         &self,
         request: Request<proto::ListLocationsRequest>,
     ) -> Result<Response<proto::ListLocationsResponse>, Status> {
-        let request = request.into_inner();
-        let page_size = model::parse_page_size("page_size", request.page_size)?;
-        let after =
-            ClusterPageToken::parse("page_token", &request.page_token)?.map(|t| t.after_name);
-        let kind = location_kind(request.kind)?;
-        let page = self.locations.list(page_size, after, kind).await?;
+        let query = ListLocations::try_from(request.into_inner())?;
+        let page = self.locations.list(query).await?;
         Ok(Response::new(proto::ListLocationsResponse {
             locations: page.items.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -101,14 +81,10 @@ impl LocationService for LocationHandler {
         request: Request<proto::CheckLocationRequest>,
     ) -> Result<Response<proto::CheckLocationResponse>, Status> {
         let request = request.into_inner();
-        if request.cluster.is_empty() {
-            return Err(
-                Error::invalid("cluster", "is required (the cluster whose agents check)").into(),
-            );
-        }
-        let location = self.locations.get(&request.location).await?;
-        let cluster = self.clusters.get(&request.cluster).await?;
-        let checks = check_location(&self.agents, &cluster, &location).await;
+        let (location, cluster, checks) = self
+            .locations
+            .check(&request.location, &request.cluster)
+            .await?;
         let ok = checks.iter().all(NodeLocationCheck::ok);
         Ok(Response::new(proto::CheckLocationResponse {
             location: Some(location.into()),

@@ -6,7 +6,6 @@
 mod backup;
 mod cluster;
 mod convert;
-mod convert_runs;
 mod location;
 mod restore;
 mod run;
@@ -57,11 +56,7 @@ pub async fn router(coffer: &Coffer) -> Router {
                 ClusterHandler::new(Arc::new(coffer.clusters().clone())),
             ))
             .add_service(proto::location_service_server::LocationServiceServer::new(
-                LocationHandler::new(
-                    coffer.locations.clone(),
-                    coffer.clusters().clone(),
-                    coffer.runs.agents().clone(),
-                ),
+                LocationHandler::new(coffer.locations.clone()),
             ))
             .add_service(proto::backup_service_server::BackupServiceServer::new(
                 BackupHandler::new(coffer.backups.clone()),
@@ -70,7 +65,7 @@ pub async fn router(coffer: &Coffer) -> Router {
                 RestoreHandler::new(coffer.restores.clone()),
             ))
             .add_service(proto::run_service_server::RunServiceServer::new(
-                RunHandler::new(coffer.runs.clone(), coffer.clusters().clone()),
+                RunHandler::new(coffer.runs.clone()),
             )),
     )
 }

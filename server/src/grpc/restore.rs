@@ -4,7 +4,7 @@ use coffer_proto::v1 as proto;
 use coffer_proto::v1::restore_service_server::RestoreService;
 use tonic::{Request, Response, Status};
 
-use crate::restores::{RestoreService as Restores, StartRestore};
+use crate::restores::{Restores, StartRestore};
 
 /// Implements `coffer.v1.RestoreService`.
 #[derive(Debug, Clone)]

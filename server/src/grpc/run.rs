@@ -8,25 +8,21 @@ use coffer_proto::v1::run_service_server::RunService;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::convert_runs::{parse_id, run_kind, run_states, timestamp_ms};
-use crate::backups;
-use crate::clusters::ClusterRegistry;
+use super::convert::parse_id;
 use crate::error::Error;
-use crate::model;
-use crate::model::run::ListRuns;
+use crate::model::run::RunQuery;
 use crate::runs::{DEFAULT_WATCH_INTERVAL, MIN_WATCH_INTERVAL, RunManager};
 
 /// Implements `coffer.v1.RunService`.
 #[derive(Debug, Clone)]
 pub struct RunHandler {
     runs: RunManager,
-    clusters: ClusterRegistry,
 }
 
 impl RunHandler {
     /// A handler delegating to `runs`.
-    pub fn new(runs: RunManager, clusters: ClusterRegistry) -> Self {
-        Self { runs, clusters }
+    pub fn new(runs: RunManager) -> Self {
+        Self { runs }
     }
 }
 
@@ -47,39 +43,11 @@ impl RunService for RunHandler {
         &self,
         request: Request<proto::ListRunsRequest>,
     ) -> Result<Response<proto::ListRunsResponse>, Status> {
-        let request = request.into_inner();
-        let page_size = model::parse_page_size("page_size", request.page_size)?;
-        let after = backups::parse_time_token("page_token", "r1", &request.page_token)?;
-        let cluster_id = if request.cluster.is_empty() {
-            None
-        } else {
-            Some(self.clusters.get(&request.cluster).await?.id)
-        };
-        let query = ListRuns {
-            page_size,
-            after,
-            cluster_id,
-            kind: run_kind(request.kind)?,
-            states: run_states(&request.states)?,
-            min_create_ms: timestamp_ms("min_create_time", request.min_create_time)?,
-            max_create_ms: timestamp_ms("max_create_time", request.max_create_time)?,
-        };
-        let (runs, more) = self
-            .runs
-            .catalog()
-            .list_runs(&query)
-            .await
-            .map_err(Status::from)?;
-        let next_page_token = if more {
-            runs.last()
-                .map(|last| backups::encode_time_token("r1", last.create_time, last.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let query = RunQuery::try_from(request.into_inner())?;
+        let page = self.runs.list(query).await?;
         Ok(Response::new(proto::ListRunsResponse {
-            runs: runs.into_iter().map(Into::into).collect(),
-            next_page_token,
+            runs: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 

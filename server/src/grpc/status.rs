@@ -6,7 +6,7 @@
 
 use tonic::Status;
 
-use crate::error::Error;
+use crate::error::{AgentCode, Error};
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
@@ -17,6 +17,8 @@ impl From<Error> for Status {
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::Unimplemented(message) => Status::unimplemented(message),
             Error::Unavailable(message) => Status::unavailable(message),
+            Error::Agent { code, message } => agent_status(code, message),
+            Error::Canceled => Status::cancelled("the run was canceled"),
             Error::Internal { context, source } => {
                 tracing::error!(context, error = %source, "internal error");
                 Status::internal(format!(
@@ -24,5 +26,23 @@ impl From<Error> for Status {
                 ))
             }
         }
+    }
+}
+
+/// An agent's failure, as the server's callers see it: what the caller can act on keeps its
+/// code; what only the node's operator can fix is a failed precondition of this call.
+fn agent_status(code: AgentCode, message: String) -> Status {
+    match code {
+        AgentCode::NotFound => Status::not_found(message),
+        AgentCode::AlreadyExists => Status::already_exists(message),
+        AgentCode::DataLoss => Status::data_loss(message),
+        AgentCode::ResourceExhausted => Status::resource_exhausted(message),
+        AgentCode::DeadlineExceeded => Status::deadline_exceeded(message),
+        AgentCode::Canceled => Status::cancelled(message),
+        AgentCode::Unavailable | AgentCode::Internal => Status::unavailable(message),
+        AgentCode::InvalidArgument
+        | AgentCode::FailedPrecondition
+        | AgentCode::Unimplemented
+        | AgentCode::PermissionDenied => Status::failed_precondition(message),
     }
 }

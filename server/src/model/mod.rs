@@ -13,7 +13,12 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
+pub mod backup;
+pub mod location;
+pub mod page;
 pub mod run;
+
+pub use page::{Page, parse_page_size};
 
 /// Longest name, label key, datacenter or rack, in bytes (a DNS label's limit).
 pub const MAX_NAME_LEN: usize = 63;
@@ -434,105 +439,15 @@ pub fn check_node_specs(field: &str, nodes: &[NodeSpec]) -> Result<()> {
     Ok(())
 }
 
-/// Default number of items in a page.
-pub const DEFAULT_PAGE_SIZE: u32 = 100;
-/// Largest page.
-pub const MAX_PAGE_SIZE: u32 = 1000;
-
-/// Validates a requested page size read from `field`; 0 means the default.
-pub fn parse_page_size(field: &str, size: i32) -> Result<u32> {
-    match u32::try_from(size) {
-        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
-        Ok(size) if size <= MAX_PAGE_SIZE => Ok(size),
-        _ => Err(Error::invalid(
-            field,
-            format!("{size} is outside 0..={MAX_PAGE_SIZE}"),
-        )),
-    }
-}
-
-/// Where a listing of clusters resumes: after the cluster with this name.
-///
-/// On the wire it is opaque (`c1` and the hex of the name) so clients do not build their own and
-/// the encoding can change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterPageToken {
-    /// Name of the last cluster of the previous page.
-    pub after_name: Name,
-}
-
-impl ClusterPageToken {
-    const PREFIX: &'static str = "c1";
-
-    /// Parses a token read from `field`; an empty token means the first page.
-    pub fn parse(field: &str, token: &str) -> Result<Option<Self>> {
-        if token.is_empty() {
-            return Ok(None);
-        }
-        let malformed = || {
-            Error::invalid(
-                field,
-                "malformed page token; pass next_page_token back unchanged",
-            )
-        };
-        let hex = token.strip_prefix(Self::PREFIX).ok_or_else(malformed)?;
-        let bytes = decode_hex(hex).ok_or_else(malformed)?;
-        let name = String::from_utf8(bytes).map_err(|_| malformed())?;
-        let after_name = Name::parse(field, &name).map_err(|_| malformed())?;
-        Ok(Some(Self { after_name }))
-    }
-
-    /// The token's wire form.
-    pub fn encode(&self) -> String {
-        let mut token = String::from(Self::PREFIX);
-        for byte in self.after_name.as_str().bytes() {
-            token.push_str(&format!("{byte:02x}"));
-        }
-        token
-    }
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) || hex.len() > 2 * MAX_NAME_LEN {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// Page tokens of listings ordered by name (clusters, locations).
-pub type NamePageToken = ClusterPageToken;
-
-impl ClusterPageToken {
-    /// The token that resumes after `name`.
-    pub fn encode_after(name: &Name) -> String {
-        Self {
-            after_name: name.clone(),
-        }
-        .encode()
-    }
-}
-
 /// A query over clusters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListClusters {
     /// Page size, 1..=[`MAX_PAGE_SIZE`].
     pub page_size: u32,
-    /// Where to resume.
-    pub page_token: Option<ClusterPageToken>,
+    /// Resume after the cluster with this name.
+    pub after: Option<Name>,
     /// Only clusters with all these labels.
     pub labels: Labels,
-}
-
-/// One page of results.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page<T> {
-    /// The items.
-    pub items: Vec<T>,
-    /// Token of the next page, if there is one.
-    pub next_page_token: Option<String>,
 }
 
 /// Health of a node as seen by a check.
@@ -628,22 +543,6 @@ mod tests {
         let applied = labels.apply(&set, &remove).expect("apply");
         assert_eq!(applied.as_map().len(), 1);
         assert_eq!(applied.as_map()["env"], "dev");
-    }
-
-    #[test]
-    fn page_tokens_round_trip_and_reject_garbage() {
-        let token = ClusterPageToken {
-            after_name: Name::parse("n", "prod").expect("name"),
-        };
-        let parsed = ClusterPageToken::parse("page_token", &token.encode()).expect("parse");
-        assert_eq!(parsed, Some(token));
-        assert_eq!(
-            ClusterPageToken::parse("page_token", "").expect("empty"),
-            None
-        );
-        for bad in ["x", "c1zz", "c1f", "c14142"] {
-            assert!(ClusterPageToken::parse("page_token", bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -216,43 +216,9 @@ pub struct NodeProgress {
     pub last_error: String,
 }
 
-/// Kind of backup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackupKind {
-    /// Re-read everything.
-    Full,
-    /// Trust the journal and the parent.
-    Incremental,
-}
-
-impl BackupKind {
-    /// Catalog spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Full => "full",
-            Self::Incremental => "incremental",
-        }
-    }
-
-    /// Parses the catalog spelling.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "full" => Some(Self::Full),
-            "incremental" => Some(Self::Incremental),
-            _ => None,
-        }
-    }
-}
-
-/// Path globs selecting files.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PathFilter {
-    /// Files to include; empty includes all.
-    pub include: Vec<String>,
-    /// Files to leave out.
-    pub exclude: Vec<String>,
-}
+/// The kinds of backup and the file selections are the storage format's own: a backup's
+/// manifest records them as the catalog does.
+pub use coffer_format::{BackupKind, PathFilter};
 
 /// Limits of a transfer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -425,4 +391,80 @@ pub struct ListRuns {
     pub min_create_ms: Option<i64>,
     /// Created at or before (ms).
     pub max_create_ms: Option<i64>,
+}
+
+/// A listing of runs as asked for: the cluster by name or id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunQuery {
+    pub page_size: u32,
+    /// Resume after this (create time ms, id), newest first.
+    pub after: Option<(i64, Uuid)>,
+    pub cluster: Option<String>,
+    pub kind: Option<RunKind>,
+    /// Only runs in one of these states; empty means any.
+    pub states: Vec<RunState>,
+    /// Created at or after, and at or before (ms since the epoch).
+    pub min_create_ms: Option<i64>,
+    pub max_create_ms: Option<i64>,
+}
+
+/// A node's transfer counters as its agent reports them (cumulative).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferProgress {
+    pub files_total: u64,
+    pub files_done: u64,
+    pub files_skipped: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    pub bytes_skipped: u64,
+    /// Bytes written to storage (backup) or read from it (restore), as stored.
+    pub bytes_transferred: u64,
+}
+
+impl TransferProgress {
+    /// Copies the counters into a node's; rate, ETA and objects are the caller's.
+    pub fn apply_to(&self, counters: &mut Counters) {
+        counters.files_total = self.files_total;
+        counters.files_done = self.files_done;
+        counters.files_skipped = self.files_skipped;
+        counters.bytes_total = self.bytes_total;
+        counters.bytes_done = self.bytes_done;
+        counters.bytes_skipped = self.bytes_skipped;
+        counters.bytes_transferred = self.bytes_transferred;
+    }
+}
+
+/// What a node's part of a run reports while it works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeUpdate {
+    /// The work to do is known (a snapshot was taken): the totals, and the phase the node is in.
+    Totals {
+        phase: NodePhase,
+        files_total: u64,
+        bytes_total: u64,
+    },
+    /// Cumulative counters, and the phase they were counted in.
+    Progress {
+        phase: NodePhase,
+        progress: TransferProgress,
+    },
+}
+
+/// What a node's upload achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSummary {
+    /// Path of the node manifest it wrote, relative to the location's root.
+    pub manifest_path: String,
+    pub progress: TransferProgress,
+    /// Objects it wrote to storage.
+    pub objects_uploaded: u64,
+}
+
+/// What a node's restore achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSummary {
+    pub progress: TransferProgress,
+    /// Files that existed before the restore (replaced with overwrite, else refused).
+    pub existing_paths: Vec<String>,
+    pub files_overwritten: u64,
 }

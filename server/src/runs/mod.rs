@@ -6,11 +6,12 @@
 //! get the current state first, then changes at most every `min_update_interval`, then the final
 //! state. Progress counters reach the catalog about once a second; transitions at once.
 //!
-//! At start-up, runs the catalog shows in flight were interrupted by a stop or crash of the
-//! server: [`RunManager::recover`] finishes them truthfully (a backup whose commit manifest made
-//! it to storage is recorded as committed; anything else failed) and removes their snapshots.
+//! The kinds of run share the node fan-out ([`fanout`]); [`recovery`] finishes, at start-up,
+//! the runs a previous server process left in flight.
 
 pub mod backup;
+pub mod fanout;
+mod recovery;
 pub mod restore;
 
 use std::collections::HashMap;
@@ -26,7 +27,9 @@ use uuid::Uuid;
 use crate::agents::AgentClients;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
-use crate::model::run::{NodePhase, Run, RunState};
+use crate::model::Page;
+use crate::model::page::{Cursor, CursorKind};
+use crate::model::run::{ListRuns, NodePhase, Run, RunQuery, RunState};
 
 /// Most often progress reaches the catalog while a run executes.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
@@ -134,6 +137,45 @@ impl RunManager {
             })
     }
 
+    /// Runs newest first. Fails with NOT_FOUND when the cluster named does not exist.
+    pub async fn list(&self, query: RunQuery) -> Result<Page<Run>> {
+        let cluster_id = match &query.cluster {
+            Some(reference) => Some(
+                self.inner
+                    .catalog
+                    .find_cluster(reference)
+                    .await?
+                    .ok_or_else(|| Error::NotFound {
+                        kind: "cluster",
+                        name: reference.clone(),
+                    })?
+                    .id,
+            ),
+            None => None,
+        };
+        let listing = ListRuns {
+            page_size: query.page_size,
+            after: query.after,
+            cluster_id,
+            kind: query.kind,
+            states: query.states,
+            min_create_ms: query.min_create_ms,
+            max_create_ms: query.max_create_ms,
+        };
+        let (items, more) = self.inner.catalog.list_runs(&listing).await?;
+        let next_page_token = if more {
+            items
+                .last()
+                .map(|last| Cursor::after_time(CursorKind::Run, last.create_time, last.id).encode())
+        } else {
+            None
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
     /// Follows a run: its current state at once, then changes at most every `interval`, ending
     /// after the final state.
     pub async fn watch(
@@ -189,13 +231,11 @@ impl RunManager {
 
     /// Finishes runs that a previous server process left in flight. See the module docs.
     pub async fn recover(&self) -> Result<()> {
-        for run in self.inner.catalog.runs_in_flight().await? {
-            if self.live().contains_key(&run.id) {
-                continue;
-            }
-            backup::recover(self, run).await;
-        }
-        Ok(())
+        recovery::recover_all(self).await
+    }
+
+    fn is_live(&self, id: Uuid) -> bool {
+        self.live().contains_key(&id)
     }
 
     /// Stops every executing run (as a cancel would, but recorded as failed by a shutdown) and

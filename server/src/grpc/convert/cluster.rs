@@ -3,14 +3,14 @@
 //! Requests are validated on the way in (`TryFrom`), naming the offending field; answers are
 //! converted on the way out (`From`).
 
-use std::time::SystemTime;
-
 use coffer_proto::v1 as proto;
 
+use super::timestamp;
 use crate::error::{Error, Result};
+use crate::model::page::Cursor;
 use crate::model::{
-    self, AgentAddress, Cluster, ClusterPageToken, ClusterUpdate, LabelKey, Labels, ListClusters,
-    Name, NewCluster, Node, NodeHealth, NodeSpec, NodeStatus,
+    self, AgentAddress, Cluster, ClusterUpdate, LabelKey, Labels, ListClusters, Name, NewCluster,
+    Node, NodeHealth, NodeSpec, NodeStatus,
 };
 
 fn node_spec(field: &str, spec: proto::NodeSpec) -> Result<NodeSpec> {
@@ -111,14 +111,10 @@ impl TryFrom<proto::ListClustersRequest> for ListClusters {
     fn try_from(request: proto::ListClustersRequest) -> Result<Self> {
         Ok(Self {
             page_size: model::parse_page_size("page_size", request.page_size)?,
-            page_token: ClusterPageToken::parse("page_token", &request.page_token)?,
+            after: Cursor::parse_name("page_token", &request.page_token)?,
             labels: Labels::parse("labels", request.labels)?,
         })
     }
-}
-
-fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp::from(time))
 }
 
 impl From<Node> for proto::Node {

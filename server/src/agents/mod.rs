@@ -1,4 +1,10 @@
-//! Calls to node agents.
+//! Calls to node agents: the only part of the server that speaks the agent protocol.
+//!
+//! [`AgentClients`] is the connection pool; the submodules hold the calls, by what they do:
+//! [`storage`] (objects and manifests in a location, location checks), [`snapshot`] (snapshots
+//! and uploads), [`restore`] (a node's restore), with [`convert`] translating between the domain
+//! and `coffer.agent.v1`. Failures come back as [`AgentError`]: the agent's address, what kind
+//! of failure the agent reported ([`AgentCode`]) and its message.
 //!
 //! The server keeps one lazily connected channel per agent address and bounds every call by a
 //! connect timeout and a request timeout, so an agent that hangs cannot hang a request. Calls
@@ -15,16 +21,43 @@ use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
+use crate::error::{AgentCode, Error};
 use crate::model::{AgentAddress, DataPath, NodeInfo};
+
+pub mod convert;
+pub mod restore;
+pub mod snapshot;
+pub mod storage;
 
 /// Why an agent call failed, as shown to operators.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{address}: {reason}")]
-pub struct AgentCallError {
+pub struct AgentError {
     /// The agent's address.
     pub address: AgentAddress,
+    /// What kind of failure the agent (or the transport to it) reported.
+    pub code: AgentCode,
     /// What went wrong, from the transport or the agent.
     pub reason: String,
+}
+
+impl AgentError {
+    fn new(address: &AgentAddress, code: AgentCode, reason: impl Into<String>) -> Self {
+        Self {
+            address: address.clone(),
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<AgentError> for Error {
+    fn from(error: AgentError) -> Self {
+        Error::Agent {
+            code: error.code,
+            message: error.to_string(),
+        }
+    }
 }
 
 /// Timeouts and parallelism of agent calls.
@@ -66,19 +99,16 @@ impl AgentClients {
     }
 
     /// A client for short calls: each is bounded by the request timeout.
-    pub fn client(
-        &self,
-        address: &AgentAddress,
-    ) -> Result<AgentServiceClient<Channel>, AgentCallError> {
+    fn client(&self, address: &AgentAddress) -> Result<AgentServiceClient<Channel>, AgentError> {
         Ok(AgentServiceClient::new(self.channel(address)?).max_decoding_message_size(MAX_MESSAGE))
     }
 
     /// A client for long calls (snapshots, uploads): only connecting is bounded; the caller
     /// bounds the call, or cancels it.
-    pub fn long_client(
+    fn long_client(
         &self,
         address: &AgentAddress,
-    ) -> Result<AgentServiceClient<Channel>, AgentCallError> {
+    ) -> Result<AgentServiceClient<Channel>, AgentError> {
         let mut channels = self
             .long_channels
             .lock()
@@ -87,10 +117,7 @@ impl AgentClients {
             Some(channel) => channel.clone(),
             None => {
                 let channel = Endpoint::from_shared(address.as_str().to_string())
-                    .map_err(|error| AgentCallError {
-                        address: address.clone(),
-                        reason: format!("unusable address: {error}"),
-                    })?
+                    .map_err(|error| unusable(address, &error))?
                     .connect_timeout(self.options.connect_timeout)
                     .http2_keep_alive_interval(Duration::from_secs(20))
                     .keep_alive_timeout(Duration::from_secs(20))
@@ -107,7 +134,7 @@ impl AgentClients {
         self.options
     }
 
-    fn channel(&self, address: &AgentAddress) -> Result<Channel, AgentCallError> {
+    fn channel(&self, address: &AgentAddress) -> Result<Channel, AgentError> {
         let mut channels = self
             .channels
             .lock()
@@ -116,10 +143,7 @@ impl AgentClients {
             return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(address.as_str().to_string())
-            .map_err(|error| AgentCallError {
-                address: address.clone(),
-                reason: format!("unusable address: {error}"),
-            })?
+            .map_err(|error| unusable(address, &error))?
             .connect_timeout(self.options.connect_timeout)
             .timeout(self.options.request_timeout);
         let channel = endpoint.connect_lazy();
@@ -128,7 +152,7 @@ impl AgentClients {
     }
 
     /// Asks one agent for its node info.
-    pub async fn node_info(&self, address: &AgentAddress) -> Result<InfoAnswer, AgentCallError> {
+    pub async fn node_info(&self, address: &AgentAddress) -> Result<InfoAnswer, AgentError> {
         let mut client = self.client(address)?;
         let started = Instant::now();
         let call = client.get_node_info(proto::GetNodeInfoRequest {});
@@ -138,20 +162,23 @@ impl AgentClients {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => return Err(call_error(address, &status)),
             Err(_) => {
-                return Err(AgentCallError {
-                    address: address.clone(),
-                    reason: format!("no answer within {budget:?}"),
-                });
+                return Err(AgentError::new(
+                    address,
+                    AgentCode::DeadlineExceeded,
+                    format!("no answer within {budget:?}"),
+                ));
             }
         };
         let latency = started.elapsed();
-        let node = response.node.ok_or_else(|| AgentCallError {
-            address: address.clone(),
-            reason: "the agent sent no node info".into(),
+        let node = response.node.ok_or_else(|| {
+            AgentError::new(address, AgentCode::Internal, "the agent sent no node info")
         })?;
-        let node_id = Uuid::parse_str(&node.node_id).map_err(|_| AgentCallError {
-            address: address.clone(),
-            reason: format!("the agent reported an invalid node id {:?}", node.node_id),
+        let node_id = Uuid::parse_str(&node.node_id).map_err(|_| {
+            AgentError::new(
+                address,
+                AgentCode::Internal,
+                format!("the agent reported an invalid node id {:?}", node.node_id),
+            )
         })?;
         Ok(InfoAnswer {
             info: NodeInfo {
@@ -176,7 +203,7 @@ impl AgentClients {
     pub async fn node_infos(
         &self,
         addresses: &[AgentAddress],
-    ) -> Vec<Result<InfoAnswer, AgentCallError>> {
+    ) -> Vec<Result<InfoAnswer, AgentError>> {
         futures::stream::iter(addresses.iter().cloned())
             .map(|address| async move { self.node_info(&address).await })
             .buffered(self.options.parallelism.max(1))
@@ -188,8 +215,17 @@ impl AgentClients {
 /// Largest message accepted from an agent (manifest pages, small objects).
 const MAX_MESSAGE: usize = 80 * 1024 * 1024;
 
-/// Describes a failed call in one line: the status message and the transport's cause.
-pub fn call_error(address: &AgentAddress, status: &tonic::Status) -> AgentCallError {
+fn unusable(address: &AgentAddress, error: &dyn std::fmt::Display) -> AgentError {
+    AgentError::new(
+        address,
+        AgentCode::Unavailable,
+        format!("unusable address: {error}"),
+    )
+}
+
+/// Describes a failed call in one line (the status message and the transport's cause), keeping
+/// the kind of failure.
+fn call_error(address: &AgentAddress, status: &tonic::Status) -> AgentError {
     let mut reason = status.message().to_string();
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
@@ -203,8 +239,5 @@ pub fn call_error(address: &AgentAddress, status: &tonic::Status) -> AgentCallEr
     if reason.is_empty() {
         reason = format!("{:?}", status.code());
     }
-    AgentCallError {
-        address: address.clone(),
-        reason,
-    }
+    AgentError::new(address, convert::agent_code(status.code()), reason)
 }

@@ -1,0 +1,89 @@
+//! A node's restore: the agent downloads, verifies and places the files of one backup node.
+
+use coffer_proto::agent::v1 as agent;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::convert::{restore_progress, restore_summary, storage_location};
+use super::{AgentClients, AgentError, call_error};
+use crate::error::AgentCode;
+use crate::model::Node;
+use crate::model::location::Location;
+use crate::model::run::{NodeUpdate, PathFilter, RestoreHook, RestoreSummary, TransferLimits};
+
+/// What a node is asked to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOrder {
+    pub run_id: Uuid,
+    /// The location holding the backup.
+    pub location: Location,
+    /// The cluster the backup was taken from: its objects live under its folder.
+    pub source_cluster_id: Uuid,
+    pub backup_id: Uuid,
+    /// The backup node restored onto this node, and the path of its manifest.
+    pub source_node_id: Uuid,
+    pub manifest_path: String,
+    pub filter: PathFilter,
+    pub overwrite: bool,
+    pub dry_run: bool,
+    pub limits: TransferLimits,
+    /// Run after the files are in place; none runs nothing.
+    pub hook: Option<RestoreHook>,
+}
+
+/// Restores `order` onto `node`, sending its progress to `updates`.
+pub async fn restore_node(
+    agents: &AgentClients,
+    node: &Node,
+    order: &RestoreOrder,
+    updates: &mpsc::Sender<NodeUpdate>,
+) -> Result<RestoreSummary, AgentError> {
+    let address = &node.spec.address;
+    let (hook_command, hook_timeout_seconds) = match &order.hook {
+        Some(hook) => (hook.command.clone(), hook.timeout_seconds),
+        None => (Vec::new(), 0),
+    };
+    let request = agent::RestoreNodeRequest {
+        run_id: order.run_id.to_string(),
+        location: Some(storage_location(&order.location)),
+        source_cluster_id: order.source_cluster_id.to_string(),
+        backup_id: order.backup_id.to_string(),
+        source_node_id: order.source_node_id.to_string(),
+        manifest_path: order.manifest_path.clone(),
+        include: order.filter.include.clone(),
+        exclude: order.filter.exclude.clone(),
+        overwrite: order.overwrite,
+        dry_run: order.dry_run,
+        rate_limit_bytes_per_second: order.limits.rate_limit_bytes_per_second,
+        concurrency: order.limits.concurrency,
+        hook_command,
+        hook_timeout_seconds,
+    };
+    let mut client = agents.long_client(address)?;
+    let mut stream = client
+        .restore_node(request)
+        .await
+        .map_err(|status| call_error(address, &status))?
+        .into_inner();
+    loop {
+        match stream.message().await {
+            Ok(Some(message)) => match message.event {
+                Some(agent::restore_node_response::Event::Progress(progress)) => {
+                    let _ = updates.send(restore_progress(&progress)).await;
+                }
+                Some(agent::restore_node_response::Event::Done(summary)) => {
+                    return Ok(restore_summary(summary));
+                }
+                None => {}
+            },
+            Ok(None) => {
+                return Err(AgentError::new(
+                    address,
+                    AgentCode::Internal,
+                    "the agent ended the restore without a summary",
+                ));
+            }
+            Err(status) => return Err(call_error(address, &status)),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Objects and manifests in a location, read and written through the cluster's agents (the
+//! server never opens storage itself), and the location check.
+
+use std::time::Instant;
+
+use coffer_proto::agent::v1 as agent;
+use coffer_proto::agent::v1::agent_service_client::AgentServiceClient;
+use futures::StreamExt;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use super::convert::{backup_file, storage_location};
+use super::{AgentClients, AgentError, call_error};
+use crate::error::{AgentCode, Error, Result};
+use crate::model::Cluster;
+use crate::model::backup::BackupFile;
+use crate::model::location::{CheckStep, Location, NodeLocationCheck};
+
+/// Asks the cluster's agents, in turn, until one succeeds.
+async fn with_any_agent<T, F, Fut>(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    what: &str,
+    call: F,
+) -> Result<T>
+where
+    F: Fn(AgentServiceClient<Channel>) -> Fut,
+    Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+{
+    let mut failures: Vec<AgentError> = Vec::new();
+    for node in &cluster.nodes {
+        let client = match agents.client(&node.spec.address) {
+            Ok(client) => client,
+            Err(error) => {
+                failures.push(error);
+                continue;
+            }
+        };
+        match call(client).await {
+            Ok(value) => return Ok(value),
+            Err(status) => {
+                let failure = call_error(&node.spec.address, &status);
+                if failure.code == AgentCode::NotFound {
+                    return Err(Error::NotFound {
+                        kind: "object",
+                        name: status.message().to_string(),
+                    });
+                }
+                failures.push(failure);
+            }
+        }
+    }
+    // The agents agreeing on what is wrong say so with its code; otherwise the cluster's
+    // storage is unreachable for now.
+    let code = match failures.split_first() {
+        Some((first, rest)) if rest.iter().all(|f| f.code == first.code) => first.code,
+        _ => AgentCode::Unavailable,
+    };
+    let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    Err(Error::Agent {
+        code,
+        message: format!(
+            "no agent of cluster {} could {what}: {}",
+            cluster.name,
+            reasons.join("; ")
+        ),
+    })
+}
+
+/// Writes a small object into a location through an agent of the cluster.
+pub async fn put_object(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+    path: &str,
+    content: Vec<u8>,
+) -> Result<()> {
+    with_any_agent(agents, cluster, "write to the location", |mut client| {
+        let request = agent::PutObjectRequest {
+            location: Some(storage_location(location)),
+            path: path.to_string(),
+            content: content.clone(),
+        };
+        async move { client.put_object(request).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// Reads a small object from a location through an agent of the cluster.
+pub async fn get_object(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+    path: &str,
+) -> Result<Vec<u8>> {
+    with_any_agent(agents, cluster, "read from the location", |mut client| {
+        let request = agent::GetObjectRequest {
+            location: Some(storage_location(location)),
+            path: path.to_string(),
+        };
+        async move {
+            client
+                .get_object(request)
+                .await
+                .map(|r| r.into_inner().content)
+        }
+    })
+    .await
+}
+
+/// Deletes an object from a location through an agent of the cluster.
+pub async fn delete_object(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+    path: &str,
+) -> Result<()> {
+    with_any_agent(agents, cluster, "delete from the location", |mut client| {
+        let request = agent::DeleteObjectRequest {
+            location: Some(storage_location(location)),
+            path: path.to_string(),
+        };
+        async move { client.delete_object(request).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// Reads a page of a node manifest (the files of `node_id`) through an agent of the cluster.
+pub async fn read_manifest_page(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+    path: &str,
+    node_id: Uuid,
+    offset: u64,
+    limit: u32,
+) -> Result<(Vec<BackupFile>, bool)> {
+    with_any_agent(agents, cluster, "read the node manifest", |mut client| {
+        let request = agent::ReadNodeManifestRequest {
+            location: Some(storage_location(location)),
+            path: path.to_string(),
+            offset,
+            limit,
+        };
+        async move {
+            client.read_node_manifest(request).await.map(|r| {
+                let r = r.into_inner();
+                let files = r
+                    .entries
+                    .into_iter()
+                    .map(|entry| backup_file(node_id, entry));
+                (files.collect(), r.more)
+            })
+        }
+    })
+    .await
+}
+
+/// Makes every node of `cluster` write, read, list and delete a probe object in `location`, all
+/// nodes at once; each node's result says which steps worked. Probe objects live under
+/// `coffer-probe/` and are named for the node and the check, so checks never collide with each
+/// other or with backups.
+pub async fn check_location(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+) -> Vec<NodeLocationCheck> {
+    let check_id = Uuid::now_v7();
+    futures::stream::iter(cluster.nodes.iter().cloned())
+        .map(|node| async move {
+            let node_id = node.info.node_id;
+            let address = node.spec.address.clone();
+            let mut result = NodeLocationCheck {
+                node_id,
+                address: address.clone(),
+                error: String::new(),
+                write: CheckStep::Skipped,
+                read: CheckStep::Skipped,
+                list: CheckStep::Skipped,
+                delete: CheckStep::Skipped,
+            };
+            let mut client = match agents.client(&address) {
+                Ok(client) => client,
+                Err(error) => {
+                    result.error = error.to_string();
+                    return result;
+                }
+            };
+            let storage = storage_location(location);
+            let folder = "coffer-probe/".to_string();
+            let path = format!("{folder}{node_id}-{check_id}");
+            let content =
+                format!("coffer location check {check_id} from node {node_id}\n").into_bytes();
+            let failed =
+                |status: tonic::Status| CheckStep::Failed(call_error(&address, &status).reason);
+
+            let started = Instant::now();
+            let written = client
+                .put_object(agent::PutObjectRequest {
+                    location: Some(storage.clone()),
+                    path: path.clone(),
+                    content: content.clone(),
+                })
+                .await;
+            result.write = match written {
+                Ok(_) => CheckStep::Ok(started.elapsed()),
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && status.message().contains("connect") =>
+                {
+                    result.error = call_error(&address, &status).to_string();
+                    return result;
+                }
+                Err(status) => {
+                    return NodeLocationCheck {
+                        write: failed(status),
+                        ..result
+                    };
+                }
+            };
+
+            let started = Instant::now();
+            result.read = match client
+                .get_object(agent::GetObjectRequest {
+                    location: Some(storage.clone()),
+                    path: path.clone(),
+                })
+                .await
+            {
+                Ok(response) if response.get_ref().content == content => {
+                    CheckStep::Ok(started.elapsed())
+                }
+                Ok(_) => {
+                    CheckStep::Failed("the probe read back differs from what was written".into())
+                }
+                Err(status) => failed(status),
+            };
+
+            let started = Instant::now();
+            result.list = match client
+                .list_objects(agent::ListObjectsRequest {
+                    location: Some(storage.clone()),
+                    prefix: folder.clone(),
+                    recursive: false,
+                })
+                .await
+            {
+                Ok(response) if response.get_ref().paths.iter().any(|p| p.ends_with(&path)) => {
+                    CheckStep::Ok(started.elapsed())
+                }
+                Ok(_) => CheckStep::Failed("the probe was written but is not listed".into()),
+                Err(status) => failed(status),
+            };
+
+            let started = Instant::now();
+            result.delete = match client
+                .delete_object(agent::DeleteObjectRequest {
+                    location: Some(storage),
+                    path,
+                })
+                .await
+            {
+                Ok(_) => CheckStep::Ok(started.elapsed()),
+                Err(status) => failed(status),
+            };
+            result
+        })
+        .buffered(agents.options().parallelism.max(1))
+        .collect()
+        .await
+}

@@ -1,0 +1,113 @@
+//! Recovery at start-up: runs the catalog shows in flight were interrupted by a stop or crash
+//! of the server. Each is finished truthfully: a backup whose commit manifest made it to storage
+//! is recorded as committed; anything else failed (or canceled, if it was being canceled); its
+//! snapshots are removed either way.
+
+use std::time::SystemTime;
+
+use crate::agents::{snapshot, storage};
+use crate::error::{Error, Result};
+use crate::model::backup::BackupRecord;
+use crate::model::run::{NodePhase, Run, RunSpec, RunState};
+use crate::runs::RunManager;
+
+/// Finishes every run a previous server process left in flight (those executing here are
+/// left alone).
+pub(super) async fn recover_all(manager: &RunManager) -> Result<()> {
+    for run in manager.catalog().runs_in_flight().await? {
+        if manager.is_live(run.id) {
+            continue;
+        }
+        recover(manager, run).await;
+    }
+    Ok(())
+}
+
+/// Finishes a backup run a previous server process left in flight: committed if its manifest
+/// reached storage, failed otherwise; its snapshots are removed either way.
+pub(super) async fn recover(manager: &RunManager, mut run: Run) {
+    let spec_location = run.spec.location_id();
+    let is_backup = matches!(run.spec, RunSpec::Backup(_));
+    let cluster = manager
+        .catalog()
+        .find_cluster(&run.cluster_id.to_string())
+        .await
+        .ok()
+        .flatten();
+    let location = manager
+        .catalog()
+        .find_location(&spec_location.to_string())
+        .await
+        .ok()
+        .flatten();
+    let mut committed = false;
+    if let (Some(cluster), Some(location), Some(backup_id)) = (&cluster, &location, run.backup_id)
+        && run.state != RunState::Canceling
+        && !run.dry_run
+        && is_backup
+    {
+        let path = coffer_format::ClusterLayout::new(cluster.id).backup_manifest(backup_id);
+        match storage::get_object(manager.agents(), cluster, location, &path).await {
+            Ok(content) => match coffer_format::BackupManifest::decode(&path, &content) {
+                Ok(manifest) => {
+                    let record = BackupRecord::from_manifest(&manifest, location);
+                    committed = manager.catalog().record_backup(&record).await.is_ok();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "unreadable commit manifest of an interrupted run")
+                }
+            },
+            Err(Error::NotFound { .. }) => {}
+            Err(error) => {
+                tracing::warn!(%error, "look for the commit manifest of an interrupted run")
+            }
+        }
+    }
+    if let Some(cluster) = &cluster
+        && !run.dry_run
+        && is_backup
+    {
+        snapshot::delete_all(manager.agents(), &cluster.nodes, &run.id.to_string()).await;
+    }
+    let now = SystemTime::now();
+    run.finish_time = Some(now);
+    run.update_time = now;
+    if committed {
+        run.state = RunState::Succeeded;
+        for node in &mut run.nodes {
+            node.phase = NodePhase::Done;
+        }
+    } else {
+        run.state = if run.state == RunState::Canceling {
+            RunState::Canceled
+        } else {
+            RunState::Failed
+        };
+        if run.state == RunState::Failed {
+            run.error = if is_backup {
+                "the server stopped during the run; nothing was committed".into()
+            } else {
+                "the server stopped during the restore; run it again to finish (verified files are kept)".into()
+            };
+        }
+        for node in &mut run.nodes {
+            if !matches!(node.phase, NodePhase::Done | NodePhase::Failed) {
+                node.phase = if run.state == RunState::Canceled {
+                    NodePhase::Canceled
+                } else {
+                    NodePhase::Failed
+                };
+            }
+        }
+    }
+    for node in &mut run.nodes {
+        node.counters.rate_bytes_per_second = 0;
+        node.counters.eta = None;
+    }
+    match manager.catalog().save_run(&run).await {
+        Ok(()) => {
+            tracing::info!(run_id = %run.id, state = run.state.as_str(), "finished interrupted run")
+        }
+        Err(error) => tracing::error!(run_id = %run.id, %error, "finish interrupted run"),
+    }
+}
