@@ -408,7 +408,6 @@ pub struct SeaweedFs {
     pub bucket: String,
     /// Access key of the one identity.
     pub access_key: String,
-    /// Its secret key.
     pub secret_key: String,
 }
 

@@ -36,19 +36,15 @@ pub const MAX_CONCURRENCY: u32 = 1024;
 pub struct StartBackup {
     /// Cluster name or id.
     pub cluster: String,
-    /// Kind.
     pub kind: BackupKind,
     /// Location name or id.
     pub location: String,
     /// File selection (patterns compile).
     pub filter: PathFilter,
-    /// Limits.
     pub limits: TransferLimits,
-    /// Labels.
     pub labels: Labels,
-    /// Plan only.
+    /// Report what would be done, and change nothing.
     pub dry_run: bool,
-    /// Idempotency key.
     pub idempotency_key: Option<String>,
 }
 

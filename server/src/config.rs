@@ -63,10 +63,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Catalog file.
     pub catalog: PathBuf,
-    /// Agent connect timeout.
     #[serde(with = "coffer_process::duration")]
     pub agent_connect_timeout: Duration,
-    /// Agent request timeout.
     #[serde(with = "coffer_process::duration")]
     pub agent_request_timeout: Duration,
     /// Most agents called at once.

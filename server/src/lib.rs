@@ -81,12 +81,10 @@ impl Coffer {
         &self.locations
     }
 
-    /// Runs.
     pub fn runs(&self) -> &RunManager {
         &self.runs
     }
 
-    /// Backups.
     pub fn backups(&self) -> &Backups {
         &self.backups
     }

@@ -25,7 +25,6 @@ use crate::runs::{RunManager, restore};
 /// How a restore's backup is asked for, before resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceRequest {
-    /// A backup id.
     BackupId(Uuid),
     /// Newest backup of a cluster (name or id) at or before a time, optionally in a location.
     PointInTime {
@@ -51,13 +50,11 @@ pub struct StartRestore {
     pub filter: PathFilter,
     /// Replace existing files.
     pub overwrite: bool,
-    /// Limits.
     pub limits: TransferLimits,
     /// Post-restore hook.
     pub hook: Option<RestoreHook>,
-    /// Plan only.
+    /// Report what would be done, and change nothing.
     pub dry_run: bool,
-    /// Idempotency key.
     pub idempotency_key: Option<String>,
 }
 

@@ -44,7 +44,6 @@ const ACTIVE_RUN_STATES: &str = "('queued', 'running', 'canceling')";
 /// A run that holds a cluster: while it is active the cluster cannot be deleted or change nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveRun {
-    /// Run id.
     pub id: Uuid,
     /// `backup` or `restore`.
     pub kind: String,

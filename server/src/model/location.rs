@@ -78,11 +78,8 @@ pub enum LocationOptions {
         prefix: String,
         /// Path-style addressing (most S3-compatible servers).
         force_path_style: bool,
-        /// Access key id.
         access_key_id: Option<SecretRef>,
-        /// Secret access key.
         secret_access_key: Option<SecretRef>,
-        /// Session token.
         session_token: Option<SecretRef>,
     },
     /// An Azure Blob Storage container.
@@ -95,9 +92,7 @@ pub enum LocationOptions {
         account_name: String,
         /// Blob name prefix.
         prefix: String,
-        /// Account key.
         account_key: Option<SecretRef>,
-        /// SAS token.
         sas_token: Option<SecretRef>,
     },
     /// A Google Cloud Storage bucket.
@@ -287,7 +282,6 @@ pub enum CheckStep {
 /// What a location check found on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeLocationCheck {
-    /// The node.
     pub node_id: Uuid,
     /// Its agent.
     pub address: AgentAddress,
@@ -315,7 +309,6 @@ impl NodeLocationCheck {
 /// A request to create a location, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewLocation {
-    /// Name.
     pub name: Name,
     /// Kind and options.
     pub options: LocationOptions,

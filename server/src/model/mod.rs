@@ -374,7 +374,6 @@ pub struct Cluster {
     pub id: Uuid,
     /// Unique name.
     pub name: Name,
-    /// Labels.
     pub labels: Labels,
     /// Nodes, ordered by datacenter, rack and address.
     pub nodes: Vec<Node>,
@@ -391,7 +390,6 @@ pub struct NewCluster {
     pub name: Name,
     /// Its nodes: at least one, at most [`MAX_NODES`], distinct addresses.
     pub nodes: Vec<NodeSpec>,
-    /// Its labels.
     pub labels: Labels,
 }
 

@@ -39,7 +39,6 @@ impl RunKind {
     }
 }
 
-/// State of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RunState {
     /// Recorded, not started.
@@ -109,7 +108,7 @@ pub enum NodePhase {
     RunningHook,
     /// Removing the snapshot.
     CleaningUp,
-    /// Finished.
+    /// Its part is finished.
     Done,
     /// Failed; see the node's error.
     Failed,
@@ -204,13 +203,11 @@ impl Counters {
 /// Progress of one node in a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeProgress {
-    /// The node.
     pub node_id: Uuid,
     /// For restores: the node of the backup whose data it receives.
     pub source_node_id: Option<Uuid>,
     /// What it is doing.
     pub phase: NodePhase,
-    /// Counters.
     pub counters: Counters,
     /// Last error, empty when none.
     pub last_error: String,
@@ -220,7 +217,6 @@ pub struct NodeProgress {
 /// manifest records them as the catalog does.
 pub use coffer_format::{BackupKind, PathFilter};
 
-/// Limits of a transfer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferLimits {
     /// Bytes per second per node; 0 unlimited.
@@ -236,13 +232,11 @@ pub struct TransferLimits {
 pub struct BackupSpec {
     /// Kind requested.
     pub kind: BackupKind,
-    /// Location id.
     pub location_id: Uuid,
     /// Location name when the run started.
     pub location_name: String,
     /// File selection.
     pub filter: PathFilter,
-    /// Limits.
     pub limits: TransferLimits,
     /// Labels given to the backup.
     pub labels: BTreeMap<String, String>,
@@ -252,7 +246,6 @@ pub struct BackupSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RestoreSource {
-    /// By id.
     BackupId(Uuid),
     /// The newest committed backup of a cluster at or before a time.
     PointInTime {
@@ -290,7 +283,6 @@ pub struct RestoreSpec {
     pub source: RestoreSource,
     /// The backup restored.
     pub backup_id: Uuid,
-    /// Its location.
     pub location_id: Uuid,
     /// Source node -> target node, as given (empty: by node id).
     pub requested_mappings: Vec<NodeMapping>,
@@ -300,7 +292,6 @@ pub struct RestoreSpec {
     pub filter: PathFilter,
     /// Replace existing files.
     pub overwrite: bool,
-    /// Limits.
     pub limits: TransferLimits,
     /// Post-restore hook.
     pub hook: Option<RestoreHook>,
@@ -310,9 +301,7 @@ pub struct RestoreSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum RunSpec {
-    /// A backup.
     Backup(BackupSpec),
-    /// A restore.
     Restore(RestoreSpec),
 }
 
@@ -331,17 +320,14 @@ impl RunSpec {
 pub struct Run {
     /// Id; also the tag of the snapshots it takes.
     pub id: Uuid,
-    /// Cluster.
     pub cluster_id: Uuid,
     /// Cluster name when the run started.
     pub cluster_name: String,
-    /// Kind.
     pub kind: RunKind,
-    /// State.
     pub state: RunState,
     /// Parameters.
     pub spec: RunSpec,
-    /// Plan only.
+    /// Report what would be done, and change nothing.
     pub dry_run: bool,
     /// Idempotency key, if given.
     pub idempotency_key: Option<String>,
@@ -377,7 +363,6 @@ impl Run {
 /// A query over runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListRuns {
-    /// Page size.
     pub page_size: u32,
     /// Resume after this (create time ms, id), newest first.
     pub after: Option<(i64, Uuid)>,

@@ -30,7 +30,6 @@ use crate::runs::fanout::{self, FanOut, NodeFailure, NodeWork, OnFailure};
 pub struct BackupPlan {
     /// The cluster as it was when the run started.
     pub cluster: Cluster,
-    /// The location.
     pub location: Location,
     /// The recorded parameters.
     pub spec: BackupSpec,

@@ -312,7 +312,6 @@ impl RunHandle {
         self.live.cancel.clone()
     }
 
-    /// The manager.
     pub fn manager(&self) -> &RunManager {
         &self.manager
     }

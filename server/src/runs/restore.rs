@@ -24,7 +24,6 @@ pub struct RestorePlan {
     pub target: Cluster,
     /// The backup restored.
     pub backup: BackupRecord,
-    /// Its location.
     pub location: Location,
     /// The recorded parameters.
     pub spec: RestoreSpec,
