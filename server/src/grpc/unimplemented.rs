@@ -23,7 +23,7 @@ pub fn not_yet(method: &str) -> Status {
 
 /// Implements the listed unary RPCs of a service trait as "not yet implemented".
 macro_rules! not_yet_implemented {
-    ($service:path, $name:literal, { $($method:ident($request:ident) -> $response:ident as $rpc:literal;)* } $($extra:tt)*) => {
+    ($service:path, $name:literal, { $($method:ident($request:ident) -> $response:ident as $rpc:literal;)* }) => {
         #[tonic::async_trait]
         impl $service for NotYetImplementedHandler {
             $(
@@ -34,7 +34,6 @@ macro_rules! not_yet_implemented {
                     Err(not_yet(concat!("coffer.v1.", $name, "/", $rpc)))
                 }
             )*
-            $($extra)*
         }
     };
 }
