@@ -104,11 +104,6 @@ impl ManifestError {
     fn io(action: &'static str) -> impl FnOnce(io::Error) -> Self {
         move |source| Self::Io { action, source }
     }
-
-    /// Whether trying again could succeed as is (a transient storage failure).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Storage(error) if error.is_retryable())
-    }
 }
 
 /// The current time as the manifests write it: RFC 3339 in UTC with a `Z`, to the second.

@@ -363,14 +363,6 @@ impl StorageError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Backend { cause, .. } if cause.kind() == ErrorKind::NotFound)
     }
-
-    /// OpenDAL's error, for a backend failure.
-    pub fn opendal_error(&self) -> Option<&opendal::Error> {
-        match self {
-            Self::Backend { cause, .. } => Some(cause.as_ref()),
-            _ => None,
-        }
-    }
 }
 
 /// `scheme://name/root` of an operator: how errors name a location when only the operator is at
