@@ -255,7 +255,6 @@ pub enum StorageError {
     Config {
         /// Name of the location.
         location: String,
-        /// What is wrong.
         reason: String,
     },
     /// The backend refused or failed an operation.

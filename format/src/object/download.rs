@@ -43,17 +43,11 @@ pub enum DownloadError {
     Malformed {
         /// Path of the object.
         path: String,
-        /// What is wrong.
         reason: String,
     },
     /// The destination could not be written.
     #[error("write {}: {source}", dest.display())]
-    Write {
-        /// The destination file.
-        dest: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
+    Write { dest: PathBuf, source: io::Error },
 }
 
 /// Where a failure of the decoding thread came from.

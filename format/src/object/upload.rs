@@ -57,9 +57,9 @@ pub const SMALL_FILE: u64 = 1024 * 1024;
 /// A small file's content, read once, with its hash.
 #[derive(Debug, Clone)]
 pub struct SmallFile {
-    /// The content.
+    /// The whole file, at most [`SMALL_FILE`] bytes.
     pub content: Bytes,
-    /// Its BLAKE3 hash.
+    /// BLAKE3 of `content`: the name of its object.
     pub hash: ContentHash,
 }
 
@@ -200,24 +200,18 @@ pub struct UploadOutcome {
 pub enum UploadError {
     /// The file could not be opened or read, or its content could not be compressed.
     #[error("read {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
+    Read { path: PathBuf, source: io::Error },
     /// The file's content is not what was hashed before: it changed in the meantime. The write was
     /// aborted; hash the file again and upload it under its new hash.
     #[error("{} changed since it was hashed (expected {expected}, read {actual}); upload aborted", path.display())]
     ContentChanged {
-        /// The file.
         path: PathBuf,
         /// The hash the upload was planned with.
         expected: ContentHash,
         /// The hash of what was read.
         actual: ContentHash,
     },
-    /// The storage failed.
+    /// The storage failed; [`StorageError::is_retryable`] says whether another try can help.
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
