@@ -52,9 +52,9 @@ const WRITEBACK_FEW_OBJECTS: usize = 64;
 /// Makes the objects one writer stores into a location durable, overlapping the disk's work with
 /// the writer's.
 ///
-/// Objects land in a local folder without a sync each (see [`local_root`]). Syncing the whole
+/// Objects land in a local folder without a sync each (see `local_root`). Syncing the whole
 /// filesystem once at the end left the disk idle while objects were written, then the writer
-/// idle while the disk wrote them all; instead, every [`WRITEBACK_BYTES`] stored start a `syncfs`
+/// idle while the disk wrote them all; instead, every `WRITEBACK_BYTES` stored start a `syncfs`
 /// in the background, so [`LocationWriteback::finish`] only waits for the tail. A writer that
 /// stored only a few objects (an incremental backup) syncs just those files and their folders:
 /// a `syncfs` would also wait for everything else dirty on the filesystem. Object stores
