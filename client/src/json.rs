@@ -28,7 +28,6 @@ pub enum JsonError {
     Decode {
         /// Full name of the message type.
         message: String,
-        /// What the decoder found.
         #[source]
         source: prost::DecodeError,
     },
@@ -37,7 +36,6 @@ pub enum JsonError {
     Serialize {
         /// Full name of the message type.
         message: String,
-        /// What serde_json found.
         #[source]
         source: serde_json::Error,
     },

@@ -50,7 +50,6 @@ pub enum ClientError {
     InvalidAddress {
         /// The address as given.
         address: String,
-        /// What is wrong with it.
         reason: String,
     },
     /// The server could not be reached within [`CONNECT_TIMEOUT`].

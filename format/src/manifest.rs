@@ -60,7 +60,7 @@ const DECODE_SLICE: usize = 64 * 1024;
 /// Why a manifest could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// The storage failed.
+    /// The storage failed; [`StorageError::is_retryable`] says whether another try can help.
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// A local temporary file failed.
@@ -68,7 +68,6 @@ pub enum ManifestError {
     Io {
         /// What was being done, such as `spill manifest entries to a temporary file`.
         action: &'static str,
-        /// The I/O error.
         source: io::Error,
     },
     /// The manifest is not readable: not zstd, not JSON of the expected shape, out of order.
@@ -78,7 +77,6 @@ pub enum ManifestError {
         path: String,
         /// 1-based line number (0 when the problem is not on one line).
         line: u64,
-        /// What is wrong.
         reason: String,
     },
     /// The manifest names another format or a newer version.
@@ -104,11 +102,6 @@ impl ManifestError {
     fn io(action: &'static str) -> impl FnOnce(io::Error) -> Self {
         move |source| Self::Io { action, source }
     }
-
-    /// Whether trying again could succeed as is (a transient storage failure).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Storage(error) if error.is_retryable())
-    }
 }
 
 /// The current time as the manifests write it: RFC 3339 in UTC with a `Z`, to the second.
@@ -123,18 +116,17 @@ pub fn parse_time(text: &str) -> Result<SystemTime, String> {
         .map_err(|error| format!("{text:?} is not an RFC 3339 UTC time: {error}"))
 }
 
-/// First line of a node manifest.
+/// First line of a node manifest. Its ids repeat what the manifest's path says
+/// ([`ClusterLayout::node_manifest`](crate::ClusterLayout::node_manifest)), so that a manifest
+/// read on its own (rebuilding a catalog from a location) still names its cluster, backup and node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeManifestHeader {
     /// Always [`NODE_MANIFEST_FORMAT`].
     pub format: String,
     /// [`MANIFEST_VERSION`] when written by this crate.
     pub version: u32,
-    /// The cluster.
     pub cluster_id: Uuid,
-    /// The backup.
     pub backup_id: Uuid,
-    /// The node.
     pub node_id: Uuid,
     /// The node's host name when the backup was taken.
     pub hostname: String,
@@ -730,7 +722,7 @@ impl BackupKind {
 /// One node of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupNode {
-    /// The node.
+    /// The node; no two entries of [`BackupManifest::nodes`] name the same one.
     pub node_id: Uuid,
     /// Its host name when the backup was taken.
     pub hostname: String,
@@ -760,9 +752,11 @@ pub struct BackupManifest {
     pub format: String,
     /// [`MANIFEST_VERSION`] when written by this crate.
     pub version: u32,
-    /// The backup.
+    /// The backup; also named by the manifest's path
+    /// ([`ClusterLayout::backup_manifest`](crate::ClusterLayout::backup_manifest)).
     pub backup_id: Uuid,
-    /// The cluster.
+    /// The cluster backed up; the manifest lies in its folder
+    /// ([`ClusterLayout::root`](crate::ClusterLayout::root)).
     pub cluster_id: Uuid,
     /// The cluster's name when the backup was taken.
     pub cluster_name: String,

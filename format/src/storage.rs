@@ -255,7 +255,6 @@ pub enum StorageError {
     Config {
         /// Name of the location.
         location: String,
-        /// What is wrong.
         reason: String,
     },
     /// The backend refused or failed an operation.
@@ -362,14 +361,6 @@ impl StorageError {
     /// exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Backend { cause, .. } if cause.kind() == ErrorKind::NotFound)
-    }
-
-    /// OpenDAL's error, for a backend failure.
-    pub fn opendal_error(&self) -> Option<&opendal::Error> {
-        match self {
-            Self::Backend { cause, .. } => Some(cause.as_ref()),
-            _ => None,
-        }
     }
 }
 

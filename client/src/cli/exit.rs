@@ -18,9 +18,9 @@ pub enum Exit {
     Unavailable = 3,
     /// The server rejected the request as INVALID_ARGUMENT.
     InvalidArgument = 4,
-    /// NOT_FOUND.
+    /// The server answered NOT_FOUND: what the command names does not exist.
     NotFound = 5,
-    /// ALREADY_EXISTS.
+    /// The server answered ALREADY_EXISTS: what the command would create exists already.
     AlreadyExists = 6,
     /// FAILED_PRECONDITION: the request is valid but the system is not in a state to do it.
     FailedPrecondition = 7,
