@@ -27,8 +27,6 @@ use std::time::Duration;
 use coffer_format::ContentHash;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use crate::snapshot::SnapshotFile;
-
 /// Name of the journal's file in the state directory.
 pub const JOURNAL_FILE: &str = "journal.db";
 
@@ -62,16 +60,6 @@ pub struct FileIdentity {
     pub size: u64,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
-}
-
-impl From<&SnapshotFile> for FileIdentity {
-    fn from(file: &SnapshotFile) -> Self {
-        Self {
-            inode: file.inode,
-            size: file.size,
-            mtime_ns: file.mtime_ns,
-        }
-    }
 }
 
 /// What the journal remembers of one version of a file.

@@ -7,10 +7,12 @@
 //! [`run`] serves the agent on a listener the caller has already bound, until `shutdown`
 //! resolves; in-flight calls are allowed to finish.
 
+mod child_output;
 pub mod config;
 mod grpc;
 pub mod identity;
 pub mod journal;
+pub mod reserved;
 pub mod restore;
 pub mod snapshot;
 pub mod upload;

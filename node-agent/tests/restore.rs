@@ -9,9 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use coffer_agent::restore::{
-    self, HookFailure, RestoreFailure, RestoreHook, RestoreJob, STAGING_FOLDER,
-};
+use coffer_agent::reserved::{STAGING_FOLDER, staging_folder};
+use coffer_agent::restore::{self, HookFailure, RestoreFailure, RestoreHook, RestoreJob};
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
 use coffer_format::object::{UploadOptions, hash_file, upload_file};
 use coffer_format::{ClusterLayout, ContentHash, StorageConfig, open_operator};
@@ -536,7 +535,7 @@ async fn a_corrupt_object_fails_naming_the_file_and_a_retry_reuses_staged_files(
             .all(|path| path.starts_with(STAGING_FOLDER)),
         "nothing placed"
     );
-    let staging = restore::staging_folder(&fixture.targets[0], fixture.backup_id);
+    let staging = staging_folder(&fixture.targets[0], fixture.backup_id);
     assert_eq!(
         fs::read_dir(&staging)
             .expect("staging folder")

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use coffer_agent::config::{AgentConfig, SnapshotConfig};
-use coffer_agent::snapshot::{SNAPSHOTS_FOLDER, ShellStep, SnapshotError, Snapshotter};
+use coffer_agent::reserved::SNAPSHOTS_FOLDER;
+use coffer_agent::snapshot::{ShellStep, SnapshotError, Snapshotter};
 use tempfile::TempDir;
 
 fn init_logs() {

@@ -19,14 +19,11 @@ use serde::{Deserialize, Serialize};
 use super::walk::{describe, describe_listed, live_files_matching, regular_files};
 use super::{Settings, ShellStep, SnapshotError, SnapshotFile, shell};
 use crate::config::SnapshotConfig;
+use crate::reserved::snapshot_records;
 
 /// Folder of the state directory holding the `command` snapshots' records.
-pub(crate) fn records_folder(state_dir: &Path) -> PathBuf {
-    state_dir.join("snapshots")
-}
-
 fn record_path(state_dir: &Path, tag: &str) -> PathBuf {
-    records_folder(state_dir).join(format!("{tag}.json"))
+    snapshot_records(state_dir).join(format!("{tag}.json"))
 }
 
 /// What survives an agent restart of a `command` snapshot.

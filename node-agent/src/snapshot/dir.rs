@@ -18,20 +18,17 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use super::command::{recorded_data_path, records_folder, remove_record};
+use super::command::{recorded_data_path, remove_record};
 use super::walk::{describe_listed, is_folder, regular_files};
 use super::{
-    SNAPSHOTS_FOLDER, Settings, ShellStep, SnapshotError, SnapshotFile, UnchangedFiles,
-    claim_tag_folders, discard_tag_folders, shell, tag_folder,
+    Settings, ShellStep, SnapshotError, SnapshotFile, UnchangedFiles, claim_tag_folders,
+    discard_tag_folders, shell, tag_folder,
 };
 use crate::journal::FileIdentity;
-use crate::restore::STAGING_FOLDER;
-
-/// Ending of the record of a snapshot's unlinked files, after the tag.
-pub(crate) const UNLINKED_RECORD_SUFFIX: &str = ".unlinked.json";
+use crate::reserved::{UNLINKED_RECORD_SUFFIX, is_reserved, snapshot_records};
 
 fn unlinked_record_path(state_dir: &Path, tag: &str) -> PathBuf {
-    records_folder(state_dir).join(format!("{tag}{UNLINKED_RECORD_SUFFIX}"))
+    snapshot_records(state_dir).join(format!("{tag}{UNLINKED_RECORD_SUFFIX}"))
 }
 
 /// The files a snapshot left unlinked, for a restarted agent.
@@ -231,7 +228,7 @@ fn link_tree(
                 continue;
             }
             let os_name = OsStr::from_bytes(name_bytes);
-            if at_root && (os_name == SNAPSHOTS_FOLDER || os_name == STAGING_FOLDER) {
+            if at_root && is_reserved(os_name) {
                 continue;
             }
             let relative = relative_folder.join(os_name);

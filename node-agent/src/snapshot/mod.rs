@@ -64,14 +64,12 @@ use tracing::Instrument;
 use coffer_format::ContentHash;
 
 use crate::config::{AgentConfig, SnapshotConfig};
-use crate::journal::Journal;
+use crate::journal::{FileIdentity, Journal};
+use crate::reserved::{SNAPSHOTS_FOLDER, UNLINKED_RECORD_SUFFIX, snapshot_records};
 
 /// How the folders of a deleted snapshot are named while their space is freed:
 /// `.coffer-snapshots/.removing-<tag>-<uuid>`. Never a valid tag, so never listed as one.
 const REMOVING_PREFIX: &str = ".removing-";
-
-/// Name of the folder, at the root of each data path, that holds the snapshots.
-pub const SNAPSHOTS_FOLDER: &str = ".coffer-snapshots";
 
 /// Environment variable that carries the snapshot tag to hooks and commands.
 pub const TAG_ENV: &str = "COFFER_SNAPSHOT_TAG";
@@ -125,6 +123,16 @@ pub struct SnapshotFile {
     /// file is never read: `snapshot_path` is its live path, whose content may have changed
     /// since.
     pub stored_hash: Option<ContentHash>,
+}
+
+impl From<&SnapshotFile> for FileIdentity {
+    fn from(file: &SnapshotFile) -> Self {
+        Self {
+            inode: file.inode,
+            size: file.size,
+            mtime_ns: file.mtime_ns,
+        }
+    }
 }
 
 /// What lets an incremental backup's snapshot leave files unlinked: the agent's journal, asked
@@ -577,10 +585,10 @@ impl Snapshotter {
         for data_path in &self.inner.data_paths {
             read_names(&data_path.join(SNAPSHOTS_FOLDER), "");
         }
-        read_names(&command::records_folder(&self.inner.state_dir), ".json");
+        read_names(&snapshot_records(&self.inner.state_dir), ".json");
         read_names(
-            &command::records_folder(&self.inner.state_dir),
-            dir::UNLINKED_RECORD_SUFFIX,
+            &snapshot_records(&self.inner.state_dir),
+            UNLINKED_RECORD_SUFFIX,
         );
         tags.sort();
         tags.dedup();

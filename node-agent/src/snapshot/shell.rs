@@ -1,26 +1,15 @@
 //! Running hooks and snapshot commands through `sh -c`.
 //!
 //! The tag reaches the script twice: substituted for `{tag}` by the caller (safe, as tags are
-//! `[A-Za-z0-9-]` only) and in `COFFER_SNAPSHOT_TAG`. Standard output is logged at debug level;
-//! the last lines of standard error are kept for the error when the script fails.
+//! `[A-Za-z0-9-]` only) and in `COFFER_SNAPSHOT_TAG`. Its output is read by
+//! [`ChildOutput`].
 
-use std::collections::VecDeque;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use super::{ShellStep, SnapshotError, TAG_ENV};
-
-/// Lines of standard error kept for an error message.
-pub(crate) const STDERR_TAIL_LINES: usize = 20;
-/// Longest line kept, in bytes.
-const MAX_LINE_BYTES: usize = 1024;
-/// How long to keep reading output after the script exited: a background process it started
-/// may hold the pipes open forever.
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+use crate::child_output::ChildOutput;
 
 /// Replaces every `{tag}` in `template`.
 pub(crate) fn substitute_tag(template: &str, tag: &str) -> String {
@@ -44,38 +33,15 @@ pub(crate) async fn run(step: ShellStep, script: &str, tag: &str) -> Result<(), 
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| SnapshotError::StepNotStarted { step, source })?;
-    let stdout = child.stdout.take().map(|stdout| {
-        tokio::spawn(read_lines(stdout, move |line| {
-            tracing::debug!(%step, line, "stdout");
-        }))
-    });
-    // Shared, so the lines read so far survive abandoning a reader that never sees end of file.
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
-    let stderr = child.stderr.take().map(|stderr| {
-        let tail = Arc::clone(&tail);
-        tokio::spawn(read_lines(stderr, move |line| {
-            tracing::debug!(%step, line, "stderr");
-            let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
-            if tail.len() == STDERR_TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(line.to_string());
-        }))
-    });
+    let output = ChildOutput::capture(&mut child, step);
     let status = child
         .wait()
         .await
         .map_err(|source| SnapshotError::StepNotStarted { step, source })?;
-    tokio::join!(finish_reading(stdout), finish_reading(stderr));
+    let stderr = output.finish().await;
     if status.success() {
         return Ok(());
     }
-    let tail = std::mem::take(&mut *tail.lock().unwrap_or_else(PoisonError::into_inner));
-    let stderr = if tail.is_empty() {
-        "(no output)".to_string()
-    } else {
-        Vec::from(tail).join("\n")
-    };
     Err(SnapshotError::StepFailed {
         step,
         status,
@@ -83,43 +49,10 @@ pub(crate) async fn run(step: ShellStep, script: &str, tag: &str) -> Result<(), 
     })
 }
 
-/// Waits up to [`OUTPUT_GRACE`] for an output reader, then abandons it.
-pub(crate) async fn finish_reading(reader: Option<tokio::task::JoinHandle<()>>) {
-    let Some(mut reader) = reader else {
-        return;
-    };
-    if tokio::time::timeout(OUTPUT_GRACE, &mut reader)
-        .await
-        .is_err()
-    {
-        tracing::debug!("stop reading output still open after the script exited");
-        reader.abort();
-    }
-}
-
-/// Calls `each` with every line of `reader` (lossily decoded, trimmed, cut to
-/// [`MAX_LINE_BYTES`]) until end of file or a read error.
-pub(crate) async fn read_lines(reader: impl AsyncRead + Unpin, mut each: impl FnMut(&str)) {
-    let mut reader = BufReader::new(reader);
-    let mut buffer = Vec::new();
-    loop {
-        buffer.clear();
-        match reader.read_until(b'\n', &mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let end = buffer.len().min(MAX_LINE_BYTES);
-                let line = String::from_utf8_lossy(&buffer[..end]);
-                let line = line.trim_end();
-                if !line.is_empty() {
-                    each(line);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]

@@ -7,8 +7,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{SNAPSHOTS_FOLDER, SnapshotError, SnapshotFile};
-use crate::restore::STAGING_FOLDER;
+use super::{SnapshotError, SnapshotFile};
+use crate::reserved::is_reserved;
 
 /// The regular files under `root`, as paths relative to it, sorted.
 ///
@@ -32,7 +32,7 @@ pub(crate) fn regular_files(root: &Path) -> Result<Vec<PathBuf>, SnapshotError> 
             let entry =
                 entry.map_err(|source| SnapshotError::file("read folder", &folder, source))?;
             let name = entry.file_name();
-            if at_root && (name == SNAPSHOTS_FOLDER || name == STAGING_FOLDER) {
+            if at_root && is_reserved(&name) {
                 continue;
             }
             let relative = relative_folder.join(&name);
@@ -183,6 +183,7 @@ fn kind_name(file_type: FileType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reserved::{SNAPSHOTS_FOLDER, STAGING_FOLDER};
 
     #[test]
     fn walks_nested_folders_skipping_links_and_the_snapshot_folder() {

@@ -1,0 +1,276 @@
+//! Downloading: each needed content fetched once into the staging folder, verified, and
+//! committed in durable batches (see the phases in the parent module).
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use coffer_format::ContentHash;
+use coffer_format::object::{DownloadError, download_object_sized};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::reserved::{STAGING_FOLDER, staging_folder};
+
+use super::{Plan, RestoreFailure, Shared, blocking};
+
+/// Creates the staging folders of the data paths that receive files (private to the agent).
+pub(super) fn create_staging_folders(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailure> {
+    let used: HashSet<usize> = plan
+        .objects
+        .values()
+        .flat_map(|object| object.needs.iter().map(|need| need.data_path))
+        .collect();
+    for data_path in used {
+        let root = &shared.job.data_paths[data_path];
+        for folder in [
+            root.join(STAGING_FOLDER),
+            staging_folder(root, shared.job.backup_id),
+        ] {
+            match fs::DirBuilder::new().mode(0o700).create(&folder) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(error) => return Err(RestoreFailure::local("create", folder)(error)),
+            }
+            // Each level is checked before the next is created through it: a link planted
+            // since planning is refused, never followed.
+            let metadata =
+                fs::symlink_metadata(&folder).map_err(RestoreFailure::local("inspect", &folder))?;
+            if !metadata.is_dir() {
+                return Err(RestoreFailure::Refused(format!(
+                    "the restore staging folder {} is a symbolic link or not a folder: remove it",
+                    folder.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Verified staged content is committed (made durable, then named `<hash>`) at least this often...
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// ... or once this many bytes ...
+const COMMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// ... or this many files wait.
+const COMMIT_FILES: usize = 1000;
+
+/// A verified download (or copy) waiting to be committed as `<hash>`.
+#[derive(Debug)]
+struct StagedPart {
+    data_path: usize,
+    part: PathBuf,
+    staged: PathBuf,
+    /// Files of the plan it serves, and its size: counted as done once committed.
+    files: u64,
+    size: u64,
+}
+
+pub(super) async fn download_all(
+    shared: &Arc<Shared>,
+    plan: &Arc<Plan>,
+    cancel: &CancellationToken,
+) -> Result<(), RestoreFailure> {
+    let mut work: Vec<(usize, ContentHash)> = plan
+        .objects
+        .iter()
+        .filter(|(_, object)| object.needs.iter().any(|need| !need.staged))
+        .map(|(hash, object)| (object.first_file, *hash))
+        .collect();
+    work.sort_unstable();
+    let (commit, to_commit) = mpsc::unbounded_channel();
+    // Ends when every sender is gone (the downloads finished, failed or were cancelled), after
+    // committing what was verified: a later attempt does not fetch it again.
+    let committer = tokio::spawn(commit_staged(shared.clone(), to_commit));
+    let mut results = futures::stream::iter(work)
+        .map(|(_, hash)| {
+            let shared = shared.clone();
+            let plan = plan.clone();
+            let cancel = cancel.clone();
+            let commit = commit.clone();
+            async move {
+                tokio::select! {
+                    result = stage_object(&shared, &plan, hash, &commit) => result,
+                    () = cancel.cancelled() => Err(RestoreFailure::Canceled),
+                }
+            }
+        })
+        .buffer_unordered(shared.job.concurrency.max(1));
+    let mut downloaded = Ok(());
+    while let Some(result) = results.next().await {
+        if let Err(error) = result {
+            downloaded = Err(error);
+            break;
+        }
+    }
+    drop(results);
+    drop(commit);
+    let committed = committer.await.unwrap_or_else(|error| {
+        Err(RestoreFailure::Local {
+            action: "commit staged files",
+            path: PathBuf::new(),
+            source: io::Error::other(error),
+        })
+    });
+    // A committer that failed made the downloads fail too ("the committer stopped"): its error
+    // is the cause to report.
+    committed?;
+    downloaded
+}
+
+/// Commits verified parts in batches: one `syncfs` of each data path's filesystem makes a whole
+/// batch durable (instead of one `fsync` per file, which made the disk's flush latency the
+/// limit), then each part is renamed to `<hash>`. Downloads go on meanwhile.
+async fn commit_staged(
+    shared: Arc<Shared>,
+    mut parts: mpsc::UnboundedReceiver<Vec<StagedPart>>,
+) -> Result<(), RestoreFailure> {
+    let mut pending: Vec<StagedPart> = Vec::new();
+    let mut pending_bytes = 0u64;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        // `None`: the deadline passed; `Some(None)`: no more parts will come.
+        let received = match deadline {
+            None => Some(parts.recv().await),
+            Some(at) => tokio::time::timeout_at(at, parts.recv()).await.ok(),
+        };
+        let closed = matches!(received, Some(None));
+        let timed_out = received.is_none();
+        if let Some(Some(batch)) = received {
+            if pending.is_empty() {
+                deadline = Some(tokio::time::Instant::now() + COMMIT_INTERVAL);
+            }
+            pending_bytes += batch.iter().map(|part| part.size).sum::<u64>();
+            pending.extend(batch);
+        }
+        let due =
+            timed_out || closed || pending_bytes >= COMMIT_BYTES || pending.len() >= COMMIT_FILES;
+        if due && !pending.is_empty() {
+            let batch = std::mem::take(&mut pending);
+            pending_bytes = 0;
+            deadline = None;
+            let data_paths = shared.job.data_paths.clone();
+            let batch = blocking(move || commit_batch(&data_paths, batch)).await?;
+            for part in batch {
+                shared.counters.done(part.files, part.size, false);
+            }
+        }
+        if closed {
+            return Ok(());
+        }
+    }
+}
+
+/// Syncs the filesystem of each data path the batch is staged in, then names each part.
+fn commit_batch(
+    data_paths: &[PathBuf],
+    batch: Vec<StagedPart>,
+) -> Result<Vec<StagedPart>, RestoreFailure> {
+    let used: std::collections::BTreeSet<usize> = batch.iter().map(|part| part.data_path).collect();
+    for data_path in used {
+        let path = &data_paths[data_path];
+        let folder = File::open(path).map_err(RestoreFailure::local("open", path))?;
+        rustix::fs::syncfs(&folder)
+            .map_err(|error| RestoreFailure::local("sync the filesystem of", path)(error.into()))?;
+    }
+    for part in &batch {
+        fs::rename(&part.part, &part.staged)
+            .map_err(RestoreFailure::local("rename", &part.part))?;
+    }
+    Ok(batch)
+}
+
+/// Stages one content in every data path that needs it: downloaded once (unless a verified
+/// copy is staged somewhere already), copied into the others, then handed to the committer.
+async fn stage_object(
+    shared: &Shared,
+    plan: &Plan,
+    hash: ContentHash,
+    commit: &mpsc::UnboundedSender<Vec<StagedPart>>,
+) -> Result<(), RestoreFailure> {
+    let job = &shared.job;
+    let object = &plan.objects[&hash];
+    let file = shared.target(&plan.files[object.first_file]);
+    let hex = hash.to_hex();
+    let mut source = object
+        .needs
+        .iter()
+        .find(|need| need.staged)
+        .map(|need| shared.staging_folder(need.data_path).join(&hex));
+    let mut parts = Vec::new();
+    for need in object.needs.iter().filter(|need| !need.staged) {
+        let folder = shared.staging_folder(need.data_path);
+        let part = folder.join(format!("{hex}.part"));
+        let staged = folder.join(&hex);
+        match &source {
+            None => {
+                let object_path = shared.layout.object(&hash);
+                let downloaded = download_object_sized(
+                    &job.operator,
+                    &object_path,
+                    &part,
+                    hash,
+                    Some(object.size),
+                    job.limiter.as_ref(),
+                )
+                .await
+                .map_err(|source| RestoreFailure::Download {
+                    file: file.clone(),
+                    hash,
+                    source: Box::new(match source {
+                        DownloadError::Storage(error) => {
+                            DownloadError::Storage(error.in_location(&job.location_name))
+                        }
+                        other => other,
+                    }),
+                })?;
+                let size = downloaded.size;
+                shared
+                    .counters
+                    .bytes_downloaded
+                    .fetch_add(downloaded.stored_bytes, Ordering::Relaxed);
+                if size != object.size {
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(RestoreFailure::SizeMismatch {
+                        file,
+                        hash,
+                        expected: object.size,
+                        actual: size,
+                    });
+                }
+            }
+            Some(from) => {
+                let from = from.clone();
+                let to = part.clone();
+                blocking(move || copy_part(&from, &to)).await?;
+            }
+        }
+        // Copies for other data paths read this part before the committer renames it.
+        source = Some(part.clone());
+        parts.push(StagedPart {
+            data_path: need.data_path,
+            part,
+            staged,
+            files: need.files,
+            size: object.size,
+        });
+    }
+    commit.send(parts).map_err(|_| RestoreFailure::Local {
+        action: "commit",
+        path: shared.staging_folder(0),
+        source: io::Error::other("the committer stopped"),
+    })
+}
+
+/// Copies verified staged content into another data path's staging (made durable with its
+/// batch).
+fn copy_part(from: &Path, to: &Path) -> Result<(), RestoreFailure> {
+    let mut source = File::open(from).map_err(RestoreFailure::local("read", from))?;
+    let mut dest = File::create(to).map_err(RestoreFailure::local("create", to))?;
+    io::copy(&mut source, &mut dest).map_err(RestoreFailure::local("write", to))?;
+    Ok(())
+}

@@ -1,0 +1,521 @@
+//! Restoring one backup node's files onto this node: the agent's part of a restore.
+//!
+//! A restore runs in phases, each finished before the next starts:
+//!
+//! 1. **Planning** streams the source node's manifest, keeps the files the patterns select
+//!    (matched on the source path) and maps each onto this node: a file under the backup's data
+//!    path `i` goes under this node's data path `i`, with the same relative path. Before anything
+//!    is downloaded or written it refuses: a file outside the backup's data paths; a relative
+//!    path with `..`, `.`, an empty part, or a first part naming the agent's own folders
+//!    (`.coffer-restore`, `.coffer-snapshots`); a target below a symbolic link or a non-folder,
+//!    or that is itself a symbolic link or not a regular file; a backup data path this node does
+//!    not have; a path listed both as a file and as a folder; and, without `overwrite`, target
+//!    files that exist (whatever their content). With `overwrite`, an existing file with the
+//!    size, modification time and content (BLAKE3, re-read) of the backup's file is already in
+//!    place: it is neither downloaded nor counted as replaced, so a restore interrupted while
+//!    placing (an agent restart) finishes with `overwrite` without fetching anything again.
+//! 2. **Downloading** fetches each distinct content once, `concurrency` at a time, into
+//!    `<data path>/.coffer-restore/<backup id>/<hash>` on the target's own filesystem:
+//!    [`download_object`] writes `<hash>.part` and checks its BLAKE3 hash and size; verified
+//!    parts are committed in batches (about every second or 64 MiB): one `syncfs` makes the
+//!    batch durable, and only then is each part renamed to `<hash>`. A `<hash>` file of the
+//!    expected size is therefore verified, durable content, and a later attempt (after a
+//!    failure, a cancel or an agent restart, even in another run) does not fetch it again; what
+//!    was verified before a failure or a cancel is still committed. Content needed in several
+//!    data paths is downloaded into one and copied into the others.
+//! 3. **Placing**, only once every selected file is verified: each staged file gets its mode,
+//!    modification time (and, for an agent running as root, the owner of the data path) and is
+//!    renamed into place; when several files share content, all but the last get a copy. Folders
+//!    are created and opened one component at a time without following symbolic links
+//!    (`openat` with `O_NOFOLLOW`), so a link planted after planning cannot redirect a file
+//!    either. The filesystem of each data path is synced once, then the staging folder of the
+//!    backup is removed. Placing is not interrupted by a cancel: it is local and short, and a
+//!    half-placed node is worse than a finished one.
+//! 4. **Running the hook**, when one is given and the agent's configuration allows hooks: argv
+//!    run directly (no shell) in the first data path, killed (with its process group) after its
+//!    timeout. Its failure fails the node; the files stay placed.
+//!
+//! A dry run stops after planning: it reports what would be fetched (staged files as skipped)
+//! and replaced, and creates nothing.
+//!
+//! Invariants: nothing is written outside the node's data paths; nothing is placed unless every
+//! selected file was verified; staged content is only ever named `<hash>` once verified.
+//!
+//! Memory: the plan holds one small record per selected file (its path relative to its data
+//! path, size, mode, time and hash: about 100 bytes plus the path, so ~150 MiB for a million
+//! files) and one per distinct content. Streaming the manifest twice (plan, then place) would
+//! bound it, at the cost of reading the manifest twice; not needed yet.
+
+use std::collections::HashMap;
+use std::fs::{self};
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use coffer_format::manifest::ManifestError;
+use coffer_format::object::{DownloadError, RateLimiter};
+use coffer_format::{ClusterLayout, ContentHash};
+use coffer_proto::agent::v1 as proto;
+use globset::GlobSet;
+use opendal::Operator;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::reserved::{STAGING_FOLDER, staging_folder};
+
+mod download;
+mod hook;
+mod place;
+mod plan;
+
+use download::{create_staging_folders, download_all};
+use hook::run_hook;
+use place::place_all;
+use plan::plan;
+
+/// Files downloaded at once when the request does not say.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// How long a hook may run when the request does not say.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Most existing target paths reported in a summary.
+pub const MAX_EXISTING_PATHS: usize = 20;
+/// How often progress is reported.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+/// Existing files named in the error that refuses them.
+const EXISTING_NAMED: usize = 5;
+
+/// Environment variables the hook receives.
+pub const HOOK_ENV_RUN_ID: &str = "COFFER_RUN_ID";
+/// The backup restored.
+pub const HOOK_ENV_BACKUP_ID: &str = "COFFER_BACKUP_ID";
+/// This node.
+pub const HOOK_ENV_NODE_ID: &str = "COFFER_NODE_ID";
+/// The backup node restored onto this node.
+pub const HOOK_ENV_SOURCE_NODE_ID: &str = "COFFER_SOURCE_NODE_ID";
+
+/// A command to run once the files are in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreHook {
+    /// Program and arguments, run without a shell; never empty.
+    pub argv: Vec<String>,
+    /// How long it may run before it is killed.
+    pub timeout: Duration,
+}
+
+/// Everything a node's restore needs.
+#[derive(Debug)]
+pub struct RestoreJob {
+    /// The run restoring, for the hook's environment and logs.
+    pub run_id: String,
+    /// The location holding the backup.
+    pub operator: Operator,
+    /// Location name, for messages.
+    pub location_name: String,
+    /// Cluster the backup was taken from: its objects live under its folder.
+    pub source_cluster_id: Uuid,
+    /// The backup.
+    pub backup_id: Uuid,
+    /// The backup node restored onto this node.
+    pub source_node_id: Uuid,
+    /// Path of that node's manifest in the location.
+    pub manifest_path: String,
+    /// This node.
+    pub node_id: Uuid,
+    /// This node's data paths, in configuration order.
+    pub data_paths: Vec<PathBuf>,
+    /// Source paths to restore (empty: all).
+    pub include: GlobSet,
+    /// Source paths to leave out.
+    pub exclude: GlobSet,
+    /// Replace existing target files.
+    pub overwrite: bool,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Shared download rate limit.
+    pub limiter: Option<RateLimiter>,
+    /// Objects downloaded at once.
+    pub concurrency: usize,
+    /// Command to run once the files are in place.
+    pub hook: Option<RestoreHook>,
+    /// Whether the agent's configuration allows hooks.
+    pub allow_hooks: bool,
+}
+
+impl RestoreJob {
+    /// Refuses a hook the agent's configuration does not allow (`restore-allow-hooks`).
+    ///
+    /// Fails with [`RestoreFailure::HooksNotAllowed`].
+    pub fn check_hook_allowed(&self) -> Result<(), RestoreFailure> {
+        if self.hook.is_some() && !self.allow_hooks {
+            return Err(RestoreFailure::HooksNotAllowed);
+        }
+        Ok(())
+    }
+}
+
+/// Why a restore failed. The message names the file, the manifest path or the folder concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreFailure {
+    /// The backup cannot be restored here as asked: a path would leave the data paths, a target
+    /// exists, the node lacks a data path, the manifest is not the one asked for. Nothing was
+    /// downloaded or placed.
+    #[error("{0}")]
+    Refused(String),
+    /// The request carries a hook and the agent does not allow them. Nothing was done.
+    #[error(
+        "this agent does not run restore hooks sent by the server: start it with \
+         --restore-allow-hooks (COFFER_AGENT_RESTORE_ALLOW_HOOKS=true, or restore-allow-hooks = \
+         true in its configuration file), or restore without a hook"
+    )]
+    HooksNotAllowed,
+    /// The node manifest could not be read.
+    #[error("read node manifest: {0}")]
+    Manifest(#[source] ManifestError),
+    /// A file's content could not be downloaded, or is not what its hash promises. Nothing of
+    /// the node was placed.
+    #[error("restore {} (object {hash}): {source}", file.display())]
+    Download {
+        /// Target path of (the first) file with this content.
+        file: PathBuf,
+        /// The content's hash.
+        hash: ContentHash,
+        /// What went wrong.
+        #[source]
+        source: Box<DownloadError>,
+    },
+    /// The object holds the content its hash names, but not the size the manifest gives.
+    #[error(
+        "restore {} (object {hash}): the manifest says {expected} bytes, the object holds {actual}",
+        file.display()
+    )]
+    SizeMismatch {
+        /// Target path of the file.
+        file: PathBuf,
+        /// The content's hash.
+        hash: ContentHash,
+        /// Size in the manifest.
+        expected: u64,
+        /// Size of the content.
+        actual: u64,
+    },
+    /// A local file or folder could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    Local {
+        /// What was being done.
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The post-restore hook failed; the files are in place.
+    #[error(transparent)]
+    Hook(#[from] HookFailure),
+    /// The restore was cancelled; verified staged files stay for the next attempt.
+    #[error("canceled")]
+    Canceled,
+}
+
+impl RestoreFailure {
+    fn local(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Local {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// How the post-restore hook failed. The restored files are in place in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum HookFailure {
+    /// The program could not be started.
+    #[error("start post-restore hook {program:?}: {source}; the files are in place")]
+    NotStarted {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The hook exited unsuccessfully.
+    #[error("post-restore hook failed ({status}); the files are in place: {stderr}")]
+    Failed {
+        /// Its exit status.
+        status: ExitStatus,
+        /// The last lines of its standard error.
+        stderr: String,
+    },
+    /// The hook ran longer than allowed and was killed.
+    #[error(
+        "post-restore hook still ran after {} s and was killed; the files are in place",
+        timeout.as_secs()
+    )]
+    TimedOut {
+        /// The limit.
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    files_total: AtomicU64,
+    files_done: AtomicU64,
+    files_skipped: AtomicU64,
+    bytes_total: AtomicU64,
+    bytes_done: AtomicU64,
+    bytes_skipped: AtomicU64,
+    bytes_downloaded: AtomicU64,
+    files_placed: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self, phase: proto::RestorePhase) -> proto::RestoreProgress {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        proto::RestoreProgress {
+            phase: phase.into(),
+            files_total: get(&self.files_total),
+            files_done: get(&self.files_done),
+            files_skipped: get(&self.files_skipped),
+            bytes_total: get(&self.bytes_total),
+            bytes_done: get(&self.bytes_done),
+            bytes_skipped: get(&self.bytes_skipped),
+            bytes_downloaded: get(&self.bytes_downloaded),
+            files_placed: get(&self.files_placed),
+        }
+    }
+
+    /// `files` files of `size` bytes each are verified (in staging or in place).
+    fn done(&self, files: u64, size: u64, skipped: bool) {
+        let bytes = files.saturating_mul(size);
+        self.files_done.fetch_add(files, Ordering::Relaxed);
+        self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+        if skipped {
+            self.files_skipped.fetch_add(files, Ordering::Relaxed);
+            self.bytes_skipped.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What is at a file's target path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Nothing.
+    Absent,
+    /// A regular file: replaced with `overwrite`, refused without it.
+    Existing,
+    /// With `overwrite`, the backup's file itself (same size, time and content): nothing to
+    /// fetch, only its mode is set.
+    InPlace,
+}
+
+/// One selected file of the manifest.
+#[derive(Debug)]
+struct PlannedFile {
+    /// Index of its data path, the backup's and this node's.
+    data_path: usize,
+    /// Its path below the data path: normal components joined by `/`.
+    relative: Box<str>,
+    size: u64,
+    mode: u32,
+    mtime_ns: i64,
+    hash: ContentHash,
+    target: Target,
+}
+
+/// Where one content is needed: in which data path, by how many files, and whether a verified
+/// copy is staged there already.
+#[derive(Debug)]
+struct Need {
+    data_path: usize,
+    files: u64,
+    staged: bool,
+}
+
+/// One distinct content the restore needs (files already in place need none).
+#[derive(Debug)]
+struct ObjectPlan {
+    size: u64,
+    /// Index of the first file with this content, to name it in errors.
+    first_file: usize,
+    needs: Vec<Need>,
+}
+
+/// The result of planning.
+#[derive(Debug)]
+struct Plan {
+    files: Vec<PlannedFile>,
+    objects: HashMap<ContentHash, ObjectPlan>,
+    existing_files: u64,
+    existing_paths: Vec<String>,
+}
+
+/// Shared state of the restore's tasks.
+#[derive(Debug)]
+struct Shared {
+    job: RestoreJob,
+    layout: ClusterLayout,
+    counters: Counters,
+    phase: AtomicI32,
+}
+
+impl Shared {
+    fn phase(&self) -> proto::RestorePhase {
+        proto::RestorePhase::try_from(self.phase.load(Ordering::Relaxed))
+            .unwrap_or(proto::RestorePhase::Unspecified)
+    }
+
+    fn set_phase(&self, phase: proto::RestorePhase) {
+        self.phase.store(phase.into(), Ordering::Relaxed);
+    }
+
+    fn target(&self, file: &PlannedFile) -> PathBuf {
+        self.job.data_paths[file.data_path].join(&*file.relative)
+    }
+
+    fn staging_folder(&self, data_path: usize) -> PathBuf {
+        staging_folder(&self.job.data_paths[data_path], self.job.backup_id)
+    }
+}
+
+/// The staging folders left by restores that did not finish (failed or cancelled), for a log
+/// line at start-up.
+pub fn staged_backups(data_paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut folders = Vec::new();
+    for data_path in data_paths {
+        let staging = data_path.join(STAGING_FOLDER);
+        if !fs::symlink_metadata(&staging).is_ok_and(|metadata| metadata.is_dir()) {
+            continue;
+        }
+        if let Ok(entries) = fs::read_dir(&staging) {
+            folders.extend(entries.filter_map(|entry| entry.ok().map(|entry| entry.path())));
+        }
+    }
+    folders.sort();
+    folders
+}
+
+/// Restores the job's files onto this node, sending progress on `progress` about every 200 ms.
+///
+/// Fails with [`RestoreFailure::HooksNotAllowed`] or [`RestoreFailure::Refused`] before
+/// downloading anything; with [`RestoreFailure::Manifest`], [`RestoreFailure::Download`] or
+/// [`RestoreFailure::SizeMismatch`] before placing anything; with [`RestoreFailure::Local`] when
+/// the node's disk fails; with [`RestoreFailure::Hook`] after placing; with
+/// [`RestoreFailure::Canceled`] when `cancel` fires (or `progress` is closed) before placing or
+/// before the hook.
+pub async fn run(
+    job: RestoreJob,
+    progress: mpsc::Sender<proto::RestoreProgress>,
+    cancel: CancellationToken,
+) -> Result<proto::RestoreSummary, RestoreFailure> {
+    job.check_hook_allowed()?;
+    let shared = Arc::new(Shared {
+        layout: ClusterLayout::new(job.source_cluster_id),
+        job,
+        counters: Counters::default(),
+        phase: AtomicI32::new(proto::RestorePhase::Planning.into()),
+    });
+    let stop_reporting = CancellationToken::new();
+    let reporter = tokio::spawn(report_progress(
+        shared.clone(),
+        progress.clone(),
+        cancel.clone(),
+        stop_reporting.clone(),
+    ));
+    let outcome = restore(&shared, &cancel).await;
+    stop_reporting.cancel();
+    let _ = reporter.await;
+    let (files_overwritten, existing_paths) = outcome?;
+    let final_progress = shared.counters.snapshot(shared.phase());
+    let _ = progress.send(final_progress).await;
+    Ok(proto::RestoreSummary {
+        progress: Some(final_progress),
+        files_overwritten,
+        existing_paths,
+    })
+}
+
+async fn report_progress(
+    shared: Arc<Shared>,
+    progress: mpsc::Sender<proto::RestoreProgress>,
+    cancel: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        let update = shared.counters.snapshot(shared.phase());
+        if progress.send(update).await.is_err() {
+            // Nobody listens any more: the caller went away.
+            cancel.cancel();
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PROGRESS_INTERVAL) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// The phases; returns the files overwritten and the first existing paths.
+async fn restore(
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+) -> Result<(u64, Vec<String>), RestoreFailure> {
+    let plan = plan(shared, cancel).await?;
+    let existing = (plan.existing_files, plan.existing_paths.clone());
+    if shared.job.dry_run {
+        return Ok(existing);
+    }
+    let plan = Arc::new(plan);
+
+    shared.set_phase(proto::RestorePhase::Downloading);
+    {
+        let shared = shared.clone();
+        let plan = plan.clone();
+        blocking(move || create_staging_folders(&shared, &plan)).await?;
+    }
+    download_all(shared, &plan, cancel).await?;
+    if cancel.is_cancelled() {
+        return Err(RestoreFailure::Canceled);
+    }
+
+    shared.set_phase(proto::RestorePhase::Placing);
+    {
+        let shared = shared.clone();
+        let plan = plan.clone();
+        blocking(move || place_all(&shared, &plan)).await?;
+    }
+    tracing::info!(
+        backup_id = %shared.job.backup_id,
+        files = plan.files.len(),
+        overwritten = plan.existing_files,
+        "restored files placed"
+    );
+
+    if let Some(hook) = &shared.job.hook {
+        if cancel.is_cancelled() {
+            return Err(RestoreFailure::Canceled);
+        }
+        shared.set_phase(proto::RestorePhase::RunningHook);
+        run_hook(&shared.job, hook, cancel).await?;
+    }
+    Ok(existing)
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RestoreFailure> + Send + 'static,
+) -> Result<T, RestoreFailure> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| RestoreFailure::Local {
+            action: "run file task",
+            path: PathBuf::new(),
+            source: io::Error::other(error),
+        })?
+}
