@@ -12,6 +12,7 @@ pub mod config;
 mod grpc;
 pub mod identity;
 pub mod journal;
+mod progress;
 pub mod reserved;
 pub mod restore;
 pub mod snapshot;

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
 use coffer_format::object::{
@@ -33,12 +32,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::journal::{FileIdentity, HashRecord, Journal, Remembered};
+use crate::progress::{FileCounters, ProgressReporter};
 use crate::snapshot::SnapshotFile;
 
 /// Files processed at once when the request does not say.
 pub const DEFAULT_CONCURRENCY: usize = 8;
-/// How often progress is reported.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 /// Files larger than one chunk streamed at once by one agent (see `Shared::large_uploads`).
 const LARGE_UPLOADS: usize = 2;
 /// Files above this size upload in several chunks and count against `LARGE_UPLOADS`.
@@ -111,30 +109,28 @@ pub enum UploadFailure {
     Canceled,
 }
 
+/// The upload's counters: the files (done once stored or found present), and what was read
+/// and stored.
 #[derive(Debug, Default)]
 struct Counters {
-    files_total: AtomicU64,
-    files_done: AtomicU64,
-    files_skipped: AtomicU64,
-    bytes_total: AtomicU64,
-    bytes_done: AtomicU64,
-    bytes_skipped: AtomicU64,
+    files: FileCounters,
     bytes_uploaded: AtomicU64,
     bytes_read: AtomicU64,
     objects_uploaded: AtomicU64,
 }
 
 impl Counters {
-    fn snapshot(&self, phase: proto::UploadPhase) -> proto::UploadProgress {
+    fn reading(&self, phase: proto::UploadPhase) -> proto::UploadProgress {
+        let files = self.files.totals();
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         proto::UploadProgress {
             phase: phase.into(),
-            files_total: get(&self.files_total),
-            files_done: get(&self.files_done),
-            files_skipped: get(&self.files_skipped),
-            bytes_total: get(&self.bytes_total),
-            bytes_done: get(&self.bytes_done),
-            bytes_skipped: get(&self.bytes_skipped),
+            files_total: files.files_total,
+            files_done: files.files_done,
+            files_skipped: files.files_skipped,
+            bytes_total: files.bytes_total,
+            bytes_done: files.bytes_done,
+            bytes_skipped: files.bytes_skipped,
             bytes_uploaded: get(&self.bytes_uploaded),
             bytes_read: get(&self.bytes_read),
         }
@@ -217,8 +213,72 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<proto::UploadSummary, UploadFailure> {
     let started = std::time::Instant::now();
-    // A snapshot's unlinked files are not frozen: only the backup they were left out for may
-    // skip them, as it never reads them.
+    check_snapshot_fits(&job)?;
+    let selected = select_files(&job)?;
+    let options = UploadOptions {
+        rate_limiter: job.limiter.clone(),
+        compression: job.compression,
+        ..UploadOptions::for_quirks(job.quirks)
+    };
+    let shared = Arc::new(Shared {
+        layout: ClusterLayout::new(job.cluster_id),
+        writeback: LocationWriteback::new(&job.operator),
+        job,
+        counters: Counters::default(),
+        objects: Mutex::new(HashMap::new()),
+        large_uploads: tokio::sync::Semaphore::new(LARGE_UPLOADS),
+        journal_present: std::sync::OnceLock::new(),
+        options,
+    });
+    shared
+        .counters
+        .files
+        .select(selected.len() as u64, selected.iter().map(|f| f.size).sum());
+    let known = consult_journal(&shared, &selected).await?;
+
+    let planned = started.elapsed();
+    let phase = Arc::new(std::sync::Mutex::new(proto::UploadPhase::Uploading));
+    let reporter = ProgressReporter::start(progress.clone(), cancel.clone(), {
+        let shared = shared.clone();
+        let phase = phase.clone();
+        move || {
+            let current = *phase
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            shared.counters.reading(current)
+        }
+    });
+    let files = upload_files(&shared, selected, known, &cancel).await;
+    let files_done = started.elapsed();
+    let finished = finish_upload(&shared, files, &phase, started).await;
+    reporter.stop().await;
+    let Finished {
+        durable,
+        manifest_path,
+        manifest_done,
+    } = finished?;
+    if !shared.job.incremental && !shared.job.dry_run {
+        forget_files_gone(&shared).await;
+    }
+    tracing::debug!(
+        planned_ms = planned.as_millis() as u64,
+        files_ms = (files_done - planned).as_millis() as u64,
+        durable_ms = (durable - files_done).as_millis() as u64,
+        manifest_ms = (manifest_done - files_done).as_millis() as u64,
+        "upload timings"
+    );
+    let final_progress = shared.counters.reading(proto::UploadPhase::Uploading);
+    let _ = progress.send(final_progress).await;
+    Ok(proto::UploadSummary {
+        progress: Some(final_progress),
+        objects_uploaded: shared.counters.objects_uploaded.load(Ordering::Relaxed),
+        manifest_path,
+    })
+}
+
+/// Refuses a snapshot whose unlinked files are not frozen for this upload: only the backup
+/// they were left out for may skip them, as it never reads them.
+fn check_snapshot_fits(job: &UploadJob) -> Result<(), UploadFailure> {
     if let Some(location_id) = &job.unlinked_for
         && (!job.incremental || *location_id != job.location_id)
     {
@@ -234,6 +294,11 @@ pub async fn run(
             job.location_id
         )));
     }
+    Ok(())
+}
+
+/// The files the job's patterns select; refuses a selected name that is not UTF-8.
+fn select_files(job: &UploadJob) -> Result<Vec<SnapshotFile>, UploadFailure> {
     let selected: Vec<SnapshotFile> = job
         .files
         .iter()
@@ -254,30 +319,15 @@ pub async fn run(
             file.live_path.display()
         )));
     }
-    let options = UploadOptions {
-        rate_limiter: job.limiter.clone(),
-        compression: job.compression,
-        ..UploadOptions::for_quirks(job.quirks)
-    };
-    let shared = Arc::new(Shared {
-        layout: ClusterLayout::new(job.cluster_id),
-        writeback: LocationWriteback::new(&job.operator),
-        job,
-        counters: Counters::default(),
-        objects: Mutex::new(HashMap::new()),
-        large_uploads: tokio::sync::Semaphore::new(LARGE_UPLOADS),
-        journal_present: std::sync::OnceLock::new(),
-        options,
-    });
-    shared
-        .counters
-        .files_total
-        .store(selected.len() as u64, Ordering::Relaxed);
-    shared
-        .counters
-        .bytes_total
-        .store(selected.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+    Ok(selected)
+}
 
+/// What the journal knows of each selected file, in the order of `selected`; for incremental
+/// backups and dry runs also which of those contents the location holds.
+async fn consult_journal(
+    shared: &Shared,
+    selected: &[SnapshotFile],
+) -> Result<Vec<Known>, UploadFailure> {
     // Hashes the journal knows for unchanged files: trusted by incremental backups and dry
     // runs; for a full backup only a hint that the content is probably stored already (so it is
     // hashed first, and uploaded only if missing) rather than probably new (read once, stored
@@ -328,34 +378,26 @@ pub async fn run(
         let _ = shared.journal_present.set(present);
     }
 
-    let planned = started.elapsed();
-    let phase = Arc::new(std::sync::Mutex::new(proto::UploadPhase::Uploading));
-    let reporter = {
-        let shared = shared.clone();
-        let progress = progress.clone();
-        let phase = phase.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            loop {
-                let current = *phase
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if progress
-                    .send(shared.counters.snapshot(current))
-                    .await
-                    .is_err()
-                {
-                    cancel.cancel();
-                    return;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(PROGRESS_INTERVAL) => {}
-                    () = cancel.cancelled() => return,
-                }
-            }
-        })
-    };
+    Ok(known)
+}
 
+/// What the file tasks produced: the manifest of the files done, and what the journal is to
+/// learn (even if a file failed: a retry starts from it).
+struct FilesUploaded {
+    outcome: Result<(), UploadFailure>,
+    manifest: NodeManifestWriter,
+    hashed: Vec<HashRecord>,
+    present: Vec<ContentHash>,
+}
+
+/// Runs the file tasks, `concurrency` at a time, adding each file to the manifest as it is done
+/// and recording hashes in the journal in batches; stops at the first failure.
+async fn upload_files(
+    shared: &Arc<Shared>,
+    selected: Vec<SnapshotFile>,
+    known: Vec<Known>,
+    cancel: &CancellationToken,
+) -> FilesUploaded {
     let concurrency = shared.job.concurrency.max(1);
     let mut results = futures::stream::iter(selected.into_iter().zip(known))
         .map(|(file, known)| {
@@ -409,7 +451,35 @@ pub async fn run(
     }
     .await;
     drop(results);
-    let files_done = started.elapsed();
+    FilesUploaded {
+        outcome,
+        manifest,
+        hashed,
+        present,
+    }
+}
+
+/// When a successful upload was durable, and where and when its manifest was written.
+struct Finished {
+    durable: std::time::Duration,
+    manifest_path: String,
+    manifest_done: std::time::Duration,
+}
+
+/// Records what was learnt, makes the stored objects durable and writes the node manifest,
+/// concurrently; a manifest written for an upload that failed is removed again.
+async fn finish_upload(
+    shared: &Shared,
+    files: FilesUploaded,
+    phase: &std::sync::Mutex<proto::UploadPhase>,
+    started: std::time::Instant,
+) -> Result<Finished, UploadFailure> {
+    let FilesUploaded {
+        outcome,
+        manifest,
+        hashed,
+        present,
+    } = files;
     // What was learnt stays learnt, even if the upload failed: a retry starts from it. Objects
     // are remembered as present only once durable (local folders are written without a sync per
     // object), so a crash cannot make the journal vouch for an object lost with the page cache.
@@ -502,49 +572,36 @@ pub async fn run(
         .and(recorded.map_err(UploadFailure::from))
         .and(durable)
         .and_then(|durable| written.map(|written| (durable, written)));
-    let (durable, (manifest_path, manifest_done)) = match finished {
-        Ok(finished) => finished,
+    match finished {
+        Ok((durable, (manifest_path, manifest_done))) => Ok(Finished {
+            durable,
+            manifest_path,
+            manifest_done,
+        }),
         Err(error) => {
             if let Some(path) = written_path
                 && let Err(cause) = shared.job.operator.delete(&path).await
             {
                 tracing::warn!(path, error = %cause, "remove the node manifest of a failed upload");
             }
-            cancel.cancel();
-            let _ = reporter.await;
-            return Err(error);
-        }
-    };
-    cancel.cancel();
-    let _ = reporter.await;
-    if !shared.job.incremental && !shared.job.dry_run {
-        // A full backup sees the node's complete file set: the journal forgets the files gone
-        // since (it is a cache, so a failure only costs its size).
-        let present = shared
-            .job
-            .files
-            .iter()
-            .map(|file| file.live_path.clone())
-            .collect();
-        match shared.job.journal.forget_files_except(present).await {
-            Ok(forgotten) => tracing::debug!(forgotten, "journal forgot files gone"),
-            Err(error) => tracing::warn!(%error, "journal: forget files gone"),
+            Err(error)
         }
     }
-    tracing::debug!(
-        planned_ms = planned.as_millis() as u64,
-        files_ms = (files_done - planned).as_millis() as u64,
-        durable_ms = (durable - files_done).as_millis() as u64,
-        manifest_ms = (manifest_done - files_done).as_millis() as u64,
-        "upload timings"
-    );
-    let final_progress = shared.counters.snapshot(proto::UploadPhase::Uploading);
-    let _ = progress.send(final_progress).await;
-    Ok(proto::UploadSummary {
-        progress: Some(final_progress),
-        objects_uploaded: shared.counters.objects_uploaded.load(Ordering::Relaxed),
-        manifest_path,
-    })
+}
+
+/// After a full backup, which sees the node's complete file set, the journal forgets the files
+/// gone since (it is a cache, so a failure only costs its size).
+async fn forget_files_gone(shared: &Shared) {
+    let present = shared
+        .job
+        .files
+        .iter()
+        .map(|file| file.live_path.clone())
+        .collect();
+    match shared.job.journal.forget_files_except(present).await {
+        Ok(forgotten) => tracing::debug!(forgotten, "journal forgot files gone"),
+        Err(error) => tracing::warn!(%error, "journal: forget files gone"),
+    }
 }
 
 /// What the journal says of a file before it is read.
@@ -590,7 +647,7 @@ async fn process_file(
             }
             None => false,
         };
-        finish(counters, file.size, present);
+        counters.files.done(1, file.size, present);
         return Ok(FileResult {
             entry: entry(&file, known.unwrap_or(ContentHash([0; 32]))),
             hashed: None,
@@ -623,7 +680,7 @@ async fn process_file(
         };
         match ensure_object(shared, &file, content_hash).await {
             Ok(uploaded) => {
-                finish(counters, file.size, !uploaded);
+                counters.files.done(1, file.size, !uploaded);
                 return Ok(FileResult {
                     entry: entry(&file, content_hash),
                     hashed: freshly_hashed.then(|| HashRecord {
@@ -788,7 +845,7 @@ fn read_once(
 ) -> FileResult {
     let mut read = file.clone();
     read.size = read_size;
-    finish(&shared.counters, file.size, !uploaded_here);
+    shared.counters.files.done(1, file.size, !uploaded_here);
     FileResult {
         entry: entry(&read, hash),
         hashed: Some(HashRecord {
@@ -867,15 +924,6 @@ async fn ensure_object(
             shared.objects.lock().await.remove(&hash);
             Err(error)
         }
-    }
-}
-
-fn finish(counters: &Counters, size: u64, skipped: bool) {
-    counters.files_done.fetch_add(1, Ordering::Relaxed);
-    counters.bytes_done.fetch_add(size, Ordering::Relaxed);
-    if skipped {
-        counters.files_skipped.fetch_add(1, Ordering::Relaxed);
-        counters.bytes_skipped.fetch_add(size, Ordering::Relaxed);
     }
 }
 

@@ -156,7 +156,7 @@ async fn commit_staged(
             let data_paths = shared.job.data_paths.clone();
             let batch = blocking(move || commit_batch(&data_paths, batch)).await?;
             for part in batch {
-                shared.counters.done(part.files, part.size, false);
+                shared.counters.files.done(part.files, part.size, false);
             }
         }
         if closed {

@@ -65,6 +65,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::progress::{FileCounters, ProgressReporter};
 use crate::reserved::{STAGING_FOLDER, staging_folder};
 
 mod download;
@@ -83,8 +84,6 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
 /// Most existing target paths reported in a summary.
 pub const MAX_EXISTING_PATHS: usize = 20;
-/// How often progress is reported.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 /// Existing files named in the error that refuses them.
 const EXISTING_NAMED: usize = 5;
 
@@ -263,42 +262,28 @@ pub enum HookFailure {
     },
 }
 
+/// The restore's counters: the files (verified in staging or in place), what was fetched and
+/// what was placed.
 #[derive(Debug, Default)]
 struct Counters {
-    files_total: AtomicU64,
-    files_done: AtomicU64,
-    files_skipped: AtomicU64,
-    bytes_total: AtomicU64,
-    bytes_done: AtomicU64,
-    bytes_skipped: AtomicU64,
+    files: FileCounters,
     bytes_downloaded: AtomicU64,
     files_placed: AtomicU64,
 }
 
 impl Counters {
-    fn snapshot(&self, phase: proto::RestorePhase) -> proto::RestoreProgress {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    fn reading(&self, phase: proto::RestorePhase) -> proto::RestoreProgress {
+        let files = self.files.totals();
         proto::RestoreProgress {
             phase: phase.into(),
-            files_total: get(&self.files_total),
-            files_done: get(&self.files_done),
-            files_skipped: get(&self.files_skipped),
-            bytes_total: get(&self.bytes_total),
-            bytes_done: get(&self.bytes_done),
-            bytes_skipped: get(&self.bytes_skipped),
-            bytes_downloaded: get(&self.bytes_downloaded),
-            files_placed: get(&self.files_placed),
-        }
-    }
-
-    /// `files` files of `size` bytes each are verified (in staging or in place).
-    fn done(&self, files: u64, size: u64, skipped: bool) {
-        let bytes = files.saturating_mul(size);
-        self.files_done.fetch_add(files, Ordering::Relaxed);
-        self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
-        if skipped {
-            self.files_skipped.fetch_add(files, Ordering::Relaxed);
-            self.bytes_skipped.fetch_add(bytes, Ordering::Relaxed);
+            files_total: files.files_total,
+            files_done: files.files_done,
+            files_skipped: files.files_skipped,
+            bytes_total: files.bytes_total,
+            bytes_done: files.bytes_done,
+            bytes_skipped: files.bytes_skipped,
+            bytes_downloaded: self.bytes_downloaded.load(Ordering::Relaxed),
+            files_placed: self.files_placed.load(Ordering::Relaxed),
         }
     }
 }
@@ -421,44 +406,20 @@ pub async fn run(
         counters: Counters::default(),
         phase: AtomicI32::new(proto::RestorePhase::Planning.into()),
     });
-    let stop_reporting = CancellationToken::new();
-    let reporter = tokio::spawn(report_progress(
-        shared.clone(),
-        progress.clone(),
-        cancel.clone(),
-        stop_reporting.clone(),
-    ));
+    let reporter = ProgressReporter::start(progress.clone(), cancel.clone(), {
+        let shared = shared.clone();
+        move || shared.counters.reading(shared.phase())
+    });
     let outcome = restore(&shared, &cancel).await;
-    stop_reporting.cancel();
-    let _ = reporter.await;
+    reporter.stop().await;
     let (files_overwritten, existing_paths) = outcome?;
-    let final_progress = shared.counters.snapshot(shared.phase());
+    let final_progress = shared.counters.reading(shared.phase());
     let _ = progress.send(final_progress).await;
     Ok(proto::RestoreSummary {
         progress: Some(final_progress),
         files_overwritten,
         existing_paths,
     })
-}
-
-async fn report_progress(
-    shared: Arc<Shared>,
-    progress: mpsc::Sender<proto::RestoreProgress>,
-    cancel: CancellationToken,
-    stop: CancellationToken,
-) {
-    loop {
-        let update = shared.counters.snapshot(shared.phase());
-        if progress.send(update).await.is_err() {
-            // Nobody listens any more: the caller went away.
-            cancel.cancel();
-            return;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(PROGRESS_INTERVAL) => {}
-            () = stop.cancelled() => return,
-        }
-    }
 }
 
 /// The phases; returns the files overwritten and the first existing paths.

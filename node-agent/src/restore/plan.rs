@@ -6,7 +6,6 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use coffer_format::ContentHash;
 use coffer_format::manifest::{ManifestError, NodeManifestReader};
@@ -81,7 +80,7 @@ pub(super) async fn plan(
     let mut objects: HashMap<ContentHash, ObjectPlan> = HashMap::new();
     for (index, file) in files.iter().enumerate() {
         if file.target == Target::InPlace {
-            shared.counters.done(1, file.size, true);
+            shared.counters.files.done(1, file.size, true);
             continue;
         }
         let object = objects.entry(file.hash).or_insert_with(|| ObjectPlan {
@@ -114,7 +113,7 @@ pub(super) async fn plan(
     };
     for object in objects.values() {
         for need in object.needs.iter().filter(|need| need.staged) {
-            shared.counters.done(need.files, object.size, true);
+            shared.counters.files.done(need.files, object.size, true);
         }
     }
     Ok(Plan {
@@ -188,11 +187,7 @@ async fn read_selected(
                 sizes.insert(entry.hash, (entry.size, files.len()));
             }
         }
-        shared.counters.files_total.fetch_add(1, Ordering::Relaxed);
-        shared
-            .counters
-            .bytes_total
-            .fetch_add(entry.size, Ordering::Relaxed);
+        shared.counters.files.select(1, entry.size);
         files.push(PlannedFile {
             data_path,
             relative: relative.into(),
