@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use coffer_format::filter::PathMatcher;
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
 use coffer_format::object::{
     Compression, LocationWriteback, RateLimiter, STALE_TEMPORARY_AGE, UploadError, UploadOptions,
@@ -25,7 +26,6 @@ use coffer_format::storage::BackendQuirks;
 use coffer_format::{ClusterLayout, ContentHash, StorageError};
 use coffer_proto::agent::v1 as proto;
 use futures::StreamExt;
-use globset::GlobSet;
 use opendal::Operator;
 use tokio::sync::{Mutex, OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -69,10 +69,8 @@ pub struct UploadJob {
     pub data_paths: Vec<PathBuf>,
     /// Trust the journal (incremental) or verify everything (full).
     pub incremental: bool,
-    /// Files to include (empty: all).
-    pub include: GlobSet,
-    /// Files to leave out.
-    pub exclude: GlobSet,
+    /// The files to back up, matched on their live path.
+    pub filter: PathMatcher,
     /// Shared read rate limit.
     pub limiter: Option<RateLimiter>,
     /// Files processed at once.
@@ -304,8 +302,7 @@ fn select_files(job: &UploadJob) -> Result<Vec<SnapshotFile>, UploadFailure> {
         .iter()
         .filter(|file| {
             let path = file.live_path.to_string_lossy();
-            (job.include.is_empty() || job.include.is_match(path.as_ref()))
-                && !job.exclude.is_match(path.as_ref())
+            job.filter.selects(path.as_ref())
         })
         .cloned()
         .collect();

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coffer_agent::reserved::{STAGING_FOLDER, staging_folder};
 use coffer_agent::restore::{self, HookFailure, RestoreFailure, RestoreHook, RestoreJob};
+use coffer_format::filter::{PathFilter, PathMatcher};
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
 use coffer_format::object::{UploadOptions, hash_file, upload_file};
 use coffer_format::{ClusterLayout, ContentHash, StorageConfig, open_operator};
 use coffer_proto::agent::v1 as proto;
-use globset::GlobSet;
 use opendal::Operator;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -171,8 +171,7 @@ impl Fixture {
             manifest_path: self.manifest_path(),
             node_id: Uuid::new_v4(),
             data_paths: self.targets.clone(),
-            include: GlobSet::empty(),
-            exclude: GlobSet::empty(),
+            filter: PathMatcher::everything(),
             overwrite: false,
             dry_run: false,
             limiter: None,
@@ -436,25 +435,12 @@ async fn patterns_select_source_paths() {
     make_source_tree(&fixture);
     let entries = fixture.back_up().await;
     let mut job = fixture.job();
-    let pattern = format!("{}/ks/**", fixture.sources[0].display());
-    job.include = globset::GlobSetBuilder::new()
-        .add(
-            globset::GlobBuilder::new(&pattern)
-                .literal_separator(true)
-                .build()
-                .expect("glob"),
-        )
-        .build()
-        .expect("globs");
-    job.exclude = globset::GlobSetBuilder::new()
-        .add(
-            globset::GlobBuilder::new("**/*Index.db")
-                .literal_separator(true)
-                .build()
-                .expect("glob"),
-        )
-        .build()
-        .expect("globs");
+    job.filter = PathFilter {
+        include: vec![format!("{}/ks/**", fixture.sources[0].display())],
+        exclude: vec!["**/*Index.db".to_string()],
+    }
+    .compile()
+    .expect("patterns compile");
     // Only the first data path is selected: a node with one data path will do.
     job.data_paths.truncate(1);
     let (result, _) = run(job).await;

@@ -55,11 +55,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use coffer_format::filter::PathMatcher;
 use coffer_format::manifest::ManifestError;
 use coffer_format::object::{DownloadError, RateLimiter};
 use coffer_format::{ClusterLayout, ContentHash};
 use coffer_proto::agent::v1 as proto;
-use globset::GlobSet;
 use opendal::Operator;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -126,10 +126,8 @@ pub struct RestoreJob {
     pub node_id: Uuid,
     /// This node's data paths, in configuration order.
     pub data_paths: Vec<PathBuf>,
-    /// Source paths to restore (empty: all).
-    pub include: GlobSet,
-    /// Source paths to leave out.
-    pub exclude: GlobSet,
+    /// The files to restore, matched on their path in the backup.
+    pub filter: PathMatcher,
     /// Replace existing target files.
     pub overwrite: bool,
     /// Plan only.

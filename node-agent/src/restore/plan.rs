@@ -165,9 +165,7 @@ async fn read_selected(
         let Some(entry) = entry else {
             break;
         };
-        if !(job.include.is_empty() || job.include.is_match(&entry.path))
-            || job.exclude.is_match(&entry.path)
-        {
+        if !job.filter.selects(&entry.path) {
             continue;
         }
         let (data_path, relative) = map_path(&entry.path, &source_prefixes, &job.data_paths)?;

@@ -9,24 +9,28 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coffer_format::StorageError;
 use coffer_format::manifest::NodeManifestReader;
-use coffer_format::object::DownloadError;
 use coffer_format::object::{RateLimiter, sync_name};
-use coffer_format::storage::{SecretSource, StorageConfig};
-use coffer_format::{Compression, ManifestError, StorageError};
 use coffer_proto::agent::v1 as proto;
 use coffer_proto::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Agent;
-use crate::restore::{self, HookFailure, RestoreFailure, RestoreHook, RestoreJob};
-use crate::snapshot::{SnapshotError, UnchangedFiles};
+use crate::restore::{self, RestoreFailure, RestoreHook, RestoreJob};
+use crate::snapshot::UnchangedFiles;
 use crate::upload::{self, UploadFailure, UploadJob};
+
+mod request;
+mod status;
+
+use request::{compression, object_path, open, parse_uuid, path_filter};
+use status::{manifest_status, restore_status, snapshot_status, storage_status, upload_status};
 
 /// Largest object served by GetObject.
 const MAX_GET_OBJECT: u64 = 64 * 1024 * 1024;
@@ -37,97 +41,6 @@ const MAX_MANIFEST_PAGE: u32 = 10_000;
 #[derive(Debug, Clone)]
 pub struct AgentHandler {
     agent: Arc<Agent>,
-}
-
-fn snapshot_status(error: SnapshotError) -> Status {
-    match error {
-        SnapshotError::InvalidTag { .. } => Status::invalid_argument(error.to_string()),
-        SnapshotError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
-        other => Status::failed_precondition(other.to_string()),
-    }
-}
-
-fn storage_code(error: &StorageError) -> Code {
-    if error.is_not_found() {
-        Code::NotFound
-    } else if error.is_retryable() {
-        Code::Unavailable
-    } else {
-        Code::FailedPrecondition
-    }
-}
-
-fn storage_status(error: StorageError) -> Status {
-    Status::new(storage_code(&error), error.to_string())
-}
-
-/// The one mapping of restore failures to statuses. Messages name the file, manifest path or
-/// folder concerned.
-fn restore_status(failure: RestoreFailure) -> Status {
-    let local_code = |error: &std::io::Error| {
-        if error.kind() == std::io::ErrorKind::StorageFull {
-            Code::ResourceExhausted
-        } else {
-            Code::FailedPrecondition
-        }
-    };
-    let code = match &failure {
-        RestoreFailure::Refused(_) | RestoreFailure::HooksNotAllowed => Code::FailedPrecondition,
-        RestoreFailure::Manifest(ManifestError::Storage(error)) => storage_code(error),
-        RestoreFailure::Manifest(ManifestError::Malformed { .. } | ManifestError::Invalid(_)) => {
-            Code::DataLoss
-        }
-        RestoreFailure::Manifest(_) => Code::FailedPrecondition,
-        RestoreFailure::Download { source, .. } => match source.as_ref() {
-            DownloadError::Storage(error) => storage_code(error),
-            DownloadError::Corrupt { .. } | DownloadError::Malformed { .. } => Code::DataLoss,
-            DownloadError::Write { source, .. } => local_code(source),
-        },
-        RestoreFailure::SizeMismatch { .. } => Code::DataLoss,
-        RestoreFailure::Local { source, .. } => local_code(source),
-        RestoreFailure::Hook(HookFailure::TimedOut { .. }) => Code::DeadlineExceeded,
-        RestoreFailure::Hook(_) => Code::FailedPrecondition,
-        RestoreFailure::Canceled => Code::Cancelled,
-    };
-    Status::new(code, failure.to_string())
-}
-
-fn storage_config(location: Option<proto::StorageLocation>) -> Result<StorageConfig, Status> {
-    let location = location.ok_or_else(|| Status::invalid_argument("location is required"))?;
-    let secrets = location
-        .secrets
-        .into_iter()
-        .map(|(key, reference)| {
-            let source = match reference.source {
-                Some(proto::secret_ref::Source::Env(name)) => SecretSource::Env(name),
-                Some(proto::secret_ref::Source::File(path)) => {
-                    SecretSource::File(PathBuf::from(path))
-                }
-                None => {
-                    return Err(Status::invalid_argument(format!(
-                        "secret {key} has no source"
-                    )));
-                }
-            };
-            Ok((key, source))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(StorageConfig {
-        location_id: location.location_id,
-        name: location.name,
-        scheme: location.scheme,
-        options: location.options.into_iter().collect(),
-        secrets,
-    })
-}
-
-fn open(
-    location: Option<proto::StorageLocation>,
-) -> Result<(StorageConfig, opendal::Operator), Status> {
-    let config = storage_config(location)?;
-    let operator = coffer_format::open_operator(&config)
-        .map_err(|error| storage_status(error.in_location(&config.name)))?;
-    Ok((config, operator))
 }
 
 /// Forwards a long call's progress updates to its response stream until the work stops
@@ -153,59 +66,6 @@ async fn relay_progress<P, M>(
                 return;
             }
         }
-    }
-}
-
-/// Checks a path relative to a location's root: no absolute paths, no `..`, no empty parts.
-fn object_path(path: &str) -> Result<&str, Status> {
-    let valid = !path.is_empty()
-        && !path.starts_with('/')
-        && path.split('/').enumerate().all(|(index, part)| {
-            part != ".."
-                && part != "."
-                && (!part.is_empty() || index == path.split('/').count() - 1)
-        });
-    if valid {
-        Ok(path)
-    } else {
-        Err(Status::invalid_argument(format!(
-            "{path:?} is not a relative object path"
-        )))
-    }
-}
-
-fn parse_uuid(field: &str, text: &str) -> Result<Uuid, Status> {
-    Uuid::parse_str(text)
-        .map_err(|_| Status::invalid_argument(format!("{field}: {text:?} is not a UUID")))
-}
-
-fn globs(patterns: &[String]) -> Result<globset::GlobSet, Status> {
-    let mut set = globset::GlobSetBuilder::new();
-    for pattern in patterns {
-        let glob = globset::GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .map_err(|error| Status::invalid_argument(format!("glob {pattern:?}: {error}")))?;
-        set.add(glob);
-    }
-    set.build()
-        .map_err(|error| Status::invalid_argument(error.to_string()))
-}
-
-/// The compression an upload request asks for; unset means the default (zstd level 1).
-fn compression(requested: Option<proto::ObjectCompression>) -> Result<Compression, Status> {
-    match requested {
-        None => Ok(Compression::DEFAULT),
-        Some(proto::ObjectCompression {
-            none: true,
-            zstd_level: 0,
-        }) => Ok(Compression::None),
-        Some(proto::ObjectCompression { none: true, .. }) => Err(Status::invalid_argument(
-            "compression: a zstd level was given with no compression",
-        )),
-        Some(proto::ObjectCompression { zstd_level: 0, .. }) => Ok(Compression::DEFAULT),
-        Some(proto::ObjectCompression { zstd_level, .. }) => Compression::zstd(zstd_level)
-            .map_err(|error| Status::invalid_argument(format!("compression: {error}"))),
     }
 }
 
@@ -239,8 +99,7 @@ impl AgentHandler {
             manifest_path: object_path(&request.manifest_path)?.to_string(),
             node_id: self.agent.node_id(),
             data_paths: self.agent.config().data_paths.clone(),
-            include: globs(&request.include)?,
-            exclude: globs(&request.exclude)?,
+            filter: path_filter(request.include, request.exclude)?,
             overwrite: request.overwrite,
             dry_run: request.dry_run,
             limiter: (request.rate_limit_bytes_per_second > 0)
@@ -341,8 +200,7 @@ impl AgentService for AgentHandler {
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             data_paths: self.agent.config().data_paths.clone(),
             incremental,
-            include: globs(&request.include)?,
-            exclude: globs(&request.exclude)?,
+            filter: path_filter(request.include, request.exclude)?,
             limiter: (request.rate_limit_bytes_per_second > 0)
                 .then(|| RateLimiter::new(request.rate_limit_bytes_per_second)),
             concurrency: match request.concurrency {
@@ -380,11 +238,13 @@ impl AgentService for AgentHandler {
                         event: Some(proto::upload_snapshot_response::Event::Done(summary)),
                     })
                 }
-                Err(UploadFailure::Canceled) => Err(Status::cancelled("upload canceled")),
-                Err(UploadFailure::Storage(error)) => Err(storage_status(error)),
+                Err(UploadFailure::Canceled) => {
+                    tracing::info!(tag, "upload canceled");
+                    Err(upload_status(UploadFailure::Canceled))
+                }
                 Err(error) => {
                     tracing::warn!(tag, %error, "upload failed");
-                    Err(Status::failed_precondition(error.to_string()))
+                    Err(upload_status(error))
                 }
             };
             let _ = sender.send(message).await;
@@ -595,15 +455,7 @@ impl AgentService for AgentHandler {
         let (entries, more, total) =
             NodeManifestReader::read_page(&operator, &path, request.offset, limit)
                 .await
-                .map_err(|error| {
-                    if error.to_string().contains("not found")
-                        || error.to_string().contains("NotFound")
-                    {
-                        Status::not_found(error.to_string())
-                    } else {
-                        Status::failed_precondition(error.to_string())
-                    }
-                })?;
+                .map_err(manifest_status)?;
         Ok(Response::new(proto::ReadNodeManifestResponse {
             entries: entries
                 .into_iter()
