@@ -88,7 +88,6 @@ pub enum JournalError {
     /// The state directory could not be created.
     #[error("create folder {path}: {source}")]
     CreateFolder {
-        /// The folder.
         path: PathBuf,
         /// The underlying error.
         source: io::Error,

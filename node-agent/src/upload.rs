@@ -51,13 +51,12 @@ pub struct UploadJob {
     pub files: Vec<SnapshotFile>,
     /// The location the snapshot left files unlinked for ([`crate::snapshot::Snapshot::unlinked_for`]).
     pub unlinked_for: Option<String>,
-    /// The location.
+    /// The location's storage, where objects and the node manifest are written.
     pub operator: Operator,
     /// Location id, keying the journal's knowledge of objects.
     pub location_id: String,
     /// Location name, for messages.
     pub location_name: String,
-    /// Cluster.
     pub cluster_id: Uuid,
     /// Backup the manifest belongs to.
     pub backup_id: Uuid,

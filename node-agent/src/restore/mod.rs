@@ -116,7 +116,6 @@ pub struct RestoreJob {
     pub location_name: String,
     /// Cluster the backup was taken from: its objects live under its folder.
     pub source_cluster_id: Uuid,
-    /// The backup.
     pub backup_id: Uuid,
     /// The backup node restored onto this node.
     pub source_node_id: Uuid,
@@ -235,9 +234,7 @@ pub enum HookFailure {
     /// The program could not be started.
     #[error("start post-restore hook {program:?}: {source}; the files are in place")]
     NotStarted {
-        /// The program.
         program: String,
-        /// Why.
         #[source]
         source: io::Error,
     },
@@ -255,7 +252,6 @@ pub enum HookFailure {
         timeout.as_secs()
     )]
     TimedOut {
-        /// The limit.
         timeout: Duration,
     },
 }

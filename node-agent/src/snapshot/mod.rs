@@ -183,25 +183,21 @@ pub enum SnapshotError {
     /// A snapshot with this tag already exists (or is being created).
     #[error("snapshot {tag} already exists")]
     AlreadyExists {
-        /// The tag.
         tag: String,
     },
     /// No snapshot with this tag exists.
     #[error("snapshot {tag} does not exist")]
     NotFound {
-        /// The tag.
         tag: String,
     },
     /// The snapshot's creation did not finish (the agent stopped during it); delete it.
     #[error("snapshot {tag} was not completed; delete it and take a new one")]
     Incomplete {
-        /// The tag.
         tag: String,
     },
     /// A hook or command exited unsuccessfully.
     #[error("{step} failed ({status}): {stderr}")]
     StepFailed {
-        /// Which step.
         step: ShellStep,
         /// Its exit status.
         status: std::process::ExitStatus,
@@ -211,7 +207,6 @@ pub enum SnapshotError {
     /// A hook or command could not be started.
     #[error("start {step}: {source}")]
     StepNotStarted {
-        /// Which step.
         step: ShellStep,
         /// Why `sh` could not be spawned.
         source: io::Error,
@@ -237,7 +232,6 @@ pub enum SnapshotError {
     /// A configured path is not inside any data path.
     #[error("{path} is not inside a data path")]
     OutsideDataPaths {
-        /// The path.
         path: PathBuf,
     },
     /// The `files` glob of the `command` provider matched two files with the same live path.
@@ -249,7 +243,6 @@ pub enum SnapshotError {
         live_path: PathBuf,
         /// One snapshot file.
         first: PathBuf,
-        /// The other.
         second: PathBuf,
     },
     /// The `files` glob of the `command` provider does not compile.
