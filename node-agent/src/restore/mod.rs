@@ -251,9 +251,7 @@ pub enum HookFailure {
         "post-restore hook still ran after {} s and was killed; the files are in place",
         timeout.as_secs()
     )]
-    TimedOut {
-        timeout: Duration,
-    },
+    TimedOut { timeout: Duration },
 }
 
 /// The restore's counters: the files (verified in staging or in place), what was fetched and

@@ -182,19 +182,13 @@ pub enum SnapshotError {
     },
     /// A snapshot with this tag already exists (or is being created).
     #[error("snapshot {tag} already exists")]
-    AlreadyExists {
-        tag: String,
-    },
+    AlreadyExists { tag: String },
     /// No snapshot with this tag exists.
     #[error("snapshot {tag} does not exist")]
-    NotFound {
-        tag: String,
-    },
+    NotFound { tag: String },
     /// The snapshot's creation did not finish (the agent stopped during it); delete it.
     #[error("snapshot {tag} was not completed; delete it and take a new one")]
-    Incomplete {
-        tag: String,
-    },
+    Incomplete { tag: String },
     /// A hook or command exited unsuccessfully.
     #[error("{step} failed ({status}): {stderr}")]
     StepFailed {
@@ -231,9 +225,7 @@ pub enum SnapshotError {
     },
     /// A configured path is not inside any data path.
     #[error("{path} is not inside a data path")]
-    OutsideDataPaths {
-        path: PathBuf,
-    },
+    OutsideDataPaths { path: PathBuf },
     /// The `files` glob of the `command` provider matched two files with the same live path.
     #[error(
         "snapshot files {first} and {second} would both restore to {live_path}: narrow the files pattern"

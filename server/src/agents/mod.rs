@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 use crate::error::{AgentCode, Error};
+use crate::model::run::NodeUpdate;
 use crate::model::{AgentAddress, DataPath, NodeInfo};
 
 pub mod convert;
@@ -221,6 +222,46 @@ fn unusable(address: &AgentAddress, error: &dyn std::fmt::Display) -> AgentError
         AgentCode::Unavailable,
         format!("unusable address: {error}"),
     )
+}
+
+/// One message of a long call's response stream.
+enum LongCallEvent<S> {
+    /// How far the agent is.
+    Progress(NodeUpdate),
+    /// The call's summary: its last message.
+    Done(S),
+    /// A message this server does not know (from a newer agent): skipped.
+    Unknown,
+}
+
+/// Follows a long call's response stream to its summary, sending its progress to `updates`.
+/// `what` names the call in the error of a stream that ends without a summary.
+async fn follow_long_call<M, S>(
+    address: &AgentAddress,
+    what: &str,
+    mut stream: tonic::Streaming<M>,
+    updates: &tokio::sync::mpsc::Sender<NodeUpdate>,
+    event: impl Fn(M) -> LongCallEvent<S>,
+) -> Result<S, AgentError> {
+    loop {
+        match stream.message().await {
+            Ok(Some(message)) => match event(message) {
+                LongCallEvent::Progress(update) => {
+                    let _ = updates.send(update).await;
+                }
+                LongCallEvent::Done(summary) => return Ok(summary),
+                LongCallEvent::Unknown => {}
+            },
+            Ok(None) => {
+                return Err(AgentError::new(
+                    address,
+                    AgentCode::Internal,
+                    format!("the agent ended the {what} without a summary"),
+                ));
+            }
+            Err(status) => return Err(call_error(address, &status)),
+        }
+    }
 }
 
 /// Describes a failed call in one line (the status message and the transport's cause), keeping

@@ -5,8 +5,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::convert::{restore_progress, restore_summary, storage_location};
-use super::{AgentClients, AgentError, call_error};
-use crate::error::AgentCode;
+use super::{AgentClients, AgentError, LongCallEvent, call_error, follow_long_call};
 use crate::model::Node;
 use crate::model::location::Location;
 use crate::model::run::{NodeUpdate, PathFilter, RestoreHook, RestoreSummary, TransferLimits};
@@ -60,30 +59,25 @@ pub async fn restore_node(
         hook_timeout_seconds,
     };
     let mut client = agents.long_client(address)?;
-    let mut stream = client
+    let stream = client
         .restore_node(request)
         .await
         .map_err(|status| call_error(address, &status))?
         .into_inner();
-    loop {
-        match stream.message().await {
-            Ok(Some(message)) => match message.event {
-                Some(agent::restore_node_response::Event::Progress(progress)) => {
-                    let _ = updates.send(restore_progress(&progress)).await;
-                }
-                Some(agent::restore_node_response::Event::Done(summary)) => {
-                    return Ok(restore_summary(summary));
-                }
-                None => {}
-            },
-            Ok(None) => {
-                return Err(AgentError::new(
-                    address,
-                    AgentCode::Internal,
-                    "the agent ended the restore without a summary",
-                ));
+    follow_long_call(
+        address,
+        "restore",
+        stream,
+        updates,
+        |message| match message.event {
+            Some(agent::restore_node_response::Event::Progress(progress)) => {
+                LongCallEvent::Progress(restore_progress(&progress))
             }
-            Err(status) => return Err(call_error(address, &status)),
-        }
-    }
+            Some(agent::restore_node_response::Event::Done(summary)) => {
+                LongCallEvent::Done(restore_summary(summary))
+            }
+            None => LongCallEvent::Unknown,
+        },
+    )
+    .await
 }

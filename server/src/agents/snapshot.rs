@@ -11,8 +11,7 @@ use uuid::Uuid;
 use super::convert::{
     backup_kind, object_compression, storage_location, upload_progress, upload_summary,
 };
-use super::{AgentClients, AgentError, call_error};
-use crate::error::AgentCode;
+use super::{AgentClients, AgentError, LongCallEvent, call_error, follow_long_call};
 use crate::model::Node;
 use crate::model::location::Location;
 use crate::model::run::{BackupKind, NodeUpdate, PathFilter, TransferLimits, UploadSummary};
@@ -87,32 +86,27 @@ pub async fn upload(
         compression: Some(object_compression(&order.location)),
     };
     let mut client = agents.long_client(address)?;
-    let mut stream = client
+    let stream = client
         .upload_snapshot(request)
         .await
         .map_err(|status| call_error(address, &status))?
         .into_inner();
-    loop {
-        match stream.message().await {
-            Ok(Some(message)) => match message.event {
-                Some(agent::upload_snapshot_response::Event::Progress(progress)) => {
-                    let _ = updates.send(upload_progress(&progress)).await;
-                }
-                Some(agent::upload_snapshot_response::Event::Done(summary)) => {
-                    return Ok(upload_summary(summary));
-                }
-                None => {}
-            },
-            Ok(None) => {
-                return Err(AgentError::new(
-                    address,
-                    AgentCode::Internal,
-                    "the agent ended the upload without a summary",
-                ));
+    follow_long_call(
+        address,
+        "upload",
+        stream,
+        updates,
+        |message| match message.event {
+            Some(agent::upload_snapshot_response::Event::Progress(progress)) => {
+                LongCallEvent::Progress(upload_progress(&progress))
             }
-            Err(status) => return Err(call_error(address, &status)),
-        }
-    }
+            Some(agent::upload_snapshot_response::Event::Done(summary)) => {
+                LongCallEvent::Done(upload_summary(summary))
+            }
+            None => LongCallEvent::Unknown,
+        },
+    )
+    .await
 }
 
 /// Asks `node` to delete the snapshot `tag`.
