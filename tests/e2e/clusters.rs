@@ -1,7 +1,9 @@
 //! Cluster registration, listing, update, deletion and checks against real agents.
 
 use coffer_client::proto;
-use coffer_tests::{TestAgent, TestServer, closed_address};
+use coffer_tests::{
+    TestAgent, TestServer, closed_address, create_fs_location, noise, watch_to_end, write,
+};
 use tonic::Code;
 
 use crate::{node, register};
@@ -251,8 +253,17 @@ async fn an_agent_belongs_to_one_cluster_only() {
 async fn delete_is_refused_while_a_run_is_active() {
     let root = tempfile::tempdir().expect("tempdir");
     let agent = TestAgent::start(root.path(), "a").await;
+    // 16 MiB of incompressible data at 512 KiB/s: a backup that runs for about half a minute
+    // unless canceled, far longer than the refused calls below take.
+    for file in 0..16u64 {
+        write(
+            &agent.data.join(format!("f{file}.bin")),
+            &noise(1 << 20, file),
+        );
+    }
     let server = TestServer::start(root.path()).await;
-    let mut clusters = server.client().await.clusters();
+    let client = server.client().await;
+    let mut clusters = client.clusters();
     let cluster = clusters
         .register_cluster(register("busy", vec![node(&agent)]))
         .await
@@ -260,22 +271,54 @@ async fn delete_is_refused_while_a_run_is_active() {
         .into_inner()
         .cluster
         .expect("cluster");
-
-    // Backups cannot be started through the API yet, so the run a backup would record is
-    // written into the catalog file directly, exactly as the server stores it.
-    let run_id = "0193a0b4-0000-7000-8000-000000000001";
-    let catalog = sqlx::SqlitePool::connect(&format!("sqlite://{}", server.catalog.display()))
+    create_fs_location(&client, "local", &root.path().join("backups")).await;
+    let run_id = client
+        .backups()
+        .start_backup(proto::StartBackupRequest {
+            cluster: "busy".into(),
+            backup: Some(proto::BackupSpec {
+                kind: proto::BackupKind::Full.into(),
+                location: "local".into(),
+                limits: Some(proto::TransferLimits {
+                    rate_limit_bytes_per_second: 512 << 10,
+                    concurrency: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
         .await
-        .expect("open catalog");
-    sqlx::query(
-        "INSERT INTO runs (id, cluster_id, kind, state, create_time_ms) \
-         VALUES (?, ?, 'backup', 'running', 0)",
-    )
-    .bind(run_id)
-    .bind(&cluster.id)
-    .execute(&catalog)
-    .await
-    .expect("insert run");
+        .expect("start backup")
+        .into_inner()
+        .run_id;
+
+    // Wait until the run is running and bytes move.
+    let mut stream = client
+        .runs()
+        .watch_run(proto::WatchRunRequest {
+            run_id: run_id.clone(),
+            min_update_interval: None,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    loop {
+        let run = stream
+            .message()
+            .await
+            .expect("watch stream")
+            .expect("the run is still going")
+            .run
+            .expect("run");
+        assert!(!is_final(run.state()), "{run:?}");
+        if run.state() == proto::RunState::Running
+            && run.totals.as_ref().is_some_and(|t| t.bytes_done > 0)
+        {
+            break;
+        }
+    }
+    drop(stream);
 
     let status = clusters
         .delete_cluster(proto::DeleteClusterRequest {
@@ -284,7 +327,7 @@ async fn delete_is_refused_while_a_run_is_active() {
         .await
         .expect_err("run active");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains(run_id), "{}", status.message());
+    assert!(status.message().contains(&run_id), "{}", status.message());
     let status = clusters
         .update_cluster(proto::UpdateClusterRequest {
             cluster: "busy".into(),
@@ -294,13 +337,36 @@ async fn delete_is_refused_while_a_run_is_active() {
         .await
         .expect_err("nodes locked by the run");
     assert_eq!(status.code(), Code::FailedPrecondition);
-
-    sqlx::query("UPDATE runs SET state = 'succeeded' WHERE id = ?")
-        .bind(run_id)
-        .execute(&catalog)
+    assert!(status.message().contains(&run_id), "{}", status.message());
+    // The refusals left the run alone.
+    let run = client
+        .runs()
+        .get_run(proto::GetRunRequest {
+            run_id: run_id.clone(),
+        })
         .await
-        .expect("finish run");
-    catalog.close().await;
+        .expect("get run")
+        .into_inner()
+        .run
+        .expect("run");
+    assert_eq!(run.state(), proto::RunState::Running, "{run:?}");
+
+    // End the run through the API and wait until it is final.
+    client
+        .runs()
+        .cancel_run(proto::CancelRunRequest {
+            run_id: run_id.clone(),
+        })
+        .await
+        .expect("cancel");
+    let last = watch_to_end(&client, &run_id).await.pop().expect("final");
+    assert_eq!(
+        last.state(),
+        proto::RunState::Canceled,
+        "{}",
+        last.error_message
+    );
+
     clusters
         .delete_cluster(proto::DeleteClusterRequest {
             cluster: cluster.id.clone(),
@@ -319,6 +385,13 @@ async fn delete_is_refused_while_a_run_is_active() {
         .register_cluster(register("again", vec![node(&agent)]))
         .await
         .expect("register the freed agent");
+}
+
+fn is_final(state: proto::RunState) -> bool {
+    matches!(
+        state,
+        proto::RunState::Succeeded | proto::RunState::Failed | proto::RunState::Canceled
+    )
 }
 
 #[tokio::test]

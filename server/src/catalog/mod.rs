@@ -25,6 +25,8 @@ use uuid::Uuid;
 mod backups;
 mod locations;
 mod runs;
+#[cfg(test)]
+mod tests;
 
 pub use runs::RunInsert;
 
