@@ -253,7 +253,10 @@ impl Catalog {
             .iter()
             .map(|row| row.get(0))
             .collect();
-        for node_id in &update.remove_node_ids {
+        // A node named twice is removed once.
+        let removing: std::collections::BTreeSet<Uuid> =
+            update.remove_node_ids.iter().copied().collect();
+        for node_id in &removing {
             if !current.contains(&node_id.to_string()) {
                 return Err(Error::NotFound {
                     kind: "node",
@@ -261,13 +264,13 @@ impl Catalog {
                 });
             }
         }
-        if current.len() + new_nodes.len() <= update.remove_node_ids.len() {
+        if current.len() + new_nodes.len() <= removing.len() {
             return Err(Error::FailedPrecondition(format!(
                 "cluster {:?} would have no nodes left; delete the cluster instead",
                 row.name
             )));
         }
-        for node_id in &update.remove_node_ids {
+        for node_id in &removing {
             sqlx::query("DELETE FROM nodes WHERE id = ?")
                 .bind(node_id.to_string())
                 .execute(&mut *tx)

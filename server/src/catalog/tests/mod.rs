@@ -2,10 +2,10 @@
 //!
 //! The tests use the public methods of [`Catalog`] and the domain types only (no SQL, no row
 //! structs), so that each engine the catalog runs on passes the same suite. A test is written
-//! once inside [`catalog_tests!`], which expands it once per engine; an engine is a function
-//! that opens a fresh, empty, migrated catalog. Today that is SQLite: a new file in a temporary
-//! directory, opened through [`Catalog::open`] exactly as the server opens it. A second engine
-//! (PostgreSQL) adds its open function to the list in the macro and runs everything here.
+//! once, as a plain function, and listed in [`catalog_tests!`], which runs it once per engine;
+//! an engine is a function that opens a fresh, empty, migrated catalog. Today that is SQLite: a
+//! new file in a temporary directory, opened through [`Catalog::open`] exactly as the server
+//! opens it. A second engine (PostgreSQL) adds its module to the macro and runs everything here.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,28 +23,18 @@ use crate::model::run::{
 };
 use crate::model::{AgentAddress, Cluster, DataPath, Labels, Name, Node, NodeInfo, NodeSpec};
 
-/// Expands each test once per catalog engine: `async fn name(catalog) { ... }` becomes
-/// `<file>::<engine>::name`, run on a fresh catalog of that engine.
-///
-/// The engine list is the first arm's only line per engine; each engine's open function returns
-/// a [`TestCatalog`].
+/// Runs each listed test once per catalog engine: `async fn name(catalog: &Catalog)`, written
+/// as a plain function beside the list (so rustfmt and the compiler see it as any other code),
+/// becomes the test `<file>::<engine>::name`, run on a fresh catalog of that engine. A second
+/// engine adds a module like `sqlite` with its own open function.
 macro_rules! catalog_tests {
-    ($(
-        $(#[$attribute:meta])*
-        async fn $name:ident($catalog:ident) $body:block
-    )*) => {
-        $(
-            async fn $name($catalog: &$crate::catalog::Catalog) $body
-        )*
-        catalog_tests!(@engine sqlite, open_sqlite, $($(#[$attribute])* $name)*);
-    };
-    (@engine $engine:ident, $open:ident, $($(#[$attribute:meta])* $name:ident)*) => {
-        mod $engine {
+    ($($(#[$attribute:meta])* $name:ident),* $(,)?) => {
+        mod sqlite {
             $(
                 #[tokio::test]
                 $(#[$attribute])*
                 async fn $name() {
-                    let test = $crate::catalog::tests::$open().await;
+                    let test = $crate::catalog::tests::open_sqlite().await;
                     super::$name(&test.catalog).await;
                     test.catalog.close().await;
                 }
