@@ -17,6 +17,7 @@ pub mod backup;
 pub mod location;
 pub mod page;
 pub mod run;
+pub mod schedule;
 
 pub use page::{Page, parse_page_size};
 
