@@ -269,6 +269,63 @@ impl Trigger {
     }
 }
 
+/// How far back a catch-up looks at the fire times of a cron trigger that passed unfired: the
+/// walk over them is bounded (an every-minute schedule of a server down for a year passed half
+/// a million), and older ones change nothing but the count.
+const CATCH_UP_WINDOW_MS: i64 = 2 * 24 * 3600 * 1000;
+
+/// A fire the scheduler owes a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueFire {
+    /// The fire time it stands for: the latest of those that passed. The run's idempotency key
+    /// is made of it, so a server that restarts before recording the fire starts no second run.
+    pub fire_time_ms: i64,
+    /// Fire times before it that passed unfired (the server was down) and that this one fire
+    /// makes up for; for a cron trigger counted over the last two days at most.
+    pub missed: u64,
+    /// The fire time after it.
+    pub next_fire_ms: Option<i64>,
+}
+
+impl Trigger {
+    /// The fire owed at `now_ms` to a schedule whose next fire time is `next_fire_ms`: none
+    /// before that time, and one from then on, however many fire times passed since.
+    pub fn due(&self, next_fire_ms: i64, now_ms: i64) -> Option<DueFire> {
+        if now_ms < next_fire_ms {
+            return None;
+        }
+        let (fire_time_ms, missed) = match self {
+            Self::Interval(interval) => {
+                let step = i64::try_from(interval.as_millis()).ok()?.max(1);
+                let passed = (now_ms - next_fire_ms) / step;
+                (next_fire_ms + passed * step, passed.unsigned_abs())
+            }
+            Self::Cron(_) => {
+                let mut fire = next_fire_ms;
+                let mut missed = 0;
+                if now_ms - fire > CATCH_UP_WINDOW_MS
+                    && let Some(recent) = self.next_fire_after(now_ms - CATCH_UP_WINDOW_MS)
+                    && recent <= now_ms
+                {
+                    fire = recent;
+                    missed = 1;
+                }
+                while let Some(later) = self.next_fire_after(fire).filter(|later| *later <= now_ms)
+                {
+                    fire = later;
+                    missed += 1;
+                }
+                (fire, missed)
+            }
+        };
+        Some(DueFire {
+            fire_time_ms,
+            missed,
+            next_fire_ms: self.next_fire_after(fire_time_ms),
+        })
+    }
+}
+
 /// Which backups of a schedule to keep: a backup is kept when any rule keeps it, and the newest
 /// is always kept. Both rules off keeps everything.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -483,6 +540,58 @@ mod tests {
         assert_eq!(
             wall_times(&every_six_hours, "Europe/Berlin", start, 2),
             ["2026-03-29 06:00 +02:00", "2026-03-29 12:00 +02:00"]
+        );
+    }
+
+    #[test]
+    fn a_fire_is_due_once_however_many_times_passed() {
+        let daily = cron("30 2 * * *", "Europe/Berlin");
+        let first = ms("Europe/Berlin", 2026, 6, 1, 2, 30);
+        assert_eq!(daily.due(first, first - 1), None);
+        // On time (the scheduler wakes a little late): that fire, the next day's after it.
+        let on_time = daily.due(first, first + 250).expect("due");
+        assert_eq!(on_time.fire_time_ms, first);
+        assert_eq!(on_time.missed, 0);
+        assert_eq!(
+            on_time.next_fire_ms,
+            Some(ms("Europe/Berlin", 2026, 6, 2, 2, 30))
+        );
+        // Down from before the 1st until the 3rd at 01:00: one fire, for the 2nd's time.
+        let back = daily
+            .due(first, ms("Europe/Berlin", 2026, 6, 3, 1, 0))
+            .expect("due");
+        assert_eq!(back.fire_time_ms, ms("Europe/Berlin", 2026, 6, 2, 2, 30));
+        assert_eq!(back.missed, 1);
+        assert_eq!(
+            back.next_fire_ms,
+            Some(ms("Europe/Berlin", 2026, 6, 3, 2, 30))
+        );
+        // Down for longer than two days: the count covers the last two.
+        let long = daily
+            .due(first, ms("Europe/Berlin", 2026, 6, 9, 12, 0))
+            .expect("due");
+        assert_eq!(long.fire_time_ms, ms("Europe/Berlin", 2026, 6, 9, 2, 30));
+        assert_eq!(
+            long.next_fire_ms,
+            Some(ms("Europe/Berlin", 2026, 6, 10, 2, 30))
+        );
+        assert!((2..=7).contains(&long.missed), "{}", long.missed);
+        // Down for a year, every minute: still one fire, for the latest minute, quickly.
+        let every_minute = cron("* * * * *", "");
+        let start = ms("UTC", 2026, 1, 1, 0, 0);
+        let year_later = ms("UTC", 2027, 1, 1, 0, 0) + 30_000;
+        let caught_up = every_minute.due(start, year_later).expect("due");
+        assert_eq!(caught_up.fire_time_ms, ms("UTC", 2027, 1, 1, 0, 0));
+        assert_eq!(caught_up.next_fire_ms, Some(ms("UTC", 2027, 1, 1, 0, 1)));
+        assert!(caught_up.missed >= 2 * 24 * 60, "{}", caught_up.missed);
+
+        // An interval keeps its phase: fires stay on the grid of the first one.
+        let hourly = Trigger::interval("interval", Duration::from_secs(3600)).expect("valid");
+        let hour = 3_600_000;
+        let late = hourly.due(10 * hour, 13 * hour + 5).expect("due");
+        assert_eq!(
+            (late.fire_time_ms, late.missed, late.next_fire_ms),
+            (13 * hour, 3, Some(14 * hour))
         );
     }
 
