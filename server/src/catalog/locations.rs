@@ -153,6 +153,9 @@ impl Catalog {
     }
 
     /// Deletes a location and the catalog's records of its backups, unless a run uses it.
+    ///
+    /// Fails with NOT_FOUND when the location does not exist and FAILED_PRECONDITION, naming the
+    /// run, while an active run uses it.
     pub async fn delete_location(&self, location_id: Uuid, reference: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let id = location_id.to_string();
@@ -173,13 +176,23 @@ impl Catalog {
         for statement in [
             "DELETE FROM backups WHERE location_id = ?",
             "UPDATE runs SET location_id = NULL WHERE location_id = ?",
-            "DELETE FROM locations WHERE id = ?",
         ] {
             sqlx::query(statement)
                 .bind(&id)
                 .execute(&mut *tx)
                 .await
                 .map_err(|error| database_error("delete location", error))?;
+        }
+        let deleted = sqlx::query("DELETE FROM locations WHERE id = ?")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|error| database_error("delete location", error))?;
+        if deleted.rows_affected() == 0 {
+            return Err(Error::NotFound {
+                kind: "location",
+                name: reference.to_string(),
+            });
         }
         tx.commit()
             .await

@@ -301,7 +301,8 @@ impl Catalog {
             })
     }
 
-    /// Deletes a cluster, its nodes and its run records, unless a run of it is active.
+    /// Deletes a cluster, its nodes, its run records and the catalog's records of its backups
+    /// (the backups themselves stay in storage), unless a run of it is active.
     ///
     /// Fails with NOT_FOUND when the cluster does not exist and FAILED_PRECONDITION, naming the
     /// run, while a run is queued, running or canceling.

@@ -19,10 +19,10 @@ use crate::model::run::{BackupKind, PathFilter};
 pub struct BackupRecord {
     pub id: Uuid,
     pub cluster_id: Uuid,
-    /// The cluster's name when the backup was taken.
+    /// The cluster's name as it is now (the catalog joins it; a rename shows on old backups).
     pub cluster_name: String,
     pub location_id: Uuid,
-    /// The location's name when the backup was taken.
+    /// The location's name as it is now (a rename shows on old backups).
     pub location_name: String,
     pub kind: BackupKind,
     /// Parent (incremental).

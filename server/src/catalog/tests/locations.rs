@@ -327,6 +327,12 @@ async fn deleting_a_location_removes_its_backup_records_and_keeps_runs(catalog: 
         .await
         .expect("delete");
     assert_eq!(catalog.find_location("doomed").await.expect("find"), None);
+    match catalog.delete_location(doomed.id, "doomed").await {
+        Err(Error::NotFound { kind, name }) => {
+            assert_eq!((kind, name.as_str()), ("location", "doomed"))
+        }
+        other => panic!("deleting a deleted location is NOT_FOUND, got {other:?}"),
+    }
     assert_eq!(catalog.get_backup(gone.id).await.expect("get"), None);
     assert_eq!(
         catalog.get_backup(stays.id).await.expect("get"),
