@@ -1,4 +1,5 @@
-//! When a schedule fires, and which of its backups it keeps.
+//! When a schedule fires, which fire it owes after a pause in service, when it retries a
+//! failed run, and which of its backups it keeps.
 //!
 //! Fire times are computed here and nowhere else, as milliseconds since the Unix epoch like
 //! every other time of the domain. Calendar arithmetic is the crates' (croner matches the cron
