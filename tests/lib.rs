@@ -244,6 +244,20 @@ pub fn closed_address() -> String {
     address.to_string()
 }
 
+/// The run `run_id` as GetRun answers it now.
+pub async fn get_run(client: &CofferClient, run_id: &str) -> coffer_client::proto::Run {
+    client
+        .runs()
+        .get_run(coffer_client::proto::GetRunRequest {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .expect("get run")
+        .into_inner()
+        .run
+        .expect("run")
+}
+
 /// Follows a run with WatchRun to its end; returns every state seen, the last one final.
 pub async fn watch_to_end(client: &CofferClient, run_id: &str) -> Vec<coffer_client::proto::Run> {
     let mut stream = client

@@ -18,8 +18,8 @@ use crate::model::backup::{
 };
 use crate::model::page::{Cursor, CursorKind};
 use crate::model::run::{
-    BackupKind, BackupSpec, Counters, NodePhase, NodeProgress, PathFilter, Run, RunKind, RunSpec,
-    RunState, TransferLimits,
+    BackupKind, BackupSpec, NodeProgress, PathFilter, Run, RunKind, RunSpec, RunState,
+    TransferLimits,
 };
 use crate::model::{Labels, Page};
 use crate::runs::{RunManager, backup};
@@ -120,13 +120,7 @@ impl Backups {
             nodes: cluster
                 .nodes
                 .iter()
-                .map(|node| NodeProgress {
-                    node_id: node.info.node_id,
-                    source_node_id: None,
-                    phase: NodePhase::Queued,
-                    counters: Counters::default(),
-                    last_error: String::new(),
-                })
+                .map(|node| NodeProgress::queued(node.info.node_id, None))
                 .collect(),
         };
         match self.catalog.insert_run(&run).await? {

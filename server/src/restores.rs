@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::locations::LocationRegistry;
 use crate::model::backup::BackupRecord;
 use crate::model::run::{
-    Counters, NodeMapping, NodePhase, NodeProgress, PathFilter, RestoreHook, RestoreSource,
-    RestoreSpec, Run, RunKind, RunSpec, RunState, TransferLimits,
+    NodeMapping, NodeProgress, PathFilter, RestoreHook, RestoreSource, RestoreSpec, Run, RunKind,
+    RunSpec, RunState, TransferLimits,
 };
 use crate::runs::{RunManager, restore};
 
@@ -171,12 +171,8 @@ impl Restores {
             update_time: now,
             nodes: mappings
                 .iter()
-                .map(|mapping| NodeProgress {
-                    node_id: mapping.target_node_id,
-                    source_node_id: Some(mapping.source_node_id),
-                    phase: NodePhase::Queued,
-                    counters: Counters::default(),
-                    last_error: String::new(),
+                .map(|mapping| {
+                    NodeProgress::queued(mapping.target_node_id, Some(mapping.source_node_id))
                 })
                 .collect(),
         };

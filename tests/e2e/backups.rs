@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use coffer_client::{CofferClient, proto};
-use coffer_tests::{TestAgent, TestServer, create_fs_location, noise, watch_to_end, write};
+use coffer_tests::{
+    TestAgent, TestServer, create_fs_location, get_run, noise, watch_to_end, write,
+};
 use tonic::Code;
 
 use crate::{node, register};
@@ -838,16 +840,7 @@ async fn watchers_see_the_same_progress_and_a_late_one_gets_the_current_state_fi
     };
     // Join late, once bytes moved: the first message is the state now, not the start.
     loop {
-        let run = client
-            .runs()
-            .get_run(proto::GetRunRequest {
-                run_id: run_id.clone(),
-            })
-            .await
-            .expect("get run")
-            .into_inner()
-            .run
-            .expect("run");
+        let run = get_run(&client, &run_id).await;
         if run.totals.as_ref().is_some_and(|t| t.bytes_done > 0) {
             break;
         }
@@ -1095,16 +1088,7 @@ async fn a_server_killed_mid_run_finishes_the_run_truthfully_after_restart() {
     let (agent, server, client) = slow_setup(root.path(), 8).await;
     let run_id = start(&client, rate_limited(1 << 20)).await;
     loop {
-        let run = client
-            .runs()
-            .get_run(proto::GetRunRequest {
-                run_id: run_id.clone(),
-            })
-            .await
-            .expect("get run")
-            .into_inner()
-            .run
-            .expect("run");
+        let run = get_run(&client, &run_id).await;
         if run.totals.as_ref().is_some_and(|t| t.bytes_done > 0) {
             break;
         }
@@ -1116,16 +1100,7 @@ async fn a_server_killed_mid_run_finishes_the_run_truthfully_after_restart() {
     let client = restarted.client().await;
     let mut last = None;
     for _ in 0..200 {
-        let run = client
-            .runs()
-            .get_run(proto::GetRunRequest {
-                run_id: run_id.clone(),
-            })
-            .await
-            .expect("get run")
-            .into_inner()
-            .run
-            .expect("run");
+        let run = get_run(&client, &run_id).await;
         if matches!(
             run.state(),
             proto::RunState::Failed | proto::RunState::Succeeded

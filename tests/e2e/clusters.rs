@@ -2,7 +2,7 @@
 
 use coffer_client::proto;
 use coffer_tests::{
-    TestAgent, TestServer, closed_address, create_fs_location, noise, watch_to_end, write,
+    TestAgent, TestServer, closed_address, create_fs_location, get_run, noise, watch_to_end, write,
 };
 use tonic::Code;
 
@@ -339,16 +339,7 @@ async fn delete_is_refused_while_a_run_is_active() {
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains(&run_id), "{}", status.message());
     // The refusals left the run alone.
-    let run = client
-        .runs()
-        .get_run(proto::GetRunRequest {
-            run_id: run_id.clone(),
-        })
-        .await
-        .expect("get run")
-        .into_inner()
-        .run
-        .expect("run");
+    let run = get_run(&client, &run_id).await;
     assert_eq!(run.state(), proto::RunState::Running, "{run:?}");
 
     // End the run through the API and wait until it is final.

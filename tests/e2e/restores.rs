@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use coffer_client::{CofferClient, proto};
 use coffer_tests::{
-    TestAgent, TestServer, create_fs_location, noise, run_backup, watch_to_end, wipe, write,
+    TestAgent, TestServer, create_fs_location, get_run, noise, run_backup, watch_to_end, wipe,
+    write,
 };
 
 use crate::{node, register};
@@ -670,16 +671,7 @@ async fn an_agent_killed_mid_restore_does_not_fetch_verified_files_again() {
         .into_inner()
         .run_id;
     loop {
-        let run = client
-            .runs()
-            .get_run(proto::GetRunRequest {
-                run_id: run_id.clone(),
-            })
-            .await
-            .expect("get run")
-            .into_inner()
-            .run
-            .expect("run");
+        let run = get_run(&client, &run_id).await;
         if run.totals.as_ref().is_some_and(|t| t.files_done >= 3) {
             break;
         }

@@ -213,6 +213,20 @@ pub struct NodeProgress {
     pub last_error: String,
 }
 
+impl NodeProgress {
+    /// A node of a run that has not started: queued, nothing counted. `source_node_id` is the
+    /// backup node a restore puts onto it.
+    pub fn queued(node_id: Uuid, source_node_id: Option<Uuid>) -> Self {
+        Self {
+            node_id,
+            source_node_id,
+            phase: NodePhase::Queued,
+            counters: Counters::default(),
+            last_error: String::new(),
+        }
+    }
+}
+
 /// The kinds of backup and the file selections are the storage format's own: a backup's
 /// manifest records them as the catalog does.
 pub use coffer_format::{BackupKind, PathFilter};

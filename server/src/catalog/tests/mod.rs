@@ -18,8 +18,8 @@ use crate::catalog::Catalog;
 use crate::model::backup::{BackupNodeRecord, BackupRecord};
 use crate::model::location::{Compression, Location, LocationOptions};
 use crate::model::run::{
-    BackupKind, BackupSpec, Counters, NodePhase, NodeProgress, PathFilter, Run, RunKind, RunSpec,
-    RunState, TransferLimits,
+    BackupKind, BackupSpec, NodeProgress, PathFilter, Run, RunKind, RunSpec, RunState,
+    TransferLimits,
 };
 use crate::model::{AgentAddress, Cluster, DataPath, Labels, Name, Node, NodeInfo, NodeSpec};
 
@@ -224,13 +224,7 @@ pub(super) fn backup_run(cluster: &Cluster, location: &Location, create_ms: u64)
         nodes: cluster
             .nodes
             .iter()
-            .map(|node| NodeProgress {
-                node_id: node.info.node_id,
-                source_node_id: None,
-                phase: NodePhase::Queued,
-                counters: Counters::default(),
-                last_error: String::new(),
-            })
+            .map(|node| NodeProgress::queued(node.info.node_id, None))
             .collect(),
     }
 }

@@ -65,12 +65,8 @@ fn restore_run(cluster: &Cluster, location: &Location, create_ms: u64) -> Run {
         backup_id: Some(backup_id),
         nodes: mappings
             .iter()
-            .map(|mapping| NodeProgress {
-                node_id: mapping.target_node_id,
-                source_node_id: Some(mapping.source_node_id),
-                phase: NodePhase::Queued,
-                counters: Counters::default(),
-                last_error: String::new(),
+            .map(|mapping| {
+                NodeProgress::queued(mapping.target_node_id, Some(mapping.source_node_id))
             })
             .collect(),
         ..backup_run(cluster, location, create_ms)
