@@ -44,6 +44,8 @@ not_yet_implemented!(proto::schedule_service_server::ScheduleService, "ScheduleS
     list_schedules(ListSchedulesRequest) -> ListSchedulesResponse as "ListSchedules";
     update_schedule(UpdateScheduleRequest) -> UpdateScheduleResponse as "UpdateSchedule";
     delete_schedule(DeleteScheduleRequest) -> DeleteScheduleResponse as "DeleteSchedule";
+    run_schedule(RunScheduleRequest) -> RunScheduleResponse as "RunSchedule";
+    list_schedule_fires(ListScheduleFiresRequest) -> ListScheduleFiresResponse as "ListScheduleFires";
 });
 
 /// Adds the not-yet-implemented services to the router.

@@ -49,6 +49,9 @@ pub enum Cursor {
     /// A backup's files: the `node_index`th node's manifest, from entry `offset`.
     /// `f1.<node_index>.<offset>`.
     InManifest { node_index: usize, offset: u64 },
+    /// A schedule's fires, newest first: after the one at `ms`, attempt `attempt`.
+    /// `s1.<ms>.<attempt>`.
+    AfterFire { ms: i64, attempt: u32 },
 }
 
 /// The kinds of [`Cursor`], to say which one a listing accepts.
@@ -58,6 +61,7 @@ pub enum CursorKind {
     Backup,
     Run,
     Manifest,
+    Fire,
 }
 
 impl Cursor {
@@ -86,6 +90,7 @@ impl Cursor {
             Self::AfterBackup { ms, id } => format!("b1.{ms}.{id}"),
             Self::AfterRun { ms, id } => format!("r1.{ms}.{id}"),
             Self::InManifest { node_index, offset } => format!("f1.{node_index}.{offset}"),
+            Self::AfterFire { ms, attempt } => format!("s1.{ms}.{attempt}"),
         }
     }
 
@@ -103,6 +108,9 @@ impl Cursor {
             CursorKind::Run => parse_pair(token, "r1").map(|(ms, id)| Self::AfterRun { ms, id }),
             CursorKind::Manifest => parse_pair(token, "f1")
                 .map(|(node_index, offset)| Self::InManifest { node_index, offset }),
+            CursorKind::Fire => {
+                parse_pair(token, "s1").map(|(ms, attempt)| Self::AfterFire { ms, attempt })
+            }
         };
         cursor.map(Some).ok_or_else(|| {
             Error::invalid(
@@ -175,12 +183,17 @@ mod tests {
                 node_index: 2,
                 offset: 1000,
             },
+            Cursor::AfterFire {
+                ms: 1_700_000_000_000,
+                attempt: 3,
+            },
         ];
         let kinds = [
             CursorKind::Name,
             CursorKind::Backup,
             CursorKind::Run,
             CursorKind::Manifest,
+            CursorKind::Fire,
         ];
         for (cursor, kind) in cursors.into_iter().zip(kinds) {
             let parsed = Cursor::parse("page_token", kind, &cursor.encode()).expect("parse");
@@ -207,6 +220,7 @@ mod tests {
             (CursorKind::Backup, run.as_str()),
             (CursorKind::Backup, "b1.x.y"),
             (CursorKind::Manifest, "f1.-1.0"),
+            (CursorKind::Fire, "s1.5.-1"),
         ] {
             let error = Cursor::parse("page_token", kind, bad).expect_err(bad);
             assert!(error.to_string().contains("page_token"), "{error}");
