@@ -777,6 +777,9 @@ pub struct BackupManifest {
     /// The run that made the backup, if Coffer's server made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<Uuid>,
+    /// The schedule that started that run, if a schedule did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<Uuid>,
     /// The path globs the backup was taken with; empty lists select every file.
     #[serde(default)]
     pub filter: PathFilter,
@@ -1133,6 +1136,7 @@ mod tests {
             start_time: "2026-11-21T22:00:00Z".into(),
             commit_time: "2026-11-21T22:56:00Z".into(),
             run_id: Some(Uuid::from_u128(4)),
+            schedule_id: Some(Uuid::from_u128(5)),
             filter: PathFilter {
                 include: vec!["/data/**".into()],
                 exclude: vec![],

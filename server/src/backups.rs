@@ -46,6 +46,8 @@ pub struct StartBackup {
     /// Report what would be done, and change nothing.
     pub dry_run: bool,
     pub idempotency_key: Option<String>,
+    /// The schedule whose fire this is; `None` for StartBackup.
+    pub schedule_id: Option<Uuid>,
 }
 
 /// Starts backups and answers questions about committed ones.
@@ -110,7 +112,7 @@ impl Backups {
             spec: RunSpec::Backup(spec.clone()),
             dry_run: request.dry_run,
             idempotency_key: request.idempotency_key,
-            schedule_id: None,
+            schedule_id: request.schedule_id,
             backup_id: (!request.dry_run).then(Uuid::now_v7),
             error: String::new(),
             create_time: now,

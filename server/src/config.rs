@@ -41,6 +41,17 @@ pub struct ServerOptions {
     /// Most agents called at once [default: 32].
     #[arg(long, global = true, env = "COFFER_AGENT_PARALLELISM")]
     pub agent_parallelism: Option<usize>,
+
+    /// How often the scheduler looks for schedules to fire [default: 1s].
+    #[arg(long, global = true, env = "COFFER_SCHEDULER_TICK", value_parser = coffer_process::parse_duration)]
+    #[serde(with = "coffer_process::optional_duration")]
+    pub scheduler_tick: Option<Duration>,
+
+    /// For rehearsals and tests only: the scheduler reads the time (milliseconds since the
+    /// epoch) from this file instead of the system clock, so days of fire times pass in
+    /// seconds. Runs and backups keep the system's time.
+    #[arg(long, global = true, env = "COFFER_SCHEDULER_CLOCK_FILE")]
+    pub scheduler_clock_file: Option<PathBuf>,
 }
 
 impl Layered for ServerOptions {
@@ -51,6 +62,8 @@ impl Layered for ServerOptions {
             agent_connect_timeout: self.agent_connect_timeout.or(lower.agent_connect_timeout),
             agent_request_timeout: self.agent_request_timeout.or(lower.agent_request_timeout),
             agent_parallelism: self.agent_parallelism.or(lower.agent_parallelism),
+            scheduler_tick: self.scheduler_tick.or(lower.scheduler_tick),
+            scheduler_clock_file: self.scheduler_clock_file.or(lower.scheduler_clock_file),
         }
     }
 }
@@ -69,6 +82,12 @@ pub struct ServerConfig {
     pub agent_request_timeout: Duration,
     /// Most agents called at once.
     pub agent_parallelism: usize,
+    /// How often the scheduler looks for schedules to fire.
+    #[serde(with = "coffer_process::duration")]
+    pub scheduler_tick: Duration,
+    /// The scheduler's clock, read from a file (rehearsals and tests); `None` is the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler_clock_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -114,10 +133,15 @@ impl ServerOptions {
                 .agent_request_timeout
                 .unwrap_or(Duration::from_secs(30)),
             agent_parallelism: self.agent_parallelism.unwrap_or(32),
+            scheduler_tick: self
+                .scheduler_tick
+                .unwrap_or(crate::scheduler::DEFAULT_TICK),
+            scheduler_clock_file: self.scheduler_clock_file,
         };
         for (setting, value) in [
             ("agent-connect-timeout", config.agent_connect_timeout),
             ("agent-request-timeout", config.agent_request_timeout),
+            ("scheduler-tick", config.scheduler_tick),
         ] {
             if value.is_zero() {
                 return Err(ConfigError {

@@ -17,6 +17,8 @@ pub mod locations;
 pub mod model;
 pub mod restores;
 pub mod runs;
+pub mod scheduler;
+pub mod schedules;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,6 +33,8 @@ use crate::config::ServerConfig;
 use crate::locations::LocationRegistry;
 use crate::restores::Restores;
 use crate::runs::RunManager;
+use crate::scheduler::{Clock, FileClock, Scheduler, SystemClock};
+use crate::schedules::Schedules;
 
 /// The server's state: the catalog and the domain services over it.
 #[derive(Debug, Clone)]
@@ -41,6 +45,8 @@ pub struct Coffer {
     runs: RunManager,
     backups: Backups,
     restores: Restores,
+    scheduler: Scheduler,
+    schedules: Schedules,
 }
 
 impl Coffer {
@@ -66,6 +72,22 @@ impl Coffer {
             backups.clone(),
             runs.clone(),
         );
+        let clock: Arc<dyn Clock> = match &config.scheduler_clock_file {
+            Some(path) => Arc::new(FileClock::new(path.clone())),
+            None => Arc::new(SystemClock),
+        };
+        let scheduler = Scheduler::new(
+            catalog.clone(),
+            backups.clone(),
+            clock,
+            config.scheduler_tick,
+        );
+        let schedules = Schedules::new(
+            catalog.clone(),
+            (*clusters).clone(),
+            locations.clone(),
+            scheduler.clone(),
+        );
         Ok(Self {
             catalog,
             clusters,
@@ -73,6 +95,8 @@ impl Coffer {
             runs,
             backups,
             restores,
+            scheduler,
+            schedules,
         })
     }
 
@@ -87,6 +111,10 @@ impl Coffer {
 
     pub fn backups(&self) -> &Backups {
         &self.backups
+    }
+
+    pub fn schedules(&self) -> &Schedules {
+        &self.schedules
     }
 
     /// Cluster registration and inspection.
@@ -113,18 +141,30 @@ pub async fn run(
     let router = grpc::router(coffer).await;
     // Runs a previous process left in flight are finished in the background: it needs agents,
     // which may take a while to answer, and must not delay serving.
+    // The scheduler starts once they are recovered, so that what it finds in the catalog about
+    // its runs is final or live.
     let runs = coffer.runs.clone();
-    tokio::spawn(async move {
+    let scheduler = coffer.scheduler.clone();
+    let stop_scheduler = tokio_util::sync::CancellationToken::new();
+    let scheduler_stopped = stop_scheduler.clone();
+    let scheduler_task = tokio::spawn(async move {
         if let Err(error) = runs.recover().await {
             tracing::error!(%error, "recover interrupted runs");
         }
+        scheduler.run(scheduler_stopped).await;
     });
-    router
+    let served = router
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
         )
-        .await?;
+        .await;
+    // No fire starts a run once serving stopped: the runs are about to be shut down.
+    stop_scheduler.cancel();
+    if let Err(error) = scheduler_task.await {
+        tracing::error!(%error, "scheduler task failed");
+    }
+    served?;
     tracing::info!("server stopped");
     Ok(())
 }

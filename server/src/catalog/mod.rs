@@ -25,6 +25,7 @@ use uuid::Uuid;
 mod backups;
 mod locations;
 mod runs;
+mod schedules;
 #[cfg(test)]
 mod tests;
 

@@ -190,6 +190,7 @@ impl Catalog {
              AND (? IS NULL OR runs.cluster_id = ?) AND (? IS NULL OR runs.kind = ?) \
              AND (? = '[]' OR runs.state IN (SELECT value FROM json_each(?))) \
              AND (? IS NULL OR runs.create_time_ms >= ?) AND (? IS NULL OR runs.create_time_ms <= ?) \
+             AND (? IS NULL OR runs.schedule_id = ?) \
              ORDER BY runs.create_time_ms DESC, runs.id DESC LIMIT ?"
         )))
         .bind(after_ms)
@@ -205,6 +206,8 @@ impl Catalog {
         .bind(query.min_create_ms)
         .bind(query.max_create_ms)
         .bind(query.max_create_ms)
+        .bind(query.schedule_id.map(|id| id.to_string()))
+        .bind(query.schedule_id.map(|id| id.to_string()))
         .bind(i64::from(query.page_size) + 1)
         .fetch_all(&self.pool)
         .await

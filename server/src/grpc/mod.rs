@@ -9,8 +9,8 @@ mod convert;
 mod location;
 mod restore;
 mod run;
+mod schedule;
 mod status;
-mod unimplemented;
 
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ pub use cluster::ClusterHandler;
 pub use location::LocationHandler;
 pub use restore::RestoreHandler;
 pub use run::RunHandler;
+pub use schedule::ScheduleHandler;
 
 /// The server's router: every `coffer.v1` service, gRPC health, and reflection (v1 and
 /// v1alpha, every service).
@@ -47,25 +48,26 @@ pub async fn router(coffer: &Coffer) -> Router {
         };
     let mut builder = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()));
-    unimplemented::add_services(
-        builder
-            .add_service(health_service)
-            .add_optional_service(reflection_v1)
-            .add_optional_service(reflection_v1alpha)
-            .add_service(proto::cluster_service_server::ClusterServiceServer::new(
-                ClusterHandler::new(Arc::new(coffer.clusters().clone())),
-            ))
-            .add_service(proto::location_service_server::LocationServiceServer::new(
-                LocationHandler::new(coffer.locations.clone()),
-            ))
-            .add_service(proto::backup_service_server::BackupServiceServer::new(
-                BackupHandler::new(coffer.backups.clone()),
-            ))
-            .add_service(proto::restore_service_server::RestoreServiceServer::new(
-                RestoreHandler::new(coffer.restores.clone()),
-            ))
-            .add_service(proto::run_service_server::RunServiceServer::new(
-                RunHandler::new(coffer.runs.clone()),
-            )),
-    )
+    builder
+        .add_service(health_service)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
+        .add_service(proto::cluster_service_server::ClusterServiceServer::new(
+            ClusterHandler::new(Arc::new(coffer.clusters().clone())),
+        ))
+        .add_service(proto::location_service_server::LocationServiceServer::new(
+            LocationHandler::new(coffer.locations.clone()),
+        ))
+        .add_service(proto::backup_service_server::BackupServiceServer::new(
+            BackupHandler::new(coffer.backups.clone()),
+        ))
+        .add_service(proto::restore_service_server::RestoreServiceServer::new(
+            RestoreHandler::new(coffer.restores.clone()),
+        ))
+        .add_service(proto::run_service_server::RunServiceServer::new(
+            RunHandler::new(coffer.runs.clone()),
+        ))
+        .add_service(proto::schedule_service_server::ScheduleServiceServer::new(
+            ScheduleHandler::new(coffer.schedules.clone()),
+        ))
 }

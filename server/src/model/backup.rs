@@ -147,7 +147,7 @@ impl BackupRecord {
             filter: manifest.filter.clone(),
             labels: manifest.labels.clone(),
             run_id: manifest.run_id,
-            schedule_id: None,
+            schedule_id: manifest.schedule_id,
             start_time: from_manifest_time(&manifest.start_time),
             commit_time: from_manifest_time(&manifest.commit_time),
             nodes: manifest

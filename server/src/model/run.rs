@@ -390,6 +390,8 @@ pub struct ListRuns {
     pub min_create_ms: Option<i64>,
     /// Created at or before (ms).
     pub max_create_ms: Option<i64>,
+    /// Only runs of this schedule.
+    pub schedule_id: Option<Uuid>,
 }
 
 /// A listing of runs as asked for: the cluster by name or id.
@@ -405,6 +407,8 @@ pub struct RunQuery {
     /// Created at or after, and at or before (ms since the epoch).
     pub min_create_ms: Option<i64>,
     pub max_create_ms: Option<i64>,
+    /// Only runs of this schedule (not checked: runs of a deleted schedule stay listable).
+    pub schedule_id: Option<Uuid>,
 }
 
 /// A node's transfer counters as its agent reports them (cumulative).

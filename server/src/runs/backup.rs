@@ -310,6 +310,7 @@ async fn commit(
         start_time: format_time(run.start_time.unwrap_or(run.create_time)),
         commit_time: format_time(SystemTime::now()),
         run_id: Some(run.id),
+        schedule_id: run.schedule_id,
         filter: plan.spec.filter.clone(),
         nodes: summaries
             .iter()

@@ -161,6 +161,7 @@ impl RunManager {
             states: query.states,
             min_create_ms: query.min_create_ms,
             max_create_ms: query.max_create_ms,
+            schedule_id: query.schedule_id,
         };
         let (items, more) = self.inner.catalog.list_runs(&listing).await?;
         let next_page_token = if more {

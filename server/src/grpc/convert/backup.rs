@@ -43,6 +43,7 @@ impl TryFrom<proto::StartBackupRequest> for StartBackup {
             labels: Labels::parse("backup.labels", spec.labels)?,
             dry_run: request.dry_run,
             idempotency_key,
+            schedule_id: None,
         })
     }
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod location;
 mod restore;
 mod run;
+mod schedule;
 
 use std::time::{Duration, SystemTime};
 

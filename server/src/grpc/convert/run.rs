@@ -2,15 +2,16 @@
 
 use coffer_proto::v1 as proto;
 
-use super::{backup_kind_out, duration, limits_out, timestamp, timestamp_ms};
+use super::{backup_kind_out, duration, limits_out, parse_id, timestamp, timestamp_ms};
 use crate::error::{Error, Result};
 use crate::model::page::{Cursor, CursorKind};
 use crate::model::parse_page_size;
 use crate::model::run::{
-    Counters, NodePhase, NodeProgress, RestoreSpec, Run, RunKind, RunQuery, RunSpec, RunState,
+    BackupSpec, Counters, NodePhase, NodeProgress, RestoreSpec, Run, RunKind, RunQuery, RunSpec,
+    RunState,
 };
 
-fn run_state_out(state: RunState) -> proto::RunState {
+pub(super) fn run_state_out(state: RunState) -> proto::RunState {
     match state {
         RunState::Queued => proto::RunState::Queued,
         RunState::Running => proto::RunState::Running,
@@ -97,20 +98,25 @@ impl From<NodeProgress> for proto::NodeProgress {
     }
 }
 
+/// A backup's parameters as the API shows them: the location by id.
+pub(super) fn backup_spec_out(spec: BackupSpec) -> proto::BackupSpec {
+    proto::BackupSpec {
+        kind: backup_kind_out(spec.kind),
+        location: spec.location_id.to_string(),
+        filter: Some(proto::PathFilter {
+            include: spec.filter.include,
+            exclude: spec.filter.exclude,
+        }),
+        limits: Some(limits_out(&spec.limits)),
+        labels: spec.labels.into_iter().collect(),
+    }
+}
+
 impl From<Run> for proto::Run {
     fn from(run: Run) -> Self {
         let totals = counters_out(&run.totals());
         let spec = match run.spec {
-            RunSpec::Backup(spec) => proto::run::Spec::Backup(proto::BackupSpec {
-                kind: backup_kind_out(spec.kind),
-                location: spec.location_id.to_string(),
-                filter: Some(proto::PathFilter {
-                    include: spec.filter.include,
-                    exclude: spec.filter.exclude,
-                }),
-                limits: Some(limits_out(&spec.limits)),
-                labels: spec.labels.into_iter().collect(),
-            }),
+            RunSpec::Backup(spec) => proto::run::Spec::Backup(backup_spec_out(spec)),
             RunSpec::Restore(spec) => proto::run::Spec::Restore(restore_spec_out(spec)),
         };
         Self {
@@ -199,6 +205,11 @@ impl TryFrom<proto::ListRunsRequest> for RunQuery {
             states: run_states(&request.states)?,
             min_create_ms: timestamp_ms("min_create_time", request.min_create_time)?,
             max_create_ms: timestamp_ms("max_create_time", request.max_create_time)?,
+            schedule_id: if request.schedule_id.is_empty() {
+                None
+            } else {
+                Some(parse_id("schedule_id", "schedule", &request.schedule_id)?)
+            },
         })
     }
 }

@@ -111,7 +111,6 @@ fn mix(seed: u128, attempt: u32) -> u64 {
     z ^ (z >> 31)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

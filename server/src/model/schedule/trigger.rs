@@ -124,6 +124,11 @@ impl CronTrigger {
         &self.time_zone
     }
 
+    /// The time zone itself.
+    pub fn zone(&self) -> &TimeZone {
+        &self.zone
+    }
+
     /// The first fire time strictly after `after_ms`, under the daylight-saving rules of the
     /// module; `None` when there is none the crates can find.
     fn next_after(&self, after_ms: i64) -> Option<i64> {
@@ -240,6 +245,15 @@ impl Trigger {
         Ok(Self::Interval(interval))
     }
 
+    /// The time zone whose days, weeks and months retention counts in: the cron expression's,
+    /// UTC for an interval.
+    pub fn zone(&self) -> TimeZone {
+        match self {
+            Self::Cron(cron) => cron.zone().clone(),
+            Self::Interval(_) => TimeZone::UTC,
+        }
+    }
+
     /// The first fire time after `after_ms`: for a cron trigger the next time of the expression
     /// strictly after it; for an interval, `after_ms` plus the interval (`after_ms` being the
     /// previous fire, or the creation or resumption of the schedule).
@@ -326,7 +340,6 @@ impl Trigger {
         })
     }
 }
-
 
 #[cfg(test)]
 mod tests {

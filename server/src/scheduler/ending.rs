@@ -1,0 +1,140 @@
+//! What the end of a scheduled run leads to: retention after a backup committed, a retry after
+//! a run failed.
+
+use jiff::Timestamp;
+
+use super::Scheduler;
+use crate::error::Result;
+use crate::model::run::RunState;
+use crate::model::schedule::{AwaitedRun, PendingFire, PendingRetry, Schedule};
+
+impl Scheduler {
+    /// Handles the end of the run a fire started, once it ended: retention after a success, a
+    /// retry (as the policy allows) after a failure, nothing after a cancel. A run that is still
+    /// active is left for a later tick.
+    pub(super) async fn follow_up(
+        &self,
+        schedule: &mut Schedule,
+        awaited: AwaitedRun,
+        now_ms: i64,
+    ) -> Result<()> {
+        let catalog = &self.inner.catalog;
+        let run = catalog.get_run(awaited.run_id).await?;
+        if run.as_ref().is_some_and(|run| !run.state.is_final()) {
+            return Ok(());
+        }
+        schedule.progress.awaited = None;
+        let last_error = match run {
+            None => format!("run {} is gone from the catalog", awaited.run_id),
+            Some(run) => match run.state {
+                RunState::Succeeded => String::new(),
+                RunState::Canceled => format!("run {} was canceled", run.id),
+                _ => {
+                    let fire = PendingFire {
+                        fire_time_ms: awaited.fire_time_ms,
+                        attempt: awaited.attempt,
+                        cause: crate::model::schedule::FireCause::Trigger,
+                        missed: 0,
+                    };
+                    let retry = self.plan_retry(schedule, fire, now_ms);
+                    format!(
+                        "run {} failed: {}{}",
+                        run.id,
+                        run.error,
+                        retry_note(retry.as_ref())
+                    )
+                }
+            },
+        };
+        catalog
+            .save_fire_progress(schedule.id, &schedule.progress, schedule.next_fire_ms)
+            .await?;
+        let last_error = if last_error.is_empty() {
+            self.apply_retention(schedule, now_ms).await?
+        } else {
+            last_error
+        };
+        catalog.set_schedule_error(schedule.id, &last_error).await?;
+        schedule.last_error = last_error;
+        Ok(())
+    }
+
+    /// Sets the schedule's pending retry of `fire`, which failed at `failed_ms`, as its policy
+    /// says: none when the attempts are used up or the retry would reach the next regular fire.
+    pub(super) fn plan_retry(
+        &self,
+        schedule: &mut Schedule,
+        fire: PendingFire,
+        failed_ms: i64,
+    ) -> Option<PendingRetry> {
+        let attempt = fire.attempt.saturating_add(1);
+        let retry = schedule
+            .retry
+            .retry_at(
+                attempt,
+                failed_ms,
+                schedule.next_fire_ms,
+                schedule.id.as_u128(),
+            )
+            .map(|at_ms| PendingRetry {
+                at_ms,
+                fire_time_ms: fire.fire_time_ms,
+                attempt,
+            });
+        schedule.progress.retry = retry;
+        retry
+    }
+
+    /// Deletes the schedule's backups that its retention does not keep, as DeleteBackup does.
+    /// Returns the schedule's error after it: empty, or which deletions failed (they are tried
+    /// again at the next pass, after the next backup commits).
+    async fn apply_retention(&self, schedule: &Schedule, now_ms: i64) -> Result<String> {
+        if schedule.retention.keeps_all() {
+            return Ok(String::new());
+        }
+        let backups = self.inner.catalog.schedule_backups(schedule.id).await?;
+        let doomed = schedule
+            .retention
+            .to_delete(&backups, now_ms, &schedule.trigger.zone());
+        let mut failures = Vec::new();
+        for backup in &doomed {
+            match self.inner.backups.delete(backup.id).await {
+                Ok(()) => {
+                    tracing::info!(schedule = %schedule.name, backup_id = %backup.id,
+                        "retention deleted a backup");
+                }
+                Err(error) => {
+                    tracing::warn!(schedule = %schedule.name, backup_id = %backup.id, %error,
+                        "retention could not delete a backup");
+                    failures.push(format!("{}: {error}", backup.id));
+                }
+            }
+        }
+        Ok(if failures.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "retention could not delete {} of {} backups (tried again after the next \
+                 backup): {}",
+                failures.len(),
+                doomed.len(),
+                failures.join("; ")
+            )
+        })
+    }
+}
+
+/// An instant for messages: RFC 3339 in UTC.
+pub(super) fn format_ms(ms: i64) -> String {
+    Timestamp::from_millisecond(ms)
+        .map(|time| time.to_string())
+        .unwrap_or_else(|_| format!("{ms} ms"))
+}
+
+/// What a message says of the retry that follows a failure.
+pub(super) fn retry_note(retry: Option<&PendingRetry>) -> String {
+    match retry {
+        Some(retry) => format!("; retry {} at {}", retry.attempt, format_ms(retry.at_ms)),
+        None => String::new(),
+    }
+}

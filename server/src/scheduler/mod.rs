@@ -1,0 +1,180 @@
+//! The scheduler: fires each schedule at its times, follows the runs it started to their end,
+//! retries the failed ones and applies retention after the ones that committed.
+//!
+//! Everything it decides is written to the catalog before it is acted on, so a server killed
+//! at any point goes on where it stopped: a fire is first written as pending (with the fire
+//! time that makes its run's idempotency key), then its run is started, then what it did is
+//! recorded; a restart finds the pending fire and asks for the same run again, which the
+//! catalog answers with the run already started, if any. A fire never starts two runs.
+//!
+//! Fire times come from the trigger alone ([`Trigger::due`]): a run that outlasts the next fire
+//! time makes that fire a skipped one, and the ones after it fire as usual.
+//!
+//! One task tends every schedule once per tick (and at once when a request changes one).
+//! Requests that change a schedule take the same lock as a tick, so a change and a fire never
+//! interleave.
+
+pub mod clock;
+mod ending;
+mod fire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, MutexGuard, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::backups::Backups;
+use crate::catalog::Catalog;
+use crate::error::Result;
+use crate::model::schedule::{FireCause, PendingFire, Schedule, ScheduleFire};
+
+pub use clock::{Clock, FileClock, SystemClock};
+
+/// How often the scheduler looks at its schedules when nothing wakes it.
+pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
+
+/// Fires schedules; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    catalog: Catalog,
+    backups: Backups,
+    clock: Arc<dyn Clock>,
+    tick: Duration,
+    /// Held while a tick tends schedules and while a request changes one.
+    lock: Mutex<()>,
+    wake: Notify,
+}
+
+impl Scheduler {
+    /// A scheduler starting backups through `backups`, telling time by `clock`, looking at its
+    /// schedules every `tick`.
+    pub fn new(catalog: Catalog, backups: Backups, clock: Arc<dyn Clock>, tick: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                catalog,
+                backups,
+                clock,
+                tick,
+                lock: Mutex::new(()),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// Now, by the scheduler's clock (ms since the epoch).
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Keeps the scheduler from tending schedules while the guard lives.
+    pub async fn lock(&self) -> MutexGuard<'_, ()> {
+        self.inner.lock.lock().await
+    }
+
+    /// Makes the scheduler look at its schedules now rather than at the next tick.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Tends the schedules every tick until `shutdown` is canceled.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        tracing::info!(tick = ?self.inner.tick, "scheduler started");
+        loop {
+            if let Err(error) = self.tend().await {
+                tracing::warn!(%error, "scheduler pass failed; trying again next tick");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.inner.tick) => {}
+                () = self.inner.wake.notified() => {}
+            }
+        }
+        tracing::info!("scheduler stopped");
+    }
+
+    /// One pass: every schedule with something to do now gets it done.
+    pub async fn tend(&self) -> Result<()> {
+        let _guard = self.lock().await;
+        let now_ms = self.now_ms();
+        for mut schedule in self.inner.catalog.schedules_to_tend(now_ms).await? {
+            let name = schedule.name.to_string();
+            if let Err(error) = self.tend_one(&mut schedule, now_ms).await {
+                tracing::warn!(schedule = %name, %error, "schedule not tended; trying again next tick");
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires `schedule` now, under the rules of every fire; the caller holds the lock. The fire
+    /// time is now, so the same request repeated a millisecond later is another fire.
+    pub async fn fire_now(&self, schedule: &mut Schedule) -> Result<ScheduleFire> {
+        let now_ms = self.now_ms();
+        let pending = PendingFire {
+            fire_time_ms: now_ms,
+            attempt: 0,
+            cause: FireCause::RunNow,
+            missed: 0,
+        };
+        self.begin_fire(schedule, pending).await?;
+        self.fire(schedule, pending, now_ms).await
+    }
+
+    async fn tend_one(&self, schedule: &mut Schedule, now_ms: i64) -> Result<()> {
+        // A fire chosen before the last server stopped, never recorded: ask for its run again.
+        if let Some(pending) = schedule.progress.pending {
+            self.fire(schedule, pending, now_ms).await?;
+        }
+        if let Some(awaited) = schedule.progress.awaited {
+            self.follow_up(schedule, awaited, now_ms).await?;
+        }
+        let regular = schedule
+            .next_fire_ms
+            .and_then(|next| schedule.trigger.due(next, now_ms));
+        if let Some(retry) = schedule
+            .progress
+            .retry
+            .filter(|retry| retry.at_ms <= now_ms)
+        {
+            schedule.progress.retry = None;
+            if regular.is_none() {
+                let pending = PendingFire {
+                    fire_time_ms: retry.fire_time_ms,
+                    attempt: retry.attempt,
+                    cause: FireCause::Retry,
+                    missed: 0,
+                };
+                self.begin_fire(schedule, pending).await?;
+                self.fire(schedule, pending, now_ms).await?;
+            }
+            // Otherwise the regular fire below takes over from the retry.
+        }
+        if let Some(due) = regular {
+            schedule.next_fire_ms = due.next_fire_ms;
+            schedule.progress.retry = None;
+            let pending = PendingFire {
+                fire_time_ms: due.fire_time_ms,
+                attempt: 0,
+                cause: FireCause::Trigger,
+                missed: due.missed,
+            };
+            self.begin_fire(schedule, pending).await?;
+            self.fire(schedule, pending, now_ms).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a fire as pending (with the next fire time it leaves) before anything is started.
+    async fn begin_fire(&self, schedule: &mut Schedule, pending: PendingFire) -> Result<()> {
+        schedule.progress.pending = Some(pending);
+        self.inner
+            .catalog
+            .save_fire_progress(schedule.id, &schedule.progress, schedule.next_fire_ms)
+            .await
+    }
+}
