@@ -47,6 +47,7 @@ mod backups;
 mod clusters;
 mod locations;
 mod runs;
+mod schedules;
 
 /// A catalog opened for one test, with what keeps its database alive until the test ends.
 pub(super) struct TestCatalog {
