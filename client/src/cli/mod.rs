@@ -1,6 +1,6 @@
 //! `cofferctl`'s command line: arguments, the commands, and how their errors end the process.
 //!
-//! Each command group (`cluster`, `location`, `backup`, `run`, later `restore`) is one module with
+//! Each command group (`cluster`, `location`, `backup`, `restore`, `run`, `schedule`) is one module with
 //! a `clap::Subcommand` enum and an `async fn run(command, &Session)`; adding a group is a variant
 //! in [`Command`] and an arm in [`run`]. Following a run to its end (`backup start --watch`,
 //! `run watch`) is [`watch`]'s job, and drawing its progress [`progress`]'s, so every command that
@@ -19,6 +19,7 @@ mod parse;
 mod progress;
 pub mod restore;
 pub mod run;
+pub mod schedule;
 mod table;
 mod transfer;
 mod watch;
@@ -35,8 +36,9 @@ use crate::cli::output::{Output, OutputFormat};
 #[command(
     name = "cofferctl",
     version,
-    about = "Drive a Coffer backup server: clusters, locations, backups, restores, runs.",
-    long_about = "Drive a Coffer backup server: clusters, locations, backups, restores, runs.\n\n\
+    about = "Drive a Coffer backup server: clusters, locations, backups, restores, runs, schedules.",
+    long_about = "Drive a Coffer backup server: clusters, locations, backups, restores, runs, \
+                  schedules.\n\n\
                   Data goes to standard output (aligned tables, or proto3 JSON with -o json, the \
                   same JSON grpcurl prints); errors and hints go to standard error, one line per \
                   error. The exit code tells scripts what went wrong.",
@@ -92,6 +94,9 @@ pub enum Command {
     /// List, inspect, watch and cancel backup and restore runs.
     #[command(subcommand)]
     Run(run::RunCommand),
+    /// Create, inspect, fire, pause and delete backup schedules and their retention.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
 }
 
 /// Runs the parsed command line.
@@ -105,6 +110,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backup(command) => backup::run(command, &session).await,
         Command::Restore(command) => restore::run(command, &session).await,
         Command::Run(command) => run::run(command, &session).await,
+        Command::Schedule(command) => schedule::run(command, &session).await,
     }
 }
 

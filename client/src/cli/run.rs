@@ -55,6 +55,10 @@ pub struct ListArgs {
         value_delimiter = ','
     )]
     pub states: Vec<RunStateArg>,
+    /// Only runs started by this schedule (name or id; an id also finds the runs of a
+    /// deleted schedule).
+    #[arg(long, value_name = "SCHEDULE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub schedule: Option<String>,
     #[command(flatten)]
     pub pages: PageArgs,
 }
@@ -120,6 +124,37 @@ pub async fn run(command: RunCommand, session: &Session) -> Result<(), CliError>
     }
 }
 
+/// The id of a schedule named by name or id: an id is taken as it is (its schedule may be
+/// deleted), a name is looked up.
+async fn schedule_id(
+    client: &coffer_client::CofferClient,
+    schedule: &str,
+) -> Result<String, CliError> {
+    if is_uuid(schedule) {
+        return Ok(schedule.to_owned());
+    }
+    let response = client
+        .schedules()
+        .get_schedule(proto::GetScheduleRequest {
+            schedule: schedule.to_owned(),
+        })
+        .await?
+        .into_inner();
+    response
+        .schedule
+        .map(|schedule| schedule.id)
+        .ok_or_else(|| CliError::Protocol("the response has no schedule".to_owned()))
+}
+
+/// Whether `text` has the form of a UUID (8-4-4-4-12 hexadecimal digits).
+fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, length)| {
+            group.len() == length && group.chars().all(|c| c.is_ascii_hexdigit())
+        })
+}
+
 /// The filters of `run list`; paging is added per page.
 pub fn list_request(args: &ListArgs) -> proto::ListRunsRequest {
     let mut states: Vec<i32> = Vec::with_capacity(args.states.len());
@@ -138,8 +173,11 @@ pub fn list_request(args: &ListArgs) -> proto::ListRunsRequest {
 }
 
 async fn list(args: ListArgs, session: &Session) -> Result<(), CliError> {
-    let filters = list_request(&args);
+    let mut filters = list_request(&args);
     let client = session.connect().await?;
+    if let Some(schedule) = &args.schedule {
+        filters.schedule_id = schedule_id(&client, schedule).await?;
+    }
     let runs = client.runs();
     let page = fetch_pages(args.pages, |page_size, page_token| {
         let mut runs = runs.clone();

@@ -14,9 +14,7 @@ use crate::catalog::Catalog;
 use crate::error::Error;
 use crate::model::Cluster;
 use crate::model::location::Location;
-use crate::model::run::{
-    BackupKind, BackupSpec, ListRuns, PathFilter, RunState, TransferLimits,
-};
+use crate::model::run::{BackupKind, BackupSpec, ListRuns, PathFilter, RunState, TransferLimits};
 use crate::model::schedule::{
     AwaitedRun, CronTrigger, FireCause, FireOutcome, FireProgress, PendingFire, PendingRetry,
     RetentionPolicy, RetryPolicy, Schedule, ScheduleFire, Trigger,
@@ -323,10 +321,7 @@ async fn fires_and_the_schedulers_progress_are_recorded(catalog: &Catalog) {
     assert_eq!(find(catalog, "nightly").await.last_error, "");
 
     catalog.delete_schedule(nightly.id).await.expect("delete");
-    assert_eq!(
-        catalog.find_schedule("nightly").await.expect("find"),
-        None
-    );
+    assert_eq!(catalog.find_schedule("nightly").await.expect("find"), None);
     let (page, _) = catalog
         .list_fires(nightly.id, 10, None)
         .await
