@@ -50,6 +50,10 @@ CREATE TABLE schedule_fires (
     active_run_id  TEXT,
     message        TEXT    NOT NULL DEFAULT '',
     record_time_ms INTEGER NOT NULL,
+    -- When the end of the fire's run was handled (retention, a retry), and what retention
+    -- deleted then (JSON array of backup ids).
+    follow_up_ms   INTEGER,
+    deleted_backups TEXT   NOT NULL DEFAULT '[]',
     PRIMARY KEY (schedule_id, fire_time_ms, attempt)
 ) STRICT;
 

@@ -213,6 +213,12 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with its catalog at `root/catalog.db`.
     pub async fn start(root: &Path) -> Self {
+        Self::start_with(root, &[]).await
+    }
+
+    /// Starts a server with its catalog at `root/catalog.db` and extra command-line arguments;
+    /// started again on the same `root`, it finds the catalog a previous one left.
+    pub async fn start_with(root: &Path, extra: &[&str]) -> Self {
         let catalog = root.join("catalog.db");
         let mut command = Command::new(binary("coffer-server"));
         command
@@ -223,7 +229,8 @@ impl TestServer {
             .arg("--agent-connect-timeout")
             .arg("2s")
             .arg("--agent-request-timeout")
-            .arg("5s");
+            .arg("5s")
+            .args(extra);
         let process = Process::start(command, &root.join("server.log")).await;
         Self { process, catalog }
     }
@@ -233,6 +240,60 @@ impl TestServer {
         CofferClient::connect(&self.process.url)
             .await
             .expect("connect to server")
+    }
+}
+
+/// The time a server's scheduler reads (`--scheduler-clock-file`): tests move it to fire
+/// schedules at chosen times without waiting for them.
+#[derive(Debug)]
+pub struct SchedulerClock {
+    pub path: PathBuf,
+}
+
+impl SchedulerClock {
+    /// A clock file at `root/scheduler-clock`, set to `ms`.
+    pub fn new(root: &Path, ms: i64) -> Self {
+        let clock = Self {
+            path: root.join("scheduler-clock"),
+        };
+        clock.set(ms);
+        clock
+    }
+
+    /// Sets the time, atomically (a server never reads half a number).
+    pub fn set(&self, ms: i64) {
+        let temporary = self.path.with_extension("tmp");
+        std::fs::write(&temporary, format!("{ms}\n")).expect("write clock");
+        std::fs::rename(&temporary, &self.path).expect("set clock");
+    }
+
+    /// The server arguments that make a scheduler read this clock, looking every 50 ms.
+    pub fn server_args(&self) -> [&str; 4] {
+        [
+            "--scheduler-clock-file",
+            self.path.to_str().expect("utf-8 path"),
+            "--scheduler-tick",
+            "50ms",
+        ]
+    }
+}
+
+/// Polls `check` every 50 ms until it gives a value, for at most 30 s; panics naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

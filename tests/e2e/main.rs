@@ -10,6 +10,7 @@ mod locations;
 mod locations_cloud;
 mod reflection;
 mod restores;
+mod schedules;
 mod sdk_python;
 mod storage_s3;
 

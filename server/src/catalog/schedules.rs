@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::model::Name;
 use crate::model::run::{BackupSpec, RunState};
 use crate::model::schedule::{
-    AwaitedRun, CronTrigger, FireCause, FireOutcome, FireProgress, PendingFire, PendingRetry,
-    RetainedBackup, RetentionPolicy, RetryPolicy, Schedule, ScheduleFire, Trigger,
+    AwaitedRun, CronTrigger, FireCause, FireOutcome, FireProgress, FollowUp, PendingFire,
+    PendingRetry, RetainedBackup, RetentionPolicy, RetryPolicy, Schedule, ScheduleFire, Trigger,
 };
 
 /// Columns of a schedule with its cluster's and location's current names, its last run's
@@ -28,7 +28,8 @@ const SCHEDULE_SELECT: &str = "SELECT s.id, s.name, s.cluster_id, clusters.name 
     f.fire_time_ms AS f_fire_time_ms, f.attempt AS f_attempt, f.cause AS f_cause, \
     f.missed AS f_missed, f.outcome AS f_outcome, f.run_id AS f_run_id, \
     f.active_run_id AS f_active_run_id, f.message AS f_message, \
-    f.record_time_ms AS f_record_time_ms \
+    f.record_time_ms AS f_record_time_ms, f.follow_up_ms AS f_follow_up_ms, \
+    f.deleted_backups AS f_deleted_backups \
     FROM schedules s \
     LEFT JOIN clusters ON clusters.id = s.cluster_id \
     LEFT JOIN locations ON locations.id = json_extract(s.backup, '$.location_id') \
@@ -38,7 +39,8 @@ const SCHEDULE_SELECT: &str = "SELECT s.id, s.name, s.cluster_id, clusters.name 
 
 const FIRE_COLUMNS: &str = "fire_time_ms AS f_fire_time_ms, attempt AS f_attempt, \
     cause AS f_cause, missed AS f_missed, outcome AS f_outcome, run_id AS f_run_id, \
-    active_run_id AS f_active_run_id, message AS f_message, record_time_ms AS f_record_time_ms";
+    active_run_id AS f_active_run_id, message AS f_message, record_time_ms AS f_record_time_ms, \
+    follow_up_ms AS f_follow_up_ms, deleted_backups AS f_deleted_backups";
 
 impl Catalog {
     /// Records a new schedule. ALREADY_EXISTS when the name is taken.
@@ -262,6 +264,45 @@ impl Catalog {
         tx.commit()
             .await
             .map_err(|error| database_error("commit schedule fire", error))
+    }
+
+    /// Records what followed the end of a fire's run (retention's deletions, a retry planned).
+    pub async fn record_follow_up(
+        &self,
+        schedule_id: Uuid,
+        fire_time_ms: i64,
+        attempt: u32,
+        follow_up: &FollowUp,
+    ) -> Result<()> {
+        let deleted: Vec<String> = follow_up
+            .deleted_backups
+            .iter()
+            .map(Uuid::to_string)
+            .collect();
+        let deleted = serde_json::to_string(&deleted)
+            .map_err(|error| Error::internal("encode deleted backups", error))?;
+        sqlx::query(
+            "UPDATE schedule_fires SET follow_up_ms = ?, deleted_backups = ? \
+             WHERE schedule_id = ? AND fire_time_ms = ? AND attempt = ?",
+        )
+        .bind(follow_up.time_ms)
+        .bind(deleted)
+        .bind(schedule_id.to_string())
+        .bind(fire_time_ms)
+        .bind(i64::from(attempt))
+        .execute(&self.pool)
+        .await
+        .map_err(|error| database_error("record fire follow-up", error))?;
+        Ok(())
+    }
+
+    /// The latest fire time among a schedule's fires (retries carry their fire's time).
+    pub async fn latest_fire_time(&self, schedule_id: Uuid) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT max(fire_time_ms) FROM schedule_fires WHERE schedule_id = ?")
+            .bind(schedule_id.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|error| database_error("read latest fire time", error))
     }
 
     /// Sets a schedule's last error (empty clears it).
@@ -569,6 +610,25 @@ fn read_fire(row: &SqliteRow) -> Result<Option<ScheduleFire>> {
         },
         outcome,
         record_time_ms: row.try_get("f_record_time_ms").map_err(get)?,
+        follow_up: match row
+            .try_get::<Option<i64>, _>("f_follow_up_ms")
+            .map_err(get)?
+        {
+            None => None,
+            Some(time_ms) => {
+                let deleted: Vec<String> = serde_json::from_str(
+                    &text("f_deleted_backups")?.unwrap_or_else(|| "[]".to_string()),
+                )
+                .map_err(|error| Error::internal("decode deleted backups", error))?;
+                Some(FollowUp {
+                    time_ms,
+                    deleted_backups: deleted
+                        .iter()
+                        .map(|id| parse_uuid(id))
+                        .collect::<Result<_>>()?,
+                })
+            }
+        },
     }))
 }
 

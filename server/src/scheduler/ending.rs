@@ -2,11 +2,12 @@
 //! a run failed.
 
 use jiff::Timestamp;
+use uuid::Uuid;
 
 use super::Scheduler;
 use crate::error::Result;
 use crate::model::run::RunState;
-use crate::model::schedule::{AwaitedRun, PendingFire, PendingRetry, Schedule};
+use crate::model::schedule::{AwaitedRun, FollowUp, PendingFire, PendingRetry, Schedule};
 
 impl Scheduler {
     /// Handles the end of the run a fire started, once it ended: retention after a success, a
@@ -49,12 +50,23 @@ impl Scheduler {
         catalog
             .save_fire_progress(schedule.id, &schedule.progress, schedule.next_fire_ms)
             .await?;
-        let last_error = if last_error.is_empty() {
+        let (last_error, deleted_backups) = if last_error.is_empty() {
             self.apply_retention(schedule, now_ms).await?
         } else {
-            last_error
+            (last_error, Vec::new())
         };
         catalog.set_schedule_error(schedule.id, &last_error).await?;
+        catalog
+            .record_follow_up(
+                schedule.id,
+                awaited.fire_time_ms,
+                awaited.attempt,
+                &FollowUp {
+                    time_ms: now_ms,
+                    deleted_backups,
+                },
+            )
+            .await?;
         schedule.last_error = last_error;
         Ok(())
     }
@@ -86,20 +98,26 @@ impl Scheduler {
     }
 
     /// Deletes the schedule's backups that its retention does not keep, as DeleteBackup does.
-    /// Returns the schedule's error after it: empty, or which deletions failed (they are tried
-    /// again at the next pass, after the next backup commits).
-    async fn apply_retention(&self, schedule: &Schedule, now_ms: i64) -> Result<String> {
+    /// Returns the schedule's error after it (empty, or which deletions failed: they are tried
+    /// again at the next pass, after the next backup commits) and the backups it deleted.
+    async fn apply_retention(
+        &self,
+        schedule: &Schedule,
+        now_ms: i64,
+    ) -> Result<(String, Vec<Uuid>)> {
         if schedule.retention.keeps_all() {
-            return Ok(String::new());
+            return Ok((String::new(), Vec::new()));
         }
         let backups = self.inner.catalog.schedule_backups(schedule.id).await?;
         let doomed = schedule
             .retention
             .to_delete(&backups, now_ms, &schedule.trigger.zone());
         let mut failures = Vec::new();
+        let mut deleted = Vec::new();
         for backup in &doomed {
             match self.inner.backups.delete(backup.id).await {
                 Ok(()) => {
+                    deleted.push(backup.id);
                     tracing::info!(schedule = %schedule.name, backup_id = %backup.id,
                         "retention deleted a backup");
                 }
@@ -110,7 +128,7 @@ impl Scheduler {
                 }
             }
         }
-        Ok(if failures.is_empty() {
+        let last_error = if failures.is_empty() {
             String::new()
         } else {
             format!(
@@ -120,7 +138,8 @@ impl Scheduler {
                 doomed.len(),
                 failures.join("; ")
             )
-        })
+        };
+        Ok((last_error, deleted))
     }
 }
 

@@ -49,6 +49,7 @@ impl Scheduler {
             fire: pending,
             outcome,
             record_time_ms: now_ms,
+            follow_up: None,
         };
         self.inner
             .catalog

@@ -112,11 +112,14 @@ impl Scheduler {
     }
 
     /// Fires `schedule` now, under the rules of every fire; the caller holds the lock. The fire
-    /// time is now, so the same request repeated a millisecond later is another fire.
+    /// time is now, or just after the schedule's latest fire when that is not earlier (a fire
+    /// of the trigger in the same millisecond, a clock set back): each request is its own fire,
+    /// with a run of its own.
     pub async fn fire_now(&self, schedule: &mut Schedule) -> Result<ScheduleFire> {
         let now_ms = self.now_ms();
+        let latest = self.inner.catalog.latest_fire_time(schedule.id).await?;
         let pending = PendingFire {
-            fire_time_ms: now_ms,
+            fire_time_ms: latest.map_or(now_ms, |latest| now_ms.max(latest + 1)),
             attempt: 0,
             cause: FireCause::RunNow,
             missed: 0,

@@ -16,8 +16,8 @@ use crate::model::Cluster;
 use crate::model::location::Location;
 use crate::model::run::{BackupKind, BackupSpec, ListRuns, PathFilter, RunState, TransferLimits};
 use crate::model::schedule::{
-    AwaitedRun, CronTrigger, FireCause, FireOutcome, FireProgress, PendingFire, PendingRetry,
-    RetentionPolicy, RetryPolicy, Schedule, ScheduleFire, Trigger,
+    AwaitedRun, CronTrigger, FireCause, FireOutcome, FireProgress, FollowUp, PendingFire,
+    PendingRetry, RetentionPolicy, RetryPolicy, Schedule, ScheduleFire, Trigger,
 };
 
 const MINUTE: i64 = 60_000;
@@ -73,6 +73,7 @@ fn fire(fire_time_ms: i64, attempt: u32, outcome: FireOutcome) -> ScheduleFire {
         },
         outcome,
         record_time_ms: fire_time_ms + 5,
+        follow_up: None,
     }
 }
 
@@ -230,6 +231,7 @@ async fn fires_and_the_schedulers_progress_are_recorded(catalog: &Catalog) {
         fire: pending.pending.expect("pending"),
         outcome: FireOutcome::Started { run_id: run.id },
         record_time_ms: fire_ms + 3,
+        follow_up: None,
     };
     let awaiting = FireProgress {
         awaited: Some(AwaitedRun {
@@ -308,11 +310,26 @@ async fn fires_and_the_schedulers_progress_are_recorded(catalog: &Catalog) {
         .expect("list fires");
     assert_eq!(page, [failed.clone(), skipped.clone()]);
     assert!(more);
+    // What followed the run's end is added to its fire.
+    let follow_up = FollowUp {
+        time_ms: fire_ms + 20 * MINUTE,
+        deleted_backups: vec![Uuid::now_v7(), Uuid::now_v7()],
+    };
+    catalog
+        .record_follow_up(nightly.id, fire_ms, 0, &follow_up)
+        .await
+        .expect("record follow-up");
     let (page, more) = catalog
         .list_fires(nightly.id, 2, Some((fire_ms, 1)))
         .await
         .expect("list fires");
-    assert_eq!(page, [started]);
+    assert_eq!(
+        page,
+        [ScheduleFire {
+            follow_up: Some(follow_up),
+            ..started
+        }]
+    );
     assert!(!more);
     catalog
         .set_schedule_error(nightly.id, "")

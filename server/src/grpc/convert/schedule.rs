@@ -218,6 +218,20 @@ impl From<ScheduleFire> for proto::ScheduleFire {
             active_run_id,
             message,
             record_time: ms_timestamp(fire.record_time_ms),
+            follow_up_time: fire
+                .follow_up
+                .as_ref()
+                .and_then(|follow_up| ms_timestamp(follow_up.time_ms)),
+            deleted_backup_ids: fire
+                .follow_up
+                .map(|follow_up| {
+                    follow_up
+                        .deleted_backups
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

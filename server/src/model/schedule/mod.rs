@@ -181,6 +181,16 @@ pub struct ScheduleFire {
     pub fire: PendingFire,
     pub outcome: FireOutcome,
     pub record_time_ms: i64,
+    /// What followed the end of its run; `None` while the run is active or if it started none.
+    pub follow_up: Option<FollowUp>,
+}
+
+/// What the scheduler did once the run of a fire ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowUp {
+    pub time_ms: i64,
+    /// The backups retention deleted then.
+    pub deleted_backups: Vec<Uuid>,
 }
 
 /// A new schedule, validated.
