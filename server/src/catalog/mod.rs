@@ -27,7 +27,7 @@ mod locations;
 mod runs;
 mod schedules;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use runs::RunInsert;
 

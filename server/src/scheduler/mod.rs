@@ -17,6 +17,8 @@
 pub mod clock;
 mod ending;
 mod fire;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -91,7 +91,7 @@ pub(super) async fn open_sqlite() -> TestCatalog {
 
 /// A moment `ms` milliseconds after the Unix epoch. The catalog keeps times to the millisecond,
 /// so times written by the tests are whole milliseconds and must come back equal.
-pub(super) fn at(ms: u64) -> SystemTime {
+pub(crate) fn at(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
@@ -104,13 +104,13 @@ pub(super) fn ms_of(time: SystemTime) -> i64 {
 }
 
 /// A moment in November 2025 that test times count from.
-pub(super) const T0: u64 = 1_763_700_000_000;
+pub(crate) const T0: u64 = 1_763_700_000_000;
 
-pub(super) fn name(text: &str) -> Name {
+pub(crate) fn name(text: &str) -> Name {
     Name::parse("name", text).expect("valid name")
 }
 
-pub(super) fn labels(pairs: &[(&str, &str)]) -> Labels {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
     Labels::parse(
         "labels",
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
@@ -120,7 +120,7 @@ pub(super) fn labels(pairs: &[(&str, &str)]) -> Labels {
 
 /// A node at `host:port` in `datacenter`/`rack`, with two data paths and distinct add and info
 /// times, so that a field mixed up with another shows.
-pub(super) fn node(host: &str, port: u16, datacenter: &str, rack: &str) -> Node {
+pub(crate) fn node(host: &str, port: u16, datacenter: &str, rack: &str) -> Node {
     Node {
         spec: NodeSpec {
             address: AgentAddress::parse("address", &format!("{host}:{port}"))
@@ -152,7 +152,7 @@ pub(super) fn node(host: &str, port: u16, datacenter: &str, rack: &str) -> Node 
 
 /// A cluster named `cluster_name` with these nodes, labelled, created at `T0` and updated at
 /// `T0 + 5`.
-pub(super) fn cluster(cluster_name: &str, nodes: Vec<Node>) -> Cluster {
+pub(crate) fn cluster(cluster_name: &str, nodes: Vec<Node>) -> Cluster {
     Cluster {
         id: Uuid::now_v7(),
         name: name(cluster_name),
@@ -174,7 +174,7 @@ pub(super) async fn insert_cluster(catalog: &Catalog, cluster_name: &str, port: 
 }
 
 /// A filesystem location at `/backups/<name>`.
-pub(super) fn fs_location(location_name: &str) -> Location {
+pub(crate) fn fs_location(location_name: &str) -> Location {
     Location {
         id: Uuid::now_v7(),
         name: name(location_name),
