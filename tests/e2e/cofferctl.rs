@@ -335,3 +335,181 @@ async fn cofferctl_backs_up_with_a_live_watch_and_lists_what_it_made() {
         .count();
     assert_eq!(commits, 0);
 }
+
+/// `cofferctl schedule`: create with a cron in a time zone, show the next fire times, fire it
+/// with `run --watch`, see the fire, pause, resume, change and delete, with the exit codes of
+/// the other commands; and a schedule seen firing by itself, on the scheduler's clock.
+#[tokio::test]
+async fn cofferctl_manages_schedules_and_fires_them() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(root.path(), "a").await;
+    std::fs::write(agent.data.join("table.db"), vec![3u8; 1 << 20]).expect("write data");
+    // 2026-03-27 12:00 UTC: the next 02:30 in Berlin is CET, the one after it CEST.
+    let clock = coffer_tests::SchedulerClock::new(root.path(), 1_774_612_800_000);
+    let server = TestServer::start_with(root.path(), &clock.server_args()).await;
+    let node = agent.process.host_port().to_string();
+    let store = root.path().join("store").display().to_string();
+    for args in [
+        vec!["cluster", "register", "db", "--node", &node],
+        vec!["location", "create", "local", "--fs", &store],
+    ] {
+        let done = cofferctl(&server, &args).await;
+        assert_eq!(done.code, 0, "{}", done.stderr);
+    }
+
+    let created = cofferctl(
+        &server,
+        &[
+            "schedule",
+            "create",
+            "nightly",
+            "--cluster",
+            "db",
+            "--location",
+            "local",
+            "--cron",
+            "30 2 * * *",
+            "--time-zone",
+            "Europe/Berlin",
+            "--incremental",
+            "--keep-last",
+            "7",
+            "--keep-within",
+            "30d",
+            "--retries",
+            "3",
+            "--retry-wait",
+            "5m",
+        ],
+    )
+    .await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    for expected in [
+        "cron 30 2 * * * Europe/Berlin",
+        "keep last 7, within 30days",
+        "3 attempts, first after 5m, at most 6h apart",
+        // The fire times, in UTC and on the Berlin wall clock: the spring change on the 29th.
+        "2026-03-28T01:30:00Z  2026-03-28 02:30 CET (+01:00)",
+        "2026-03-30T00:30:00Z  2026-03-30 02:30 CEST (+02:00)",
+    ] {
+        assert!(
+            created.stdout.contains(expected),
+            "{expected}:\n{}",
+            created.stdout
+        );
+    }
+    assert!(!created.stdout.contains("2026-03-29"), "{}", created.stdout);
+
+    let listed = cofferctl(&server, &["schedule", "list"]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("NEXT FIRE")
+    );
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("nightly") && line.contains("2026-03-28T01:30:00Z")),
+        "{}",
+        listed.stdout
+    );
+
+    // Fire now and follow the run: the run id first, the summary, exit 0.
+    let fired = cofferctl(&server, &["schedule", "run", "nightly", "--watch"]).await;
+    assert_eq!(fired.code, 0, "{}\n{}", fired.stdout, fired.stderr);
+    let run_id = fired
+        .stdout
+        .lines()
+        .next()
+        .expect("run id")
+        .trim()
+        .to_string();
+    assert!(fired.stdout.contains("SUCCEEDED"), "{}", fired.stdout);
+    let runs = cofferctl(
+        &server,
+        &["-o", "json", "run", "list", "--schedule", "nightly"],
+    )
+    .await;
+    assert_eq!(runs.code, 0, "{}", runs.stderr);
+    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).expect("json");
+    assert_eq!(runs["runs"][0]["id"], run_id.as_str());
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1));
+
+    // The trigger fires by itself at 02:30 Berlin time.
+    clock.set(1_774_661_400_000); // 2026-03-28T01:30:00Z
+    let fires = coffer_tests::eventually("the schedule to fire by itself", || async {
+        let fires = cofferctl(&server, &["-o", "json", "schedule", "fires", "nightly"]).await;
+        let fires: serde_json::Value = serde_json::from_str(&fires.stdout).expect("json");
+        (fires["fires"].as_array().map(Vec::len) == Some(2)).then_some(fires)
+    })
+    .await;
+    assert_eq!(fires["fires"][0]["cause"], "FIRE_CAUSE_TRIGGER");
+    assert_eq!(fires["fires"][0]["fireTime"], "2026-03-28T01:30:00Z");
+    assert_eq!(fires["fires"][1]["cause"], "FIRE_CAUSE_RUN_NOW");
+    let shown = cofferctl(&server, &["schedule", "show", "nightly"]).await;
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    assert!(shown.stdout.contains("FIRE TIME"), "{}", shown.stdout);
+    assert!(shown.stdout.contains("TRIGGER"), "{}", shown.stdout);
+
+    // Pause, resume, change; the exit codes of bad input and unknown names.
+    let paused = cofferctl(&server, &["schedule", "pause", "nightly"]).await;
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
+    assert!(
+        paused.stdout.contains("No upcoming fires (paused)."),
+        "{}",
+        paused.stdout
+    );
+    let resumed = cofferctl(&server, &["-o", "json", "schedule", "resume", "nightly"]).await;
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let resumed: serde_json::Value = serde_json::from_str(&resumed.stdout).expect("json");
+    assert_ne!(resumed["schedule"]["paused"], true, "proto3 JSON omits false");
+    assert_eq!(
+        resumed["schedule"]["nextFireTime"], "2026-03-30T00:30:00Z",
+        "from the scheduler's now"
+    );
+    let changed = cofferctl(
+        &server,
+        &[
+            "schedule",
+            "update",
+            "nightly",
+            "--every",
+            "6h",
+            "--keep-last",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(changed.code, 0, "{}", changed.stderr);
+    assert!(changed.stdout.contains("every 6h"), "{}", changed.stdout);
+    assert!(
+        changed.stdout.contains("keep last 2, within 30days"),
+        "{}",
+        changed.stdout
+    );
+    let nothing = cofferctl(&server, &["schedule", "update", "nightly"]).await;
+    assert_eq!(nothing.code, 2, "{}", nothing.stderr);
+    let bad = cofferctl(
+        &server,
+        &["schedule", "update", "nightly", "--cron", "61 * * * *"],
+    )
+    .await;
+    assert_eq!(bad.code, 4, "invalid argument: {}", bad.stderr);
+    assert!(bad.stderr.contains("cron.expression"), "{}", bad.stderr);
+    let unknown = cofferctl(&server, &["schedule", "show", "weekly"]).await;
+    assert_eq!(unknown.code, 5, "not found: {}", unknown.stderr);
+    let deleted = cofferctl(&server, &["schedule", "delete", "nightly"]).await;
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    assert!(
+        deleted.stderr.contains("deleted schedule nightly"),
+        "{}",
+        deleted.stderr
+    );
+    let gone = cofferctl(&server, &["schedule", "run", "nightly"]).await;
+    assert_eq!(gone.code, 5, "{}", gone.stderr);
+}

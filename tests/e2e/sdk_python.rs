@@ -57,7 +57,7 @@ async fn generate_python_client(out: &Path) {
 }
 
 #[tokio::test]
-async fn a_generated_python_client_backs_up_a_cluster_and_watches_the_run() {
+async fn a_generated_python_client_backs_up_a_cluster_fires_a_schedule_and_watches_the_runs() {
     let root = tempfile::tempdir().expect("tempdir");
     let agent = TestAgent::start(root.path(), "a").await;
     let server = TestServer::start(root.path()).await;
@@ -109,6 +109,31 @@ async fn a_generated_python_client_backs_up_a_cluster_and_watches_the_run() {
         "{stdout}"
     );
     assert!(stdout.contains("cluster py-sdk "), "{stdout}");
+    // The schedule: its next fire times (02:30 in Berlin is 00:30 or 01:30 UTC), then the run
+    // RunSchedule started, followed to its end.
+    let upcoming: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("upcoming "))
+        .collect();
+    assert_eq!(upcoming.len(), 5, "{stdout}");
+    assert!(
+        upcoming
+            .iter()
+            .all(|time| time.ends_with("T00:30:00Z") || time.ends_with("T01:30:00Z")),
+        "{upcoming:?}"
+    );
+    assert!(
+        stdout.contains("fired FIRE_OUTCOME_STARTED run "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("schedule-state RUN_STATE_SUCCEEDED"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("fires 1 first FIRE_CAUSE_RUN_NOW"),
+        "{stdout}"
+    );
 
     // The backup the script made is the one the Rust client sees.
     let client = server.client().await;
@@ -118,7 +143,18 @@ async fn a_generated_python_client_backs_up_a_cluster_and_watches_the_run() {
         .await
         .expect("list backups")
         .into_inner();
-    assert_eq!(listed.backups.len(), 1);
-    assert_eq!(listed.backups[0].cluster_name, "py-sdk");
+    assert_eq!(listed.backups.len(), 2, "the backup and the scheduled one");
+    assert!(
+        listed
+            .backups
+            .iter()
+            .all(|backup| backup.cluster_name == "py-sdk")
+    );
+    let scheduled = &listed.backups[0];
+    assert_eq!(
+        scheduled.kind(),
+        coffer_client::proto::BackupKind::Incremental
+    );
+    assert!(!scheduled.schedule_id.is_empty(), "names its schedule");
     assert!(location.exists(), "the location folder was created");
 }

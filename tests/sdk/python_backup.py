@@ -7,8 +7,11 @@ Generate the client first, then run this with the generated folder on PYTHONPATH
 
 It registers a cluster with the one agent, creates a filesystem location at LOCATION_DIR, starts a
 full backup, follows RunService.WatchRun to the end (printing each state as `state RUN_STATE_...`),
-then reads the backup with GetBackup. It exits 0 only if the run SUCCEEDED and the backup holds
-the expected number of files. The end-to-end test tests/e2e/sdk_python.rs runs it.
+then reads the backup with GetBackup. Then it creates a schedule of incremental backups (02:30
+in Europe/Berlin, keeping the last three), prints its next fire times, fires it with RunSchedule
+and follows that run to its end too (`schedule-state RUN_STATE_...`). It exits 0 only if both
+runs SUCCEEDED, the backup holds the expected number of files and the scheduled run names its
+schedule. The end-to-end test tests/e2e/sdk_python.rs runs it.
 """
 
 import argparse
@@ -20,6 +23,16 @@ from coffer.v1 import backup_pb2, backup_pb2_grpc
 from coffer.v1 import cluster_pb2, cluster_pb2_grpc
 from coffer.v1 import location_pb2, location_pb2_grpc
 from coffer.v1 import run_pb2, run_pb2_grpc
+from coffer.v1 import schedule_pb2, schedule_pb2_grpc
+
+
+def watch(runs, run_id, prefix):
+    """Follows a run with WatchRun to its end, printing each state; returns the last run."""
+    last = None
+    for message in runs.WatchRun(run_pb2.WatchRunRequest(run_id=run_id), timeout=120):
+        last = message.run
+        print(f"{prefix} {run_pb2.RunState.Name(last.state)}", flush=True)
+    return last
 
 
 def main() -> int:
@@ -66,10 +79,7 @@ def main() -> int:
         ).run_id
         print(f"run {run_id}")
 
-        last = None
-        for message in runs.WatchRun(run_pb2.WatchRunRequest(run_id=run_id), timeout=120):
-            last = message.run
-            print(f"state {run_pb2.RunState.Name(last.state)}", flush=True)
+        last = watch(runs, run_id, "state")
         if last is None:
             print("error: WatchRun ended without a message", file=sys.stderr)
             return 1
@@ -87,6 +97,38 @@ def main() -> int:
             print(f"error: backup holds {backup.totals.file_count} files, "
                   f"expected {args.expect_files}", file=sys.stderr)
             return 1
+
+        schedules = schedule_pb2_grpc.ScheduleServiceStub(channel)
+        schedule = schedules.CreateSchedule(
+            schedule_pb2.CreateScheduleRequest(
+                name=f"{args.cluster}-nightly",
+                cluster=cluster.id,
+                cron=schedule_pb2.CronTrigger(expression="30 2 * * *", time_zone="Europe/Berlin"),
+                backup=backup_pb2.BackupSpec(
+                    kind=backup_pb2.BACKUP_KIND_INCREMENTAL, location=location.id
+                ),
+                retention=schedule_pb2.RetentionPolicy(keep_last=3),
+            ),
+            timeout=30,
+        ).schedule
+        print(f"schedule {schedule.name} {schedule.id}")
+        for time in schedule.upcoming_fire_times:
+            print(f"upcoming {time.ToJsonString()}")
+        fire = schedules.RunSchedule(
+            schedule_pb2.RunScheduleRequest(schedule=schedule.name), timeout=30
+        ).fire
+        print(f"fired {schedule_pb2.FireOutcome.Name(fire.outcome)} run {fire.run_id}")
+        scheduled = watch(runs, fire.run_id, "schedule-state")
+        if scheduled is None or scheduled.state != run_pb2.RUN_STATE_SUCCEEDED:
+            print(f"error: the scheduled run did not succeed: {scheduled}", file=sys.stderr)
+            return 1
+        if scheduled.schedule_id != schedule.id:
+            print(f"error: the run names schedule {scheduled.schedule_id!r}", file=sys.stderr)
+            return 1
+        fires = schedules.ListScheduleFires(
+            schedule_pb2.ListScheduleFiresRequest(schedule=schedule.id), timeout=30
+        ).fires
+        print(f"fires {len(fires)} first {schedule_pb2.FireCause.Name(fires[0].cause)}")
     return 0
 
 

@@ -47,7 +47,7 @@ pub enum ScheduleCommand {
     Resume(ScheduleArgs),
     /// Fire a schedule now, as at one of its times, and print the run it started.
     ///
-    /// Exits 9 (failed precondition) when the fire was skipped because a run is active on the
+    /// Exits 7 (failed precondition) when the fire was skipped because a run is active on the
     /// cluster, or could not start a run. With --watch, follows the run as `backup start
     /// --watch` does.
     Run(RunArgs),
