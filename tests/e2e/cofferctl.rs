@@ -467,7 +467,10 @@ async fn cofferctl_manages_schedules_and_fires_them() {
     let resumed = cofferctl(&server, &["-o", "json", "schedule", "resume", "nightly"]).await;
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
     let resumed: serde_json::Value = serde_json::from_str(&resumed.stdout).expect("json");
-    assert_ne!(resumed["schedule"]["paused"], true, "proto3 JSON omits false");
+    assert_ne!(
+        resumed["schedule"]["paused"], true,
+        "proto3 JSON omits false"
+    );
     assert_eq!(
         resumed["schedule"]["nextFireTime"], "2026-03-30T00:30:00Z",
         "from the scheduler's now"

@@ -1,5 +1,5 @@
 //! Flags shared by the commands that start runs or select files (`backup start`, `backup files`,
-//! later `restore start` and schedules): path filters and transfer limits, and how they become the
+//! `restore start` and `schedule create`): path filters and transfer limits, and how they become the
 //! API's `PathFilter` and `TransferLimits`.
 //!
 //! A flag left out leaves its field unset, so the server's default applies: commands never spell

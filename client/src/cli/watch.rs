@@ -1,5 +1,5 @@
 //! Following a run to its end through `RunService.WatchRun`: `backup start --watch`, `run watch`,
-//! and later `restore start --watch` all go through [`watch`].
+//! `restore start --watch` and `schedule run --watch` all go through [`watch`].
 //!
 //! The follower shows every message (see [`crate::cli::progress`]), reconnects when the server
 //! goes away mid-run (it answers UNAVAILABLE while shutting down, and every message carries the

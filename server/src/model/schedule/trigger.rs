@@ -555,4 +555,23 @@ mod tests {
             (13 * hour, 3, Some(14 * hour))
         );
     }
+
+    #[test]
+    fn restricted_day_of_month_and_weekday_fire_on_either_as_in_vixie_cron() {
+        // Friday 2026-11-13 is both; the 13th of December is a Sunday; Fridays fire too.
+        let either = cron("0 0 13 * FRI", "");
+        assert_eq!(
+            wall_times(&either, "UTC", ms("UTC", 2026, 11, 12, 0, 0), 4),
+            [
+                "2026-11-13 00:00 +00:00",
+                "2026-11-20 00:00 +00:00",
+                "2026-11-27 00:00 +00:00",
+                "2026-12-04 00:00 +00:00"
+            ]
+        );
+        assert!(
+            wall_times(&either, "UTC", ms("UTC", 2026, 12, 5, 0, 0), 3)
+                .contains(&"2026-12-13 00:00 +00:00".to_string())
+        );
+    }
 }
