@@ -386,6 +386,7 @@ async fn cofferctl_manages_schedules_and_fires_them() {
     assert_eq!(created.code, 0, "{}", created.stderr);
     for expected in [
         "cron 30 2 * * * Europe/Berlin",
+        "Location:    local (",
         "keep last 7, within 30days",
         "3 attempts, first after 5m, at most 6h apart",
         // The fire times, in UTC and on the Berlin wall clock: the spring change on the 29th.

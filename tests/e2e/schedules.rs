@@ -910,6 +910,7 @@ async fn pause_resume_update_and_delete_behave_as_the_api_says() {
         .schedule
         .expect("schedule");
     assert_eq!(changed.name, "every-two-hours");
+    assert_eq!(changed.location_name, "spare");
     assert_eq!(ms(changed.next_fire_time.as_ref()), start + 7 * HOUR);
     assert!(ms(changed.update_time.as_ref()) >= ms(hourly.update_time.as_ref()));
 
@@ -929,10 +930,13 @@ async fn pause_resume_update_and_delete_behave_as_the_api_says() {
         "{}",
         failed[0].message
     );
+    let orphaned = get(client, &hourly.id).await;
     assert!(
-        get(client, &hourly.id).await.last_error.contains("deleted"),
-        "the schedule's error names it"
+        orphaned.last_error.contains("deleted"),
+        "the schedule's error names it: {}",
+        orphaned.last_error
     );
+    assert_eq!(orphaned.location_name, "", "the location is gone");
     let status = client
         .schedules()
         .run_schedule(proto::RunScheduleRequest {

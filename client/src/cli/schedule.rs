@@ -815,7 +815,14 @@ fn render_schedule(schedule: &proto::Schedule, fires: &[proto::ScheduleFire]) ->
             },
         ),
         ("Trigger", describe_trigger(schedule.trigger.as_ref())),
-        ("Location", or_none(&backup.location)),
+        (
+            "Location",
+            if schedule.location_name.is_empty() && !backup.location.is_empty() {
+                format!("{} (deleted)", backup.location)
+            } else {
+                format::name_with_id(&schedule.location_name, &backup.location)
+            },
+        ),
         ("Kind", format::backup_kind(backup.kind)),
         ("Filter", describe_filter(backup.filter.as_ref())),
         ("Limits", describe_limits(backup.limits.as_ref())),

@@ -249,6 +249,7 @@ impl From<Schedule> for proto::Schedule {
             }
         };
         let retention = &schedule.retention;
+        let location_name = schedule.backup.location_name.clone();
         Self {
             id: schedule.id.to_string(),
             name: schedule.name.to_string(),
@@ -291,6 +292,7 @@ impl From<Schedule> for proto::Schedule {
                 .progress
                 .retry
                 .and_then(|retry| ms_timestamp(retry.at_ms)),
+            location_name,
         }
     }
 }
