@@ -680,6 +680,10 @@ async fn run_now_fires_at_once_under_the_same_rules() {
         .await
         .expect("cancel");
     watch_to_end(client, &fire.run_id).await;
+    // The run of a paused schedule is followed to its end too, and the schedule stays paused.
+    let (recorded, schedule) = followed_up(client, "nightly", &fire).await;
+    assert!(recorded.deleted_backup_ids.is_empty());
+    assert!(schedule.paused && schedule.last_error.contains("canceled"));
 }
 
 /// Fires `schedule` now, follows its run to a success and waits for the retention after it;

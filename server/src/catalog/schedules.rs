@@ -113,12 +113,13 @@ impl Catalog {
         Ok((items, more))
     }
 
-    /// The schedules the scheduler has something to do for at `now_ms`: not paused, and a fire
-    /// time or retry that came, a fire not recorded yet, or a run whose end is not handled.
+    /// The schedules the scheduler has something to do for at `now_ms`: a fire not recorded
+    /// yet or a run whose end is not handled (paused or not: a paused schedule can be fired
+    /// now), and the unpaused ones with a fire time or retry that came.
     pub async fn schedules_to_tend(&self, now_ms: i64) -> Result<Vec<Schedule>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SCHEDULE_SELECT} WHERE s.paused = 0 AND (s.pending_fire IS NOT NULL \
-             OR s.awaited_run_id IS NOT NULL OR s.next_fire_ms <= ? OR s.retry_at_ms <= ?) \
+            "{SCHEDULE_SELECT} WHERE s.pending_fire IS NOT NULL OR s.awaited_run_id IS NOT NULL \
+             OR (s.paused = 0 AND (s.next_fire_ms <= ? OR s.retry_at_ms <= ?)) \
              ORDER BY s.name"
         )))
         .bind(now_ms)

@@ -11,8 +11,8 @@ use crate::model::schedule::{AwaitedRun, FollowUp, PendingFire, PendingRetry, Sc
 
 impl Scheduler {
     /// Handles the end of the run a fire started, once it ended: retention after a success, a
-    /// retry (as the policy allows) after a failure, nothing after a cancel. A run that is still
-    /// active is left for a later tick.
+    /// retry (as the policy allows) after a failure, nothing after a cancel; neither retention
+    /// nor a retry for a paused schedule. A run that is still active is left for a later tick.
     pub(super) async fn follow_up(
         &self,
         schedule: &mut Schedule,
@@ -30,6 +30,9 @@ impl Scheduler {
             Some(run) => match run.state {
                 RunState::Succeeded => String::new(),
                 RunState::Canceled => format!("run {} was canceled", run.id),
+                _ if schedule.paused => {
+                    format!("run {} failed: {} (not retried: paused)", run.id, run.error)
+                }
                 _ => {
                     let fire = PendingFire {
                         fire_time_ms: awaited.fire_time_ms,
@@ -50,7 +53,7 @@ impl Scheduler {
         catalog
             .save_fire_progress(schedule.id, &schedule.progress, schedule.next_fire_ms)
             .await?;
-        let (last_error, deleted_backups) = if last_error.is_empty() {
+        let (last_error, deleted_backups) = if last_error.is_empty() && !schedule.paused {
             self.apply_retention(schedule, now_ms).await?
         } else {
             (last_error, Vec::new())

@@ -138,6 +138,10 @@ impl Scheduler {
         if let Some(awaited) = schedule.progress.awaited {
             self.follow_up(schedule, awaited, now_ms).await?;
         }
+        // A paused schedule (fired with RunSchedule) is followed to its run's end, no further.
+        if schedule.paused {
+            return Ok(());
+        }
         let regular = schedule
             .next_fire_ms
             .and_then(|next| schedule.trigger.due(next, now_ms));

@@ -346,8 +346,8 @@ async fn fires_and_the_schedulers_progress_are_recorded(catalog: &Catalog) {
     assert!(page.is_empty(), "fires go with their schedule");
 }
 
-/// The scheduler is handed the unpaused schedules with a fire or retry that came, a pending
-/// fire or an awaited run, and no other.
+/// The scheduler is handed the unpaused schedules with a fire or retry that came, and every
+/// schedule with a pending fire or an awaited run (paused ones too), and no other.
 async fn the_schedules_to_tend_are_those_with_something_due(catalog: &Catalog) {
     let cluster = insert_cluster(catalog, "prod", 7550).await;
     let location = insert_location(catalog, "vault").await;
@@ -365,6 +365,8 @@ async fn the_schedules_to_tend_are_those_with_something_due(catalog: &Catalog) {
     pending.next_fire_ms = Some(now + MINUTE);
     let mut awaiting = schedule("awaiting", &cluster, &location);
     awaiting.next_fire_ms = Some(now + MINUTE);
+    // Paused, but fired with RunSchedule: its run's end is still to be handled.
+    awaiting.paused = true;
     for item in [&due, &later, &paused, &retrying, &pending, &awaiting] {
         catalog.insert_schedule(item).await.expect("insert");
     }
