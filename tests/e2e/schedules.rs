@@ -994,6 +994,35 @@ async fn pause_resume_update_and_delete_behave_as_the_api_says() {
     let runs = runs_of(client, &hourly.id).await;
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].id, run.id);
+
+    // A schedule outlives its cluster, and says so when it fires.
+    create(
+        client,
+        interval_request("orphan", Duration::from_secs(3600)),
+    )
+    .await;
+    client
+        .clusters()
+        .delete_cluster(proto::DeleteClusterRequest {
+            cluster: "prod".into(),
+        })
+        .await
+        .expect("delete cluster");
+    let orphan = get(client, "orphan").await;
+    assert_eq!(orphan.cluster_name, "");
+    let status = client
+        .schedules()
+        .run_schedule(proto::RunScheduleRequest {
+            schedule: "orphan".into(),
+        })
+        .await
+        .expect_err("no cluster");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("cluster") && status.message().contains("deleted"),
+        "{}",
+        status.message()
+    );
 }
 
 /// Every field of every request is checked: INVALID_ARGUMENT naming the field, NOT_FOUND for
@@ -1397,4 +1426,77 @@ async fn invalid_schedule_input_is_refused_naming_the_field() {
         "{}",
         status.message()
     );
+}
+
+/// A deletion retention cannot make is named on the schedule, and made at the next pass: the
+/// commit manifest of the backup to delete is made undeletable (a folder that is not empty
+/// where the file was) while the next backup commits, then put back before the one after.
+#[tokio::test]
+async fn a_deletion_retention_could_not_make_is_reported_and_made_at_the_next_pass() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = setup(root.path(), now_ms()).await;
+    let client = &setup.client;
+    let mut request = cron_request("nightly", "30 2 * * *", "");
+    request.retention = Some(proto::RetentionPolicy {
+        keep_last: 1,
+        ..Default::default()
+    });
+    let nightly = create(client, request).await;
+    let (first, _) = run_now(client, "nightly").await;
+    let manifest = root
+        .path()
+        .join("vault/clusters")
+        .join(&nightly.cluster_id)
+        .join("backups")
+        .join(&first.backup_id)
+        .join("backup.json");
+    let aside = manifest.with_extension("json.aside");
+    std::fs::rename(&manifest, &aside).expect("move the manifest aside");
+    write(&manifest.join("in-the-way"), b"not a manifest\n");
+
+    setup.clock.set(now_ms());
+    let fire = client
+        .schedules()
+        .run_schedule(proto::RunScheduleRequest {
+            schedule: "nightly".into(),
+        })
+        .await
+        .expect("run now")
+        .into_inner()
+        .fire
+        .expect("fire");
+    let second = finish(client, &fire).await;
+    assert_eq!(
+        second.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        second.error_message
+    );
+    let (recorded, schedule) = followed_up(client, "nightly", &fire).await;
+    assert!(recorded.deleted_backup_ids.is_empty());
+    assert!(
+        schedule
+            .last_error
+            .contains("retention could not delete 1 of 1 backups")
+            && schedule.last_error.contains(&first.backup_id),
+        "{}",
+        schedule.last_error
+    );
+    assert!(
+        backup_ids(client).await.contains(&first.backup_id),
+        "still listed"
+    );
+
+    // Put back: the next pass deletes both it and the second.
+    std::fs::remove_dir_all(&manifest).expect("clear the way");
+    std::fs::rename(&aside, &manifest).expect("put the manifest back");
+    setup.clock.set(now_ms());
+    let (third, deleted) = run_now(client, "nightly").await;
+    let mut deleted = deleted;
+    deleted.sort();
+    let mut expected = vec![first.backup_id.clone(), second.backup_id.clone()];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    assert_eq!(backup_ids(client).await, [third.backup_id]);
+    assert!(!manifest.exists(), "the manifest went with it");
 }
