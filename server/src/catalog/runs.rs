@@ -109,6 +109,18 @@ impl Catalog {
         Ok(RunInsert::Inserted)
     }
 
+    /// The run of a cluster recorded with this idempotency key, whatever its parameters.
+    pub async fn run_with_key(&self, cluster_id: Uuid, key: &str) -> Result<Option<Uuid>> {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM runs WHERE cluster_id = ? AND idempotency_key = ?")
+                .bind(cluster_id.to_string())
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|error| database_error("look up idempotency key", error))?;
+        id.map(|id| parse_uuid(&id)).transpose()
+    }
+
     /// Writes a run's state, times, error and backup id, and every node's progress, in one
     /// transaction. Used for every transition, and (throttled) for progress.
     pub async fn save_run(&self, run: &Run) -> Result<()> {

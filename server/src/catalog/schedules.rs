@@ -127,7 +127,19 @@ impl Catalog {
         .fetch_all(&self.pool)
         .await
         .map_err(|error| database_error("list due schedules", error))?;
-        rows.iter().map(read_schedule).collect()
+        // One schedule that cannot be read (a time zone a later release dropped, say) must not
+        // stop the others: it is named in the log and left out.
+        Ok(rows
+            .iter()
+            .filter_map(|row| match read_schedule(row) {
+                Ok(schedule) => Some(schedule),
+                Err(error) => {
+                    let id: String = row.try_get("id").unwrap_or_default();
+                    tracing::warn!(schedule_id = %id, %error, "schedule unreadable; not tended");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Writes a schedule's settings (name, trigger, backup, retention, retry, paused), its next
@@ -267,14 +279,18 @@ impl Catalog {
             .map_err(|error| database_error("commit schedule fire", error))
     }
 
-    /// Records what followed the end of a fire's run (retention's deletions, a retry planned).
+    /// Records the end of a fire's run as handled, in one transaction: the scheduler's progress
+    /// after it (the run no longer awaited, a retry planned), the schedule's last error, and on
+    /// the fire what followed (retention's deletions).
     pub async fn record_follow_up(
         &self,
         schedule_id: Uuid,
-        fire_time_ms: i64,
-        attempt: u32,
+        fire: (i64, u32),
         follow_up: &FollowUp,
+        progress: &FireProgress,
+        last_error: &str,
     ) -> Result<()> {
+        let columns = ProgressColumns::of(progress)?;
         let deleted: Vec<String> = follow_up
             .deleted_backups
             .iter()
@@ -282,19 +298,43 @@ impl Catalog {
             .collect();
         let deleted = serde_json::to_string(&deleted)
             .map_err(|error| Error::internal("encode deleted backups", error))?;
+        let id = schedule_id.to_string();
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE schedule_fires SET follow_up_ms = ?, deleted_backups = ? \
              WHERE schedule_id = ? AND fire_time_ms = ? AND attempt = ?",
         )
         .bind(follow_up.time_ms)
         .bind(deleted)
-        .bind(schedule_id.to_string())
-        .bind(fire_time_ms)
-        .bind(i64::from(attempt))
-        .execute(&self.pool)
+        .bind(&id)
+        .bind(fire.0)
+        .bind(i64::from(fire.1))
+        .execute(&mut *tx)
         .await
         .map_err(|error| database_error("record fire follow-up", error))?;
-        Ok(())
+        let updated = sqlx::query(
+            "UPDATE schedules SET pending_fire = ?, awaited_run_id = ?, awaited_fire_ms = ?, \
+             awaited_attempt = ?, retry_at_ms = ?, retry_fire_ms = ?, retry_attempt = ?, \
+             last_error = ? WHERE id = ?",
+        )
+        .bind(columns.pending)
+        .bind(columns.awaited_run_id)
+        .bind(columns.awaited_fire_ms)
+        .bind(columns.awaited_attempt)
+        .bind(columns.retry_at_ms)
+        .bind(columns.retry_fire_ms)
+        .bind(columns.retry_attempt)
+        .bind(last_error)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| database_error("record fire follow-up", error))?;
+        if updated.rows_affected() == 0 {
+            return Err(not_found(schedule_id));
+        }
+        tx.commit()
+            .await
+            .map_err(|error| database_error("commit fire follow-up", error))
     }
 
     /// The latest fire time among a schedule's fires (retries carry their fire's time).

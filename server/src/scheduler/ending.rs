@@ -13,6 +13,9 @@ impl Scheduler {
     /// Handles the end of the run a fire started, once it ended: retention after a success, a
     /// retry (as the policy allows) after a failure, nothing after a cancel; neither retention
     /// nor a retry for a paused schedule. A run that is still active is left for a later tick.
+    ///
+    /// The run stays awaited in the catalog until everything that follows it is done and
+    /// recorded (one transaction), so a server stopped half-way does it again on restart.
     pub(super) async fn follow_up(
         &self,
         schedule: &mut Schedule,
@@ -24,15 +27,21 @@ impl Scheduler {
         if run.as_ref().is_some_and(|run| !run.state.is_final()) {
             return Ok(());
         }
-        schedule.progress.awaited = None;
-        let last_error = match run {
-            None => format!("run {} is gone from the catalog", awaited.run_id),
+        let mut progress = schedule.progress.clone();
+        progress.awaited = None;
+        let (last_error, deleted_backups) = match run {
+            None => (
+                format!("run {} is gone from the catalog", awaited.run_id),
+                Vec::new(),
+            ),
             Some(run) => match run.state {
-                RunState::Succeeded => String::new(),
-                RunState::Canceled => format!("run {} was canceled", run.id),
-                _ if schedule.paused => {
-                    format!("run {} failed: {} (not retried: paused)", run.id, run.error)
-                }
+                RunState::Succeeded if schedule.paused => (String::new(), Vec::new()),
+                RunState::Succeeded => self.apply_retention(schedule, now_ms).await?,
+                RunState::Canceled => (format!("run {} was canceled", run.id), Vec::new()),
+                _ if schedule.paused => (
+                    format!("run {} failed: {} (not retried: paused)", run.id, run.error),
+                    Vec::new(),
+                ),
                 _ => {
                     let fire = PendingFire {
                         fire_time_ms: awaited.fire_time_ms,
@@ -40,50 +49,50 @@ impl Scheduler {
                         cause: crate::model::schedule::FireCause::Trigger,
                         missed: 0,
                     };
-                    let retry = self.plan_retry(schedule, fire, now_ms);
-                    format!(
-                        "run {} failed: {}{}",
-                        run.id,
-                        run.error,
-                        retry_note(retry.as_ref())
+                    progress.retry = self.retry_after(schedule, fire, now_ms);
+                    (
+                        format!(
+                            "run {} failed: {}{}",
+                            run.id,
+                            run.error,
+                            retry_note(progress.retry.as_ref())
+                        ),
+                        Vec::new(),
                     )
                 }
             },
         };
         catalog
-            .save_fire_progress(schedule.id, &schedule.progress, schedule.next_fire_ms)
-            .await?;
-        let (last_error, deleted_backups) = if last_error.is_empty() && !schedule.paused {
-            self.apply_retention(schedule, now_ms).await?
-        } else {
-            (last_error, Vec::new())
-        };
-        catalog.set_schedule_error(schedule.id, &last_error).await?;
-        catalog
             .record_follow_up(
                 schedule.id,
-                awaited.fire_time_ms,
-                awaited.attempt,
+                (awaited.fire_time_ms, awaited.attempt),
                 &FollowUp {
                     time_ms: now_ms,
                     deleted_backups,
                 },
+                &progress,
+                &last_error,
             )
             .await?;
+        schedule.progress = progress;
         schedule.last_error = last_error;
         Ok(())
     }
 
-    /// Sets the schedule's pending retry of `fire`, which failed at `failed_ms`, as its policy
-    /// says: none when the attempts are used up or the retry would reach the next regular fire.
-    pub(super) fn plan_retry(
+    /// The retry of `fire`, which failed at `failed_ms`, as the schedule's policy says: none
+    /// when the attempts are used up, the retry would reach the next regular fire, or the
+    /// schedule is paused.
+    pub(super) fn retry_after(
         &self,
-        schedule: &mut Schedule,
+        schedule: &Schedule,
         fire: PendingFire,
         failed_ms: i64,
     ) -> Option<PendingRetry> {
+        if schedule.paused {
+            return None;
+        }
         let attempt = fire.attempt.saturating_add(1);
-        let retry = schedule
+        schedule
             .retry
             .retry_at(
                 attempt,
@@ -95,9 +104,7 @@ impl Scheduler {
                 at_ms,
                 fire_time_ms: fire.fire_time_ms,
                 attempt,
-            });
-        schedule.progress.retry = retry;
-        retry
+            })
     }
 
     /// Deletes the schedule's backups that its retention does not keep, as DeleteBackup does.

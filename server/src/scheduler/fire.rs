@@ -17,6 +17,14 @@ impl Scheduler {
         now_ms: i64,
     ) -> Result<ScheduleFire> {
         let outcome = self.start_run(schedule, &pending).await?;
+        // A new run could start only if the one awaited before ended: handle its end first, so
+        // that its retention or retry is not lost when the new run takes its place.
+        if let (FireOutcome::Started { run_id }, Some(earlier)) =
+            (&outcome, schedule.progress.awaited)
+            && earlier.run_id != *run_id
+        {
+            self.follow_up(schedule, earlier, now_ms).await?;
+        }
         schedule.progress.pending = None;
         let when = super::ending::format_ms(pending.fire_time_ms);
         let last_error = match &outcome {
@@ -38,10 +46,10 @@ impl Scheduler {
             FireOutcome::Failed { message } => {
                 tracing::warn!(schedule = %schedule.name, fire_time = %when, %message,
                     "schedule fire started no run");
-                let retry = self.plan_retry(schedule, pending, now_ms);
+                schedule.progress.retry = self.retry_after(schedule, pending, now_ms);
                 format!(
                     "the fire of {when} started no run: {message}{}",
-                    super::ending::retry_note(retry.as_ref())
+                    super::ending::retry_note(schedule.progress.retry.as_ref())
                 )
             }
         };
@@ -91,8 +99,23 @@ impl Scheduler {
         };
         // The idempotency key is looked up before the cluster's active run: a fire whose run was
         // started before a restart finds that run, not a reason to skip.
+        let key = request.idempotency_key.clone().unwrap_or_default();
         match self.inner.backups.start(request).await {
             Ok(run_id) => Ok(FireOutcome::Started { run_id }),
+            // The key names a run with other parameters: the fire's own run, started before a
+            // restart, from settings (a location's name, the schedule's backup parameters) that
+            // changed since. It is the fire's run all the same.
+            Err(Error::AlreadyExists(message)) => {
+                match self
+                    .inner
+                    .catalog
+                    .run_with_key(schedule.cluster_id, &key)
+                    .await?
+                {
+                    Some(run_id) => Ok(FireOutcome::Started { run_id }),
+                    None => Ok(FireOutcome::Failed { message }),
+                }
+            }
             Err(Error::FailedPrecondition(message)) => {
                 let active = self.inner.catalog.active_run(schedule.cluster_id).await?;
                 Ok(match active {

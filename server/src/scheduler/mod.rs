@@ -119,9 +119,15 @@ impl Scheduler {
     /// with a run of its own.
     pub async fn fire_now(&self, schedule: &mut Schedule) -> Result<ScheduleFire> {
         let now_ms = self.now_ms();
+        self.finish_earlier(schedule, now_ms).await?;
         let latest = self.inner.catalog.latest_fire_time(schedule.id).await?;
+        let mut fire_time_ms = latest.map_or(now_ms, |latest| now_ms.max(latest + 1));
+        // Never the time of the trigger's next fire, whose key it would take.
+        if Some(fire_time_ms) == schedule.next_fire_ms {
+            fire_time_ms += 1;
+        }
         let pending = PendingFire {
-            fire_time_ms: latest.map_or(now_ms, |latest| now_ms.max(latest + 1)),
+            fire_time_ms,
             attempt: 0,
             cause: FireCause::RunNow,
             missed: 0,
@@ -130,14 +136,20 @@ impl Scheduler {
         self.fire(schedule, pending, now_ms).await
     }
 
-    async fn tend_one(&self, schedule: &mut Schedule, now_ms: i64) -> Result<()> {
-        // A fire chosen before the last server stopped, never recorded: ask for its run again.
-        if let Some(pending) = schedule.progress.pending {
-            self.fire(schedule, pending, now_ms).await?;
-        }
+    /// Finishes what an earlier pass (or server) left: the end of the awaited run, then a fire
+    /// chosen and never recorded, whose run is asked for again.
+    async fn finish_earlier(&self, schedule: &mut Schedule, now_ms: i64) -> Result<()> {
         if let Some(awaited) = schedule.progress.awaited {
             self.follow_up(schedule, awaited, now_ms).await?;
         }
+        if let Some(pending) = schedule.progress.pending {
+            self.fire(schedule, pending, now_ms).await?;
+        }
+        Ok(())
+    }
+
+    async fn tend_one(&self, schedule: &mut Schedule, now_ms: i64) -> Result<()> {
+        self.finish_earlier(schedule, now_ms).await?;
         // A paused schedule (fired with RunSchedule) is followed to its run's end, no further.
         if schedule.paused {
             return Ok(());

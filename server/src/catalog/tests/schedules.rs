@@ -310,15 +310,24 @@ async fn fires_and_the_schedulers_progress_are_recorded(catalog: &Catalog) {
         .expect("list fires");
     assert_eq!(page, [failed.clone(), skipped.clone()]);
     assert!(more);
-    // What followed the run's end is added to its fire.
+    // What followed the run's end is added to its fire, with the progress after it, at once.
     let follow_up = FollowUp {
         time_ms: fire_ms + 20 * MINUTE,
         deleted_backups: vec![Uuid::now_v7(), Uuid::now_v7()],
     };
     catalog
-        .record_follow_up(nightly.id, fire_ms, 0, &follow_up)
+        .record_follow_up(
+            nightly.id,
+            (fire_ms, 0),
+            &follow_up,
+            &FireProgress::default(),
+            "retention could not delete",
+        )
         .await
         .expect("record follow-up");
+    let read = find(catalog, "nightly").await;
+    assert_eq!(read.progress, FireProgress::default());
+    assert_eq!(read.last_error, "retention could not delete");
     let (page, more) = catalog
         .list_fires(nightly.id, 2, Some((fire_ms, 1)))
         .await
