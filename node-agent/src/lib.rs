@@ -159,12 +159,15 @@ impl Agent {
         self.node_id
     }
 
-    /// Describes the node now: reads the free space of every data path's filesystem.
+    /// Describes the node now: reads the free space of every data path's filesystem and lists
+    /// the snapshots it keeps.
     pub async fn node_info(&self) -> proto::NodeInfo {
         let paths = self.config.data_paths.clone();
-        // statvfs can block on a slow or hung filesystem: keep it off the async workers.
-        let data_paths = tokio::task::spawn_blocking(move || {
-            paths
+        let snapshots = self.snapshots.clone();
+        // statvfs and directory listings can block on a slow or hung filesystem: keep them off
+        // the async workers.
+        let (data_paths, snapshot_tags) = tokio::task::spawn_blocking(move || {
+            let data_paths = paths
                 .iter()
                 .map(|path| proto::DataPath {
                     path: path.display().to_string(),
@@ -174,7 +177,8 @@ impl Agent {
                     }),
                     total_bytes: fs4::total_space(path).unwrap_or(0),
                 })
-                .collect()
+                .collect();
+            (data_paths, snapshots.list_tags())
         })
         .await
         .unwrap_or_default();
@@ -184,6 +188,7 @@ impl Agent {
             data_paths,
             agent_version: AGENT_VERSION.to_string(),
             snapshot_provider: self.config.snapshot.provider_name().to_string(),
+            snapshot_tags,
         }
     }
 }

@@ -141,8 +141,17 @@ impl Backups {
             kind,
             parent_backup_id: parent.map(|parent| parent.id),
         };
-        self.runs
-            .spawn(run, move |handle| backup::execute(handle, plan));
+        self.runs.spawn(run, move |handle| async move {
+            // What earlier runs of the cluster could not clean up (their agent was lost) goes
+            // first, so a failed run pins a node's disk space only until the next backup.
+            if !handle.run().dry_run {
+                handle
+                    .manager()
+                    .remove_leftover_snapshots(&plan.cluster)
+                    .await;
+            }
+            backup::execute(handle, plan).await;
+        });
         Ok(id)
     }
 

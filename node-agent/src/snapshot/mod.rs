@@ -545,7 +545,8 @@ impl Snapshotter {
     /// Tags of the snapshots present on the node, sorted: the folders under every data path's
     /// `.coffer-snapshots` and the records of `command` snapshots, whatever the provider.
     ///
-    /// Meant for clearing leftovers at start-up; reads a few directories, so it blocks briefly.
+    /// Reported in the node info, so the server can remove what ended runs left; reads a few
+    /// directories, so it blocks briefly.
     /// Unreadable directories are logged and treated as empty.
     pub fn list_tags(&self) -> Vec<String> {
         let mut tags = Vec::new();

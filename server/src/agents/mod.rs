@@ -85,6 +85,8 @@ pub struct AgentClients {
 pub struct InfoAnswer {
     /// What the agent reported.
     pub info: NodeInfo,
+    /// Tags of the snapshots the agent keeps (run ids).
+    pub snapshot_tags: Vec<String>,
     /// Round trip of the call.
     pub latency: Duration,
 }
@@ -196,6 +198,7 @@ impl AgentClients {
                     .collect(),
                 agent_version: node.agent_version,
             },
+            snapshot_tags: node.snapshot_tags,
             latency,
         })
     }
@@ -235,10 +238,12 @@ enum LongCallEvent<S> {
 }
 
 /// Follows a long call's response stream to its summary, sending its progress to `updates`.
-/// `what` names the call in the error of a stream that ends without a summary.
+/// `what` names the call in errors; `aftermath` says what becomes of the node's work when the
+/// agent is lost in the middle (killed, its host gone, the network cut).
 async fn follow_long_call<M, S>(
     address: &AgentAddress,
     what: &str,
+    aftermath: &str,
     mut stream: tonic::Streaming<M>,
     updates: &tokio::sync::mpsc::Sender<NodeUpdate>,
     event: impl Fn(M) -> LongCallEvent<S>,
@@ -259,9 +264,43 @@ async fn follow_long_call<M, S>(
                     format!("the agent ended the {what} without a summary"),
                 ));
             }
-            Err(status) => return Err(call_error(address, &status)),
+            Err(status) => {
+                return Err(match lost_contact(&status) {
+                    Some(how) => AgentError::new(
+                        address,
+                        AgentCode::Unavailable,
+                        format!(
+                            "lost contact with the agent during the {what} ({how}); {aftermath}"
+                        ),
+                    ),
+                    None => call_error(address, &status),
+                });
+            }
         }
     }
+}
+
+/// How the connection to an agent was lost, when `status` comes from the transport rather than
+/// from the agent (a status the agent sends has no source error): the raw HTTP/2 text (`h2
+/// protocol error: ... broken pipe`) says less to an operator than this.
+fn lost_contact(status: &tonic::Status) -> Option<&'static str> {
+    let source = std::error::Error::source(status)?;
+    let mut text = source.to_string();
+    let mut cause = source.source();
+    while let Some(next) = cause {
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    let text = format!("{} {text}", status.message()).to_lowercase();
+    Some(if text.contains("refused") {
+        "connection refused"
+    } else if text.contains("timed out") || text.contains("deadline") {
+        "no answer in time"
+    } else if text.contains("reset") || text.contains("broken pipe") || text.contains("closed") {
+        "the connection broke"
+    } else {
+        "the connection failed"
+    })
 }
 
 /// Describes a failed call in one line (the status message and the transport's cause), keeping

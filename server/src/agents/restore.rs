@@ -67,6 +67,8 @@ pub async fn restore_node(
     follow_long_call(
         address,
         "restore",
+        "files already moved into place stay there and verified downloads stay staged: once the \
+         agent is back, the same restore again downloads only what is missing",
         stream,
         updates,
         |message| match message.event {

@@ -94,6 +94,8 @@ pub async fn upload(
     follow_long_call(
         address,
         "upload",
+        "nothing of the backup is committed, and the node's snapshot stays on it until the \
+         agent is back (the cluster's next backup removes it)",
         stream,
         updates,
         |message| match message.event {

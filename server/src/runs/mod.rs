@@ -231,6 +231,12 @@ impl RunManager {
     }
 
     /// Finishes runs that a previous server process left in flight. See the module docs.
+    /// Removes the snapshots of ended runs from the nodes of `cluster` (see
+    /// [`recovery::remove_leftover_snapshots`]); best effort, never fails.
+    pub async fn remove_leftover_snapshots(&self, cluster: &crate::model::Cluster) {
+        recovery::remove_leftover_snapshots(self, cluster).await;
+    }
+
     pub async fn recover(&self) -> Result<()> {
         recovery::recover_all(self).await
     }

@@ -1,15 +1,55 @@
 //! Recovery at start-up: runs the catalog shows in flight were interrupted by a stop or crash
 //! of the server. Each is finished truthfully: a backup whose commit manifest made it to storage
 //! is recorded as committed; anything else failed (or canceled, if it was being canceled); its
-//! snapshots are removed either way.
+//! snapshots are removed either way. And on every node, the snapshots of runs that ended and
+//! that their run could not remove (its agent was lost at the time).
 
 use std::time::SystemTime;
 
 use crate::agents::{snapshot, storage};
 use crate::error::{Error, Result};
+use crate::model::Cluster;
 use crate::model::backup::BackupRecord;
 use crate::model::run::{NodePhase, Run, RunSpec, RunState};
 use crate::runs::RunManager;
+
+/// Removes from the nodes of `cluster` the snapshots of runs that ended: a run whose agent was
+/// lost (killed, unreachable) could not remove its snapshot, which pins the disk space of every
+/// file it links. Nodes that do not answer are left for next time; a tag that names no run of
+/// this catalog is not Coffer's to remove, and is kept.
+pub(super) async fn remove_leftover_snapshots(manager: &RunManager, cluster: &Cluster) {
+    let addresses: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.spec.address.clone())
+        .collect();
+    let answers = manager.agents().node_infos(&addresses).await;
+    for (node, answer) in cluster.nodes.iter().zip(answers) {
+        let Ok(answer) = answer else { continue };
+        for tag in answer.snapshot_tags {
+            let Ok(run_id) = uuid::Uuid::parse_str(&tag) else {
+                continue;
+            };
+            let ended = match manager.catalog().get_run(run_id).await {
+                Ok(Some(run)) => run.state.is_final(),
+                Ok(None) => false,
+                Err(error) => {
+                    tracing::warn!(%error, %run_id, "look up the run of a leftover snapshot");
+                    false
+                }
+            };
+            if !ended {
+                continue;
+            }
+            match snapshot::delete(manager.agents(), node, tag).await {
+                Ok(()) => tracing::info!(node_id = %node.info.node_id, %run_id,
+                    "removed the snapshot an ended run left"),
+                Err(error) => tracing::warn!(node_id = %node.info.node_id, %run_id, %error,
+                    "could not remove the snapshot an ended run left"),
+            }
+        }
+    }
+}
 
 /// Finishes every run a previous server process left in flight (those executing here are
 /// left alone).
