@@ -45,6 +45,13 @@ pub struct AgentOptions {
     )]
     pub restore_allow_hooks: Option<bool>,
 
+    /// Space a restore leaves free on each data path's filesystem, in bytes or with a binary
+    /// suffix (K, M, G, T: 512M, 20G): a restore that would leave less is refused before it
+    /// downloads anything [default: 0].
+    #[arg(long, env = "COFFER_AGENT_RESTORE_KEEP_FREE", value_parser = parse_size)]
+    #[serde(deserialize_with = "size_in_file")]
+    pub restore_keep_free: Option<u64>,
+
     #[command(flatten)]
     #[serde(default)]
     pub snapshot: SnapshotOptions,
@@ -57,6 +64,7 @@ impl Layered for AgentOptions {
             data_paths: self.data_paths.or(lower.data_paths),
             state_dir: self.state_dir.or(lower.state_dir),
             restore_allow_hooks: self.restore_allow_hooks.or(lower.restore_allow_hooks),
+            restore_keep_free: self.restore_keep_free.or(lower.restore_keep_free),
             snapshot: self.snapshot.or(lower.snapshot),
         }
     }
@@ -145,6 +153,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Whether restores may run the hook command the server sends.
     pub restore_allow_hooks: bool,
+    /// Bytes a restore leaves free on each data path's filesystem.
+    pub restore_keep_free: u64,
     /// The snapshot provider and its settings.
     pub snapshot: SnapshotConfig,
 }
@@ -264,6 +274,7 @@ impl AgentOptions {
             data_paths,
             state_dir,
             restore_allow_hooks: self.restore_allow_hooks.unwrap_or(false),
+            restore_keep_free: self.restore_keep_free.unwrap_or(0),
             snapshot,
         })
     }
@@ -322,6 +333,49 @@ fn require_absolute(setting: &'static str, path: &Path) -> Result<(), ConfigErro
             format!("{} is not an absolute path", path.display()),
         ))
     }
+}
+
+/// A size in the configuration file: a number of bytes, or a string as [`parse_size`] reads.
+fn size_in_file<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Size::Bytes(bytes)) => Ok(Some(bytes)),
+        Some(Size::Text(text)) => parse_size(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// A size in bytes: digits, optionally followed by K, M, G or T (powers of 1024), with an
+/// optional `iB` or `B` after it.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, suffix) = trimmed.split_at(digits_end);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512M, 20G or 1000000)"))?;
+    let shift = match suffix.trim().trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(format!("{text:?} has an unknown unit (use K, M, G or T)")),
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -441,5 +495,23 @@ mod tests {
         let mut options = options(&["/data"]);
         options.state_dir = Some(PathBuf::from("/data/.coffer"));
         assert!(options.resolve().is_err());
+    }
+
+    #[test]
+    fn sizes_read_with_binary_units_in_flags_and_files() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("20GiB"), Ok(20 << 30));
+        assert_eq!(parse_size("3T"), Ok(3 << 40));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        let file: AgentOptions =
+            toml::from_str("data-paths = [\"/data\"]\nrestore-keep-free = \"1G\"\n")
+                .expect("parse");
+        assert_eq!(file.restore_keep_free, Some(1 << 30));
+        let file: AgentOptions =
+            toml::from_str("data-paths = [\"/data\"]\nrestore-keep-free = 4096\n").expect("parse");
+        assert_eq!(file.restore_keep_free, Some(4096));
     }
 }

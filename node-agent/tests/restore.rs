@@ -178,6 +178,7 @@ impl Fixture {
             concurrency: restore::DEFAULT_CONCURRENCY,
             hook: None,
             allow_hooks: false,
+            keep_free: 0,
         }
     }
 
@@ -472,6 +473,45 @@ async fn a_node_with_fewer_data_paths_is_refused() {
     assert!(error.to_string().contains("#2"), "{error}");
     assert!(files_below(&fixture.targets[0]).is_empty());
     assert!(!fixture.targets[0].join(STAGING_FOLDER).exists());
+}
+
+/// A restore that would leave less free space than the agent keeps is refused before anything
+/// is downloaded or written, naming the data path, what it needs and what is free; a dry run
+/// says so too; with room kept small enough it restores.
+#[tokio::test]
+async fn a_restore_without_room_for_it_is_refused_before_downloading() {
+    let fixture = Fixture::new(2);
+    make_source_tree(&fixture);
+    fixture.back_up().await;
+    let free = fs4::available_space(&fixture.targets[0]).expect("free space");
+    for dry_run in [false, true] {
+        let mut job = fixture.job();
+        job.dry_run = dry_run;
+        // Keep all the free space but a little: no backup fits in what is left.
+        job.keep_free = free.saturating_sub(1000);
+        let (result, _) = run(job).await;
+        let error = result.expect_err("no room");
+        let RestoreFailure::NoSpace {
+            path,
+            needed,
+            free: reported,
+            ..
+        } = &error
+        else {
+            panic!("not NoSpace: {error}");
+        };
+        assert_eq!(path, &fixture.targets[0], "{error}");
+        assert!(*needed > 1000, "{error}");
+        assert!(*reported > 0, "{error}");
+        assert!(error.to_string().contains("restore-keep-free"), "{error}");
+        assert!(files_below(&fixture.targets[0]).is_empty());
+        assert!(
+            !fixture.targets[0].join(STAGING_FOLDER).exists(),
+            "nothing staged"
+        );
+    }
+    let (result, _) = run(fixture.job()).await;
+    result.expect("room enough with nothing kept free");
 }
 
 /// Flips a byte in the middle of the stored object.
@@ -934,6 +974,7 @@ mod rpc {
             data_paths: fixture.targets.clone(),
             state_dir: fixture.root.path().join("agent-state"),
             restore_allow_hooks: allow_hooks,
+            restore_keep_free: 0,
             snapshot: SnapshotConfig::Dir {
                 pre_hook: None,
                 post_hook: None,

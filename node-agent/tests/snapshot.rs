@@ -58,6 +58,7 @@ impl Node {
             data_paths: self.data_paths.clone(),
             state_dir: self.state_dir(),
             restore_allow_hooks: false,
+            restore_keep_free: 0,
             snapshot,
         })
     }
@@ -921,6 +922,7 @@ mod rpc {
             data_paths: node.data_paths.clone(),
             state_dir: node.state_dir(),
             restore_allow_hooks: false,
+            restore_keep_free: 0,
             snapshot: dir_provider(None, None),
         };
         let agent = Agent::open(config).await.expect("open agent");

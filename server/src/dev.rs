@@ -89,6 +89,7 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
         state_dir: dir.join("agent-state"),
         // Dev mode runs on an operator's own machine: no commands from the API.
         restore_allow_hooks: false,
+        restore_keep_free: 0,
         snapshot: SnapshotConfig::Dir {
             pre_hook: None,
             post_hook: None,

@@ -110,6 +110,7 @@ impl AgentHandler {
             },
             hook,
             allow_hooks: self.agent.config().restore_allow_hooks,
+            keep_free: self.agent.config().restore_keep_free,
         })
     }
 }

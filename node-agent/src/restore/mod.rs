@@ -72,11 +72,13 @@ mod download;
 mod hook;
 mod place;
 mod plan;
+mod space;
 
 use download::{create_staging_folders, download_all};
 use hook::run_hook;
 use place::place_all;
 use plan::plan;
+use space::{check_space, give_back, is_disk_full};
 
 /// Files downloaded at once when the request does not say.
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -139,6 +141,8 @@ pub struct RestoreJob {
     pub hook: Option<RestoreHook>,
     /// Whether the agent's configuration allows hooks.
     pub allow_hooks: bool,
+    /// Bytes to leave free on each data path's filesystem (`restore-keep-free`).
+    pub keep_free: u64,
 }
 
 impl RestoreJob {
@@ -161,6 +165,20 @@ pub enum RestoreFailure {
     /// downloaded or placed.
     #[error("{0}")]
     Refused(String),
+    /// A filesystem has not room enough for what the restore would write, with the space the
+    /// agent's configuration keeps free. Nothing was downloaded.
+    #[error(
+        "not enough space on the filesystem of {}: the restore needs {needed} bytes there, \
+         {free} are free and {keep_free} are to be kept free (restore-keep-free); free some \
+         space or restore fewer files (--include)",
+        path.display()
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+        keep_free: u64,
+    },
     /// The request carries a hook and the agent does not allow them. Nothing was done.
     #[error(
         "this agent does not run restore hooks sent by the server: start it with \
@@ -419,12 +437,17 @@ async fn restore(
     shared: &Arc<Shared>,
     cancel: &CancellationToken,
 ) -> Result<(u64, Vec<String>), RestoreFailure> {
-    let plan = plan(shared, cancel).await?;
+    let plan = Arc::new(plan(shared, cancel).await?);
     let existing = (plan.existing_files, plan.existing_paths.clone());
+    {
+        // A dry run says too whether the restore would fit.
+        let shared = shared.clone();
+        let plan = plan.clone();
+        blocking(move || check_space(&shared, &plan)).await?;
+    }
     if shared.job.dry_run {
         return Ok(existing);
     }
-    let plan = Arc::new(plan);
 
     shared.set_phase(proto::RestorePhase::Downloading);
     {
@@ -432,7 +455,13 @@ async fn restore(
         let plan = plan.clone();
         blocking(move || create_staging_folders(&shared, &plan)).await?;
     }
-    download_all(shared, &plan, cancel).await?;
+    if let Err(failure) = download_all(shared, &plan, cancel).await {
+        if is_disk_full(&failure) {
+            let shared = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || give_back(&shared)).await;
+        }
+        return Err(failure);
+    }
     if cancel.is_cancelled() {
         return Err(RestoreFailure::Canceled);
     }
