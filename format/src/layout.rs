@@ -98,6 +98,11 @@ impl ClusterLayout {
         format!("clusters/{}/objects/{}/{hex}", self.cluster_id, &hex[..2])
     }
 
+    /// Path of the cluster's description (rewritten after each backup it commits).
+    pub fn description(&self) -> String {
+        format!("clusters/{}/cluster.json", self.cluster_id)
+    }
+
     /// Folder of all backups of the cluster.
     pub fn backups(&self) -> String {
         format!("clusters/{}/backups/", self.cluster_id)

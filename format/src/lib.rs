@@ -9,10 +9,12 @@
 //!   verified download, and the shared [`RateLimiter`].
 //! - [`filter`]: path filters (include and exclude globs) and their one compiler.
 //! - [`manifest`]: the node manifest (zstd JSON Lines) and the backup manifest (the commit point).
+//! - [`description`]: the description of a cluster a location keeps for a catalog rebuild.
 //!
 //! The agent (which touches storage) and the server (which plans) both use this crate, so the two
 //! can never disagree about names or encodings.
 
+pub mod description;
 mod direct;
 pub mod filter;
 pub mod layout;
@@ -20,6 +22,7 @@ pub mod manifest;
 pub mod object;
 pub mod storage;
 
+pub use description::{ClusterDescription, DescribedNode, DescribedSchedule};
 pub use filter::{FilterError, PathMatcher};
 pub use layout::{
     ClusterLayout, ContentHash, FORMAT_VERSION, FormatMarker, MARKER_PATH, MarkerError,

@@ -12,6 +12,7 @@ use crate::agents::storage;
 use crate::catalog::{Catalog, RunInsert};
 use crate::clusters::ClusterRegistry;
 use crate::error::{Error, Result};
+use crate::lifecycle::describe;
 use crate::locations::LocationRegistry;
 use crate::model::backup::{
     BackupFile, BackupNodeRecord, BackupQuery, BackupRecord, FileQuery, ListBackups,
@@ -141,16 +142,31 @@ impl Backups {
             kind,
             parent_backup_id: parent.map(|parent| parent.id),
         };
+        let catalog = self.catalog.clone();
         self.runs.spawn(run, move |handle| async move {
+            let dry_run = handle.run().dry_run;
+            let manager = handle.manager().clone();
+            let (cluster, location) = (plan.cluster.clone(), plan.location.clone());
             // What earlier runs of the cluster could not clean up (their agent was lost) goes
             // first, so a failed run pins a node's disk space only until the next backup.
-            if !handle.run().dry_run {
-                handle
-                    .manager()
-                    .remove_leftover_snapshots(&plan.cluster)
-                    .await;
+            if !dry_run {
+                manager.remove_leftover_snapshots(&cluster).await;
             }
             backup::execute(handle, plan).await;
+            // The location describes the cluster as of its newest backup, for a catalog rebuilt
+            // from it; the backup stands whether or not this works.
+            let committed = !dry_run
+                && manager
+                    .get(id)
+                    .await
+                    .is_ok_and(|run| run.state == RunState::Succeeded);
+            if committed
+                && let Err(error) =
+                    describe::write_description(&catalog, manager.agents(), &cluster, &location)
+                        .await
+            {
+                tracing::warn!(%error, "cluster description not written to the location");
+            }
         });
         Ok(id)
     }

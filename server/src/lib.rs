@@ -13,6 +13,7 @@ pub mod clusters;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod lifecycle;
 pub mod locations;
 pub mod model;
 pub mod restores;
@@ -30,6 +31,7 @@ use crate::backups::Backups;
 use crate::catalog::Catalog;
 use crate::clusters::ClusterRegistry;
 use crate::config::ServerConfig;
+use crate::lifecycle::import::Importer;
 use crate::locations::LocationRegistry;
 use crate::restores::Restores;
 use crate::runs::RunManager;
@@ -47,6 +49,7 @@ pub struct Coffer {
     restores: Restores,
     scheduler: Scheduler,
     schedules: Schedules,
+    importer: Importer,
 }
 
 impl Coffer {
@@ -58,7 +61,7 @@ impl Coffer {
         let agents = Arc::new(AgentClients::new(config.agent_calls()));
         let clusters = Arc::new(ClusterRegistry::new(catalog.clone(), agents.clone()));
         let locations = LocationRegistry::new(catalog.clone(), (*clusters).clone(), agents.clone());
-        let runs = RunManager::new(catalog.clone(), agents);
+        let runs = RunManager::new(catalog.clone(), agents.clone());
         let backups = Backups::new(
             catalog.clone(),
             (*clusters).clone(),
@@ -88,6 +91,12 @@ impl Coffer {
             locations.clone(),
             scheduler.clone(),
         );
+        let importer = Importer::new(
+            catalog.clone(),
+            locations.clone(),
+            agents,
+            scheduler.clone(),
+        );
         Ok(Self {
             catalog,
             clusters,
@@ -97,6 +106,7 @@ impl Coffer {
             restores,
             scheduler,
             schedules,
+            importer,
         })
     }
 

@@ -7,6 +7,7 @@ mod bad_input;
 mod clusters;
 mod cofferctl;
 mod dev_mode;
+mod import;
 mod locations;
 mod locations_cloud;
 mod reflection;

@@ -46,6 +46,25 @@ pub enum LocationCommand {
     /// Exits with code 8 when any step failed or did not run on any node, after printing every
     /// node's result.
     Check(CheckArgs),
+    /// Rebuild the catalog from what the location holds (after losing the catalog, say):
+    /// clusters with their ids, nodes and schedules, and every committed backup.
+    ///
+    /// Create the location first, with its settings. The server reads the location through the
+    /// agent named by --via. What the catalog has already is left as it is, so importing twice
+    /// changes nothing; a name that belongs to another cluster or schedule fails the import
+    /// (exit 6) and changes nothing.
+    Import(ImportArgs),
+}
+
+/// Arguments of `location import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Name or id of the location.
+    #[arg(value_name = "LOCATION", value_parser = non_empty())]
+    pub location: String,
+    /// Address of an agent that can reach the location (host:port).
+    #[arg(long, value_name = "ADDR", value_parser = non_empty())]
+    pub via: String,
 }
 
 /// Arguments of `location create`.
@@ -256,7 +275,49 @@ pub async fn run(command: LocationCommand, session: &Session) -> Result<(), CliE
         LocationCommand::Update(args) => update(args, session).await,
         LocationCommand::Delete(args) => delete(args, session).await,
         LocationCommand::Check(args) => check(args, session).await,
+        LocationCommand::Import(args) => import(args, session).await,
     }
+}
+
+async fn import(args: ImportArgs, session: &Session) -> Result<(), CliError> {
+    let client = session.connect().await?;
+    let response = client
+        .locations()
+        .import_location(proto::ImportLocationRequest {
+            location: args.location,
+            agent: args.via,
+        })
+        .await?
+        .into_inner();
+    session.output.response(&response, |report| {
+        let mut out = fields([
+            (
+                "Clusters",
+                format!(
+                    "{} imported, {} there already",
+                    report.clusters_imported, report.clusters_matched
+                ),
+            ),
+            (
+                "Backups",
+                format!(
+                    "{} imported, {} there already, {} never committed",
+                    report.backups_imported, report.backups_present, report.backups_uncommitted
+                ),
+            ),
+            (
+                "Schedules",
+                format!(
+                    "{} imported, {} there already",
+                    report.schedules_imported, report.schedules_present
+                ),
+            ),
+        ]);
+        for skipped in &report.skipped {
+            out.push_str(&format!("Skipped: {skipped}\n"));
+        }
+        Ok(out)
+    })
 }
 
 /// The request `location create` sends. clap has already made sure exactly one kind is given and

@@ -12,14 +12,45 @@ use uuid::Uuid;
 use super::convert::{backup_file, storage_location};
 use super::{AgentClients, AgentError, call_error};
 use crate::error::{AgentCode, Error, Result};
-use crate::model::Cluster;
 use crate::model::backup::BackupFile;
 use crate::model::location::{CheckStep, Location, NodeLocationCheck};
+use crate::model::{AgentAddress, Cluster};
 
-/// Asks the cluster's agents, in turn, until one succeeds.
+/// The agents a storage call may go through, in turn, and how errors name them: the nodes of a
+/// cluster, or one agent named by address (when the catalog knows no cluster yet, as in an
+/// import).
+#[derive(Debug, Clone)]
+pub struct Through<'a> {
+    addresses: Vec<&'a AgentAddress>,
+    name: String,
+}
+
+impl<'a> From<&'a Cluster> for Through<'a> {
+    fn from(cluster: &'a Cluster) -> Self {
+        Self {
+            addresses: cluster
+                .nodes
+                .iter()
+                .map(|node| &node.spec.address)
+                .collect(),
+            name: format!("cluster {}", cluster.name),
+        }
+    }
+}
+
+impl<'a> From<&'a AgentAddress> for Through<'a> {
+    fn from(address: &'a AgentAddress) -> Self {
+        Self {
+            addresses: vec![address],
+            name: format!("the agent at {address}"),
+        }
+    }
+}
+
+/// Asks the agents, in turn, until one succeeds.
 async fn with_any_agent<T, F, Fut>(
     agents: &AgentClients,
-    cluster: &Cluster,
+    through: Through<'_>,
     what: &str,
     call: F,
 ) -> Result<T>
@@ -28,8 +59,8 @@ where
     Fut: Future<Output = std::result::Result<T, tonic::Status>>,
 {
     let mut failures: Vec<AgentError> = Vec::new();
-    for node in &cluster.nodes {
-        let client = match agents.client(&node.spec.address) {
+    for address in &through.addresses {
+        let client = match agents.client(address) {
             Ok(client) => client,
             Err(error) => {
                 failures.push(error);
@@ -39,7 +70,7 @@ where
         match call(client).await {
             Ok(value) => return Ok(value),
             Err(status) => {
-                let failure = call_error(&node.spec.address, &status);
+                let failure = call_error(address, &status);
                 if failure.code == AgentCode::NotFound {
                     return Err(Error::NotFound {
                         kind: "object",
@@ -50,8 +81,8 @@ where
             }
         }
     }
-    // The agents agreeing on what is wrong say so with its code; otherwise the cluster's
-    // storage is unreachable for now.
+    // The agents agreeing on what is wrong say so with its code; otherwise the storage is
+    // unreachable for now.
     let code = match failures.split_first() {
         Some((first, rest)) if rest.iter().all(|f| f.code == first.code) => first.code,
         _ => AgentCode::Unavailable,
@@ -60,51 +91,85 @@ where
     Err(Error::Agent {
         code,
         message: format!(
-            "no agent of cluster {} could {what}: {}",
-            cluster.name,
+            "no agent of {} could {what}: {}",
+            through.name,
             reasons.join("; ")
         ),
     })
 }
 
-/// Writes a small object into a location through an agent of the cluster.
-pub async fn put_object(
+/// The names directly below `prefix` (a folder, ending with `/`) in a location, through an
+/// agent: files as they are, folders with a trailing `/`, relative to the location's root.
+pub async fn list_folder<'a>(
     agents: &AgentClients,
-    cluster: &Cluster,
+    through: impl Into<Through<'a>>,
     location: &Location,
-    path: &str,
-    content: Vec<u8>,
-) -> Result<()> {
-    with_any_agent(agents, cluster, "write to the location", |mut client| {
-        let request = agent::PutObjectRequest {
+    prefix: &str,
+) -> Result<Vec<String>> {
+    with_any_agent(agents, through.into(), "list the location", |mut client| {
+        let request = agent::ListObjectsRequest {
             location: Some(storage_location(location)),
-            path: path.to_string(),
-            content: content.clone(),
+            prefix: prefix.to_string(),
+            recursive: false,
         };
-        async move { client.put_object(request).await.map(|_| ()) }
+        async move {
+            client
+                .list_objects(request)
+                .await
+                .map(|response| response.into_inner().paths)
+        }
     })
     .await
 }
 
-/// Reads a small object from a location through an agent of the cluster.
-pub async fn get_object(
+/// Writes a small object into a location through an agent.
+pub async fn put_object<'a>(
     agents: &AgentClients,
-    cluster: &Cluster,
+    through: impl Into<Through<'a>>,
+    location: &Location,
+    path: &str,
+    content: Vec<u8>,
+) -> Result<()> {
+    with_any_agent(
+        agents,
+        through.into(),
+        "write to the location",
+        |mut client| {
+            let request = agent::PutObjectRequest {
+                location: Some(storage_location(location)),
+                path: path.to_string(),
+                content: content.clone(),
+            };
+            async move { client.put_object(request).await.map(|_| ()) }
+        },
+    )
+    .await
+}
+
+/// Reads a small object from a location through an agent.
+pub async fn get_object<'a>(
+    agents: &AgentClients,
+    through: impl Into<Through<'a>>,
     location: &Location,
     path: &str,
 ) -> Result<Vec<u8>> {
-    with_any_agent(agents, cluster, "read from the location", |mut client| {
-        let request = agent::GetObjectRequest {
-            location: Some(storage_location(location)),
-            path: path.to_string(),
-        };
-        async move {
-            client
-                .get_object(request)
-                .await
-                .map(|r| r.into_inner().content)
-        }
-    })
+    with_any_agent(
+        agents,
+        through.into(),
+        "read from the location",
+        |mut client| {
+            let request = agent::GetObjectRequest {
+                location: Some(storage_location(location)),
+                path: path.to_string(),
+            };
+            async move {
+                client
+                    .get_object(request)
+                    .await
+                    .map(|r| r.into_inner().content)
+            }
+        },
+    )
     .await
 }
 
@@ -115,13 +180,18 @@ pub async fn delete_object(
     location: &Location,
     path: &str,
 ) -> Result<()> {
-    with_any_agent(agents, cluster, "delete from the location", |mut client| {
-        let request = agent::DeleteObjectRequest {
-            location: Some(storage_location(location)),
-            path: path.to_string(),
-        };
-        async move { client.delete_object(request).await.map(|_| ()) }
-    })
+    with_any_agent(
+        agents,
+        cluster.into(),
+        "delete from the location",
+        |mut client| {
+            let request = agent::DeleteObjectRequest {
+                location: Some(storage_location(location)),
+                path: path.to_string(),
+            };
+            async move { client.delete_object(request).await.map(|_| ()) }
+        },
+    )
     .await
 }
 
@@ -135,24 +205,29 @@ pub async fn read_manifest_page(
     offset: u64,
     limit: u32,
 ) -> Result<(Vec<BackupFile>, bool)> {
-    with_any_agent(agents, cluster, "read the node manifest", |mut client| {
-        let request = agent::ReadNodeManifestRequest {
-            location: Some(storage_location(location)),
-            path: path.to_string(),
-            offset,
-            limit,
-        };
-        async move {
-            client.read_node_manifest(request).await.map(|r| {
-                let r = r.into_inner();
-                let files = r
-                    .entries
-                    .into_iter()
-                    .map(|entry| backup_file(node_id, entry));
-                (files.collect(), r.more)
-            })
-        }
-    })
+    with_any_agent(
+        agents,
+        cluster.into(),
+        "read the node manifest",
+        |mut client| {
+            let request = agent::ReadNodeManifestRequest {
+                location: Some(storage_location(location)),
+                path: path.to_string(),
+                offset,
+                limit,
+            };
+            async move {
+                client.read_node_manifest(request).await.map(|r| {
+                    let r = r.into_inner();
+                    let files = r
+                        .entries
+                        .into_iter()
+                        .map(|entry| backup_file(node_id, entry));
+                    (files.collect(), r.more)
+                })
+            }
+        },
+    )
     .await
 }
 

@@ -1,7 +1,7 @@
 //! Committed backups in the catalog.
 
-use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::{Catalog, database_error, from_millis, millis, parse_labels, parse_uuid, write_error};
@@ -36,53 +36,30 @@ impl Catalog {
                 )));
             }
         }
-        let filter = serde_json::to_string(&backup.filter)
-            .map_err(|error| Error::internal("encode filter", error))?;
-        let labels = serde_json::to_string(&backup.labels)
-            .map_err(|error| Error::internal("encode labels", error))?;
-        sqlx::query(
-            "INSERT INTO backups (id, cluster_id, location_id, kind, parent_backup_id, filter, \
-             labels, run_id, schedule_id, start_time_ms, commit_time_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(backup.id.to_string())
-        .bind(backup.cluster_id.to_string())
-        .bind(backup.location_id.to_string())
-        .bind(backup.kind.as_str())
-        .bind(backup.parent_backup_id.map(|id| id.to_string()))
-        .bind(filter)
-        .bind(labels)
-        .bind(backup.run_id.map(|id| id.to_string()))
-        .bind(backup.schedule_id.map(|id| id.to_string()))
-        .bind(millis(backup.start_time))
-        .bind(millis(backup.commit_time))
-        .execute(&mut *tx)
-        .await
-        .map_err(|error| write_error("insert backup", error))?;
-        for (position, node) in backup.nodes.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO backup_nodes (backup_id, node_id, position, hostname, datacenter, rack, \
-                 manifest_path, file_count, total_bytes, uploaded_bytes, uploaded_objects) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(backup.id.to_string())
-            .bind(node.node_id.to_string())
-            .bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .bind(&node.hostname)
-            .bind(&node.datacenter)
-            .bind(&node.rack)
-            .bind(&node.manifest_path)
-            .bind(signed(node.file_count))
-            .bind(signed(node.total_bytes))
-            .bind(signed(node.uploaded_bytes))
-            .bind(signed(node.uploaded_objects))
-            .execute(&mut *tx)
-            .await
-            .map_err(|error| write_error("insert backup node", error))?;
-        }
+        insert_backup(&mut tx, backup).await?;
         tx.commit()
             .await
             .map_err(|error| database_error("commit backup record", error))
+    }
+
+    /// Records a backup read from its commit manifest in storage (a catalog rebuilt from a
+    /// location), whatever became of the run that made it; a backup recorded already is left
+    /// as it is. Returns whether it was recorded now.
+    pub async fn import_backup(&self, backup: &BackupRecord) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let known: Option<String> = sqlx::query_scalar("SELECT id FROM backups WHERE id = ?")
+            .bind(backup.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|error| database_error("look up backup", error))?;
+        if known.is_some() {
+            return Ok(false);
+        }
+        insert_backup(&mut tx, backup).await?;
+        tx.commit()
+            .await
+            .map_err(|error| database_error("commit imported backup", error))?;
+        Ok(true)
     }
 
     /// The backup with this id.
@@ -301,4 +278,53 @@ fn read_backup(row: &SqliteRow) -> Result<BackupRecord> {
         commit_time: from_millis(row.try_get("commit_time_ms").map_err(get)?),
         nodes: Vec::new(),
     })
+}
+
+/// Inserts a backup's row and its nodes' rows.
+async fn insert_backup(tx: &mut Transaction<'static, Sqlite>, backup: &BackupRecord) -> Result<()> {
+    let filter = serde_json::to_string(&backup.filter)
+        .map_err(|error| Error::internal("encode filter", error))?;
+    let labels = serde_json::to_string(&backup.labels)
+        .map_err(|error| Error::internal("encode labels", error))?;
+    sqlx::query(
+        "INSERT INTO backups (id, cluster_id, location_id, kind, parent_backup_id, filter, \
+             labels, run_id, schedule_id, start_time_ms, commit_time_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(backup.id.to_string())
+    .bind(backup.cluster_id.to_string())
+    .bind(backup.location_id.to_string())
+    .bind(backup.kind.as_str())
+    .bind(backup.parent_backup_id.map(|id| id.to_string()))
+    .bind(filter)
+    .bind(labels)
+    .bind(backup.run_id.map(|id| id.to_string()))
+    .bind(backup.schedule_id.map(|id| id.to_string()))
+    .bind(millis(backup.start_time))
+    .bind(millis(backup.commit_time))
+    .execute(&mut **tx)
+    .await
+    .map_err(|error| write_error("insert backup", error))?;
+    for (position, node) in backup.nodes.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO backup_nodes (backup_id, node_id, position, hostname, datacenter, rack, \
+                 manifest_path, file_count, total_bytes, uploaded_bytes, uploaded_objects) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(backup.id.to_string())
+        .bind(node.node_id.to_string())
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .bind(&node.hostname)
+        .bind(&node.datacenter)
+        .bind(&node.rack)
+        .bind(&node.manifest_path)
+        .bind(signed(node.file_count))
+        .bind(signed(node.total_bytes))
+        .bind(signed(node.uploaded_bytes))
+        .bind(signed(node.uploaded_objects))
+        .execute(&mut **tx)
+        .await
+        .map_err(|error| write_error("insert backup node", error))?;
+    }
+    Ok(())
 }

@@ -4,19 +4,25 @@ use coffer_proto::v1 as proto;
 use coffer_proto::v1::location_service_server::LocationService;
 use tonic::{Request, Response, Status};
 
+use crate::lifecycle::import::Importer;
 use crate::locations::LocationRegistry;
+use crate::model::AgentAddress;
 use crate::model::location::{ListLocations, LocationUpdate, NewLocation, NodeLocationCheck};
 
 /// Implements `coffer.v1.LocationService`.
 #[derive(Debug, Clone)]
 pub struct LocationHandler {
     locations: LocationRegistry,
+    importer: Importer,
 }
 
 impl LocationHandler {
-    /// A handler delegating to `locations`.
-    pub fn new(locations: LocationRegistry) -> Self {
-        Self { locations }
+    /// A handler delegating to `locations`, and imports to `importer`.
+    pub fn new(locations: LocationRegistry, importer: Importer) -> Self {
+        Self {
+            locations,
+            importer,
+        }
     }
 }
 
@@ -92,5 +98,22 @@ impl LocationService for LocationHandler {
             nodes: checks.into_iter().map(Into::into).collect(),
             ok,
         }))
+    }
+
+    async fn import_location(
+        &self,
+        request: Request<proto::ImportLocationRequest>,
+    ) -> Result<Response<proto::ImportLocationResponse>, Status> {
+        let request = request.into_inner();
+        if request.location.is_empty() {
+            return Err(crate::error::Error::invalid(
+                "location",
+                "is required (a location name or id)",
+            )
+            .into());
+        }
+        let via = AgentAddress::parse("agent", &request.agent)?;
+        let report = self.importer.import(&request.location, &via).await?;
+        Ok(Response::new(report.into()))
     }
 }

@@ -4,6 +4,7 @@ use coffer_proto::v1 as proto;
 
 use super::{duration, timestamp};
 use crate::error::{Error, Result};
+use crate::lifecycle::import::ImportReport;
 use crate::model::location::{
     CheckStep, Compression, ListLocations, Location, LocationOptions, LocationUpdate, NewLocation,
     NodeLocationCheck, SecretRef,
@@ -312,5 +313,20 @@ fn location_kind(kind: i32) -> Result<Option<&'static str>> {
             "kind",
             format!("{kind} is not a location kind"),
         )),
+    }
+}
+
+impl From<ImportReport> for proto::ImportLocationResponse {
+    fn from(report: ImportReport) -> Self {
+        Self {
+            clusters_imported: report.clusters_imported,
+            clusters_matched: report.clusters_matched,
+            backups_imported: report.backups_imported,
+            backups_present: report.backups_present,
+            backups_uncommitted: report.backups_uncommitted,
+            schedules_imported: report.schedules_imported,
+            schedules_present: report.schedules_present,
+            skipped: report.skipped,
+        }
     }
 }

@@ -1,0 +1,7 @@
+//! The life of stored data beyond the runs that write it: the description of each cluster a
+//! location keeps ([`describe`]) and the catalog rebuilt from a location alone ([`import`]).
+//!
+//! Like everything else on the server, it reaches storage only through agents.
+
+pub mod describe;
+pub mod import;
