@@ -116,6 +116,7 @@ impl Backups {
             schedule_id: request.schedule_id,
             backup_id: (!request.dry_run).then(Uuid::now_v7),
             error: String::new(),
+            validation: None,
             create_time: now,
             start_time: None,
             finish_time: None,

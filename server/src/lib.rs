@@ -32,6 +32,7 @@ use crate::catalog::Catalog;
 use crate::clusters::ClusterRegistry;
 use crate::config::ServerConfig;
 use crate::lifecycle::import::Importer;
+use crate::lifecycle::validate::Validations;
 use crate::locations::LocationRegistry;
 use crate::restores::Restores;
 use crate::runs::RunManager;
@@ -50,6 +51,7 @@ pub struct Coffer {
     scheduler: Scheduler,
     schedules: Schedules,
     importer: Importer,
+    validations: Validations,
 }
 
 impl Coffer {
@@ -97,6 +99,12 @@ impl Coffer {
             agents,
             scheduler.clone(),
         );
+        let validations = Validations::new(
+            catalog.clone(),
+            (*clusters).clone(),
+            locations.clone(),
+            runs.clone(),
+        );
         Ok(Self {
             catalog,
             clusters,
@@ -107,6 +115,7 @@ impl Coffer {
             scheduler,
             schedules,
             importer,
+            validations,
         })
     }
 

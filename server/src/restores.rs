@@ -165,6 +165,7 @@ impl Restores {
             schedule_id: None,
             backup_id: Some(backup.id),
             error: String::new(),
+            validation: None,
             create_time: now,
             start_time: None,
             finish_time: None,

@@ -15,6 +15,7 @@ mod restores;
 mod schedules;
 mod sdk_python;
 mod storage_s3;
+mod validate;
 
 use coffer_client::proto;
 use coffer_tests::TestAgent;

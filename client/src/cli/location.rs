@@ -54,6 +54,27 @@ pub enum LocationCommand {
     /// changes nothing; a name that belongs to another cluster or schedule fails the import
     /// (exit 6) and changes nothing.
     Import(ImportArgs),
+    /// Check what the location holds for a cluster's backups: one listing of its objects against
+    /// every node manifest. Says per backup whether it restores (and which files lack their
+    /// content), and how much a purge would free.
+    ///
+    /// Starts a validate run and prints its id; with --watch, follows it and prints the result,
+    /// exiting 8 when a backup would not restore.
+    Validate(ValidateArgs),
+}
+
+/// Arguments of `location validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Name or id of the location.
+    #[arg(value_name = "LOCATION", value_parser = non_empty())]
+    pub location: String,
+    /// Name or id of the cluster whose backups are checked.
+    #[arg(long, value_name = "CLUSTER", value_parser = non_empty())]
+    pub cluster: String,
+    /// Follow the run to its end and exit by what it found.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Arguments of `location import`.
@@ -276,7 +297,54 @@ pub async fn run(command: LocationCommand, session: &Session) -> Result<(), CliE
         LocationCommand::Delete(args) => delete(args, session).await,
         LocationCommand::Check(args) => check(args, session).await,
         LocationCommand::Import(args) => import(args, session).await,
+        LocationCommand::Validate(args) => validate(args, session).await,
     }
+}
+
+async fn validate(args: ValidateArgs, session: &Session) -> Result<(), CliError> {
+    let client = session.connect().await?;
+    let response = client
+        .locations()
+        .validate_location(proto::ValidateLocationRequest {
+            location: args.location,
+            cluster: args.cluster,
+        })
+        .await?
+        .into_inner();
+    let run_id = response.run_id.clone();
+    match (session.output.format(), args.watch) {
+        (OutputFormat::Json, false) => {
+            return session.output.response(&response, |_| Ok(String::new()));
+        }
+        (OutputFormat::Json, true) => session.output.note(format_args!("started run {run_id}")),
+        (OutputFormat::Table, _) => session.output.data(&format!("{run_id}\n"))?,
+    }
+    if !args.watch {
+        session.output.note(format_args!(
+            "validation running in the background; follow it with: cofferctl run watch {run_id}"
+        ));
+        return Ok(());
+    }
+    crate::cli::watch::watch(session, &client, &run_id).await?;
+    let run = client
+        .runs()
+        .get_run(proto::GetRunRequest { run_id })
+        .await?
+        .into_inner()
+        .run
+        .ok_or_else(|| CliError::Protocol("the response has no run".to_owned()))?;
+    let backups = run
+        .validation
+        .map(|result| result.backups)
+        .unwrap_or_default();
+    let unrestorable = backups.iter().filter(|backup| !backup.restorable).count();
+    if unrestorable > 0 {
+        return Err(CliError::Unrestorable {
+            unrestorable,
+            total: backups.len(),
+        });
+    }
+    Ok(())
 }
 
 async fn import(args: ImportArgs, session: &Session) -> Result<(), CliError> {

@@ -153,6 +153,9 @@ pub enum CliError {
     /// `location check` found nodes on which a step failed or did not run.
     #[error("the location check failed on {failed} of {total} nodes")]
     LocationCheckFailed { failed: usize, total: usize },
+    /// A validation found backups that would not restore.
+    #[error("{unrestorable} of {total} backups would not restore")]
+    Unrestorable { unrestorable: usize, total: usize },
     /// A followed run ended FAILED.
     #[error("run {run_id} failed: {message}")]
     RunFailed { run_id: String, message: String },
@@ -177,7 +180,9 @@ impl CliError {
             Self::Usage(_) | Self::Client(ClientError::InvalidAddress { .. }) => Exit::Usage,
             Self::Client(ClientError::Connect { .. }) => Exit::Unavailable,
             Self::Status(status) => Exit::for_status(status.code()),
-            Self::Unhealthy { .. } | Self::LocationCheckFailed { .. } => Exit::CheckFailed,
+            Self::Unhealthy { .. }
+            | Self::LocationCheckFailed { .. }
+            | Self::Unrestorable { .. } => Exit::CheckFailed,
             Self::RunFailed { .. } => Exit::RunFailed,
             Self::RunCanceled { .. } => Exit::RunCanceled,
             Self::Output(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Exit::Success,

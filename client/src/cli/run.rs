@@ -68,6 +68,7 @@ pub struct ListArgs {
 pub enum RunKindArg {
     Backup,
     Restore,
+    Validate,
 }
 
 impl From<RunKindArg> for proto::RunKind {
@@ -75,6 +76,7 @@ impl From<RunKindArg> for proto::RunKind {
         match kind {
             RunKindArg::Backup => Self::Backup,
             RunKindArg::Restore => Self::Restore,
+            RunKindArg::Validate => Self::Validate,
         }
     }
 }
@@ -346,6 +348,13 @@ fn spec_rows(run: &proto::Run, location_name: Option<&str>) -> Vec<(&'static str
     use proto::run::Spec;
 
     match &run.spec {
+        Some(Spec::Validate(validate)) => vec![(
+            "Location",
+            match location_name {
+                Some(name) => format::name_with_id(name, &validate.location),
+                None => or_none(&validate.location),
+            },
+        )],
         Some(Spec::Backup(backup)) => vec![
             ("Backup kind", format::backup_kind(backup.kind)),
             (

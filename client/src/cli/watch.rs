@@ -178,6 +178,9 @@ fn failed_nodes(run: &proto::Run) -> Option<String> {
 /// What is printed on stdout when a followed run ended: a successful dry run's plan, or the
 /// summary.
 pub fn render_end(run: &proto::Run, now: SystemTime) -> String {
+    if let Some(validation) = &run.validation {
+        return render_validation(run, validation, now);
+    }
     if run.dry_run && run.state() == proto::RunState::Succeeded {
         render_plan(run)
     } else {
@@ -185,11 +188,65 @@ pub fn render_end(run: &proto::Run, now: SystemTime) -> String {
     }
 }
 
+/// The end of a validate run: a headline, the counts, then one row per backup.
+pub fn render_validation(
+    run: &proto::Run,
+    validation: &proto::ValidationResult,
+    now: SystemTime,
+) -> String {
+    let unrestorable = validation
+        .backups
+        .iter()
+        .filter(|backup| !backup.restorable)
+        .count();
+    let mut out = format!(
+        "Run {} {} after {}: {} of {} backups restore\n",
+        run.id,
+        format::run_state(run.state),
+        format::elapsed(
+            run.start_time.as_ref().or(run.create_time.as_ref()),
+            run.finish_time.as_ref(),
+            now
+        ),
+        validation.backups.len() - unrestorable,
+        validation.backups.len(),
+    );
+    out.push_str(&format!(
+        "Objects: {} listed, {} referenced, {} missing, {} orphaned ({})\n\n",
+        validation.objects_listed,
+        validation.objects_referenced,
+        validation.objects_missing,
+        validation.objects_orphaned,
+        format::human_bytes(validation.orphaned_bytes),
+    ));
+    let mut table = Table::new(["BACKUP", "RESTORES", "FILES", "MISSING OBJECTS", "PROBLEM"]);
+    for backup in &validation.backups {
+        let problem = if !backup.error.is_empty() {
+            backup.error.clone()
+        } else if let Some(first) = backup.affected_files.first() {
+            format!("missing content of {first}")
+        } else {
+            NONE.to_owned()
+        };
+        table.push([
+            backup.backup_id.clone(),
+            if backup.restorable { "yes" } else { "NO" }.to_owned(),
+            backup.files_checked.to_string(),
+            backup.missing_objects.to_string(),
+            problem,
+        ]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
 /// The word for the bytes a run moved: a backup uploads, a restore downloads.
 fn transferred(run: &proto::Run) -> &'static str {
     match run.kind() {
         proto::RunKind::Restore => "DOWNLOADED",
-        proto::RunKind::Backup | proto::RunKind::Unspecified => "UPLOADED",
+        proto::RunKind::Backup | proto::RunKind::Validate | proto::RunKind::Unspecified => {
+            "UPLOADED"
+        }
     }
 }
 
@@ -209,7 +266,9 @@ pub fn render_summary(run: &proto::Run, now: SystemTime) -> String {
     if !run.backup_id.is_empty() {
         let verb = match run.kind() {
             proto::RunKind::Restore => "restored",
-            proto::RunKind::Backup | proto::RunKind::Unspecified => "committed",
+            proto::RunKind::Backup | proto::RunKind::Validate | proto::RunKind::Unspecified => {
+                "committed"
+            }
         };
         out.push_str(&format!("; {verb} backup {}", run.backup_id));
     }
@@ -256,7 +315,9 @@ pub fn render_summary(run: &proto::Run, now: SystemTime) -> String {
 pub fn render_plan(run: &proto::Run) -> String {
     let (covers, moves) = match run.kind() {
         proto::RunKind::Restore => ("restore", "DOWNLOAD"),
-        proto::RunKind::Backup | proto::RunKind::Unspecified => ("backup", "UPLOAD"),
+        proto::RunKind::Backup | proto::RunKind::Validate | proto::RunKind::Unspecified => {
+            ("backup", "UPLOAD")
+        }
     };
     let mut out = format!(
         "Dry run {}: nothing was written. FILES and BYTES are what the {covers} would cover, \

@@ -430,6 +430,39 @@ impl AgentService for AgentHandler {
         }))
     }
 
+    type ListObjectPagesStream = Pin<
+        Box<dyn Stream<Item = Result<proto::ListObjectPagesResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn list_object_pages(
+        &self,
+        request: Request<proto::ListObjectPagesRequest>,
+    ) -> Result<Response<Self::ListObjectPagesStream>, Status> {
+        let request = request.into_inner();
+        object_path(&request.prefix)?;
+        let page_size = match request.page_size {
+            0 => 1000,
+            n => n.min(10_000) as usize,
+        };
+        let (config, operator) = open(request.location)?;
+        let prefix = request.prefix;
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let failed = |action: &'static str, path: &str, error| {
+                storage_status(
+                    StorageError::backend(&operator, action, path, error).in_location(&config.name),
+                )
+            };
+            let listed = list_pages(&operator, &prefix, page_size, &sender).await;
+            if let Err((action, path, error)) = listed {
+                let _ = sender.send(Err(failed(action, &path, error))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
     async fn delete_object(
         &self,
         request: Request<proto::DeleteObjectRequest>,
@@ -499,4 +532,62 @@ pub async fn router(agent: Arc<Agent>) -> Router {
                 .max_decoding_message_size(80 * 1024 * 1024)
                 .max_encoding_message_size(80 * 1024 * 1024),
         )
+}
+
+/// Streams the objects below `prefix` in pages of `page_size`; stops early when the receiver
+/// went away. Sizes come from the listing when the backend gives them (object stores), else
+/// from a stat of each file (a local folder).
+async fn list_pages(
+    operator: &opendal::Operator,
+    prefix: &str,
+    page_size: usize,
+    sender: &tokio::sync::mpsc::Sender<Result<proto::ListObjectPagesResponse, Status>>,
+) -> Result<(), (&'static str, String, opendal::Error)> {
+    use futures::TryStreamExt;
+    let stat_each = operator.info().scheme() == "fs";
+    let mut lister = operator
+        .lister_with(prefix)
+        .recursive(true)
+        .await
+        .map_err(|error| ("list", prefix.to_string(), error))?;
+    let mut page = Vec::with_capacity(page_size);
+    while let Some(entry) = lister
+        .try_next()
+        .await
+        .map_err(|error| ("list", prefix.to_string(), error))?
+    {
+        if !entry.metadata().is_file() {
+            continue;
+        }
+        let size = if stat_each {
+            match operator.stat(entry.path()).await {
+                Ok(metadata) => metadata.content_length(),
+                // Gone since it was listed (a purge, a failed upload's cleanup).
+                Err(error) if error.kind() == opendal::ErrorKind::NotFound => continue,
+                Err(error) => return Err(("stat", entry.path().to_string(), error)),
+            }
+        } else {
+            entry.metadata().content_length()
+        };
+        page.push(proto::ListedObject {
+            path: entry.path().to_string(),
+            size,
+        });
+        if page.len() >= page_size {
+            let full = std::mem::replace(&mut page, Vec::with_capacity(page_size));
+            if sender
+                .send(Ok(proto::ListObjectPagesResponse { objects: full }))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
+    if !page.is_empty() {
+        let _ = sender
+            .send(Ok(proto::ListObjectPagesResponse { objects: page }))
+            .await;
+    }
+    Ok(())
 }

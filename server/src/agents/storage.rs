@@ -122,6 +122,92 @@ pub async fn list_folder<'a>(
     .await
 }
 
+/// An object of a location and its stored size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// Path relative to the location's root.
+    pub path: String,
+    pub size: u64,
+}
+
+/// The pages of a recursive listing, read one at a time from an agent's stream: the listing
+/// of a location is never held whole.
+pub struct ObjectPages {
+    address: AgentAddress,
+    stream: tonic::Streaming<agent::ListObjectPagesResponse>,
+}
+
+impl std::fmt::Debug for ObjectPages {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ObjectPages")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectPages {
+    /// The next page; `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Vec<StoredObject>>> {
+        match self.stream.message().await {
+            Ok(Some(page)) => Ok(Some(
+                page.objects
+                    .into_iter()
+                    .map(|object| StoredObject {
+                        path: object.path,
+                        size: object.size,
+                    })
+                    .collect(),
+            )),
+            Ok(None) => Ok(None),
+            Err(status) => Err(call_error(&self.address, &status).into()),
+        }
+    }
+}
+
+/// Starts a recursive listing of `prefix` (a folder, ending with `/`) through the first agent
+/// that answers.
+pub async fn list_object_pages<'a>(
+    agents: &AgentClients,
+    through: impl Into<Through<'a>>,
+    location: &Location,
+    prefix: &str,
+) -> Result<ObjectPages> {
+    let through = through.into();
+    let mut failures = Vec::new();
+    for address in &through.addresses {
+        let mut client = match agents.long_client(address) {
+            Ok(client) => client,
+            Err(error) => {
+                failures.push(error.to_string());
+                continue;
+            }
+        };
+        let request = agent::ListObjectPagesRequest {
+            location: Some(storage_location(location)),
+            prefix: prefix.to_string(),
+            page_size: 0,
+        };
+        match client.list_object_pages(request).await {
+            Ok(response) => {
+                return Ok(ObjectPages {
+                    address: (*address).clone(),
+                    stream: response.into_inner(),
+                });
+            }
+            Err(status) => failures.push(call_error(address, &status).to_string()),
+        }
+    }
+    Err(Error::Agent {
+        code: AgentCode::Unavailable,
+        message: format!(
+            "no agent of {} could list the location: {}",
+            through.name,
+            failures.join("; ")
+        ),
+    })
+}
+
 /// Writes a small object into a location through an agent.
 pub async fn put_object<'a>(
     agents: &AgentClients,

@@ -28,6 +28,7 @@ mod runs;
 mod schedules;
 #[cfg(test)]
 pub(crate) mod tests;
+mod validation;
 
 pub use runs::RunInsert;
 

@@ -16,7 +16,8 @@ use crate::model::run::{
 
 const RUN_COLUMNS: &str = "runs.id, runs.cluster_id, clusters.name AS cluster_name, runs.kind, \
     runs.state, runs.spec, runs.dry_run, runs.idempotency_key, runs.schedule_id, runs.backup_id, \
-    runs.error, runs.create_time_ms, runs.start_time_ms, runs.finish_time_ms, runs.update_time_ms";
+    runs.error, runs.create_time_ms, runs.start_time_ms, runs.finish_time_ms, runs.update_time_ms, \
+    runs.result";
 
 /// What recording a new run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +129,7 @@ impl Catalog {
         let id = run.id.to_string();
         sqlx::query(
             "UPDATE runs SET state = ?, error = ?, start_time_ms = ?, finish_time_ms = ?, \
-             backup_id = ?, update_time_ms = ? WHERE id = ?",
+             backup_id = ?, update_time_ms = ?, result = ? WHERE id = ?",
         )
         .bind(run.state.as_str())
         .bind(&run.error)
@@ -136,6 +137,13 @@ impl Catalog {
         .bind(run.finish_time.map(millis))
         .bind(run.backup_id.map(|id| id.to_string()))
         .bind(millis(run.update_time))
+        .bind(
+            run.validation
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|error| Error::internal("encode validation result", error))?,
+        )
         .bind(&id)
         .execute(&mut *tx)
         .await
@@ -290,7 +298,12 @@ fn read_run(row: &SqliteRow) -> Result<Run> {
             .map(|v| parse_uuid(&v))
             .transpose()
     };
+    let validation = optional("result")?
+        .map(|json| serde_json::from_str(&json))
+        .transpose()
+        .map_err(|error| Error::internal("decode validation result", error))?;
     Ok(Run {
+        validation,
         id: parse_uuid(&text("id")?)?,
         cluster_id: parse_uuid(&text("cluster_id")?)?,
         cluster_name: text("cluster_name")?,

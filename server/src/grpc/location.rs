@@ -5,6 +5,7 @@ use coffer_proto::v1::location_service_server::LocationService;
 use tonic::{Request, Response, Status};
 
 use crate::lifecycle::import::Importer;
+use crate::lifecycle::validate::Validations;
 use crate::locations::LocationRegistry;
 use crate::model::AgentAddress;
 use crate::model::location::{ListLocations, LocationUpdate, NewLocation, NodeLocationCheck};
@@ -14,14 +15,17 @@ use crate::model::location::{ListLocations, LocationUpdate, NewLocation, NodeLoc
 pub struct LocationHandler {
     locations: LocationRegistry,
     importer: Importer,
+    validations: Validations,
 }
 
 impl LocationHandler {
-    /// A handler delegating to `locations`, and imports to `importer`.
-    pub fn new(locations: LocationRegistry, importer: Importer) -> Self {
+    /// A handler delegating to `locations`, imports to `importer`, validations to
+    /// `validations`.
+    pub fn new(locations: LocationRegistry, importer: Importer, validations: Validations) -> Self {
         Self {
             locations,
             importer,
+            validations,
         }
     }
 }
@@ -115,5 +119,31 @@ impl LocationService for LocationHandler {
         let via = AgentAddress::parse("agent", &request.agent)?;
         let report = self.importer.import(&request.location, &via).await?;
         Ok(Response::new(report.into()))
+    }
+
+    async fn validate_location(
+        &self,
+        request: Request<proto::ValidateLocationRequest>,
+    ) -> Result<Response<proto::ValidateLocationResponse>, Status> {
+        let request = request.into_inner();
+        for (field, value, what) in [
+            ("location", &request.location, "location"),
+            ("cluster", &request.cluster, "cluster"),
+        ] {
+            if value.is_empty() {
+                return Err(crate::error::Error::invalid(
+                    field,
+                    format!("is required (a {what} name or id)"),
+                )
+                .into());
+            }
+        }
+        let run_id = self
+            .validations
+            .start(&request.location, &request.cluster)
+            .await?;
+        Ok(Response::new(proto::ValidateLocationResponse {
+            run_id: run_id.to_string(),
+        }))
     }
 }

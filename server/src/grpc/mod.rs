@@ -56,7 +56,11 @@ pub async fn router(coffer: &Coffer) -> Router {
             ClusterHandler::new(Arc::new(coffer.clusters().clone())),
         ))
         .add_service(proto::location_service_server::LocationServiceServer::new(
-            LocationHandler::new(coffer.locations.clone(), coffer.importer.clone()),
+            LocationHandler::new(
+                coffer.locations.clone(),
+                coffer.importer.clone(),
+                coffer.validations.clone(),
+            ),
         ))
         .add_service(proto::backup_service_server::BackupServiceServer::new(
             BackupHandler::new(coffer.backups.clone()),

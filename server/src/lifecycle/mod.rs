@@ -1,7 +1,9 @@
 //! The life of stored data beyond the runs that write it: the description of each cluster a
-//! location keeps ([`describe`]) and the catalog rebuilt from a location alone ([`import`]).
+//! location keeps ([`describe`]), the catalog rebuilt from a location alone ([`import`]) and
+//! the check of what a location holds ([`validate`]).
 //!
 //! Like everything else on the server, it reaches storage only through agents.
 
 pub mod describe;
 pub mod import;
+pub mod validate;

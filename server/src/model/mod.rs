@@ -18,6 +18,7 @@ pub mod location;
 pub mod page;
 pub mod run;
 pub mod schedule;
+pub mod validation;
 
 pub use page::{Page, parse_page_size};
 

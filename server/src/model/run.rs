@@ -18,6 +18,8 @@ pub enum RunKind {
     Backup,
     /// Copies a backup back onto a cluster.
     Restore,
+    /// Checks what a location holds for a cluster's backups.
+    Validate,
 }
 
 impl RunKind {
@@ -26,6 +28,7 @@ impl RunKind {
         match self {
             Self::Backup => "backup",
             Self::Restore => "restore",
+            Self::Validate => "validate",
         }
     }
 
@@ -34,6 +37,7 @@ impl RunKind {
         match text {
             "backup" => Some(Self::Backup),
             "restore" => Some(Self::Restore),
+            "validate" => Some(Self::Validate),
             _ => None,
         }
     }
@@ -317,6 +321,7 @@ pub struct RestoreSpec {
 pub enum RunSpec {
     Backup(BackupSpec),
     Restore(RestoreSpec),
+    Validate(super::validation::ValidateSpec),
 }
 
 impl RunSpec {
@@ -325,6 +330,7 @@ impl RunSpec {
         match self {
             Self::Backup(spec) => spec.location_id,
             Self::Restore(spec) => spec.location_id,
+            Self::Validate(spec) => spec.location_id,
         }
     }
 }
@@ -351,6 +357,8 @@ pub struct Run {
     pub backup_id: Option<Uuid>,
     /// Why it failed, empty otherwise.
     pub error: String,
+    /// What a validate run found.
+    pub validation: Option<super::validation::ValidationResult>,
     /// When it was recorded.
     pub create_time: SystemTime,
     /// When it started running.

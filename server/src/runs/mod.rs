@@ -13,6 +13,7 @@ pub mod backup;
 pub mod fanout;
 mod recovery;
 pub mod restore;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -124,10 +124,10 @@ pub(super) async fn recover(manager: &RunManager, mut run: Run) {
             RunState::Failed
         };
         if run.state == RunState::Failed {
-            run.error = if is_backup {
-                "the server stopped during the run; nothing was committed".into()
-            } else {
-                "the server stopped during the restore; run it again to finish (verified files are kept)".into()
+            run.error = match run.spec {
+                RunSpec::Backup(_) => "the server stopped during the run; nothing was committed".into(),
+                RunSpec::Restore(_) => "the server stopped during the restore; run it again to finish (verified files are kept)".into(),
+                RunSpec::Validate(_) => "the server stopped during the validation; run it again".into(),
             };
         }
         for node in &mut run.nodes {
@@ -143,6 +143,11 @@ pub(super) async fn recover(manager: &RunManager, mut run: Run) {
     for node in &mut run.nodes {
         node.counters.rate_bytes_per_second = 0;
         node.counters.eta = None;
+    }
+    if matches!(run.spec, RunSpec::Validate(_))
+        && let Err(error) = manager.catalog().clear_listed_objects(run.id).await
+    {
+        tracing::warn!(run_id = %run.id, %error, "forget an interrupted validation's listing");
     }
     match manager.catalog().save_run(&run).await {
         Ok(()) => {

@@ -627,7 +627,70 @@ async fn runs_in_flight_are_the_active_runs_of_every_cluster_oldest_first(catalo
     );
 }
 
+/// A validate run keeps its spec and its result (saved with every transition), holds the
+/// cluster like any run, and its listing of objects answers what is missing and orphaned.
+async fn a_validate_run_keeps_its_result_and_its_listing_answers(catalog: &Catalog) {
+    use crate::model::validation::{BackupValidation, ValidateSpec, ValidationResult};
+    let cluster = insert_cluster(catalog, "prod", 7700).await;
+    let location = insert_location(catalog, "vault").await;
+    let mut run = backup_run(&cluster, &location, T0);
+    run.kind = RunKind::Validate;
+    run.spec = RunSpec::Validate(ValidateSpec {
+        location_id: location.id,
+        location_name: location.name.to_string(),
+    });
+    run.backup_id = None;
+    run.nodes = Vec::new();
+    catalog.insert_run(&run).await.expect("insert");
+    let busy = backup_run(&cluster, &location, T0 + 1);
+    assert!(matches!(
+        catalog.insert_run(&busy).await,
+        Err(Error::FailedPrecondition(_))
+    ));
+    catalog
+        .add_listed_objects(run.id, &[("a".repeat(64), 10), ("b".repeat(64), 20)])
+        .await
+        .expect("listed");
+    let missing = catalog
+        .mark_referenced(run.id, &["a".repeat(64), "c".repeat(64)])
+        .await
+        .expect("referenced");
+    assert_eq!(missing, ["c".repeat(64)]);
+    assert_eq!(
+        catalog.listed_object_counts(run.id).await.expect("counts"),
+        (1, 1, 20)
+    );
+    run.validation = Some(ValidationResult {
+        objects_listed: 2,
+        objects_referenced: 2,
+        objects_missing: 1,
+        objects_orphaned: 1,
+        orphaned_bytes: 20,
+        backups: vec![BackupValidation {
+            backup_id: Uuid::now_v7(),
+            restorable: false,
+            files_checked: 3,
+            missing_objects: 1,
+            affected_files: vec!["node:/data/f (object ccc)".into()],
+            error: String::new(),
+        }],
+    });
+    set_state(catalog, &mut run, RunState::Succeeded).await;
+    let read = catalog
+        .get_run(run.id)
+        .await
+        .expect("get")
+        .expect("the run");
+    assert_eq!(read, run);
+    catalog.clear_listed_objects(run.id).await.expect("clear");
+    assert_eq!(
+        catalog.listed_object_counts(run.id).await.expect("counts"),
+        (0, 0, 0)
+    );
+}
+
 catalog_tests!(
+    a_validate_run_keeps_its_result_and_its_listing_answers,
     a_backup_run_round_trips_every_field,
     a_restore_run_round_trips_every_field,
     transitions_and_progress_are_saved_whole,

@@ -10,6 +10,7 @@ use crate::model::run::{
     BackupSpec, Counters, NodePhase, NodeProgress, RestoreSpec, Run, RunKind, RunQuery, RunSpec,
     RunState,
 };
+use crate::model::validation::ValidationResult;
 
 pub(super) fn run_state_out(state: RunState) -> proto::RunState {
     match state {
@@ -48,6 +49,7 @@ fn run_kind(kind: i32) -> Result<Option<RunKind>> {
         Ok(proto::RunKind::Unspecified) => Ok(None),
         Ok(proto::RunKind::Backup) => Ok(Some(RunKind::Backup)),
         Ok(proto::RunKind::Restore) => Ok(Some(RunKind::Restore)),
+        Ok(proto::RunKind::Validate) => Ok(Some(RunKind::Validate)),
         Err(_) => Err(Error::invalid("kind", format!("{kind} is not a run kind"))),
     }
 }
@@ -118,6 +120,9 @@ impl From<Run> for proto::Run {
         let spec = match run.spec {
             RunSpec::Backup(spec) => proto::run::Spec::Backup(backup_spec_out(spec)),
             RunSpec::Restore(spec) => proto::run::Spec::Restore(restore_spec_out(spec)),
+            RunSpec::Validate(spec) => proto::run::Spec::Validate(proto::ValidateSpec {
+                location: spec.location_id.to_string(),
+            }),
         };
         Self {
             id: run.id.to_string(),
@@ -126,6 +131,7 @@ impl From<Run> for proto::Run {
             kind: match run.kind {
                 RunKind::Backup => proto::RunKind::Backup,
                 RunKind::Restore => proto::RunKind::Restore,
+                RunKind::Validate => proto::RunKind::Validate,
             }
             .into(),
             state: run_state_out(run.state).into(),
@@ -146,7 +152,30 @@ impl From<Run> for proto::Run {
             update_time: timestamp(run.update_time),
             nodes: run.nodes.into_iter().map(Into::into).collect(),
             totals: Some(totals),
+            validation: run.validation.map(validation_out),
         }
+    }
+}
+
+fn validation_out(result: ValidationResult) -> proto::ValidationResult {
+    proto::ValidationResult {
+        objects_listed: result.objects_listed,
+        objects_referenced: result.objects_referenced,
+        objects_missing: result.objects_missing,
+        objects_orphaned: result.objects_orphaned,
+        orphaned_bytes: result.orphaned_bytes,
+        backups: result
+            .backups
+            .into_iter()
+            .map(|backup| proto::BackupValidation {
+                backup_id: backup.backup_id.to_string(),
+                restorable: backup.restorable,
+                files_checked: backup.files_checked,
+                missing_objects: backup.missing_objects,
+                affected_files: backup.affected_files,
+                error: backup.error,
+            })
+            .collect(),
     }
 }
 
