@@ -1,5 +1,6 @@
--- Runs of a third kind, `validate`: a check of what a location holds for a cluster, whose result
--- (a JSON ValidationResult) is kept with the run. SQLite cannot change a CHECK constraint in
+-- Runs of new kinds: `validate`, a check of what a location holds for a cluster, whose result
+-- (a JSON ValidationResult) is kept with the run; and `purge`, kept for the purge of objects
+-- no backup refers to. SQLite cannot change a CHECK constraint in
 -- place, so `runs` (and `run_nodes`, whose foreign key follows a renamed table) are rebuilt,
 -- rows and indexes included. Foreign keys stay on: the old tables are dropped children first,
 -- when nothing refers to them any more.
@@ -9,7 +10,7 @@ ALTER TABLE runs RENAME TO runs_old;
 CREATE TABLE runs (
     id              TEXT    NOT NULL PRIMARY KEY,  -- UUID
     cluster_id      TEXT    NOT NULL REFERENCES clusters (id) ON DELETE CASCADE,
-    kind            TEXT    NOT NULL CHECK (kind IN ('backup', 'restore', 'validate')),
+    kind            TEXT    NOT NULL CHECK (kind IN ('backup', 'restore', 'validate', 'purge')),
     state           TEXT    NOT NULL
         CHECK (state IN ('queued', 'running', 'canceling', 'succeeded', 'failed', 'canceled')),
     create_time_ms  INTEGER NOT NULL,
