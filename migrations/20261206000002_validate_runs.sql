@@ -74,3 +74,15 @@ CREATE TABLE validation_objects (
     referenced INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, hash)
 ) STRICT, WITHOUT ROWID;
+
+-- Where each (cluster, location) is with purges: `generation` counts the purge deletion windows
+-- (backups key their agents' memory of the location by it, so that memory never outlives a
+-- deletion), and `deleting_run_id` names the purge deleting now, while no backup of the cluster
+-- at the location may run (a backup that starts waits; a lock of a run that ended is no lock).
+CREATE TABLE purge_state (
+    cluster_id      TEXT    NOT NULL REFERENCES clusters (id) ON DELETE CASCADE,
+    location_id     TEXT    NOT NULL REFERENCES locations (id) ON DELETE CASCADE,
+    generation      INTEGER NOT NULL DEFAULT 0,
+    deleting_run_id TEXT,
+    PRIMARY KEY (cluster_id, location_id)
+) STRICT;

@@ -117,6 +117,7 @@ impl Backups {
             backup_id: (!request.dry_run).then(Uuid::now_v7),
             error: String::new(),
             validation: None,
+            purge: None,
             create_time: now,
             start_time: None,
             finish_time: None,
@@ -142,6 +143,7 @@ impl Backups {
             spec,
             kind,
             parent_backup_id: parent.map(|parent| parent.id),
+            purge_generation: 0,
         };
         let catalog = self.catalog.clone();
         self.runs.spawn(run, move |handle| async move {
@@ -153,6 +155,11 @@ impl Backups {
             if !dry_run {
                 manager.remove_leftover_snapshots(&cluster).await;
             }
+            let mut plan = plan;
+            // A purge deleting at the location now: wait for its batch to end (it deletes only
+            // objects no backup refers to, and none while a backup uploads). Then the agents
+            // remember the location under its new generation, trusting nothing from before.
+            plan.purge_generation = wait_for_purge(&catalog, &handle, &cluster, &location).await;
             backup::execute(handle, plan).await;
             // The location describes the cluster as of its newest backup, for a catalog rebuilt
             // from it; the backup stands whether or not this works.
@@ -301,5 +308,31 @@ impl Backups {
         self.catalog.delete_backup(id).await?;
         tracing::info!(backup_id = %id, "deleted backup");
         Ok(())
+    }
+}
+
+/// Waits while a purge deletes at the location (or the run is canceled); returns the location's
+/// purge generation then. A catalog that cannot be read counts as generation 0 with no purge.
+async fn wait_for_purge(
+    catalog: &Catalog,
+    handle: &crate::runs::RunHandle,
+    cluster: &crate::model::Cluster,
+    location: &crate::model::location::Location,
+) -> u64 {
+    let canceled = handle.cancelled();
+    loop {
+        match catalog.purge_generation(cluster.id, location.id).await {
+            Ok((generation, false)) => return generation,
+            Ok((generation, true)) => {
+                if canceled.is_cancelled() {
+                    return generation;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "read the location's purge state");
+                return 0;
+            }
+        }
     }
 }

@@ -32,6 +32,7 @@ use crate::catalog::Catalog;
 use crate::clusters::ClusterRegistry;
 use crate::config::ServerConfig;
 use crate::lifecycle::import::Importer;
+use crate::lifecycle::purge::Purges;
 use crate::lifecycle::validate::Validations;
 use crate::locations::LocationRegistry;
 use crate::restores::Restores;
@@ -52,6 +53,7 @@ pub struct Coffer {
     schedules: Schedules,
     importer: Importer,
     validations: Validations,
+    purges: Purges,
 }
 
 impl Coffer {
@@ -105,6 +107,12 @@ impl Coffer {
             locations.clone(),
             runs.clone(),
         );
+        let purges = Purges::new(
+            catalog.clone(),
+            (*clusters).clone(),
+            locations.clone(),
+            runs.clone(),
+        );
         Ok(Self {
             catalog,
             clusters,
@@ -116,6 +124,7 @@ impl Coffer {
             schedules,
             importer,
             validations,
+            purges,
         })
     }
 

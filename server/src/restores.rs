@@ -166,6 +166,7 @@ impl Restores {
             backup_id: Some(backup.id),
             error: String::new(),
             validation: None,
+            purge: None,
             create_time: now,
             start_time: None,
             finish_time: None,

@@ -10,6 +10,7 @@ mod dev_mode;
 mod import;
 mod locations;
 mod locations_cloud;
+mod purge;
 mod reflection;
 mod restores;
 mod schedules;

@@ -61,6 +61,31 @@ pub enum LocationCommand {
     /// Starts a validate run and prints its id; with --watch, follows it and prints the result,
     /// exiting 8 when a backup would not restore.
     Validate(ValidateArgs),
+    /// Delete the objects of the location that no backup of the cluster refers to (what
+    /// deleted backups held), without stopping backups: it deletes only while none of the
+    /// cluster's backups at the location runs, and a backup that starts waits for at most one
+    /// batch.
+    ///
+    /// Starts a purge run and prints its id; with --watch, follows it and prints what it freed.
+    /// --dry-run reports what would be freed and deletes nothing.
+    Purge(PurgeArgs),
+}
+
+/// Arguments of `location purge`.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Name or id of the location.
+    #[arg(value_name = "LOCATION", value_parser = non_empty())]
+    pub location: String,
+    /// Name or id of the cluster whose unreferenced objects are deleted.
+    #[arg(long, value_name = "CLUSTER", value_parser = non_empty())]
+    pub cluster: String,
+    /// Report what would be freed; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Follow the run to its end.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Arguments of `location validate`.
@@ -298,7 +323,36 @@ pub async fn run(command: LocationCommand, session: &Session) -> Result<(), CliE
         LocationCommand::Check(args) => check(args, session).await,
         LocationCommand::Import(args) => import(args, session).await,
         LocationCommand::Validate(args) => validate(args, session).await,
+        LocationCommand::Purge(args) => purge(args, session).await,
     }
+}
+
+async fn purge(args: PurgeArgs, session: &Session) -> Result<(), CliError> {
+    let client = session.connect().await?;
+    let response = client
+        .locations()
+        .purge_location(proto::PurgeLocationRequest {
+            location: args.location,
+            cluster: args.cluster,
+            dry_run: args.dry_run,
+        })
+        .await?
+        .into_inner();
+    let run_id = response.run_id.clone();
+    match (session.output.format(), args.watch) {
+        (OutputFormat::Json, false) => {
+            return session.output.response(&response, |_| Ok(String::new()));
+        }
+        (OutputFormat::Json, true) => session.output.note(format_args!("started run {run_id}")),
+        (OutputFormat::Table, _) => session.output.data(&format!("{run_id}\n"))?,
+    }
+    if !args.watch {
+        session.output.note(format_args!(
+            "purge running in the background; follow it with: cofferctl run watch {run_id}"
+        ));
+        return Ok(());
+    }
+    crate::cli::watch::watch(session, &client, &run_id).await
 }
 
 async fn validate(args: ValidateArgs, session: &Session) -> Result<(), CliError> {

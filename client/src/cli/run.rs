@@ -69,6 +69,7 @@ pub enum RunKindArg {
     Backup,
     Restore,
     Validate,
+    Purge,
 }
 
 impl From<RunKindArg> for proto::RunKind {
@@ -77,6 +78,7 @@ impl From<RunKindArg> for proto::RunKind {
             RunKindArg::Backup => Self::Backup,
             RunKindArg::Restore => Self::Restore,
             RunKindArg::Validate => Self::Validate,
+            RunKindArg::Purge => Self::Purge,
         }
     }
 }
@@ -348,11 +350,12 @@ fn spec_rows(run: &proto::Run, location_name: Option<&str>) -> Vec<(&'static str
     use proto::run::Spec;
 
     match &run.spec {
-        Some(Spec::Validate(validate)) => vec![(
+        Some(Spec::Validate(proto::ValidateSpec { location }))
+        | Some(Spec::Purge(proto::PurgeSpec { location })) => vec![(
             "Location",
             match location_name {
-                Some(name) => format::name_with_id(name, &validate.location),
-                None => or_none(&validate.location),
+                Some(name) => format::name_with_id(name, location),
+                None => or_none(location),
             },
         )],
         Some(Spec::Backup(backup)) => vec![

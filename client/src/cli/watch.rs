@@ -181,11 +181,47 @@ pub fn render_end(run: &proto::Run, now: SystemTime) -> String {
     if let Some(validation) = &run.validation {
         return render_validation(run, validation, now);
     }
+    if let Some(purge) = &run.purge_result {
+        return render_purge(run, purge, now);
+    }
     if run.dry_run && run.state() == proto::RunState::Succeeded {
         render_plan(run)
     } else {
         render_summary(run, now)
     }
+}
+
+/// The end of a purge run: what it listed, marked, kept and freed.
+pub fn render_purge(run: &proto::Run, purge: &proto::PurgeResult, now: SystemTime) -> String {
+    let elapsed = format::elapsed(
+        run.start_time.as_ref().or(run.create_time.as_ref()),
+        run.finish_time.as_ref(),
+        now,
+    );
+    let mut out = format!(
+        "Run {} {} after {elapsed}",
+        run.id,
+        format::run_state(run.state)
+    );
+    if run.dry_run {
+        out.push_str(&format!(
+            " (dry run): {} of {} objects unreferenced, {} would be freed\n",
+            purge.objects_unreferenced,
+            purge.objects_listed,
+            format::human_bytes(purge.bytes_unreferenced)
+        ));
+    } else {
+        out.push_str(&format!(
+            ": {} of {} objects deleted, {} freed ({} kept for backups committed meanwhile, \
+             {} waits for backups)\n",
+            purge.objects_deleted,
+            purge.objects_listed,
+            format::human_bytes(purge.bytes_freed),
+            purge.objects_reclaimed,
+            purge.waits
+        ));
+    }
+    out
 }
 
 /// The end of a validate run: a headline, the counts, then one row per backup.
@@ -244,9 +280,10 @@ pub fn render_validation(
 fn transferred(run: &proto::Run) -> &'static str {
     match run.kind() {
         proto::RunKind::Restore => "DOWNLOADED",
-        proto::RunKind::Backup | proto::RunKind::Validate | proto::RunKind::Unspecified => {
-            "UPLOADED"
-        }
+        proto::RunKind::Backup
+        | proto::RunKind::Validate
+        | proto::RunKind::Purge
+        | proto::RunKind::Unspecified => "UPLOADED",
     }
 }
 
@@ -266,9 +303,10 @@ pub fn render_summary(run: &proto::Run, now: SystemTime) -> String {
     if !run.backup_id.is_empty() {
         let verb = match run.kind() {
             proto::RunKind::Restore => "restored",
-            proto::RunKind::Backup | proto::RunKind::Validate | proto::RunKind::Unspecified => {
-                "committed"
-            }
+            proto::RunKind::Backup
+            | proto::RunKind::Validate
+            | proto::RunKind::Purge
+            | proto::RunKind::Unspecified => "committed",
         };
         out.push_str(&format!("; {verb} backup {}", run.backup_id));
     }
@@ -315,9 +353,10 @@ pub fn render_summary(run: &proto::Run, now: SystemTime) -> String {
 pub fn render_plan(run: &proto::Run) -> String {
     let (covers, moves) = match run.kind() {
         proto::RunKind::Restore => ("restore", "DOWNLOAD"),
-        proto::RunKind::Backup | proto::RunKind::Validate | proto::RunKind::Unspecified => {
-            ("backup", "UPLOAD")
-        }
+        proto::RunKind::Backup
+        | proto::RunKind::Validate
+        | proto::RunKind::Purge
+        | proto::RunKind::Unspecified => ("backup", "UPLOAD"),
     };
     let mut out = format!(
         "Dry run {}: nothing was written. FILES and BYTES are what the {covers} would cover, \

@@ -463,6 +463,49 @@ impl AgentService for AgentHandler {
         )))
     }
 
+    async fn delete_objects(
+        &self,
+        request: Request<proto::DeleteObjectsRequest>,
+    ) -> Result<Response<proto::DeleteObjectsResponse>, Status> {
+        use futures::StreamExt;
+        let request = request.into_inner();
+        if request.paths.len() > 10_000 {
+            return Err(Status::invalid_argument(format!(
+                "paths: {} paths, at most 10000 at once",
+                request.paths.len()
+            )));
+        }
+        let paths = request
+            .paths
+            .iter()
+            .map(|path| object_path(path).map(str::to_string))
+            .collect::<Result<Vec<_>, Status>>()?;
+        let (config, operator) = open(request.location)?;
+        let mut deletions = futures::stream::iter(paths)
+            .map(|path| {
+                let operator = operator.clone();
+                async move { operator.delete(&path).await.map_err(|error| (path, error)) }
+            })
+            .buffer_unordered(16);
+        let mut deleted = 0u64;
+        while let Some(result) = deletions.next().await {
+            match result {
+                Ok(()) => deleted += 1,
+                Err((path, error)) => {
+                    let status = storage_status(
+                        StorageError::backend(&operator, "delete", &path, error)
+                            .in_location(&config.name),
+                    );
+                    return Err(Status::new(
+                        status.code(),
+                        format!("{} (after deleting {deleted})", status.message()),
+                    ));
+                }
+            }
+        }
+        Ok(Response::new(proto::DeleteObjectsResponse { deleted }))
+    }
+
     async fn delete_object(
         &self,
         request: Request<proto::DeleteObjectRequest>,

@@ -36,6 +36,8 @@ pub struct UploadOrder {
     pub filter: PathFilter,
     pub limits: TransferLimits,
     pub dry_run: bool,
+    /// What the agents remember the location's objects by ([`crate::model::location::journal_key`]).
+    pub journal_key: String,
 }
 
 /// Asks `node` to take the snapshot `tag`. An incremental backup names its location, so the
@@ -44,14 +46,12 @@ pub async fn create(
     agents: &AgentClients,
     node: &Node,
     tag: String,
-    incremental_location: Option<Uuid>,
+    incremental_location: Option<String>,
 ) -> Result<SnapshotTaken, AgentError> {
     let mut client = agents.long_client(&node.spec.address)?;
     let request = agent::CreateSnapshotRequest {
         tag,
-        incremental_location_id: incremental_location
-            .map(|id| id.to_string())
-            .unwrap_or_default(),
+        incremental_location_id: incremental_location.unwrap_or_default(),
     };
     let response = client
         .create_snapshot(request)
@@ -72,9 +72,11 @@ pub async fn upload(
     updates: &mpsc::Sender<NodeUpdate>,
 ) -> Result<UploadSummary, AgentError> {
     let address = &node.spec.address;
+    let mut location = storage_location(&order.location);
+    location.location_id = order.journal_key.clone();
     let request = agent::UploadSnapshotRequest {
         tag: order.tag.clone(),
-        location: Some(storage_location(&order.location)),
+        location: Some(location),
         cluster_id: order.cluster_id.to_string(),
         backup_id: order.backup_id.map(|id| id.to_string()).unwrap_or_default(),
         kind: backup_kind(order.kind).into(),

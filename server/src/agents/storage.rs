@@ -208,6 +208,34 @@ pub async fn list_object_pages<'a>(
     })
 }
 
+/// Deletes objects of a location through an agent of the cluster (a missing one counts as
+/// deleted); returns how many.
+pub async fn delete_objects(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+    paths: &[String],
+) -> Result<u64> {
+    with_any_agent(
+        agents,
+        cluster.into(),
+        "delete from the location",
+        |mut client| {
+            let request = agent::DeleteObjectsRequest {
+                location: Some(storage_location(location)),
+                paths: paths.to_vec(),
+            };
+            async move {
+                client
+                    .delete_objects(request)
+                    .await
+                    .map(|response| response.into_inner().deleted)
+            }
+        },
+    )
+    .await
+}
+
 /// Writes a small object into a location through an agent.
 pub async fn put_object<'a>(
     agents: &AgentClients,

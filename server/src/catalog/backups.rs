@@ -62,6 +62,18 @@ impl Catalog {
         Ok(true)
     }
 
+    /// The ids of every backup of a cluster at a location.
+    pub async fn backup_ids(&self, cluster_id: Uuid, location_id: Uuid) -> Result<Vec<Uuid>> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM backups WHERE cluster_id = ? AND location_id = ?")
+                .bind(cluster_id.to_string())
+                .bind(location_id.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|error| database_error("list backup ids", error))?;
+        ids.iter().map(|id| parse_uuid(id)).collect()
+    }
+
     /// The backup with this id.
     pub async fn get_backup(&self, id: Uuid) -> Result<Option<BackupRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 mod backups;
 mod locations;
+mod purge;
 mod runs;
 mod schedules;
 #[cfg(test)]
@@ -396,6 +397,8 @@ impl Catalog {
     }
 }
 
+/// The run that holds a cluster: the active backup, restore or validate run (purges run beside
+/// backups, coordinated through `purge_state`).
 async fn active_run(
     connection: &mut sqlx::SqliteConnection,
     cluster_id: &str,
@@ -403,7 +406,7 @@ async fn active_run(
     // The state list is a constant of this module, not input.
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT id, kind, state FROM runs WHERE cluster_id = ? AND state IN {ACTIVE_RUN_STATES} \
-         ORDER BY create_time_ms LIMIT 1"
+         AND kind != 'purge' ORDER BY create_time_ms LIMIT 1"
     )))
     .bind(cluster_id)
     .fetch_optional(&mut *connection)

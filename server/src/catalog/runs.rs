@@ -60,7 +60,23 @@ impl Catalog {
                 )));
             }
         }
-        if let Some(active) = super::active_run(&mut tx, &cluster_id).await? {
+        if run.kind == RunKind::Purge {
+            // A purge runs beside the cluster's other runs, but alone among purges.
+            let purge: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM runs WHERE cluster_id = ? AND kind = 'purge' \
+                 AND state IN {ACTIVE_RUN_STATES} LIMIT 1"
+            )))
+            .bind(&cluster_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|error| database_error("look up active purges", error))?;
+            if let Some(purge) = purge {
+                return Err(Error::FailedPrecondition(format!(
+                    "cluster {:?} has an active purge run {purge}; wait for it to end or cancel it",
+                    run.cluster_name
+                )));
+            }
+        } else if let Some(active) = super::active_run(&mut tx, &cluster_id).await? {
             return Err(Error::FailedPrecondition(format!(
                 "cluster {:?} has an active {} run {} ({}); wait for it to end or cancel it",
                 run.cluster_name, active.kind, active.id, active.state
@@ -137,13 +153,7 @@ impl Catalog {
         .bind(run.finish_time.map(millis))
         .bind(run.backup_id.map(|id| id.to_string()))
         .bind(millis(run.update_time))
-        .bind(
-            run.validation
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(|error| Error::internal("encode validation result", error))?,
-        )
+        .bind(result_json(run)?)
         .bind(&id)
         .execute(&mut *tx)
         .await
@@ -298,12 +308,22 @@ fn read_run(row: &SqliteRow) -> Result<Run> {
             .map(|v| parse_uuid(&v))
             .transpose()
     };
-    let validation = optional("result")?
-        .map(|json| serde_json::from_str(&json))
-        .transpose()
-        .map_err(|error| Error::internal("decode validation result", error))?;
+    let result = optional("result")?;
+    let decode = |what: &'static str| move |error: serde_json::Error| Error::internal(what, error);
+    let (validation, purge) = match (kind.as_str(), result) {
+        ("validate", Some(json)) => (
+            Some(serde_json::from_str(&json).map_err(decode("decode validation result"))?),
+            None,
+        ),
+        ("purge", Some(json)) => (
+            None,
+            Some(serde_json::from_str(&json).map_err(decode("decode purge result"))?),
+        ),
+        _ => (None, None),
+    };
     Ok(Run {
         validation,
+        purge,
         id: parse_uuid(&text("id")?)?,
         cluster_id: parse_uuid(&text("cluster_id")?)?,
         cluster_name: text("cluster_name")?,
@@ -364,4 +384,15 @@ fn read_node_progress(row: &SqliteRow) -> Result<NodeProgress> {
         },
         last_error: row.try_get("last_error").map_err(get)?,
     })
+}
+
+/// The JSON of a run's result (a validation's or a purge's), for the `result` column.
+fn result_json(run: &Run) -> Result<Option<String>> {
+    let json = match (&run.validation, &run.purge) {
+        (Some(validation), _) => Some(serde_json::to_string(validation)),
+        (None, Some(purge)) => Some(serde_json::to_string(purge)),
+        (None, None) => None,
+    };
+    json.transpose()
+        .map_err(|error| Error::internal("encode run result", error))
 }

@@ -1,5 +1,6 @@
-//! The objects a validate run listed, kept in the catalog while it runs (a location's listing
-//! can be far larger than the server's memory should hold).
+//! The objects a validate or purge run listed, kept in the catalog while it runs (a location's
+//! listing can be far larger than the server's memory should hold), with whether a backup
+//! refers to each.
 
 use uuid::Uuid;
 
@@ -69,6 +70,44 @@ impl Catalog {
             unsigned(orphaned),
             unsigned(orphaned_bytes),
         ))
+    }
+
+    /// Up to `limit` listed objects of the run that nothing references (content hash, size).
+    pub async fn unreferenced_objects(
+        &self,
+        run_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT hash, size FROM validation_objects WHERE run_id = ? AND referenced = 0 \
+             ORDER BY hash LIMIT ?",
+        )
+        .bind(run_id.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| database_error("list unreferenced objects", error))?;
+        Ok(rows
+            .into_iter()
+            .map(|(hash, size)| (hash, u64::try_from(size).unwrap_or(0)))
+            .collect())
+    }
+
+    /// Drops objects from the run's listing (a purge deleted them).
+    pub async fn forget_listed_objects(&self, run_id: Uuid, hashes: &[String]) -> Result<()> {
+        let run = run_id.to_string();
+        let mut tx = self.begin_write().await?;
+        for hash in hashes {
+            sqlx::query("DELETE FROM validation_objects WHERE run_id = ? AND hash = ?")
+                .bind(&run)
+                .bind(hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(|error| database_error("forget listed object", error))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|error| database_error("commit forgotten objects", error))
     }
 
     /// Forgets a validate run's listing (when it ends, or after a restart).

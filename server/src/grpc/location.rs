@@ -5,6 +5,7 @@ use coffer_proto::v1::location_service_server::LocationService;
 use tonic::{Request, Response, Status};
 
 use crate::lifecycle::import::Importer;
+use crate::lifecycle::purge::Purges;
 use crate::lifecycle::validate::Validations;
 use crate::locations::LocationRegistry;
 use crate::model::AgentAddress;
@@ -16,16 +17,22 @@ pub struct LocationHandler {
     locations: LocationRegistry,
     importer: Importer,
     validations: Validations,
+    purges: Purges,
 }
 
 impl LocationHandler {
-    /// A handler delegating to `locations`, imports to `importer`, validations to
-    /// `validations`.
-    pub fn new(locations: LocationRegistry, importer: Importer, validations: Validations) -> Self {
+    /// A handler delegating to the location registry and the lifecycle services.
+    pub fn new(
+        locations: LocationRegistry,
+        importer: Importer,
+        validations: Validations,
+        purges: Purges,
+    ) -> Self {
         Self {
             locations,
             importer,
             validations,
+            purges,
         }
     }
 }
@@ -146,4 +153,32 @@ impl LocationService for LocationHandler {
             run_id: run_id.to_string(),
         }))
     }
+
+    async fn purge_location(
+        &self,
+        request: Request<proto::PurgeLocationRequest>,
+    ) -> Result<Response<proto::PurgeLocationResponse>, Status> {
+        let request = request.into_inner();
+        required(&request.location, "location")?;
+        required(&request.cluster, "cluster")?;
+        let run_id = self
+            .purges
+            .start(&request.location, &request.cluster, request.dry_run)
+            .await?;
+        Ok(Response::new(proto::PurgeLocationResponse {
+            run_id: run_id.to_string(),
+        }))
+    }
+}
+
+/// INVALID_ARGUMENT for a required reference left empty.
+fn required(value: &str, field: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(crate::error::Error::invalid(
+            field,
+            format!("is required (a {field} name or id)"),
+        )
+        .into());
+    }
+    Ok(())
 }

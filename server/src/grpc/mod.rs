@@ -60,6 +60,7 @@ pub async fn router(coffer: &Coffer) -> Router {
                 coffer.locations.clone(),
                 coffer.importer.clone(),
                 coffer.validations.clone(),
+                coffer.purges.clone(),
             ),
         ))
         .add_service(proto::backup_service_server::BackupServiceServer::new(

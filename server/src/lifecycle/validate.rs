@@ -95,6 +95,7 @@ impl Validations {
             backup_id: None,
             error: String::new(),
             validation: None,
+            purge: None,
             create_time: now,
             start_time: None,
             finish_time: None,

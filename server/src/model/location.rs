@@ -223,7 +223,8 @@ impl LocationOptions {
 /// A registered location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
-    /// Server-assigned id.
+    /// Server-assigned id. Agents key what they remember of the location by
+    /// [`journal_key`] of it.
     pub id: Uuid,
     /// Unique name.
     pub name: Name,
@@ -324,6 +325,17 @@ pub struct ListLocations {
     pub after: Option<Name>,
     /// Only locations of this kind (`fs`, `s3`, `gcs`, `azblob`).
     pub kind: Option<&'static str>,
+}
+
+/// The key agents remember a location's objects by, for backups of purge generation
+/// `generation`: a purge that deletes objects moves the generation on, so no agent trusts
+/// what it remembered from before (the location id alone for generation 0, as before purges).
+pub fn journal_key(location_id: Uuid, generation: u64) -> String {
+    if generation == 0 {
+        location_id.to_string()
+    } else {
+        format!("{location_id}@purge-{generation}")
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 pub mod backup;
 pub mod location;
 pub mod page;
+pub mod purge;
 pub mod run;
 pub mod schedule;
 pub mod validation;

@@ -20,6 +20,8 @@ pub enum RunKind {
     Restore,
     /// Checks what a location holds for a cluster's backups.
     Validate,
+    /// Deletes the objects no backup of a cluster refers to.
+    Purge,
 }
 
 impl RunKind {
@@ -29,6 +31,7 @@ impl RunKind {
             Self::Backup => "backup",
             Self::Restore => "restore",
             Self::Validate => "validate",
+            Self::Purge => "purge",
         }
     }
 
@@ -38,6 +41,7 @@ impl RunKind {
             "backup" => Some(Self::Backup),
             "restore" => Some(Self::Restore),
             "validate" => Some(Self::Validate),
+            "purge" => Some(Self::Purge),
             _ => None,
         }
     }
@@ -322,6 +326,7 @@ pub enum RunSpec {
     Backup(BackupSpec),
     Restore(RestoreSpec),
     Validate(super::validation::ValidateSpec),
+    Purge(super::purge::PurgeSpec),
 }
 
 impl RunSpec {
@@ -331,6 +336,7 @@ impl RunSpec {
             Self::Backup(spec) => spec.location_id,
             Self::Restore(spec) => spec.location_id,
             Self::Validate(spec) => spec.location_id,
+            Self::Purge(spec) => spec.location_id,
         }
     }
 }
@@ -359,6 +365,8 @@ pub struct Run {
     pub error: String,
     /// What a validate run found.
     pub validation: Option<super::validation::ValidationResult>,
+    /// What a purge run found and freed.
+    pub purge: Option<super::purge::PurgeResult>,
     /// When it was recorded.
     pub create_time: SystemTime,
     /// When it started running.

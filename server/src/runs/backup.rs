@@ -37,6 +37,8 @@ pub struct BackupPlan {
     pub kind: BackupKind,
     /// Parent of an incremental backup.
     pub parent_backup_id: Option<Uuid>,
+    /// The location's purge generation when the run started.
+    pub purge_generation: u64,
 }
 
 /// Runs the backup described by `plan`; every outcome ends in a final, persisted state.
@@ -207,8 +209,9 @@ async fn snapshot_and_upload_all(
     }
     // An incremental backup reads only new and changed files: the agents need not freeze the
     // others.
+    let journal_key = crate::model::location::journal_key(plan.location.id, plan.purge_generation);
     let incremental_location = match plan.kind {
-        BackupKind::Incremental => Some(plan.location.id),
+        BackupKind::Incremental => Some(journal_key.clone()),
         BackupKind::Full => None,
     };
     let order = UploadOrder {
@@ -220,6 +223,7 @@ async fn snapshot_and_upload_all(
         filter: plan.spec.filter.clone(),
         limits: plan.spec.limits,
         dry_run: run.dry_run,
+        journal_key,
     };
     let nodes = plan
         .cluster
@@ -235,6 +239,7 @@ async fn snapshot_and_upload_all(
     let work = |node: Node, work: NodeWork| {
         let (agents, order, early_deletes) = (agents.clone(), order.clone(), early_deletes.clone());
         let snapshot_permits = snapshot_permits.clone();
+        let incremental_location = incremental_location.clone();
         async move {
             if !order.dry_run {
                 let taken = {

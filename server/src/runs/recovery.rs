@@ -128,6 +128,7 @@ pub(super) async fn recover(manager: &RunManager, mut run: Run) {
                 RunSpec::Backup(_) => "the server stopped during the run; nothing was committed".into(),
                 RunSpec::Restore(_) => "the server stopped during the restore; run it again to finish (verified files are kept)".into(),
                 RunSpec::Validate(_) => "the server stopped during the validation; run it again".into(),
+                RunSpec::Purge(_) => "the server stopped during the purge; run it again (what it deleted was unreferenced)".into(),
             };
         }
         for node in &mut run.nodes {
@@ -144,7 +145,7 @@ pub(super) async fn recover(manager: &RunManager, mut run: Run) {
         node.counters.rate_bytes_per_second = 0;
         node.counters.eta = None;
     }
-    if matches!(run.spec, RunSpec::Validate(_))
+    if matches!(run.spec, RunSpec::Validate(_) | RunSpec::Purge(_))
         && let Err(error) = manager.catalog().clear_listed_objects(run.id).await
     {
         tracing::warn!(run_id = %run.id, %error, "forget an interrupted validation's listing");

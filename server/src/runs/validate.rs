@@ -45,6 +45,38 @@ pub async fn execute(mut handle: RunHandle, plan: ValidatePlan) {
         .await;
 }
 
+/// Lists the cluster's objects in the location into the catalog (the run's listing), a page
+/// at a time, telling `progress` how many so far; returns how many.
+pub(super) async fn list_objects(
+    handle: &mut RunHandle,
+    cluster: &Cluster,
+    location: &Location,
+    mut progress: impl FnMut(&mut crate::model::run::Run, u64),
+) -> Result<u64> {
+    let run_id = handle.run().id;
+    let cancel = handle.cancelled();
+    let agents = handle.manager().agents().clone();
+    let catalog = handle.manager().catalog().clone();
+    let prefix = format!("{}objects/", ClusterLayout::new(cluster.id).root());
+    let mut pages = storage::list_object_pages(&agents, cluster, location, &prefix).await?;
+    let mut listed = 0u64;
+    while let Some(page) = pages.next().await? {
+        if cancel.is_cancelled() {
+            return Err(Error::Canceled);
+        }
+        let objects: Vec<(String, u64)> = page
+            .iter()
+            .filter_map(|object| {
+                object_hash(&object.path).map(|hash| (hash.to_string(), object.size))
+            })
+            .collect();
+        catalog.add_listed_objects(run_id, &objects).await?;
+        listed += objects.len() as u64;
+        handle.progress(|run| progress(run, listed)).await;
+    }
+    Ok(listed)
+}
+
 /// The content hash an object path names (`.../objects/<aa>/<64 hex>`); `None` for anything
 /// else (temporary files).
 fn object_hash(path: &str) -> Option<&str> {
@@ -66,33 +98,13 @@ async fn validate(handle: &mut RunHandle, plan: &ValidatePlan) -> Result<()> {
             run.validation = Some(ValidationResult::default());
         })
         .await?;
-    let agents = handle.manager().agents().clone();
     let catalog = handle.manager().catalog().clone();
-
-    let prefix = format!("{}objects/", ClusterLayout::new(plan.cluster.id).root());
-    let mut pages =
-        storage::list_object_pages(&agents, &plan.cluster, &plan.location, &prefix).await?;
-    let mut listed = 0u64;
-    while let Some(page) = pages.next().await? {
-        if cancel.is_cancelled() {
-            return Err(Error::Canceled);
+    let listed = list_objects(handle, &plan.cluster, &plan.location, |run, listed| {
+        if let Some(result) = run.validation.as_mut() {
+            result.objects_listed = listed;
         }
-        let objects: Vec<(String, u64)> = page
-            .iter()
-            .filter_map(|object| {
-                object_hash(&object.path).map(|hash| (hash.to_string(), object.size))
-            })
-            .collect();
-        catalog.add_listed_objects(run_id, &objects).await?;
-        listed += objects.len() as u64;
-        handle
-            .progress(|run| {
-                if let Some(result) = run.validation.as_mut() {
-                    result.objects_listed = listed;
-                }
-            })
-            .await;
-    }
+    })
+    .await?;
 
     let mut missing_everywhere: HashSet<String> = HashSet::new();
     for backup in &plan.backups {

@@ -219,6 +219,7 @@ pub(super) fn backup_run(cluster: &Cluster, location: &Location, create_ms: u64)
         backup_id: Some(Uuid::now_v7()),
         error: String::new(),
         validation: None,
+        purge: None,
         create_time: at(create_ms),
         start_time: None,
         finish_time: None,

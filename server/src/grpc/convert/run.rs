@@ -50,6 +50,7 @@ fn run_kind(kind: i32) -> Result<Option<RunKind>> {
         Ok(proto::RunKind::Backup) => Ok(Some(RunKind::Backup)),
         Ok(proto::RunKind::Restore) => Ok(Some(RunKind::Restore)),
         Ok(proto::RunKind::Validate) => Ok(Some(RunKind::Validate)),
+        Ok(proto::RunKind::Purge) => Ok(Some(RunKind::Purge)),
         Err(_) => Err(Error::invalid("kind", format!("{kind} is not a run kind"))),
     }
 }
@@ -123,6 +124,9 @@ impl From<Run> for proto::Run {
             RunSpec::Validate(spec) => proto::run::Spec::Validate(proto::ValidateSpec {
                 location: spec.location_id.to_string(),
             }),
+            RunSpec::Purge(spec) => proto::run::Spec::Purge(proto::PurgeSpec {
+                location: spec.location_id.to_string(),
+            }),
         };
         Self {
             id: run.id.to_string(),
@@ -132,6 +136,7 @@ impl From<Run> for proto::Run {
                 RunKind::Backup => proto::RunKind::Backup,
                 RunKind::Restore => proto::RunKind::Restore,
                 RunKind::Validate => proto::RunKind::Validate,
+                RunKind::Purge => proto::RunKind::Purge,
             }
             .into(),
             state: run_state_out(run.state).into(),
@@ -153,6 +158,15 @@ impl From<Run> for proto::Run {
             nodes: run.nodes.into_iter().map(Into::into).collect(),
             totals: Some(totals),
             validation: run.validation.map(validation_out),
+            purge_result: run.purge.map(|purge| proto::PurgeResult {
+                objects_listed: purge.objects_listed,
+                objects_unreferenced: purge.objects_unreferenced,
+                bytes_unreferenced: purge.bytes_unreferenced,
+                objects_reclaimed: purge.objects_reclaimed,
+                objects_deleted: purge.objects_deleted,
+                bytes_freed: purge.bytes_freed,
+                waits: purge.waits,
+            }),
         }
     }
 }

@@ -1,0 +1,291 @@
+//! What a purge run does, under the safety rule of docs/storage-format.md:
+//!
+//! 1. **Mark.** List the cluster's objects in the location (into the catalog), then read every
+//!    node manifest of every backup committed by then: what none refers to is marked. An
+//!    object uploaded after the listing is never marked; one uploaded before it by a backup
+//!    still running is marked, and saved by step 3.
+//! 2. **Wait.** Deletion starts only when no backup of the cluster at the location is active:
+//!    the check and the lock that makes new backups wait are one catalog transaction. So every
+//!    backup that could have seen a marked object (in its upload, or as a reason to skip one)
+//!    has ended, committed or not.
+//! 3. **Re-check.** The manifests of the backups committed since the mark are read: what they
+//!    refer to is unmarked (reclaimed).
+//! 4. **Delete**, a batch at a time. A backup that starts meanwhile waits for the batch to end;
+//!    then the purge lets it run (and goes back to step 2), and the backup's agents, keyed by
+//!    the location's new purge generation, trust nothing they remembered of it: a deleted
+//!    object is uploaded again, never assumed present.
+//!
+//! A manifest that cannot be read stops the purge before it deletes anything (its references
+//! are unknown).
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, SystemTime};
+
+use coffer_format::{ClusterLayout, ContentHash};
+use uuid::Uuid;
+
+use super::validate::list_objects;
+use crate::agents::storage;
+use crate::error::{Error, Result};
+use crate::model::Cluster;
+use crate::model::backup::{BackupRecord, ListBackups};
+use crate::model::location::Location;
+use crate::model::purge::PurgeResult;
+use crate::model::run::RunState;
+use crate::runs::RunHandle;
+
+/// Entries read from a node manifest at once.
+const MANIFEST_PAGE: u32 = 1000;
+/// Objects deleted per batch; a waiting backup waits for at most one batch.
+const DELETE_BATCH: u32 = 500;
+/// How often a waiting purge looks whether the backups ended.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+/// What a purge run works on.
+#[derive(Debug, Clone)]
+pub struct PurgePlan {
+    pub cluster: Cluster,
+    pub location: Location,
+    /// Report only.
+    pub dry_run: bool,
+}
+
+/// Runs the purge to its end; the deletion lock and the listing go whatever the outcome.
+pub async fn execute(mut handle: RunHandle, plan: PurgePlan) {
+    let run_id = handle.run().id;
+    let outcome = purge(&mut handle, &plan).await;
+    let catalog = handle.manager().catalog().clone();
+    if let Err(error) = catalog
+        .end_deletion(plan.cluster.id, plan.location.id)
+        .await
+    {
+        tracing::warn!(%error, "end the purge's deletion window");
+    }
+    if let Err(error) = catalog.clear_listed_objects(run_id).await {
+        tracing::warn!(%error, "forget the purge's listing");
+    }
+    handle
+        .finish(
+            outcome,
+            "the server shut down during the purge; what it deleted was unreferenced, run it again",
+        )
+        .await;
+}
+
+fn update(handle_run: &mut crate::model::run::Run, change: impl FnOnce(&mut PurgeResult)) {
+    if let Some(result) = handle_run.purge.as_mut() {
+        change(result);
+    }
+}
+
+async fn purge(handle: &mut RunHandle, plan: &PurgePlan) -> Result<()> {
+    let run_id = handle.run().id;
+    let cancel = handle.cancelled();
+    let catalog = handle.manager().catalog().clone();
+    handle
+        .transition(|run| {
+            run.state = RunState::Running;
+            run.start_time = Some(SystemTime::now());
+            run.purge = Some(PurgeResult::default());
+        })
+        .await?;
+
+    // 1. Mark: the listing first, then the references of every backup committed by now.
+    let listed = list_objects(handle, &plan.cluster, &plan.location, |run, listed| {
+        update(run, |result| result.objects_listed = listed);
+    })
+    .await?;
+    let mut checked: HashSet<Uuid> = HashSet::new();
+    mark_references(handle, plan, &mut checked).await?;
+    let (_, unreferenced, unreferenced_bytes) = catalog.listed_object_counts(run_id).await?;
+    handle
+        .transition(|run| {
+            update(run, |result| {
+                result.objects_unreferenced = unreferenced;
+                result.bytes_unreferenced = unreferenced_bytes;
+            });
+        })
+        .await?;
+    tracing::info!(listed, unreferenced, unreferenced_bytes, "purge marked");
+    if plan.dry_run || unreferenced == 0 {
+        return Ok(());
+    }
+
+    let layout = ClusterLayout::new(plan.cluster.id);
+    let (mut deleted, mut freed, mut waits) = (0u64, 0u64, 0u64);
+    'windows: loop {
+        // 2. Wait until no backup of the cluster is active at the location, and lock.
+        let mut waited = false;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Canceled);
+            }
+            if catalog
+                .begin_deletion(plan.cluster.id, plan.location.id, run_id)
+                .await?
+                .is_some()
+            {
+                break;
+            }
+            if !waited {
+                waited = true;
+                waits += 1;
+                handle
+                    .progress(|run| update(run, |result| result.waits = waits))
+                    .await;
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+        // 3. What backups committed since refer to is not deleted.
+        let (_, before, _) = catalog.listed_object_counts(run_id).await?;
+        mark_references(handle, plan, &mut checked).await?;
+        let (_, after, _) = catalog.listed_object_counts(run_id).await?;
+        handle
+            .progress(|run| {
+                update(run, |result| result.objects_reclaimed += before - after);
+            })
+            .await;
+        // 4. Delete, a batch at a time, while no backup waits.
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Canceled);
+            }
+            let batch = catalog.unreferenced_objects(run_id, DELETE_BATCH).await?;
+            if batch.is_empty() {
+                break 'windows;
+            }
+            let mut paths = Vec::with_capacity(batch.len());
+            for (hash, _) in &batch {
+                let hash = ContentHash::from_hex(hash).ok_or_else(|| {
+                    Error::internal("decode a listed object", format!("bad hash {hash:?}"))
+                })?;
+                paths.push(layout.object(&hash));
+            }
+            storage::delete_objects(
+                handle.manager().agents(),
+                &plan.cluster,
+                &plan.location,
+                &paths,
+            )
+            .await?;
+            let hashes: Vec<String> = batch.iter().map(|(hash, _)| hash.clone()).collect();
+            catalog.forget_listed_objects(run_id, &hashes).await?;
+            deleted += batch.len() as u64;
+            freed += batch.iter().map(|(_, size)| size).sum::<u64>();
+            handle
+                .progress(|run| {
+                    update(run, |result| {
+                        result.objects_deleted = deleted;
+                        result.bytes_freed = freed;
+                    });
+                })
+                .await;
+            if catalog
+                .backup_active_at(plan.cluster.id, plan.location.id)
+                .await?
+            {
+                // A backup waits: let it run, then start over from step 2.
+                catalog
+                    .end_deletion(plan.cluster.id, plan.location.id)
+                    .await?;
+                continue 'windows;
+            }
+        }
+    }
+    catalog
+        .end_deletion(plan.cluster.id, plan.location.id)
+        .await?;
+    handle
+        .transition(|run| {
+            update(run, |result| {
+                result.objects_deleted = deleted;
+                result.bytes_freed = freed;
+                result.waits = waits;
+            });
+        })
+        .await?;
+    tracing::info!(deleted, freed, waits, "purge done");
+    Ok(())
+}
+
+/// Marks as referenced, in the run's listing, everything the cluster's committed backups at the
+/// location refer to, for the backups not in `checked` yet (which it then holds).
+async fn mark_references(
+    handle: &RunHandle,
+    plan: &PurgePlan,
+    checked: &mut HashSet<Uuid>,
+) -> Result<()> {
+    let catalog = handle.manager().catalog();
+    let mut after = None;
+    loop {
+        let (page, more) = catalog
+            .list_backups(&ListBackups {
+                page_size: 200,
+                after,
+                cluster_id: Some(plan.cluster.id),
+                location_id: Some(plan.location.id),
+                ..ListBackups::default()
+            })
+            .await?;
+        after = page.last().map(|backup| (start_ms(backup), backup.id));
+        for backup in page {
+            if checked.insert(backup.id) {
+                mark_backup(handle, plan, &backup).await?;
+            }
+        }
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+fn start_ms(backup: &BackupRecord) -> i64 {
+    backup
+        .start_time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Marks what one backup refers to; a manifest that cannot be read fails the purge.
+async fn mark_backup(handle: &RunHandle, plan: &PurgePlan, backup: &BackupRecord) -> Result<()> {
+    let run_id = handle.run().id;
+    for node in &backup.nodes {
+        let mut offset = 0u64;
+        loop {
+            let (files, more) = storage::read_manifest_page(
+                handle.manager().agents(),
+                &plan.cluster,
+                &plan.location,
+                &node.manifest_path,
+                node.node_id,
+                offset,
+                MANIFEST_PAGE,
+            )
+            .await
+            .map_err(|error| {
+                Error::FailedPrecondition(format!(
+                    "the purge deleted nothing: node manifest {} of backup {} cannot be read, \
+                     so what it refers to is unknown ({error}); validate the location",
+                    node.manifest_path, backup.id
+                ))
+            })?;
+            offset += files.len() as u64;
+            let hashes: Vec<String> = files
+                .iter()
+                .map(|file| file.blake3_hash.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            handle
+                .manager()
+                .catalog()
+                .mark_referenced(run_id, &hashes)
+                .await?;
+            if !more {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
