@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod backups;
 pub mod catalog;
+pub mod clock;
 pub mod clusters;
 pub mod config;
 pub mod error;
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 use crate::agents::AgentClients;
 use crate::backups::Backups;
 use crate::catalog::Catalog;
+use crate::clock::{Clock, FileClock, SystemClock};
 use crate::clusters::ClusterRegistry;
 use crate::config::ServerConfig;
 use crate::lifecycle::import::Importer;
@@ -37,7 +39,7 @@ use crate::lifecycle::validate::Validations;
 use crate::locations::LocationRegistry;
 use crate::restores::Restores;
 use crate::runs::RunManager;
-use crate::scheduler::{Clock, FileClock, Scheduler, SystemClock};
+use crate::scheduler::Scheduler;
 use crate::schedules::Schedules;
 
 /// The server's state: the catalog and the domain services over it.
@@ -83,10 +85,17 @@ impl Coffer {
             Some(path) => Arc::new(FileClock::new(path.clone())),
             None => Arc::new(SystemClock),
         };
+        let purges = Purges::new(
+            catalog.clone(),
+            (*clusters).clone(),
+            locations.clone(),
+            runs.clone(),
+        );
         let scheduler = Scheduler::new(
             catalog.clone(),
             backups.clone(),
-            clock,
+            purges.clone(),
+            clock.clone(),
             config.scheduler_tick,
         );
         let schedules = Schedules::new(
@@ -95,19 +104,8 @@ impl Coffer {
             locations.clone(),
             scheduler.clone(),
         );
-        let importer = Importer::new(
-            catalog.clone(),
-            locations.clone(),
-            agents,
-            scheduler.clone(),
-        );
+        let importer = Importer::new(catalog.clone(), locations.clone(), agents, clock);
         let validations = Validations::new(
-            catalog.clone(),
-            (*clusters).clone(),
-            locations.clone(),
-            runs.clone(),
-        );
-        let purges = Purges::new(
             catalog.clone(),
             (*clusters).clone(),
             locations.clone(),

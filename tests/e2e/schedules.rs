@@ -754,6 +754,56 @@ async fn retention_deletes_what_no_rule_keeps_and_a_kept_incremental_restores_al
     std::fs::remove_file(data.join("ks/t1/data.db")).expect("remove");
     let (third, deleted) = run_now(client, "nightly").await;
     assert_eq!(deleted, std::slice::from_ref(&first.backup_id));
+    // The purge retention started frees what the deleted backup held: afterwards the location
+    // holds exactly what the remaining backups refer to.
+    let purged = eventually("the purge after retention", || async {
+        let runs = client
+            .runs()
+            .list_runs(proto::ListRunsRequest {
+                kind: proto::RunKind::Purge.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list purges")
+            .into_inner()
+            .runs;
+        runs.into_iter().find(|run| {
+            matches!(
+                run.state(),
+                proto::RunState::Succeeded | proto::RunState::Failed | proto::RunState::Canceled
+            )
+        })
+    })
+    .await;
+    assert_eq!(
+        purged.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        purged.error_message
+    );
+    let freed = purged.purge_result.expect("a purge result");
+    // (The first backup held nothing the others do not: the hand-made one has the same files.)
+    assert_eq!(
+        freed.objects_deleted, freed.objects_unreferenced,
+        "{freed:?}"
+    );
+    let run_id = client
+        .locations()
+        .validate_location(proto::ValidateLocationRequest {
+            location: "vault".into(),
+            cluster: "prod".into(),
+        })
+        .await
+        .expect("validate")
+        .into_inner()
+        .run_id;
+    let checked = watch_to_end(client, &run_id)
+        .await
+        .pop()
+        .and_then(|run| run.validation)
+        .expect("a validation");
+    assert_eq!(checked.objects_orphaned, 0, "{checked:?}");
+    assert!(checked.backups.iter().all(|backup| backup.restorable));
     let ids = backup_ids(client).await;
     assert!(!ids.contains(&first.backup_id), "the oldest of three goes");
     for kept in [&second.backup_id, &third.backup_id, &manual.backup_id] {
@@ -832,6 +882,30 @@ async fn retention_deletes_what_no_rule_keeps_and_a_kept_incremental_restores_al
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(ids.contains(&fifth.backup_id) && ids.contains(&manual.backup_id));
     assert!(!ids.contains(&fourth.backup_id));
+    // That retention's purge frees what only the deleted backups held (the second index).
+    let purges = eventually("two purges to end", || async {
+        let runs = client
+            .runs()
+            .list_runs(proto::ListRunsRequest {
+                kind: proto::RunKind::Purge.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list purges")
+            .into_inner()
+            .runs;
+        let ended = runs
+            .iter()
+            .filter(|run| run.state() == proto::RunState::Succeeded)
+            .count();
+        (ended >= 2).then_some(runs)
+    })
+    .await;
+    let freed = purges[0].purge_result.expect("a purge result");
+    assert!(
+        freed.objects_deleted >= 1 && freed.bytes_freed > 0,
+        "{freed:?}"
+    );
 }
 
 /// Pausing stops fires, resuming starts again from now, a new trigger re-times; a schedule

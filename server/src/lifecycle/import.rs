@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::agents::AgentClients;
 use crate::agents::storage::{self, Through};
 use crate::catalog::Catalog;
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::locations::LocationRegistry;
 use crate::model::backup::BackupRecord;
@@ -26,7 +27,6 @@ use crate::model::schedule::{
     CronTrigger, FireProgress, RetentionPolicy, RetryPolicy, Schedule, Trigger,
 };
 use crate::model::{AgentAddress, Cluster, Labels, Name, Node, NodeInfo, NodeSpec};
-use crate::scheduler::Scheduler;
 
 /// What an import found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,7 +57,8 @@ pub struct Importer {
     catalog: Catalog,
     locations: LocationRegistry,
     agents: Arc<AgentClients>,
-    scheduler: Scheduler,
+    /// The schedules' clock, for the first fire time of an imported schedule.
+    clock: Arc<dyn Clock>,
 }
 
 impl Importer {
@@ -65,13 +66,13 @@ impl Importer {
         catalog: Catalog,
         locations: LocationRegistry,
         agents: Arc<AgentClients>,
-        scheduler: Scheduler,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             catalog,
             locations,
             agents,
-            scheduler,
+            clock,
         }
     }
 
@@ -134,7 +135,6 @@ impl Importer {
                 }
             }
         }
-        self.scheduler.wake();
         tracing::info!(location = %location.name, ?report, "location imported");
         Ok(report)
     }
@@ -290,7 +290,7 @@ impl Importer {
         };
         let now = SystemTime::now();
         let next_fire_ms = (!described.paused)
-            .then(|| trigger.next_fire_after(self.scheduler.now_ms()))
+            .then(|| trigger.next_fire_after(self.clock.now_ms()))
             .flatten();
         Ok(Planned::New(Schedule {
             id: described.schedule_id,

@@ -138,6 +138,21 @@ impl Scheduler {
                 }
             }
         }
+        if !deleted.is_empty() {
+            // What the deleted backups held is freed by a purge of the location (in the
+            // background, beside later backups), so an unattended deployment's storage stays
+            // bounded. A purge already running there does it at its next pass.
+            let (location, cluster) = (
+                schedule.backup.location_id.to_string(),
+                schedule.cluster_id.to_string(),
+            );
+            match self.inner.purges.start(&location, &cluster, false).await {
+                Ok(run_id) => tracing::info!(schedule = %schedule.name, %run_id,
+                    "retention deleted backups: purge started"),
+                Err(error) => tracing::warn!(schedule = %schedule.name, %error,
+                    "retention deleted backups; the purge after it did not start"),
+            }
+        }
         let last_error = if failures.is_empty() {
             String::new()
         } else {

@@ -14,7 +14,6 @@
 //! Requests that change a schedule take the same lock as a tick, so a change and a fire never
 //! interleave.
 
-pub mod clock;
 mod ending;
 mod fire;
 #[cfg(test)]
@@ -29,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backups::Backups;
 use crate::catalog::Catalog;
 use crate::error::Result;
+use crate::lifecycle::purge::Purges;
 use crate::model::schedule::{FireCause, PendingFire, Schedule, ScheduleFire};
 
-pub use clock::{Clock, FileClock, SystemClock};
+pub use crate::clock::{Clock, FileClock, SystemClock};
 
 /// How often the scheduler looks at its schedules when nothing wakes it.
 pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
@@ -46,6 +46,8 @@ pub struct Scheduler {
 struct Inner {
     catalog: Catalog,
     backups: Backups,
+    /// Started after retention deleted backups, so stored data stays bounded.
+    purges: Purges,
     clock: Arc<dyn Clock>,
     tick: Duration,
     /// Held while a tick tends schedules and while a request changes one.
@@ -54,13 +56,20 @@ struct Inner {
 }
 
 impl Scheduler {
-    /// A scheduler starting backups through `backups`, telling time by `clock`, looking at its
-    /// schedules every `tick`.
-    pub fn new(catalog: Catalog, backups: Backups, clock: Arc<dyn Clock>, tick: Duration) -> Self {
+    /// A scheduler starting backups through `backups` and purges through `purges`, telling time
+    /// by `clock`, looking at its schedules every `tick`.
+    pub fn new(
+        catalog: Catalog,
+        backups: Backups,
+        purges: Purges,
+        clock: Arc<dyn Clock>,
+        tick: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 catalog,
                 backups,
+                purges,
                 clock,
                 tick,
                 lock: Mutex::new(()),

@@ -1,4 +1,4 @@
-//! The scheduler's clock: the system's, or one the operator (or a test) sets.
+//! The clock schedules are read by: the system's, or one the operator (or a test) sets.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
