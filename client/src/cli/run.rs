@@ -516,7 +516,7 @@ mod tests {
         );
         for bad in [
             &["list", "--state", "paused"][..],
-            &["list", "--kind", "purge"],
+            &["list", "--kind", "snapshot"],
             &["watch"],
             &["cancel", ""],
         ] {
