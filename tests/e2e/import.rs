@@ -212,7 +212,7 @@ async fn a_lost_catalog_is_rebuilt_from_the_location_and_restores_byte_identical
     );
     assert!(
         stdout.contains("Backups:")
-            && stdout.contains("0 imported, 2 there already, 0 never committed"),
+            && stdout.contains("0 imported, 2 there already, 0 without a commit manifest"),
         "{stdout}"
     );
 

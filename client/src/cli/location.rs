@@ -423,7 +423,7 @@ async fn import(args: ImportArgs, session: &Session) -> Result<(), CliError> {
             (
                 "Backups",
                 format!(
-                    "{} imported, {} there already, {} never committed",
+                    "{} imported, {} there already, {} without a commit manifest (deleted or never committed)",
                     report.backups_imported, report.backups_present, report.backups_uncommitted
                 ),
             ),

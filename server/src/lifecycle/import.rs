@@ -35,7 +35,7 @@ pub struct ImportReport {
     pub clusters_matched: u64,
     pub backups_imported: u64,
     pub backups_present: u64,
-    /// Backup folders without a commit manifest: runs that never committed.
+    /// Backup folders without a commit manifest: deleted backups, runs that never committed.
     pub backups_uncommitted: u64,
     pub schedules_imported: u64,
     pub schedules_present: u64,
