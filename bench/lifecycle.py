@@ -26,7 +26,8 @@ What it does:
         purge        `location purge` (deletes the unreferenced objects);
         validate-2   `location validate` again (nothing orphaned should be left);
      before each measured step the page cache is dropped when running as root (--no-drop-caches
-     keeps it), and the peak RSS of the server and of the agent is reset (/proc/<pid>/clear_refs,
+     keeps it), the agent restarted (same state dir and port: --no-restart-agent keeps it, and
+     with it what the backups left in its RSS), and the peak RSS of the server and of the agent is reset (/proc/<pid>/clear_refs,
      5: VmHWM := VmRSS), so the VmHWM read after the step is that step's peak alone; VmRSS is also
      polled every --sample-interval seconds;
   4. prints a table (wall time, server and agent peak RSS, the result's counts), checks the counts
@@ -560,12 +561,8 @@ class Bench:
             if d.exists():
                 shutil.rmtree(d)
             d.mkdir(parents=True)
-        port = free_ports(1)[0]
-        self.agent = self.procs.start("agent", [str(RELEASE / "coffer-agent"), "--listen", f"127.0.0.1:{port}",
-                                                "--data-path", str(self.data.node),
-                                                "--state-dir", str(self.run_dir / "agent")],
-                                      self.logs / "agent.log", self.env(),
-                                      r"coffer-agent listening on (http://\S+)")
+        self.agent_port = free_ports(1)[0]
+        self.start_agent()
         self.server = self.procs.start("server", [str(RELEASE / "coffer-server"), "--listen", "127.0.0.1:0",
                                                   "--catalog", str(self.run_dir / "catalog.db")],
                                        self.logs / "server.log", self.env(),
@@ -573,7 +570,6 @@ class Bench:
         self.server_addr = self.server.address.removeprefix("http://")
         self.agent_addr = self.agent.address.removeprefix("http://")
         self.rss.track("server", self.server.pid)
-        self.rss.track("agent", self.agent.pid)
         self.location_path = self.run_dir / "location"
         self.location_path.mkdir()
         self.ctl("cluster", "register", CLUSTER, "--node", self.agent_addr)
@@ -583,6 +579,30 @@ class Bench:
         self.ctl(*loc)
         log(f"server {self.server_addr} (pid {self.server.pid}), agent {self.agent_addr} (pid {self.agent.pid}), "
             f"cluster '{CLUSTER}', location '{LOCATION}' at {self.location_path}")
+
+    def start_agent(self) -> None:
+        self.agent = self.procs.start("agent", [str(RELEASE / "coffer-agent"), "--listen",
+                                                f"127.0.0.1:{self.agent_port}", "--data-path", str(self.data.node),
+                                                "--state-dir", str(self.run_dir / "agent")],
+                                      self.logs / "agent.log", self.env(),
+                                      r"coffer-agent listening on (http://\S+)")
+        self.rss.track("agent", self.agent.pid)
+
+    def restart_agent(self) -> None:
+        """A fresh agent (same state dir and port), so that its RSS holds nothing of the steps
+        before (an allocator keeps what a backup used); untimed: waits until the server sees it
+        serving again (`cluster check` exits 0)."""
+        self.procs.stop(self.agent)
+        self.start_agent()
+        deadline = time.monotonic() + 30
+        while True:
+            p = subprocess.run([str(CTL), "--server", self.server_addr, "-o", "json", "cluster", "check", CLUSTER],
+                               capture_output=True, text=True, env=self.env())
+            if p.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"agent not serving after its restart: {(p.stderr or p.stdout).strip()[-500:]}")
+            time.sleep(0.2)
 
     def stored_objects(self) -> tuple[int, int]:
         """Object files (and their bytes) under the location's objects folders (untimed)."""
@@ -603,6 +623,8 @@ class Bench:
         """A cofferctl ... --watch call with the page cache dropped before (unless `drop` is
         false or --no-drop-caches) and the peak RSS of server and agent reset: wall times, peaks,
         the final run."""
+        if not self.args.no_restart_agent:
+            self.restart_agent()
         dropped = drop_caches() if drop and not self.args.no_drop_caches else False
         time.sleep(0.3)
         self.rss.begin()
@@ -711,7 +733,8 @@ class Bench:
         cache = ("page cache dropped before each step" if any(r.get("caches_dropped") for r in steps.values())
                  else "page cache NOT dropped (not root, or --no-drop-caches)")
         p(f"{cache}; peak RSS = VmHWM after the step, reset before it (clear_refs), and VmRSS polled every "
-          f"{a.sample_interval} s")
+          f"{a.sample_interval} s; agent {'kept running' if a.no_restart_agent else 'restarted before each run'}, "
+          f"server kept running")
         p()
         p("setup (not the subject):")
         for k in ("full", "incremental"):
@@ -819,6 +842,9 @@ def main() -> int:
     ap.add_argument("--no-build", action="store_true", help="use the binaries in target/release as they are")
     ap.add_argument("--no-drop-caches", action="store_true",
                     help="keep the page cache before each measured step (default: dropped when root)")
+    ap.add_argument("--no-restart-agent", action="store_true",
+                    help="keep the agent running across steps (default: restarted before each backup and "
+                         "step, so its peak RSS is that step's alone; the server is never restarted)")
     ap.add_argument("--keep", action="store_true", help="keep <work>/run (catalog, agent state, location)")
     ap.add_argument("--run-timeout", type=float, default=3600)
     ap.add_argument("--sample-interval", type=float, default=0.1, help="VmRSS polling interval (default 0.1 s)")

@@ -34,8 +34,10 @@ use status::{manifest_status, restore_status, snapshot_status, storage_status, u
 
 /// Largest object served by GetObject.
 const MAX_GET_OBJECT: u64 = 64 * 1024 * 1024;
-/// Most manifest entries in one ReadNodeManifest answer.
-const MAX_MANIFEST_PAGE: u32 = 10_000;
+/// Most manifest entries in one ReadNodeManifest answer (about 200 bytes each): each page
+/// decodes the manifest from its start, so a whole-manifest reader (validation, purge) wants
+/// few, large pages.
+const MAX_MANIFEST_PAGE: u32 = 50_000;
 
 /// Implements `coffer.agent.v1.AgentService`.
 #[derive(Debug, Clone)]

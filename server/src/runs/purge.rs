@@ -34,8 +34,9 @@ use crate::model::purge::PurgeResult;
 use crate::model::run::RunState;
 use crate::runs::RunHandle;
 
-/// Entries read from a node manifest at once.
-const MANIFEST_PAGE: u32 = 1000;
+/// Entries read from a node manifest at once: the agent decodes the manifest from its start for
+/// every page, so a reader of whole manifests asks for the largest (50 000, about 10 MB).
+const MANIFEST_PAGE: u32 = 50_000;
 /// Objects deleted per batch; a waiting backup waits for at most one batch.
 const DELETE_BATCH: u32 = 500;
 /// How often a waiting purge looks whether the backups ended.

@@ -16,8 +16,9 @@ use crate::model::run::RunState;
 use crate::model::validation::{BackupValidation, MAX_AFFECTED_FILES, ValidationResult};
 use crate::runs::RunHandle;
 
-/// Entries read from a node manifest at once.
-const MANIFEST_PAGE: u32 = 1000;
+/// Entries read from a node manifest at once: the agent decodes the manifest from its start for
+/// every page, so a reader of whole manifests asks for the largest (50 000, about 10 MB).
+const MANIFEST_PAGE: u32 = 50_000;
 
 /// What a validate run checks.
 #[derive(Debug, Clone)]
