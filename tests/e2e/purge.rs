@@ -137,13 +137,40 @@ async fn a_purge_frees_what_deleted_backups_held_and_keeps_what_backups_refer_to
         "{planned:?}"
     );
     assert_eq!(planned.objects_deleted, 0);
+    assert_eq!(
+        planned.uncommitted_folders, 1,
+        "the deleted backup's folder: {planned:?}"
+    );
     assert_eq!(stored_objects(&setup.objects), before, "nothing deleted");
+    let deleted_nodes = setup
+        .objects
+        .parent()
+        .expect("cluster folder")
+        .join("backups")
+        .join(&first.backup_id)
+        .join("nodes");
+    let manifests = |folder: &Path| -> usize {
+        std::fs::read_dir(folder)
+            .map(|entries| entries.flatten().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        manifests(&deleted_nodes),
+        1,
+        "DeleteBackup leaves the node manifests"
+    );
 
     // The purge frees the first index's object, exactly.
     let run = purge(client, false).await;
     let result = run.purge_result.expect("a result");
     let after = stored_objects(&setup.objects);
     assert_eq!(result.objects_deleted, 1, "{result:?}");
+    assert_eq!(result.uncommitted_folders, 1, "{result:?}");
+    assert_eq!(
+        manifests(&deleted_nodes),
+        0,
+        "the deleted backup's node manifests are gone"
+    );
     let gone: Vec<&String> = before
         .keys()
         .filter(|hash| !after.contains_key(*hash))

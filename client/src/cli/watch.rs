@@ -213,12 +213,13 @@ pub fn render_purge(run: &proto::Run, purge: &proto::PurgeResult, now: SystemTim
     } else {
         out.push_str(&format!(
             ": {} of {} objects deleted, {} freed ({} kept for backups committed meanwhile, \
-             {} waits for backups)\n",
+             {} waits for backups), {} uncommitted backup folders cleared\n",
             purge.objects_deleted,
             purge.objects_listed,
             format::human_bytes(purge.bytes_freed),
             purge.objects_reclaimed,
-            purge.waits
+            purge.waits,
+            purge.uncommitted_folders
         ));
     }
     out

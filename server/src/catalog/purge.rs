@@ -102,4 +102,25 @@ impl Catalog {
         .map_err(|error| database_error("look up active backups", error))?;
         Ok(active.is_some())
     }
+
+    /// The backups that active backup runs of the cluster at the location write.
+    pub async fn active_backup_ids(
+        &self,
+        cluster_id: Uuid,
+        location_id: Uuid,
+    ) -> Result<Vec<Uuid>> {
+        let ids: Vec<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT backup_id FROM runs WHERE cluster_id = ? AND location_id = ? \
+             AND kind = 'backup' AND state IN {ACTIVE_RUN_STATES}"
+        )))
+        .bind(cluster_id.to_string())
+        .bind(location_id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| database_error("look up active backups", error))?;
+        ids.into_iter()
+            .flatten()
+            .map(|id| super::parse_uuid(&id))
+            .collect()
+    }
 }

@@ -24,4 +24,6 @@ pub struct PurgeResult {
     pub bytes_freed: u64,
     /// Times it waited for active backups before deleting.
     pub waits: u64,
+    /// Backup folders without a commit manifest it cleared (or, dry, would clear).
+    pub uncommitted_folders: u64,
 }

@@ -99,16 +99,24 @@ async fn purge(handle: &mut RunHandle, plan: &PurgePlan) -> Result<()> {
     let mut checked: HashSet<Uuid> = HashSet::new();
     mark_references(handle, plan, &mut checked).await?;
     let (_, unreferenced, unreferenced_bytes) = catalog.listed_object_counts(run_id).await?;
+    let uncommitted = uncommitted_folders(handle, plan).await?;
     handle
         .transition(|run| {
             update(run, |result| {
                 result.objects_unreferenced = unreferenced;
                 result.bytes_unreferenced = unreferenced_bytes;
+                result.uncommitted_folders = uncommitted.len() as u64;
             });
         })
         .await?;
-    tracing::info!(listed, unreferenced, unreferenced_bytes, "purge marked");
-    if plan.dry_run || unreferenced == 0 {
+    tracing::info!(
+        listed,
+        unreferenced,
+        unreferenced_bytes,
+        uncommitted = uncommitted.len(),
+        "purge marked"
+    );
+    if plan.dry_run || (unreferenced == 0 && uncommitted.is_empty()) {
         return Ok(());
     }
 
@@ -153,6 +161,11 @@ async fn purge(handle: &mut RunHandle, plan: &PurgePlan) -> Result<()> {
             }
             let batch = catalog.unreferenced_objects(run_id, DELETE_BATCH).await?;
             if batch.is_empty() {
+                // Still in the window: no backup of the cluster uploads or commits here now.
+                let cleared = clear_uncommitted(handle, plan, &uncommitted).await?;
+                handle
+                    .progress(|run| update(run, |result| result.uncommitted_folders = cleared))
+                    .await;
                 break 'windows;
             }
             let mut paths = Vec::with_capacity(batch.len());
@@ -207,6 +220,98 @@ async fn purge(handle: &mut RunHandle, plan: &PurgePlan) -> Result<()> {
         .await?;
     tracing::info!(deleted, freed, waits, "purge done");
     Ok(())
+}
+
+/// The backup folders of the cluster at the location that hold no commit manifest and that no
+/// active backup run writes: deleted backups (their node manifests stay) and runs that never
+/// committed.
+async fn uncommitted_folders(handle: &RunHandle, plan: &PurgePlan) -> Result<Vec<Uuid>> {
+    let layout = ClusterLayout::new(plan.cluster.id);
+    let agents = handle.manager().agents();
+    let catalog = handle.manager().catalog();
+    let folders = match storage::list_folder(
+        agents,
+        &plan.cluster,
+        &plan.location,
+        &layout.backups(),
+    )
+    .await
+    {
+        Ok(folders) => folders,
+        Err(Error::NotFound { .. }) => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let committed: HashSet<Uuid> = catalog
+        .backup_ids(plan.cluster.id, plan.location.id)
+        .await?
+        .into_iter()
+        .collect();
+    let active: HashSet<Uuid> = catalog
+        .active_backup_ids(plan.cluster.id, plan.location.id)
+        .await?
+        .into_iter()
+        .collect();
+    let mut uncommitted = Vec::new();
+    for folder in folders {
+        let Some(backup_id) = folder
+            .strip_prefix(&layout.backups())
+            .and_then(|rest| rest.strip_suffix('/'))
+            .and_then(|id| Uuid::parse_str(id).ok())
+        else {
+            continue;
+        };
+        if committed.contains(&backup_id) || active.contains(&backup_id) {
+            continue;
+        }
+        let manifest = layout.backup_manifest(backup_id);
+        match storage::get_object(agents, &plan.cluster, &plan.location, &manifest).await {
+            Err(Error::NotFound { .. }) => uncommitted.push(backup_id),
+            // Committed and unknown to the catalog: the purge was refused for those at start.
+            Ok(_) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(uncommitted)
+}
+
+/// Removes the node manifests of the uncommitted backup folders, inside a deletion window;
+/// a folder an active run writes now (a backup waiting for the window) is left. Returns how
+/// many folders were cleared.
+async fn clear_uncommitted(handle: &RunHandle, plan: &PurgePlan, folders: &[Uuid]) -> Result<u64> {
+    let layout = ClusterLayout::new(plan.cluster.id);
+    let agents = handle.manager().agents();
+    let active: HashSet<Uuid> = handle
+        .manager()
+        .catalog()
+        .active_backup_ids(plan.cluster.id, plan.location.id)
+        .await?
+        .into_iter()
+        .collect();
+    let mut cleared = 0;
+    for backup_id in folders.iter().filter(|id| !active.contains(id)) {
+        let manifest = layout.backup_manifest(*backup_id);
+        match storage::get_object(agents, &plan.cluster, &plan.location, &manifest).await {
+            Err(Error::NotFound { .. }) => {}
+            Ok(_) => continue,
+            Err(error) => return Err(error),
+        }
+        let nodes = format!("{}{backup_id}/nodes/", layout.backups());
+        let paths = match storage::list_folder(agents, &plan.cluster, &plan.location, &nodes).await
+        {
+            Ok(paths) => paths,
+            Err(Error::NotFound { .. }) => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        let files: Vec<String> = paths
+            .into_iter()
+            .filter(|path| !path.ends_with('/'))
+            .collect();
+        if !files.is_empty() {
+            storage::delete_objects(agents, &plan.cluster, &plan.location, &files).await?;
+        }
+        cleared += 1;
+    }
+    Ok(cleared)
 }
 
 /// Marks as referenced, in the run's listing, everything the cluster's committed backups at the

@@ -166,6 +166,7 @@ impl From<Run> for proto::Run {
                 objects_deleted: purge.objects_deleted,
                 bytes_freed: purge.bytes_freed,
                 waits: purge.waits,
+                uncommitted_folders: purge.uncommitted_folders,
             }),
         }
     }
