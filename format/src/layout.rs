@@ -108,6 +108,15 @@ impl ClusterLayout {
         format!("clusters/{}/backups/", self.cluster_id)
     }
 
+    /// The backup a folder path of a listing of [`Self::backups`] names
+    /// (`clusters/<cluster>/backups/<backup-id>/`); `None` for anything else.
+    pub fn backup_of_folder(&self, folder: &str) -> Option<Uuid> {
+        folder
+            .strip_prefix(&self.backups())?
+            .strip_suffix('/')
+            .and_then(|id| Uuid::parse_str(id).ok())
+    }
+
     /// Path of a node's manifest in a backup.
     pub fn node_manifest(&self, backup_id: Uuid, node_id: Uuid) -> String {
         format!(
@@ -186,6 +195,29 @@ impl<'de> Deserialize<'de> for ContentHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_folders_name_their_backup() {
+        let layout = ClusterLayout::new(Uuid::from_u128(1));
+        let backup = Uuid::from_u128(2);
+        assert_eq!(
+            layout.backup_of_folder(&format!("{}{backup}/", layout.backups())),
+            Some(backup)
+        );
+        assert_eq!(
+            layout.backup_of_folder(&format!("{}{backup}", layout.backups())),
+            None
+        );
+        assert_eq!(
+            layout.backup_of_folder(&format!("{}notes/", layout.backups())),
+            None
+        );
+        let other = ClusterLayout::new(Uuid::from_u128(3));
+        assert_eq!(
+            layout.backup_of_folder(&format!("{}{backup}/", other.backups())),
+            None
+        );
+    }
 
     #[test]
     fn paths_follow_the_documented_layout() {

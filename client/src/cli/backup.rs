@@ -211,21 +211,7 @@ async fn start(args: StartArgs, session: &Session) -> Result<(), CliError> {
     let client = session.connect().await?;
     let response = client.backups().start_backup(request).await?.into_inner();
     let run_id = response.run_id.clone();
-    match (session.output.format(), follow) {
-        (OutputFormat::Json, false) => {
-            return session.output.response(&response, |_| Ok(String::new()));
-        }
-        // stdout carries only the stream of WatchRunResponse lines; each names the run.
-        (OutputFormat::Json, true) => session.output.note(format_args!("started run {run_id}")),
-        (OutputFormat::Table, _) => session.output.data(&format!("{run_id}\n"))?,
-    }
-    if !follow {
-        session.output.note(format_args!(
-            "backup running in the background; follow it with: cofferctl run watch {run_id}"
-        ));
-        return Ok(());
-    }
-    watch::watch(session, &client, &run_id).await
+    watch::started(session, &client, &response, &run_id, follow, "backup").await
 }
 
 async fn list(args: ListArgs, session: &Session) -> Result<(), CliError> {

@@ -339,20 +339,7 @@ async fn purge(args: PurgeArgs, session: &Session) -> Result<(), CliError> {
         .await?
         .into_inner();
     let run_id = response.run_id.clone();
-    match (session.output.format(), args.watch) {
-        (OutputFormat::Json, false) => {
-            return session.output.response(&response, |_| Ok(String::new()));
-        }
-        (OutputFormat::Json, true) => session.output.note(format_args!("started run {run_id}")),
-        (OutputFormat::Table, _) => session.output.data(&format!("{run_id}\n"))?,
-    }
-    if !args.watch {
-        session.output.note(format_args!(
-            "purge running in the background; follow it with: cofferctl run watch {run_id}"
-        ));
-        return Ok(());
-    }
-    crate::cli::watch::watch(session, &client, &run_id).await
+    crate::cli::watch::started(session, &client, &response, &run_id, args.watch, "purge").await
 }
 
 async fn validate(args: ValidateArgs, session: &Session) -> Result<(), CliError> {
@@ -366,20 +353,18 @@ async fn validate(args: ValidateArgs, session: &Session) -> Result<(), CliError>
         .await?
         .into_inner();
     let run_id = response.run_id.clone();
-    match (session.output.format(), args.watch) {
-        (OutputFormat::Json, false) => {
-            return session.output.response(&response, |_| Ok(String::new()));
-        }
-        (OutputFormat::Json, true) => session.output.note(format_args!("started run {run_id}")),
-        (OutputFormat::Table, _) => session.output.data(&format!("{run_id}\n"))?,
-    }
+    crate::cli::watch::started(
+        session,
+        &client,
+        &response,
+        &run_id,
+        args.watch,
+        "validation",
+    )
+    .await?;
     if !args.watch {
-        session.output.note(format_args!(
-            "validation running in the background; follow it with: cofferctl run watch {run_id}"
-        ));
         return Ok(());
     }
-    crate::cli::watch::watch(session, &client, &run_id).await?;
     let run = client
         .runs()
         .get_run(proto::GetRunRequest { run_id })

@@ -7,7 +7,6 @@ use clap::{Args, Subcommand};
 use coffer_client::proto;
 
 use crate::cli::exit::EXIT_CODES_HELP;
-use crate::cli::output::OutputFormat;
 use crate::cli::parse::{parse_idempotency_key, parse_timestamp};
 use crate::cli::transfer::{FilterArgs, LimitArgs};
 use crate::cli::{CliError, Session, watch};
@@ -150,20 +149,7 @@ async fn start(args: StartArgs, session: &Session) -> Result<(), CliError> {
     let follow = args.watch || args.dry_run;
     let response = client.restores().start_restore(request).await?.into_inner();
     let run_id = response.run_id.clone();
-    match (session.output.format(), follow) {
-        (OutputFormat::Json, false) => {
-            return session.output.response(&response, |_| Ok(String::new()));
-        }
-        (OutputFormat::Json, true) => session.output.note(format_args!("started run {run_id}")),
-        (OutputFormat::Table, _) => session.output.data(&format!("{run_id}\n"))?,
-    }
-    if !follow {
-        session.output.note(format_args!(
-            "restore running in the background; follow it with: cofferctl run watch {run_id}"
-        ));
-        return Ok(());
-    }
-    watch::watch(session, &client, &run_id).await
+    watch::started(session, &client, &response, &run_id, follow, "restore").await
 }
 
 #[cfg(test)]

@@ -557,20 +557,7 @@ async fn run_now(args: RunArgs, session: &Session) -> Result<(), CliError> {
         .map(|fire| fire.run_id.clone())
         .filter(|id| !id.is_empty())
         .ok_or_else(|| CliError::Protocol("the fire names no run".to_owned()))?;
-    match (session.output.format(), args.watch) {
-        (OutputFormat::Json, false) => {
-            return session.output.response(&response, |_| Ok(String::new()));
-        }
-        (OutputFormat::Json, true) => session.output.note(format_args!("started run {run_id}")),
-        (OutputFormat::Table, _) => session.output.data(&format!("{run_id}\n"))?,
-    }
-    if !args.watch {
-        session.output.note(format_args!(
-            "backup running in the background; follow it with: cofferctl run watch {run_id}"
-        ));
-        return Ok(());
-    }
-    watch::watch(session, &client, &run_id).await
+    watch::started(session, &client, &response, &run_id, args.watch, "backup").await
 }
 
 async fn fires(args: FiresArgs, session: &Session) -> Result<(), CliError> {

@@ -66,6 +66,37 @@ pub async fn watch(session: &Session, client: &CofferClient, run_id: &str) -> Re
     outcome(&run)
 }
 
+/// What every command that starts a run does next: prints the run id (or, with `-o json` and
+/// without following, the response), then follows the run with [`watch`] when `follow`, or
+/// says how to (`what` names the run: `backup`, `restore`, ...).
+pub async fn started<M>(
+    session: &Session,
+    client: &CofferClient,
+    response: &M,
+    run_id: &str,
+    follow: bool,
+    what: &str,
+) -> Result<(), CliError>
+where
+    M: prost::Message + prost::Name,
+{
+    match (session.output.format(), follow) {
+        (OutputFormat::Json, false) => {
+            return session.output.response(response, |_| Ok(String::new()));
+        }
+        // stdout carries only the stream of WatchRunResponse lines; each names the run.
+        (OutputFormat::Json, true) => session.output.note(format_args!("started run {run_id}")),
+        (OutputFormat::Table, _) => session.output.data(&format!("{run_id}\n"))?,
+    }
+    if !follow {
+        session.output.note(format_args!(
+            "{what} running in the background; follow it with: cofferctl run watch {run_id}"
+        ));
+        return Ok(());
+    }
+    watch(session, client, run_id).await
+}
+
 /// Reads watch streams that `open` opens, hands every message to `sink`, and returns the run in
 /// its first final state.
 ///

@@ -62,6 +62,37 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Every backup of a cluster at a location, oldest first (a few hundred at most in
+    /// practice; their files are in storage, not here).
+    pub async fn backups_at(
+        &self,
+        cluster_id: Uuid,
+        location_id: Uuid,
+    ) -> Result<Vec<BackupRecord>> {
+        let mut backups = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, more) = self
+                .list_backups(&ListBackups {
+                    page_size: 500,
+                    after,
+                    cluster_id: Some(cluster_id),
+                    location_id: Some(location_id),
+                    ..ListBackups::default()
+                })
+                .await?;
+            after = page
+                .last()
+                .map(|backup| (millis(backup.start_time), backup.id));
+            backups.extend(page);
+            if !more {
+                break;
+            }
+        }
+        backups.reverse();
+        Ok(backups)
+    }
+
     /// The ids of every backup of a cluster at a location.
     pub async fn backup_ids(&self, cluster_id: Uuid, location_id: Uuid) -> Result<Vec<Uuid>> {
         let ids: Vec<String> =

@@ -116,13 +116,7 @@ impl LocationService for LocationHandler {
         request: Request<proto::ImportLocationRequest>,
     ) -> Result<Response<proto::ImportLocationResponse>, Status> {
         let request = request.into_inner();
-        if request.location.is_empty() {
-            return Err(crate::error::Error::invalid(
-                "location",
-                "is required (a location name or id)",
-            )
-            .into());
-        }
+        required(&request.location, "location")?;
         let via = AgentAddress::parse("agent", &request.agent)?;
         let report = self.importer.import(&request.location, &via).await?;
         Ok(Response::new(report.into()))
@@ -133,18 +127,8 @@ impl LocationService for LocationHandler {
         request: Request<proto::ValidateLocationRequest>,
     ) -> Result<Response<proto::ValidateLocationResponse>, Status> {
         let request = request.into_inner();
-        for (field, value, what) in [
-            ("location", &request.location, "location"),
-            ("cluster", &request.cluster, "cluster"),
-        ] {
-            if value.is_empty() {
-                return Err(crate::error::Error::invalid(
-                    field,
-                    format!("is required (a {what} name or id)"),
-                )
-                .into());
-            }
-        }
+        required(&request.location, "location")?;
+        required(&request.cluster, "cluster")?;
         let run_id = self
             .validations
             .start(&request.location, &request.cluster)

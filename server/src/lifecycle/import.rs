@@ -170,11 +170,7 @@ impl Importer {
                     Err(error) => return Err(error),
                 };
             for backup_folder in backup_folders {
-                let Some(backup_id) = backup_folder
-                    .strip_prefix(&layout.backups())
-                    .and_then(|rest| rest.strip_suffix('/'))
-                    .and_then(|id| Uuid::parse_str(id).ok())
-                else {
+                let Some(backup_id) = layout.backup_of_folder(&backup_folder) else {
                     continue;
                 };
                 let path = layout.backup_manifest(backup_id);

@@ -109,11 +109,7 @@ impl Purges {
             .into_iter()
             .collect();
         for folder in folders {
-            let Some(backup_id) = folder
-                .strip_prefix(&layout.backups())
-                .and_then(|rest| rest.strip_suffix('/'))
-                .and_then(|id| Uuid::parse_str(id).ok())
-            else {
+            let Some(backup_id) = layout.backup_of_folder(&folder) else {
                 continue;
             };
             if known.contains(&backup_id) {

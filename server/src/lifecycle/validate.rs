@@ -9,14 +9,10 @@ use crate::catalog::{Catalog, RunInsert};
 use crate::clusters::ClusterRegistry;
 use crate::error::Result;
 use crate::locations::LocationRegistry;
-use crate::model::backup::ListBackups;
 use crate::model::run::{Run, RunKind, RunSpec, RunState};
 use crate::model::validation::ValidateSpec;
 use crate::runs::RunManager;
 use crate::runs::validate::{self, ValidatePlan};
-
-/// Backups read at once while planning a validation.
-const BACKUP_PAGE: u32 = 500;
 
 /// Starts validations.
 #[derive(Debug, Clone)]
@@ -48,36 +44,7 @@ impl Validations {
     pub async fn start(&self, location: &str, cluster: &str) -> Result<Uuid> {
         let cluster = self.clusters.get(cluster).await?;
         let location = self.locations.get(location).await?;
-        let mut backups = Vec::new();
-        let mut after = None;
-        loop {
-            let (page, more) = self
-                .catalog
-                .list_backups(&ListBackups {
-                    page_size: BACKUP_PAGE,
-                    after,
-                    cluster_id: Some(cluster.id),
-                    location_id: Some(location.id),
-                    ..ListBackups::default()
-                })
-                .await?;
-            after = page.last().map(|backup| {
-                (
-                    backup
-                        .start_time
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-                        .unwrap_or(0),
-                    backup.id,
-                )
-            });
-            backups.extend(page);
-            if !more {
-                break;
-            }
-        }
-        // Listed newest first; checked oldest first.
-        backups.reverse();
+        let backups = self.catalog.backups_at(cluster.id, location.id).await?;
         let now = SystemTime::now();
         let run = Run {
             id: Uuid::now_v7(),

@@ -28,7 +28,7 @@ use super::validate::list_objects;
 use crate::agents::storage;
 use crate::error::{Error, Result};
 use crate::model::Cluster;
-use crate::model::backup::{BackupRecord, ListBackups};
+use crate::model::backup::BackupRecord;
 use crate::model::location::Location;
 use crate::model::purge::PurgeResult;
 use crate::model::run::RunState;
@@ -253,11 +253,7 @@ async fn uncommitted_folders(handle: &RunHandle, plan: &PurgePlan) -> Result<Vec
         .collect();
     let mut uncommitted = Vec::new();
     for folder in folders {
-        let Some(backup_id) = folder
-            .strip_prefix(&layout.backups())
-            .and_then(|rest| rest.strip_suffix('/'))
-            .and_then(|id| Uuid::parse_str(id).ok())
-        else {
+        let Some(backup_id) = layout.backup_of_folder(&folder) else {
             continue;
         };
         if committed.contains(&backup_id) || active.contains(&backup_id) {
@@ -321,36 +317,17 @@ async fn mark_references(
     plan: &PurgePlan,
     checked: &mut HashSet<Uuid>,
 ) -> Result<()> {
-    let catalog = handle.manager().catalog();
-    let mut after = None;
-    loop {
-        let (page, more) = catalog
-            .list_backups(&ListBackups {
-                page_size: 200,
-                after,
-                cluster_id: Some(plan.cluster.id),
-                location_id: Some(plan.location.id),
-                ..ListBackups::default()
-            })
-            .await?;
-        after = page.last().map(|backup| (start_ms(backup), backup.id));
-        for backup in page {
-            if checked.insert(backup.id) {
-                mark_backup(handle, plan, &backup).await?;
-            }
-        }
-        if !more {
-            return Ok(());
+    let backups = handle
+        .manager()
+        .catalog()
+        .backups_at(plan.cluster.id, plan.location.id)
+        .await?;
+    for backup in backups {
+        if checked.insert(backup.id) {
+            mark_backup(handle, plan, &backup).await?;
         }
     }
-}
-
-fn start_ms(backup: &BackupRecord) -> i64 {
-    backup
-        .start_time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    Ok(())
 }
 
 /// Marks what one backup refers to; a manifest that cannot be read fails the purge.
