@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use crate::agents::storage;
+use crate::agents::{storage, stored};
 use crate::catalog::{Catalog, RunInsert};
 use crate::clusters::ClusterRegistry;
 use crate::error::{Error, Result};
@@ -303,8 +303,7 @@ impl Backups {
                 run.id
             )));
         }
-        let path = coffer_format::ClusterLayout::new(cluster.id).backup_manifest(backup.id);
-        storage::delete_object(self.runs.agents(), &cluster, &location, &path).await?;
+        stored::remove_backup_manifest(self.runs.agents(), &cluster, &location, backup.id).await?;
         self.catalog.delete_backup(id).await?;
         tracing::info!(backup_id = %id, "deleted backup");
         Ok(())

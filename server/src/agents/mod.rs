@@ -1,7 +1,8 @@
 //! Calls to node agents: the only part of the server that speaks the agent protocol.
 //!
 //! [`AgentClients`] is the connection pool; the submodules hold the calls, by what they do:
-//! [`storage`] (objects and manifests in a location, location checks), [`snapshot`] (snapshots
+//! [`storage`] (objects and manifests in a location, location checks), [`stored`] (the format
+//! marker and commit manifests), [`snapshot`] (snapshots
 //! and uploads), [`restore`] (a node's restore), with [`convert`] translating between the domain
 //! and `coffer.agent.v1`. Failures come back as [`AgentError`]: the agent's address, what kind
 //! of failure the agent reported ([`AgentCode`]) and its message.
@@ -29,6 +30,7 @@ pub mod convert;
 pub mod restore;
 pub mod snapshot;
 pub mod storage;
+pub mod stored;
 
 /// Why an agent call failed, as shown to operators.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

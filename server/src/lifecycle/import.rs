@@ -15,7 +15,7 @@ use coffer_format::{BackupManifest, ClusterLayout};
 use uuid::Uuid;
 
 use crate::agents::AgentClients;
-use crate::agents::storage::{self, Through};
+use crate::agents::{storage, stored};
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -173,12 +173,10 @@ impl Importer {
                 let Some(backup_id) = layout.backup_of_folder(&backup_folder) else {
                     continue;
                 };
-                let path = layout.backup_manifest(backup_id);
-                match storage::get_object(agents, Through::from(via), location, &path).await {
-                    Ok(bytes) => backups.push(
-                        BackupManifest::decode(&path, &bytes)
-                            .map_err(|error| Error::FailedPrecondition(error.to_string()))?,
-                    ),
+                match stored::read_backup_manifest(agents, via, location, cluster_id, backup_id)
+                    .await
+                {
+                    Ok(manifest) => backups.push(manifest),
                     Err(Error::NotFound { .. }) => uncommitted += 1,
                     Err(error) => return Err(error),
                 }

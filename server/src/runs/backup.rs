@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::agents::snapshot::{self, UploadOrder};
-use crate::agents::{AgentClients, storage};
+use crate::agents::{AgentClients, stored};
 use crate::error::{Error, Result};
 use crate::model::backup::BackupRecord;
 use crate::model::location::Location;
@@ -120,7 +120,13 @@ async fn run_backup(
     let cancel = handle.cancelled();
     let running_ms = steps.next();
     // Before touching any node: the location must hold Coffer's format (or nothing yet).
-    ensure_format_marker(handle.manager().agents(), plan, !run.dry_run).await?;
+    stored::ensure_format_marker(
+        handle.manager().agents(),
+        &plan.cluster,
+        &plan.location,
+        !run.dry_run,
+    )
+    .await?;
     let marker_ms = steps.next();
     if cancel.is_cancelled() {
         return Err(Error::Canceled);
@@ -160,27 +166,6 @@ impl StepTimer {
         let elapsed = now.duration_since(self.0).as_millis() as u64;
         self.0 = now;
         elapsed
-    }
-}
-
-/// Checks the location's `coffer.json`: a location of another format, or of a newer version of
-/// Coffer's, is refused before anything is written. A location without one gets one (unless
-/// `write` is false, for dry runs).
-async fn ensure_format_marker(agents: &AgentClients, plan: &BackupPlan, write: bool) -> Result<()> {
-    let path = coffer_format::MARKER_PATH;
-    match storage::get_object(agents, &plan.cluster, &plan.location, path).await {
-        Ok(content) => coffer_format::FormatMarker::parse(&content)
-            .map(|_| ())
-            .map_err(|error| {
-                Error::FailedPrecondition(format!("location {}: {error}", plan.location.name))
-            }),
-        Err(Error::NotFound { .. }) if write => {
-            let marker = serde_json::to_vec(&coffer_format::FormatMarker::default())
-                .map_err(|error| Error::internal("encode format marker", error))?;
-            storage::put_object(agents, &plan.cluster, &plan.location, path, marker).await
-        }
-        Err(Error::NotFound { .. }) => Ok(()),
-        Err(error) => Err(error),
     }
 }
 
@@ -335,33 +320,16 @@ async fn commit(
             })
             .collect(),
     };
-    manifest
-        .validate()
-        .map_err(|error| Error::internal("build backup manifest", error))?;
-    let content = manifest.encode();
-    let path = coffer_format::ClusterLayout::new(plan.cluster.id).backup_manifest(backup_id);
     if handle.cancelled().is_cancelled() {
         return Err(Error::Canceled);
     }
-    storage::put_object(
-        handle.manager().agents(),
-        &plan.cluster,
-        &plan.location,
-        &path,
-        content,
-    )
-    .await?;
+    let agents = handle.manager().agents();
+    stored::write_backup_manifest(agents, &plan.cluster, &plan.location, &manifest).await?;
     let record = BackupRecord::from_manifest(&manifest, &plan.location);
     if let Err(error) = handle.manager().catalog().record_backup(&record).await {
         // Canceled while the manifest was being written: take the commit back.
         tracing::warn!(%error, "backup not recorded; removing its commit manifest");
-        storage::delete_object(
-            handle.manager().agents(),
-            &plan.cluster,
-            &plan.location,
-            &path,
-        )
-        .await?;
+        stored::remove_backup_manifest(agents, &plan.cluster, &plan.location, backup_id).await?;
         return Err(error);
     }
     tracing::info!(backup_id = %backup_id, "backup committed");

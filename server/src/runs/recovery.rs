@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use crate::agents::{snapshot, storage};
+use crate::agents::{snapshot, stored};
 use crate::error::{Error, Result};
 use crate::model::Cluster;
 use crate::model::backup::BackupRecord;
@@ -86,17 +86,19 @@ pub(super) async fn recover(manager: &RunManager, mut run: Run) {
         && !run.dry_run
         && is_backup
     {
-        let path = coffer_format::ClusterLayout::new(cluster.id).backup_manifest(backup_id);
-        match storage::get_object(manager.agents(), cluster, location, &path).await {
-            Ok(content) => match coffer_format::BackupManifest::decode(&path, &content) {
-                Ok(manifest) => {
-                    let record = BackupRecord::from_manifest(&manifest, location);
-                    committed = manager.catalog().record_backup(&record).await.is_ok();
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "unreadable commit manifest of an interrupted run")
-                }
-            },
+        match stored::read_backup_manifest(
+            manager.agents(),
+            cluster,
+            location,
+            cluster.id,
+            backup_id,
+        )
+        .await
+        {
+            Ok(manifest) => {
+                let record = BackupRecord::from_manifest(&manifest, location);
+                committed = manager.catalog().record_backup(&record).await.is_ok();
+            }
             Err(Error::NotFound { .. }) => {}
             Err(error) => {
                 tracing::warn!(%error, "look for the commit manifest of an interrupted run")
