@@ -94,8 +94,21 @@ pub struct DescribedSchedule {
     pub retry_first_wait_ms: u64,
     #[serde(default)]
     pub retry_max_wait_ms: u64,
+    /// The validation after each backup; absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<DescribedValidation>,
     #[serde(default)]
     pub paused: bool,
+}
+
+/// A schedule's validation after each backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribedValidation {
+    /// `quick` or `deep`.
+    pub depth: String,
+    /// For `deep`, the percent of objects verified each time.
+    #[serde(default)]
+    pub sample_percent: u32,
 }
 
 /// Why a description was refused.
@@ -180,6 +193,10 @@ mod tests {
                 retry_attempts: 3,
                 retry_first_wait_ms: 600_000,
                 retry_max_wait_ms: 21_600_000,
+                validation: Some(DescribedValidation {
+                    depth: "deep".into(),
+                    sample_percent: 10,
+                }),
                 paused: false,
             }],
             write_time: "2026-12-06T22:00:00Z".into(),

@@ -33,6 +33,7 @@ pub use manifest::{
 };
 pub use object::{
     Codec, Compression, DownloadError, LocationWriteback, RateLimiter, UploadError, UploadOptions,
-    UploadOutcome, download_object, hash_file, object_exists, upload_file,
+    UploadOutcome, download_object, hash_file, object_exists, stored_size_range, upload_file,
+    verify_object,
 };
 pub use storage::{SecretSource, StorageConfig, StorageError, open_operator};

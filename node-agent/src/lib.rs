@@ -17,6 +17,7 @@ pub mod reserved;
 pub mod restore;
 pub mod snapshot;
 pub mod upload;
+pub mod verify;
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -91,10 +91,17 @@ impl Coffer {
             locations.clone(),
             runs.clone(),
         );
+        let validations = Validations::new(
+            catalog.clone(),
+            (*clusters).clone(),
+            locations.clone(),
+            runs.clone(),
+        );
         let scheduler = Scheduler::new(
             catalog.clone(),
             backups.clone(),
             purges.clone(),
+            validations.clone(),
             clock.clone(),
             config.scheduler_tick,
         );
@@ -105,12 +112,6 @@ impl Coffer {
             scheduler.clone(),
         );
         let importer = Importer::new(catalog.clone(), locations.clone(), agents, clock);
-        let validations = Validations::new(
-            catalog.clone(),
-            (*clusters).clone(),
-            locations.clone(),
-            runs.clone(),
-        );
         Ok(Self {
             catalog,
             clusters,

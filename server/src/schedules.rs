@@ -65,6 +65,7 @@ impl Schedules {
                 backup,
                 retention: new.retention,
                 retry: new.retry,
+                validation: new.validation,
                 paused: new.paused,
                 next_fire_ms,
                 last_fire: None,
@@ -142,6 +143,9 @@ impl Schedules {
             }
             if let Some(retry) = update.retry {
                 schedule.retry = retry;
+            }
+            if let Some(validation) = update.validation {
+                schedule.validation = validation;
             }
             if let Some(paused) = update.paused {
                 schedule.paused = paused;

@@ -65,6 +65,7 @@ async fn validation(client: &CofferClient) -> proto::ValidationResult {
         .validate_location(proto::ValidateLocationRequest {
             location: "vault".into(),
             cluster: "prod".into(),
+            ..Default::default()
         })
         .await
         .expect("validate")

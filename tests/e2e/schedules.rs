@@ -792,6 +792,7 @@ async fn retention_deletes_what_no_rule_keeps_and_a_kept_incremental_restores_al
         .validate_location(proto::ValidateLocationRequest {
             location: "vault".into(),
             cluster: "prod".into(),
+            ..Default::default()
         })
         .await
         .expect("validate")

@@ -16,6 +16,7 @@ async fn validate(client: &CofferClient) -> proto::Run {
         .validate_location(proto::ValidateLocationRequest {
             location: "vault".into(),
             cluster: "prod".into(),
+            ..Default::default()
         })
         .await
         .expect("validate")
@@ -188,6 +189,7 @@ async fn validation_finds_missing_objects_unreadable_manifests_and_orphans() {
             .validate_location(proto::ValidateLocationRequest {
                 location: location.into(),
                 cluster: cluster.into(),
+                ..Default::default()
             })
             .await
             .expect_err("refused");

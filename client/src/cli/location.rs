@@ -97,6 +97,14 @@ pub struct ValidateArgs {
     /// Name or id of the cluster whose backups are checked.
     #[arg(long, value_name = "CLUSTER", value_parser = non_empty())]
     pub cluster: String,
+    /// Also download objects and verify their BLAKE3 (all of them, or --sample of them).
+    #[arg(long)]
+    pub deep: bool,
+    /// With --deep, verify this percent of the objects, those verified longest ago first:
+    /// repeated sampled validations cover every object.
+    #[arg(long, value_name = "PERCENT", requires = "deep",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub sample: Option<u32>,
     /// Follow the run to its end and exit by what it found.
     #[arg(long)]
     pub watch: bool,
@@ -349,6 +357,13 @@ async fn validate(args: ValidateArgs, session: &Session) -> Result<(), CliError>
         .validate_location(proto::ValidateLocationRequest {
             location: args.location,
             cluster: args.cluster,
+            depth: if args.deep {
+                proto::ValidationDepth::Deep
+            } else {
+                proto::ValidationDepth::Quick
+            }
+            .into(),
+            sample_percent: args.sample.unwrap_or(0),
         })
         .await?
         .into_inner();

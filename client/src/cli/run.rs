@@ -350,7 +350,7 @@ fn spec_rows(run: &proto::Run, location_name: Option<&str>) -> Vec<(&'static str
     use proto::run::Spec;
 
     match &run.spec {
-        Some(Spec::Validate(proto::ValidateSpec { location }))
+        Some(Spec::Validate(proto::ValidateSpec { location, .. }))
         | Some(Spec::Purge(proto::PurgeSpec { location })) => vec![(
             "Location",
             match location_name {

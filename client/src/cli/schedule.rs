@@ -154,6 +154,41 @@ impl RetryArgs {
     }
 }
 
+/// How thorough the validation after each backup is (`--validate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ValidateDepth {
+    /// The listing against every manifest: missing objects, impossible sizes.
+    Quick,
+    /// Quick, and objects downloaded and their BLAKE3 verified.
+    Deep,
+}
+
+/// `--validate`, `--validate-sample`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Args)]
+pub struct ValidationArgs {
+    /// Validate the location after each backup of the schedule commits.
+    #[arg(long, value_name = "DEPTH")]
+    pub validate: Option<ValidateDepth>,
+    /// With --validate deep, verify this percent of the objects each time, those verified
+    /// longest ago first (every object is verified within 100/PERCENT backups).
+    #[arg(long, value_name = "PERCENT", requires = "validate",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub validate_sample: Option<u32>,
+}
+
+impl ValidationArgs {
+    fn request(self) -> Option<proto::ScheduleValidation> {
+        self.validate.map(|depth| proto::ScheduleValidation {
+            depth: match depth {
+                ValidateDepth::Quick => proto::ValidationDepth::Quick,
+                ValidateDepth::Deep => proto::ValidationDepth::Deep,
+            }
+            .into(),
+            sample_percent: self.validate_sample.unwrap_or(0),
+        })
+    }
+}
+
 /// `--cron`, `--time-zone`, `--every`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct TriggerArgs {
@@ -216,6 +251,8 @@ pub struct CreateArgs {
     pub retention: RetentionArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
+    #[command(flatten)]
+    pub validation: ValidationArgs,
     /// Create the schedule paused.
     #[arg(long)]
     pub paused: bool,
@@ -256,6 +293,11 @@ pub struct UpdateArgs {
     pub keep_all: bool,
     #[command(flatten)]
     pub retry: RetryArgs,
+    #[command(flatten)]
+    pub validation: ValidationArgs,
+    /// Validate nothing after the schedule's backups any more.
+    #[arg(long, conflicts_with = "validate")]
+    pub no_validate: bool,
 }
 
 /// Arguments of `schedule list`.
@@ -343,6 +385,7 @@ pub fn create_request(args: &CreateArgs) -> Result<proto::CreateScheduleRequest,
         }),
         retention: (!args.retention.is_empty()).then(|| args.retention.apply(None)),
         retry: (!args.retry.is_empty()).then(|| args.retry.apply(None)),
+        validation: args.validation.request(),
         paused: args.paused,
     })
 }
@@ -401,10 +444,12 @@ pub fn update_request(
         && backup.is_none()
         && retention.is_none()
         && retry.is_none()
+        && args.validation.validate.is_none()
+        && !args.no_validate
     {
         return Err(CliError::Usage(
             "nothing to change: give --name, --cron, --every, --location, a --keep-* or a \
-             --retry* flag, ..."
+             --retry* or a --validate flag, ..."
                 .to_owned(),
         ));
     }
@@ -416,6 +461,8 @@ pub fn update_request(
         retention,
         paused: None,
         retry,
+        validation: args.validation.request(),
+        remove_validation: args.no_validate,
     })
 }
 
@@ -665,6 +712,20 @@ fn describe_retention(retention: Option<&proto::RetentionPolicy>) -> String {
 }
 
 /// `3 attempts, first after 10m, at most 6h apart`; `none`.
+fn describe_validation(validation: Option<&proto::ScheduleValidation>) -> String {
+    match validation {
+        None => NONE.to_owned(),
+        Some(validation) if validation.depth() == proto::ValidationDepth::Deep => format!(
+            "deep after each backup, {}% of the objects each time",
+            match validation.sample_percent {
+                0 => 100,
+                percent => percent,
+            }
+        ),
+        Some(_) => "quick after each backup".to_owned(),
+    }
+}
+
 fn describe_retry(retry: Option<&proto::RetryPolicy>) -> String {
     match retry {
         Some(retry) if retry.attempts > 0 => format!(
@@ -816,6 +877,10 @@ fn render_schedule(schedule: &proto::Schedule, fires: &[proto::ScheduleFire]) ->
         ("Labels", format::labels(&backup.labels)),
         ("Retention", describe_retention(schedule.retention.as_ref())),
         ("Retries", describe_retry(schedule.retry.as_ref())),
+        (
+            "Validation",
+            describe_validation(schedule.validation.as_ref()),
+        ),
         (
             "Paused",
             if schedule.paused { "yes" } else { "no" }.to_owned(),

@@ -253,6 +253,18 @@ pub fn render_purge(run: &proto::Run, purge: &proto::PurgeResult, now: SystemTim
             purge.uncommitted_folders
         ));
     }
+    if purge.temporary_objects_deleted > 0 {
+        out.push_str(&format!(
+            "{} {} temporary objects left by interrupted writes ({})\n",
+            if run.dry_run {
+                "Would remove"
+            } else {
+                "Removed"
+            },
+            purge.temporary_objects_deleted,
+            format::human_bytes(purge.temporary_bytes_freed)
+        ));
+    }
     out
 }
 
@@ -280,19 +292,41 @@ pub fn render_validation(
         validation.backups.len(),
     );
     out.push_str(&format!(
-        "Objects: {} listed, {} referenced, {} missing, {} orphaned ({})\n\n",
+        "Objects: {} listed, {} referenced, {} missing, {} damaged, {} orphaned ({})\n",
         validation.objects_listed,
         validation.objects_referenced,
         validation.objects_missing,
+        validation.objects_damaged,
         validation.objects_orphaned,
         format::human_bytes(validation.orphaned_bytes),
     ));
-    let mut table = Table::new(["BACKUP", "RESTORES", "FILES", "MISSING OBJECTS", "PROBLEM"]);
+    let deep = run.spec.as_ref().is_some_and(|spec| {
+        matches!(spec, proto::run::Spec::Validate(validate)
+            if validate.depth() == proto::ValidationDepth::Deep)
+    });
+    if deep {
+        out.push_str(&format!(
+            "Verified: {} of {} chosen objects ({}); {} never verified yet\n",
+            validation.objects_verified,
+            validation.objects_to_verify,
+            format::human_bytes(validation.bytes_verified),
+            validation.objects_never_verified,
+        ));
+    }
+    out.push('\n');
+    let mut table = Table::new([
+        "BACKUP",
+        "RESTORES",
+        "FILES",
+        "MISSING OBJECTS",
+        "DAMAGED OBJECTS",
+        "PROBLEM",
+    ]);
     for backup in &validation.backups {
         let problem = if !backup.error.is_empty() {
             backup.error.clone()
         } else if let Some(first) = backup.affected_files.first() {
-            format!("missing content of {first}")
+            first.clone()
         } else {
             NONE.to_owned()
         };
@@ -301,6 +335,7 @@ pub fn render_validation(
             if backup.restorable { "yes" } else { "NO" }.to_owned(),
             backup.files_checked.to_string(),
             backup.missing_objects.to_string(),
+            backup.damaged_objects.to_string(),
             problem,
         ]);
     }

@@ -141,6 +141,25 @@ impl std::str::FromStr for Compression {
     }
 }
 
+/// The stored sizes an object of `content_size` bytes of content can have, whatever its codec:
+/// quick validation calls an object outside them damaged without reading it.
+///
+/// Raw, the body is the content. Zstd (chosen only when the first 1 MiB block shrinks) is one
+/// frame per 1 MiB block, and a frame is at least 10 bytes (magic, frame and block headers)
+/// and at most zstd's bound for the block (`n + n/256` and change) when a later block does not
+/// compress.
+pub fn stored_size_range(content_size: u64) -> std::ops::RangeInclusive<u64> {
+    let header = OBJECT_HEADER_LEN as u64;
+    let block = READ_BLOCK as u64;
+    let blocks = content_size.div_ceil(block).max(1);
+    let per_block_overhead = block / 256 + 128;
+    let least = header + content_size.min(10);
+    let most = header
+        .saturating_add(content_size)
+        .saturating_add(blocks.saturating_mul(per_block_overhead));
+    least..=most
+}
+
 /// The object form of `content`: header and raw or zstd body.
 pub(super) fn encode_bytes(
     content: &[u8],
@@ -256,6 +275,29 @@ pub(super) fn encode_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_encoding_of_content_is_inside_its_stored_size_range() {
+        let text: Vec<u8> = (0..3 * READ_BLOCK + 5)
+            .map(|i| b"log line 17: compaction done\n"[i % 29])
+            .collect();
+        let noise = crate::object::tests::random_bytes(2 * READ_BLOCK, 7);
+        for content in [&b""[..], b"x", b"0123456789abcdef", &text, &noise] {
+            for level in [None, Some(1), Some(19)] {
+                let (object, _) = encode_bytes(content, level, 1.0).expect("encode");
+                let range = stored_size_range(content.len() as u64);
+                assert!(
+                    range.contains(&(object.len() as u64)),
+                    "{} bytes stored as {} outside {range:?}",
+                    content.len(),
+                    object.len()
+                );
+            }
+        }
+        // A truncated raw object, or one cut to its header, is outside.
+        assert!(!stored_size_range(1000).contains(&8));
+        assert!(!stored_size_range(1000).contains(&(8 + 1000 + 5000)));
+    }
 
     #[test]
     fn compression_settings_parse_and_print_as_cofferctl_and_the_catalog_spell_them() {

@@ -109,12 +109,37 @@ pub async fn download_object_sized(
     size_hint: Option<u64>,
     limiter: Option<&RateLimiter>,
 ) -> Result<Downloaded, DownloadError> {
+    fetch_object(op, object_path, Some(dest), expected, size_hint, limiter).await
+}
+
+/// Reads the object at `object_path` whole, decoding and hashing it as a download does, and
+/// writes it nowhere: whether the stored object still holds the content its name promises
+/// (validation). Fails as [`download_object`] does, [`DownloadError::Write`] aside.
+pub async fn verify_object(
+    op: &Operator,
+    object_path: &str,
+    expected: ContentHash,
+    size_hint: Option<u64>,
+    limiter: Option<&RateLimiter>,
+) -> Result<Downloaded, DownloadError> {
+    fetch_object(op, object_path, None, expected, size_hint, limiter).await
+}
+
+/// Downloads into `dest`, or (`None`) only decodes and hashes.
+async fn fetch_object(
+    op: &Operator,
+    object_path: &str,
+    dest: Option<&Path>,
+    expected: ContentHash,
+    size_hint: Option<u64>,
+    limiter: Option<&RateLimiter>,
+) -> Result<Downloaded, DownloadError> {
     if let Some(root) = local_root(op) {
         let source = root.join(object_path);
-        let dest_path = dest.to_path_buf();
+        let dest_path = dest.map(Path::to_path_buf);
         let limiter = limiter.cloned();
         let decoded = tokio::task::spawn_blocking(move || {
-            decode_local_object(&source, &dest_path, size_hint, limiter.as_ref())
+            decode_local_object(&source, dest_path.as_deref(), size_hint, limiter.as_ref())
         })
         .await;
         return finish_download(op, object_path, dest, expected, Ok(()), decoded).await;
@@ -122,8 +147,8 @@ pub async fn download_object_sized(
 
     let (sender, receiver) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let decoder = {
-        let dest = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || decode_to_file(receiver, &dest, size_hint))
+        let dest = dest.map(Path::to_path_buf);
+        tokio::task::spawn_blocking(move || decode_to_file(receiver, dest.as_deref(), size_hint))
     };
 
     let small =
@@ -162,7 +187,7 @@ pub async fn download_object_sized(
 async fn finish_download(
     op: &Operator,
     object_path: &str,
-    dest: &Path,
+    dest: Option<&Path>,
     expected: ContentHash,
     streamed: Result<(), opendal::Error>,
     decoded: Result<Result<Decoded, DecodeFailure>, tokio::task::JoinError>,
@@ -170,7 +195,7 @@ async fn finish_download(
     let result = match (streamed, decoded) {
         (Err(cause), _) => Err(StorageError::backend(op, "read", object_path, cause).into()),
         (Ok(()), Err(join_error)) => Err(DownloadError::Write {
-            dest: dest.to_path_buf(),
+            dest: dest.map(Path::to_path_buf).unwrap_or_default(),
             source: io::Error::other(join_error),
         }),
         (Ok(()), Ok(Err(DecodeFailure::Malformed(reason)))) => Err(DownloadError::Malformed {
@@ -178,7 +203,7 @@ async fn finish_download(
             reason,
         }),
         (Ok(()), Ok(Err(DecodeFailure::Write(source)))) => Err(DownloadError::Write {
-            dest: dest.to_path_buf(),
+            dest: dest.map(Path::to_path_buf).unwrap_or_default(),
             source,
         }),
         (Ok(()), Ok(Err(DecodeFailure::Read(error)))) => {
@@ -196,7 +221,7 @@ async fn finish_download(
             stored_bytes: decoded.stored_bytes,
         }),
     };
-    if result.is_err() {
+    if let (Err(_), Some(dest)) = (&result, dest) {
         match tokio::fs::remove_file(dest).await {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
@@ -211,6 +236,8 @@ async fn finish_download(
 enum FileSink {
     Buffered(io::BufWriter<File>),
     Direct(DirectWriter),
+    /// Verifying only: the content is hashed and dropped.
+    Discard,
 }
 
 impl FileSink {
@@ -222,6 +249,7 @@ impl FileSink {
                 .map(drop)
                 .map_err(|error| error.into_error()),
             Self::Direct(file) => file.finish().map(drop),
+            Self::Discard => Ok(()),
         }
     }
 }
@@ -231,6 +259,7 @@ impl Write for FileSink {
         match self {
             Self::Buffered(file) => file.write(buf),
             Self::Direct(file) => file.write_all(buf).map(|()| buf.len()),
+            Self::Discard => Ok(buf.len()),
         }
     }
 
@@ -238,7 +267,7 @@ impl Write for FileSink {
         match self {
             Self::Buffered(file) => file.flush(),
             // Only whole blocks can be written before the end: `finish` writes the rest.
-            Self::Direct(_) => Ok(()),
+            Self::Direct(_) | Self::Discard => Ok(()),
         }
     }
 }
@@ -292,14 +321,18 @@ struct ObjectDecoder {
 }
 
 impl ObjectDecoder {
-    /// A decoder into a new file at `dest`; a file known to be large (`size_hint`) is written
-    /// around the page cache.
-    fn create(dest: &Path, size_hint: Option<u64>) -> Result<Self, DecodeFailure> {
-        let file = if size_hint.is_some_and(|size| size > SMALL_FILE) {
-            FileSink::Direct(DirectWriter::create(dest).map_err(DecodeFailure::Write)?)
-        } else {
-            let file = File::create(dest).map_err(DecodeFailure::Write)?;
-            FileSink::Buffered(io::BufWriter::with_capacity(READ_BLOCK, file))
+    /// A decoder into a new file at `dest` (or nowhere); a file known to be large (`size_hint`)
+    /// is written around the page cache.
+    fn create(dest: Option<&Path>, size_hint: Option<u64>) -> Result<Self, DecodeFailure> {
+        let file = match dest {
+            None => FileSink::Discard,
+            Some(dest) if size_hint.is_some_and(|size| size > SMALL_FILE) => {
+                FileSink::Direct(DirectWriter::create(dest).map_err(DecodeFailure::Write)?)
+            }
+            Some(dest) => {
+                let file = File::create(dest).map_err(DecodeFailure::Write)?;
+                FileSink::Buffered(io::BufWriter::with_capacity(READ_BLOCK, file))
+            }
         };
         Ok(Self {
             stored_bytes: 0,
@@ -387,7 +420,7 @@ impl ObjectDecoder {
 /// The decoding thread of [`download_object`] from an object store.
 fn decode_to_file(
     mut receiver: mpsc::Receiver<Bytes>,
-    dest: &Path,
+    dest: Option<&Path>,
     size_hint: Option<u64>,
 ) -> Result<Decoded, DecodeFailure> {
     let mut decoder = ObjectDecoder::create(dest, size_hint)?;
@@ -401,7 +434,7 @@ fn decode_to_file(
 /// this (blocking) thread, at the limiter's rate if one is given.
 fn decode_local_object(
     source: &Path,
-    dest: &Path,
+    dest: Option<&Path>,
     size_hint: Option<u64>,
     limiter: Option<&RateLimiter>,
 ) -> Result<Decoded, DecodeFailure> {
@@ -425,6 +458,49 @@ fn decode_local_object(
 mod tests {
     use super::*;
     use crate::object::tests::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verifying_reads_the_whole_object_and_writes_nothing() {
+        let fixture = fixture();
+        let content = text_bytes(3 * 1024 * 1024 + 17);
+        let outcome = round_trip(&fixture, "text", &content).await;
+        let hash = ContentHash::of(&content);
+        let object = format!("objects/{}/{hash}", &hash.to_hex()[..2]);
+        let before: Vec<_> = std::fs::read_dir(&fixture.files).expect("ls").collect();
+
+        let verified = verify_object(&fixture.op, &object, hash, None, None)
+            .await
+            .expect("verify");
+        assert_eq!(verified.size, content.len() as u64);
+        assert_eq!(verified.stored_bytes, outcome.stored_bytes);
+        let after: Vec<_> = std::fs::read_dir(&fixture.files).expect("ls").collect();
+        assert_eq!(before.len(), after.len(), "verifying wrote a file");
+
+        // One flipped byte in the stored body: the content no longer hashes to the name.
+        let object_file = fixture.root.join(&object);
+        let mut stored = std::fs::read(&object_file).expect("read");
+        let last = stored.len() - 1;
+        stored[last] ^= 0x01;
+        std::fs::write(&object_file, &stored).expect("rot");
+        let error = verify_object(&fixture.op, &object, hash, Some(content.len() as u64), None)
+            .await
+            .expect_err("rotten");
+        assert!(
+            matches!(
+                error,
+                DownloadError::Corrupt { .. } | DownloadError::Malformed { .. }
+            ),
+            "{error}"
+        );
+        std::fs::remove_file(&object_file).expect("remove");
+        let error = verify_object(&fixture.op, &object, hash, None, None)
+            .await
+            .expect_err("missing");
+        assert!(
+            matches!(&error, DownloadError::Storage(storage) if storage.is_not_found()),
+            "{error}"
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn corrupt_objects_fail_to_download_and_leave_no_file() {

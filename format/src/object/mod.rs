@@ -45,8 +45,12 @@ mod rate;
 mod tests;
 mod upload;
 
-pub use codec::{Codec, Compression, OBJECT_HEADER_LEN, OBJECT_MAGIC, OBJECT_VERSION};
-pub use download::{DownloadError, Downloaded, download_object, download_object_sized};
+pub use codec::{
+    Codec, Compression, OBJECT_HEADER_LEN, OBJECT_MAGIC, OBJECT_VERSION, stored_size_range,
+};
+pub use download::{
+    DownloadError, Downloaded, download_object, download_object_sized, verify_object,
+};
 pub use durable::{LocationWriteback, sync_name};
 pub use local::{
     PendingObject, STALE_TEMPORARY_AGE, TEMPORARY_SUFFIX, encode_into_folder, is_local_folder,

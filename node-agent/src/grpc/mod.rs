@@ -25,6 +25,7 @@ use crate::Agent;
 use crate::restore::{self, RestoreFailure, RestoreHook, RestoreJob};
 use crate::snapshot::UnchangedFiles;
 use crate::upload::{self, UploadFailure, UploadJob};
+use crate::verify;
 
 mod request;
 mod status;
@@ -38,6 +39,9 @@ const MAX_GET_OBJECT: u64 = 64 * 1024 * 1024;
 /// decodes the manifest from its start, so a whole-manifest reader (validation, purge) wants
 /// few, large pages.
 const MAX_MANIFEST_PAGE: u32 = 50_000;
+
+/// Most objects in one VerifyObjects call.
+const MAX_VERIFY_OBJECTS: usize = 1000;
 
 /// Implements `coffer.agent.v1.AgentService`.
 #[derive(Debug, Clone)]
@@ -523,6 +527,51 @@ impl AgentService for AgentHandler {
         Ok(Response::new(proto::DeleteObjectResponse {}))
     }
 
+    type VerifyObjectsStream =
+        Pin<Box<dyn Stream<Item = Result<proto::VerifyObjectsResponse, Status>> + Send + 'static>>;
+
+    async fn verify_objects(
+        &self,
+        request: Request<proto::VerifyObjectsRequest>,
+    ) -> Result<Response<Self::VerifyObjectsStream>, Status> {
+        use futures::StreamExt;
+        let request = request.into_inner();
+        if request.hashes.len() > MAX_VERIFY_OBJECTS {
+            return Err(Status::invalid_argument(format!(
+                "hashes: {} objects, at most {MAX_VERIFY_OBJECTS} at once",
+                request.hashes.len()
+            )));
+        }
+        let cluster_id = parse_uuid("cluster_id", &request.cluster_id)?;
+        let hashes = request
+            .hashes
+            .iter()
+            .map(|hex| {
+                coffer_format::ContentHash::from_hex(hex).ok_or_else(|| {
+                    Status::invalid_argument(format!("hashes: {hex:?} is not a content hash"))
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let (config, operator) = open(request.location)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(verify::verify_objects(operator, cluster_id, hashes, sender));
+        let responses = tokio_stream::wrappers::ReceiverStream::new(receiver).map(move |outcome| {
+            outcome
+                .map(|verified| proto::VerifyObjectsResponse {
+                    hash: verified.hash.to_hex(),
+                    condition: match verified.condition {
+                        verify::Condition::Intact => proto::ObjectCondition::Intact,
+                        verify::Condition::Missing => proto::ObjectCondition::Missing,
+                        verify::Condition::Damaged => proto::ObjectCondition::Damaged,
+                    } as i32,
+                    message: verified.message,
+                    stored_bytes: verified.stored_bytes,
+                })
+                .map_err(|error| storage_status(error.in_location(&config.name)))
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
     async fn read_node_manifest(
         &self,
         request: Request<proto::ReadNodeManifestRequest>,
@@ -604,19 +653,25 @@ async fn list_pages(
         if !entry.metadata().is_file() {
             continue;
         }
-        let size = if stat_each {
-            match operator.stat(entry.path()).await {
-                Ok(metadata) => metadata.content_length(),
+        let stat;
+        let metadata = if stat_each {
+            stat = match operator.stat(entry.path()).await {
+                Ok(metadata) => metadata,
                 // Gone since it was listed (a purge, a failed upload's cleanup).
                 Err(error) if error.kind() == opendal::ErrorKind::NotFound => continue,
                 Err(error) => return Err(("stat", entry.path().to_string(), error)),
-            }
+            };
+            &stat
         } else {
-            entry.metadata().content_length()
+            entry.metadata()
         };
         page.push(proto::ListedObject {
             path: entry.path().to_string(),
-            size,
+            size: metadata.content_length(),
+            modify_time_ms: metadata
+                .last_modified()
+                .map(|time| time.into_inner().as_millisecond())
+                .unwrap_or(0),
         });
         if page.len() >= page_size {
             let full = std::mem::replace(&mut page, Vec::with_capacity(page_size));

@@ -122,12 +122,14 @@ pub async fn list_folder<'a>(
     .await
 }
 
-/// An object of a location and its stored size.
+/// An object of a location, its stored size and when it was last written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredObject {
     /// Path relative to the location's root.
     pub path: String,
     pub size: u64,
+    /// Milliseconds since the Unix epoch; 0 when the storage does not say.
+    pub modify_time_ms: i64,
 }
 
 /// The pages of a recursive listing, read one at a time from an agent's stream: the listing
@@ -156,6 +158,7 @@ impl ObjectPages {
                     .map(|object| StoredObject {
                         path: object.path,
                         size: object.size,
+                        modify_time_ms: object.modify_time_ms,
                     })
                     .collect(),
             )),
@@ -206,6 +209,102 @@ pub async fn list_object_pages<'a>(
             failures.join("; ")
         ),
     })
+}
+
+/// What an agent found verifying one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectCondition {
+    Intact,
+    Missing,
+    /// Why it is damaged.
+    Damaged(String),
+}
+
+/// One object verified by an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedObject {
+    pub hash: String,
+    pub condition: ObjectCondition,
+    pub stored_bytes: u64,
+}
+
+/// Has an agent of the cluster download objects (content hashes) of the cluster and verify
+/// that each decodes to what its name promises. The agents are tried in turn from the
+/// `first`-th (modulo their number), so that batches sent with successive `first` spread
+/// over the nodes. Objects are verified as the agent streams its answers; the whole batch's
+/// answers are returned at once.
+pub async fn verify_objects(
+    agents: &AgentClients,
+    cluster: &Cluster,
+    location: &Location,
+    first: usize,
+    hashes: &[String],
+) -> Result<Vec<VerifiedObject>> {
+    let mut through = Through::from(cluster);
+    if !through.addresses.is_empty() {
+        let by = first % through.addresses.len();
+        through.addresses.rotate_left(by);
+    }
+    let mut failures = Vec::new();
+    for address in &through.addresses {
+        let mut client = match agents.long_client(address) {
+            Ok(client) => client,
+            Err(error) => {
+                failures.push(error.to_string());
+                continue;
+            }
+        };
+        let request = agent::VerifyObjectsRequest {
+            location: Some(storage_location(location)),
+            cluster_id: cluster.id.to_string(),
+            hashes: hashes.to_vec(),
+        };
+        let mut stream = match client.verify_objects(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                failures.push(call_error(address, &status).to_string());
+                continue;
+            }
+        };
+        let mut verified = Vec::with_capacity(hashes.len());
+        loop {
+            match stream.message().await {
+                Ok(Some(answer)) => verified.push(verified_object(answer)),
+                Ok(None) => return Ok(verified),
+                // Half-way through: the objects verified so far are not lost work, but the
+                // batch is simplest tried again whole elsewhere.
+                Err(status) => {
+                    failures.push(call_error(address, &status).to_string());
+                    break;
+                }
+            }
+        }
+    }
+    Err(Error::Agent {
+        code: AgentCode::Unavailable,
+        message: format!(
+            "no agent of {} could verify objects: {}",
+            through.name,
+            failures.join("; ")
+        ),
+    })
+}
+
+fn verified_object(answer: agent::VerifyObjectsResponse) -> VerifiedObject {
+    let condition = match agent::ObjectCondition::try_from(answer.condition) {
+        Ok(agent::ObjectCondition::Intact) => ObjectCondition::Intact,
+        Ok(agent::ObjectCondition::Missing) => ObjectCondition::Missing,
+        Ok(agent::ObjectCondition::Damaged) => ObjectCondition::Damaged(answer.message),
+        _ => ObjectCondition::Damaged(format!(
+            "the agent reported condition {} ({})",
+            answer.condition, answer.message
+        )),
+    };
+    VerifiedObject {
+        hash: answer.hash,
+        condition,
+        stored_bytes: answer.stored_bytes,
+    }
 }
 
 /// Deletes objects of a location through an agent of the cluster (a missing one counts as

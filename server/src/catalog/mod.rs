@@ -30,6 +30,7 @@ mod schedules;
 #[cfg(test)]
 pub(crate) mod tests;
 mod validation;
+pub use validation::{ListedCounts, ListedReference};
 
 pub use runs::RunInsert;
 
@@ -397,8 +398,8 @@ impl Catalog {
     }
 }
 
-/// The run that holds a cluster: the active backup, restore or validate run (purges run beside
-/// backups, coordinated through `purge_state`).
+/// The run that holds a cluster: the active backup or restore run (purges and validations run
+/// beside them; purges coordinate with backups through `purge_state`).
 async fn active_run(
     connection: &mut sqlx::SqliteConnection,
     cluster_id: &str,
@@ -406,7 +407,7 @@ async fn active_run(
     // The state list is a constant of this module, not input.
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT id, kind, state FROM runs WHERE cluster_id = ? AND state IN {ACTIVE_RUN_STATES} \
-         AND kind != 'purge' ORDER BY create_time_ms LIMIT 1"
+         AND kind IN ('backup', 'restore') ORDER BY create_time_ms LIMIT 1"
     )))
     .bind(cluster_id)
     .fetch_optional(&mut *connection)

@@ -60,20 +60,23 @@ impl Catalog {
                 )));
             }
         }
-        if run.kind == RunKind::Purge {
-            // A purge runs beside the cluster's other runs, but alone among purges.
-            let purge: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT id FROM runs WHERE cluster_id = ? AND kind = 'purge' \
+        if !run.kind.holds_cluster() {
+            // A purge or a validation runs beside the cluster's other runs, but alone among
+            // runs of its kind.
+            let same: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM runs WHERE cluster_id = ? AND kind = ? \
                  AND state IN {ACTIVE_RUN_STATES} LIMIT 1"
             )))
             .bind(&cluster_id)
+            .bind(run.kind.as_str())
             .fetch_optional(&mut *tx)
             .await
-            .map_err(|error| database_error("look up active purges", error))?;
-            if let Some(purge) = purge {
+            .map_err(|error| database_error("look up active runs of the kind", error))?;
+            if let Some(same) = same {
                 return Err(Error::FailedPrecondition(format!(
-                    "cluster {:?} has an active purge run {purge}; wait for it to end or cancel it",
-                    run.cluster_name
+                    "cluster {:?} has an active {} run {same}; wait for it to end or cancel it",
+                    run.cluster_name,
+                    run.kind.as_str()
                 )));
             }
         } else if let Some(active) = super::active_run(&mut tx, &cluster_id).await? {

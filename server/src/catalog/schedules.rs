@@ -17,12 +17,13 @@ use crate::model::schedule::{
     AwaitedRun, CronTrigger, FireCause, FireOutcome, FireProgress, FollowUp, PendingFire,
     PendingRetry, RetainedBackup, RetentionPolicy, RetryPolicy, Schedule, ScheduleFire, Trigger,
 };
+use crate::model::validation::Thoroughness;
 
 /// Columns of a schedule with its cluster's and location's current names, its last run's
 /// state and its last fire (the `f_` columns, NULL when it never fired).
 const SCHEDULE_SELECT: &str = "SELECT s.id, s.name, s.cluster_id, clusters.name AS cluster_name, \
     s.cron_expression, s.time_zone, s.interval_ms, s.backup, locations.name AS location_name, \
-    s.retention, s.retry, s.paused, s.next_fire_ms, s.last_run_id, runs.state AS last_run_state, \
+    s.retention, s.retry, s.validation, s.paused, s.next_fire_ms, s.last_run_id, runs.state AS last_run_state, \
     s.last_error, s.pending_fire, s.awaited_run_id, s.awaited_fire_ms, s.awaited_attempt, \
     s.retry_at_ms, s.retry_fire_ms, s.retry_attempt, s.create_time_ms, s.update_time_ms, \
     f.fire_time_ms AS f_fire_time_ms, f.attempt AS f_attempt, f.cause AS f_cause, \
@@ -48,8 +49,8 @@ impl Catalog {
         let settings = Settings::of(schedule)?;
         sqlx::query(
             "INSERT INTO schedules (id, name, cluster_id, cron_expression, time_zone, \
-             interval_ms, backup, retention, retry, paused, next_fire_ms, create_time_ms, \
-             update_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             interval_ms, backup, retention, retry, validation, paused, next_fire_ms, \
+             create_time_ms, update_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(schedule.id.to_string())
         .bind(schedule.name.as_str())
@@ -60,6 +61,7 @@ impl Catalog {
         .bind(settings.backup)
         .bind(settings.retention)
         .bind(settings.retry)
+        .bind(settings.validation)
         .bind(i64::from(schedule.paused))
         .bind(schedule.next_fire_ms)
         .bind(millis(schedule.create_time))
@@ -150,7 +152,7 @@ impl Catalog {
         let progress = ProgressColumns::of(&schedule.progress)?;
         let updated = sqlx::query(
             "UPDATE schedules SET name = ?, cron_expression = ?, time_zone = ?, interval_ms = ?, \
-             backup = ?, retention = ?, retry = ?, paused = ?, next_fire_ms = ?, \
+             backup = ?, retention = ?, retry = ?, validation = ?, paused = ?, next_fire_ms = ?, \
              update_time_ms = ?, pending_fire = ?, awaited_run_id = ?, awaited_fire_ms = ?, \
              awaited_attempt = ?, retry_at_ms = ?, retry_fire_ms = ?, retry_attempt = ? \
              WHERE id = ?",
@@ -162,6 +164,7 @@ impl Catalog {
         .bind(settings.backup)
         .bind(settings.retention)
         .bind(settings.retry)
+        .bind(settings.validation)
         .bind(i64::from(schedule.paused))
         .bind(schedule.next_fire_ms)
         .bind(millis(schedule.update_time))
@@ -449,6 +452,7 @@ struct Settings {
     backup: String,
     retention: String,
     retry: String,
+    validation: Option<String>,
 }
 
 impl Settings {
@@ -484,6 +488,15 @@ impl Settings {
                 "encode schedule retry",
                 serde_json::to_string(&schedule.retry),
             )?,
+            validation: schedule
+                .validation
+                .map(|validation| {
+                    encode(
+                        "encode schedule validation",
+                        serde_json::to_string(&validation),
+                    )
+                })
+                .transpose()?,
         })
     }
 }
@@ -558,6 +571,12 @@ fn read_schedule(row: &SqliteRow) -> Result<Schedule> {
             .map_err(|error| decode("decode schedule retention", error))?;
     let retry: RetryPolicy = serde_json::from_str(&row.try_get::<String, _>("retry").map_err(get)?)
         .map_err(|error| decode("decode schedule retry", error))?;
+    let validation: Option<Thoroughness> = row
+        .try_get::<Option<String>, _>("validation")
+        .map_err(get)?
+        .map(|json| serde_json::from_str(&json))
+        .transpose()
+        .map_err(|error| decode("decode schedule validation", error))?;
     let pending = row
         .try_get::<Option<String>, _>("pending_fire")
         .map_err(get)?
@@ -597,6 +616,7 @@ fn read_schedule(row: &SqliteRow) -> Result<Schedule> {
         backup,
         retention,
         retry,
+        validation,
         paused: row.try_get::<i64, _>("paused").map_err(get)? != 0,
         next_fire_ms: row.try_get("next_fire_ms").map_err(get)?,
         last_fire: read_fire(row)?,

@@ -129,9 +129,10 @@ impl LocationService for LocationHandler {
         let request = request.into_inner();
         required(&request.location, "location")?;
         required(&request.cluster, "cluster")?;
+        let thoroughness = super::convert::thoroughness("", request.depth, request.sample_percent)?;
         let run_id = self
             .validations
-            .start(&request.location, &request.cluster)
+            .start(&request.location, &request.cluster, thoroughness)
             .await?;
         Ok(Response::new(proto::ValidateLocationResponse {
             run_id: run_id.to_string(),

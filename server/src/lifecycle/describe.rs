@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use coffer_format::description::{
     CLUSTER_DESCRIPTION_FORMAT, CLUSTER_DESCRIPTION_VERSION, ClusterDescription, DescribedNode,
-    DescribedSchedule,
+    DescribedSchedule, DescribedValidation,
 };
 
 use crate::agents::{AgentClients, storage};
@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::model::Cluster;
 use crate::model::location::Location;
 use crate::model::schedule::{Schedule, Trigger};
+use crate::model::validation::Depth;
 
 /// Most schedules listed at once while describing a cluster.
 const SCHEDULE_PAGE: u32 = 500;
@@ -54,6 +55,13 @@ pub fn describe_schedule(schedule: &Schedule) -> DescribedSchedule {
         retry_attempts: schedule.retry.attempts,
         retry_first_wait_ms: ms(schedule.retry.first_wait),
         retry_max_wait_ms: ms(schedule.retry.max_wait),
+        validation: schedule.validation.map(|thoroughness| DescribedValidation {
+            depth: match thoroughness.depth {
+                Depth::Quick => "quick".into(),
+                Depth::Deep => "deep".into(),
+            },
+            sample_percent: thoroughness.sample_percent,
+        }),
         paused: schedule.paused,
     }
 }

@@ -26,6 +26,7 @@ use crate::model::run::{BackupSpec, TransferLimits};
 use crate::model::schedule::{
     CronTrigger, FireProgress, RetentionPolicy, RetryPolicy, Schedule, Trigger,
 };
+use crate::model::validation::{Depth, Thoroughness};
 use crate::model::{AgentAddress, Cluster, Labels, Name, Node, NodeInfo, NodeSpec};
 
 /// What an import found and did.
@@ -322,6 +323,25 @@ impl Importer {
                     Duration::from_millis(described.retry_max_wait_ms),
                 )?
             },
+            validation: described
+                .validation
+                .as_ref()
+                .map(|validation| {
+                    let depth = match validation.depth.as_str() {
+                        "quick" => Depth::Quick,
+                        "deep" => Depth::Deep,
+                        other => {
+                            return Err(Error::invalid(
+                                field("validation.depth"),
+                                format!("{other:?} is neither quick nor deep"),
+                            ));
+                        }
+                    };
+                    Thoroughness::new(depth, validation.sample_percent).map_err(|reason| {
+                        Error::invalid(field("validation.sample_percent"), reason)
+                    })
+                })
+                .transpose()?,
             paused: described.paused,
             next_fire_ms,
             last_fire: None,

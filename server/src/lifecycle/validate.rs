@@ -10,7 +10,7 @@ use crate::clusters::ClusterRegistry;
 use crate::error::Result;
 use crate::locations::LocationRegistry;
 use crate::model::run::{Run, RunKind, RunSpec, RunState};
-use crate::model::validation::ValidateSpec;
+use crate::model::validation::{Thoroughness, ValidateSpec};
 use crate::runs::RunManager;
 use crate::runs::validate::{self, ValidatePlan};
 
@@ -39,9 +39,14 @@ impl Validations {
     }
 
     /// Records a validate run of `cluster`'s backups at `location` and starts it; returns its
-    /// id. NOT_FOUND for an unknown cluster or location, FAILED_PRECONDITION while another run
-    /// of the cluster is active.
-    pub async fn start(&self, location: &str, cluster: &str) -> Result<Uuid> {
+    /// id. NOT_FOUND for an unknown cluster or location, FAILED_PRECONDITION while another
+    /// validation of the cluster is active.
+    pub async fn start(
+        &self,
+        location: &str,
+        cluster: &str,
+        thoroughness: Thoroughness,
+    ) -> Result<Uuid> {
         let cluster = self.clusters.get(cluster).await?;
         let location = self.locations.get(location).await?;
         let backups = self.catalog.backups_at(cluster.id, location.id).await?;
@@ -55,6 +60,7 @@ impl Validations {
             spec: RunSpec::Validate(ValidateSpec {
                 location_id: location.id,
                 location_name: location.name.to_string(),
+                thoroughness,
             }),
             dry_run: false,
             idempotency_key: None,
@@ -80,6 +86,7 @@ impl Validations {
             cluster,
             location,
             backups,
+            thoroughness,
         };
         self.runs
             .spawn(run, move |handle| validate::execute(handle, plan));

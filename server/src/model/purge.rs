@@ -26,4 +26,7 @@ pub struct PurgeResult {
     pub waits: u64,
     /// Backup folders without a commit manifest it cleared (or, dry, would clear).
     pub uncommitted_folders: u64,
+    /// Temporary objects left by interrupted writes it removed (or, dry, would remove).
+    pub temporary_objects_deleted: u64,
+    pub temporary_bytes_freed: u64,
 }

@@ -25,6 +25,13 @@ pub enum RunKind {
 }
 
 impl RunKind {
+    /// Whether an active run of this kind holds its cluster (no other such run may start).
+    /// Purges and validations only read the cluster's nodes and run beside its backups and
+    /// restores, one of each kind at a time.
+    pub fn holds_cluster(self) -> bool {
+        matches!(self, Self::Backup | Self::Restore)
+    }
+
     /// Catalog spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -11,6 +11,7 @@
 
 pub mod backup;
 pub mod fanout;
+pub mod listing;
 pub mod purge;
 mod recovery;
 pub mod restore;

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use coffer_format::{ClusterLayout, ContentHash};
 use uuid::Uuid;
 
-use super::validate::list_objects;
+use super::listing::{ManifestPages, StaleTemporary, list_objects};
 use crate::agents::storage;
 use crate::error::{Error, Result};
 use crate::model::Cluster;
@@ -34,9 +34,6 @@ use crate::model::purge::PurgeResult;
 use crate::model::run::RunState;
 use crate::runs::RunHandle;
 
-/// Entries read from a node manifest at once: the agent decodes the manifest from its start for
-/// every page, so a reader of whole manifests asks for the largest (50 000, about 10 MB).
-const MANIFEST_PAGE: u32 = 50_000;
 /// Objects deleted per batch; a waiting backup waits for at most one batch.
 const DELETE_BATCH: u32 = 500;
 /// How often a waiting purge looks whether the backups ended.
@@ -92,13 +89,16 @@ async fn purge(handle: &mut RunHandle, plan: &PurgePlan) -> Result<()> {
         .await?;
 
     // 1. Mark: the listing first, then the references of every backup committed by now.
-    let listed = list_objects(handle, &plan.cluster, &plan.location, |run, listed| {
+    let listing = list_objects(handle, &plan.cluster, &plan.location, |run, listed| {
         update(run, |result| result.objects_listed = listed);
     })
     .await?;
+    let (listed, temporaries) = (listing.objects, listing.stale_temporaries);
+    let temporary_bytes: u64 = temporaries.iter().map(|temporary| temporary.size).sum();
     let mut checked: HashSet<Uuid> = HashSet::new();
     mark_references(handle, plan, &mut checked).await?;
-    let (_, unreferenced, unreferenced_bytes) = catalog.listed_object_counts(run_id).await?;
+    let counts = catalog.listed_object_counts(run_id).await?;
+    let (unreferenced, unreferenced_bytes) = (counts.orphaned, counts.orphaned_bytes);
     let uncommitted = uncommitted_folders(handle, plan).await?;
     handle
         .transition(|run| {
@@ -106,6 +106,8 @@ async fn purge(handle: &mut RunHandle, plan: &PurgePlan) -> Result<()> {
                 result.objects_unreferenced = unreferenced;
                 result.bytes_unreferenced = unreferenced_bytes;
                 result.uncommitted_folders = uncommitted.len() as u64;
+                result.temporary_objects_deleted = temporaries.len() as u64;
+                result.temporary_bytes_freed = temporary_bytes;
             });
         })
         .await?;
@@ -114,9 +116,10 @@ async fn purge(handle: &mut RunHandle, plan: &PurgePlan) -> Result<()> {
         unreferenced,
         unreferenced_bytes,
         uncommitted = uncommitted.len(),
+        temporaries = temporaries.len(),
         "purge marked"
     );
-    if plan.dry_run || (unreferenced == 0 && uncommitted.is_empty()) {
+    if plan.dry_run || (unreferenced == 0 && uncommitted.is_empty() && temporaries.is_empty()) {
         return Ok(());
     }
 
@@ -146,9 +149,9 @@ async fn purge(handle: &mut RunHandle, plan: &PurgePlan) -> Result<()> {
             tokio::time::sleep(WAIT_POLL).await;
         }
         // 3. What backups committed since refer to is not deleted.
-        let (_, before, _) = catalog.listed_object_counts(run_id).await?;
+        let before = catalog.listed_object_counts(run_id).await?.orphaned;
         mark_references(handle, plan, &mut checked).await?;
-        let (_, after, _) = catalog.listed_object_counts(run_id).await?;
+        let after = catalog.listed_object_counts(run_id).await?.orphaned;
         handle
             .progress(|run| {
                 update(run, |result| result.objects_reclaimed += before - after);
@@ -163,8 +166,16 @@ async fn purge(handle: &mut RunHandle, plan: &PurgePlan) -> Result<()> {
             if batch.is_empty() {
                 // Still in the window: no backup of the cluster uploads or commits here now.
                 let cleared = clear_uncommitted(handle, plan, &uncommitted).await?;
+                let (removed, removed_bytes) =
+                    remove_temporaries(handle, plan, &temporaries).await?;
                 handle
-                    .progress(|run| update(run, |result| result.uncommitted_folders = cleared))
+                    .progress(|run| {
+                        update(run, |result| {
+                            result.uncommitted_folders = cleared;
+                            result.temporary_objects_deleted = removed;
+                            result.temporary_bytes_freed = removed_bytes;
+                        });
+                    })
                     .await;
                 break 'windows;
             }
@@ -310,6 +321,32 @@ async fn clear_uncommitted(handle: &RunHandle, plan: &PurgePlan, folders: &[Uuid
     Ok(cleared)
 }
 
+/// Removes stale temporary objects (a day unwritten: no writer is still at them); returns how
+/// many and their bytes.
+async fn remove_temporaries(
+    handle: &RunHandle,
+    plan: &PurgePlan,
+    temporaries: &[StaleTemporary],
+) -> Result<(u64, u64)> {
+    if temporaries.is_empty() {
+        return Ok((0, 0));
+    }
+    let agents = handle.manager().agents();
+    let mut removed = (0, 0);
+    for batch in temporaries.chunks(DELETE_BATCH as usize) {
+        let paths: Vec<String> = batch.iter().map(|t| t.path.clone()).collect();
+        storage::delete_objects(agents, &plan.cluster, &plan.location, &paths).await?;
+        removed.0 += batch.len() as u64;
+        removed.1 += batch.iter().map(|t| t.size).sum::<u64>();
+    }
+    tracing::info!(
+        removed = removed.0,
+        bytes = removed.1,
+        "purge removed temporary objects left by interrupted writes"
+    );
+    Ok(removed)
+}
+
 /// Marks as referenced, in the run's listing, everything the cluster's committed backups at the
 /// location refer to, for the backups not in `checked` yet (which it then holds).
 async fn mark_references(
@@ -333,27 +370,21 @@ async fn mark_references(
 /// Marks what one backup refers to; a manifest that cannot be read fails the purge.
 async fn mark_backup(handle: &RunHandle, plan: &PurgePlan, backup: &BackupRecord) -> Result<()> {
     let run_id = handle.run().id;
+    let agents = handle.manager().agents();
     for node in &backup.nodes {
-        let mut offset = 0u64;
+        let mut pages = ManifestPages::new(agents, &plan.cluster, &plan.location, node);
         loop {
-            let (files, more) = storage::read_manifest_page(
-                handle.manager().agents(),
-                &plan.cluster,
-                &plan.location,
-                &node.manifest_path,
-                node.node_id,
-                offset,
-                MANIFEST_PAGE,
-            )
-            .await
-            .map_err(|error| {
-                Error::FailedPrecondition(format!(
-                    "the purge deleted nothing: node manifest {} of backup {} cannot be read, \
-                     so what it refers to is unknown ({error}); validate the location",
-                    node.manifest_path, backup.id
-                ))
-            })?;
-            offset += files.len() as u64;
+            let files = match pages.next().await {
+                Ok(Some(files)) => files,
+                Ok(None) => break,
+                Err(error) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "the purge deleted nothing: node manifest {} of backup {} cannot be \
+                         read, so what it refers to is unknown ({error}); validate the location",
+                        node.manifest_path, backup.id
+                    )));
+                }
+            };
             let hashes: Vec<String> = files
                 .iter()
                 .map(|file| file.blake3_hash.clone())
@@ -365,9 +396,6 @@ async fn mark_backup(handle: &RunHandle, plan: &PurgePlan, backup: &BackupRecord
                 .catalog()
                 .mark_referenced(run_id, &hashes)
                 .await?;
-            if !more {
-                break;
-            }
         }
     }
     Ok(())

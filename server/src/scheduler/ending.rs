@@ -36,7 +36,11 @@ impl Scheduler {
             ),
             Some(run) => match run.state {
                 RunState::Succeeded if schedule.paused => (String::new(), Vec::new()),
-                RunState::Succeeded => self.apply_retention(schedule, now_ms).await?,
+                RunState::Succeeded => {
+                    let after = self.apply_retention(schedule, now_ms).await?;
+                    self.start_validation(schedule).await;
+                    after
+                }
                 RunState::Canceled => (format!("run {} was canceled", run.id), Vec::new()),
                 _ if schedule.paused => (
                     format!("run {} failed: {} (not retried: paused)", run.id, run.error),
@@ -105,6 +109,30 @@ impl Scheduler {
                 fire_time_ms: fire.fire_time_ms,
                 attempt,
             })
+    }
+
+    /// Starts the validation the schedule asks for after each backup, if any. One still running
+    /// from an earlier backup is left to finish: the next backup's validation checks again.
+    /// Never fails the follow-up: a validation that cannot start is logged.
+    async fn start_validation(&self, schedule: &Schedule) {
+        let Some(thoroughness) = schedule.validation else {
+            return;
+        };
+        let (location, cluster) = (
+            schedule.backup.location_id.to_string(),
+            schedule.cluster_id.to_string(),
+        );
+        match self
+            .inner
+            .validations
+            .start(&location, &cluster, thoroughness)
+            .await
+        {
+            Ok(run_id) => tracing::info!(schedule = %schedule.name, %run_id,
+                "backup committed: validation started"),
+            Err(error) => tracing::warn!(schedule = %schedule.name, %error,
+                "backup committed; the validation after it did not start"),
+        }
     }
 
     /// Deletes the schedule's backups that its retention does not keep, as DeleteBackup does.

@@ -29,6 +29,7 @@ use crate::backups::Backups;
 use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::lifecycle::purge::Purges;
+use crate::lifecycle::validate::Validations;
 use crate::model::schedule::{FireCause, PendingFire, Schedule, ScheduleFire};
 
 pub use crate::clock::{Clock, FileClock, SystemClock};
@@ -48,6 +49,8 @@ struct Inner {
     backups: Backups,
     /// Started after retention deleted backups, so stored data stays bounded.
     purges: Purges,
+    /// Started after a backup of a schedule with a validation committed.
+    validations: Validations,
     clock: Arc<dyn Clock>,
     tick: Duration,
     /// Held while a tick tends schedules and while a request changes one.
@@ -56,12 +59,13 @@ struct Inner {
 }
 
 impl Scheduler {
-    /// A scheduler starting backups through `backups` and purges through `purges`, telling time
-    /// by `clock`, looking at its schedules every `tick`.
+    /// A scheduler starting backups through `backups`, purges through `purges` and validations
+    /// through `validations`, telling time by `clock`, looking at its schedules every `tick`.
     pub fn new(
         catalog: Catalog,
         backups: Backups,
         purges: Purges,
+        validations: Validations,
         clock: Arc<dyn Clock>,
         tick: Duration,
     ) -> Self {
@@ -70,6 +74,7 @@ impl Scheduler {
                 catalog,
                 backups,
                 purges,
+                validations,
                 clock,
                 tick,
                 lock: Mutex::new(()),

@@ -80,6 +80,7 @@ async fn fixture(attempts: u32) -> Fixture {
                 Duration::from_secs(60),
             )
             .expect("retry"),
+            validation: None,
             paused: false,
         })
         .await
@@ -184,6 +185,7 @@ async fn a_pending_fire_left_by_a_crash_starts_its_run_once() {
             },
             retention: Default::default(),
             retry: Default::default(),
+            validation: None,
             paused: false,
         })
         .await

@@ -627,10 +627,14 @@ async fn runs_in_flight_are_the_active_runs_of_every_cluster_oldest_first(catalo
     );
 }
 
-/// A validate run keeps its spec and its result (saved with every transition), holds the
-/// cluster like any run, and its listing of objects answers what is missing and orphaned.
+/// A validate run keeps its spec and its result (saved with every transition), runs beside a
+/// backup but alone among validations, and its listing answers what is missing, damaged,
+/// orphaned and due for verification.
 async fn a_validate_run_keeps_its_result_and_its_listing_answers(catalog: &Catalog) {
-    use crate::model::validation::{BackupValidation, ValidateSpec, ValidationResult};
+    use crate::catalog::{ListedCounts, ListedReference};
+    use crate::model::validation::{
+        BackupValidation, Depth, Thoroughness, ValidateSpec, ValidationResult,
+    };
     let cluster = insert_cluster(catalog, "prod", 7700).await;
     let location = insert_location(catalog, "vault").await;
     let mut run = backup_run(&cluster, &location, T0);
@@ -638,31 +642,139 @@ async fn a_validate_run_keeps_its_result_and_its_listing_answers(catalog: &Catal
     run.spec = RunSpec::Validate(ValidateSpec {
         location_id: location.id,
         location_name: location.name.to_string(),
+        thoroughness: Thoroughness::new(Depth::Deep, 50).expect("valid"),
     });
     run.backup_id = None;
     run.nodes = Vec::new();
     catalog.insert_run(&run).await.expect("insert");
-    let busy = backup_run(&cluster, &location, T0 + 1);
+    let beside = backup_run(&cluster, &location, T0 + 1);
+    catalog
+        .insert_run(&beside)
+        .await
+        .expect("a backup runs beside a validation");
+    let mut second = run.clone();
+    second.id = Uuid::now_v7();
     assert!(matches!(
-        catalog.insert_run(&busy).await,
+        catalog.insert_run(&second).await,
         Err(Error::FailedPrecondition(_))
     ));
+
+    let hash = |c: &str| c.repeat(64);
     catalog
-        .add_listed_objects(run.id, &[("a".repeat(64), 10), ("b".repeat(64), 20)])
+        .add_listed_objects(
+            run.id,
+            &[
+                (hash("a"), 10),
+                (hash("b"), 20),
+                (hash("d"), 30),
+                (hash("e"), 40),
+            ],
+        )
         .await
         .expect("listed");
-    let missing = catalog
-        .mark_referenced(run.id, &["a".repeat(64), "c".repeat(64)])
+    let found = catalog
+        .mark_referenced(run.id, &[hash("a"), hash("c"), hash("d"), hash("e")])
         .await
         .expect("referenced");
-    assert_eq!(missing, ["c".repeat(64)]);
+    let sizes: Vec<Option<u64>> = found.iter().map(|f| f.stored_size).collect();
+    assert_eq!(sizes, [Some(10), None, Some(30), Some(40)]);
+    catalog
+        .record_missing(run.id, &[hash("c")])
+        .await
+        .expect("missing");
+    catalog
+        .record_damage(run.id, &[(hash("e"), "truncated".into())])
+        .await
+        .expect("damage");
+    // Found again by a second pass: still missing, now damaged.
+    let again = catalog
+        .mark_referenced(run.id, &[hash("c"), hash("e")])
+        .await
+        .expect("again");
+    assert_eq!(
+        again,
+        [
+            ListedReference {
+                hash: hash("c"),
+                stored_size: None,
+                damage: None
+            },
+            ListedReference {
+                hash: hash("e"),
+                stored_size: Some(40),
+                damage: Some("truncated".into())
+            },
+        ]
+    );
     assert_eq!(
         catalog.listed_object_counts(run.id).await.expect("counts"),
-        (1, 1, 20)
+        ListedCounts {
+            referenced: 3,
+            missing: 1,
+            orphaned: 1,
+            orphaned_bytes: 20,
+            damaged: 1,
+        }
     );
+
+    // Verification: only referenced, present, undamaged objects (a, d), never verified first.
+    catalog
+        .record_verified(run.id, cluster.id, location.id, &[hash("a")], &[], 1_000)
+        .await
+        .expect("verified a");
+    assert_eq!(
+        catalog
+            .never_verified_count(run.id, cluster.id, location.id)
+            .await
+            .expect("never"),
+        2,
+        "d and e"
+    );
+    let chosen = catalog
+        .choose_objects_to_verify(run.id, cluster.id, location.id, 1)
+        .await
+        .expect("choose");
+    assert_eq!(chosen, 1);
+    let page = catalog
+        .objects_to_verify(run.id, "", 10)
+        .await
+        .expect("to verify");
+    assert_eq!(page, [(hash("d"), 30)], "the never verified one first");
+    catalog
+        .record_verified(
+            run.id,
+            cluster.id,
+            location.id,
+            &[hash("d")],
+            &[(hash("a"), "rotten".into())],
+            2_000,
+        )
+        .await
+        .expect("verified d");
+    assert_eq!(
+        catalog
+            .listed_object_counts(run.id)
+            .await
+            .expect("counts")
+            .damaged,
+        2
+    );
+    // A verification of an object the listing no longer holds goes.
+    catalog
+        .record_verified(run.id, cluster.id, location.id, &[hash("z")], &[], 3_000)
+        .await
+        .expect("verified z");
+    assert_eq!(
+        catalog
+            .forget_unlisted_verifications(run.id, cluster.id, location.id)
+            .await
+            .expect("forget"),
+        1
+    );
+
     run.validation = Some(ValidationResult {
-        objects_listed: 2,
-        objects_referenced: 2,
+        objects_listed: 4,
+        objects_referenced: 4,
         objects_missing: 1,
         objects_orphaned: 1,
         orphaned_bytes: 20,
@@ -671,9 +783,15 @@ async fn a_validate_run_keeps_its_result_and_its_listing_answers(catalog: &Catal
             restorable: false,
             files_checked: 3,
             missing_objects: 1,
-            affected_files: vec!["node:/data/f (object ccc)".into()],
+            affected_files: vec!["node:/data/f (object ccc missing)".into()],
             error: String::new(),
+            damaged_objects: 1,
         }],
+        objects_damaged: 2,
+        objects_to_verify: 1,
+        objects_verified: 1,
+        bytes_verified: 30,
+        objects_never_verified: 1,
     });
     set_state(catalog, &mut run, RunState::Succeeded).await;
     let read = catalog
@@ -685,7 +803,7 @@ async fn a_validate_run_keeps_its_result_and_its_listing_answers(catalog: &Catal
     catalog.clear_listed_objects(run.id).await.expect("clear");
     assert_eq!(
         catalog.listed_object_counts(run.id).await.expect("counts"),
-        (0, 0, 0)
+        ListedCounts::default()
     );
 }
 

@@ -39,6 +39,7 @@ fn schedule(schedule_name: &str, cluster: &Cluster, location: &Location) -> Sche
         },
         retention: RetentionPolicy::default(),
         retry: RetryPolicy::default(),
+        validation: None,
         paused: false,
         next_fire_ms: Some(T0 as i64 + 60 * MINUTE),
         last_fire: None,

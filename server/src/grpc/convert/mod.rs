@@ -64,6 +64,37 @@ pub(super) fn backup_kind(field: &str, kind: i32) -> Result<Option<BackupKind>> 
     }
 }
 
+/// A requested validation's thoroughness (depth and sample), checked.
+pub(super) fn thoroughness(
+    field: &str,
+    depth: i32,
+    sample_percent: u32,
+) -> Result<crate::model::validation::Thoroughness> {
+    use crate::model::validation::{Depth, Thoroughness};
+    let depth = match proto::ValidationDepth::try_from(depth) {
+        Ok(proto::ValidationDepth::Unspecified | proto::ValidationDepth::Quick) => Depth::Quick,
+        Ok(proto::ValidationDepth::Deep) => Depth::Deep,
+        Err(_) => {
+            return Err(Error::invalid(
+                format!("{field}depth"),
+                format!("{depth} is not a validation depth"),
+            ));
+        }
+    };
+    Thoroughness::new(depth, sample_percent)
+        .map_err(|reason| Error::invalid(format!("{field}sample_percent"), reason))
+}
+
+/// A validation's depth in the API.
+pub(super) fn depth_out(depth: crate::model::validation::Depth) -> i32 {
+    use crate::model::validation::Depth;
+    match depth {
+        Depth::Quick => proto::ValidationDepth::Quick,
+        Depth::Deep => proto::ValidationDepth::Deep,
+    }
+    .into()
+}
+
 pub(super) fn backup_kind_out(kind: BackupKind) -> i32 {
     match kind {
         BackupKind::Full => proto::BackupKind::Full,

@@ -123,6 +123,8 @@ impl From<Run> for proto::Run {
             RunSpec::Restore(spec) => proto::run::Spec::Restore(restore_spec_out(spec)),
             RunSpec::Validate(spec) => proto::run::Spec::Validate(proto::ValidateSpec {
                 location: spec.location_id.to_string(),
+                depth: super::depth_out(spec.thoroughness.depth),
+                sample_percent: spec.thoroughness.sample_percent,
             }),
             RunSpec::Purge(spec) => proto::run::Spec::Purge(proto::PurgeSpec {
                 location: spec.location_id.to_string(),
@@ -167,6 +169,8 @@ impl From<Run> for proto::Run {
                 bytes_freed: purge.bytes_freed,
                 waits: purge.waits,
                 uncommitted_folders: purge.uncommitted_folders,
+                temporary_objects_deleted: purge.temporary_objects_deleted,
+                temporary_bytes_freed: purge.temporary_bytes_freed,
             }),
         }
     }
@@ -189,8 +193,14 @@ fn validation_out(result: ValidationResult) -> proto::ValidationResult {
                 missing_objects: backup.missing_objects,
                 affected_files: backup.affected_files,
                 error: backup.error,
+                damaged_objects: backup.damaged_objects,
             })
             .collect(),
+        objects_damaged: result.objects_damaged,
+        objects_to_verify: result.objects_to_verify,
+        objects_verified: result.objects_verified,
+        bytes_verified: result.bytes_verified,
+        objects_never_verified: result.objects_never_verified,
     }
 }
 

@@ -112,6 +112,10 @@ impl TryFrom<proto::CreateScheduleRequest> for NewSchedule {
             backup: scheduled_backup("backup", request.backup)?,
             retention: retention("retention", request.retention)?,
             retry: retry("retry", request.retry)?,
+            validation: request
+                .validation
+                .map(|v| super::thoroughness("validation.", v.depth, v.sample_percent))
+                .transpose()?,
             paused: request.paused,
         })
     }
@@ -145,6 +149,21 @@ impl TryFrom<proto::UpdateScheduleRequest> for ScheduleUpdate {
                 .retry
                 .map(|policy| retry("retry", Some(policy)))
                 .transpose()?,
+            validation: match (request.validation, request.remove_validation) {
+                (Some(_), true) => {
+                    return Err(Error::invalid(
+                        "remove_validation",
+                        "cannot be set together with validation",
+                    ));
+                }
+                (Some(v), false) => Some(Some(super::thoroughness(
+                    "validation.",
+                    v.depth,
+                    v.sample_percent,
+                )?)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            },
             paused: request.paused,
         })
     }
@@ -277,6 +296,12 @@ impl From<Schedule> for proto::Schedule {
             last_error: schedule.last_error,
             create_time: timestamp(schedule.create_time),
             update_time: timestamp(schedule.update_time),
+            validation: schedule
+                .validation
+                .map(|thoroughness| proto::ScheduleValidation {
+                    depth: super::depth_out(thoroughness.depth),
+                    sample_percent: thoroughness.sample_percent,
+                }),
             retry: Some(proto::RetryPolicy {
                 attempts: schedule.retry.attempts,
                 first_wait: duration(schedule.retry.first_wait),

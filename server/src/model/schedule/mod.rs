@@ -11,6 +11,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::validation::Thoroughness;
+
 use super::Name;
 use super::run::{BackupSpec, RunState};
 
@@ -35,6 +37,8 @@ pub struct Schedule {
     pub backup: BackupSpec,
     pub retention: RetentionPolicy,
     pub retry: RetryPolicy,
+    /// The validation started after each of its backups; `None` for none.
+    pub validation: Option<Thoroughness>,
     pub paused: bool,
     /// When the trigger fires next (ms); `None` while paused.
     pub next_fire_ms: Option<i64>,
@@ -203,6 +207,7 @@ pub struct NewSchedule {
     pub backup: ScheduledBackup,
     pub retention: RetentionPolicy,
     pub retry: RetryPolicy,
+    pub validation: Option<Thoroughness>,
     pub paused: bool,
 }
 
@@ -226,6 +231,8 @@ pub struct ScheduleUpdate {
     pub backup: Option<ScheduledBackup>,
     pub retention: Option<RetentionPolicy>,
     pub retry: Option<RetryPolicy>,
+    /// `Some(None)` removes the validation.
+    pub validation: Option<Option<Thoroughness>>,
     pub paused: Option<bool>,
 }
 
