@@ -6,6 +6,7 @@ mod backups;
 mod bad_input;
 mod clusters;
 mod cofferctl;
+mod deep_validate;
 mod dev_mode;
 mod import;
 mod locations;

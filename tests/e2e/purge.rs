@@ -480,3 +480,56 @@ async fn after_a_purge_no_agent_trusts_what_it_remembered_of_the_location() {
     assert_eq!(tree(&data), expected);
     drop(only_other);
 }
+
+/// A temporary object a writer left between writing and renaming (`<hash>.<uuid>.tmp`) is
+/// removed by a purge once it went a day unwritten; a fresh one (a writer may be at it) stays.
+/// A dry run counts the old one and removes nothing.
+#[tokio::test]
+async fn a_purge_removes_temporary_objects_left_a_day_ago() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = setup(root.path()).await;
+    write(&setup.agent.data.join("ks/t1/data.db"), &noise(4096, 3));
+    let backup = run_backup(&setup.client, "prod", "vault", proto::BackupKind::Full).await;
+    assert_eq!(backup.state(), proto::RunState::Succeeded);
+    let before = stored_objects(&setup.objects);
+    let fan = setup.objects.join("ab");
+    std::fs::create_dir_all(&fan).expect("fan");
+    let hash = "ab".repeat(32);
+    let stale = fan.join(format!("{hash}.0123456789abcdef.tmp"));
+    let fresh = fan.join(format!("{hash}.fedcba9876543210.tmp"));
+    std::fs::write(&stale, vec![7u8; 1000]).expect("stale");
+    std::fs::write(&fresh, vec![7u8; 500]).expect("fresh");
+    let two_days_ago =
+        std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 24 * 60 * 60);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .expect("open stale")
+        .set_modified(two_days_ago)
+        .expect("age it");
+
+    let dry = purge(&setup.client, true).await.purge_result.expect("result");
+    assert_eq!(
+        (dry.temporary_objects_deleted, dry.temporary_bytes_freed),
+        (1, 1000),
+        "{dry:?}"
+    );
+    assert!(stale.exists() && fresh.exists(), "a dry run removes nothing");
+
+    let done = purge(&setup.client, false)
+        .await
+        .purge_result
+        .expect("result");
+    assert_eq!(
+        (done.temporary_objects_deleted, done.temporary_bytes_freed),
+        (1, 1000),
+        "{done:?}"
+    );
+    assert_eq!(done.objects_deleted, 0, "every object is referenced");
+    assert!(!stale.exists(), "the day-old temporary object is gone");
+    assert!(fresh.exists(), "a fresh one may still be written");
+    assert_eq!(stored_objects(&setup.objects), before);
+    let checked = validation(&setup.client).await;
+    assert_eq!(checked.objects_orphaned, 0, "temporaries are not objects");
+    assert!(checked.backups.iter().all(|backup| backup.restorable));
+}

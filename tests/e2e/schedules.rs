@@ -1575,3 +1575,103 @@ async fn a_deletion_retention_could_not_make_is_reported_and_made_at_the_next_pa
     assert_eq!(backup_ids(client).await, [third.backup_id]);
     assert!(!manifest.exists(), "the manifest went with it");
 }
+
+/// A schedule with a validation starts one after each backup it makes, as asked (deep, all
+/// objects); the validation can be changed and removed; both at once is refused.
+#[tokio::test]
+async fn a_schedule_validates_after_each_backup() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = setup(root.path(), utc("2026-06-01T00:00:00Z")).await;
+    let client = &setup.client;
+    let mut request = cron_request("nightly", "30 2 * * *", "UTC");
+    request.validation = Some(proto::ScheduleValidation {
+        depth: proto::ValidationDepth::Deep.into(),
+        sample_percent: 0,
+    });
+    let created = create(client, request).await;
+    let validation = created.validation.expect("a validation");
+    assert_eq!(validation.depth(), proto::ValidationDepth::Deep);
+    assert_eq!(validation.sample_percent, 100, "0 means all");
+
+    let (backup, _) = run_now(client, "nightly").await;
+    let validated = eventually("the validation after the backup", || async {
+        client
+            .runs()
+            .list_runs(proto::ListRunsRequest {
+                kind: proto::RunKind::Validate.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list validations")
+            .into_inner()
+            .runs
+            .into_iter()
+            .find(|run| run.finish_time.is_some())
+    })
+    .await;
+    assert_eq!(
+        validated.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        validated.error_message
+    );
+    match &validated.spec {
+        Some(proto::run::Spec::Validate(spec)) => {
+            assert_eq!(spec.depth(), proto::ValidationDepth::Deep);
+            assert_eq!(spec.sample_percent, 100);
+        }
+        other => panic!("not a validate spec: {other:?}"),
+    }
+    let result = validated.validation.expect("a result");
+    assert_eq!(result.backups.len(), 1);
+    assert_eq!(result.backups[0].backup_id, backup.backup_id);
+    assert!(result.backups[0].restorable);
+    assert_eq!(result.objects_verified, result.objects_referenced);
+    assert_eq!(result.objects_never_verified, 0);
+
+    let both = client
+        .schedules()
+        .update_schedule(proto::UpdateScheduleRequest {
+            schedule: "nightly".into(),
+            validation: Some(proto::ScheduleValidation::default()),
+            remove_validation: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("both");
+    assert_eq!(both.code(), Code::InvalidArgument);
+    let sampled = client
+        .schedules()
+        .update_schedule(proto::UpdateScheduleRequest {
+            schedule: "nightly".into(),
+            validation: Some(proto::ScheduleValidation {
+                depth: proto::ValidationDepth::Deep.into(),
+                sample_percent: 5,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("sample")
+        .into_inner()
+        .schedule
+        .expect("schedule");
+    assert_eq!(sampled.validation.map(|v| v.sample_percent), Some(5));
+    let removed = client
+        .schedules()
+        .update_schedule(proto::UpdateScheduleRequest {
+            schedule: "nightly".into(),
+            remove_validation: true,
+            ..Default::default()
+        })
+        .await
+        .expect("remove")
+        .into_inner()
+        .schedule
+        .expect("schedule");
+    assert_eq!(removed.validation, None);
+    assert_eq!(
+        get(client, "nightly").await.retention,
+        created.retention,
+        "the rest unchanged"
+    );
+}

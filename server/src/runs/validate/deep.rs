@@ -1,6 +1,7 @@
 //! The deep pass of a validation: the objects the run chose are downloaded by the cluster's
 //! agents and their BLAKE3 verified, a batch per agent at a time, spread over the nodes.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use super::{ValidatePlan, update};
@@ -29,18 +30,15 @@ pub(super) async fn verify(handle: &mut RunHandle, plan: &ValidatePlan) -> Resul
             return Err(Error::Canceled);
         }
         let mut batches = Vec::with_capacity(parallel);
+        let mut stored_sizes: HashMap<String, u64> = HashMap::new();
         for _ in 0..parallel {
-            let batch: Vec<String> = catalog
-                .objects_to_verify(run_id, &after, BATCH)
-                .await?
-                .into_iter()
-                .map(|(hash, _)| hash)
-                .collect();
-            let Some(last) = batch.last() else {
+            let page = catalog.objects_to_verify(run_id, &after, BATCH).await?;
+            let Some((last, _)) = page.last() else {
                 break;
             };
             after = last.clone();
-            batches.push(batch);
+            batches.push(page.iter().map(|(hash, _)| hash.clone()).collect::<Vec<_>>());
+            stored_sizes.extend(page);
         }
         if batches.is_empty() {
             return Ok(damaged_total);
@@ -63,7 +61,11 @@ pub(super) async fn verify(handle: &mut RunHandle, plan: &ValidatePlan) -> Resul
         let mut intact = Vec::new();
         let mut damaged = Vec::new();
         for answer in answers.into_iter().flatten() {
-            bytes += answer.stored_bytes;
+            // What was read of a damaged object is not reported: count the listed size.
+            bytes += stored_sizes
+                .get(&answer.hash)
+                .copied()
+                .unwrap_or(answer.stored_bytes);
             verified += 1;
             match answer.condition {
                 ObjectCondition::Intact => intact.push(answer.hash),
