@@ -25,6 +25,8 @@ What it does:
         purge-dry    `location purge --dry-run`;
         purge        `location purge` (deletes the unreferenced objects);
         validate-2   `location validate` again (nothing orphaned should be left);
+        deep         `location validate --deep --sample <--deep-sample>` (default 1%): the agent
+                     downloads and BLAKE3-verifies that share of the objects;
      before each measured step the page cache is dropped when running as root (--no-drop-caches
      keeps it), the agent restarted (same state dir and port: --no-restart-agent keeps it, and
      with it what the backups left in its RSS), and the peak RSS of the server and of the agent is reset (/proc/<pid>/clear_refs,
@@ -67,7 +69,7 @@ CLUSTER = "bench"
 LOCATION = "bench-fs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FINAL_STATES = {"RUN_STATE_SUCCEEDED", "RUN_STATE_FAILED", "RUN_STATE_CANCELED"}
-STEPS = ("validate", "purge-dry", "purge", "validate-2")
+STEPS = ("validate", "purge-dry", "purge", "validate-2", "deep")
 
 
 class BenchError(Exception):
@@ -662,19 +664,24 @@ class Bench:
     def step(self, name: str) -> dict:
         if name.startswith("validate"):
             argv = ["location", "validate", LOCATION, "--cluster", CLUSTER]
+        elif name == "deep":
+            argv = ["location", "validate", LOCATION, "--cluster", CLUSTER, "--deep",
+                    "--sample", str(self.args.deep_sample)]
         else:
             argv = ["location", "purge", LOCATION, "--cluster", CLUSTER] + (["--dry-run"] if name == "purge-dry" else [])
         log(f"{name}: cofferctl {' '.join(argv)} --watch")
         res = self.measured(name, argv)
         run = res.pop("_run")
-        if name.startswith("validate"):
+        if name.startswith("validate") or name == "deep":
             v = run.get("validation") or {}
             backups = v.get("backups", [])
             res["counts"] = {"listed": u64(v, "objectsListed"), "referenced": u64(v, "objectsReferenced"),
                              "missing": u64(v, "objectsMissing"), "orphaned": u64(v, "objectsOrphaned"),
                              "orphaned_bytes": u64(v, "orphanedBytes"), "backups": len(backups),
                              "restorable": sum(1 for b in backups if b.get("restorable")),
-                             "files_checked": sum(u64(b, "filesChecked") for b in backups)}
+                             "files_checked": sum(u64(b, "filesChecked") for b in backups),
+                             "damaged": u64(v, "objectsDamaged"), "to_verify": u64(v, "objectsToVerify"),
+                             "verified": u64(v, "objectsVerified"), "bytes_verified": u64(v, "bytesVerified")}
         else:
             pr = run.get("purgeResult") or {}
             res["counts"] = {"listed": u64(pr, "objectsListed"), "unreferenced": u64(pr, "objectsUnreferenced"),
@@ -756,7 +763,10 @@ class Bench:
                 p(f"{name:<11}  ERROR: {r.get('error', 'not run')[:200]}")
                 continue
             c = r["counts"]
-            if name.startswith("validate"):
+            if name == "deep":
+                counts = (f"verified {c['verified']} of {c['to_verify']} chosen ({mib(c['bytes_verified']):.2f} MiB), "
+                          f"damaged {c['damaged']}, {c['restorable']}/{c['backups']} backups restorable")
+            elif name.startswith("validate"):
                 counts = (f"listed {c['listed']}, referenced {c['referenced']}, missing {c['missing']}, "
                           f"orphaned {c['orphaned']} ({mib(c['orphaned_bytes']):.2f} MiB), "
                           f"{c['restorable']}/{c['backups']} backups restorable, {c['files_checked']} files checked")
@@ -785,7 +795,7 @@ class Bench:
         def check(what: str, got, want) -> None:
             checks.append((what, got, want, got == want))
 
-        v1, pd, pu, v2 = (steps.get(n, {}).get("counts") for n in STEPS)
+        v1, pd, pu, v2, dv = (steps.get(n, {}).get("counts") for n in STEPS)
         if v1:
             check("validate: objects listed = files + changed", v1["listed"], total)
             check("validate: orphaned = changed", v1["orphaned"], changed)
@@ -799,6 +809,10 @@ class Bench:
             check("validate-2: objects listed = files", v2["listed"], a.files)
             check("validate-2: orphaned = 0", v2["orphaned"], 0)
             check("validate-2: every backup restorable", (v2["restorable"], v2["backups"]), (1, 1))
+        if dv:
+            want_verified = max(1, -(-a.files * a.deep_sample // 100))
+            check(f"deep: verified = {a.deep_sample}% of files", dv["verified"], want_verified)
+            check("deep: damaged = 0", dv["damaged"], 0)
         check("object files on disk after = files", setup.get("stored_objects_after"), a.files)
         for name in STEPS:
             r = steps.get(name, {})
@@ -835,6 +849,8 @@ def main() -> int:
     ap.add_argument("--change-percent", type=float, default=10.0,
                     help="files given new content before the incremental (default 10)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--deep-sample", type=int, default=1, metavar="PERCENT",
+                    help="share of the objects the deep validation verifies (default 1)")
     ap.add_argument("--compression", metavar="CODEC",
                     help="the location's compression: none, zstd or zstd:LEVEL (default: the server's)")
     ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "lifecycle"),
