@@ -75,7 +75,11 @@ async fn deep_validation_finds_rot_samples_cover_every_object_and_quick_finds_tr
         assert!(result.backups[0].restorable);
         never_verified.push(result.objects_never_verified);
     }
-    assert_eq!(never_verified, [9, 6, 3, 0], "the least recently verified first");
+    assert_eq!(
+        never_verified,
+        [9, 6, 3, 0],
+        "the least recently verified first"
+    );
 
     // Rot inside the big object, its size unchanged: quick sees nothing, deep finds it and
     // names the file.
@@ -110,9 +114,12 @@ async fn deep_validation_finds_rot_samples_cover_every_object_and_quick_finds_tr
     assert!(!checked.restorable);
     assert_eq!(checked.damaged_objects, 1);
     assert!(
-        checked.affected_files.iter().any(|file| file.contains("ks/t1/big.db")
-            && file.contains(&big_hash)
-            && file.contains("damaged")),
+        checked
+            .affected_files
+            .iter()
+            .any(|file| file.contains("ks/t1/big.db")
+                && file.contains(&big_hash)
+                && file.contains("damaged")),
         "{:?}",
         checked.affected_files
     );
@@ -155,16 +162,22 @@ async fn deep_validation_finds_rot_samples_cover_every_object_and_quick_finds_tr
     let result = quick.validation.expect("a result");
     assert_eq!(result.objects_damaged, 1, "{result:?}");
     assert!(
-        result.backups[0].affected_files.iter().any(|file| file
-            .contains("part-0.db")
-            && file.contains(&small_hash)
-            && file.contains("stored as 8 bytes")),
+        result.backups[0]
+            .affected_files
+            .iter()
+            .any(|file| file.contains("part-0.db")
+                && file.contains(&small_hash)
+                && file.contains("stored as 8 bytes")),
         "{:?}",
         result.backups[0].affected_files
     );
 
     for (depth, sample, code) in [
-        (proto::ValidationDepth::Deep as i32, 101, Code::InvalidArgument),
+        (
+            proto::ValidationDepth::Deep as i32,
+            101,
+            Code::InvalidArgument,
+        ),
         (7, 0, Code::InvalidArgument),
     ] {
         let status = client

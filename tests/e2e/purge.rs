@@ -508,13 +508,19 @@ async fn a_purge_removes_temporary_objects_left_a_day_ago() {
         .set_modified(two_days_ago)
         .expect("age it");
 
-    let dry = purge(&setup.client, true).await.purge_result.expect("result");
+    let dry = purge(&setup.client, true)
+        .await
+        .purge_result
+        .expect("result");
     assert_eq!(
         (dry.temporary_objects_deleted, dry.temporary_bytes_freed),
         (1, 1000),
         "{dry:?}"
     );
-    assert!(stale.exists() && fresh.exists(), "a dry run removes nothing");
+    assert!(
+        stale.exists() && fresh.exists(),
+        "a dry run removes nothing"
+    );
 
     let done = purge(&setup.client, false)
         .await

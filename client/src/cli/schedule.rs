@@ -1004,6 +1004,60 @@ mod tests {
     }
 
     #[test]
+    fn validation_flags_ask_for_a_validation_after_each_backup() {
+        let base = [
+            "create",
+            "n",
+            "--cluster",
+            "c",
+            "--location",
+            "l",
+            "--every",
+            "1h",
+        ];
+        let create = |extra: &[&str]| {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            let ScheduleCommand::Create(args) = parse(&argv) else {
+                panic!("not create");
+            };
+            create_request(&args).expect("request").validation
+        };
+        assert_eq!(create(&[]), None);
+        assert_eq!(
+            create(&["--validate", "deep", "--validate-sample", "5"]),
+            Some(proto::ScheduleValidation {
+                depth: proto::ValidationDepth::Deep.into(),
+                sample_percent: 5,
+            })
+        );
+        assert_eq!(
+            create(&["--validate", "quick"]).map(|v| v.depth()),
+            Some(proto::ValidationDepth::Quick)
+        );
+        for wrong in [
+            &["--validate-sample", "5"][..],
+            &["--validate", "deep", "--validate-sample", "0"],
+            &["--validate", "deep", "--validate-sample", "101"],
+            &["--validate", "thorough"],
+        ] {
+            let mut argv = vec!["cofferctl", "schedule"];
+            argv.extend_from_slice(&base);
+            argv.extend_from_slice(wrong);
+            assert_eq!(
+                Cli::try_parse_from(argv).expect_err("refused").exit_code(),
+                2,
+                "{wrong:?}"
+            );
+        }
+        let ScheduleCommand::Update(args) = parse(&["update", "n", "--no-validate"]) else {
+            panic!("not update");
+        };
+        let request = update_request(&args, &proto::Schedule::default()).expect("request");
+        assert!(request.remove_validation && request.validation.is_none());
+    }
+
+    #[test]
     fn create_takes_exactly_one_trigger() {
         let base = [
             "cofferctl",

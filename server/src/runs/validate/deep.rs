@@ -37,7 +37,11 @@ pub(super) async fn verify(handle: &mut RunHandle, plan: &ValidatePlan) -> Resul
                 break;
             };
             after = last.clone();
-            batches.push(page.iter().map(|(hash, _)| hash.clone()).collect::<Vec<_>>());
+            batches.push(
+                page.iter()
+                    .map(|(hash, _)| hash.clone())
+                    .collect::<Vec<_>>(),
+            );
             stored_sizes.extend(page);
         }
         if batches.is_empty() {
