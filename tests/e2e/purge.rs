@@ -538,4 +538,23 @@ async fn a_purge_removes_temporary_objects_left_a_day_ago() {
     let checked = validation(&setup.client).await;
     assert_eq!(checked.objects_orphaned, 0, "temporaries are not objects");
     assert!(checked.backups.iter().all(|backup| backup.restorable));
+
+    // Without --cluster, cofferctl purges every registered cluster's objects there, in turn.
+    let output = tokio::process::Command::new(binary("cofferctl"))
+        .env("COFFER_SERVER", setup.server.process.host_port())
+        .args(["location", "purge", "vault", "--dry-run", "--watch"])
+        .output()
+        .await
+        .expect("run cofferctl");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.matches("(dry run)").count(),
+        1,
+        "one cluster: {stdout}"
+    );
 }

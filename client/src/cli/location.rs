@@ -77,9 +77,10 @@ pub struct PurgeArgs {
     /// Name or id of the location.
     #[arg(value_name = "LOCATION", value_parser = non_empty())]
     pub location: String,
-    /// Name or id of the cluster whose unreferenced objects are deleted.
+    /// Name or id of the cluster whose unreferenced objects are deleted; without it, every
+    /// registered cluster's, one purge run after the other.
     #[arg(long, value_name = "CLUSTER", value_parser = non_empty())]
-    pub cluster: String,
+    pub cluster: Option<String>,
     /// Report what would be freed; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -337,17 +338,66 @@ pub async fn run(command: LocationCommand, session: &Session) -> Result<(), CliE
 
 async fn purge(args: PurgeArgs, session: &Session) -> Result<(), CliError> {
     let client = session.connect().await?;
-    let response = client
-        .locations()
-        .purge_location(proto::PurgeLocationRequest {
-            location: args.location,
-            cluster: args.cluster,
-            dry_run: args.dry_run,
-        })
-        .await?
-        .into_inner();
-    let run_id = response.run_id.clone();
-    crate::cli::watch::started(session, &client, &response, &run_id, args.watch, "purge").await
+    let clusters = match &args.cluster {
+        Some(cluster) => vec![cluster.clone()],
+        None => every_cluster(&client).await?,
+    };
+    if clusters.is_empty() {
+        session
+            .output
+            .note(format_args!("no cluster is registered: nothing to purge"));
+        return Ok(());
+    }
+    // One purge per cluster (objects live under each cluster's folder), one after the other
+    // when followed; a cluster whose purge cannot start or fails does not stop the others.
+    let mut first_error = None;
+    for cluster in clusters {
+        let started = async {
+            let response = client
+                .locations()
+                .purge_location(proto::PurgeLocationRequest {
+                    location: args.location.clone(),
+                    cluster: cluster.clone(),
+                    dry_run: args.dry_run,
+                })
+                .await?
+                .into_inner();
+            let run_id = response.run_id.clone();
+            crate::cli::watch::started(session, &client, &response, &run_id, args.watch, "purge")
+                .await
+        }
+        .await;
+        if let Err(error) = started {
+            if args.cluster.is_none() {
+                session
+                    .output
+                    .note(format_args!("cluster {cluster}: {error}"));
+            }
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The ids of every registered cluster.
+async fn every_cluster(client: &coffer_client::CofferClient) -> Result<Vec<String>, CliError> {
+    let clusters = crate::cli::paging::all_pages(|page_token| {
+        let mut clusters = client.clusters();
+        let request = proto::ListClustersRequest {
+            page_size: 0,
+            page_token,
+            labels: Default::default(),
+        };
+        async move {
+            let page = clusters.list_clusters(request).await?.into_inner();
+            Ok(Page {
+                items: page.clusters,
+                next_page_token: page.next_page_token,
+            })
+        }
+    })
+    .await?;
+    Ok(clusters.into_iter().map(|cluster| cluster.id).collect())
 }
 
 async fn validate(args: ValidateArgs, session: &Session) -> Result<(), CliError> {
