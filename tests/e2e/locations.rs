@@ -121,7 +121,7 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
             name: None,
             options: Some(proto::update_location_request::Options::S3(
                 proto::S3LocationOptions {
-                    bucket: "b".into(),
+                    bucket: "bkt".into(),
                     ..Default::default()
                 },
             )),
@@ -170,5 +170,94 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
         coffer_tests::tree(&moved)
             .keys()
             .any(|path| path.ends_with("backup.json"))
+    );
+}
+
+/// Every location field is checked by its kind's own rules: the filesystem root, relative
+/// paths, NUL bytes, `..`, kernel filesystems, bucket names no storage accepts (`../../`),
+/// endpoints with credentials in them. Nothing is recorded, and `location check` never writes
+/// probe objects at the filesystem root.
+#[tokio::test]
+async fn locations_that_break_their_kinds_rules_are_refused() {
+    use proto::create_location_request::Options;
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(root.path()).await;
+    let client = server.client().await;
+    let fs = |path: &str| {
+        Options::Fs(proto::FsLocationOptions {
+            path: path.to_string(),
+        })
+    };
+    let s3 = |bucket: &str, endpoint: &str, prefix: &str| {
+        Options::S3(proto::S3LocationOptions {
+            bucket: bucket.to_string(),
+            endpoint: endpoint.to_string(),
+            prefix: prefix.to_string(),
+            ..Default::default()
+        })
+    };
+    let cases = [
+        (fs("/"), "fs.path", "root"),
+        (fs("//"), "fs.path", "root"),
+        (fs("relative/backups"), "fs.path", "absolute"),
+        (fs("/srv/back\0ups"), "fs.path", "control"),
+        (fs("/srv/../etc"), "fs.path", ".."),
+        (fs("/proc/self"), "fs.path", "kernel"),
+        (s3("../../", "", ""), "s3.bucket", "../../"),
+        (s3("ab", "", ""), "s3.bucket", "3 to 63"),
+        (s3("Backups", "", ""), "s3.bucket", "'B'"),
+        (
+            s3("backups", "http://user:secret@host:9000", ""),
+            "s3.endpoint",
+            "credentials",
+        ),
+        (s3("backups", "ftp://host", ""), "s3.endpoint", "http"),
+        (s3("backups", "", "a/../../b"), "s3.prefix", ".."),
+        (
+            Options::Gcs(proto::GcsLocationOptions {
+                bucket: "_bucket".into(),
+                ..Default::default()
+            }),
+            "gcs.bucket",
+            "start",
+        ),
+        (
+            Options::Azblob(proto::AzblobLocationOptions {
+                container: "a--b".into(),
+                endpoint: "http://127.0.0.1:10000/devstoreaccount1".into(),
+                ..Default::default()
+            }),
+            "azblob.container",
+            "--",
+        ),
+    ];
+    for (index, (options, field, says)) in cases.into_iter().enumerate() {
+        let status = client
+            .locations()
+            .create_location(proto::CreateLocationRequest {
+                name: format!("bad-{index}"),
+                options: Some(options),
+                compression: None,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(
+            status.message().contains(field) && status.message().contains(says),
+            "case {index}: {}",
+            status.message()
+        );
+    }
+    let listed = client
+        .locations()
+        .list_locations(proto::ListLocationsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .locations;
+    assert!(listed.is_empty(), "nothing recorded: {listed:?}");
+    assert!(
+        !std::path::Path::new("/coffer-probe").exists(),
+        "no probe objects at the root"
     );
 }

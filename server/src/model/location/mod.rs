@@ -5,6 +5,8 @@
 //! response, catalog row or log line can leak one. Agents resolve the references when they open
 //! the storage (`agents::convert::storage_location` turns a location into OpenDAL settings).
 
+mod rules;
+
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -143,42 +145,23 @@ impl LocationOptions {
                 check_len(name, value)
             }
         };
-        let check_prefix = |prefix: &str| {
-            check_len("prefix", prefix)?;
-            if prefix.split('/').any(|part| part == "..") {
-                return Err(Error::invalid(
-                    format!("{field}.prefix"),
-                    "must not contain '..'",
-                ));
-            }
-            Ok(())
+        // A value breaking its kind's rule, named with the field.
+        let rule = |name: &str, value: &str, check: fn(&str) -> std::result::Result<(), String>| {
+            check_len(name, value)?;
+            check(value).map_err(|reason| Error::invalid(format!("{field}.{name}"), reason))
         };
-        let check_endpoint = |endpoint: &str| {
-            check_len("endpoint", endpoint)?;
-            let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
-            if !endpoint.is_empty() && !is_url {
-                return Err(Error::invalid(
-                    format!("{field}.endpoint"),
-                    format!("{endpoint:?} is not an http:// or https:// URL"),
-                ));
-            }
-            Ok(())
-        };
+        let optional =
+            |name: &str, value: &str, check: fn(&str) -> std::result::Result<(), String>| {
+                if value.is_empty() {
+                    Ok(())
+                } else {
+                    rule(name, value, check)
+                }
+            };
         match self {
             Self::Fs { path } => {
                 require("path", path)?;
-                if !path.starts_with('/') {
-                    return Err(Error::invalid(
-                        format!("{field}.path"),
-                        format!("{path:?} is not an absolute path"),
-                    ));
-                }
-                if path.split('/').any(|part| part == "..") {
-                    return Err(Error::invalid(
-                        format!("{field}.path"),
-                        "must not contain '..'",
-                    ));
-                }
+                rule("path", path, rules::fs_path)?;
             }
             Self::S3 {
                 bucket,
@@ -188,9 +171,10 @@ impl LocationOptions {
                 ..
             } => {
                 require("bucket", bucket)?;
-                check_len("region", region)?;
-                check_endpoint(endpoint)?;
-                check_prefix(prefix)?;
+                rule("bucket", bucket, rules::s3_bucket)?;
+                optional("region", region, rules::region)?;
+                optional("endpoint", endpoint, rules::endpoint)?;
+                rule("prefix", prefix, rules::prefix)?;
             }
             Self::Azblob {
                 container,
@@ -200,10 +184,11 @@ impl LocationOptions {
                 ..
             } => {
                 require("container", container)?;
+                rule("container", container, rules::azure_container)?;
                 require("endpoint", endpoint)?;
-                check_endpoint(endpoint)?;
-                check_len("account_name", account_name)?;
-                check_prefix(prefix)?;
+                rule("endpoint", endpoint, rules::endpoint)?;
+                optional("account_name", account_name, rules::azure_account)?;
+                rule("prefix", prefix, rules::prefix)?;
             }
             Self::Gcs {
                 bucket,
@@ -212,8 +197,9 @@ impl LocationOptions {
                 ..
             } => {
                 require("bucket", bucket)?;
-                check_endpoint(endpoint)?;
-                check_prefix(prefix)?;
+                rule("bucket", bucket, rules::gcs_bucket)?;
+                optional("endpoint", endpoint, rules::endpoint)?;
+                rule("prefix", prefix, rules::prefix)?;
             }
         }
         Ok(())
