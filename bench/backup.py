@@ -1100,7 +1100,9 @@ class Bench:
         t = {"name": name, "dir": d, "agent_ports": free_ports(self.params.nodes)}
         t["agents"] = [self.start_agent(t, n) for n in range(self.params.nodes)]
         server = self.procs.start("server", [str(RELEASE / "coffer-server"), "--listen", "127.0.0.1:0",
-                                             "--catalog", str(d / "catalog.db")],
+                                             "--catalog", str(d / "catalog.db"),
+                                             # loopback only: the bench measures transfers, not tokens
+                                             "--auth", "none"],
                                   log_dir / "server.log", env=self.agent_env(),
                                   announce=r"coffer-server listening on (http://\S+)")
         t["server"] = server

@@ -566,7 +566,9 @@ class Bench:
         self.agent_port = free_ports(1)[0]
         self.start_agent()
         self.server = self.procs.start("server", [str(RELEASE / "coffer-server"), "--listen", "127.0.0.1:0",
-                                                  "--catalog", str(self.run_dir / "catalog.db")],
+                                                  "--catalog", str(self.run_dir / "catalog.db"),
+                                                  # loopback only: the bench measures storage work
+                                                  "--auth", "none"],
                                        self.logs / "server.log", self.env(),
                                        r"coffer-server listening on (http://\S+)")
         self.server_addr = self.server.address.removeprefix("http://")

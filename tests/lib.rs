@@ -208,6 +208,9 @@ pub struct TestServer {
     pub process: Process,
     /// Its catalog file.
     pub catalog: PathBuf,
+    /// The admin token the server created at its first start (`root/admin.token`); `None`
+    /// for a server started with `--auth none`.
+    pub admin_token: Option<String>,
 }
 
 impl TestServer {
@@ -217,29 +220,67 @@ impl TestServer {
     }
 
     /// Starts a server with its catalog at `root/catalog.db` and extra command-line arguments;
-    /// started again on the same `root`, it finds the catalog a previous one left.
+    /// started again on the same `root`, it finds the catalog a previous one left. Tokens are
+    /// on, as by default: the admin token the server writes to `root/admin.token` is read
+    /// back for [`TestServer::client`] and [`TestServer::cofferctl`].
     pub async fn start_with(root: &Path, extra: &[&str]) -> Self {
         let catalog = root.join("catalog.db");
+        let token_file = root.join("admin.token");
         let mut command = Command::new(binary("coffer-server"));
         command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--catalog")
             .arg(&catalog)
+            .arg("--admin-token-file")
+            .arg(&token_file)
             .arg("--agent-connect-timeout")
             .arg("2s")
             .arg("--agent-request-timeout")
             .arg("5s")
             .args(extra);
         let process = Process::start(command, &root.join("server.log")).await;
-        Self { process, catalog }
+        let admin_token = std::fs::read_to_string(&token_file)
+            .ok()
+            .map(|token| token.trim().to_string())
+            .filter(|token| {
+                !token.is_empty() && !extra.windows(2).any(|pair| pair == ["--auth", "none"])
+            });
+        Self {
+            process,
+            catalog,
+            admin_token,
+        }
     }
 
-    /// A client connected to the server.
+    /// A client connected to the server, presenting the admin token.
     pub async fn client(&self) -> CofferClient {
+        let client = CofferClient::connect(&self.process.url)
+            .await
+            .expect("connect to server");
+        match &self.admin_token {
+            Some(token) => client.with_token(token).expect("token"),
+            None => client,
+        }
+    }
+
+    /// A client connected to the server presenting no token.
+    pub async fn anonymous_client(&self) -> CofferClient {
         CofferClient::connect(&self.process.url)
             .await
             .expect("connect to server")
+    }
+
+    /// `cofferctl` pointed at the server, presenting the admin token.
+    pub fn cofferctl(&self) -> Command {
+        let mut command = Command::new(binary("cofferctl"));
+        command.env("COFFER_SERVER", self.process.host_port());
+        command.env_remove("COFFER_TOKEN_FILE");
+        match &self.admin_token {
+            Some(token) => command.env("COFFER_TOKEN", token),
+            None => command.env_remove("COFFER_TOKEN"),
+        };
+        command
     }
 }
 

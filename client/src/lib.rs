@@ -23,6 +23,9 @@
 
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use coffer_proto::v1::backup_service_client::BackupServiceClient;
@@ -31,6 +34,7 @@ use coffer_proto::v1::location_service_client::LocationServiceClient;
 use coffer_proto::v1::restore_service_client::RestoreServiceClient;
 use coffer_proto::v1::run_service_client::RunServiceClient;
 use coffer_proto::v1::schedule_service_client::ScheduleServiceClient;
+use coffer_proto::v1::token_service_client::TokenServiceClient;
 
 mod json;
 
@@ -52,6 +56,9 @@ pub enum ClientError {
         address: String,
         reason: String,
     },
+    /// A token that cannot be sent as an HTTP header (control characters, non-ASCII).
+    #[error("the token is not a valid header value")]
+    InvalidToken,
     /// The server could not be reached within [`CONNECT_TIMEOUT`].
     #[error("connect to {address}")]
     Connect {
@@ -63,6 +70,40 @@ pub enum ClientError {
     },
 }
 
+/// The transport every service client of a [`CofferClient`] speaks over: its channel, with the
+/// bearer token (if any) added to every call.
+pub type Transport = InterceptedService<Channel, Credentials>;
+
+/// Adds `authorization: Bearer <token>` to every call, when a token is set.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        formatter
+            .debug_struct("Credentials")
+            .field("token", &self.authorization.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// A connection to a Coffer server, handing out one typed client per service.
 ///
 /// Cloning is cheap and shares the underlying channel.
@@ -70,6 +111,7 @@ pub enum ClientError {
 pub struct CofferClient {
     address: String,
     channel: Channel,
+    credentials: Credentials,
 }
 
 impl CofferClient {
@@ -97,7 +139,19 @@ impl CofferClient {
         Ok(Self {
             address: normalized,
             channel,
+            credentials: Credentials::default(),
         })
+    }
+
+    /// The same connection, presenting `token` (a bearer secret) with every call.
+    ///
+    /// Fails with [`ClientError::InvalidToken`] for a token that cannot be an HTTP header value.
+    pub fn with_token(mut self, token: &str) -> Result<Self, ClientError> {
+        let value = format!("Bearer {}", token.trim())
+            .parse::<MetadataValue<Ascii>>()
+            .map_err(|_| ClientError::InvalidToken)?;
+        self.credentials.authorization = Some(value);
+        Ok(self)
     }
 
     /// Wraps an existing channel, for callers that configure their own (TLS, interceptors,
@@ -106,6 +160,7 @@ impl CofferClient {
         Self {
             address: address.into(),
             channel,
+            credentials: Credentials::default(),
         }
     }
 
@@ -114,39 +169,50 @@ impl CofferClient {
         &self.address
     }
 
-    /// The underlying channel, for generated clients not covered here.
+    /// The underlying channel, for generated clients not covered here (without the token:
+    /// see [`CofferClient::transport`]).
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
 
+    /// The channel with this client's token added to every call.
+    pub fn transport(&self) -> Transport {
+        InterceptedService::new(self.channel.clone(), self.credentials.clone())
+    }
+
     /// Client of `coffer.v1.ClusterService`: register, list, update, delete and check clusters.
-    pub fn clusters(&self) -> ClusterServiceClient<Channel> {
-        ClusterServiceClient::new(self.channel.clone())
+    pub fn clusters(&self) -> ClusterServiceClient<Transport> {
+        ClusterServiceClient::new(self.transport())
     }
 
     /// Client of `coffer.v1.LocationService`: the storage locations backups are written to.
-    pub fn locations(&self) -> LocationServiceClient<Channel> {
-        LocationServiceClient::new(self.channel.clone())
+    pub fn locations(&self) -> LocationServiceClient<Transport> {
+        LocationServiceClient::new(self.transport())
     }
 
     /// Client of `coffer.v1.BackupService`: start, list, inspect and delete backups.
-    pub fn backups(&self) -> BackupServiceClient<Channel> {
-        BackupServiceClient::new(self.channel.clone())
+    pub fn backups(&self) -> BackupServiceClient<Transport> {
+        BackupServiceClient::new(self.transport())
     }
 
     /// Client of `coffer.v1.RestoreService`: start restores.
-    pub fn restores(&self) -> RestoreServiceClient<Channel> {
-        RestoreServiceClient::new(self.channel.clone())
+    pub fn restores(&self) -> RestoreServiceClient<Transport> {
+        RestoreServiceClient::new(self.transport())
     }
 
     /// Client of `coffer.v1.RunService`: inspect, watch and cancel backup and restore runs.
-    pub fn runs(&self) -> RunServiceClient<Channel> {
-        RunServiceClient::new(self.channel.clone())
+    pub fn runs(&self) -> RunServiceClient<Transport> {
+        RunServiceClient::new(self.transport())
+    }
+
+    /// Client of `coffer.v1.TokenService`: the API's bearer tokens.
+    pub fn tokens(&self) -> TokenServiceClient<Transport> {
+        TokenServiceClient::new(self.transport())
     }
 
     /// Client of `coffer.v1.ScheduleService`: recurring backups.
-    pub fn schedules(&self) -> ScheduleServiceClient<Channel> {
-        ScheduleServiceClient::new(self.channel.clone())
+    pub fn schedules(&self) -> ScheduleServiceClient<Transport> {
+        ScheduleServiceClient::new(self.transport())
     }
 }
 

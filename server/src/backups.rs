@@ -49,6 +49,8 @@ pub struct StartBackup {
     pub idempotency_key: Option<String>,
     /// The schedule whose fire this is; `None` for StartBackup.
     pub schedule_id: Option<Uuid>,
+    /// Who asks (see [`crate::model::run::Run::started_by`]).
+    pub started_by: String,
 }
 
 /// Starts backups and answers questions about committed ones.
@@ -114,6 +116,7 @@ impl Backups {
             dry_run: request.dry_run,
             idempotency_key: request.idempotency_key,
             schedule_id: request.schedule_id,
+            started_by: request.started_by.clone(),
             backup_id: (!request.dry_run).then(Uuid::now_v7),
             error: String::new(),
             validation: None,

@@ -10,6 +10,7 @@ use coffer_process::Layered;
 use serde::{Deserialize, Serialize};
 
 use crate::agents::AgentCallOptions;
+use crate::auth::AuthMode;
 
 /// Address the server listens on when nothing else is configured.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -52,6 +53,16 @@ pub struct ServerOptions {
     /// seconds. Runs and backups keep the system's time.
     #[arg(long, global = true, env = "COFFER_SCHEDULER_CLOCK_FILE")]
     pub scheduler_clock_file: Option<PathBuf>,
+
+    /// Whether API calls must present a bearer token: `tokens` (every call but health and
+    /// reflection) or `none` (anyone reaching the port may do anything) [default: tokens].
+    #[arg(long, global = true, env = "COFFER_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// Where the server writes the admin token it creates when no token exists yet
+    /// [default: admin.token beside the catalog].
+    #[arg(long, global = true, env = "COFFER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Layered for ServerOptions {
@@ -64,6 +75,8 @@ impl Layered for ServerOptions {
             agent_parallelism: self.agent_parallelism.or(lower.agent_parallelism),
             scheduler_tick: self.scheduler_tick.or(lower.scheduler_tick),
             scheduler_clock_file: self.scheduler_clock_file.or(lower.scheduler_clock_file),
+            auth: self.auth.or(lower.auth),
+            admin_token_file: self.admin_token_file.or(lower.admin_token_file),
         }
     }
 }
@@ -88,6 +101,10 @@ pub struct ServerConfig {
     /// The scheduler's clock, read from a file (rehearsals and tests); `None` is the system's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduler_clock_file: Option<PathBuf>,
+    /// Whether calls present tokens.
+    pub auth: AuthMode,
+    /// Where the bootstrap admin token is written.
+    pub admin_token_file: PathBuf,
 }
 
 impl ServerConfig {
@@ -123,11 +140,15 @@ impl ServerOptions {
                 reason: "bad built-in default".into(),
             })?,
         };
+        let catalog = self
+            .catalog
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CATALOG));
+        let admin_token_file = self
+            .admin_token_file
+            .unwrap_or_else(|| catalog.with_file_name("admin.token"));
         let config = ServerConfig {
             listen,
-            catalog: self
-                .catalog
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CATALOG)),
+            catalog,
             agent_connect_timeout: self.agent_connect_timeout.unwrap_or(Duration::from_secs(5)),
             agent_request_timeout: self
                 .agent_request_timeout
@@ -137,6 +158,8 @@ impl ServerOptions {
                 .scheduler_tick
                 .unwrap_or(crate::scheduler::DEFAULT_TICK),
             scheduler_clock_file: self.scheduler_clock_file,
+            auth: self.auth.unwrap_or_default(),
+            admin_token_file,
         };
         for (setting, value) in [
             ("agent-connect-timeout", config.agent_connect_timeout),

@@ -120,6 +120,12 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
     let coffer = coffer_server::Coffer::open(&server_config)
         .await
         .context("open dev catalog")?;
+    // cofferctl run in the directory that holds the dev folder finds the token there.
+    coffer
+        .tokens()
+        .bootstrap(&server_config.admin_token_file)
+        .await
+        .context("create the dev admin token")?;
     let server_task = {
         let coffer = coffer.clone();
         let shutdown = shutdown.clone();
@@ -136,7 +142,13 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
         shutdown.cancel();
         return Err(error);
     }
-    print_welcome(server_address, &dir, &storage, &data);
+    print_welcome(
+        server_address,
+        &dir,
+        &storage,
+        &data,
+        &server_config.admin_token_file,
+    );
 
     tokio::select! {
         () = coffer_process::shutdown_signal() => {}
@@ -242,7 +254,7 @@ async fn bind(address: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::Tcp
         .with_context(|| format!("bind {address} (in use? choose another address with {flag})"))
 }
 
-fn print_welcome(server: SocketAddr, dir: &Path, storage: &Path, data: &Path) {
+fn print_welcome(server: SocketAddr, dir: &Path, storage: &Path, data: &Path, token: &Path) {
     // First line as every Coffer process: scripts and tests read the bound address from it.
     coffer_process::announce(&format!("coffer-server listening on http://{server}"));
     coffer_process::announce(&format!(
@@ -251,6 +263,7 @@ Coffer dev mode is running (Ctrl-C stops it).
 
   API            {server}   (gRPC, with reflection)
   catalog        {catalog}
+  admin token    {token} (cofferctl run here finds it)
   cluster        dev: one node, its agent embedded here, data in {data}
   location       dev-fs: {storage}
 
@@ -259,9 +272,10 @@ Talk to it:
   cargo run -q -p coffer-client -- --server {server} cluster check dev
   cargo run -q -p coffer-client -- --server {server} backup start dev --location dev-fs --watch
   grpcurl -plaintext {server} list
-  grpcurl -plaintext {server} coffer.v1.ClusterService/ListClusters
+  grpcurl -plaintext -H \"authorization: Bearer $(cat {token})\" {server} coffer.v1.ClusterService/ListClusters
 ",
         catalog = dir.join("catalog.db").display(),
+        token = token.display(),
         data = data.display(),
         storage = storage.display(),
     ));

@@ -7,6 +7,7 @@
 //! ([`clusters`], [`model`]) over the [`catalog`] (all SQL) and [`agents`] (calls to agents).
 
 pub mod agents;
+pub mod auth;
 pub mod backups;
 pub mod catalog;
 pub mod clock;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::agents::AgentClients;
+use crate::auth::Tokens;
 use crate::backups::Backups;
 use crate::catalog::Catalog;
 use crate::clock::{Clock, FileClock, SystemClock};
@@ -56,6 +58,7 @@ pub struct Coffer {
     importer: Importer,
     validations: Validations,
     purges: Purges,
+    tokens: Tokens,
 }
 
 impl Coffer {
@@ -64,6 +67,7 @@ impl Coffer {
     /// Fails when the catalog cannot be opened or migrated.
     pub async fn open(config: &ServerConfig) -> error::Result<Self> {
         let catalog = Catalog::open(&config.catalog).await?;
+        let catalog_for_tokens = catalog.clone();
         let agents = Arc::new(AgentClients::new(config.agent_calls()));
         let clusters = Arc::new(ClusterRegistry::new(catalog.clone(), agents.clone()));
         let locations = LocationRegistry::new(catalog.clone(), (*clusters).clone(), agents.clone());
@@ -124,6 +128,7 @@ impl Coffer {
             importer,
             validations,
             purges,
+            tokens: Tokens::new(catalog_for_tokens, config.auth),
         })
     }
 
@@ -142,6 +147,11 @@ impl Coffer {
 
     pub fn schedules(&self) -> &Schedules {
         &self.schedules
+    }
+
+    /// API tokens.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
     }
 
     /// Cluster registration and inspection.

@@ -70,6 +70,18 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let coffer = coffer_server::Coffer::open(&config)
         .await
         .with_context(|| format!("open catalog {}", config.catalog.display()))?;
+    match config.auth {
+        coffer_server::auth::AuthMode::Tokens => {
+            coffer
+                .tokens()
+                .bootstrap(&config.admin_token_file)
+                .await
+                .context("create the admin token")?;
+        }
+        coffer_server::auth::AuthMode::None => tracing::warn!(
+            "authentication is off (--auth none): anyone who reaches the API may do anything"
+        ),
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("bind {}", config.listen))?;

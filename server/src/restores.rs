@@ -56,6 +56,8 @@ pub struct StartRestore {
     /// Report what would be done, and change nothing.
     pub dry_run: bool,
     pub idempotency_key: Option<String>,
+    /// Who asks (see [`crate::model::run::Run::started_by`]).
+    pub started_by: String,
 }
 
 /// Starts restores.
@@ -163,6 +165,7 @@ impl Restores {
             dry_run: request.dry_run,
             idempotency_key: request.idempotency_key,
             schedule_id: None,
+            started_by: request.started_by.clone(),
             backup_id: Some(backup.id),
             error: String::new(),
             validation: None,

@@ -9,8 +9,8 @@ struct Output {
 }
 
 async fn cofferctl(server: &TestServer, args: &[&str]) -> Output {
-    let output = tokio::process::Command::new(binary("cofferctl"))
-        .env("COFFER_SERVER", server.process.host_port())
+    let output = server
+        .cofferctl()
         .args(args)
         .output()
         .await

@@ -5,7 +5,7 @@
 
 use coffer_client::{CofferClient, proto};
 use coffer_tests::{
-    TestAgent, TestServer, binary, create_fs_location, noise, run_backup, watch_to_end, write,
+    TestAgent, TestServer, create_fs_location, noise, run_backup, watch_to_end, write,
 };
 use tonic::Code;
 
@@ -125,8 +125,8 @@ async fn deep_validation_finds_rot_samples_cover_every_object_and_quick_finds_tr
     );
 
     // cofferctl: a deep validation that finds a backup unrestorable exits 8 and says why.
-    let output = tokio::process::Command::new(binary("cofferctl"))
-        .env("COFFER_SERVER", server.process.host_port().to_string())
+    let output = server
+        .cofferctl()
         .args([
             "location",
             "validate",

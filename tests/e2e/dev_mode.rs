@@ -19,16 +19,60 @@ async fn start_dev(dir: &std::path::Path, log: &std::path::Path) -> Process {
 #[tokio::test]
 async fn dev_mode_runs_a_registered_dev_cluster_and_keeps_it_across_restarts() {
     let root = tempfile::tempdir().expect("tempdir");
-    let dir = root.path().join("coffer-dev");
+    // The default folder name, so that cofferctl run beside it finds the token.
+    let dir = root.path().join(".coffer-dev");
     let dev = start_dev(&dir, &root.path().join("dev.log")).await;
     for folder in ["data", "storage", "agent-state"] {
         assert!(dir.join(folder).is_dir(), "{folder} made");
     }
     assert!(dir.join("catalog.db").is_file());
+    let token = std::fs::read_to_string(dir.join("admin.token")).expect("the dev admin token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(dir.join("admin.token"))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600,
+        "only its owner reads the token"
+    );
+
+    // cofferctl in the folder that holds .coffer-dev presents the token without being told.
+    let listed = tokio::process::Command::new(binary("cofferctl"))
+        .current_dir(root.path())
+        .env("COFFER_SERVER", dev.host_port())
+        .env_remove("COFFER_TOKEN")
+        .env_remove("COFFER_TOKEN_FILE")
+        .args(["cluster", "list"])
+        .output()
+        .await
+        .expect("run cofferctl");
+    assert!(
+        listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains("dev"),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let elsewhere = tokio::process::Command::new(binary("cofferctl"))
+        .current_dir(&dir)
+        .env("COFFER_SERVER", dev.host_port())
+        .env_remove("COFFER_TOKEN")
+        .env_remove("COFFER_TOKEN_FILE")
+        .args(["cluster", "list"])
+        .output()
+        .await
+        .expect("run cofferctl");
+    assert_eq!(
+        elsewhere.status.code(),
+        Some(12),
+        "no token found: UNAUTHENTICATED"
+    );
 
     let client = coffer_client::CofferClient::connect(&dev.url)
         .await
-        .expect("connect");
+        .expect("connect")
+        .with_token(&token)
+        .expect("token");
     let check = client
         .clusters()
         .check_cluster(proto::CheckClusterRequest {
@@ -71,9 +115,16 @@ async fn dev_mode_runs_a_registered_dev_cluster_and_keeps_it_across_restarts() {
 
     // Restarted (on other ports), it finds its catalog, its node and its cluster again.
     let dev = start_dev(&dir, &root.path().join("dev2.log")).await;
+    assert_eq!(
+        std::fs::read_to_string(dir.join("admin.token")).expect("token"),
+        token,
+        "a restart keeps the token"
+    );
     let client = coffer_client::CofferClient::connect(&dev.url)
         .await
-        .expect("connect");
+        .expect("connect")
+        .with_token(&token)
+        .expect("token");
     let listed = client
         .clusters()
         .list_clusters(proto::ListClustersRequest::default())

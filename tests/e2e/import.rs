@@ -192,8 +192,8 @@ async fn a_lost_catalog_is_rebuilt_from_the_location_and_restores_byte_identical
     );
 
     // The same through cofferctl.
-    let output = tokio::process::Command::new(coffer_tests::binary("cofferctl"))
-        .env("COFFER_SERVER", second.process.host_port())
+    let output = second
+        .cofferctl()
         .args([
             "location",
             "import",

@@ -2,6 +2,7 @@
 //! loopback ports, with real SQLite catalog files in temporary directories.
 
 mod agent_loss;
+mod auth;
 mod backups;
 mod bad_input;
 mod clusters;

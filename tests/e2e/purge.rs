@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use coffer_client::{CofferClient, proto};
 use coffer_tests::{
-    TestAgent, TestServer, binary, create_fs_location, noise, run_backup, tree, watch_to_end, wipe,
-    write,
+    TestAgent, TestServer, create_fs_location, noise, run_backup, tree, watch_to_end, wipe, write,
 };
 use tonic::Code;
 
@@ -189,8 +188,9 @@ async fn a_purge_frees_what_deleted_backups_held_and_keeps_what_backups_refer_to
     assert_eq!(checked.objects_referenced, after.len() as u64);
     assert!(checked.backups.iter().all(|backup| backup.restorable));
     // Nothing left to purge; through cofferctl.
-    let output = tokio::process::Command::new(binary("cofferctl"))
-        .env("COFFER_SERVER", setup.server.process.host_port())
+    let output = setup
+        .server
+        .cofferctl()
         .args(["location", "purge", "vault", "--cluster", "prod", "--watch"])
         .output()
         .await
@@ -540,8 +540,9 @@ async fn a_purge_removes_temporary_objects_left_a_day_ago() {
     assert!(checked.backups.iter().all(|backup| backup.restorable));
 
     // Without --cluster, cofferctl purges every registered cluster's objects there, in turn.
-    let output = tokio::process::Command::new(binary("cofferctl"))
-        .env("COFFER_SERVER", setup.server.process.host_port())
+    let output = setup
+        .server
+        .cofferctl()
         .args(["location", "purge", "vault", "--dry-run", "--watch"])
         .output()
         .await

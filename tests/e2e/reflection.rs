@@ -9,13 +9,14 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 use crate::{node, register};
 
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 7] = [
     "coffer.v1.BackupService",
     "coffer.v1.ClusterService",
     "coffer.v1.LocationService",
     "coffer.v1.RestoreService",
     "coffer.v1.RunService",
     "coffer.v1.ScheduleService",
+    "coffer.v1.TokenService",
 ];
 
 async fn grpcurl(args: &[&str]) -> (bool, String, String) {
@@ -37,7 +38,12 @@ async fn grpcurl_lists_every_service_and_calls_the_api_through_reflection_alone(
     let agent = TestAgent::start(root.path(), "a").await;
     let server = TestServer::start(root.path()).await;
     let address = server.process.host_port().to_string();
+    let authorization = format!(
+        "authorization: Bearer {}",
+        server.admin_token.as_deref().expect("a token")
+    );
 
+    // Reflection is open: listing needs no token.
     let (ok, listed, stderr) = grpcurl(&["-plaintext", &address, "list"]).await;
     assert!(ok, "grpcurl list: {stderr}");
     for service in SERVICES.iter().chain(&["grpc.health.v1.Health"]) {
@@ -54,8 +60,20 @@ async fn grpcurl_lists_every_service_and_calls_the_api_through_reflection_alone(
         "labels": {"tool": "grpcurl"},
     })
     .to_string();
+    let (ok, _, stderr) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        &body,
+        &address,
+        "coffer.v1.ClusterService/RegisterCluster",
+    ])
+    .await;
+    assert!(!ok, "a call without a token is refused");
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
     let (ok, registered, stderr) = grpcurl(&[
         "-plaintext",
+        "-H",
+        &authorization,
         "-d",
         &body,
         &address,
@@ -68,6 +86,8 @@ async fn grpcurl_lists_every_service_and_calls_the_api_through_reflection_alone(
 
     let (ok, listed, stderr) = grpcurl(&[
         "-plaintext",
+        "-H",
+        &authorization,
         "-d",
         "{}",
         &address,
@@ -82,6 +102,8 @@ async fn grpcurl_lists_every_service_and_calls_the_api_through_reflection_alone(
     // Errors come back with their code.
     let (ok, _, stderr) = grpcurl(&[
         "-plaintext",
+        "-H",
+        &authorization,
         "-d",
         r#"{"cluster": "nope"}"#,
         &address,
@@ -91,7 +113,7 @@ async fn grpcurl_lists_every_service_and_calls_the_api_through_reflection_alone(
     assert!(!ok);
     assert!(stderr.contains("NotFound"), "{stderr}");
 
-    // The health service says the cluster API is serving.
+    // The health service says the cluster API is serving; it is open too.
     let (ok, health, stderr) = grpcurl(&[
         "-plaintext",
         "-d",
@@ -178,15 +200,21 @@ async fn the_agent_serves_its_own_api_with_reflection() {
 }
 
 /// Calls `method` with the JSON `body` through grpcurl and reflection; panics unless it succeeds.
-async fn grpcurl_call(address: &str, method: &str, body: &serde_json::Value) -> String {
+async fn grpcurl_call(server: &TestServer, method: &str, body: &serde_json::Value) -> String {
     let body = body.to_string();
+    let authorization = format!(
+        "authorization: Bearer {}",
+        server.admin_token.as_deref().expect("a token")
+    );
     let (ok, stdout, stderr) = grpcurl(&[
         "-plaintext",
         "-max-time",
         "120",
+        "-H",
+        &authorization,
         "-d",
         &body,
-        address,
+        server.process.host_port(),
         method,
     ])
     .await;
@@ -199,13 +227,12 @@ async fn grpcurl_backs_up_a_cluster_and_watches_the_run_through_reflection_alone
     let root = tempfile::tempdir().expect("tempdir");
     let agent = TestAgent::start(root.path(), "a").await;
     let server = TestServer::start(root.path()).await;
-    let address = server.process.host_port().to_string();
     std::fs::write(agent.data.join("one.txt"), b"first file\n").expect("write file");
     std::fs::write(agent.data.join("two.txt"), b"second file\n").expect("write file");
     let location = root.path().join("backups");
 
     let registered = grpcurl_call(
-        &address,
+        &server,
         "coffer.v1.ClusterService/RegisterCluster",
         &serde_json::json!({"name": "curl", "nodes": [{"address": agent.process.url}]}),
     )
@@ -214,7 +241,7 @@ async fn grpcurl_backs_up_a_cluster_and_watches_the_run_through_reflection_alone
     assert_eq!(registered["cluster"]["nodes"][0]["id"], agent.node_id());
 
     let created = grpcurl_call(
-        &address,
+        &server,
         "coffer.v1.LocationService/CreateLocation",
         &serde_json::json!({"name": "curl-fs", "fs": {"path": location.display().to_string()}}),
     )
@@ -223,7 +250,7 @@ async fn grpcurl_backs_up_a_cluster_and_watches_the_run_through_reflection_alone
     assert_eq!(created["location"]["name"], "curl-fs");
 
     let started = grpcurl_call(
-        &address,
+        &server,
         "coffer.v1.BackupService/StartBackup",
         &serde_json::json!({
             "cluster": "curl",
@@ -236,7 +263,7 @@ async fn grpcurl_backs_up_a_cluster_and_watches_the_run_through_reflection_alone
 
     // grpcurl prints each message of the stream as one JSON object; the last one is final.
     let watched = grpcurl_call(
-        &address,
+        &server,
         "coffer.v1.RunService/WatchRun",
         &serde_json::json!({"runId": run_id}),
     )
@@ -252,7 +279,7 @@ async fn grpcurl_backs_up_a_cluster_and_watches_the_run_through_reflection_alone
     let backup_id = last["backupId"].as_str().expect("backupId").to_string();
 
     let got = grpcurl_call(
-        &address,
+        &server,
         "coffer.v1.BackupService/GetBackup",
         &serde_json::json!({"backupId": backup_id}),
     )

@@ -644,7 +644,9 @@ async fn run_now_fires_at_once_under_the_same_rules() {
         .expect("fire");
     assert_eq!(fire.cause(), proto::FireCause::RunNow);
     assert_eq!(fire.outcome(), proto::FireOutcome::Started);
-    assert_eq!(get_run(client, &fire.run_id).await.schedule_id, nightly.id);
+    let fired = get_run(client, &fire.run_id).await;
+    assert_eq!(fired.schedule_id, nightly.id);
+    assert_eq!(fired.started_by, "schedule:nightly");
 
     setup.clock.set(start + 1000);
     let status = client
@@ -781,6 +783,7 @@ async fn retention_deletes_what_no_rule_keeps_and_a_kept_incremental_restores_al
         "{}",
         purged.error_message
     );
+    assert_eq!(purged.started_by, "retention:nightly");
     let freed = purged.purge_result.expect("a purge result");
     // (The first backup held nothing the others do not: the hand-made one has the same files.)
     assert_eq!(
@@ -1615,6 +1618,7 @@ async fn a_schedule_validates_after_each_backup() {
         "{}",
         validated.error_message
     );
+    assert_eq!(validated.started_by, "schedule:nightly");
     match &validated.spec {
         Some(proto::run::Spec::Validate(spec)) => {
             assert_eq!(spec.depth(), proto::ValidationDepth::Deep);

@@ -77,6 +77,10 @@ async fn a_generated_python_client_backs_up_a_cluster_fires_a_schedule_and_watch
         .arg(&location)
         .args(["--expect-files", "2"])
         .env("PYTHONPATH", &generated)
+        .env(
+            "COFFER_TOKEN",
+            server.admin_token.as_deref().expect("the admin token"),
+        )
         .stdin(Stdio::null())
         .output()
         .await

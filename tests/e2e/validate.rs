@@ -4,7 +4,7 @@
 
 use coffer_client::{CofferClient, proto};
 use coffer_tests::{
-    TestAgent, TestServer, binary, create_fs_location, noise, run_backup, watch_to_end, write,
+    TestAgent, TestServer, create_fs_location, noise, run_backup, watch_to_end, write,
 };
 use tonic::Code;
 
@@ -78,15 +78,8 @@ async fn validation_finds_missing_objects_unreadable_manifests_and_orphans() {
         "data.db, index v1, index v2: {result:?}"
     );
     let cofferctl = |args: &'static [&'static str]| {
-        let address = server.process.host_port().to_string();
-        async move {
-            tokio::process::Command::new(binary("cofferctl"))
-                .env("COFFER_SERVER", address)
-                .args(args)
-                .output()
-                .await
-                .expect("run cofferctl")
-        }
+        let mut command = server.cofferctl();
+        async move { command.args(args).output().await.expect("run cofferctl") }
     };
     let output = cofferctl(&[
         "location",

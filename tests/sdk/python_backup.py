@@ -12,9 +12,14 @@ in Europe/Berlin, keeping the last three), prints its next fire times, fires it 
 and follows that run to its end too (`schedule-state RUN_STATE_...`). It exits 0 only if both
 runs SUCCEEDED, the backup holds the expected number of files and the scheduled run names its
 schedule. The end-to-end test tests/e2e/sdk_python.rs runs it.
+
+Every call presents the bearer token in COFFER_TOKEN (`authorization: Bearer ...`), added by a
+client interceptor, as any program talking to a server with tokens on does.
 """
 
 import argparse
+import collections
+import os
 import sys
 
 import grpc
@@ -24,6 +29,39 @@ from coffer.v1 import cluster_pb2, cluster_pb2_grpc
 from coffer.v1 import location_pb2, location_pb2_grpc
 from coffer.v1 import run_pb2, run_pb2_grpc
 from coffer.v1 import schedule_pb2, schedule_pb2_grpc
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call."""
+
+    def __init__(self, token):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        metadata = list(details.metadata or []) + [self._header]
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
 
 
 def watch(runs, run_id, prefix):
@@ -44,7 +82,9 @@ def main() -> int:
     parser.add_argument("--cluster", default="py-sdk", help="name of the cluster to register")
     args = parser.parse_args()
 
-    with grpc.insecure_channel(args.server) as channel:
+    token = os.environ.get("COFFER_TOKEN")
+    with grpc.insecure_channel(args.server) as plain:
+        channel = grpc.intercept_channel(plain, BearerToken(token)) if token else plain
         clusters = cluster_pb2_grpc.ClusterServiceStub(channel)
         locations = location_pb2_grpc.LocationServiceStub(channel)
         backups = backup_pb2_grpc.BackupServiceStub(channel)

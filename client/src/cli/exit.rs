@@ -33,6 +33,10 @@ pub enum Exit {
     RunFailed = 10,
     /// The run a command followed to its end was CANCELED.
     RunCanceled = 11,
+    /// UNAUTHENTICATED: no token, or one that is unknown, revoked or expired.
+    Unauthenticated = 12,
+    /// PERMISSION_DENIED: the token lacks the scope the call needs.
+    PermissionDenied = 13,
 }
 
 /// The exit code table, for `--help` and the README. Keep it in step with [`Exit`].
@@ -49,7 +53,9 @@ Exit codes:
   8  a check failed: cluster check found a node not serving, location check a failed step
   9  UNIMPLEMENTED
  10  the followed run (--watch, --dry-run, run watch) ended FAILED
- 11  the followed run ended CANCELED";
+ 11  the followed run ended CANCELED
+ 12  UNAUTHENTICATED (no token, or an unknown, revoked or expired one)
+ 13  PERMISSION_DENIED (the token lacks the scope)";
 
 impl Exit {
     /// The process exit code.
@@ -67,15 +73,15 @@ impl Exit {
             Code::AlreadyExists => Self::AlreadyExists,
             Code::FailedPrecondition => Self::FailedPrecondition,
             Code::Unimplemented => Self::Unimplemented,
+            Code::Unauthenticated => Self::Unauthenticated,
+            Code::PermissionDenied => Self::PermissionDenied,
             Code::Cancelled
             | Code::Unknown
-            | Code::PermissionDenied
             | Code::ResourceExhausted
             | Code::Aborted
             | Code::OutOfRange
             | Code::Internal
-            | Code::DataLoss
-            | Code::Unauthenticated => Self::Failure,
+            | Code::DataLoss => Self::Failure,
         }
     }
 }
@@ -124,7 +130,8 @@ mod tests {
             (Code::FailedPrecondition, 7),
             (Code::Unimplemented, 9),
             (Code::Internal, 1),
-            (Code::PermissionDenied, 1),
+            (Code::Unauthenticated, 12),
+            (Code::PermissionDenied, 13),
             (Code::Unknown, 1),
         ];
         for (code, expected) in cases {
@@ -147,6 +154,8 @@ mod tests {
             Exit::Unimplemented,
             Exit::RunFailed,
             Exit::RunCanceled,
+            Exit::Unauthenticated,
+            Exit::PermissionDenied,
         ];
         let documented: Vec<u8> = EXIT_CODES_HELP
             .lines()

@@ -21,6 +21,7 @@ pub mod restore;
 pub mod run;
 pub mod schedule;
 mod table;
+pub mod token;
 mod transfer;
 mod watch;
 
@@ -74,6 +75,51 @@ pub struct GlobalOptions {
         global = true
     )]
     pub output: OutputFormat,
+    /// Bearer token to present. Default: the file --token-file names, else
+    /// .coffer-dev/admin.token in the current directory (dev mode's) when it exists.
+    #[arg(
+        long,
+        env = "COFFER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        global = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the bearer token to present (its first line).
+    #[arg(long, env = "COFFER_TOKEN_FILE", value_name = "PATH", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// Where dev mode writes its admin token, relative to where `coffer-server dev` runs.
+const DEV_TOKEN_FILE: &str = ".coffer-dev/admin.token";
+
+/// The token to present: `--token`, else `--token-file`'s, else dev mode's when its file exists.
+fn resolve_token(options: &GlobalOptions) -> Result<Option<String>, CliError> {
+    if let Some(token) = &options.token {
+        return Ok(Some(token.trim().to_owned()));
+    }
+    let (path, explicit) = match &options.token_file {
+        Some(path) => (path.clone(), true),
+        None => (std::path::PathBuf::from(DEV_TOKEN_FILE), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(content) => {
+            let token = content.lines().next().unwrap_or_default().trim().to_owned();
+            if token.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "token file {} is empty",
+                    path.display()
+                )));
+            }
+            Ok(Some(token))
+        }
+        Err(error) if !explicit && error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(CliError::Usage(format!(
+            "read token file {}: {error}",
+            path.display()
+        ))),
+    }
 }
 
 /// The command groups.
@@ -97,6 +143,9 @@ pub enum Command {
     /// Create, inspect, fire, pause and delete backup schedules and their retention.
     #[command(subcommand)]
     Schedule(schedule::ScheduleCommand),
+    /// Create, list and revoke the API's bearer tokens; see which one you present.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Runs the parsed command line.
@@ -111,27 +160,43 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Restore(command) => restore::run(command, &session).await,
         Command::Run(command) => run::run(command, &session).await,
         Command::Schedule(command) => schedule::run(command, &session).await,
+        Command::Token(command) => token::run(command, &session).await,
     }
 }
 
 /// What every command needs: where the server is and how to print.
-#[derive(Debug)]
 pub struct Session {
     server: String,
     output: Output,
+    token: Result<Option<String>, String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Session")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
     fn new(options: GlobalOptions) -> Self {
         Self {
+            token: resolve_token(&options).map_err(|error| error.to_string()),
             server: options.server,
             output: Output::new(options.output),
         }
     }
 
-    /// Connects to the server. Commands call it after their local checks.
+    /// Connects to the server, presenting the token. Commands call it after their local checks.
     async fn connect(&self) -> Result<CofferClient, CliError> {
-        Ok(CofferClient::connect(&self.server).await?)
+        let token = self.token.clone().map_err(CliError::Usage)?;
+        let client = CofferClient::connect(&self.server).await?;
+        Ok(match token {
+            Some(token) => client.with_token(&token)?,
+            None => client,
+        })
     }
 }
 
@@ -177,7 +242,10 @@ impl CliError {
     /// The process exit code for this error.
     pub fn exit(&self) -> Exit {
         match self {
-            Self::Usage(_) | Self::Client(ClientError::InvalidAddress { .. }) => Exit::Usage,
+            Self::Usage(_)
+            | Self::Client(ClientError::InvalidAddress { .. } | ClientError::InvalidToken) => {
+                Exit::Usage
+            }
             Self::Client(ClientError::Connect { .. }) => Exit::Unavailable,
             Self::Status(status) => Exit::for_status(status.code()),
             Self::Unhealthy { .. }

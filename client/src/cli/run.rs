@@ -328,6 +328,7 @@ fn render_run(run: &proto::Run, location_name: Option<&str>, now: SystemTime) ->
     rows.extend(spec_rows(run, location_name));
     rows.extend([
         ("Schedule", or_none(&run.schedule_id)),
+        ("Started by", or_none(&run.started_by)),
         ("Idempotency key", or_none(&run.idempotency_key)),
         ("Created", format::timestamp(run.create_time.as_ref())),
         ("Started", format::timestamp(run.start_time.as_ref())),

@@ -29,6 +29,7 @@ mod runs;
 mod schedules;
 #[cfg(test)]
 pub(crate) mod tests;
+mod tokens;
 mod validation;
 pub use validation::{ListedCounts, ListedReference};
 

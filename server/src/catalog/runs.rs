@@ -17,7 +17,7 @@ use crate::model::run::{
 const RUN_COLUMNS: &str = "runs.id, runs.cluster_id, clusters.name AS cluster_name, runs.kind, \
     runs.state, runs.spec, runs.dry_run, runs.idempotency_key, runs.schedule_id, runs.backup_id, \
     runs.error, runs.create_time_ms, runs.start_time_ms, runs.finish_time_ms, runs.update_time_ms, \
-    runs.result";
+    runs.result, runs.started_by";
 
 /// What recording a new run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +87,8 @@ impl Catalog {
         }
         sqlx::query(
             "INSERT INTO runs (id, cluster_id, kind, state, create_time_ms, spec, dry_run, \
-             idempotency_key, location_id, schedule_id, backup_id, update_time_ms, error) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
+             idempotency_key, location_id, schedule_id, backup_id, update_time_ms, error, \
+             started_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)",
         )
         .bind(run.id.to_string())
         .bind(&cluster_id)
@@ -102,6 +102,7 @@ impl Catalog {
         .bind(run.schedule_id.map(|id| id.to_string()))
         .bind(run.backup_id.map(|id| id.to_string()))
         .bind(millis(run.update_time))
+        .bind(&run.started_by)
         .execute(&mut *tx)
         .await
         .map_err(|error| write_error("insert run", error))?;
@@ -339,6 +340,7 @@ fn read_run(row: &SqliteRow) -> Result<Run> {
         dry_run: row.try_get::<i64, _>("dry_run").map_err(get)? != 0,
         idempotency_key: optional("idempotency_key")?,
         schedule_id: optional_uuid(optional("schedule_id")?)?,
+        started_by: text("started_by")?,
         backup_id: optional_uuid(optional("backup_id")?)?,
         error: optional("error")?.unwrap_or_default(),
         create_time: from_millis(row.try_get("create_time_ms").map_err(get)?),

@@ -27,7 +27,9 @@ impl BackupService for BackupHandler {
         &self,
         request: Request<proto::StartBackupRequest>,
     ) -> Result<Response<proto::StartBackupResponse>, Status> {
-        let start = StartBackup::try_from(request.into_inner())?;
+        let started_by = super::caller(&request).label();
+        let mut start = StartBackup::try_from(request.into_inner())?;
+        start.started_by = started_by;
         let run_id = self.backups.start(start).await?;
         Ok(Response::new(proto::StartBackupResponse {
             run_id: run_id.to_string(),

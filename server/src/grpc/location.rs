@@ -126,13 +126,19 @@ impl LocationService for LocationHandler {
         &self,
         request: Request<proto::ValidateLocationRequest>,
     ) -> Result<Response<proto::ValidateLocationResponse>, Status> {
+        let started_by = super::caller(&request).label();
         let request = request.into_inner();
         required(&request.location, "location")?;
         required(&request.cluster, "cluster")?;
         let thoroughness = super::convert::thoroughness("", request.depth, request.sample_percent)?;
         let run_id = self
             .validations
-            .start(&request.location, &request.cluster, thoroughness)
+            .start(
+                &request.location,
+                &request.cluster,
+                thoroughness,
+                &started_by,
+            )
             .await?;
         Ok(Response::new(proto::ValidateLocationResponse {
             run_id: run_id.to_string(),
@@ -143,12 +149,18 @@ impl LocationService for LocationHandler {
         &self,
         request: Request<proto::PurgeLocationRequest>,
     ) -> Result<Response<proto::PurgeLocationResponse>, Status> {
+        let started_by = super::caller(&request).label();
         let request = request.into_inner();
         required(&request.location, "location")?;
         required(&request.cluster, "cluster")?;
         let run_id = self
             .purges
-            .start(&request.location, &request.cluster, request.dry_run)
+            .start(
+                &request.location,
+                &request.cluster,
+                request.dry_run,
+                &started_by,
+            )
             .await?;
         Ok(Response::new(proto::PurgeLocationResponse {
             run_id: run_id.to_string(),

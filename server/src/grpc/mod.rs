@@ -3,6 +3,7 @@
 //! Handlers only take requests apart, call the domain and convert answers; the domain never
 //! imports tonic.
 
+mod auth;
 mod backup;
 mod cluster;
 mod convert;
@@ -11,27 +12,31 @@ mod restore;
 mod run;
 mod schedule;
 mod status;
+mod token;
 
 use std::sync::Arc;
 
 use coffer_proto::v1 as proto;
 use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
 
 use crate::Coffer;
 
+pub use auth::{AuthLayer, AuthService, caller};
 pub use backup::BackupHandler;
 pub use cluster::ClusterHandler;
 pub use location::LocationHandler;
 pub use restore::RestoreHandler;
 pub use run::RunHandler;
 pub use schedule::ScheduleHandler;
+pub use token::TokenHandler;
 
 /// The server's router: every `coffer.v1` service, gRPC health, and reflection (v1 and
 /// v1alpha, every service).
 ///
-/// Cross-cutting concerns are applied here once, for every service: today a tracing span per
-/// call; authentication and TLS settings belong on this builder too when they come.
-pub async fn router(coffer: &Coffer) -> Router {
+/// Cross-cutting concerns are applied here once, for every service, as tower layers: a tracing
+/// span per call, and authentication and authorization ([`AuthLayer`]) before any handler.
+pub async fn router(coffer: &Coffer) -> Router<Stack<AuthLayer, Identity>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<proto::cluster_service_server::ClusterServiceServer<ClusterHandler>>()
@@ -47,7 +52,8 @@ pub async fn router(coffer: &Coffer) -> Router {
             }
         };
     let mut builder = tonic::transport::Server::builder()
-        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()));
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .layer(AuthLayer::new(coffer.tokens().clone()));
     builder
         .add_service(health_service)
         .add_optional_service(reflection_v1)
@@ -74,5 +80,8 @@ pub async fn router(coffer: &Coffer) -> Router {
         ))
         .add_service(proto::schedule_service_server::ScheduleServiceServer::new(
             ScheduleHandler::new(coffer.schedules.clone()),
+        ))
+        .add_service(proto::token_service_server::TokenServiceServer::new(
+            TokenHandler::new(coffer.tokens().clone()),
         ))
 }

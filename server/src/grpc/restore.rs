@@ -25,7 +25,9 @@ impl RestoreService for RestoreHandler {
         &self,
         request: Request<proto::StartRestoreRequest>,
     ) -> Result<Response<proto::StartRestoreResponse>, Status> {
-        let start = StartRestore::try_from(request.into_inner())?;
+        let started_by = super::caller(&request).label();
+        let mut start = StartRestore::try_from(request.into_inner())?;
+        start.started_by = started_by;
         let run_id = self.restores.start(start).await?;
         Ok(Response::new(proto::StartRestoreResponse {
             run_id: run_id.to_string(),

@@ -46,7 +46,13 @@ impl Purges {
     /// returns its id. NOT_FOUND for an unknown cluster or location; FAILED_PRECONDITION while
     /// another purge of the cluster is active, or when the location holds committed backups of
     /// the cluster that the catalog does not know (their objects would look unreferenced).
-    pub async fn start(&self, location: &str, cluster: &str, dry_run: bool) -> Result<Uuid> {
+    pub async fn start(
+        &self,
+        location: &str,
+        cluster: &str,
+        dry_run: bool,
+        started_by: &str,
+    ) -> Result<Uuid> {
         let cluster = self.clusters.get(cluster).await?;
         let location = self.locations.get(location).await?;
         self.refuse_unknown_backups(&cluster, &location).await?;
@@ -64,6 +70,7 @@ impl Purges {
             dry_run,
             idempotency_key: None,
             schedule_id: None,
+            started_by: started_by.to_string(),
             backup_id: None,
             error: String::new(),
             validation: None,

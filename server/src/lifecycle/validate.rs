@@ -46,6 +46,7 @@ impl Validations {
         location: &str,
         cluster: &str,
         thoroughness: Thoroughness,
+        started_by: &str,
     ) -> Result<Uuid> {
         let cluster = self.clusters.get(cluster).await?;
         let location = self.locations.get(location).await?;
@@ -65,6 +66,7 @@ impl Validations {
             dry_run: false,
             idempotency_key: None,
             schedule_id: None,
+            started_by: started_by.to_string(),
             backup_id: None,
             error: String::new(),
             validation: None,

@@ -366,6 +366,9 @@ pub struct Run {
     pub idempotency_key: Option<String>,
     /// Schedule that started it.
     pub schedule_id: Option<Uuid>,
+    /// Who started it: `token:<name>`, `schedule:<name>`, `retention:<schedule name>`,
+    /// `anonymous`; empty for runs recorded before Coffer kept it.
+    pub started_by: String,
     /// Backup written (or read).
     pub backup_id: Option<Uuid>,
     /// Why it failed, empty otherwise.

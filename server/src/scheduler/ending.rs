@@ -125,7 +125,12 @@ impl Scheduler {
         match self
             .inner
             .validations
-            .start(&location, &cluster, thoroughness)
+            .start(
+                &location,
+                &cluster,
+                thoroughness,
+                &format!("schedule:{}", schedule.name),
+            )
             .await
         {
             Ok(run_id) => tracing::info!(schedule = %schedule.name, %run_id,
@@ -174,7 +179,13 @@ impl Scheduler {
                 schedule.backup.location_id.to_string(),
                 schedule.cluster_id.to_string(),
             );
-            match self.inner.purges.start(&location, &cluster, false).await {
+            let started_by = format!("retention:{}", schedule.name);
+            match self
+                .inner
+                .purges
+                .start(&location, &cluster, false, &started_by)
+                .await
+            {
                 Ok(run_id) => tracing::info!(schedule = %schedule.name, %run_id,
                     "retention deleted backups: purge started"),
                 Err(error) => tracing::warn!(schedule = %schedule.name, %error,

@@ -96,6 +96,7 @@ impl Scheduler {
             dry_run: false,
             idempotency_key: Some(pending.idempotency_key(schedule.id)),
             schedule_id: Some(schedule.id),
+            started_by: format!("schedule:{}", schedule.name),
         };
         // The idempotency key is looked up before the cluster's active run: a fire whose run was
         // started before a restart finds that run, not a reason to skip.

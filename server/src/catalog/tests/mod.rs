@@ -216,6 +216,7 @@ pub(super) fn backup_run(cluster: &Cluster, location: &Location, create_ms: u64)
         dry_run: false,
         idempotency_key: None,
         schedule_id: None,
+        started_by: "token:admin".into(),
         backup_id: Some(Uuid::now_v7()),
         error: String::new(),
         validation: None,

@@ -44,6 +44,8 @@ impl TryFrom<proto::StartBackupRequest> for StartBackup {
             dry_run: request.dry_run,
             idempotency_key,
             schedule_id: None,
+            // The handler fills in the caller.
+            started_by: String::new(),
         })
     }
 }

@@ -8,6 +8,7 @@ mod location;
 mod restore;
 mod run;
 mod schedule;
+mod token;
 
 use std::time::{Duration, SystemTime};
 

@@ -119,6 +119,8 @@ impl TryFrom<proto::StartRestoreRequest> for StartRestore {
             hook,
             dry_run: request.dry_run,
             idempotency_key,
+            // The handler fills in the caller.
+            started_by: String::new(),
         })
     }
 }

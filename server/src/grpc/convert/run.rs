@@ -146,6 +146,7 @@ impl From<Run> for proto::Run {
             dry_run: run.dry_run,
             idempotency_key: run.idempotency_key.unwrap_or_default(),
             schedule_id: run.schedule_id.map(|id| id.to_string()).unwrap_or_default(),
+            started_by: run.started_by,
             // A backup run's backup exists only once committed.
             backup_id: run
                 .backup_id
