@@ -1048,7 +1048,16 @@ class Bench:
 
     def start_agent(self, t: dict, n: int) -> Proc:
         port = t["agent_ports"][n]
-        argv = [str(RELEASE / "coffer-agent"), "--listen", f"127.0.0.1:{port}",
+        # The agent opens only the storage its configuration names: the fs location's folder,
+        # and the bench's S3 secrets towards SeaweedFS's bucket.
+        config = t["dir"] / f"agent-{n}.toml"
+        config.write_text(
+            f'storage-roots = ["{self.fs_dest(t)}"]\n\n'
+            '[[credentials]]\n'
+            'secrets = ["env:AWS_ACCESS_KEY_ID", "env:AWS_SECRET_ACCESS_KEY"]\n'
+            f'endpoints = ["http://127.0.0.1:{getattr(self, "s3_port", 0)}"]\n'
+            f'buckets = ["{BUCKET}"]\n')
+        argv = [str(RELEASE / "coffer-agent"), "--config", str(config), "--listen", f"127.0.0.1:{port}",
                 "--data-path", str(self.data.node_dirs[n]), "--state-dir", str(t["dir"] / f"agent-{n}")]
         if self.args.strace_agent and n == 0:
             t["strace_count"] = t.get("strace_count", 0) + 1

@@ -587,7 +587,8 @@ class Bench:
     def start_agent(self) -> None:
         self.agent = self.procs.start("agent", [str(RELEASE / "coffer-agent"), "--listen",
                                                 f"127.0.0.1:{self.agent_port}", "--data-path", str(self.data.node),
-                                                "--state-dir", str(self.run_dir / "agent")],
+                                                "--state-dir", str(self.run_dir / "agent"),
+                                                "--storage-root", str(self.run_dir / "location")],
                                       self.logs / "agent.log", self.env(),
                                       r"coffer-agent listening on (http://\S+)")
         self.rss.track("agent", self.agent.pid)

@@ -163,6 +163,22 @@ impl TestAgent {
         Self::start_full(root, name, listen, extra, &[]).await
     }
 
+    /// Starts an agent with storage secrets in its environment and `[[credentials]]` entries
+    /// binding them to their endpoints and buckets (see [`credentials`]).
+    pub async fn start_with_credentials(
+        root: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+        credentials: &str,
+    ) -> Self {
+        let config = root.join(format!("{name}-agent.toml"));
+        std::fs::write(&config, credentials).expect("write agent configuration");
+        let config = config.display().to_string();
+        Self::start_full(root, name, "127.0.0.1:0", &["--config", &config], env).await
+    }
+
+    /// Starts an agent whose folders live under `root/<name>`; fs locations may be anywhere
+    /// under `root` (its storage root) but in its data and state folders.
     async fn start_full(
         root: &Path,
         name: &str,
@@ -182,6 +198,8 @@ impl TestAgent {
             .arg(&data)
             .arg("--state-dir")
             .arg(&state)
+            .arg("--storage-root")
+            .arg(root)
             .args(extra)
             .envs(env.iter().copied());
         let process = Process::start(command, &base.join("agent.log")).await;
@@ -199,6 +217,23 @@ impl TestAgent {
             .trim()
             .to_string()
     }
+}
+
+/// One `[[credentials]]` entry of an agent's configuration: `secrets` (`env:NAME`) may be sent
+/// to `endpoint` for `buckets`.
+pub fn credentials(secrets: &[&str], endpoint: &str, buckets: &[&str]) -> String {
+    let list = |items: &[&str]| {
+        items
+            .iter()
+            .map(|item| format!("{item:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[[credentials]]\nsecrets = [{}]\nendpoints = [{endpoint:?}]\nbuckets = [{}]\n\n",
+        list(secrets),
+        list(buckets)
+    )
 }
 
 /// A Coffer server on a catalog file.

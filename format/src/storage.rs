@@ -467,9 +467,29 @@ pub fn open_operator(config: &StorageConfig) -> Result<Operator, StorageError> {
                 .with_jitter()
                 .with_min_delay(Duration::from_millis(200))
                 .with_max_delay(Duration::from_secs(10))
-                .with_max_times(retry_max_times),
+                .with_max_times(retry_max_times)
+                .with_notify(RetryNotice),
         )
         .layer(LoggingLayer::new(TracingInterceptor)))
+}
+
+/// Says that a storage request is tried again, in one warning line. OpenDAL's own notice prints
+/// the error with `{:?}`, which with `RUST_BACKTRACE=1` is a backtrace per retry: one outage of
+/// a few minutes made thousands of lines.
+#[derive(Debug, Clone, Copy)]
+struct RetryNotice;
+
+impl opendal::layers::RetryInterceptor for RetryNotice {
+    fn intercept(&self, event: opendal::layers::RetryEvent<'_>) {
+        tracing::warn!(
+            target: "coffer_format::storage",
+            operation = %event.op,
+            attempt = event.attempt,
+            retry_in_ms = u64::try_from(event.retry_after.as_millis()).unwrap_or(u64::MAX),
+            error = %event.err,
+            "storage request failed; trying again"
+        );
+    }
 }
 
 /// Logs storage operations through `tracing`, quietly: failures at DEBUG, because every caller

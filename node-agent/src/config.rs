@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use coffer_process::Layered;
+
+pub use crate::storage_policy::{CredentialBinding, StoragePolicy};
 use serde::{Deserialize, Serialize};
 
 /// Address the agent listens on when nothing else is configured.
@@ -52,6 +54,21 @@ pub struct AgentOptions {
     #[serde(deserialize_with = "size_in_file")]
     pub restore_keep_free: Option<u64>,
 
+    /// Folder fs locations may be at or under (links resolved); repeat or separate with commas.
+    /// The agent opens no fs location elsewhere [default: none].
+    #[arg(
+        long = "storage-root",
+        env = "COFFER_AGENT_STORAGE_ROOTS",
+        value_delimiter = ','
+    )]
+    pub storage_roots: Option<Vec<PathBuf>>,
+
+    /// Where each storage secret may be sent (TOML only: `[[credentials]]` entries with
+    /// `secrets`, `endpoints` and `buckets`). A location that names a secret reference no entry
+    /// binds to its endpoint and bucket is refused.
+    #[arg(skip)]
+    pub credentials: Option<Vec<CredentialBinding>>,
+
     #[command(flatten)]
     #[serde(default)]
     pub snapshot: SnapshotOptions,
@@ -65,6 +82,8 @@ impl Layered for AgentOptions {
             state_dir: self.state_dir.or(lower.state_dir),
             restore_allow_hooks: self.restore_allow_hooks.or(lower.restore_allow_hooks),
             restore_keep_free: self.restore_keep_free.or(lower.restore_keep_free),
+            storage_roots: self.storage_roots.or(lower.storage_roots),
+            credentials: self.credentials.or(lower.credentials),
             snapshot: self.snapshot.or(lower.snapshot),
         }
     }
@@ -155,6 +174,8 @@ pub struct AgentConfig {
     pub restore_allow_hooks: bool,
     /// Bytes a restore leaves free on each data path's filesystem.
     pub restore_keep_free: u64,
+    /// The storage the agent may open.
+    pub storage: StoragePolicy,
     /// The snapshot provider and its settings.
     pub snapshot: SnapshotConfig,
 }
@@ -269,12 +290,65 @@ impl AgentOptions {
             ));
         }
         let snapshot = resolve_snapshot(self.snapshot, &data_paths)?;
+        let roots = self.storage_roots.unwrap_or_default();
+        for root in &roots {
+            require_absolute("storage-roots", root)?;
+            if root.parent().is_none() {
+                return Err(invalid(
+                    "storage-roots",
+                    "must not be '/': name the folder backups go to",
+                ));
+            }
+            if data_paths.iter().any(|data| root.starts_with(data)) {
+                return Err(invalid(
+                    "storage-roots",
+                    format!(
+                        "{} is inside a data path: backups must not be stored in the data they \
+                         back up",
+                        root.display()
+                    ),
+                ));
+            }
+        }
+        let credentials = self.credentials.unwrap_or_default();
+        for binding in &credentials {
+            if binding.secrets.is_empty()
+                || binding.buckets.is_empty()
+                || binding.endpoints.is_empty()
+            {
+                return Err(invalid(
+                    "credentials",
+                    "each entry names its secrets, endpoints (\"\" for the default one) and \
+                     buckets",
+                ));
+            }
+            if let Some(bad) = binding
+                .secrets
+                .iter()
+                .find(|secret| !(secret.starts_with("env:") || secret.starts_with("file:/")))
+            {
+                return Err(invalid(
+                    "credentials",
+                    format!("{bad:?} is neither env:NAME nor file:/absolute/path"),
+                ));
+            }
+        }
+        let forbidden = data_paths
+            .iter()
+            .cloned()
+            .chain(std::iter::once(state_dir.clone()))
+            .collect();
         Ok(AgentConfig {
             listen,
             data_paths,
             state_dir,
             restore_allow_hooks: self.restore_allow_hooks.unwrap_or(false),
             restore_keep_free: self.restore_keep_free.unwrap_or(0),
+            storage: StoragePolicy {
+                roots,
+                credentials,
+                forbidden,
+            },
             snapshot,
         })
     }

@@ -16,6 +16,7 @@ mod progress;
 pub mod reserved;
 pub mod restore;
 pub mod snapshot;
+pub mod storage_policy;
 pub mod upload;
 pub mod verify;
 

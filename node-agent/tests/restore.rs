@@ -975,6 +975,11 @@ mod rpc {
             state_dir: fixture.root.path().join("agent-state"),
             restore_allow_hooks: allow_hooks,
             restore_keep_free: 0,
+            // The tests' locations live in temporary folders.
+            storage: coffer_agent::config::StoragePolicy {
+                roots: vec![std::env::temp_dir()],
+                ..Default::default()
+            },
             snapshot: SnapshotConfig::Dir {
                 pre_hook: None,
                 post_hook: None,

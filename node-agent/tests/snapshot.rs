@@ -59,6 +59,11 @@ impl Node {
             state_dir: self.state_dir(),
             restore_allow_hooks: false,
             restore_keep_free: 0,
+            // The tests' locations live in temporary folders.
+            storage: coffer_agent::config::StoragePolicy {
+                roots: vec![std::env::temp_dir()],
+                ..Default::default()
+            },
             snapshot,
         })
     }
@@ -923,6 +928,11 @@ mod rpc {
             state_dir: node.state_dir(),
             restore_allow_hooks: false,
             restore_keep_free: 0,
+            // The tests' locations live in temporary folders.
+            storage: coffer_agent::config::StoragePolicy {
+                roots: vec![std::env::temp_dir()],
+                ..Default::default()
+            },
             snapshot: dir_provider(None, None),
         };
         let agent = Agent::open(config).await.expect("open agent");

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use coffer_agent::config::{AgentConfig, SnapshotConfig};
+use coffer_agent::config::{AgentConfig, SnapshotConfig, StoragePolicy};
 use coffer_process::Layered;
 use coffer_server::config::ServerOptions;
 use coffer_server::model::location::{Compression, LocationOptions, NewLocation};
@@ -90,6 +90,12 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
         // Dev mode runs on an operator's own machine: no commands from the API.
         restore_allow_hooks: false,
         restore_keep_free: 0,
+        // The dev location's folder, and nothing else, is storage it may open.
+        storage: StoragePolicy {
+            roots: vec![storage.clone()],
+            credentials: Vec::new(),
+            forbidden: vec![data.clone(), dir.join("agent-state")],
+        },
         snapshot: SnapshotConfig::Dir {
             pre_hook: None,
             post_hook: None,

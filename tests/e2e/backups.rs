@@ -1284,7 +1284,7 @@ async fn futures_free_start(root: &Path, weed: &coffer_tests::SeaweedFs) -> Vec<
     let mut agents = Vec::new();
     for name in ["a", "b", "c"] {
         agents.push(
-            TestAgent::start_with_env(
+            TestAgent::start_with_credentials(
                 root,
                 name,
                 &[
@@ -1292,6 +1292,11 @@ async fn futures_free_start(root: &Path, weed: &coffer_tests::SeaweedFs) -> Vec<
                     ("TEST_S3_SECRET", weed.secret_key.as_str()),
                     ("TEST_S3_WRONG", "not-the-secret"),
                 ],
+                &coffer_tests::credentials(
+                    &["env:TEST_S3_KEY", "env:TEST_S3_SECRET", "env:TEST_S3_WRONG"],
+                    &weed.endpoint,
+                    &[&weed.bucket],
+                ),
             )
             .await,
         );

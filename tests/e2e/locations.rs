@@ -261,3 +261,79 @@ async fn locations_that_break_their_kinds_rules_are_refused() {
         "no probe objects at the root"
     );
 }
+
+/// A storage outage, with `RUST_BACKTRACE=1` set as on these machines: each retry is one
+/// warning line, never a backtrace (OpenDAL's own retry notice printed one per attempt).
+#[tokio::test]
+async fn a_storage_outage_is_logged_one_line_per_retry_without_backtraces() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let endpoint = format!("http://{}", coffer_tests::closed_address());
+    let agent = TestAgent::start_with_credentials(
+        root.path(),
+        "a",
+        &[
+            ("RUST_BACKTRACE", "1"),
+            ("TEST_KEY_ID", "id"),
+            ("TEST_SECRET", "secret"),
+        ],
+        &coffer_tests::credentials(
+            &["env:TEST_KEY_ID", "env:TEST_SECRET"],
+            &endpoint,
+            &["coffer"],
+        ),
+    )
+    .await;
+    let server = TestServer::start(root.path()).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("prod", vec![node(&agent)]))
+        .await
+        .expect("register");
+    let env = |name: &str| proto::SecretRef {
+        source: Some(proto::secret_ref::Source::Env(name.into())),
+    };
+    client
+        .locations()
+        .create_location(proto::CreateLocationRequest {
+            name: "down".into(),
+            options: Some(proto::create_location_request::Options::S3(
+                proto::S3LocationOptions {
+                    bucket: "coffer".into(),
+                    endpoint: endpoint.clone(),
+                    force_path_style: true,
+                    access_key_id: Some(env("TEST_KEY_ID")),
+                    secret_access_key: Some(env("TEST_SECRET")),
+                    ..Default::default()
+                },
+            )),
+            compression: None,
+        })
+        .await
+        .expect("create");
+    let check = client
+        .locations()
+        .check_location(proto::CheckLocationRequest {
+            location: "down".into(),
+            cluster: "prod".into(),
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!check.ok, "the storage is down: {check:?}");
+    let log = std::fs::read_to_string(root.path().join("a/agent.log")).expect("agent log");
+    let retries = log
+        .lines()
+        .filter(|line| line.contains("trying again"))
+        .count();
+    assert!(retries >= 1, "retries are said:\n{log}");
+    assert!(
+        !log.contains("Backtrace"),
+        "no backtrace in the log:\n{log}"
+    );
+    assert!(
+        log.lines().count() < 40 * retries.max(1),
+        "{} lines for {retries} retries",
+        log.lines().count()
+    );
+}

@@ -32,11 +32,16 @@ async fn get_backup(client: &CofferClient, run: &proto::Run) -> proto::Backup {
         .expect("backup")
 }
 
-/// Two agents (with `env`), a cluster `cloud` of them, data on each, and a server.
-async fn cluster(root: &Path, env: &[(&str, &str)]) -> (Vec<TestAgent>, TestServer, CofferClient) {
+/// Two agents (with `env` and the `[[credentials]]` entries `credentials`), a cluster `cloud`
+/// of them, data on each, and a server.
+async fn cluster(
+    root: &Path,
+    env: &[(&str, &str)],
+    credentials: &str,
+) -> (Vec<TestAgent>, TestServer, CofferClient) {
     let mut agents = Vec::new();
     for name in ["a", "b"] {
-        agents.push(TestAgent::start_with_env(root, name, env).await);
+        agents.push(TestAgent::start_with_credentials(root, name, env, credentials).await);
     }
     for (index, agent) in agents.iter().enumerate() {
         // Larger than a chunk (8 MiB): block lists on Azure, several resumable parts on GCS.
@@ -169,6 +174,11 @@ async fn backups_and_restores_work_on_azure_blob_through_azurite() {
             ("TEST_AZ_KEY", azurite.account_key.as_str()),
             ("TEST_AZ_WRONG", "bm90LXRoZS1rZXk="),
         ],
+        &coffer_tests::credentials(
+            &["env:TEST_AZ_KEY", "env:TEST_AZ_WRONG"],
+            &azurite.endpoint,
+            &[&azurite.container, "missing"],
+        ),
     )
     .await;
     let options = |name: &str, container: &str, key_env: &str| {
@@ -204,7 +214,7 @@ async fn backups_and_restores_work_on_azure_blob_through_azurite() {
 async fn backups_and_restores_work_on_gcs_through_fake_gcs_server() {
     let root = tempfile::tempdir().expect("tempdir");
     let gcs = FakeGcs::start(root.path()).await;
-    let (agents, _server, client) = cluster(root.path(), &[]).await;
+    let (agents, _server, client) = cluster(root.path(), &[], "").await;
     // `anonymous` marks the emulator: single-session writes and one-by-one deletes.
     let options = |bucket: &str| {
         proto::create_location_request::Options::Gcs(proto::GcsLocationOptions {

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `coffer-server`, `coffer-agent`, `cofferctl` and grpcurl on
 //! loopback ports, with real SQLite catalog files in temporary directories.
 
+mod agent_confinement;
 mod agent_loss;
 mod auth;
 mod backups;

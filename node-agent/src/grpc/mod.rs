@@ -79,7 +79,7 @@ impl AgentHandler {
     /// Validates a RestoreNode request into a job: ids are UUIDs, the manifest path is relative,
     /// the location opens, the patterns parse.
     fn restore_job(&self, request: proto::RestoreNodeRequest) -> Result<RestoreJob, Status> {
-        let (config, operator) = open(request.location)?;
+        let (config, operator) = open(&self.agent.config().storage, request.location)?;
         let hook = match request.hook_command.first() {
             None => None,
             Some(program) if program.is_empty() => {
@@ -166,7 +166,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<Self::UploadSnapshotStream>, Status> {
         let request = request.into_inner();
         let incremental = request.kind() == proto::BackupKind::Incremental;
-        let (config, operator) = open(request.location.clone())?;
+        let (config, operator) = open(&self.agent.config().storage, request.location.clone())?;
         let compression = compression(request.compression)?;
         let cluster_id = parse_uuid("cluster_id", &request.cluster_id)?;
         let backup_id = if request.dry_run {
@@ -361,7 +361,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::PutObjectResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (config, operator) = open(request.location)?;
+        let (config, operator) = open(&self.agent.config().storage, request.location)?;
         operator
             .write(&path, request.content)
             .await
@@ -385,7 +385,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::GetObjectResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (config, operator) = open(request.location)?;
+        let (config, operator) = open(&self.agent.config().storage, request.location)?;
         let fail = |action: &'static str| {
             let name = config.name.clone();
             let path = path.clone();
@@ -417,7 +417,7 @@ impl AgentService for AgentHandler {
         if !request.prefix.is_empty() {
             object_path(&request.prefix)?;
         }
-        let (config, operator) = open(request.location)?;
+        let (config, operator) = open(&self.agent.config().storage, request.location)?;
         let entries = operator
             .list_with(&request.prefix)
             .recursive(request.recursive)
@@ -450,7 +450,7 @@ impl AgentService for AgentHandler {
             0 => 1000,
             n => n.min(10_000) as usize,
         };
-        let (config, operator) = open(request.location)?;
+        let (config, operator) = open(&self.agent.config().storage, request.location)?;
         let prefix = request.prefix;
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
@@ -486,7 +486,7 @@ impl AgentService for AgentHandler {
             .iter()
             .map(|path| object_path(path).map(str::to_string))
             .collect::<Result<Vec<_>, Status>>()?;
-        let (config, operator) = open(request.location)?;
+        let (config, operator) = open(&self.agent.config().storage, request.location)?;
         let mut deletions = futures::stream::iter(paths)
             .map(|path| {
                 let operator = operator.clone();
@@ -518,7 +518,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::DeleteObjectResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (config, operator) = open(request.location)?;
+        let (config, operator) = open(&self.agent.config().storage, request.location)?;
         operator.delete(&path).await.map_err(|error| {
             storage_status(
                 StorageError::backend(&operator, "delete", &path, error).in_location(&config.name),
@@ -552,7 +552,7 @@ impl AgentService for AgentHandler {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let (config, operator) = open(request.location)?;
+        let (config, operator) = open(&self.agent.config().storage, request.location)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         tokio::spawn(verify::verify_objects(operator, cluster_id, hashes, sender));
         let responses = tokio_stream::wrappers::ReceiverStream::new(receiver).map(move |outcome| {
@@ -578,7 +578,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::ReadNodeManifestResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (_, operator) = open(request.location)?;
+        let (_, operator) = open(&self.agent.config().storage, request.location)?;
         let limit = request.limit.clamp(1, MAX_MANIFEST_PAGE) as usize;
         let (entries, more, total) =
             NodeManifestReader::read_page(&operator, &path, request.offset, limit)

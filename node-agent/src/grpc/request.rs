@@ -43,10 +43,16 @@ pub(super) fn storage_config(
     })
 }
 
+/// Opens the location a request names, if this agent's storage policy allows it
+/// (FAILED_PRECONDITION naming the rule otherwise).
 pub(super) fn open(
+    policy: &crate::storage_policy::StoragePolicy,
     location: Option<proto::StorageLocation>,
 ) -> Result<(StorageConfig, opendal::Operator), Status> {
     let config = storage_config(location)?;
+    policy.permit(&config).map_err(|reason| {
+        Status::failed_precondition(format!("location {}: {reason}", config.name))
+    })?;
     let operator = coffer_format::open_operator(&config)
         .map_err(|error| storage_status(error.in_location(&config.name)))?;
     Ok((config, operator))
