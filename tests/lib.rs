@@ -106,7 +106,9 @@ impl Process {
 
     /// The announced address without the scheme, `127.0.0.1:PORT`.
     pub fn host_port(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        self.url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
     }
 
     /// Sends SIGTERM and waits for a clean exit; panics if the process fails or hangs.
@@ -219,6 +221,95 @@ impl TestAgent {
     }
 }
 
+/// A test PKI under a folder: a CA, a server certificate for `127.0.0.1` and `localhost` signed
+/// by it, a client certificate signed by it, and a second CA nobody trusts with a client
+/// certificate of its own. Every file is PEM.
+#[derive(Debug)]
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub stranger_ca: PathBuf,
+    pub stranger_cert: PathBuf,
+    pub stranger_key: PathBuf,
+}
+
+impl TestPki {
+    /// Makes the certificates under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair,
+        };
+        std::fs::create_dir_all(dir).expect("pki folder");
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write pem");
+            path
+        };
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key")).expect("ca")
+        };
+        let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>,
+                    names: &[&str],
+                    usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(
+                names
+                    .iter()
+                    .map(|name| name.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .expect("params");
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, issuer).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let trusted = ca("coffer test CA");
+        let stranger = ca("somebody else's CA");
+        let (server_cert, server_key) = leaf(
+            &trusted,
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf(&trusted, &["operator"], ExtendedKeyUsagePurpose::ClientAuth);
+        let (stranger_cert, stranger_key) = leaf(
+            &stranger,
+            &["intruder"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        Self {
+            ca: write("ca.pem", trusted.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server.key", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client.key", client_key),
+            stranger_ca: write("stranger-ca.pem", stranger.pem()),
+            stranger_cert: write("stranger.pem", stranger_cert),
+            stranger_key: write("stranger.key", stranger_key),
+        }
+    }
+
+    /// Client TLS settings trusting the CA, with the client certificate if `with_client`.
+    pub fn client_tls(&self, with_client: bool) -> coffer_client::TlsSettings {
+        coffer_client::TlsSettings {
+            ca_pem: std::fs::read(&self.ca).expect("ca"),
+            identity: with_client.then(|| {
+                (
+                    std::fs::read(&self.client_cert).expect("client cert"),
+                    std::fs::read(&self.client_key).expect("client key"),
+                )
+            }),
+        }
+    }
+}
+
 /// One `[[credentials]]` entry of an agent's configuration: `secrets` (`env:NAME`) may be sent
 /// to `endpoint` for `buckets`.
 pub fn credentials(secrets: &[&str], endpoint: &str, buckets: &[&str]) -> String {
@@ -246,6 +337,8 @@ pub struct TestServer {
     /// The admin token the server created at its first start (`root/admin.token`); `None`
     /// for a server started with `--auth none`.
     pub admin_token: Option<String>,
+    /// How [`TestServer::client`] speaks TLS to it, for a server serving TLS.
+    pub tls: Option<coffer_client::TlsSettings>,
 }
 
 impl TestServer {
@@ -285,12 +378,14 @@ impl TestServer {
             process,
             catalog,
             admin_token,
+            tls: None,
         }
     }
 
-    /// A client connected to the server, presenting the admin token.
+    /// A client connected to the server, presenting the admin token (and speaking TLS as
+    /// [`TestServer::tls`] says).
     pub async fn client(&self) -> CofferClient {
-        let client = CofferClient::connect(&self.process.url)
+        let client = CofferClient::connect_with(&self.process.url, self.tls.as_ref())
             .await
             .expect("connect to server");
         match &self.admin_token {
@@ -301,7 +396,7 @@ impl TestServer {
 
     /// A client connected to the server presenting no token.
     pub async fn anonymous_client(&self) -> CofferClient {
-        CofferClient::connect(&self.process.url)
+        CofferClient::connect_with(&self.process.url, self.tls.as_ref())
             .await
             .expect("connect to server")
     }

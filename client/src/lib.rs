@@ -56,6 +56,9 @@ pub enum ClientError {
         address: String,
         reason: String,
     },
+    /// TLS settings that cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A token that cannot be sent as an HTTP header (control characters, non-ASCII).
     #[error("the token is not a valid header value")]
     InvalidToken,
@@ -68,6 +71,24 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+/// How a [`CofferClient`] speaks TLS: the CA (PEM) that signed the server's certificate, and a
+/// client certificate and key (PEM) for a server that asks for one.
+#[derive(Clone, Default)]
+pub struct TlsSettings {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        formatter
+            .debug_struct("TlsSettings")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The transport every service client of a [`CofferClient`] speaks over: its channel, with the
@@ -122,13 +143,44 @@ impl CofferClient {
     /// established within [`CONNECT_TIMEOUT`]. Once connected, the channel reconnects on its own
     /// and calls report an unreachable server as `UNAVAILABLE`.
     pub async fn connect(address: &str) -> Result<Self, ClientError> {
-        let normalized = normalize_address(address)?;
-        let endpoint = Endpoint::from_shared(normalized.clone())
+        Self::connect_with(address, None).await
+    }
+
+    /// Connects to the server at `address` over TLS when `tls` is given (or the address is
+    /// `https://`), trusting the CA `tls` names and presenting its client certificate if any.
+    ///
+    /// Fails as [`CofferClient::connect`] does, and with [`ClientError::Tls`] for TLS settings
+    /// that cannot be used (an https address without a CA, an unreadable certificate).
+    pub async fn connect_with(
+        address: &str,
+        tls: Option<&TlsSettings>,
+    ) -> Result<Self, ClientError> {
+        let normalized = normalize_address(address, tls.is_some())?;
+        let mut endpoint = Endpoint::from_shared(normalized.clone())
             .map_err(|error| ClientError::InvalidAddress {
                 address: address.to_owned(),
                 reason: error.to_string(),
             })?
             .connect_timeout(CONNECT_TIMEOUT);
+        if normalized.starts_with("https://") {
+            let Some(tls) = tls else {
+                return Err(ClientError::Tls(
+                    "an https:// server needs the CA that signed its certificate (--ca-cert)"
+                        .to_owned(),
+                ));
+            };
+            // Say which rustls backend TLS uses (several may be linked into a program); one
+            // installed already is kept.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let mut config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|error| ClientError::Tls(error.to_string()))?;
+        }
         let channel = endpoint
             .connect()
             .await
@@ -216,11 +268,12 @@ impl CofferClient {
     }
 }
 
-/// Turns `host:port` or `http://host:port` into `http://host:port`.
+/// Turns `host:port`, `http://host:port` or `https://host:port` into a URL (`host:port` is
+/// https when `tls` is set).
 ///
-/// Fails for other schemes (this client speaks plain HTTP/2; use [`CofferClient::from_channel`]
-/// for TLS), for a missing host, and for paths or queries, which a gRPC server address never has.
-fn normalize_address(address: &str) -> Result<String, ClientError> {
+/// Fails for other schemes, for a missing host, and for paths or queries, which a gRPC server
+/// address never has.
+fn normalize_address(address: &str, tls: bool) -> Result<String, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidAddress {
         address: address.to_owned(),
         reason: reason.to_owned(),
@@ -231,15 +284,22 @@ fn normalize_address(address: &str) -> Result<String, ClientError> {
     }
     let with_scheme = if trimmed.contains("://") {
         trimmed.to_owned()
+    } else if tls {
+        format!("https://{trimmed}")
     } else {
         format!("http://{trimmed}")
     };
     let uri = with_scheme
         .parse::<Uri>()
         .map_err(|error| invalid(&error.to_string()))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(invalid("expected host:port or http://host:port"));
-    }
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme,
+        _ => {
+            return Err(invalid(
+                "expected host:port, http://host:port or https://host:port",
+            ));
+        }
+    };
     let Some(authority) = uri.authority() else {
         return Err(invalid("missing host"));
     };
@@ -249,7 +309,7 @@ fn normalize_address(address: &str) -> Result<String, ClientError> {
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(invalid("a server address has no path or query"));
     }
-    Ok(format!("http://{authority}"))
+    Ok(format!("{scheme}://{authority}"))
 }
 
 #[cfg(test)]
@@ -259,18 +319,29 @@ mod tests {
     #[test]
     fn normalize_address_accepts_host_port_and_http_url() {
         assert_eq!(
-            normalize_address("127.0.0.1:50051").ok().as_deref(),
+            normalize_address("127.0.0.1:50051", false).ok().as_deref(),
             Some("http://127.0.0.1:50051")
         );
         assert_eq!(
-            normalize_address("http://coffer.internal:50051/")
+            normalize_address("http://coffer.internal:50051/", false)
                 .ok()
                 .as_deref(),
             Some("http://coffer.internal:50051")
         );
         assert_eq!(
-            normalize_address("[::1]:50051").ok().as_deref(),
+            normalize_address("[::1]:50051", false).ok().as_deref(),
             Some("http://[::1]:50051")
+        );
+        assert_eq!(
+            normalize_address("coffer:50051", true).ok().as_deref(),
+            Some("https://coffer:50051"),
+            "host:port with TLS settings"
+        );
+        assert_eq!(
+            normalize_address("https://coffer:50051", false)
+                .ok()
+                .as_deref(),
+            Some("https://coffer:50051")
         );
     }
 
@@ -278,7 +349,7 @@ mod tests {
     fn normalize_address_rejects_other_schemes_paths_and_garbage() {
         for address in [
             "",
-            "https://coffer:50051",
+            "ftp://coffer:50051",
             "http://coffer:50051/v1",
             "coffer:50051?x=1",
             "not an address",
@@ -286,7 +357,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    normalize_address(address),
+                    normalize_address(address, false),
                     Err(ClientError::InvalidAddress { .. })
                 ),
                 "{address:?} should be rejected"

@@ -69,6 +69,18 @@ pub struct AgentOptions {
     #[arg(skip)]
     pub credentials: Option<Vec<CredentialBinding>>,
 
+    /// Serve the agent API without TLS on an address other than loopback. The agent has no TLS
+    /// yet: anyone who reaches such an address can call it, within the storage and data paths
+    /// this configuration allows, so it is refused unless asked for [default: false].
+    #[arg(
+        long,
+        env = "COFFER_AGENT_ALLOW_PLAINTEXT",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_plaintext: Option<bool>,
+
     #[command(flatten)]
     #[serde(default)]
     pub snapshot: SnapshotOptions,
@@ -84,6 +96,7 @@ impl Layered for AgentOptions {
             restore_keep_free: self.restore_keep_free.or(lower.restore_keep_free),
             storage_roots: self.storage_roots.or(lower.storage_roots),
             credentials: self.credentials.or(lower.credentials),
+            allow_plaintext: self.allow_plaintext.or(lower.allow_plaintext),
             snapshot: self.snapshot.or(lower.snapshot),
         }
     }
@@ -255,6 +268,16 @@ impl AgentOptions {
                 .parse()
                 .map_err(|_| invalid("listen", "bad built-in default"))?,
         };
+        if !listen.ip().is_loopback() && !self.allow_plaintext.unwrap_or(false) {
+            return Err(invalid(
+                "listen",
+                format!(
+                    "{listen} is not a loopback address and the agent API has no TLS yet: \
+                     keep it on loopback, or give allow-plaintext to say that a plaintext agent \
+                     on a trusted network is intended"
+                ),
+            ));
+        }
         let data_paths = self.data_paths.unwrap_or_default();
         if data_paths.is_empty() {
             return Err(invalid(

@@ -63,6 +63,30 @@ pub struct ServerOptions {
     /// [default: admin.token beside the catalog].
     #[arg(long, global = true, env = "COFFER_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+
+    /// Serve the API over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, global = true, env = "COFFER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "COFFER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Also ask every API client for a certificate signed by this CA (PEM); needs --tls-cert.
+    #[arg(long, global = true, env = "COFFER_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve the API without TLS on an address other than loopback: without it, such a
+    /// configuration is refused [default: false].
+    #[arg(
+        long,
+        global = true,
+        env = "COFFER_ALLOW_PLAINTEXT",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_plaintext: Option<bool>,
 }
 
 impl Layered for ServerOptions {
@@ -77,6 +101,10 @@ impl Layered for ServerOptions {
             scheduler_clock_file: self.scheduler_clock_file.or(lower.scheduler_clock_file),
             auth: self.auth.or(lower.auth),
             admin_token_file: self.admin_token_file.or(lower.admin_token_file),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
+            allow_plaintext: self.allow_plaintext.or(lower.allow_plaintext),
         }
     }
 }
@@ -105,6 +133,22 @@ pub struct ServerConfig {
     pub auth: AuthMode,
     /// Where the bootstrap admin token is written.
     pub admin_token_file: PathBuf,
+    /// TLS of the API; `None` serves plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ApiTls>,
+    /// Whether plaintext on a non-loopback address was asked for.
+    pub allow_plaintext: bool,
+}
+
+/// The API's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApiTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA client certificates must be signed by; `None` asks for none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -160,7 +204,40 @@ impl ServerOptions {
             scheduler_clock_file: self.scheduler_clock_file,
             auth: self.auth.unwrap_or_default(),
             admin_token_file,
+            tls: match (self.tls_cert, self.tls_key, self.tls_client_ca) {
+                (Some(cert), Some(key), client_ca) => Some(ApiTls {
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                (None, None, None) => None,
+                (None, None, Some(_)) => {
+                    return Err(ConfigError {
+                        setting: "tls-client-ca",
+                        reason: "needs tls-cert and tls-key: client certificates are asked for \
+                                 over TLS"
+                            .into(),
+                    });
+                }
+                _ => {
+                    return Err(ConfigError {
+                        setting: "tls-cert",
+                        reason: "tls-cert and tls-key go together".into(),
+                    });
+                }
+            },
+            allow_plaintext: self.allow_plaintext.unwrap_or(false),
         };
+        if config.tls.is_none() && !config.allow_plaintext && !config.listen.ip().is_loopback() {
+            return Err(ConfigError {
+                setting: "listen",
+                reason: format!(
+                    "{} is not a loopback address and the API has no TLS: give tls-cert and \
+                     tls-key, or allow-plaintext to say that plaintext is intended there",
+                    config.listen
+                ),
+            });
+        }
         for (setting, value) in [
             ("agent-connect-timeout", config.agent_connect_timeout),
             ("agent-request-timeout", config.agent_request_timeout),
@@ -218,5 +295,36 @@ mod tests {
             ..ServerOptions::default()
         };
         assert!(zero.resolve().is_err());
+    }
+
+    #[test]
+    fn plaintext_off_loopback_is_refused_unless_asked_for() {
+        let everywhere = ServerOptions {
+            listen: Some("0.0.0.0:50051".parse().expect("address")),
+            ..ServerOptions::default()
+        };
+        let refused = everywhere.clone().resolve().expect_err("plaintext");
+        assert_eq!(refused.setting, "listen");
+        let asked = ServerOptions {
+            allow_plaintext: Some(true),
+            ..everywhere.clone()
+        };
+        assert!(asked.resolve().is_ok());
+        let tls = ServerOptions {
+            tls_cert: Some("/etc/coffer/api.pem".into()),
+            tls_key: Some("/etc/coffer/api.key".into()),
+            ..everywhere.clone()
+        };
+        assert!(tls.resolve().expect("tls").tls.is_some());
+        let half = ServerOptions {
+            tls_cert: Some("/etc/coffer/api.pem".into()),
+            ..ServerOptions::default()
+        };
+        assert_eq!(half.resolve().expect_err("half").setting, "tls-cert");
+        let client_ca_alone = ServerOptions {
+            tls_client_ca: Some("/etc/coffer/ca.pem".into()),
+            ..ServerOptions::default()
+        };
+        assert!(client_ca_alone.resolve().is_err());
     }
 }

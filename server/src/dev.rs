@@ -150,6 +150,11 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
     }
     print_welcome(
         server_address,
+        if server_config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         &dir,
         &storage,
         &data,
@@ -260,9 +265,16 @@ async fn bind(address: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::Tcp
         .with_context(|| format!("bind {address} (in use? choose another address with {flag})"))
 }
 
-fn print_welcome(server: SocketAddr, dir: &Path, storage: &Path, data: &Path, token: &Path) {
+fn print_welcome(
+    server: SocketAddr,
+    scheme: &str,
+    dir: &Path,
+    storage: &Path,
+    data: &Path,
+    token: &Path,
+) {
     // First line as every Coffer process: scripts and tests read the bound address from it.
-    coffer_process::announce(&format!("coffer-server listening on http://{server}"));
+    coffer_process::announce(&format!("coffer-server listening on {scheme}://{server}"));
     coffer_process::announce(&format!(
         "
 Coffer dev mode is running (Ctrl-C stops it).

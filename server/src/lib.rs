@@ -59,6 +59,7 @@ pub struct Coffer {
     validations: Validations,
     purges: Purges,
     tokens: Tokens,
+    api_tls: Option<config::ApiTls>,
 }
 
 impl Coffer {
@@ -129,6 +130,7 @@ impl Coffer {
             validations,
             purges,
             tokens: Tokens::new(catalog_for_tokens, config.auth),
+            api_tls: config.tls.clone(),
         })
     }
 
@@ -154,6 +156,11 @@ impl Coffer {
         &self.tokens
     }
 
+    /// The API's TLS files, when it serves TLS.
+    pub fn api_tls(&self) -> Option<&config::ApiTls> {
+        self.api_tls.as_ref()
+    }
+
     /// Cluster registration and inspection.
     pub fn clusters(&self) -> &ClusterRegistry {
         &self.clusters
@@ -174,8 +181,8 @@ pub async fn run(
     listener: TcpListener,
     coffer: &Coffer,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let router = grpc::router(coffer).await;
+) -> Result<(), grpc::ServeError> {
+    let router = grpc::router(coffer).await?;
     // Runs a previous process left in flight are finished in the background: it needs agents,
     // which may take a while to answer, and must not delay serving.
     // The scheduler starts once they are recovered, so that what it finds in the catalog about

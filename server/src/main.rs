@@ -88,7 +88,12 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let address = listener.local_addr().context("read bound address")?;
     tracing::info!(%address, catalog = %config.catalog.display(), "server serving");
     // The one line on stdout: scripts and tests read the bound address (port 0 picks one).
-    coffer_process::announce(&format!("coffer-server listening on http://{address}"));
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    coffer_process::announce(&format!("coffer-server listening on {scheme}://{address}"));
     coffer_server::run(listener, &coffer, coffer_process::shutdown_signal())
         .await
         .context("serve")?;

@@ -19,6 +19,7 @@ mod restores;
 mod schedules;
 mod sdk_python;
 mod storage_s3;
+mod tls;
 mod validate;
 
 use coffer_client::proto;

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use coffer_tests::{TestAgent, TestServer, repo_root};
 
 /// The Python of `.tools/venv`, with grpcio and grpcio-tools (`scripts/install-tools python-sdk`).
-fn venv_python() -> std::path::PathBuf {
+pub(crate) fn venv_python() -> std::path::PathBuf {
     let python = repo_root().join(".tools/venv/bin/python");
     assert!(
         python.exists(),
@@ -18,7 +18,7 @@ fn venv_python() -> std::path::PathBuf {
 }
 
 /// Generates the Python client of `coffer.v1` into `out`, as docs/clients.md says to.
-async fn generate_python_client(out: &Path) {
+pub(crate) async fn generate_python_client(out: &Path) {
     let root = repo_root();
     std::fs::create_dir_all(out).expect("create the generated client's folder");
     let mut protos: Vec<String> = std::fs::read_dir(root.join("proto/coffer/v1"))

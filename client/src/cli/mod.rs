@@ -89,6 +89,43 @@ pub struct GlobalOptions {
     /// File holding the bearer token to present (its first line).
     #[arg(long, env = "COFFER_TOKEN_FILE", value_name = "PATH", global = true)]
     pub token_file: Option<std::path::PathBuf>,
+    /// Speak TLS to the server, trusting this CA (PEM); a host:port address is then https.
+    #[arg(long, env = "COFFER_CA_CERT", value_name = "PATH", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a server that asks for one; needs --client-key and --ca-cert.
+    #[arg(long, env = "COFFER_CLIENT_CERT", value_name = "PATH", global = true,
+          requires_all = ["client_key", "ca_cert"])]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        env = "COFFER_CLIENT_KEY",
+        value_name = "PATH",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// The TLS settings the options ask for: none without --ca-cert.
+fn resolve_tls(options: &GlobalOptions) -> Result<Option<coffer_client::TlsSettings>, CliError> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|error| CliError::Usage(format!("read {what} {}: {error}", path.display())))
+    };
+    let Some(ca) = &options.ca_cert else {
+        return Ok(None);
+    };
+    let identity = match (&options.client_cert, &options.client_key) {
+        (Some(cert), Some(key)) => {
+            Some((read("client certificate", cert)?, read("client key", key)?))
+        }
+        _ => None,
+    };
+    Ok(Some(coffer_client::TlsSettings {
+        ca_pem: read("CA certificate", ca)?,
+        identity,
+    }))
 }
 
 /// Where dev mode writes its admin token, relative to where `coffer-server dev` runs.
@@ -169,6 +206,7 @@ pub struct Session {
     server: String,
     output: Output,
     token: Result<Option<String>, String>,
+    tls: Result<Option<coffer_client::TlsSettings>, String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -184,6 +222,7 @@ impl Session {
     fn new(options: GlobalOptions) -> Self {
         Self {
             token: resolve_token(&options).map_err(|error| error.to_string()),
+            tls: resolve_tls(&options).map_err(|error| error.to_string()),
             server: options.server,
             output: Output::new(options.output),
         }
@@ -192,7 +231,8 @@ impl Session {
     /// Connects to the server, presenting the token. Commands call it after their local checks.
     async fn connect(&self) -> Result<CofferClient, CliError> {
         let token = self.token.clone().map_err(CliError::Usage)?;
-        let client = CofferClient::connect(&self.server).await?;
+        let tls = self.tls.clone().map_err(CliError::Usage)?;
+        let client = CofferClient::connect_with(&self.server, tls.as_ref()).await?;
         Ok(match token {
             Some(token) => client.with_token(&token)?,
             None => client,
@@ -243,9 +283,11 @@ impl CliError {
     pub fn exit(&self) -> Exit {
         match self {
             Self::Usage(_)
-            | Self::Client(ClientError::InvalidAddress { .. } | ClientError::InvalidToken) => {
-                Exit::Usage
-            }
+            | Self::Client(
+                ClientError::InvalidAddress { .. }
+                | ClientError::InvalidToken
+                | ClientError::Tls(_),
+            ) => Exit::Usage,
             Self::Client(ClientError::Connect { .. }) => Exit::Unavailable,
             Self::Status(status) => Exit::for_status(status.code()),
             Self::Unhealthy { .. }
