@@ -234,6 +234,12 @@ pub struct TestPki {
     pub stranger_ca: PathBuf,
     pub stranger_cert: PathBuf,
     pub stranger_key: PathBuf,
+    /// A server certificate for `127.0.0.1` from the untrusted CA (an impostor's).
+    pub stranger_server_cert: PathBuf,
+    pub stranger_server_key: PathBuf,
+    /// A certificate of the trusted CA for another host only (`elsewhere.invalid`).
+    pub elsewhere_cert: PathBuf,
+    pub elsewhere_key: PathBuf,
 }
 
 impl TestPki {
@@ -284,6 +290,16 @@ impl TestPki {
             &["intruder"],
             ExtendedKeyUsagePurpose::ClientAuth,
         );
+        let (stranger_server_cert, stranger_server_key) = leaf(
+            &stranger,
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (elsewhere_cert, elsewhere_key) = leaf(
+            &trusted,
+            &["elsewhere.invalid"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
         Self {
             ca: write("ca.pem", trusted.pem()),
             server_cert: write("server.pem", server_cert),
@@ -293,6 +309,10 @@ impl TestPki {
             stranger_ca: write("stranger-ca.pem", stranger.pem()),
             stranger_cert: write("stranger.pem", stranger_cert),
             stranger_key: write("stranger.key", stranger_key),
+            stranger_server_cert: write("stranger-server.pem", stranger_server_cert),
+            stranger_server_key: write("stranger-server.key", stranger_server_key),
+            elsewhere_cert: write("elsewhere.pem", elsewhere_cert),
+            elsewhere_key: write("elsewhere.key", elsewhere_key),
         }
     }
 

@@ -81,6 +81,20 @@ pub struct AgentOptions {
     )]
     pub allow_plaintext: Option<bool>,
 
+    /// Serve the agent API over mutual TLS with this certificate chain (PEM), which names the
+    /// host of the agent's address; needs --tls-key and --tls-client-ca.
+    #[arg(long, env = "COFFER_AGENT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "COFFER_AGENT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA (PEM) whose client certificates the agent serves: the Coffer server's. Callers
+    /// without one are refused at the handshake.
+    #[arg(long, env = "COFFER_AGENT_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
     #[command(flatten)]
     #[serde(default)]
     pub snapshot: SnapshotOptions,
@@ -97,6 +111,9 @@ impl Layered for AgentOptions {
             storage_roots: self.storage_roots.or(lower.storage_roots),
             credentials: self.credentials.or(lower.credentials),
             allow_plaintext: self.allow_plaintext.or(lower.allow_plaintext),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
             snapshot: self.snapshot.or(lower.snapshot),
         }
     }
@@ -189,6 +206,9 @@ pub struct AgentConfig {
     pub restore_keep_free: u64,
     /// The storage the agent may open.
     pub storage: StoragePolicy,
+    /// Mutual TLS of the agent API; `None` serves plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::ServeTls>,
     /// The snapshot provider and its settings.
     pub snapshot: SnapshotConfig,
 }
@@ -268,13 +288,32 @@ impl AgentOptions {
                 .parse()
                 .map_err(|_| invalid("listen", "bad built-in default"))?,
         };
-        if !listen.ip().is_loopback() && !self.allow_plaintext.unwrap_or(false) {
+        let tls = match (
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.tls_client_ca.clone(),
+        ) {
+            (Some(cert), Some(key), Some(client_ca)) => Some(crate::tls::ServeTls {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "tls-cert",
+                    "tls-cert, tls-key and tls-client-ca go together: the agent serves only \
+                     callers with a client certificate of the CA it trusts",
+                ));
+            }
+        };
+        if tls.is_none() && !listen.ip().is_loopback() && !self.allow_plaintext.unwrap_or(false) {
             return Err(invalid(
                 "listen",
                 format!(
-                    "{listen} is not a loopback address and the agent API has no TLS yet: \
-                     keep it on loopback, or give allow-plaintext to say that a plaintext agent \
-                     on a trusted network is intended"
+                    "{listen} is not a loopback address and the agent API has no TLS: give \
+                     tls-cert, tls-key and tls-client-ca, or allow-plaintext to say that a \
+                     plaintext agent on a trusted network is intended"
                 ),
             ));
         }
@@ -372,6 +411,7 @@ impl AgentOptions {
                 credentials,
                 forbidden,
             },
+            tls,
             snapshot,
         })
     }

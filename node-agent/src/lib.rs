@@ -17,6 +17,7 @@ pub mod reserved;
 pub mod restore;
 pub mod snapshot;
 pub mod storage_policy;
+pub mod tls;
 pub mod upload;
 pub mod verify;
 
@@ -54,6 +55,9 @@ pub enum AgentError {
     /// The gRPC server failed.
     #[error("serve agent API: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS files cannot be used.
+    #[error("agent TLS: {0}")]
+    Tls(String),
 }
 
 /// The state shared by the agent's request handlers.
@@ -203,13 +207,31 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let agent = Arc::new(agent);
     let snapshots = agent.snapshots.clone();
+    let tls = match &agent.config.tls {
+        Some(tls) => Some(tls::server_config(tls).map_err(AgentError::Tls)?),
+        None => None,
+    };
     let router = grpc::router(agent).await;
-    let served = router
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await;
+    let served = match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown,
+                )
+                .await
+        }
+        Some(config) => {
+            // The accept loop ends with serving, so the port is free when `run` returns.
+            let stop = tokio_util::sync::CancellationToken::new();
+            let incoming = tls::incoming(listener, config, stop.clone());
+            let served = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+            stop.cancel();
+            served
+        }
+    };
     snapshots.stop_reclaiming();
     served?;
     tracing::info!("agent stopped");

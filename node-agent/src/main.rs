@@ -55,7 +55,12 @@ async fn main() -> anyhow::Result<()> {
     let address = listener.local_addr().context("read bound address")?;
     tracing::info!(%address, node_id = %agent.node_id(), "agent serving");
     // The one line on stdout: scripts and tests read the bound address (port 0 picks one).
-    coffer_process::announce(&format!("coffer-agent listening on http://{address}"));
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    coffer_process::announce(&format!("coffer-agent listening on {scheme}://{address}"));
     coffer_agent::run(listener, agent, coffer_process::shutdown_signal())
         .await
         .context("serve")?;

@@ -980,6 +980,7 @@ mod rpc {
                 roots: vec![std::env::temp_dir()],
                 ..Default::default()
             },
+            tls: None,
             snapshot: SnapshotConfig::Dir {
                 pre_hook: None,
                 post_hook: None,

@@ -64,6 +64,7 @@ impl Node {
                 roots: vec![std::env::temp_dir()],
                 ..Default::default()
             },
+            tls: None,
             snapshot,
         })
     }
@@ -933,6 +934,7 @@ mod rpc {
                 roots: vec![std::env::temp_dir()],
                 ..Default::default()
             },
+            tls: None,
             snapshot: dir_provider(None, None),
         };
         let agent = Agent::open(config).await.expect("open agent");

@@ -87,6 +87,19 @@ pub struct ServerOptions {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub allow_plaintext: Option<bool>,
+
+    /// Speak mutual TLS to every agent: the CA (PEM) that signs the agents' certificates (each
+    /// must name the host of its registered address); needs --agent-tls-cert and -key.
+    #[arg(long, global = true, env = "COFFER_AGENT_TLS_CA")]
+    pub agent_tls_ca: Option<PathBuf>,
+
+    /// The server's client certificate (PEM) towards the agents.
+    #[arg(long, global = true, env = "COFFER_AGENT_TLS_CERT")]
+    pub agent_tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --agent-tls-cert.
+    #[arg(long, global = true, env = "COFFER_AGENT_TLS_KEY")]
+    pub agent_tls_key: Option<PathBuf>,
 }
 
 impl Layered for ServerOptions {
@@ -105,6 +118,9 @@ impl Layered for ServerOptions {
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
             allow_plaintext: self.allow_plaintext.or(lower.allow_plaintext),
+            agent_tls_ca: self.agent_tls_ca.or(lower.agent_tls_ca),
+            agent_tls_cert: self.agent_tls_cert.or(lower.agent_tls_cert),
+            agent_tls_key: self.agent_tls_key.or(lower.agent_tls_key),
         }
     }
 }
@@ -138,6 +154,9 @@ pub struct ServerConfig {
     pub tls: Option<ApiTls>,
     /// Whether plaintext on a non-loopback address was asked for.
     pub allow_plaintext: bool,
+    /// Mutual TLS towards the agents; `None` speaks plaintext to them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_tls: Option<crate::agents::tls::AgentTlsFiles>,
 }
 
 /// The API's TLS files.
@@ -227,6 +246,18 @@ impl ServerOptions {
                 }
             },
             allow_plaintext: self.allow_plaintext.unwrap_or(false),
+            agent_tls: match (self.agent_tls_ca, self.agent_tls_cert, self.agent_tls_key) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    Some(crate::agents::tls::AgentTlsFiles { ca, cert, key })
+                }
+                (None, None, None) => None,
+                _ => {
+                    return Err(ConfigError {
+                        setting: "agent-tls-ca",
+                        reason: "agent-tls-ca, agent-tls-cert and agent-tls-key go together".into(),
+                    });
+                }
+            },
         };
         if config.tls.is_none() && !config.allow_plaintext && !config.listen.ip().is_loopback() {
             return Err(ConfigError {

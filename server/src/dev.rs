@@ -96,6 +96,7 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
             credentials: Vec::new(),
             forbidden: vec![data.clone(), dir.join("agent-state")],
         },
+        tls: None,
         snapshot: SnapshotConfig::Dir {
             pre_hook: None,
             post_hook: None,

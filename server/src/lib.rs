@@ -69,7 +69,13 @@ impl Coffer {
     pub async fn open(config: &ServerConfig) -> error::Result<Self> {
         let catalog = Catalog::open(&config.catalog).await?;
         let catalog_for_tokens = catalog.clone();
-        let agents = Arc::new(AgentClients::new(config.agent_calls()));
+        let agent_tls = config
+            .agent_tls
+            .clone()
+            .map(agents::tls::AgentTls::load)
+            .transpose()
+            .map_err(error::Error::FailedPrecondition)?;
+        let agents = Arc::new(AgentClients::with_tls(config.agent_calls(), agent_tls));
         let clusters = Arc::new(ClusterRegistry::new(catalog.clone(), agents.clone()));
         let locations = LocationRegistry::new(catalog.clone(), (*clusters).clone(), agents.clone());
         let runs = RunManager::new(catalog.clone(), agents.clone());

@@ -169,17 +169,34 @@ async fn calls_need_a_valid_token_with_the_scope_and_runs_record_who_started_the
         ("reader", proto::TokenScope::Read)
     );
 
-    // Expiry and revocation.
-    let brief = create_token(
-        &admin,
-        "brief",
-        proto::TokenScope::Admin,
-        Some(Duration::from_secs(1)),
-    )
-    .await;
+    // Expiry and revocation. (Five seconds: a loaded machine must not expire it before its
+    // first use.)
+    let brief = admin
+        .tokens()
+        .create_token(proto::CreateTokenRequest {
+            name: "brief".into(),
+            scope: proto::TokenScope::Admin.into(),
+            expire_after: Some(Duration::from_secs(5).try_into().expect("duration")),
+        })
+        .await
+        .expect("create a brief token")
+        .into_inner();
+    let expire_time = brief
+        .token
+        .as_ref()
+        .and_then(|token| token.expire_time)
+        .expect("an expiry");
+    let brief = brief.secret;
     let brief_client = as_token(&server, &brief).await;
     assert_eq!(list_clusters(&brief_client).await.expect("fresh"), 1);
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let expires = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(expire_time.seconds).expect("after 1970"),
+            u32::try_from(expire_time.nanos).expect("nanos"),
+        );
+    if let Ok(left) = expires.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left + Duration::from_millis(200)).await;
+    }
     let status = list_clusters(&brief_client).await.expect_err("expired");
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("expired"), "{}", status.message());

@@ -3,6 +3,7 @@
 
 mod agent_confinement;
 mod agent_loss;
+mod agent_tls;
 mod auth;
 mod backups;
 mod bad_input;

@@ -31,6 +31,7 @@ pub mod restore;
 pub mod snapshot;
 pub mod storage;
 pub mod stored;
+pub mod tls;
 
 /// Why an agent call failed, as shown to operators.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,8 +79,11 @@ pub struct AgentCallOptions {
 #[derive(Debug)]
 pub struct AgentClients {
     options: AgentCallOptions,
-    channels: Mutex<HashMap<AgentAddress, Channel>>,
-    long_channels: Mutex<HashMap<AgentAddress, Channel>>,
+    /// Mutual TLS towards every agent; `None` speaks plaintext.
+    tls: Option<tls::AgentTls>,
+    /// Channels with the TLS generation they were made with.
+    channels: Mutex<HashMap<AgentAddress, (Channel, u64)>>,
+    long_channels: Mutex<HashMap<AgentAddress, (Channel, u64)>>,
 }
 
 /// A node info answer and how long it took.
@@ -94,13 +98,41 @@ pub struct InfoAnswer {
 }
 
 impl AgentClients {
-    /// A pool with the given call options.
+    /// A pool with the given call options, speaking plaintext.
     pub fn new(options: AgentCallOptions) -> Self {
+        Self::with_tls(options, None)
+    }
+
+    /// A pool with the given call options, speaking mutual TLS when `tls` is given.
+    pub fn with_tls(options: AgentCallOptions, tls: Option<tls::AgentTls>) -> Self {
         Self {
             options,
+            tls,
             channels: Mutex::new(HashMap::new()),
             long_channels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// An endpoint for `address` (https with the current TLS settings when TLS is on) and the
+    /// TLS generation it was made with.
+    fn endpoint(&self, address: &AgentAddress) -> Result<(Endpoint, u64), AgentError> {
+        let Some(tls) = &self.tls else {
+            let endpoint = Endpoint::from_shared(address.as_str().to_string())
+                .map_err(|error| unusable(address, &error))?;
+            return Ok((endpoint, 0));
+        };
+        let (config, generation) = tls.current();
+        let url = address.as_str().replacen("http://", "https://", 1);
+        let endpoint = Endpoint::from_shared(url)
+            .map_err(|error| unusable(address, &error))?
+            .tls_config(config)
+            .map_err(|error| unusable(address, &error))?;
+        Ok((endpoint, generation))
+    }
+
+    /// The TLS generation channels must have now.
+    fn generation(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |tls| tls.current().1)
     }
 
     /// A client for short calls: each is bounded by the request timeout.
@@ -118,16 +150,17 @@ impl AgentClients {
             .long_channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generation = self.generation();
         let channel = match channels.get(address) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = Endpoint::from_shared(address.as_str().to_string())
-                    .map_err(|error| unusable(address, &error))?
+            Some((channel, made)) if *made == generation => channel.clone(),
+            _ => {
+                let (endpoint, made) = self.endpoint(address)?;
+                let channel = endpoint
                     .connect_timeout(self.options.connect_timeout)
                     .http2_keep_alive_interval(Duration::from_secs(20))
                     .keep_alive_timeout(Duration::from_secs(20))
                     .connect_lazy();
-                channels.insert(address.clone(), channel.clone());
+                channels.insert(address.clone(), (channel.clone(), made));
                 channel
             }
         };
@@ -144,15 +177,18 @@ impl AgentClients {
             .channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(channel) = channels.get(address) {
+        let generation = self.generation();
+        if let Some((channel, made)) = channels.get(address)
+            && *made == generation
+        {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(address.as_str().to_string())
-            .map_err(|error| unusable(address, &error))?
+        let (endpoint, made) = self.endpoint(address)?;
+        let channel = endpoint
             .connect_timeout(self.options.connect_timeout)
-            .timeout(self.options.request_timeout);
-        let channel = endpoint.connect_lazy();
-        channels.insert(address.clone(), channel.clone());
+            .timeout(self.options.request_timeout)
+            .connect_lazy();
+        channels.insert(address.clone(), (channel.clone(), made));
         Ok(channel)
     }
 

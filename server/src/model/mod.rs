@@ -227,14 +227,17 @@ impl AgentAddress {
                 text.len()
             )));
         }
-        let rest = if let Some(rest) = text.strip_prefix("http://") {
+        // The scheme does not make the address: whether the server speaks TLS to its agents is
+        // its configuration (--agent-tls-*), for every agent alike.
+        let rest = if let Some(rest) = text
+            .strip_prefix("http://")
+            .or_else(|| text.strip_prefix("https://"))
+        {
             rest
-        } else if text.starts_with("https://") {
-            return Err(invalid(format!(
-                "{text:?}: TLS to agents is not supported yet; use http://"
-            )));
         } else if text.contains("://") {
-            return Err(invalid(format!("{text:?}: the only scheme is http://")));
+            return Err(invalid(format!(
+                "{text:?}: the scheme is http:// or https://"
+            )));
         } else {
             text
         };
@@ -505,13 +508,17 @@ mod tests {
             "http://node-1.example:7400"
         );
         assert_eq!(parse("[::1]:7400").expect("v6"), "http://[::1]:7400");
+        assert_eq!(
+            parse("https://node-1:7400").expect("https"),
+            "http://node-1:7400",
+            "the server's configuration, not the address, says whether it is TLS"
+        );
         for bad in [
             "",
             "host",
             "host:",
             "host:0",
             "host:70000",
-            "https://h:1",
             "ftp://h:1",
             "ho st:1",
             "h:1/x",

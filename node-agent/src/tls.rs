@@ -1,0 +1,187 @@
+//! The agent's side of mutual TLS: it serves only callers whose client certificate a CA it
+//! trusts has signed (the Coffer server's), with its own certificate (which names the host of
+//! its address, so the server knows it reached the node it registered). The certificate and key
+//! are read again when their files change (looked at, at most, every few seconds, at a
+//! handshake), so a renewed certificate is served without a restart.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+/// How often the certificate files are looked at for a change.
+const RECHECK: Duration = Duration::from_secs(5);
+/// Longest TLS handshake: a caller that stalls one does not hold a task for ever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The agent's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServeTls {
+    /// The agent's certificate chain (PEM); names the host of its address.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA (PEM) whose client certificates the agent accepts: the Coffer server's.
+    pub client_ca: PathBuf,
+}
+
+/// Reads the agent's certificate and key, and the CA: the TLS settings the agent serves with.
+/// Fails naming the file that cannot be used.
+pub fn server_config(tls: &ServeTls) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&tls.client_ca)
+        .map_err(|error| format!("read the client CA {}: {error}", tls.client_ca.display()))?
+    {
+        let cert = cert
+            .map_err(|error| format!("read the client CA {}: {error}", tls.client_ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|error| format!("use the client CA {}: {error}", tls.client_ca.display()))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|error| format!("use the client CA {}: {error}", tls.client_ca.display()))?;
+    let resolver = ReloadingCert::load(tls, provider.clone())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS versions: {error}"))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts connections on `listener` and hands over those whose handshake succeeded (a caller
+/// without an acceptable client certificate is logged and dropped), until `stop`.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept a connection");
+                        continue;
+                    }
+                },
+            };
+            let acceptor = acceptor.clone();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::info!(%peer, %error, "TLS handshake refused");
+                    }
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+/// The agent's certificate, read again when its files change.
+#[derive(Debug)]
+struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    stamp: Vec<Option<SystemTime>>,
+    checked: Instant,
+}
+
+impl ReloadingCert {
+    fn load(tls: &ServeTls, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<Self, String> {
+        let key = certified_key(&tls.cert, &tls.key, &provider)?;
+        Ok(Self {
+            state: Mutex::new(Loaded {
+                key: Arc::new(key),
+                stamp: stamp(&tls.cert, &tls.key),
+                checked: Instant::now(),
+            }),
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            provider,
+        })
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.checked.elapsed() >= RECHECK {
+            state.checked = Instant::now();
+            let now = stamp(&self.cert, &self.key);
+            if now != state.stamp {
+                match certified_key(&self.cert, &self.key, &self.provider) {
+                    Ok(key) => {
+                        state.key = Arc::new(key);
+                        state.stamp = now;
+                        tracing::info!(cert = %self.cert.display(), "serving the renewed certificate");
+                    }
+                    // Half-written files during a renewal: the old certificate serves meanwhile.
+                    Err(error) => {
+                        tracing::warn!(%error, "the certificate files changed but cannot be used yet")
+                    }
+                }
+            }
+        }
+        Some(state.key.clone())
+    }
+}
+
+fn stamp(cert: &Path, key: &Path) -> Vec<Option<SystemTime>> {
+    [cert, key]
+        .iter()
+        .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+fn certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| format!("read the certificate {}: {error}", cert.display()))?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|error| format!("read the key {}: {error}", key.display()))?;
+    CertifiedKey::from_der(certs, private, provider).map_err(|error| {
+        format!(
+            "use the certificate {} and key {}: {error}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
