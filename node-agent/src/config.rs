@@ -208,7 +208,7 @@ pub struct AgentConfig {
     pub storage: StoragePolicy,
     /// Mutual TLS of the agent API; `None` serves plaintext.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::tls::ServeTls>,
+    pub tls: Option<coffer_process::tls::ServeTls>,
     /// The snapshot provider and its settings.
     pub snapshot: SnapshotConfig,
 }
@@ -293,10 +293,10 @@ impl AgentOptions {
             self.tls_key.clone(),
             self.tls_client_ca.clone(),
         ) {
-            (Some(cert), Some(key), Some(client_ca)) => Some(crate::tls::ServeTls {
+            (Some(cert), Some(key), Some(client_ca)) => Some(coffer_process::tls::ServeTls {
                 cert,
                 key,
-                client_ca,
+                client_ca: Some(client_ca),
             }),
             (None, None, None) => None,
             _ => {

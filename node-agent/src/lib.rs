@@ -17,7 +17,6 @@ pub mod reserved;
 pub mod restore;
 pub mod snapshot;
 pub mod storage_policy;
-pub mod tls;
 pub mod upload;
 pub mod verify;
 
@@ -208,7 +207,7 @@ pub async fn run(
     let agent = Arc::new(agent);
     let snapshots = agent.snapshots.clone();
     let tls = match &agent.config.tls {
-        Some(tls) => Some(tls::server_config(tls).map_err(AgentError::Tls)?),
+        Some(tls) => Some(coffer_process::tls::server_config(tls).map_err(AgentError::Tls)?),
         None => None,
     };
     let router = grpc::router(agent).await;
@@ -224,7 +223,7 @@ pub async fn run(
         Some(config) => {
             // The accept loop ends with serving, so the port is free when `run` returns.
             let stop = tokio_util::sync::CancellationToken::new();
-            let incoming = tls::incoming(listener, config, stop.clone());
+            let incoming = coffer_process::tls::incoming(listener, config, stop.clone());
             let served = router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await;

@@ -188,7 +188,19 @@ pub async fn run(
     coffer: &Coffer,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), grpc::ServeError> {
-    let router = grpc::router(coffer).await?;
+    // TLS settings first: unusable files stop the server before it serves anything.
+    let tls = coffer
+        .api_tls()
+        .map(|tls| {
+            coffer_process::tls::server_config(&coffer_process::tls::ServeTls {
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+                client_ca: tls.client_ca.clone(),
+            })
+        })
+        .transpose()
+        .map_err(grpc::ServeError::Tls)?;
+    let router = grpc::router(coffer).await;
     // Runs a previous process left in flight are finished in the background: it needs agents,
     // which may take a while to answer, and must not delay serving.
     // The scheduler starts once they are recovered, so that what it finds in the catalog about
@@ -203,12 +215,26 @@ pub async fn run(
         }
         scheduler.run(scheduler_stopped).await;
     });
-    let served = router
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await;
+    let served = match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown,
+                )
+                .await
+        }
+        Some(config) => {
+            // The accept loop ends with serving, so the port is free when `run` returns.
+            let stop = tokio_util::sync::CancellationToken::new();
+            let incoming = coffer_process::tls::incoming(listener, config, stop.clone());
+            let served = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+            stop.cancel();
+            served
+        }
+    };
     // No fire starts a run once serving stopped: the runs are about to be shut down.
     stop_scheduler.cancel();
     if let Err(error) = scheduler_task.await {

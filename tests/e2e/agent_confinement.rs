@@ -104,6 +104,18 @@ async fn a_location_cannot_send_a_nodes_storage_secret_to_an_endpoint_of_the_cal
         knocked.is_err(),
         "the agent connected to the caller's endpoint"
     );
+    // Neither the secret's value nor its key id reached a log.
+    for log in [
+        root.path().join("a/agent.log"),
+        root.path().join("server.log"),
+    ] {
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(
+            !text.contains("the-real-secret") && !text.contains("AKIAREAL"),
+            "a secret in {}",
+            log.display()
+        );
+    }
 }
 
 fn fs_location(folder: &std::path::Path) -> Option<agent::StorageLocation> {

@@ -165,6 +165,37 @@ with grpc.secure_channel({address:?}, credentials) as channel:
     );
 }
 
+/// A renewed API certificate is served without a restart: one for another host makes new
+/// connections fail the host check, the right one makes them work again.
+#[tokio::test]
+async fn a_renewed_api_certificate_is_served_without_a_restart() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(&root.path().join("pki"));
+    let server = start_tls(root.path(), &pki, false).await;
+    let address = server.process.host_port().to_string();
+    let tls = pki.client_tls(false);
+    assert_eq!(try_list(&server, &address, Some(&tls)).await, Ok(0));
+    let good = (
+        std::fs::read(&pki.server_cert).expect("cert"),
+        std::fs::read(&pki.server_key).expect("key"),
+    );
+    std::fs::copy(&pki.elsewhere_cert, &pki.server_cert).expect("swap cert");
+    std::fs::copy(&pki.elsewhere_key, &pki.server_key).expect("swap key");
+    coffer_tests::eventually("the server serving the swapped certificate", || async {
+        try_list(&server, &address, Some(&tls))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    std::fs::write(&pki.server_cert, &good.0).expect("restore cert");
+    std::fs::write(&pki.server_key, &good.1).expect("restore key");
+    coffer_tests::eventually("the server serving its certificate again", || async {
+        try_list(&server, &address, Some(&tls)).await.ok()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn with_a_client_ca_only_clients_with_its_certificates_get_in() {
     let root = tempfile::tempdir().expect("tempdir");

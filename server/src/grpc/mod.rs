@@ -36,9 +36,7 @@ pub use token::TokenHandler;
 ///
 /// Cross-cutting concerns are applied here once, for every service, as tower layers: a tracing
 /// span per call, and authentication and authorization ([`AuthLayer`]) before any handler.
-///
-/// Fails when the API's TLS files cannot be read or used.
-pub async fn router(coffer: &Coffer) -> Result<Router<Stack<AuthLayer, Identity>>, ServeError> {
+pub async fn router(coffer: &Coffer) -> Router<Stack<AuthLayer, Identity>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<proto::cluster_service_server::ClusterServiceServer<ClusterHandler>>()
@@ -53,16 +51,10 @@ pub async fn router(coffer: &Coffer) -> Result<Router<Stack<AuthLayer, Identity>
                 (None, None)
             }
         };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = coffer.api_tls() {
-        builder = builder
-            .tls_config(tls_config(tls)?)
-            .map_err(|error| ServeError::Tls(format!("use the API's TLS files: {error}")))?;
-    }
-    let mut builder = builder
+    let mut builder = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .layer(AuthLayer::new(coffer.tokens().clone()));
-    Ok(builder
+    builder
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
@@ -91,7 +83,7 @@ pub async fn router(coffer: &Coffer) -> Result<Router<Stack<AuthLayer, Identity>
         ))
         .add_service(proto::token_service_server::TokenServiceServer::new(
             TokenHandler::new(coffer.tokens().clone()),
-        )))
+        ))
 }
 
 /// Why the API could not be served.
@@ -103,30 +95,4 @@ pub enum ServeError {
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// The API's TLS settings, read from its files now.
-fn tls_config(
-    tls: &crate::config::ApiTls,
-) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
-    // Two rustls backends are linked (ring here, aws-lc-rs by a storage dependency): say which
-    // one TLS uses. A provider installed already (by an embedding program) is kept.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|error| {
-            ServeError::Tls(format!("read the {what} {}: {error}", path.display()))
-        })
-    };
-    let identity = tonic::transport::Identity::from_pem(
-        read("certificate", &tls.cert)?,
-        read("key", &tls.key)?,
-    );
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-    if let Some(client_ca) = &tls.client_ca {
-        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(
-            "client CA",
-            client_ca,
-        )?));
-    }
-    Ok(config)
 }

@@ -1,8 +1,7 @@
-//! The agent's side of mutual TLS: it serves only callers whose client certificate a CA it
-//! trusts has signed (the Coffer server's), with its own certificate (which names the host of
-//! its address, so the server knows it reached the node it registered). The certificate and key
-//! are read again when their files change (looked at, at most, every few seconds, at a
-//! handshake), so a renewed certificate is served without a restart.
+//! Serving TLS, as both binaries do (the server's API, the agent's API): a certificate and key
+//! read again when their files change (looked at, at most, every few seconds, at a handshake),
+//! so a renewed certificate is served without a restart; and, when a client CA is given, only
+//! callers whose client certificate that CA has signed get past the handshake.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,41 +22,49 @@ const RECHECK: Duration = Duration::from_secs(5);
 /// Longest TLS handshake: a caller that stalls one does not hold a task for ever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The agent's TLS files.
+/// The TLS files a server serves with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ServeTls {
-    /// The agent's certificate chain (PEM); names the host of its address.
+    /// The certificate chain (PEM).
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
-    /// The CA (PEM) whose client certificates the agent accepts: the Coffer server's.
-    pub client_ca: PathBuf,
+    /// The CA (PEM) whose client certificates are required; `None` asks for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
-/// Reads the agent's certificate and key, and the CA: the TLS settings the agent serves with.
+/// Reads the certificate and key, and the client CA: the TLS settings to serve with (HTTP/2).
 /// Fails naming the file that cannot be used.
 pub fn server_config(tls: &ServeTls) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&tls.client_ca)
-        .map_err(|error| format!("read the client CA {}: {error}", tls.client_ca.display()))?
-    {
-        let cert = cert
-            .map_err(|error| format!("read the client CA {}: {error}", tls.client_ca.display()))?;
-        roots
-            .add(cert)
-            .map_err(|error| format!("use the client CA {}: {error}", tls.client_ca.display()))?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|error| format!("use the client CA {}: {error}", tls.client_ca.display()))?;
-    let resolver = ReloadingCert::load(tls, provider.clone())?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let resolver = Arc::new(ReloadingCert::load(tls, provider.clone())?);
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|error| format!("TLS versions: {error}"))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|error| format!("TLS versions: {error}"))?;
+    let mut config = match &tls.client_ca {
+        None => builder.with_no_client_auth().with_cert_resolver(resolver),
+        Some(client_ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(client_ca)
+                .map_err(|error| format!("read the client CA {}: {error}", client_ca.display()))?
+            {
+                let cert = cert.map_err(|error| {
+                    format!("read the client CA {}: {error}", client_ca.display())
+                })?;
+                roots.add(cert).map_err(|error| {
+                    format!("use the client CA {}: {error}", client_ca.display())
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|error| format!("use the client CA {}: {error}", client_ca.display()))?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(resolver)
+        }
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
