@@ -2,6 +2,7 @@
 //! variables, then flags. [`AgentOptions`] is the partial form every layer parses into;
 //! [`AgentConfig`] is the validated result the agent runs with.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -36,16 +37,11 @@ pub struct AgentOptions {
     #[arg(long, env = "COFFER_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Run the post-restore hook commands the server sends with a restore. They run as the
-    /// agent's user, so they are refused unless allowed here [default: false].
-    #[arg(
-        long,
-        env = "COFFER_AGENT_RESTORE_ALLOW_HOOKS",
-        num_args = 0..=1,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub restore_allow_hooks: Option<bool>,
+    /// The post-restore hooks a restore may name (TOML only: `[restore-hooks]`, a name and the
+    /// program with its arguments, e.g. `refresh = ["nodetool", "refresh", "ks", "t"]`). A
+    /// restore runs only these: the server sends a name, never a command [default: none].
+    #[arg(skip)]
+    pub restore_hooks: Option<BTreeMap<String, Vec<String>>>,
 
     /// Space a restore leaves free on each data path's filesystem, in bytes or with a binary
     /// suffix (K, M, G, T: 512M, 20G): a restore that would leave less is refused before it
@@ -106,7 +102,7 @@ impl Layered for AgentOptions {
             listen: self.listen.or(lower.listen),
             data_paths: self.data_paths.or(lower.data_paths),
             state_dir: self.state_dir.or(lower.state_dir),
-            restore_allow_hooks: self.restore_allow_hooks.or(lower.restore_allow_hooks),
+            restore_hooks: self.restore_hooks.or(lower.restore_hooks),
             restore_keep_free: self.restore_keep_free.or(lower.restore_keep_free),
             storage_roots: self.storage_roots.or(lower.storage_roots),
             credentials: self.credentials.or(lower.credentials),
@@ -201,7 +197,8 @@ pub struct AgentConfig {
     /// Absolute state directory.
     pub state_dir: PathBuf,
     /// Whether restores may run the hook command the server sends.
-    pub restore_allow_hooks: bool,
+    /// The post-restore hooks a restore may name: name -> program and arguments.
+    pub restore_hooks: BTreeMap<String, Vec<String>>,
     /// Bytes a restore leaves free on each data path's filesystem.
     pub restore_keep_free: u64,
     /// The storage the agent may open.
@@ -395,6 +392,26 @@ impl AgentOptions {
                 ));
             }
         }
+        let restore_hooks = self.restore_hooks.unwrap_or_default();
+        for (name, argv) in &restore_hooks {
+            let valid_name = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !valid_name {
+                return Err(invalid(
+                    "restore-hooks",
+                    format!("{name:?}: a hook name is lowercase letters, digits, '-' and '_'"),
+                ));
+            }
+            if argv.first().is_none_or(String::is_empty) {
+                return Err(invalid(
+                    "restore-hooks",
+                    format!("{name}: the program (first element) is required"),
+                ));
+            }
+        }
         let forbidden = data_paths
             .iter()
             .cloned()
@@ -404,7 +421,7 @@ impl AgentOptions {
             listen,
             data_paths,
             state_dir,
-            restore_allow_hooks: self.restore_allow_hooks.unwrap_or(false),
+            restore_hooks,
             restore_keep_free: self.restore_keep_free.unwrap_or(0),
             storage: StoragePolicy {
                 roots,
@@ -608,23 +625,30 @@ mod tests {
             .expect("parse flags");
             cli.options
         };
-        assert!(!parse(&[]).resolve().expect("valid").restore_allow_hooks);
         assert!(
-            parse(&["--restore-allow-hooks"])
+            parse(&[])
                 .resolve()
                 .expect("valid")
-                .restore_allow_hooks
+                .restore_hooks
+                .is_empty()
         );
-        assert!(
-            !parse(&["--restore-allow-hooks=false"])
-                .resolve()
-                .expect("valid")
-                .restore_allow_hooks
+        let file: AgentOptions = toml::from_str(
+            "data-paths = [\"/data\"]\n[restore-hooks]\nrefresh = [\"nodetool\", \"refresh\"]\n",
+        )
+        .expect("parse toml");
+        assert_eq!(
+            file.resolve().expect("valid").restore_hooks["refresh"],
+            ["nodetool", "refresh"]
         );
-        let file: AgentOptions =
-            toml::from_str("data-paths = [\"/data\"]\nrestore-allow-hooks = true\n")
-                .expect("parse toml");
-        assert!(file.resolve().expect("valid").restore_allow_hooks);
+        for bad in [
+            "[restore-hooks]\nrefresh = []\n",
+            "[restore-hooks]\nrefresh = [\"\"]\n",
+            "[restore-hooks]\n\"Bad Name\" = [\"true\"]\n",
+        ] {
+            let file: AgentOptions =
+                toml::from_str(&format!("data-paths = [\"/data\"]\n{bad}")).expect("parse toml");
+            assert!(file.resolve().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -177,7 +177,6 @@ impl Fixture {
             limiter: None,
             concurrency: restore::DEFAULT_CONCURRENCY,
             hook: None,
-            allow_hooks: false,
             keep_free: 0,
         }
     }
@@ -827,7 +826,6 @@ async fn the_hook_runs_with_its_environment_when_allowed() {
     let report = fixture.root.path().join("hook-report");
     let mut job = fixture.job();
     let node_id = job.node_id;
-    job.allow_hooks = true;
     job.hook = Some(RestoreHook {
         argv: vec![
             "sh".into(),
@@ -860,28 +858,11 @@ async fn the_hook_runs_with_its_environment_when_allowed() {
 }
 
 #[tokio::test]
-async fn a_hook_is_refused_before_anything_when_not_allowed() {
-    let fixture = Fixture::new(1);
-    make_source_tree(&fixture);
-    fixture.back_up().await;
-    let mut job = fixture.job();
-    job.hook = Some(RestoreHook {
-        argv: vec!["true".into()],
-        timeout: Duration::from_secs(5),
-    });
-    let (result, updates) = run(job).await;
-    assert!(matches!(result, Err(RestoreFailure::HooksNotAllowed)));
-    assert!(updates.is_empty(), "refused at the start");
-    assert!(fixture.target_state().is_empty());
-}
-
-#[tokio::test]
 async fn a_failing_or_slow_hook_fails_the_node_with_the_files_in_place() {
     let fixture = Fixture::new(1);
     make_source_tree(&fixture);
     let entries = fixture.back_up().await;
     let mut job = fixture.job();
-    job.allow_hooks = true;
     job.hook = Some(RestoreHook {
         argv: vec![
             "sh".into(),
@@ -906,7 +887,6 @@ async fn a_failing_or_slow_hook_fails_the_node_with_the_files_in_place() {
     // Again (over the files in place), with a hook that outlives its timeout.
     let mut job = fixture.job();
     job.overwrite = true;
-    job.allow_hooks = true;
     job.hook = Some(RestoreHook {
         argv: vec!["sh".into(), "-c".into(), "sleep 60 & sleep 60".into()],
         timeout: Duration::from_secs(1),
@@ -967,13 +947,21 @@ mod rpc {
 
     async fn serve(
         fixture: &Fixture,
-        allow_hooks: bool,
+        hooks: &[(&str, &[&str])],
     ) -> AgentServiceClient<tonic::transport::Channel> {
         let config = AgentConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_paths: fixture.targets.clone(),
             state_dir: fixture.root.path().join("agent-state"),
-            restore_allow_hooks: allow_hooks,
+            restore_hooks: hooks
+                .iter()
+                .map(|(name, argv)| {
+                    (
+                        name.to_string(),
+                        argv.iter().map(|arg| arg.to_string()).collect(),
+                    )
+                })
+                .collect(),
             restore_keep_free: 0,
             // The tests' locations live in temporary folders.
             storage: coffer_agent::config::StoragePolicy {
@@ -1020,7 +1008,7 @@ mod rpc {
         let fixture = Fixture::new(2);
         make_source_tree(&fixture);
         let entries = fixture.back_up().await;
-        let mut client = serve(&fixture, false).await;
+        let mut client = serve(&fixture, &[("ok", &["true"])]).await;
         let mut stream = client
             .restore_node(request(&fixture))
             .await
@@ -1047,20 +1035,30 @@ mod rpc {
         let fixture = Fixture::new(1);
         make_source_tree(&fixture);
         let entries = fixture.back_up().await;
-        let mut client = serve(&fixture, false).await;
+        let mut client = serve(&fixture, &[("ok", &["true"])]).await;
 
-        // Hooks not allowed: refused at once.
+        // A hook the agent's configuration does not name, or a command instead of a name:
+        // refused at once, nothing restored.
         let mut with_hook = request(&fixture);
-        with_hook.hook_command = vec!["true".into()];
+        with_hook.hook_command = vec!["rm".into()];
         let status = client
             .restore_node(with_hook)
             .await
-            .expect_err("hooks refused");
+            .expect_err("unknown hook");
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(
-            status.message().contains("--restore-allow-hooks"),
+            status.message().contains("no restore hook named \"rm\"")
+                && status.message().contains("ok"),
             "{status:?}"
         );
+        let mut command = request(&fixture);
+        command.hook_command = vec!["sh".into(), "-c".into(), "touch /tmp/pwned".into()];
+        let status = client
+            .restore_node(command)
+            .await
+            .expect_err("a command from the wire");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(fixture.target_state().is_empty(), "nothing restored");
 
         // A bad id.
         let mut bad = request(&fixture);

@@ -57,7 +57,7 @@ impl Node {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_paths: self.data_paths.clone(),
             state_dir: self.state_dir(),
-            restore_allow_hooks: false,
+            restore_hooks: Default::default(),
             restore_keep_free: 0,
             // The tests' locations live in temporary folders.
             storage: coffer_agent::config::StoragePolicy {
@@ -927,7 +927,7 @@ mod rpc {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_paths: node.data_paths.clone(),
             state_dir: node.state_dir(),
-            restore_allow_hooks: false,
+            restore_hooks: Default::default(),
             restore_keep_free: 0,
             // The tests' locations live in temporary folders.
             storage: coffer_agent::config::StoragePolicy {

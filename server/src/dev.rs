@@ -88,7 +88,7 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
         data_paths: vec![data.clone()],
         state_dir: dir.join("agent-state"),
         // Dev mode runs on an operator's own machine: no commands from the API.
-        restore_allow_hooks: false,
+        restore_hooks: Default::default(),
         restore_keep_free: 0,
         // The dev location's folder, and nothing else, is storage it may open.
         storage: StoragePolicy {

@@ -56,10 +56,11 @@ pub struct StartArgs {
     /// Replace files that already exist on the target nodes.
     #[arg(long)]
     pub overwrite: bool,
-    /// Program (and, repeated, its arguments) each target agent runs once its files are in
-    /// place, e.g. --hook nodetool --hook refresh --hook ks --hook table. Agents must allow it.
-    #[arg(long = "hook", value_name = "ARG")]
-    pub hook: Vec<String>,
+    /// Name of the post-restore hook each target agent runs once its files are in place: the
+    /// command its configuration gives that name (`[restore-hooks]`, e.g. refresh = ["nodetool",
+    /// "refresh", "ks", "table"]).
+    #[arg(long = "hook", value_name = "NAME")]
+    pub hook: Option<String>,
     /// How long the hook may run (e.g. 10m).
     #[arg(long, value_name = "DURATION", value_parser = coffer_process::parse_duration, requires = "hook")]
     pub hook_timeout: Option<Duration>,
@@ -110,8 +111,8 @@ pub fn start_request(args: &StartArgs, target: String) -> proto::StartRestoreReq
             filter: args.filter.clone().into_filter(),
             overwrite: args.overwrite,
             limits: args.limits.into_limits(),
-            post_restore_hook: (!args.hook.is_empty()).then(|| proto::RestoreHook {
-                command: args.hook.clone(),
+            post_restore_hook: args.hook.as_ref().map(|name| proto::RestoreHook {
+                command: vec![name.clone()],
                 timeout: args
                     .hook_timeout
                     .and_then(|timeout| prost_types::Duration::try_from(timeout).ok()),
@@ -181,8 +182,6 @@ mod tests {
             "a=b",
             "--overwrite",
             "--hook",
-            "nodetool",
-            "--hook",
             "refresh",
         ])
         .expect("parse");
@@ -196,10 +195,7 @@ mod tests {
         assert!(point.as_of_time.is_some());
         assert_eq!(spec.node_mappings[0].target_node_id, "b");
         assert!(spec.overwrite);
-        assert_eq!(
-            spec.post_restore_hook.expect("hook").command,
-            ["nodetool", "refresh"]
-        );
+        assert_eq!(spec.post_restore_hook.expect("hook").command, ["refresh"]);
     }
 
     #[test]

@@ -80,20 +80,37 @@ impl AgentHandler {
     /// the location opens, the patterns parse.
     fn restore_job(&self, request: proto::RestoreNodeRequest) -> Result<RestoreJob, Status> {
         let (config, operator) = open(&self.agent.config().storage, request.location)?;
-        let hook = match request.hook_command.first() {
-            None => None,
-            Some(program) if program.is_empty() => {
+        // A hook is named; the command is the one this agent's configuration gives the name,
+        // never one from the wire.
+        let hook = match request.hook_command.as_slice() {
+            [] => None,
+            [name] => {
+                let hooks = &self.agent.config().restore_hooks;
+                let Some(argv) = hooks.get(name) else {
+                    return Err(Status::failed_precondition(format!(
+                        "this agent has no restore hook named {name:?} ([restore-hooks] in its \
+                         configuration names {}); restore without a hook, or add it there",
+                        if hooks.is_empty() {
+                            "none".to_string()
+                        } else {
+                            hooks.keys().cloned().collect::<Vec<_>>().join(", ")
+                        }
+                    )));
+                };
+                Some(RestoreHook {
+                    argv: argv.clone(),
+                    timeout: match request.hook_timeout_seconds {
+                        0 => restore::DEFAULT_HOOK_TIMEOUT,
+                        seconds => Duration::from_secs(seconds.into()),
+                    },
+                })
+            }
+            _ => {
                 return Err(Status::invalid_argument(
-                    "hook_command: the program (first element) is empty",
+                    "hook_command: one element, the name of a hook of the agent's configuration \
+                     ([restore-hooks]); agents run no command sent to them",
                 ));
             }
-            Some(_) => Some(RestoreHook {
-                argv: request.hook_command,
-                timeout: match request.hook_timeout_seconds {
-                    0 => restore::DEFAULT_HOOK_TIMEOUT,
-                    seconds => Duration::from_secs(seconds.into()),
-                },
-            }),
         };
         Ok(RestoreJob {
             run_id: request.run_id,
@@ -115,7 +132,6 @@ impl AgentHandler {
                 n => n as usize,
             },
             hook,
-            allow_hooks: self.agent.config().restore_allow_hooks,
             keep_free: self.agent.config().restore_keep_free,
         })
     }
@@ -270,7 +286,6 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<Self::RestoreNodeStream>, Status> {
         let request = request.into_inner();
         let job = self.restore_job(request)?;
-        job.check_hook_allowed().map_err(restore_status)?;
         let backup_id = job.backup_id;
         let claim = self.agent.claim_restore(backup_id).ok_or_else(|| {
             Status::aborted(format!(

@@ -70,9 +70,7 @@ pub(super) fn upload_status(failure: UploadFailure) -> Status {
 /// folder concerned.
 pub(super) fn restore_status(failure: RestoreFailure) -> Status {
     let code = match &failure {
-        RestoreFailure::Refused(_)
-        | RestoreFailure::HooksNotAllowed
-        | RestoreFailure::NoSpace { .. } => Code::FailedPrecondition,
+        RestoreFailure::Refused(_) | RestoreFailure::NoSpace { .. } => Code::FailedPrecondition,
         RestoreFailure::Manifest(error) => manifest_code(error),
         RestoreFailure::Download { source, .. } => match source.as_ref() {
             DownloadError::Storage(error) => storage_code(error),

@@ -137,24 +137,10 @@ pub struct RestoreJob {
     pub limiter: Option<RateLimiter>,
     /// Objects downloaded at once.
     pub concurrency: usize,
-    /// Command to run once the files are in place.
+    /// Command to run once the files are in place (one of the agent's configured hooks).
     pub hook: Option<RestoreHook>,
-    /// Whether the agent's configuration allows hooks.
-    pub allow_hooks: bool,
     /// Bytes to leave free on each data path's filesystem (`restore-keep-free`).
     pub keep_free: u64,
-}
-
-impl RestoreJob {
-    /// Refuses a hook the agent's configuration does not allow (`restore-allow-hooks`).
-    ///
-    /// Fails with [`RestoreFailure::HooksNotAllowed`].
-    pub fn check_hook_allowed(&self) -> Result<(), RestoreFailure> {
-        if self.hook.is_some() && !self.allow_hooks {
-            return Err(RestoreFailure::HooksNotAllowed);
-        }
-        Ok(())
-    }
 }
 
 /// Why a restore failed. The message names the file, the manifest path or the folder concerned.
@@ -179,13 +165,6 @@ pub enum RestoreFailure {
         free: u64,
         keep_free: u64,
     },
-    /// The request carries a hook and the agent does not allow them. Nothing was done.
-    #[error(
-        "this agent does not run restore hooks sent by the server: start it with \
-         --restore-allow-hooks (COFFER_AGENT_RESTORE_ALLOW_HOOKS=true, or restore-allow-hooks = \
-         true in its configuration file), or restore without a hook"
-    )]
-    HooksNotAllowed,
     /// The node manifest could not be read.
     #[error("read node manifest: {0}")]
     Manifest(#[source] ManifestError),
@@ -398,7 +377,7 @@ pub fn staged_backups(data_paths: &[PathBuf]) -> Vec<PathBuf> {
 
 /// Restores the job's files onto this node, sending progress on `progress` about every 200 ms.
 ///
-/// Fails with [`RestoreFailure::HooksNotAllowed`] or [`RestoreFailure::Refused`] before
+/// Fails with [`RestoreFailure::Refused`] before
 /// downloading anything; with [`RestoreFailure::Manifest`], [`RestoreFailure::Download`] or
 /// [`RestoreFailure::SizeMismatch`] before placing anything; with [`RestoreFailure::Local`] when
 /// the node's disk fails; with [`RestoreFailure::Hook`] after placing; with
@@ -409,7 +388,6 @@ pub async fn run(
     progress: mpsc::Sender<proto::RestoreProgress>,
     cancel: CancellationToken,
 ) -> Result<proto::RestoreSummary, RestoreFailure> {
-    job.check_hook_allowed()?;
     let shared = Arc::new(Shared {
         layout: ClusterLayout::new(job.source_cluster_id),
         job,

@@ -72,22 +72,26 @@ impl TryFrom<proto::StartRestoreRequest> for StartRestore {
             .collect::<Result<Vec<_>>>()?;
         let hook = match spec.post_restore_hook {
             None => None,
-            Some(hook) if hook.command.is_empty() => {
+            Some(hook) if hook.command.len() != 1 => {
                 return Err(Error::invalid(
                     "restore.post_restore_hook.command",
-                    "needs at least the program",
+                    "one element: the name of a hook of the agents' configuration \
+                     ([restore-hooks]); agents run no command sent to them",
                 ));
             }
             Some(hook) => {
-                if hook
-                    .command
-                    .iter()
-                    .any(|arg| arg.contains('\0') || arg.len() > 4096)
-                    || hook.command.len() > 256
-                {
+                let name = &hook.command[0];
+                let valid = !name.is_empty()
+                    && name.len() <= 63
+                    && name.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
+                    });
+                if !valid {
                     return Err(Error::invalid(
                         "restore.post_restore_hook.command",
-                        "at most 256 arguments of at most 4096 bytes, without NUL",
+                        format!(
+                            "{name:?} is not a hook name (lowercase letters, digits, '-' and '_')"
+                        ),
                     ));
                 }
                 let timeout_seconds = match hook.timeout {
