@@ -154,6 +154,19 @@ async fn calls_need_a_valid_token_with_the_scope_and_runs_record_who_started_the
         run.error_message
     );
     assert_eq!(run.started_by, "token:ops");
+    let status = operator
+        .backups()
+        .delete_backup(proto::DeleteBackupRequest {
+            backup_id: run.backup_id.clone(),
+        })
+        .await
+        .expect_err("deleting a backup loses data: admin only");
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
     assert_eq!(get_run(&admin, &run_id).await.started_by, "token:ops");
 
     let me = reader

@@ -31,7 +31,7 @@ pub enum ScopeArg {
     Read,
     /// Read, and start and cancel backups, restores, validations and purges; run schedules.
     Operate,
-    /// Operate, and change clusters, locations, schedules and tokens.
+    /// Operate, and change clusters, locations, schedules and tokens; delete backups.
     Admin,
 }
 

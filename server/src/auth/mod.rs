@@ -87,6 +87,9 @@ pub enum Denied {
     /// A valid token without the scope the method needs.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The token could not be checked now (the catalog failed): worth retrying.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A new token, validated.
@@ -214,7 +217,7 @@ impl Tokens {
             Ok(None) => return Err(unknown()),
             Err(error) => {
                 tracing::warn!(%error, "look up a token");
-                return Err(Denied::Unauthenticated(
+                return Err(Denied::Unavailable(
                     "the token could not be checked now; try again".into(),
                 ));
             }

@@ -72,10 +72,9 @@ const READ_METHODS: [&str; 15] = [
     "ScheduleService/ListScheduleFires",
 ];
 
-/// Methods of `coffer.v1` that start, cancel or end runs and backups.
-const OPERATE_METHODS: [&str; 7] = [
+/// Methods of `coffer.v1` that start or cancel runs. (Deleting a backup loses data: admin.)
+const OPERATE_METHODS: [&str; 6] = [
     "BackupService/StartBackup",
-    "BackupService/DeleteBackup",
     "RestoreService/StartRestore",
     "RunService/CancelRun",
     "LocationService/ValidateLocation",
@@ -127,6 +126,11 @@ mod tests {
         assert_eq!(
             required_scope("/coffer.v1.ClusterService/RegisterCluster"),
             Some(Scope::Admin)
+        );
+        assert_eq!(
+            required_scope("/coffer.v1.BackupService/DeleteBackup"),
+            Some(Scope::Admin),
+            "deleting a backup loses data"
         );
         assert_eq!(
             required_scope("/coffer.v1.TokenService/CreateToken"),

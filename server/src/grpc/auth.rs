@@ -83,6 +83,7 @@ where
                     let status = match denied {
                         Denied::Unauthenticated(message) => Status::unauthenticated(message),
                         Denied::PermissionDenied(message) => Status::permission_denied(message),
+                        Denied::Unavailable(message) => Status::unavailable(message),
                     };
                     Ok(status.into_http())
                 }
