@@ -425,9 +425,34 @@ pub fn open_operator(config: &StorageConfig) -> Result<Operator, StorageError> {
                 });
             build::<services::FsConfig>(config, settings)?
         }
-        "s3" => build::<services::S3Config>(config, settings)?,
-        "azblob" => build::<services::AzblobConfig>(config, settings)?,
-        "gcs" => build::<services::GcsConfig>(config, settings)?,
+        // Credentials are only ever the ones a location names: OpenDAL's own search (the
+        // process environment, ~/.aws, instance and VM metadata, Azure's environment) would hand
+        // a node's credentials to whatever endpoint a location names. Without named ones,
+        // requests go unsigned.
+        "s3" => {
+            settings.insert("disable_config_load".into(), "true".into());
+            settings.insert("disable_ec2_metadata".into(), "true".into());
+            if !settings.contains_key("access_key_id") {
+                settings.insert("allow_anonymous".into(), "true".into());
+            }
+            build::<services::S3Config>(config, settings)?
+        }
+        "azblob" => {
+            if !config.secrets.contains_key("account_key")
+                && !config.secrets.contains_key("sas_token")
+            {
+                settings.insert("skip_signature".into(), "true".into());
+            }
+            build::<services::AzblobConfig>(config, settings)?
+        }
+        "gcs" => {
+            settings.insert("disable_config_load".into(), "true".into());
+            settings.insert("disable_vm_metadata".into(), "true".into());
+            if !settings.contains_key("credential") {
+                settings.insert("allow_anonymous".into(), "true".into());
+            }
+            build::<services::GcsConfig>(config, settings)?
+        }
         other => {
             return Err(config.config_error(format!(
                 "unknown storage scheme {other:?} (expected fs, s3, azblob or gcs)"

@@ -223,11 +223,15 @@ pub async fn run(
         Some(config) => {
             // The accept loop ends with serving, so the port is free when `run` returns.
             let stop = tokio_util::sync::CancellationToken::new();
-            let incoming = coffer_process::tls::incoming(listener, config, stop.clone());
+            let (incoming, accepting) =
+                coffer_process::tls::incoming(listener, config, stop.clone());
             let served = router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await;
             stop.cancel();
+            if let Err(error) = accepting.await {
+                tracing::warn!(%error, "TLS accept loop");
+            }
             served
         }
     };

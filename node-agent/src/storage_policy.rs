@@ -39,6 +39,7 @@ pub struct StoragePolicy {
 impl StoragePolicy {
     /// Why this agent will not open `config`; `Ok` when it may.
     pub fn permit(&self, config: &StorageConfig) -> Result<(), String> {
+        permit_settings(config)?;
         if config.scheme == "fs" {
             return self.permit_folder(config);
         }
@@ -122,6 +123,72 @@ impl StoragePolicy {
             ))
         }
     }
+}
+
+/// The settings a location of each kind may carry, as the server sends them, and which of them
+/// may come from secrets. Anything else (an fs `atomic_write_dir` outside the roots, a GCS
+/// `credential_path`, an S3 `role_arn`, a secret fed into `endpoint`) is refused.
+fn permit_settings(config: &StorageConfig) -> Result<(), String> {
+    let (options, secrets): (&[&str], &[&str]) = match config.scheme.as_str() {
+        "fs" => (&["root"], &[]),
+        "s3" => (
+            &[
+                "bucket",
+                "region",
+                "endpoint",
+                "root",
+                "enable_virtual_host_style",
+            ],
+            &["access_key_id", "secret_access_key", "session_token"],
+        ),
+        "azblob" => (
+            &["container", "endpoint", "account_name", "root"],
+            &["account_key", "sas_token"],
+        ),
+        "gcs" => (
+            &[
+                "bucket",
+                "endpoint",
+                "root",
+                "allow_anonymous",
+                "disable_vm_metadata",
+                "disable_config_load",
+            ],
+            &["credential"],
+        ),
+        other => return Err(format!("unknown storage scheme {other:?}")),
+    };
+    let coffer = coffer_format::storage::COFFER_OPTIONS;
+    if let Some(key) = config
+        .options
+        .keys()
+        .find(|key| !options.contains(&key.as_str()) && !coffer.contains(&key.as_str()))
+    {
+        return Err(format!(
+            "the setting {key:?} is not one a {} location has",
+            config.scheme
+        ));
+    }
+    if let Some(key) = config
+        .secrets
+        .keys()
+        .find(|key| !secrets.contains(&key.as_str()))
+    {
+        return Err(format!("the setting {key:?} cannot come from a secret"));
+    }
+    if let Some(region) = config.options.get("region") {
+        let valid = !region.is_empty()
+            && region.len() <= 64
+            && region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !valid {
+            return Err(format!(
+                "{region:?} is not a region name (letters, digits and '-')"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `path` with its longest existing ancestor's links resolved and the rest appended: what the
@@ -224,6 +291,50 @@ mod tests {
                 .expect_err("no root")
                 .contains("--storage-root")
         );
+    }
+
+    #[test]
+    fn only_the_settings_a_location_has_are_accepted() {
+        let policy = StoragePolicy::default();
+        let fs = location("fs", &[("root", "/x"), ("atomic_write_dir", "/etc/x")], &[]);
+        assert!(
+            policy
+                .permit(&fs)
+                .expect_err("refused")
+                .contains("atomic_write_dir")
+        );
+        let gcs = location(
+            "gcs",
+            &[("bucket", "b"), ("credential_path", "/etc/shadow")],
+            &[],
+        );
+        assert!(
+            policy
+                .permit(&gcs)
+                .expect_err("refused")
+                .contains("credential_path")
+        );
+        let s3 = location(
+            "s3",
+            &[("bucket", "b")],
+            &[(
+                "endpoint",
+                SecretSource::Env("AWS_SECRET_ACCESS_KEY".into()),
+            )],
+        );
+        assert!(policy.permit(&s3).expect_err("refused").contains("secret"));
+        let s3 = location("s3", &[("bucket", "b"), ("region", "x@evil.com/")], &[]);
+        assert!(policy.permit(&s3).expect_err("refused").contains("region"));
+        let s3 = location(
+            "s3",
+            &[
+                ("bucket", "b"),
+                ("region", "eu-west-1"),
+                ("timeout_secs", "5"),
+            ],
+            &[],
+        );
+        assert_eq!(policy.permit(&s3), Ok(()));
     }
 
     #[test]

@@ -21,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 const RECHECK: Duration = Duration::from_secs(5);
 /// Longest TLS handshake: a caller that stalls one does not hold a task for ever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in flight at most: stalled callers cannot use up the process's descriptors.
+const MAX_HANDSHAKES: usize = 256;
+/// Pause after a failed accept (out of descriptors, say), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The TLS files a server serves with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,22 +74,37 @@ pub fn server_config(tls: &ServeTls) -> Result<Arc<rustls::ServerConfig>, String
 }
 
 /// Accepts connections on `listener` and hands over those whose handshake succeeded (a caller
-/// without an acceptable client certificate is logged and dropped), until `stop`.
+/// without an acceptable client certificate is logged and dropped), until `stop` or until the
+/// stream is dropped (serving ended); the listener is closed when the returned task ends.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     stop: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+) -> (
+    tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (sender, receiver) = tokio::sync::mpsc::channel(16);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let task = tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                () = stop.cancelled() => return,
+                () = sender.closed() => return,
+                permit = handshakes.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
             let (stream, peer) = tokio::select! {
                 () = stop.cancelled() => return,
+                () = sender.closed() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         tracing::warn!(%error, "accept a connection");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
                 },
@@ -93,6 +112,7 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let sender = sender.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let _ = sender.send(Ok(stream)).await;
@@ -105,7 +125,7 @@ pub fn incoming(
             });
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(receiver)
+    (tokio_stream::wrappers::ReceiverStream::new(receiver), task)
 }
 
 /// The agent's certificate, read again when its files change.

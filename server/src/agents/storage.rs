@@ -270,7 +270,26 @@ pub async fn verify_objects(
         loop {
             match stream.message().await {
                 Ok(Some(answer)) => verified.push(verified_object(answer)),
-                Ok(None) => return Ok(verified),
+                Ok(None) => {
+                    // Every object asked for, once, and nothing else: an agent whose stream
+                    // ended early (a crashed verification) does not leave objects unverified
+                    // in a run that says it verified them.
+                    let asked: std::collections::HashSet<&str> =
+                        hashes.iter().map(String::as_str).collect();
+                    let mut seen = std::collections::HashSet::new();
+                    verified.retain(|object| {
+                        asked.contains(object.hash.as_str()) && seen.insert(object.hash.clone())
+                    });
+                    let answered = verified.len();
+                    if answered == asked.len() {
+                        return Ok(verified);
+                    }
+                    failures.push(format!(
+                        "{address}: answered for {answered} of {} objects",
+                        asked.len()
+                    ));
+                    break;
+                }
                 // Half-way through: the objects verified so far are not lost work, but the
                 // batch is simplest tried again whole elsewhere.
                 Err(status) => {

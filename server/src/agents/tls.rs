@@ -98,10 +98,16 @@ fn read(files: &AgentTlsFiles) -> Result<ClientTlsConfig, String> {
     };
     // Two rustls backends are linked; say which one TLS uses (one installed already stays).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(ClientTlsConfig::new()
+    let config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("agent CA", &files.ca)?))
         .identity(Identity::from_pem(
             read("client certificate", &files.cert)?,
             read("client key", &files.key)?,
-        )))
+        ));
+    // The PEM is parsed only when an endpoint takes the settings: try it now, so that files
+    // that cannot be used (a half-written renewal) never replace good ones.
+    tonic::transport::Endpoint::from_static("https://agent.invalid")
+        .tls_config(config.clone())
+        .map_err(|error| format!("use the agent TLS files: {error}"))?;
+    Ok(config)
 }

@@ -123,19 +123,25 @@ impl Tokens {
         let id = Uuid::new_v4();
         let secret = new_secret(id)?;
         let now = SystemTime::now();
-        let token = Token {
-            id,
-            name: new.name,
-            scope: new.scope,
-            create_time: now,
-            expire_time: new.expire_after.map(|after| now + after),
-            created_by: match created_by {
-                Caller::Token { name, .. } => name.clone(),
-                Caller::Anonymous => String::new(),
-            },
-            last_use_time: None,
-            secret_hash: blake3::hash(secret.as_bytes()).to_hex().to_string(),
-        };
+        let token =
+            Token {
+                id,
+                name: new.name,
+                scope: new.scope,
+                create_time: now,
+                expire_time: match new.expire_after {
+                    None => None,
+                    Some(after) => Some(now.checked_add(after).ok_or_else(|| {
+                        Error::invalid("expire_after", "is too far in the future")
+                    })?),
+                },
+                created_by: match created_by {
+                    Caller::Token { name, .. } => name.clone(),
+                    Caller::Anonymous => String::new(),
+                },
+                last_use_time: None,
+                secret_hash: blake3::hash(secret.as_bytes()).to_hex().to_string(),
+            };
         self.catalog.insert_token(&token).await?;
         tracing::info!(token = %token.name, scope = %token.scope, by = %created_by.label(),
             "token created");
@@ -313,10 +319,14 @@ fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     let temporary = path.with_extension("token.tmp");
+    // A leftover temporary file would keep its own (maybe wider) mode: start afresh.
+    match std::fs::remove_file(&temporary) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&temporary)?;
     file.write_all(format!("{secret}\n").as_bytes())?;

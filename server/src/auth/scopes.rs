@@ -54,13 +54,12 @@ const OPEN_SERVICES: [&str; 3] = [
 ];
 
 /// Methods of `coffer.v1` that only read.
-const READ_METHODS: [&str; 15] = [
+const READ_METHODS: [&str; 14] = [
     "ClusterService/GetCluster",
     "ClusterService/ListClusters",
     "ClusterService/CheckCluster",
     "LocationService/GetLocation",
     "LocationService/ListLocations",
-    "LocationService/CheckLocation",
     "BackupService/GetBackup",
     "BackupService/ListBackups",
     "BackupService/ListBackupFiles",
@@ -73,8 +72,10 @@ const READ_METHODS: [&str; 15] = [
 ];
 
 /// Methods of `coffer.v1` that start or cancel runs. (Deleting a backup loses data: admin.)
-const OPERATE_METHODS: [&str; 6] = [
+const OPERATE_METHODS: [&str; 7] = [
     "BackupService/StartBackup",
+    // Writes, reads and deletes probe objects in the location.
+    "LocationService/CheckLocation",
     "RestoreService/StartRestore",
     "RunService/CancelRun",
     "LocationService/ValidateLocation",
