@@ -245,3 +245,86 @@ async fn hostile_requests_straight_to_an_agent_stay_inside_its_storage_roots() {
         status.message()
     );
 }
+
+/// Credentials an agent's process happens to have (the AWS variables in its environment) are
+/// never used for a location that names none: its requests go unsigned, so a location naming
+/// an endpoint of the caller's learns no key id and gets no signature.
+#[tokio::test]
+async fn an_agents_ambient_credentials_are_never_sent_for_a_location_that_names_none() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = tempfile::tempdir().expect("tempdir");
+    let attacker = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind attacker");
+    let attacker_endpoint = format!("http://{}", attacker.local_addr().expect("address"));
+    let agent = TestAgent::start_with_credentials(
+        root.path(),
+        "a",
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIAAMBIENTKEY"),
+            ("AWS_SECRET_ACCESS_KEY", "ambient-secret"),
+        ],
+        "",
+    )
+    .await;
+    let server = TestServer::start(root.path()).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("prod", vec![node(&agent)]))
+        .await
+        .expect("register");
+    client
+        .locations()
+        .create_location(proto::CreateLocationRequest {
+            name: "ambient".into(),
+            options: Some(proto::create_location_request::Options::S3(
+                proto::S3LocationOptions {
+                    bucket: "backups".into(),
+                    endpoint: attacker_endpoint,
+                    force_path_style: true,
+                    ..Default::default()
+                },
+            )),
+            compression: None,
+        })
+        .await
+        .expect("create");
+    // The attacker records every request it gets, and answers each with an error.
+    let recorded = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Ok((mut stream, _))) =
+            tokio::time::timeout(Duration::from_secs(3), attacker.accept()).await
+        {
+            let mut buffer = vec![0u8; 16 * 1024];
+            if let Ok(Ok(read)) =
+                tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buffer)).await
+            {
+                seen.extend_from_slice(&buffer[..read]);
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+        seen
+    });
+    let check = client
+        .locations()
+        .check_location(proto::CheckLocationRequest {
+            location: "ambient".into(),
+            cluster: "prod".into(),
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!check.ok);
+    let seen = String::from_utf8_lossy(&recorded.await.expect("attacker")).into_owned();
+    assert!(
+        !seen.is_empty(),
+        "the agent did send its (unsigned) request"
+    );
+    assert!(
+        !seen.contains("AKIAAMBIENTKEY") && !seen.to_ascii_lowercase().contains("authorization:"),
+        "the agent signed with its ambient credentials:\n{seen}"
+    );
+}
