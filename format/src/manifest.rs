@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::layout::ContentHash;
+use crate::object::{Keyring, SealError, Unsealer};
 use crate::storage::StorageError;
 
 /// `format` of a node manifest's header line.
@@ -96,6 +97,10 @@ pub enum ManifestError {
     /// A manifest being written was given something it cannot hold.
     #[error("invalid manifest: {0}")]
     Invalid(String),
+    /// The manifest is sealed with a key this agent lacks, in the clear in an encrypted
+    /// location, or sealed and altered since.
+    #[error("manifest {path}: {source}")]
+    Sealed { path: String, source: SealError },
 }
 
 impl ManifestError {
@@ -270,6 +275,7 @@ impl NodeManifestWriter {
         self,
         op: &Operator,
         path: &str,
+        keys: &Keyring,
     ) -> Result<NodeManifestSummary, ManifestError> {
         let Self {
             mut header,
@@ -288,7 +294,7 @@ impl NodeManifestWriter {
                 .map_err(|error| {
                     ManifestError::io("merge manifest entries")(io::Error::other(error))
                 })??;
-        let stored_bytes = upload_local_file(op, path, merged).await?;
+        let stored_bytes = upload_local_file(op, path, merged, keys).await?;
         Ok(NodeManifestSummary {
             file_count,
             total_bytes,
@@ -415,8 +421,16 @@ fn write_json_line<T: Serialize>(writer: &mut impl Write, value: &T) -> Result<(
 }
 
 /// Uploads a local file (rewound) to `path` in 8 MiB chunks; returns its size.
-async fn upload_local_file(op: &Operator, path: &str, file: File) -> Result<u64, ManifestError> {
+async fn upload_local_file(
+    op: &Operator,
+    path: &str,
+    file: File,
+    keys: &Keyring,
+) -> Result<u64, ManifestError> {
     const CHUNK: usize = 8 * 1024 * 1024;
+    let mut sealer = keys
+        .sealer()
+        .map_err(ManifestError::io("seal the manifest"))?;
     let mut file = tokio::fs::File::from_std(file);
     let mut writer = op
         .writer_with(path)
@@ -430,11 +444,19 @@ async fn upload_local_file(op: &Operator, path: &str, file: File) -> Result<u64,
             let read = tokio::io::AsyncReadExt::read(&mut file, &mut block)
                 .await
                 .map_err(ManifestError::io("read the manifest's temporary file"))?;
-            if read == 0 {
-                return Ok(());
-            }
-            block.truncate(read);
-            total += read as u64;
+            let block = if read == 0 {
+                // The end: the last sealed segment, once.
+                match sealer.take() {
+                    Some(sealer) => sealer.finish(),
+                    None => return Ok(()),
+                }
+            } else if let Some(sealer) = &mut sealer {
+                sealer.push(&block[..read])
+            } else {
+                block.truncate(read);
+                block
+            };
+            total += block.len() as u64;
             writer
                 .write(Bytes::from(block))
                 .await
@@ -469,6 +491,8 @@ pub struct NodeManifestReader {
     path: String,
     header: NodeManifestHeader,
     stream: BufferStream,
+    /// Opens a sealed manifest (an encrypted location's) before it is decompressed.
+    unsealer: Option<Unsealer>,
     /// Compressed bytes received but not yet decoded.
     input: Bytes,
     decoder: zstd::stream::write::Decoder<'static, Vec<u8>>,
@@ -497,7 +521,7 @@ impl NodeManifestReader {
     ///
     /// Fails when the storage fails (a missing manifest is [`StorageError::is_not_found`]), or
     /// when the manifest is malformed or of another format or a newer version.
-    pub async fn open(op: &Operator, path: &str) -> Result<Self, ManifestError> {
+    pub async fn open(op: &Operator, path: &str, keys: &Keyring) -> Result<Self, ManifestError> {
         let storage_error = |cause| StorageError::backend(op, "read", path, cause);
         let stream = op
             .reader_with(path)
@@ -512,6 +536,7 @@ impl NodeManifestReader {
             path: path.to_string(),
             header: NodeManifestHeader::new(Uuid::nil(), Uuid::nil(), Uuid::nil(), "", Vec::new()),
             stream,
+            unsealer: Some(Unsealer::new(keys.clone())),
             input: Bytes::new(),
             decoder,
             text: Vec::new(),
@@ -598,10 +623,11 @@ impl NodeManifestReader {
     pub async fn read_page(
         op: &Operator,
         path: &str,
+        keys: &Keyring,
         offset: u64,
         limit: usize,
     ) -> Result<(Vec<NodeManifestEntry>, bool, u64), ManifestError> {
-        let mut reader = Self::open(op, path).await?;
+        let mut reader = Self::open(op, path, keys).await?;
         let total = reader.header.file_count;
         if offset >= total {
             return Ok((Vec::new(), false, total));
@@ -620,6 +646,13 @@ impl NodeManifestReader {
         }
         let more = offset + (page.len() as u64) < total;
         Ok((page, more, total))
+    }
+
+    fn sealed(&self, source: SealError) -> ManifestError {
+        ManifestError::Sealed {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn malformed(&self, reason: impl Into<String>) -> ManifestError {
@@ -661,8 +694,24 @@ impl NodeManifestReader {
                     .await
                     .map_err(|cause| StorageError::backend(op, "read", &self.path, cause))?
                 {
-                    Some(buffer) => self.input = buffer.to_bytes(),
+                    Some(buffer) => {
+                        let stored = buffer.to_bytes();
+                        self.input = match &mut self.unsealer {
+                            Some(unsealer) => match unsealer.push(&stored) {
+                                Ok(plain) => Bytes::from(plain.into_owned()),
+                                Err(source) => return Err(self.sealed(source)),
+                            },
+                            None => stored,
+                        };
+                    }
                     None => {
+                        if let Some(unsealer) = self.unsealer.take() {
+                            // The last sealed segment: at most 64 KiB of compressed text.
+                            let last = unsealer.finish().map_err(|source| self.sealed(source))?;
+                            self.decoder.write_all(&last).map_err(|error| {
+                                self.malformed(format!("broken zstd stream: {error}"))
+                            })?;
+                        }
                         self.decoder.flush().map_err(|error| {
                             self.malformed(format!("broken zstd stream: {error}"))
                         })?;
@@ -939,6 +988,98 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sealed_node_manifests_hold_no_plain_text_and_open_only_with_their_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let op = fs_operator(&dir.path().join("location"));
+        let keys = Keyring::new(
+            Some(std::sync::Arc::new(crate::object::ObjectKey::new(
+                "k", &[3; 32],
+            ))),
+            Vec::new(),
+        );
+        // Enough entries for a manifest of several sealed segments.
+        let count = 20_000u64;
+        let mut writer = NodeManifestWriter::new(header()).with_temp_dir(dir.path());
+        for index in 0..count {
+            writer.add(entry(index)).await.expect("add");
+        }
+        let summary = writer
+            .upload(&op, "nodes/sealed.manifest", &keys)
+            .await
+            .expect("upload");
+        let stored =
+            std::fs::read(dir.path().join("location/nodes/sealed.manifest")).expect("read stored");
+        assert_eq!(summary.stored_bytes, stored.len() as u64);
+        assert!(stored.len() > 3 * 64 * 1024, "{} bytes", stored.len());
+        assert!(crate::object::is_sealed(&stored));
+        // Not even the zstd frame magic is visible.
+        assert!(!stored.windows(4).any(|w| w == [0x28, 0xb5, 0x2f, 0xfd]));
+
+        let (page, more, total) =
+            NodeManifestReader::read_page(&op, "nodes/sealed.manifest", &keys, count - 5, 10)
+                .await
+                .expect("page");
+        assert_eq!((page.len(), more, total), (5, false, count));
+        let error = NodeManifestReader::open(&op, "nodes/sealed.manifest", &Keyring::plain())
+            .await
+            .expect_err("no key");
+        assert!(
+            matches!(
+                &error,
+                ManifestError::Sealed {
+                    source: SealError::MissingKey(_),
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        // A manifest cut short fails, however far it is read.
+        std::fs::write(
+            dir.path().join("location/nodes/sealed.manifest"),
+            &stored[..stored.len() - 100],
+        )
+        .expect("cut");
+        let reader = NodeManifestReader::open(&op, "nodes/sealed.manifest", &keys)
+            .await
+            .expect("the start still opens");
+        let error = reader
+            .into_stream(op.clone())
+            .try_collect::<Vec<_>>()
+            .await
+            .expect_err("cut manifest");
+        assert!(
+            matches!(
+                &error,
+                ManifestError::Sealed {
+                    source: SealError::Damaged(_),
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        // And a clear manifest is refused by the encrypted location.
+        let mut clear = NodeManifestWriter::new(header()).with_temp_dir(dir.path());
+        clear.add(entry(1)).await.expect("add");
+        clear
+            .upload(&op, "nodes/clear.manifest", &Keyring::plain())
+            .await
+            .expect("upload");
+        let error = NodeManifestReader::open(&op, "nodes/clear.manifest", &keys)
+            .await
+            .expect_err("clear manifest");
+        assert!(
+            matches!(
+                &error,
+                ManifestError::Sealed {
+                    source: SealError::NotSealed,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
     async fn node_manifests_round_trip_sorted_with_paging() {
         let dir = tempfile::tempdir().expect("tempdir");
         let op = fs_operator(&dir.path().join("location"));
@@ -954,7 +1095,7 @@ mod tests {
             writer.add(entry((index * 389) % count)).await.expect("add");
         }
         let summary = writer
-            .upload(&op, "nodes/n.manifest")
+            .upload(&op, "nodes/n.manifest", &Keyring::plain())
             .await
             .expect("upload");
         assert_eq!(summary.file_count, count);
@@ -972,7 +1113,7 @@ mod tests {
         expected.sort_by(|a, b| a.path.cmp(&b.path));
 
         // The whole manifest, streamed.
-        let reader = NodeManifestReader::open(&op, "nodes/n.manifest")
+        let reader = NodeManifestReader::open(&op, "nodes/n.manifest", &Keyring::plain())
             .await
             .expect("open");
         assert_eq!(reader.header().file_count, count);
@@ -985,23 +1126,27 @@ mod tests {
         assert_eq!(all, expected);
 
         // Pages.
-        let (page, more, total) = NodeManifestReader::read_page(&op, "nodes/n.manifest", 0, 300)
-            .await
-            .expect("page");
+        let (page, more, total) =
+            NodeManifestReader::read_page(&op, "nodes/n.manifest", &Keyring::plain(), 0, 300)
+                .await
+                .expect("page");
         assert_eq!((page.len(), more, total), (300, true, count));
         assert_eq!(page, expected[..300]);
-        let (page, more, _) = NodeManifestReader::read_page(&op, "nodes/n.manifest", 900, 300)
-            .await
-            .expect("page");
+        let (page, more, _) =
+            NodeManifestReader::read_page(&op, "nodes/n.manifest", &Keyring::plain(), 900, 300)
+                .await
+                .expect("page");
         assert_eq!((page.len(), more), (100, false));
         assert_eq!(page, expected[900..]);
-        let (page, more, _) = NodeManifestReader::read_page(&op, "nodes/n.manifest", 700, 300)
-            .await
-            .expect("page");
+        let (page, more, _) =
+            NodeManifestReader::read_page(&op, "nodes/n.manifest", &Keyring::plain(), 700, 300)
+                .await
+                .expect("page");
         assert_eq!((page.len(), more), (300, false));
-        let (page, more, _) = NodeManifestReader::read_page(&op, "nodes/n.manifest", 5000, 10)
-            .await
-            .expect("page");
+        let (page, more, _) =
+            NodeManifestReader::read_page(&op, "nodes/n.manifest", &Keyring::plain(), 5000, 10)
+                .await
+                .expect("page");
         assert!(page.is_empty() && !more);
 
         // The stored file is plain zstd JSON Lines as documented.
@@ -1019,13 +1164,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let op = fs_operator(dir.path());
         let summary = NodeManifestWriter::new(header())
-            .upload(&op, "empty.manifest")
+            .upload(&op, "empty.manifest", &Keyring::plain())
             .await
             .expect("upload");
         assert_eq!(summary.file_count, 0);
-        let (page, more, total) = NodeManifestReader::read_page(&op, "empty.manifest", 0, 10)
-            .await
-            .expect("page");
+        let (page, more, total) =
+            NodeManifestReader::read_page(&op, "empty.manifest", &Keyring::plain(), 0, 10)
+                .await
+                .expect("page");
         assert!(page.is_empty() && !more && total == 0);
     }
 
@@ -1038,7 +1184,7 @@ mod tests {
         writer.add(entry(2)).await.expect("add");
         writer.add(entry(1)).await.expect("add");
         let error = writer
-            .upload(&op, "dup.manifest")
+            .upload(&op, "dup.manifest", &Keyring::plain())
             .await
             .expect_err("duplicate");
         assert!(error.to_string().contains("added twice"), "{error}");
@@ -1067,7 +1213,7 @@ mod tests {
         )
         .await
         .expect("write");
-        let error = NodeManifestReader::open(&op, "foreign.manifest")
+        let error = NodeManifestReader::open(&op, "foreign.manifest", &Keyring::plain())
             .await
             .expect_err("foreign");
         assert!(
@@ -1081,7 +1227,7 @@ mod tests {
         )
         .await
         .expect("write");
-        let error = NodeManifestReader::open(&op, "plain.manifest")
+        let error = NodeManifestReader::open(&op, "plain.manifest", &Keyring::plain())
             .await
             .expect_err("not zstd");
         assert!(error.to_string().contains("zstd"), "{error}");
@@ -1108,12 +1254,13 @@ mod tests {
         )
         .await
         .expect("write");
-        let error = NodeManifestReader::read_page(&op, "unsorted.manifest", 0, 10)
-            .await
-            .expect_err("unsorted");
+        let error =
+            NodeManifestReader::read_page(&op, "unsorted.manifest", &Keyring::plain(), 0, 10)
+                .await
+                .expect_err("unsorted");
         assert!(error.to_string().contains("line 3"), "{error}");
 
-        let error = NodeManifestReader::open(&op, "missing.manifest")
+        let error = NodeManifestReader::open(&op, "missing.manifest", &Keyring::plain())
             .await
             .expect_err("missing");
         match error {

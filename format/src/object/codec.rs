@@ -6,6 +6,7 @@ use std::io;
 
 use bytes::Bytes;
 
+use super::seal::{Keyring, sealed_len};
 use super::{READ_BLOCK, RateLimiter, read_full};
 use crate::layout::ContentHash;
 
@@ -160,8 +161,28 @@ pub fn stored_size_range(content_size: u64) -> std::ops::RangeInclusive<u64> {
     least..=most
 }
 
-/// The object form of `content`: header and raw or zstd body.
+/// [`stored_size_range`] for a location whose objects are sealed (see
+/// [`Keyring`](super::Keyring)): each plain object, sealed.
+pub fn sealed_stored_size_range(content_size: u64) -> std::ops::RangeInclusive<u64> {
+    let plain = stored_size_range(content_size);
+    sealed_len(*plain.start())..=sealed_len(*plain.end())
+}
+
+/// The object form of `content`: header and raw or zstd body, sealed when `keys` say so.
 pub(super) fn encode_bytes(
+    content: &[u8],
+    level: Option<i32>,
+    max_ratio: f64,
+    keys: &Keyring,
+) -> io::Result<(Vec<u8>, bool)> {
+    let (object, compressed) = encode_plain_bytes(content, level, max_ratio)?;
+    if keys.is_sealed() {
+        return Ok((keys.seal_bytes(&object)?.into_owned(), compressed));
+    }
+    Ok((object, compressed))
+}
+
+fn encode_plain_bytes(
     content: &[u8],
     level: Option<i32>,
     max_ratio: f64,
@@ -206,18 +227,57 @@ fn compress_reusing_context(content: &[u8], level: i32) -> io::Result<Vec<u8>> {
 pub(super) struct EncodeSummary {
     pub(super) hash: ContentHash,
     pub(super) read_bytes: u64,
+    /// Whether the body is zstd.
+    pub(super) compressed: bool,
+}
+
+/// How [`encode_file`] encodes: the location's compression and keys.
+pub(super) struct Encoding<'a> {
+    pub(super) level: Option<i32>,
+    pub(super) max_ratio: f64,
+    pub(super) limiter: Option<&'a RateLimiter>,
+    pub(super) keys: &'a Keyring,
 }
 
 /// The encoding thread of [`upload_file`](super::upload_file): reads, hashes, decides the codec
-/// from the first block, compresses, and sends the header then the body to the writer.
+/// from the first block, compresses, seals (an encrypted location), and sends the header then
+/// the body to the writer.
 pub(super) fn encode_file(
+    file: File,
+    send: &mut dyn FnMut(Bytes) -> io::Result<()>,
+    encoding: &Encoding<'_>,
+) -> io::Result<EncodeSummary> {
+    let Some(mut sealer) = encoding.keys.sealer()? else {
+        return encode_plain_file(file, send, encoding);
+    };
+    let summary = encode_plain_file(
+        file,
+        &mut |plain: Bytes| {
+            let sealed = sealer.push(&plain);
+            if sealed.is_empty() {
+                Ok(())
+            } else {
+                send(Bytes::from(sealed))
+            }
+        },
+        encoding,
+    )?;
+    send(Bytes::from(sealer.finish()))?;
+    Ok(summary)
+}
+
+fn encode_plain_file(
     mut file: File,
     send: &mut dyn FnMut(Bytes) -> io::Result<()>,
-    level: Option<i32>,
-    max_ratio: f64,
-    limiter: Option<&RateLimiter>,
+    encoding: &Encoding<'_>,
 ) -> io::Result<EncodeSummary> {
-    let mut hasher = blake3::Hasher::new();
+    let Encoding {
+        level,
+        max_ratio,
+        limiter,
+        keys,
+    } = *encoding;
+    let mut hasher = keys.content_hasher();
     let mut read_bytes = 0u64;
     let mut read_block = |hasher: &mut blake3::Hasher| -> io::Result<Bytes> {
         let mut block = vec![0u8; READ_BLOCK];
@@ -245,6 +305,7 @@ pub(super) fn encode_file(
         _ => None,
     };
 
+    let compressed = first_frame.is_some();
     match first_frame {
         None => {
             send(Bytes::copy_from_slice(&Codec::Raw.header()))?;
@@ -269,6 +330,7 @@ pub(super) fn encode_file(
     Ok(EncodeSummary {
         hash: ContentHash::from(hasher.finalize()),
         read_bytes,
+        compressed,
     })
 }
 
@@ -284,13 +346,24 @@ mod tests {
         let noise = crate::object::tests::random_bytes(2 * READ_BLOCK, 7);
         for content in [&b""[..], b"x", b"0123456789abcdef", &text, &noise] {
             for level in [None, Some(1), Some(19)] {
-                let (object, _) = encode_bytes(content, level, 1.0).expect("encode");
+                let (object, _) =
+                    encode_bytes(content, level, 1.0, &Keyring::plain()).expect("encode");
                 let range = stored_size_range(content.len() as u64);
                 assert!(
                     range.contains(&(object.len() as u64)),
                     "{} bytes stored as {} outside {range:?}",
                     content.len(),
                     object.len()
+                );
+                let (sealed, _) =
+                    encode_bytes(content, level, 1.0, &crate::object::tests::sealed_keys())
+                        .expect("encode sealed");
+                let range = sealed_stored_size_range(content.len() as u64);
+                assert!(
+                    range.contains(&(sealed.len() as u64)),
+                    "{} bytes sealed as {} outside {range:?}",
+                    content.len(),
+                    sealed.len()
                 );
             }
         }

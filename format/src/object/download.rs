@@ -11,6 +11,7 @@ use opendal::Operator;
 use tokio::sync::mpsc;
 
 use super::local::local_root;
+use super::seal::{Keyring, SealError, Unsealer};
 use super::{
     Codec, OBJECT_HEADER_LEN, PIPELINE_DEPTH, READ_BLOCK, RateLimiter, SMALL_FILE, read_full,
 };
@@ -45,6 +46,14 @@ pub enum DownloadError {
         path: String,
         reason: String,
     },
+    /// The object is sealed with a key this agent lacks, in the clear in an encrypted
+    /// location, or sealed and altered since ([`SealError`] says which).
+    #[error("object {path}: {source}")]
+    Sealed {
+        /// Path of the object.
+        path: String,
+        source: SealError,
+    },
     /// The destination could not be written.
     #[error("write {}: {source}", dest.display())]
     Write { dest: PathBuf, source: io::Error },
@@ -53,6 +62,7 @@ pub enum DownloadError {
 /// Where a failure of the decoding thread came from.
 enum DecodeFailure {
     Malformed(String),
+    Sealed(SealError),
     Write(io::Error),
     /// Reading a local folder's object failed.
     Read(io::Error),
@@ -78,9 +88,10 @@ pub async fn download_object(
     object_path: &str,
     dest: &Path,
     expected: ContentHash,
+    keys: &Keyring,
     limiter: Option<&RateLimiter>,
 ) -> Result<u64, DownloadError> {
-    download_object_sized(op, object_path, dest, expected, None, limiter)
+    download_object_sized(op, object_path, dest, expected, None, keys, limiter)
         .await
         .map(|downloaded| downloaded.size)
 }
@@ -107,9 +118,19 @@ pub async fn download_object_sized(
     dest: &Path,
     expected: ContentHash,
     size_hint: Option<u64>,
+    keys: &Keyring,
     limiter: Option<&RateLimiter>,
 ) -> Result<Downloaded, DownloadError> {
-    fetch_object(op, object_path, Some(dest), expected, size_hint, limiter).await
+    fetch_object(
+        op,
+        object_path,
+        Some(dest),
+        expected,
+        size_hint,
+        keys,
+        limiter,
+    )
+    .await
 }
 
 /// Reads the object at `object_path` whole, decoding and hashing it as a download does, and
@@ -120,9 +141,10 @@ pub async fn verify_object(
     object_path: &str,
     expected: ContentHash,
     size_hint: Option<u64>,
+    keys: &Keyring,
     limiter: Option<&RateLimiter>,
 ) -> Result<Downloaded, DownloadError> {
-    fetch_object(op, object_path, None, expected, size_hint, limiter).await
+    fetch_object(op, object_path, None, expected, size_hint, keys, limiter).await
 }
 
 /// Downloads into `dest`, or (`None`) only decodes and hashes.
@@ -132,14 +154,22 @@ async fn fetch_object(
     dest: Option<&Path>,
     expected: ContentHash,
     size_hint: Option<u64>,
+    keys: &Keyring,
     limiter: Option<&RateLimiter>,
 ) -> Result<Downloaded, DownloadError> {
     if let Some(root) = local_root(op) {
         let source = root.join(object_path);
         let dest_path = dest.map(Path::to_path_buf);
         let limiter = limiter.cloned();
+        let keys = keys.clone();
         let decoded = tokio::task::spawn_blocking(move || {
-            decode_local_object(&source, dest_path.as_deref(), size_hint, limiter.as_ref())
+            decode_local_object(
+                &source,
+                dest_path.as_deref(),
+                size_hint,
+                keys,
+                limiter.as_ref(),
+            )
         })
         .await;
         return finish_download(op, object_path, dest, expected, Ok(()), decoded).await;
@@ -148,7 +178,10 @@ async fn fetch_object(
     let (sender, receiver) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let decoder = {
         let dest = dest.map(Path::to_path_buf);
-        tokio::task::spawn_blocking(move || decode_to_file(receiver, dest.as_deref(), size_hint))
+        let keys = keys.clone();
+        tokio::task::spawn_blocking(move || {
+            decode_to_file(receiver, dest.as_deref(), size_hint, keys)
+        })
     };
 
     let small =
@@ -201,6 +234,10 @@ async fn finish_download(
         (Ok(()), Ok(Err(DecodeFailure::Malformed(reason)))) => Err(DownloadError::Malformed {
             path: object_path.to_string(),
             reason,
+        }),
+        (Ok(()), Ok(Err(DecodeFailure::Sealed(source)))) => Err(DownloadError::Sealed {
+            path: object_path.to_string(),
+            source,
         }),
         (Ok(()), Ok(Err(DecodeFailure::Write(source)))) => Err(DownloadError::Write {
             dest: dest.map(Path::to_path_buf).unwrap_or_default(),
@@ -311,10 +348,11 @@ struct Decoded {
 }
 
 /// Decodes an object's stored bytes, fed in pieces of any size, into a file while hashing the
-/// content.
+/// content: opens it first when sealed.
 struct ObjectDecoder {
     /// Stored bytes fed so far.
     stored_bytes: u64,
+    unsealer: Unsealer,
     body: Body,
     /// The file writer, until the header says which body wraps it.
     sink: Option<HashingFileWriter>,
@@ -323,7 +361,11 @@ struct ObjectDecoder {
 impl ObjectDecoder {
     /// A decoder into a new file at `dest` (or nowhere); a file known to be large (`size_hint`)
     /// is written around the page cache.
-    fn create(dest: Option<&Path>, size_hint: Option<u64>) -> Result<Self, DecodeFailure> {
+    fn create(
+        dest: Option<&Path>,
+        size_hint: Option<u64>,
+        keys: Keyring,
+    ) -> Result<Self, DecodeFailure> {
         let file = match dest {
             None => FileSink::Discard,
             Some(dest) if size_hint.is_some_and(|size| size > SMALL_FILE) => {
@@ -336,6 +378,7 @@ impl ObjectDecoder {
         };
         Ok(Self {
             stored_bytes: 0,
+            unsealer: Unsealer::new(keys),
             body: Body::Header(Vec::with_capacity(OBJECT_HEADER_LEN)),
             sink: Some(HashingFileWriter {
                 file,
@@ -354,8 +397,24 @@ impl ObjectDecoder {
         }
     }
 
-    fn push(&mut self, mut bytes: &[u8]) -> Result<(), DecodeFailure> {
-        self.stored_bytes += bytes.len() as u64;
+    fn push(&mut self, stored: &[u8]) -> Result<(), DecodeFailure> {
+        self.stored_bytes += stored.len() as u64;
+        let was_started = self.unsealer.started();
+        let plain = self.unsealer.push(stored).map_err(DecodeFailure::Sealed)?;
+        if !was_started
+            && self.unsealer.started()
+            && let Some(sink) = &mut self.sink
+        {
+            // The object's name is keyed with the key that sealed it.
+            sink.hasher = self.unsealer.content_hasher();
+        }
+        self.push_plain(&plain)
+    }
+
+    fn push_plain(&mut self, mut bytes: &[u8]) -> Result<(), DecodeFailure> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         if let Body::Header(header) = &mut self.body {
             let needed = OBJECT_HEADER_LEN - header.len();
             let (taken, rest) = bytes.split_at(needed.min(bytes.len()));
@@ -385,7 +444,10 @@ impl ObjectDecoder {
     }
 
     /// Flushes the file (not synced) and returns the content's hash and size.
-    fn finish(self) -> Result<Decoded, DecodeFailure> {
+    fn finish(mut self) -> Result<Decoded, DecodeFailure> {
+        let unsealer = std::mem::replace(&mut self.unsealer, Unsealer::new(Keyring::plain()));
+        let last = unsealer.finish().map_err(DecodeFailure::Sealed)?;
+        self.push_plain(&last)?;
         let writer = match self.body {
             Body::Header(header) => {
                 return Err(DecodeFailure::Malformed(
@@ -422,8 +484,9 @@ fn decode_to_file(
     mut receiver: mpsc::Receiver<Bytes>,
     dest: Option<&Path>,
     size_hint: Option<u64>,
+    keys: Keyring,
 ) -> Result<Decoded, DecodeFailure> {
-    let mut decoder = ObjectDecoder::create(dest, size_hint)?;
+    let mut decoder = ObjectDecoder::create(dest, size_hint, keys)?;
     while let Some(bytes) = receiver.blocking_recv() {
         decoder.push(&bytes)?;
     }
@@ -436,10 +499,11 @@ fn decode_local_object(
     source: &Path,
     dest: Option<&Path>,
     size_hint: Option<u64>,
+    keys: Keyring,
     limiter: Option<&RateLimiter>,
 ) -> Result<Decoded, DecodeFailure> {
     let mut object = File::open(source).map_err(DecodeFailure::Read)?;
-    let mut decoder = ObjectDecoder::create(dest, size_hint)?;
+    let mut decoder = ObjectDecoder::create(dest, size_hint, keys)?;
     let mut buffer = vec![0u8; READ_BLOCK];
     loop {
         let read = read_full(&mut object, &mut buffer).map_err(DecodeFailure::Read)?;
@@ -468,7 +532,7 @@ mod tests {
         let object = format!("objects/{}/{hash}", &hash.to_hex()[..2]);
         let before: Vec<_> = std::fs::read_dir(&fixture.files).expect("ls").collect();
 
-        let verified = verify_object(&fixture.op, &object, hash, None, None)
+        let verified = verify_object(&fixture.op, &object, hash, None, &Keyring::plain(), None)
             .await
             .expect("verify");
         assert_eq!(verified.size, content.len() as u64);
@@ -482,9 +546,16 @@ mod tests {
         let last = stored.len() - 1;
         stored[last] ^= 0x01;
         std::fs::write(&object_file, &stored).expect("rot");
-        let error = verify_object(&fixture.op, &object, hash, Some(content.len() as u64), None)
-            .await
-            .expect_err("rotten");
+        let error = verify_object(
+            &fixture.op,
+            &object,
+            hash,
+            Some(content.len() as u64),
+            &Keyring::plain(),
+            None,
+        )
+        .await
+        .expect_err("rotten");
         assert!(
             matches!(
                 error,
@@ -493,7 +564,7 @@ mod tests {
             "{error}"
         );
         std::fs::remove_file(&object_file).expect("remove");
-        let error = verify_object(&fixture.op, &object, hash, None, None)
+        let error = verify_object(&fixture.op, &object, hash, None, &Keyring::plain(), None)
             .await
             .expect_err("missing");
         assert!(
@@ -518,7 +589,7 @@ mod tests {
         let mut forged = Codec::Zstd.header().to_vec();
         forged.extend(zstd::stream::encode_all(&other[..], 1).expect("compress"));
         std::fs::write(&object_file, &forged).expect("forge");
-        let error = download_object(&fixture.op, &object, &dest, hash, None)
+        let error = download_object(&fixture.op, &object, &dest, hash, &Keyring::plain(), None)
             .await
             .expect_err("corrupt");
         match &error {
@@ -538,7 +609,7 @@ mod tests {
         // A truncated object.
         let truncated = &forged[..forged.len() / 2];
         std::fs::write(&object_file, truncated).expect("truncate");
-        let error = download_object(&fixture.op, &object, &dest, hash, None)
+        let error = download_object(&fixture.op, &object, &dest, hash, &Keyring::plain(), None)
             .await
             .expect_err("truncated");
         assert!(matches!(error, DownloadError::Corrupt { .. }), "{error}");
@@ -548,22 +619,29 @@ mod tests {
         let mut garbage = Codec::Zstd.header().to_vec();
         garbage.extend_from_slice(&[0xffu8; 1000]);
         std::fs::write(&object_file, &garbage).expect("garbage");
-        let error = download_object(&fixture.op, &object, &dest, hash, None)
+        let error = download_object(&fixture.op, &object, &dest, hash, &Keyring::plain(), None)
             .await
             .expect_err("garbage");
         assert!(matches!(error, DownloadError::Malformed { .. }), "{error}");
         assert!(!dest.exists());
         std::fs::write(&object_file, b"COFFER\x02\x00hello").expect("version");
-        let error = download_object(&fixture.op, &object, &dest, hash, None)
+        let error = download_object(&fixture.op, &object, &dest, hash, &Keyring::plain(), None)
             .await
             .expect_err("version");
         assert!(error.to_string().contains("version 2"), "{error}");
         assert!(!dest.exists());
 
         // A missing object.
-        let error = download_object(&fixture.op, "objects/00/none", &dest, hash, None)
-            .await
-            .expect_err("missing");
+        let error = download_object(
+            &fixture.op,
+            "objects/00/none",
+            &dest,
+            hash,
+            &Keyring::plain(),
+            None,
+        )
+        .await
+        .expect_err("missing");
         match &error {
             DownloadError::Storage(storage) => assert!(storage.is_not_found(), "{storage}"),
             other => panic!("unexpected error: {other}"),

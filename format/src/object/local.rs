@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use opendal::Operator;
 
-use super::codec::{EncodeSummary, encode_file};
-use super::{Codec, RateLimiter, UploadError, UploadOptions, UploadOutcome};
+use super::codec::{EncodeSummary, Encoding, encode_file};
+use super::{UploadError, UploadOptions, UploadOutcome};
 use crate::direct::DirectWriter;
 use crate::layout::ContentHash;
 
@@ -194,6 +194,7 @@ async fn encode_into_folder_at(
     let level = options.compression.zstd_level();
     let max_ratio = options.max_compressed_ratio;
     let limiter = options.rate_limiter.clone();
+    let keys = options.keys.clone();
     let written = {
         let temporary = temporary.clone();
         tokio::task::spawn_blocking(move || {
@@ -201,34 +202,38 @@ async fn encode_into_folder_at(
                 Some(opened) => opened,
                 None => File::open(&source)?,
             };
-            encode_to_temporary(opened, &temporary, level, max_ratio, limiter.as_ref())
+            let encoding = Encoding {
+                level,
+                max_ratio,
+                limiter: limiter.as_ref(),
+                keys: &keys,
+            };
+            encode_to_temporary(opened, &temporary, &encoding)
         })
         .await
         .map_err(|error| read_error(io::Error::other(error)))?
         .map_err(read_error)?
     };
-    let (summary, stored_bytes, compressed) = written;
+    let (summary, stored_bytes) = written;
     Ok(PendingObject {
         temporary: Some(temporary),
         root: root.to_path_buf(),
         hash: summary.hash,
         outcome: UploadOutcome {
             stored_bytes,
-            compressed,
+            compressed: summary.compressed,
             read_bytes: summary.read_bytes,
         },
     })
 }
 
-/// Encodes `opened` into the file `temporary` (removed on failure); returns what was read, the
-/// stored size and whether the body is zstd.
+/// Encodes `opened` into the file `temporary` (removed on failure); returns what was read and
+/// the stored size.
 fn encode_to_temporary(
     opened: File,
     temporary: &Path,
-    level: Option<i32>,
-    max_ratio: f64,
-    limiter: Option<&RateLimiter>,
-) -> io::Result<(EncodeSummary, u64, bool)> {
+    encoding: &Encoding<'_>,
+) -> io::Result<(EncodeSummary, u64)> {
     let write_error = |error: io::Error| {
         io::Error::new(
             error.kind(),
@@ -237,19 +242,10 @@ fn encode_to_temporary(
     };
     // Large objects bypass the page cache: see `crate::direct`.
     let mut out = create_in_folder(temporary, DirectWriter::create).map_err(write_error)?;
-    let mut compressed = None;
     let summary = encode_file(
         opened,
-        &mut |bytes: Bytes| {
-            // The first piece is the header.
-            if compressed.is_none() {
-                compressed = Some(bytes.get(7) == Some(&(Codec::Zstd as u8)));
-            }
-            out.write_all(&bytes).map_err(write_error)
-        },
-        level,
-        max_ratio,
-        limiter,
+        &mut |bytes: Bytes| out.write_all(&bytes).map_err(write_error),
+        encoding,
     );
     let finished = summary.and_then(|summary| {
         out.finish()
@@ -257,7 +253,7 @@ fn encode_to_temporary(
             .map_err(write_error)
     });
     match finished {
-        Ok((summary, stored)) => Ok((summary, stored, compressed.unwrap_or(false))),
+        Ok((summary, stored)) => Ok((summary, stored)),
         Err(error) => {
             let _ = std::fs::remove_file(temporary);
             Err(error)
@@ -322,7 +318,7 @@ pub async fn remove_stale_temporaries(op: &Operator, age: Duration) -> io::Resul
 mod tests {
     use super::*;
     use crate::object::tests::*;
-    use crate::object::{download_object, object_exists, upload_bytes};
+    use crate::object::{Keyring, download_object, object_exists, upload_bytes};
 
     #[tokio::test]
     async fn only_temporary_files_left_unwritten_for_long_are_removed() {
@@ -391,7 +387,7 @@ mod tests {
         pending.commit(&object).await.expect("commit");
         assert_eq!(temporary_files(&fixture), 0);
         let dest = fixture.files.join("new.restored");
-        download_object(&fixture.op, &object, &dest, hash, None)
+        download_object(&fixture.op, &object, &dest, hash, &Keyring::plain(), None)
             .await
             .expect("download");
         assert!(std::fs::read(&dest).expect("read restored") == content);
@@ -438,7 +434,7 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(hash.to_hex())]);
         let dest = fixture.files.join("restored");
-        download_object(&fixture.op, &object, &dest, hash, None)
+        download_object(&fixture.op, &object, &dest, hash, &Keyring::plain(), None)
             .await
             .expect("download");
         assert!(std::fs::read(&dest).expect("read restored") == content);

@@ -41,12 +41,14 @@ mod download;
 mod durable;
 mod local;
 mod rate;
+mod seal;
 #[cfg(test)]
 mod tests;
 mod upload;
 
 pub use codec::{
-    Codec, Compression, OBJECT_HEADER_LEN, OBJECT_MAGIC, OBJECT_VERSION, stored_size_range,
+    Codec, Compression, OBJECT_HEADER_LEN, OBJECT_MAGIC, OBJECT_VERSION, sealed_stored_size_range,
+    stored_size_range,
 };
 pub use download::{
     DownloadError, Downloaded, download_object, download_object_sized, verify_object,
@@ -57,6 +59,10 @@ pub use local::{
     remove_stale_temporaries,
 };
 pub use rate::RateLimiter;
+pub use seal::{
+    KeyId, Keyring, ObjectKey, SEALED_CODEC, SEALED_HEADER_LEN, SealError, Sealer, Unsealer,
+    is_sealed, sealed_len,
+};
 pub use upload::{
     SMALL_FILE, SmallFile, UploadError, UploadOptions, UploadOutcome, hash_file, object_exists,
     read_small_file, upload_bytes, upload_file,

@@ -78,7 +78,9 @@ pub(super) fn fixture() -> Fixture {
 pub(super) async fn round_trip(fixture: &Fixture, name: &str, content: &[u8]) -> UploadOutcome {
     let source = fixture.files.join(name);
     std::fs::write(&source, content).expect("write source");
-    let (hash, size) = hash_file(&source, None).await.expect("hash");
+    let (hash, size) = hash_file(&source, &Keyring::plain(), None)
+        .await
+        .expect("hash");
     assert_eq!(hash, ContentHash::of(content));
     assert_eq!(size, content.len() as u64);
 
@@ -99,7 +101,7 @@ pub(super) async fn round_trip(fixture: &Fixture, name: &str, content: &[u8]) ->
     assert_eq!(stored.len(), outcome.stored_bytes);
 
     let dest = fixture.files.join(format!("{name}.restored"));
-    let size = download_object(&fixture.op, &object, &dest, hash, None)
+    let size = download_object(&fixture.op, &object, &dest, hash, &Keyring::plain(), None)
         .await
         .expect("download");
     assert_eq!(size, content.len() as u64);
@@ -111,6 +113,7 @@ pub(super) async fn round_trip(fixture: &Fixture, name: &str, content: &[u8]) ->
         &dest,
         hash,
         Some(content.len() as u64),
+        &Keyring::plain(),
         None,
     )
     .await
@@ -123,6 +126,154 @@ pub(super) async fn round_trip(fixture: &Fixture, name: &str, content: &[u8]) ->
         }
     );
     outcome
+}
+
+/// The keys of an encrypted location: one key, `current`.
+pub(super) fn sealed_keys() -> Keyring {
+    Keyring::new(
+        Some(std::sync::Arc::new(ObjectKey::new("current", &[7; 32]))),
+        Vec::new(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_path_seals_in_an_encrypted_location_and_restores_verify_and_open() {
+    let fixture = fixture();
+    let keys = sealed_keys();
+    let options = UploadOptions {
+        keys: keys.clone(),
+        ..UploadOptions::default()
+    };
+    let text = text_bytes(900_000);
+    let noise = random_bytes(300_000, 3);
+    for (name, content) in [
+        ("text", &text[..]),
+        ("noise", &noise[..]),
+        ("empty", &b""[..]),
+    ] {
+        let source = fixture.files.join(name);
+        std::fs::write(&source, content).expect("write source");
+        let (hash, _) = hash_file(&source, &keys, None).await.expect("hash");
+        assert_eq!(hash, keys.content_hash(content), "keyed name");
+        assert_ne!(hash, ContentHash::of(content), "not the plain BLAKE3");
+        let small = read_small_file(&source, &keys, None)
+            .await
+            .expect("read")
+            .expect("small");
+        assert_eq!(small.hash, hash);
+        for path in ["bytes", "file", "one-pass"] {
+            let object = format!("objects/{name}-{path}/{hash}");
+            let outcome = match path {
+                "bytes" => upload_bytes(&fixture.op, &object, small.content.clone(), &options)
+                    .await
+                    .expect("upload bytes"),
+                "file" => upload_file(&fixture.op, &object, &source, hash, &options)
+                    .await
+                    .expect("upload file"),
+                _ => {
+                    let pending = encode_into_folder(&fixture.op, &source, &options)
+                        .await
+                        .expect("encode")
+                        .expect("a local folder");
+                    assert_eq!(pending.hash, hash);
+                    let outcome = pending.outcome;
+                    pending.commit(&object).await.expect("commit");
+                    outcome
+                }
+            };
+            let stored = std::fs::read(fixture.root.join(&object)).expect("read object");
+            assert_eq!(stored.len() as u64, outcome.stored_bytes, "{name} {path}");
+            assert!(is_sealed(&stored), "{name} {path} not sealed");
+            assert!(
+                sealed_stored_size_range(content.len() as u64).contains(&(stored.len() as u64)),
+                "{name} {path}: {} bytes stored",
+                stored.len()
+            );
+            assert_eq!(outcome.compressed, name == "text", "{name} {path}");
+            if content.len() > 32 {
+                assert!(
+                    !stored.windows(32).any(|window| window == &content[..32]),
+                    "{name} {path}: plain bytes in storage"
+                );
+            }
+            let dest = fixture.files.join(format!("{name}-{path}.restored"));
+            download_object(&fixture.op, &object, &dest, hash, &keys, None)
+                .await
+                .expect("download");
+            assert!(std::fs::read(&dest).expect("read restored") == content);
+            verify_object(&fixture.op, &object, hash, None, &keys, None)
+                .await
+                .expect("verify");
+            // Without the key, or with another: the missing key, and no file left.
+            for other in [
+                Keyring::plain(),
+                Keyring::new(
+                    Some(std::sync::Arc::new(ObjectKey::new("other", &[8; 32]))),
+                    Vec::new(),
+                ),
+            ] {
+                let error = download_object(&fixture.op, &object, &dest, hash, &other, None)
+                    .await
+                    .expect_err("no key");
+                assert!(
+                    matches!(
+                        error,
+                        DownloadError::Sealed {
+                            source: SealError::MissingKey(_),
+                            ..
+                        }
+                    ),
+                    "{error}"
+                );
+                assert!(!dest.exists());
+            }
+        }
+        // One bit flipped anywhere in a sealed object fails verification.
+        let object = format!("objects/{name}-file/{hash}");
+        let mut stored = std::fs::read(fixture.root.join(&object)).expect("read object");
+        let middle = stored.len() / 2 + 20;
+        stored[middle] ^= 0x04;
+        std::fs::write(fixture.root.join(&object), &stored).expect("tamper");
+        let error = verify_object(&fixture.op, &object, hash, None, &keys, None)
+            .await
+            .expect_err("tampered");
+        assert!(
+            matches!(
+                error,
+                DownloadError::Sealed {
+                    source: SealError::Damaged(_),
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+    // An object in the clear is refused by the encrypted location.
+    let clear = fixture.files.join("clear");
+    std::fs::write(&clear, b"clear content").expect("write");
+    let plain_hash = ContentHash::of(b"clear content");
+    upload_file(
+        &fixture.op,
+        "objects/clear",
+        &clear,
+        plain_hash,
+        &UploadOptions::default(),
+    )
+    .await
+    .expect("upload clear");
+    let error = verify_object(&fixture.op, "objects/clear", plain_hash, None, &keys, None)
+        .await
+        .expect_err("clear object in an encrypted location");
+    assert!(
+        matches!(
+            error,
+            DownloadError::Sealed {
+                source: SealError::NotSealed,
+                ..
+            }
+        ),
+        "{error}"
+    );
 }
 
 /// An operator for an object store (never contacted).
@@ -182,7 +333,7 @@ async fn stored_under(
             }
         }
         let dest = fixture.files.join(format!("{name}-{path}.restored"));
-        download_object(&fixture.op, &object, &dest, hash, None)
+        download_object(&fixture.op, &object, &dest, hash, &Keyring::plain(), None)
             .await
             .expect("download");
         assert!(std::fs::read(&dest).expect("read restored") == content);
@@ -303,7 +454,9 @@ async fn upload_throughput() {
         std::fs::write(&source, &content).expect("write");
         drop(content);
         let started = Instant::now();
-        let (hash, _) = hash_file(&source, None).await.expect("hash");
+        let (hash, _) = hash_file(&source, &Keyring::plain(), None)
+            .await
+            .expect("hash");
         let hashed = started.elapsed();
         let object = format!("objects/{name}");
         let started = Instant::now();
@@ -319,7 +472,7 @@ async fn upload_throughput() {
         let uploaded = started.elapsed();
         let dest = fixture.files.join(format!("{name}.restored"));
         let started = Instant::now();
-        download_object(&fixture.op, &object, &dest, hash, None)
+        download_object(&fixture.op, &object, &dest, hash, &Keyring::plain(), None)
             .await
             .expect("download");
         let downloaded = started.elapsed();

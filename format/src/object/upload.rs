@@ -9,27 +9,28 @@ use bytes::Bytes;
 use opendal::Operator;
 use tokio::sync::mpsc;
 
-use super::codec::{encode_bytes, encode_file};
+use super::codec::{Encoding, encode_bytes, encode_file};
 use super::local::{local_root, upload_to_folder, write_local_object};
-use super::{
-    Codec, Compression, OBJECT_HEADER_LEN, PIPELINE_DEPTH, READ_BLOCK, RateLimiter, read_full,
-};
+use super::seal::Keyring;
+use super::{Compression, PIPELINE_DEPTH, READ_BLOCK, RateLimiter, read_full};
 use crate::layout::ContentHash;
 use crate::storage::StorageError;
 
-/// Computes the BLAKE3 hash and the size of a file, reading it in 1 MiB blocks on a blocking
+/// Computes the hash that names a file's object (BLAKE3, keyed in an encrypted location: see
+/// [`Keyring::content_hasher`]) and the file's size, reading it in 1 MiB blocks on a blocking
 /// thread (never the whole file in memory), at the limiter's rate if one is given.
 ///
 /// Fails when the file cannot be opened or read.
 pub async fn hash_file(
     path: &Path,
+    keys: &Keyring,
     limiter: Option<&RateLimiter>,
 ) -> io::Result<(ContentHash, u64)> {
     let path = path.to_path_buf();
     let limiter = limiter.cloned();
+    let mut hasher = keys.content_hasher();
     tokio::task::spawn_blocking(move || {
         let mut file = File::open(&path)?;
-        let mut hasher = blake3::Hasher::new();
         let mut buffer = vec![0u8; READ_BLOCK];
         let mut total = 0u64;
         loop {
@@ -70,10 +71,12 @@ pub struct SmallFile {
 /// Fails when the file cannot be opened or read.
 pub async fn read_small_file(
     path: &Path,
+    keys: &Keyring,
     limiter: Option<&RateLimiter>,
 ) -> io::Result<Option<SmallFile>> {
     let path = path.to_path_buf();
     let limiter = limiter.cloned();
+    let keys = keys.clone();
     tokio::task::spawn_blocking(move || {
         let mut file = File::open(&path)?;
         let mut content = Vec::with_capacity(64 * 1024);
@@ -87,7 +90,7 @@ pub async fn read_small_file(
         {
             limiter.acquire_blocking(content.len() as u64);
         }
-        let hash = ContentHash::from(blake3::hash(&content));
+        let hash = keys.content_hash(&content);
         Ok(Some(SmallFile {
             content: Bytes::from(content),
             hash,
@@ -113,8 +116,9 @@ pub async fn upload_bytes(
     let read_bytes = content.len() as u64;
     let local = local_root(op);
     let path = object_path.to_string();
+    let keys = options.keys.clone();
     let encoded = tokio::task::spawn_blocking(move || -> io::Result<(Vec<u8>, bool)> {
-        let encoded = encode_bytes(&content, level, max_ratio)?;
+        let encoded = encode_bytes(&content, level, max_ratio, &keys)?;
         if let Some(root) = local {
             write_local_object(&root, &path, &encoded.0)?;
         }
@@ -158,6 +162,9 @@ pub struct UploadOptions {
     pub max_compressed_ratio: f64,
     /// Limits the rate at which the file is read, shared with other transfers.
     pub rate_limiter: Option<RateLimiter>,
+    /// The location's keys: objects are sealed and named with the write key, if any. Plain by
+    /// default.
+    pub keys: Keyring,
 }
 
 impl Default for UploadOptions {
@@ -169,6 +176,7 @@ impl Default for UploadOptions {
             compression: Compression::DEFAULT,
             max_compressed_ratio: 0.9,
             rate_limiter: None,
+            keys: Keyring::plain(),
         }
     }
 }
@@ -253,13 +261,20 @@ pub async fn upload_file(
     let level = options.compression.zstd_level();
     let max_ratio = options.max_compressed_ratio;
     let limiter = options.rate_limiter.clone();
+    let keys = options.keys.clone();
     let encoder = tokio::task::spawn_blocking(move || {
         let mut send = |bytes: Bytes| {
             sender
                 .blocking_send(bytes)
                 .map_err(|_| io::Error::other("the object writer stopped"))
         };
-        encode_file(opened, &mut send, level, max_ratio, limiter.as_ref())
+        let encoding = Encoding {
+            level,
+            max_ratio,
+            limiter: limiter.as_ref(),
+            keys: &keys,
+        };
+        encode_file(opened, &mut send, &encoding)
     });
 
     let writer = if options.chunked {
@@ -284,12 +299,8 @@ pub async fn upload_file(
     };
 
     let mut stored_bytes = 0u64;
-    let mut compressed = false;
     let mut write_failure = None;
     while let Some(bytes) = receiver.recv().await {
-        if stored_bytes == 0 && bytes.len() >= OBJECT_HEADER_LEN {
-            compressed = bytes[7] == Codec::Zstd as u8;
-        }
         stored_bytes += bytes.len() as u64;
         if let Err(cause) = writer.write(bytes).await {
             write_failure = Some(cause);
@@ -313,7 +324,7 @@ pub async fn upload_file(
             return match writer.close().await {
                 Ok(_) => Ok(UploadOutcome {
                     stored_bytes,
-                    compressed,
+                    compressed: summary.compressed,
                     read_bytes: summary.read_bytes,
                 }),
                 // Another writer (a node with the same file) stored the same content first.
@@ -323,7 +334,7 @@ pub async fn upload_file(
                 {
                     Ok(UploadOutcome {
                         stored_bytes,
-                        compressed,
+                        compressed: summary.compressed,
                         read_bytes: summary.read_bytes,
                     })
                 }
@@ -370,7 +381,9 @@ mod tests {
         let fixture = fixture();
         let source = fixture.files.join("changing");
         std::fs::write(&source, text_bytes(3 * 1024 * 1024)).expect("write");
-        let (hash, _) = hash_file(&source, None).await.expect("hash");
+        let (hash, _) = hash_file(&source, &Keyring::plain(), None)
+            .await
+            .expect("hash");
         let mut changed = text_bytes(3 * 1024 * 1024);
         changed[2 * 1024 * 1024] ^= 1;
         std::fs::write(&source, &changed).expect("modify");
@@ -429,7 +442,9 @@ mod tests {
         let limiter = RateLimiter::new(8 * 1024 * 1024);
         assert_eq!(limiter.bytes_per_second(), 8 * 1024 * 1024);
         let started = Instant::now();
-        hash_file(&source, Some(&limiter)).await.expect("hash");
+        hash_file(&source, &Keyring::plain(), Some(&limiter))
+            .await
+            .expect("hash");
         // 4 MiB at 8 MiB/s: 500 ms ideal, 400 ms after the burst of a tenth of a second; the
         // test asks for 70% of the ideal so a slow machine cannot fail it.
         let elapsed = started.elapsed();
