@@ -53,6 +53,8 @@ pub const COFFER_OPTIONS: &[&str] = &[
     "concurrent_limit",
     "http_concurrent_limit",
     "emulator",
+    // The name of the agent's key that seals the location's objects (see `object::Keyring`).
+    "encryption_key",
 ];
 
 const DEFAULT_RETRY_MAX_TIMES: usize = 4;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use coffer_process::Layered;
 
+pub use crate::encryption_keys::KeyBinding;
 pub use crate::storage_policy::{CredentialBinding, StoragePolicy};
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,12 @@ pub struct AgentOptions {
     #[arg(skip)]
     pub credentials: Option<Vec<CredentialBinding>>,
 
+    /// Encryption keys locations may name (TOML only: `[[keys]]` entries with `name`, `file`
+    /// and the `roots`, or `endpoints` and `buckets`, they serve). Every key file is read when
+    /// the agent starts [default: none].
+    #[arg(skip)]
+    pub keys: Option<Vec<KeyBinding>>,
+
     /// Serve the agent API without TLS on an address other than loopback. The agent has no TLS
     /// yet: anyone who reaches such an address can call it, within the storage and data paths
     /// this configuration allows, so it is refused unless asked for [default: false].
@@ -106,6 +113,7 @@ impl Layered for AgentOptions {
             restore_keep_free: self.restore_keep_free.or(lower.restore_keep_free),
             storage_roots: self.storage_roots.or(lower.storage_roots),
             credentials: self.credentials.or(lower.credentials),
+            keys: self.keys.or(lower.keys),
             allow_plaintext: self.allow_plaintext.or(lower.allow_plaintext),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
@@ -392,6 +400,8 @@ impl AgentOptions {
                 ));
             }
         }
+        let keys = crate::encryption_keys::load(self.keys.unwrap_or_default())
+            .map_err(|reason| invalid("keys", reason))?;
         let restore_hooks = self.restore_hooks.unwrap_or_default();
         for (name, argv) in &restore_hooks {
             let valid_name = !name.is_empty()
@@ -427,6 +437,7 @@ impl AgentOptions {
                 roots,
                 credentials,
                 forbidden,
+                keys,
             },
             tls,
             snapshot,

@@ -9,6 +9,7 @@
 
 mod child_output;
 pub mod config;
+pub mod encryption_keys;
 mod grpc;
 pub mod identity;
 pub mod journal;
@@ -66,6 +67,10 @@ pub struct Agent {
     config: AgentConfig,
     snapshots: snapshot::Snapshotter,
     journal: journal::Journal,
+    /// One journal per encryption key: the objects of an encrypted location are named by a
+    /// hash keyed with its key, so what the plain journal remembers of a file's content is not
+    /// its name there.
+    keyed_journals: std::collections::HashMap<coffer_format::object::KeyId, journal::Journal>,
     /// Backups being restored: two restores of one backup would share a staging folder.
     restores: Arc<Mutex<HashSet<Uuid>>>,
 }
@@ -111,6 +116,12 @@ impl Agent {
         }
         let node_id = identity::load_or_create_node_id(&config.state_dir)?;
         let journal = journal::Journal::open(&config.state_dir).await?;
+        let mut keyed_journals = std::collections::HashMap::new();
+        for bound in &config.storage.keys {
+            let id = bound.key.id();
+            let path = config.state_dir.join(format!("journal-key-{id}.db"));
+            keyed_journals.insert(id, journal::Journal::open_file(path).await?);
+        }
         let snapshots = snapshot::Snapshotter::new(&config);
         // Deleted snapshots whose space an earlier agent had not finished freeing.
         snapshots.reclaim();
@@ -131,6 +142,7 @@ impl Agent {
             config,
             snapshots,
             journal,
+            keyed_journals,
             restores: Arc::default(),
         })
     }
@@ -154,9 +166,17 @@ impl Agent {
         &self.snapshots
     }
 
-    /// The local journal.
+    /// The local journal of locations in the clear.
     pub fn journal(&self) -> &journal::Journal {
         &self.journal
+    }
+
+    /// The journal of the locations `keys` seal with their write key (the plain one for
+    /// locations in the clear).
+    pub fn journal_for(&self, keys: &coffer_format::object::Keyring) -> &journal::Journal {
+        keys.write_key()
+            .and_then(|key| self.keyed_journals.get(&key.id()))
+            .unwrap_or(&self.journal)
     }
 
     /// The node's stable id.

@@ -34,6 +34,8 @@ pub struct StoragePolicy {
     pub credentials: Vec<CredentialBinding>,
     /// Folders no fs location may be in or hold: the data paths and the state directory.
     pub forbidden: Vec<PathBuf>,
+    /// The encryption keys, read from their files, and the storage each serves.
+    pub keys: Vec<crate::encryption_keys::BoundKey>,
 }
 
 impl StoragePolicy {
@@ -43,12 +45,7 @@ impl StoragePolicy {
         if config.scheme == "fs" {
             return self.permit_folder(config);
         }
-        let option = |key: &str| config.options.get(key).map(String::as_str).unwrap_or("");
-        let endpoint = option("endpoint");
-        let bucket = match config.scheme.as_str() {
-            "azblob" => option("container"),
-            _ => option("bucket"),
-        };
+        let (endpoint, bucket) = endpoint_and_bucket(config);
         for (key, source) in &config.secrets {
             let reference = match source {
                 SecretSource::Env(name) => format!("env:{name}"),
@@ -56,10 +53,7 @@ impl StoragePolicy {
             };
             let bound = self.credentials.iter().any(|binding| {
                 binding.secrets.contains(&reference)
-                    && binding.endpoints.iter().any(|allowed| {
-                        allowed.trim_end_matches('/') == endpoint.trim_end_matches('/')
-                    })
-                    && binding.buckets.iter().any(|allowed| allowed == bucket)
+                    && serves_bucket(&binding.endpoints, &binding.buckets, config)
             });
             if !bound {
                 return Err(format!(
@@ -70,6 +64,15 @@ impl StoragePolicy {
             }
         }
         Ok(())
+    }
+
+    /// The keys the location `config` is sealed and opened with (see
+    /// [`crate::encryption_keys`]); `Err` says why its key cannot be used there.
+    pub fn keyring(
+        &self,
+        config: &StorageConfig,
+    ) -> Result<coffer_format::object::Keyring, String> {
+        crate::encryption_keys::keyring_for(&self.keys, config)
     }
 
     /// An fs location's folder must be at or under a storage root, links resolved.
@@ -191,6 +194,36 @@ fn permit_settings(config: &StorageConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// The endpoint and the bucket (container, on Azure) an object-store location names.
+fn endpoint_and_bucket(config: &StorageConfig) -> (&str, &str) {
+    let option = |key: &str| config.options.get(key).map(String::as_str).unwrap_or("");
+    let bucket = match config.scheme.as_str() {
+        "azblob" => option("container"),
+        _ => option("bucket"),
+    };
+    (option("endpoint"), bucket)
+}
+
+/// Whether an object-store location is one of `endpoints` (trailing `/` aside) with one of
+/// `buckets`: the binding rule of credentials and encryption keys alike.
+pub(crate) fn serves_bucket(
+    endpoints: &[String],
+    buckets: &[String],
+    config: &StorageConfig,
+) -> bool {
+    let (endpoint, bucket) = endpoint_and_bucket(config);
+    endpoints
+        .iter()
+        .any(|allowed| allowed.trim_end_matches('/') == endpoint.trim_end_matches('/'))
+        && buckets.iter().any(|allowed| allowed == bucket)
+}
+
+/// `path` resolved as far as it exists (see [`resolve_existing`]), or as given when even that
+/// fails.
+pub(crate) fn resolved(path: &Path) -> PathBuf {
+    resolve_existing(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// `path` with its longest existing ancestor's links resolved and the rest appended: what the
 /// path will be once the missing folders are created.
 fn resolve_existing(path: &Path) -> std::io::Result<PathBuf> {
@@ -258,6 +291,7 @@ mod tests {
             roots: vec![dir.path().to_path_buf()],
             credentials: Vec::new(),
             forbidden: vec![data.clone()],
+            keys: Vec::new(),
         };
         let fs = |path: &Path| location("fs", &[("root", &path.display().to_string())], &[]);
         let narrow = StoragePolicy {
@@ -342,6 +376,7 @@ mod tests {
         let policy = StoragePolicy {
             roots: Vec::new(),
             forbidden: Vec::new(),
+            keys: Vec::new(),
             credentials: vec![CredentialBinding {
                 secrets: vec!["env:KEY".into(), "env:SECRET".into()],
                 endpoints: vec!["https://s3.example.com".into()],

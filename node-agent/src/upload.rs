@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use coffer_format::filter::PathMatcher;
 use coffer_format::manifest::{NodeManifestEntry, NodeManifestHeader, NodeManifestWriter};
+use coffer_format::object::Keyring;
 use coffer_format::object::{
     Compression, LocationWriteback, RateLimiter, STALE_TEMPORARY_AGE, UploadError, UploadOptions,
     encode_into_folder, hash_file, is_local_folder, object_exists, read_small_file,
@@ -84,6 +85,9 @@ pub struct UploadJob {
     pub quirks: BackendQuirks,
     /// How new objects are stored (the location's setting).
     pub compression: Compression,
+    /// The location's keys: objects and the manifest are sealed, and objects named, with the
+    /// write key (and `journal` is that key's).
+    pub keys: Keyring,
 }
 
 /// Why an upload failed; the message names the file or the location.
@@ -215,6 +219,7 @@ pub async fn run(
     let options = UploadOptions {
         rate_limiter: job.limiter.clone(),
         compression: job.compression,
+        keys: job.keys.clone(),
         ..UploadOptions::for_quirks(job.quirks)
     };
     let shared = Arc::new(Shared {
@@ -522,7 +527,7 @@ async fn finish_upload(
             .layout
             .node_manifest(shared.job.backup_id, shared.job.node_id);
         manifest
-            .upload(&shared.job.operator, &path)
+            .upload(&shared.job.operator, &path, &shared.job.keys)
             .await
             .map_err(|error| {
                 UploadFailure::File(format!(
@@ -662,7 +667,7 @@ async fn process_file(
         let (content_hash, freshly_hashed) = match hash {
             Some(hash) => (hash, false),
             None => {
-                let (hash, size) = hash_file(&file.snapshot_path, job.limiter.as_ref())
+                let (hash, size) = hash_file(&file.snapshot_path, &job.keys, job.limiter.as_ref())
                     .await
                     .map_err(|error| {
                         UploadFailure::File(format!(
@@ -787,7 +792,7 @@ async fn process_small_file(
     file: &SnapshotFile,
 ) -> Result<Option<FileResult>, UploadFailure> {
     let job = &shared.job;
-    let Some(small) = read_small_file(&file.snapshot_path, job.limiter.as_ref())
+    let Some(small) = read_small_file(&file.snapshot_path, &job.keys, job.limiter.as_ref())
         .await
         .map_err(|error| {
             UploadFailure::File(format!("read {}: {error}", file.snapshot_path.display()))

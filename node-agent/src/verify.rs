@@ -2,7 +2,7 @@
 //! restore would, hashed, and written nowhere. What each object holds is an answer (intact,
 //! missing, damaged); only a storage that cannot be read at all is an error.
 
-use coffer_format::object::{DownloadError, verify_object};
+use coffer_format::object::{DownloadError, Keyring, verify_object};
 use coffer_format::storage::StorageError;
 use coffer_format::{ClusterLayout, ContentHash};
 use futures::StreamExt;
@@ -37,6 +37,7 @@ pub struct Verified {
 /// when the receiver goes away (the call was canceled).
 pub async fn verify_objects(
     operator: Operator,
+    keys: Keyring,
     cluster_id: Uuid,
     hashes: Vec<ContentHash>,
     sender: mpsc::Sender<Result<Verified, StorageError>>,
@@ -45,8 +46,9 @@ pub async fn verify_objects(
     let mut outcomes = futures::stream::iter(hashes)
         .map(|hash| {
             let operator = operator.clone();
+            let keys = keys.clone();
             let path = layout.object(&hash);
-            async move { verify_one(&operator, &path, hash).await }
+            async move { verify_one(&operator, &keys, &path, hash).await }
         })
         .buffer_unordered(VERIFY_CONCURRENCY);
     while let Some(outcome) = outcomes.next().await {
@@ -59,6 +61,7 @@ pub async fn verify_objects(
 
 async fn verify_one(
     operator: &Operator,
+    keys: &Keyring,
     path: &str,
     hash: ContentHash,
 ) -> Result<Verified, StorageError> {
@@ -68,7 +71,7 @@ async fn verify_one(
         message,
         stored_bytes,
     };
-    match verify_object(operator, path, hash, None, None).await {
+    match verify_object(operator, path, hash, None, keys, None).await {
         Ok(downloaded) => Ok(verified(
             Condition::Intact,
             String::new(),
@@ -81,6 +84,7 @@ async fn verify_one(
         Err(
             error @ (DownloadError::Corrupt { .. }
             | DownloadError::Malformed { .. }
+            | DownloadError::Sealed { .. }
             | DownloadError::Write { .. }),
         ) => Ok(verified(Condition::Damaged, error.to_string(), 0)),
     }

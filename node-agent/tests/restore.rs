@@ -102,7 +102,9 @@ impl Fixture {
 
     /// Uploads a file's content and returns its manifest entry under `recorded_path`.
     async fn store(&self, file: &Path, recorded_path: String) -> NodeManifestEntry {
-        let (hash, size) = hash_file(file, None).await.expect("hash");
+        let (hash, size) = hash_file(file, &coffer_format::object::Keyring::plain(), None)
+            .await
+            .expect("hash");
         upload_file(
             &self.operator,
             &self.layout().object(&hash),
@@ -155,7 +157,11 @@ impl Fixture {
             writer.add(entry).await.expect("add entry");
         }
         writer
-            .upload(&self.operator, &self.manifest_path())
+            .upload(
+                &self.operator,
+                &self.manifest_path(),
+                &coffer_format::object::Keyring::plain(),
+            )
             .await
             .expect("write manifest");
     }
@@ -164,6 +170,7 @@ impl Fixture {
         RestoreJob {
             run_id: "run-1".into(),
             operator: self.operator.clone(),
+            keys: coffer_format::object::Keyring::plain(),
             location_name: "test-location".into(),
             source_cluster_id: self.cluster_id,
             backup_id: self.backup_id,

@@ -1177,6 +1177,7 @@ mod rpc {
         let (entries, more, total) = coffer_format::manifest::NodeManifestReader::read_page(
             &operator,
             &incremental.manifest_path,
+            &coffer_format::object::Keyring::plain(),
             0,
             10,
         )

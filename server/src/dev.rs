@@ -95,6 +95,7 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
             roots: vec![storage.clone()],
             credentials: Vec::new(),
             forbidden: vec![data.clone(), dir.join("agent-state")],
+            keys: Vec::new(),
         },
         tls: None,
         snapshot: SnapshotConfig::Dir {

@@ -611,9 +611,16 @@ async fn a_sqlite_database_written_during_the_backup_is_copied_consistently() {
     .expect("open location");
     let layout = coffer_format::ClusterLayout::new(made.cluster_id.parse().expect("cluster id"));
     let copy = root.path().join("copy.db");
-    coffer_format::download_object(&operator, &layout.object(&hash), &copy, hash, None)
-        .await
-        .expect("the object holds the database copy");
+    coffer_format::download_object(
+        &operator,
+        &layout.object(&hash),
+        &copy,
+        hash,
+        &coffer_format::object::Keyring::plain(),
+        None,
+    )
+    .await
+    .expect("the object holds the database copy");
     let connection = rusqlite::Connection::open(&copy).expect("open copy");
     let check: String = connection
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
@@ -1220,9 +1227,16 @@ async fn backups_go_to_seaweedfs_over_s3_with_credentials_by_reference() {
     let hash = coffer_format::ContentHash::from_hex(&big.blake3_hash).expect("hash");
     let layout = coffer_format::ClusterLayout::new(full.cluster_id.parse().expect("cluster id"));
     let copy = root.path().join("copy.bin");
-    coffer_format::download_object(&operator, &layout.object(&hash), &copy, hash, None)
-        .await
-        .expect("download");
+    coffer_format::download_object(
+        &operator,
+        &layout.object(&hash),
+        &copy,
+        hash,
+        &coffer_format::object::Keyring::plain(),
+        None,
+    )
+    .await
+    .expect("download");
     let node_of_big = agents
         .iter()
         .find(|a| Path::new(&big.path).starts_with(&a.data))

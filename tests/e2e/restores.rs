@@ -484,7 +484,11 @@ async fn a_crafted_manifest_with_traversal_entries_is_refused() {
             .await
             .expect("add");
         writer
-            .upload(&operator, &manifest_path)
+            .upload(
+                &operator,
+                &manifest_path,
+                &coffer_format::object::Keyring::plain(),
+            )
             .await
             .expect("replace manifest");
         wipe(&agents[0].data);
@@ -526,7 +530,11 @@ async fn a_crafted_manifest_with_traversal_entries_is_refused() {
         .await
         .expect("add");
     writer
-        .upload(&operator, &manifest_path)
+        .upload(
+            &operator,
+            &manifest_path,
+            &coffer_format::object::Keyring::plain(),
+        )
         .await
         .expect("replace manifest");
     wipe(&agents[0].data);

@@ -58,7 +58,9 @@ async fn objects_round_trip_through_seaweedfs_s3() {
 
     let mut stored = Vec::new();
     for (path, content) in [(&big_path, &big), (&small_path, &small)] {
-        let (hash, size) = hash_file(path, None).await.expect("hash");
+        let (hash, size) = hash_file(path, &coffer_format::object::Keyring::plain(), None)
+            .await
+            .expect("hash");
         assert_eq!(hash, ContentHash::of(content));
         assert_eq!(size, content.len() as u64);
         let object = format!("objects/{}/{hash}", &hash.to_hex()[..2]);
@@ -109,9 +111,16 @@ async fn objects_round_trip_through_seaweedfs_s3() {
         (small_object, small_hash, &small),
     ] {
         let dest = files.join("restored");
-        let size = download_object(&op, object, &dest, *hash, None)
-            .await
-            .expect("download");
+        let size = download_object(
+            &op,
+            object,
+            &dest,
+            *hash,
+            &coffer_format::object::Keyring::plain(),
+            None,
+        )
+        .await
+        .expect("download");
         assert_eq!(size, content.len() as u64);
         assert!(std::fs::read(&dest).expect("read") == *content);
         // Told the size (as restores are), a small object is one plain GET, a large one a
@@ -122,6 +131,7 @@ async fn objects_round_trip_through_seaweedfs_s3() {
             &dest,
             *hash,
             Some(content.len() as u64),
+            &coffer_format::object::Keyring::plain(),
             None,
         )
         .await
@@ -155,9 +165,16 @@ async fn objects_round_trip_through_seaweedfs_s3() {
     assert!(!object_exists(&op, &object).await.expect("exists"));
 
     // A missing object is a permanent not-found.
-    let error = download_object(&op, "objects/00/missing", &files.join("x"), planned, None)
-        .await
-        .expect_err("missing");
+    let error = download_object(
+        &op,
+        "objects/00/missing",
+        &files.join("x"),
+        planned,
+        &coffer_format::object::Keyring::plain(),
+        None,
+    )
+    .await
+    .expect_err("missing");
     match error {
         DownloadError::Storage(storage) => {
             assert!(storage.is_not_found(), "{storage}");

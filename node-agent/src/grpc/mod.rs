@@ -9,9 +9,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_format::StorageError;
 use coffer_format::manifest::NodeManifestReader;
 use coffer_format::object::{RateLimiter, sync_name};
+use coffer_format::{MARKER_PATH, StorageError};
 use coffer_proto::agent::v1 as proto;
 use coffer_proto::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
 use futures::Stream;
@@ -31,7 +31,9 @@ mod request;
 mod status;
 
 use request::{compression, object_path, open, parse_uuid, path_filter};
-use status::{manifest_status, restore_status, snapshot_status, storage_status, upload_status};
+use status::{
+    manifest_status, restore_status, sealed_status, snapshot_status, storage_status, upload_status,
+};
 
 /// Largest object served by GetObject.
 const MAX_GET_OBJECT: u64 = 64 * 1024 * 1024;
@@ -79,7 +81,7 @@ impl AgentHandler {
     /// Validates a RestoreNode request into a job: ids are UUIDs, the manifest path is relative,
     /// the location opens, the patterns parse.
     fn restore_job(&self, request: proto::RestoreNodeRequest) -> Result<RestoreJob, Status> {
-        let (config, operator) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, keys) = open(&self.agent.config().storage, request.location)?;
         // A hook is named; the command is the one this agent's configuration gives the name,
         // never one from the wire.
         let hook = match request.hook_command.as_slice() {
@@ -115,6 +117,7 @@ impl AgentHandler {
         Ok(RestoreJob {
             run_id: request.run_id,
             operator,
+            keys,
             location_name: config.name,
             source_cluster_id: parse_uuid("source_cluster_id", &request.source_cluster_id)?,
             backup_id: parse_uuid("backup_id", &request.backup_id)?,
@@ -182,7 +185,8 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<Self::UploadSnapshotStream>, Status> {
         let request = request.into_inner();
         let incremental = request.kind() == proto::BackupKind::Incremental;
-        let (config, operator) = open(&self.agent.config().storage, request.location.clone())?;
+        let (config, operator, keys) =
+            open(&self.agent.config().storage, request.location.clone())?;
         let compression = compression(request.compression)?;
         let cluster_id = parse_uuid("cluster_id", &request.cluster_id)?;
         let backup_id = if request.dry_run {
@@ -231,10 +235,11 @@ impl AgentService for AgentHandler {
                 n => n as usize,
             },
             dry_run: request.dry_run,
-            journal: self.agent.journal().clone(),
+            journal: self.agent.journal_for(&keys).clone(),
             temp_dir,
             quirks: config.quirks(),
             compression,
+            keys,
         };
         let (sender, receiver) =
             tokio::sync::mpsc::channel::<Result<proto::UploadSnapshotResponse, Status>>(16);
@@ -376,16 +381,21 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::PutObjectResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (config, operator) = open(&self.agent.config().storage, request.location)?;
-        operator
-            .write(&path, request.content)
-            .await
-            .map_err(|error| {
-                storage_status(
-                    StorageError::backend(&operator, "write", &path, error)
-                        .in_location(&config.name),
-                )
-            })?;
+        let (config, operator, keys) = open(&self.agent.config().storage, request.location)?;
+        // Manifests and descriptions are sealed like objects; the format marker stays in the
+        // clear, so any Coffer can tell what the location is.
+        let content = if path == MARKER_PATH {
+            request.content
+        } else {
+            keys.seal_bytes(&request.content)
+                .map_err(|error| Status::internal(format!("seal {path}: {error}")))?
+                .into_owned()
+        };
+        operator.write(&path, content).await.map_err(|error| {
+            storage_status(
+                StorageError::backend(&operator, "write", &path, error).in_location(&config.name),
+            )
+        })?;
         // What the server puts is a backup's commit point or the location's marker: durable
         // with its name before the call returns.
         sync_name(&operator, &path)
@@ -400,7 +410,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::GetObjectResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (config, operator) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, keys) = open(&self.agent.config().storage, request.location)?;
         let fail = |action: &'static str| {
             let name = config.name.clone();
             let path = path.clone();
@@ -418,10 +428,14 @@ impl AgentService for AgentHandler {
                 metadata.content_length()
             )));
         }
-        let content = operator.read(&path).await.map_err(fail("read"))?;
-        Ok(Response::new(proto::GetObjectResponse {
-            content: content.to_vec(),
-        }))
+        let stored = operator.read(&path).await.map_err(fail("read"))?.to_vec();
+        let content = if path == MARKER_PATH {
+            stored
+        } else {
+            keys.open_bytes(&stored)
+                .map_err(|error| sealed_status(&config.name, &path, &error))?
+        };
+        Ok(Response::new(proto::GetObjectResponse { content }))
     }
 
     async fn list_objects(
@@ -432,7 +446,7 @@ impl AgentService for AgentHandler {
         if !request.prefix.is_empty() {
             object_path(&request.prefix)?;
         }
-        let (config, operator) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, _) = open(&self.agent.config().storage, request.location)?;
         let entries = operator
             .list_with(&request.prefix)
             .recursive(request.recursive)
@@ -465,7 +479,7 @@ impl AgentService for AgentHandler {
             0 => 1000,
             n => n.min(10_000) as usize,
         };
-        let (config, operator) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, _) = open(&self.agent.config().storage, request.location)?;
         let prefix = request.prefix;
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
@@ -501,7 +515,7 @@ impl AgentService for AgentHandler {
             .iter()
             .map(|path| object_path(path).map(str::to_string))
             .collect::<Result<Vec<_>, Status>>()?;
-        let (config, operator) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, _) = open(&self.agent.config().storage, request.location)?;
         let mut deletions = futures::stream::iter(paths)
             .map(|path| {
                 let operator = operator.clone();
@@ -533,7 +547,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::DeleteObjectResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (config, operator) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, _) = open(&self.agent.config().storage, request.location)?;
         operator.delete(&path).await.map_err(|error| {
             storage_status(
                 StorageError::backend(&operator, "delete", &path, error).in_location(&config.name),
@@ -567,9 +581,11 @@ impl AgentService for AgentHandler {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let (config, operator) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, keys) = open(&self.agent.config().storage, request.location)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(verify::verify_objects(operator, cluster_id, hashes, sender));
+        tokio::spawn(verify::verify_objects(
+            operator, keys, cluster_id, hashes, sender,
+        ));
         let responses = tokio_stream::wrappers::ReceiverStream::new(receiver).map(move |outcome| {
             outcome
                 .map(|verified| proto::VerifyObjectsResponse {
@@ -593,10 +609,10 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::ReadNodeManifestResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (_, operator) = open(&self.agent.config().storage, request.location)?;
+        let (_, operator, keys) = open(&self.agent.config().storage, request.location)?;
         let limit = request.limit.clamp(1, MAX_MANIFEST_PAGE) as usize;
         let (entries, more, total) =
-            NodeManifestReader::read_page(&operator, &path, request.offset, limit)
+            NodeManifestReader::read_page(&operator, &path, &keys, request.offset, limit)
                 .await
                 .map_err(manifest_status)?;
         Ok(Response::new(proto::ReadNodeManifestResponse {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use coffer_format::Compression;
 use coffer_format::filter::{PathFilter, PathMatcher};
+use coffer_format::object::Keyring;
 use coffer_format::storage::{SecretSource, StorageConfig};
 use coffer_proto::agent::v1 as proto;
 use tonic::Status;
@@ -43,19 +44,20 @@ pub(super) fn storage_config(
     })
 }
 
-/// Opens the location a request names, if this agent's storage policy allows it
-/// (FAILED_PRECONDITION naming the rule otherwise).
+/// Opens the location a request names, with the keys it is sealed with, if this agent's
+/// storage policy allows it (FAILED_PRECONDITION naming the rule otherwise).
 pub(super) fn open(
     policy: &crate::storage_policy::StoragePolicy,
     location: Option<proto::StorageLocation>,
-) -> Result<(StorageConfig, opendal::Operator), Status> {
+) -> Result<(StorageConfig, opendal::Operator, Keyring), Status> {
     let config = storage_config(location)?;
-    policy.permit(&config).map_err(|reason| {
-        Status::failed_precondition(format!("location {}: {reason}", config.name))
-    })?;
+    let refused =
+        |reason: String| Status::failed_precondition(format!("location {}: {reason}", config.name));
+    policy.permit(&config).map_err(refused)?;
+    let keys = policy.keyring(&config).map_err(refused)?;
     let operator = coffer_format::open_operator(&config)
         .map_err(|error| storage_status(error.in_location(&config.name)))?;
-    Ok((config, operator))
+    Ok((config, operator, keys))
 }
 
 /// Checks a path relative to a location's root: no absolute paths, no `..`, no empty parts.

@@ -5,7 +5,7 @@
 
 use std::io;
 
-use coffer_format::object::DownloadError;
+use coffer_format::object::{DownloadError, SealError};
 use coffer_format::{ManifestError, StorageError};
 use tonic::{Code, Status};
 
@@ -35,11 +35,29 @@ pub(super) fn storage_status(error: StorageError) -> Status {
     Status::new(storage_code(&error), error.to_string())
 }
 
+/// Sealed data that cannot be opened: FAILED_PRECONDITION when this agent lacks the key (the
+/// operator can bind it), DATA_LOSS when the data itself is not what Coffer sealed.
+pub(super) fn seal_code(error: &SealError) -> Code {
+    match error {
+        SealError::MissingKey(_) => Code::FailedPrecondition,
+        SealError::NotSealed | SealError::Damaged(_) => Code::DataLoss,
+    }
+}
+
+/// Stored bytes at `path` of the location `location` that do not open.
+pub(super) fn sealed_status(location: &str, path: &str, error: &SealError) -> Status {
+    Status::new(
+        seal_code(error),
+        format!("location {location}: {path}: {error}"),
+    )
+}
+
 /// A manifest that cannot be read: the storage's code, DATA_LOSS when its content is corrupt.
 fn manifest_code(error: &ManifestError) -> Code {
     match error {
         ManifestError::Storage(error) => storage_code(error),
         ManifestError::Malformed { .. } | ManifestError::Invalid(_) => Code::DataLoss,
+        ManifestError::Sealed { source, .. } => seal_code(source),
         _ => Code::FailedPrecondition,
     }
 }
@@ -75,6 +93,7 @@ pub(super) fn restore_status(failure: RestoreFailure) -> Status {
         RestoreFailure::Download { source, .. } => match source.as_ref() {
             DownloadError::Storage(error) => storage_code(error),
             DownloadError::Corrupt { .. } | DownloadError::Malformed { .. } => Code::DataLoss,
+            DownloadError::Sealed { source, .. } => seal_code(source),
             DownloadError::Write { source, .. } => local_code(source),
         },
         RestoreFailure::SizeMismatch { .. } => Code::DataLoss,

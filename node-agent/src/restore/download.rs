@@ -215,6 +215,7 @@ async fn stage_object(
                     &part,
                     hash,
                     Some(object.size),
+                    &job.keys,
                     job.limiter.as_ref(),
                 )
                 .await

@@ -114,6 +114,8 @@ pub struct RestoreJob {
     pub run_id: String,
     /// The location holding the backup.
     pub operator: Operator,
+    /// The location's keys, which open its sealed manifests and objects.
+    pub keys: coffer_format::object::Keyring,
     /// Location name, for messages.
     pub location_name: String,
     /// Cluster the backup was taken from: its objects live under its folder.

@@ -132,7 +132,7 @@ async fn read_selected(
     cancel: &CancellationToken,
 ) -> Result<(Vec<String>, Vec<PlannedFile>), RestoreFailure> {
     let job = &shared.job;
-    let mut reader = NodeManifestReader::open(&job.operator, &job.manifest_path)
+    let mut reader = NodeManifestReader::open(&job.operator, &job.manifest_path, &job.keys)
         .await
         .map_err(|error| RestoreFailure::Manifest(located(error, &job.location_name)))?;
     let header = reader.header().clone();
@@ -212,8 +212,11 @@ async fn find_in_place(
         .map(|index| {
             let path = shared.target(&files[index]);
             let expected = (files[index].hash, files[index].size);
+            // Named with the location's current key: a file whose object an earlier key named
+            // is downloaded again, never wrongly kept.
+            let keys = &shared.job.keys;
             async move {
-                let (hash, size) = hash_file(&path, None)
+                let (hash, size) = hash_file(&path, keys, None)
                     .await
                     .map_err(RestoreFailure::local("read", &path))?;
                 Ok::<_, RestoreFailure>(((hash, size) == expected).then_some(index))
