@@ -571,6 +571,7 @@ pub async fn create_fs_location(client: &CofferClient, name: &str, path: &Path) 
                 },
             )),
             compression: None,
+            encryption_key: Default::default(),
         })
         .await
         .expect("create location");

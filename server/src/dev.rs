@@ -241,6 +241,7 @@ async fn ensure_dev_location(coffer: &coffer_server::Coffer, storage: &Path) -> 
                     path: storage.display().to_string(),
                 },
                 compression: Compression::DEFAULT,
+                encryption_key: None,
             };
             coffer
                 .locations()

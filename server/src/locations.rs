@@ -68,6 +68,7 @@ impl LocationRegistry {
             name: new.name,
             options: new.options,
             compression: new.compression,
+            encryption_key: new.encryption_key,
             create_time: now,
             update_time: now,
         };
@@ -128,6 +129,18 @@ impl LocationRegistry {
         }
         if let Some(compression) = update.compression {
             updated.compression = compression;
+        }
+        if let Some(key) = update.encryption_key {
+            if current.encryption_key.is_none() {
+                // An encrypted location reads only sealed objects: its earlier backups, in the
+                // clear, would no longer restore.
+                return Err(Error::FailedPrecondition(format!(
+                    "location {} is not encrypted, and cannot become so: create an encrypted \
+                     location for encrypted backups",
+                    current.name
+                )));
+            }
+            updated.encryption_key = Some(key);
         }
         updated.update_time = SystemTime::now();
         self.catalog.update_location(&updated, moves_data).await?;

@@ -61,6 +61,7 @@ async fn a_location_cannot_send_a_nodes_storage_secret_to_an_endpoint_of_the_cal
                 },
             )),
             compression: None,
+            encryption_key: Default::default(),
         })
         .await
         .expect("the server cannot know the agents' bindings");
@@ -287,6 +288,7 @@ async fn an_agents_ambient_credentials_are_never_sent_for_a_location_that_names_
                 },
             )),
             compression: None,
+            encryption_key: Default::default(),
         })
         .await
         .expect("create");

@@ -369,6 +369,7 @@ async fn a_location_compresses_new_objects_as_set_and_restores_any_mix() {
                 codec: proto::CompressionCodec::None.into(),
                 level: 0,
             }),
+            encryption_key: Default::default(),
         })
         .await
         .expect("create")
@@ -1165,6 +1166,7 @@ async fn backups_go_to_seaweedfs_over_s3_with_credentials_by_reference() {
         .create_location(proto::CreateLocationRequest {
             name: "weed".into(),
             compression: None,
+            encryption_key: Default::default(),
             options: Some(proto::create_location_request::Options::S3(
                 proto::S3LocationOptions {
                     bucket: weed.bucket.clone(),
@@ -1262,6 +1264,7 @@ async fn backups_go_to_seaweedfs_over_s3_with_credentials_by_reference() {
         .create_location(proto::CreateLocationRequest {
             name: "weed-wrong".into(),
             compression: None,
+            encryption_key: Default::default(),
             options: Some(proto::create_location_request::Options::S3(
                 proto::S3LocationOptions {
                     bucket: weed.bucket.clone(),

@@ -81,6 +81,7 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
             compression: None,
             name: Some("main".into()),
             options: Some(fs(&moved)),
+            encryption_key: Default::default(),
         })
         .await
         .expect("rename and move")
@@ -104,6 +105,7 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
             compression: None,
             name: None,
             options: Some(fs(&root.path().join("elsewhere"))),
+            encryption_key: Default::default(),
         })
         .await
         .expect_err("data would move");
@@ -118,6 +120,7 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
         .update_location(proto::UpdateLocationRequest {
             location: "main".into(),
             compression: None,
+            encryption_key: Default::default(),
             name: None,
             options: Some(proto::update_location_request::Options::S3(
                 proto::S3LocationOptions {
@@ -136,6 +139,7 @@ async fn locations_are_checked_from_every_agent_and_changed_under_the_rules() {
             compression: None,
             name: Some("blocked".into()),
             options: None,
+            encryption_key: Default::default(),
         })
         .await
         .expect_err("name taken");
@@ -238,6 +242,7 @@ async fn locations_that_break_their_kinds_rules_are_refused() {
                 name: format!("bad-{index}"),
                 options: Some(options),
                 compression: None,
+                encryption_key: Default::default(),
             })
             .await
             .expect_err("refused");
@@ -308,6 +313,7 @@ async fn a_storage_outage_is_logged_one_line_per_retry_without_backtraces() {
                 },
             )),
             compression: None,
+            encryption_key: Default::default(),
         })
         .await
         .expect("create");

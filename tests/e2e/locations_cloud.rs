@@ -80,6 +80,7 @@ async fn create_location(
             name: name.into(),
             compression: None,
             options: Some(options),
+            encryption_key: Default::default(),
         })
         .await
         .expect("create location");

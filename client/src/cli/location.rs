@@ -162,11 +162,15 @@ pub struct CreateArgs {
     /// than the agents' CPU).
     #[arg(long, value_name = "CODEC", value_parser = parse_compression)]
     pub compression: Option<proto::Compression>,
+    /// Encrypt the location with the agents' key of this name: a `[[keys]]` entry in each
+    /// agent's configuration, bound there to this location. Chosen once, at creation.
+    #[arg(long, value_name = "KEY", value_parser = non_empty())]
+    pub encryption_key: Option<String>,
 }
 
 /// Arguments of `location update`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("change").required(true).multiple(true).args(["rename", "compression"])))]
+#[command(group(ArgGroup::new("change").required(true).multiple(true).args(["rename", "compression", "encryption_key"])))]
 pub struct UpdateArgs {
     /// Name or id of the location.
     #[arg(value_name = "NAME_OR_ID", value_parser = non_empty())]
@@ -178,6 +182,10 @@ pub struct UpdateArgs {
     /// zstd, zstd:LEVEL or none.
     #[arg(long, value_name = "CODEC", value_parser = parse_compression)]
     pub compression: Option<proto::Compression>,
+    /// Seal what is stored from now on with the agents' key of this name (a rotation of an
+    /// encrypted location's key; keep the old key bound on the agents for the older backups).
+    #[arg(long, value_name = "KEY", value_parser = non_empty())]
+    pub encryption_key: Option<String>,
 }
 
 // The flags of one kind conflict with the other kinds rather than `requires` their own: clap
@@ -509,6 +517,7 @@ pub fn create_request(args: CreateArgs) -> proto::CreateLocationRequest {
         azblob_options,
         gcs_options,
         compression,
+        encryption_key,
     } = args;
     let endpoint = endpoint.unwrap_or_default();
     let prefix = prefix.unwrap_or_default();
@@ -553,6 +562,7 @@ pub fn create_request(args: CreateArgs) -> proto::CreateLocationRequest {
         name,
         options: Some(options),
         compression,
+        encryption_key: encryption_key.unwrap_or_default(),
     }
 }
 
@@ -647,6 +657,7 @@ async fn update(args: UpdateArgs, session: &Session) -> Result<(), CliError> {
             name: args.rename,
             options: None,
             compression: args.compression,
+            encryption_key: args.encryption_key,
         })
         .await?
         .into_inner();
@@ -822,6 +833,7 @@ fn render_location(location: &proto::Location) -> String {
             "Compression",
             compression_name(location.compression.as_ref()),
         ),
+        ("Encryption key", or_none(&location.encryption_key)),
         ("Created", format::timestamp(location.create_time.as_ref())),
         ("Updated", format::timestamp(location.update_time.as_ref())),
     ]);
@@ -994,6 +1006,7 @@ mod tests {
                         session_token: None,
                     }
                 )),
+                encryption_key: Default::default(),
             }
         );
     }

@@ -43,6 +43,9 @@ pub fn storage_location(location: &Location) -> agent::StorageLocation {
             secrets.insert(key.to_string(), secret_ref(reference));
         }
     };
+    if let Some(key) = &location.encryption_key {
+        set("encryption_key", key.as_str());
+    }
     match &location.options {
         LocationOptions::Fs { path } => set("root", path),
         LocationOptions::S3 {
@@ -255,6 +258,7 @@ mod tests {
             name: Name::parse("name", "main").expect("name"),
             options,
             compression: Compression::DEFAULT,
+            encryption_key: None,
             create_time: SystemTime::UNIX_EPOCH,
             update_time: SystemTime::UNIX_EPOCH,
         }

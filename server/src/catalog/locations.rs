@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::model::location::{Location, LocationOptions};
 use crate::model::{Name, Page};
 
-const COLUMNS: &str = "id, name, options, compression, create_time_ms, update_time_ms";
+const COLUMNS: &str =
+    "id, name, options, compression, encryption_key, create_time_ms, update_time_ms";
 
 impl Catalog {
     /// Records a new location. ALREADY_EXISTS when the name is taken.
@@ -18,14 +19,15 @@ impl Catalog {
             .map_err(|error| Error::internal("encode location options", error))?;
         sqlx::query(
             "INSERT INTO locations \
-             (id, name, kind, options, compression, create_time_ms, update_time_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             (id, name, kind, options, compression, encryption_key, create_time_ms, \
+             update_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(location.id.to_string())
         .bind(location.name.as_str())
         .bind(location.options.kind())
         .bind(options)
         .bind(location.compression.to_string())
+        .bind(encryption_key_column(location))
         .bind(millis(location.create_time))
         .bind(millis(location.update_time))
         .execute(&self.pool)
@@ -130,12 +132,13 @@ impl Catalog {
             }
         }
         sqlx::query(
-            "UPDATE locations SET name = ?, options = ?, compression = ?, update_time_ms = ? \
-             WHERE id = ?",
+            "UPDATE locations SET name = ?, options = ?, compression = ?, encryption_key = ?, \
+             update_time_ms = ? WHERE id = ?",
         )
         .bind(location.name.as_str())
         .bind(options)
         .bind(location.compression.to_string())
+        .bind(encryption_key_column(location))
         .bind(millis(location.update_time))
         .bind(&id)
         .execute(&mut *tx)
@@ -200,6 +203,10 @@ impl Catalog {
     }
 }
 
+fn encryption_key_column(location: &Location) -> &str {
+    location.encryption_key.as_ref().map_or("", Name::as_str)
+}
+
 fn read_location(row: &SqliteRow) -> Result<Location> {
     let get = |error| database_error("decode location row", error);
     let options: String = row.try_get("options").map_err(get)?;
@@ -210,12 +217,18 @@ fn read_location(row: &SqliteRow) -> Result<Location> {
     let compression = compression
         .parse()
         .map_err(|error: String| Error::internal("decode location compression", error))?;
+    let encryption_key: String = row.try_get("encryption_key").map_err(get)?;
+    let encryption_key = (!encryption_key.is_empty())
+        .then(|| Name::parse("catalog locations.encryption_key", &encryption_key))
+        .transpose()
+        .map_err(|error| Error::internal("decode location encryption key", error))?;
     Ok(Location {
         id: parse_uuid(&row.try_get::<String, _>("id").map_err(get)?)?,
         name: Name::parse("catalog locations.name", &name)
             .map_err(|error| Error::internal("decode location name", error))?,
         options,
         compression,
+        encryption_key,
         create_time: from_millis(row.try_get("create_time_ms").map_err(get)?),
         update_time: from_millis(row.try_get("update_time_ms").map_err(get)?),
     })

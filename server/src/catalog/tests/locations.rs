@@ -9,6 +9,7 @@ use super::{
 };
 use crate::catalog::Catalog;
 use crate::error::Error;
+use crate::model::Name;
 use crate::model::location::{Compression, Location, LocationOptions, SecretRef};
 use crate::model::page::Cursor;
 use crate::model::run::{RunSpec, RunState};
@@ -55,17 +56,21 @@ fn one_of_each_kind() -> Vec<Location> {
             },
             Compression::zstd(12).expect("level"),
         ),
-        with(
-            "gcs",
-            LocationOptions::Gcs {
-                bucket: "gcs-bucket".into(),
-                endpoint: String::new(),
-                prefix: String::new(),
-                credential: None,
-                anonymous: true,
-            },
-            Compression::DEFAULT,
-        ),
+        Location {
+            // An encrypted location: the key's name round-trips too.
+            encryption_key: Some(Name::parse("key", "site-key-2026").expect("key name")),
+            ..with(
+                "gcs",
+                LocationOptions::Gcs {
+                    bucket: "gcs-bucket".into(),
+                    endpoint: String::new(),
+                    prefix: String::new(),
+                    credential: None,
+                    anonymous: true,
+                },
+                Compression::DEFAULT,
+            )
+        },
     ]
 }
 
@@ -203,6 +208,7 @@ async fn a_location_is_renamed_and_reconfigured(catalog: &Catalog) {
             path: "/mnt/new".into(),
         },
         compression: Compression::None,
+        encryption_key: None,
         update_time: at(T0 + 99),
         ..original.clone()
     };

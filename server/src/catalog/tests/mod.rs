@@ -182,6 +182,7 @@ pub(crate) fn fs_location(location_name: &str) -> Location {
             path: format!("/backups/{location_name}"),
         },
         compression: Compression::DEFAULT,
+        encryption_key: None,
         create_time: at(T0 + 10),
         update_time: at(T0 + 11),
     }

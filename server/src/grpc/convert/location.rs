@@ -126,10 +126,14 @@ impl TryFrom<proto::CreateLocationRequest> for NewLocation {
             .map(compression)
             .transpose()?
             .unwrap_or_default();
+        let encryption_key = (!request.encryption_key.is_empty())
+            .then(|| Name::parse("encryption_key", &request.encryption_key))
+            .transpose()?;
         Ok(Self {
             name,
             options,
             compression,
+            encryption_key,
         })
     }
 }
@@ -163,10 +167,22 @@ impl TryFrom<proto::UpdateLocationRequest> for LocationUpdate {
             })
             .transpose()?;
         let compression = request.compression.map(compression).transpose()?;
-        if name.is_none() && options.is_none() && compression.is_none() {
+        let encryption_key = match request.encryption_key.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(Error::invalid(
+                    "encryption_key",
+                    "an encrypted location stays encrypted: give the name of its new key",
+                ));
+            }
+            Some(key) => Some(Name::parse("encryption_key", key)?),
+        };
+        if name.is_none() && options.is_none() && compression.is_none() && encryption_key.is_none()
+        {
             return Err(Error::invalid(
                 "name",
-                "nothing to change: give a new name, new options or a new compression",
+                "nothing to change: give a new name, new options, a new compression or a new \
+                 encryption key",
             ));
         }
         Ok(Self {
@@ -174,6 +190,7 @@ impl TryFrom<proto::UpdateLocationRequest> for LocationUpdate {
             name,
             options,
             compression,
+            encryption_key,
         })
     }
 }
@@ -285,6 +302,10 @@ impl From<Location> for proto::Location {
             create_time: timestamp(location.create_time),
             update_time: timestamp(location.update_time),
             compression: Some(compression_out(location.compression)),
+            encryption_key: location
+                .encryption_key
+                .map(|key| key.to_string())
+                .unwrap_or_default(),
         }
     }
 }

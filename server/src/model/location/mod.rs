@@ -218,6 +218,8 @@ pub struct Location {
     pub options: LocationOptions,
     /// How agents compress the objects they store there.
     pub compression: Compression,
+    /// The agents' key that seals its objects and manifests; `None` in the clear.
+    pub encryption_key: Option<Name>,
     /// When it was created.
     pub create_time: SystemTime,
     /// When it last changed.
@@ -253,6 +255,8 @@ pub struct LocationUpdate {
     pub options: Option<LocationOptions>,
     /// New compression.
     pub compression: Option<Compression>,
+    /// New encryption key (a rotation).
+    pub encryption_key: Option<Name>,
 }
 
 /// One step of a location check on one node.
@@ -301,6 +305,8 @@ pub struct NewLocation {
     pub options: LocationOptions,
     /// How agents compress the objects they store there.
     pub compression: Compression,
+    /// The agents' key that seals its objects and manifests; `None` in the clear.
+    pub encryption_key: Option<Name>,
 }
 
 /// A query over locations, by name.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use coffer_format::object::stored_size_range;
+use coffer_format::object::{sealed_stored_size_range, stored_size_range};
 
 use super::{ValidatePlan, update};
 use crate::error::{AgentCode, Error, Result};
@@ -100,7 +100,8 @@ async fn check_backup(
                     (Some(_), Some(damage)) => Found::Damaged(damage),
                     (Some(stored), None) => {
                         let content = sizes.get(listed.hash.as_str()).copied().unwrap_or(0);
-                        match impossible_size(stored, content) {
+                        let sealed = plan.location.encryption_key.is_some();
+                        match impossible_size(stored, content, sealed) {
                             Some(damage) => {
                                 newly_damaged.push((listed.hash.clone(), damage.clone()));
                                 Found::Damaged(damage)
@@ -146,9 +147,14 @@ fn affect(checked: &mut BackupValidation, file: &BackupFile, what: &str) {
     }
 }
 
-/// Why an object of `stored` bytes cannot hold a file of `content` bytes; `None` when it can.
-fn impossible_size(stored: u64, content: u64) -> Option<String> {
-    let range = stored_size_range(content);
+/// Why an object of `stored` bytes (`sealed` in an encrypted location) cannot hold a file of
+/// `content` bytes; `None` when it can.
+fn impossible_size(stored: u64, content: u64, sealed: bool) -> Option<String> {
+    let range = if sealed {
+        sealed_stored_size_range(content)
+    } else {
+        stored_size_range(content)
+    };
     (!range.contains(&stored)).then(|| {
         format!(
             "stored as {stored} bytes; {content} bytes of content are stored in {} to {}",
@@ -175,10 +181,20 @@ mod tests {
 
     #[test]
     fn truncated_and_padded_objects_have_impossible_sizes() {
-        assert_eq!(impossible_size(8 + 100, 100), None);
-        assert_eq!(impossible_size(8 + 40, 100), None, "compressed");
-        assert!(impossible_size(8, 100).is_some(), "header only");
-        assert!(impossible_size(0, 0).is_some(), "no header");
-        assert!(impossible_size(8 + 100 + 10_000, 100).is_some());
+        assert_eq!(impossible_size(8 + 100, 100, false), None);
+        assert_eq!(impossible_size(8 + 40, 100, false), None, "compressed");
+        assert!(impossible_size(8, 100, false).is_some(), "header only");
+        assert!(impossible_size(0, 0, false).is_some(), "no header");
+        assert!(impossible_size(8 + 100 + 10_000, 100, false).is_some());
+        // Sealed: a 40-byte header and a 16-byte tag per 64 KiB segment of the plain object.
+        assert_eq!(impossible_size(40 + 8 + 100 + 16, 100, true), None);
+        assert!(
+            impossible_size(40, 100, true).is_some(),
+            "sealed header only"
+        );
+        assert!(
+            impossible_size(40 + 8 + 100 + 16 + 10_000, 100, true).is_some(),
+            "padded"
+        );
     }
 }
