@@ -11,6 +11,7 @@ mod clusters;
 mod cofferctl;
 mod deep_validate;
 mod dev_mode;
+mod encryption;
 mod import;
 mod locations;
 mod locations_cloud;
