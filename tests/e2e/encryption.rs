@@ -230,6 +230,55 @@ async fn an_encrypted_location_holds_no_plaintext_restores_identical_and_refuses
     // Five files, four contents (the copy deduplicates): four objects.
     assert_eq!(objects, 4, "{stored:?}");
 
+    // The format as docs/storage-format.md gives it opens them without Coffer: scripts/unseal
+    // (Python's blake3 and cryptography) recovers a raw object and checks its keyed name, and
+    // the commit manifest, and refuses the other key.
+    let key = coffer_format::object::ObjectKey::from_hex(
+        "site-2026",
+        &std::fs::read_to_string(&old_key).expect("read key"),
+    )
+    .expect("parse key");
+    let small_name = coffer_format::object::Keyring::new(Some(std::sync::Arc::new(key)), vec![])
+        .content_hash(b"replication = 3\n")
+        .to_hex();
+    let (small_object, _) = stored
+        .iter()
+        .find(|(path, _)| path.ends_with(&small_name))
+        .expect("the small file's object, by its keyed name");
+    let unseal = |key: &Path, stored: &Path, name: Option<&str>| {
+        let mut command = std::process::Command::new(crate::sdk_python::venv_python());
+        command
+            .arg(coffer_tests::repo_root().join("scripts/unseal"))
+            .arg(key)
+            .arg(stored);
+        if let Some(name) = name {
+            command.args(["--name", name]);
+        }
+        command.output().expect("run scripts/unseal")
+    };
+    let opened = unseal(&old_key, small_object, Some(&small_name));
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+    assert_eq!(opened.stdout, b"COFFER\x01\x00replication = 3\n");
+    let (commit, _) = stored
+        .iter()
+        .find(|(path, _)| path.ends_with("backup.json"))
+        .expect("the commit manifest");
+    let opened = unseal(&old_key, commit, None);
+    assert!(opened.status.success());
+    let manifest: serde_json::Value = serde_json::from_slice(&opened.stdout).expect("JSON");
+    assert_eq!(manifest["backup_id"], first.backup_id.as_str());
+    let refused = unseal(&new_key, commit, None);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("sealed with key id"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     // Restored byte-identical after the data is wiped.
     wipe(&agent.data);
     let restored = restore(&client, &first.backup_id).await;
