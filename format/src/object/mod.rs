@@ -31,7 +31,9 @@
 //! - `upload`: hashing and reading files, and storing them through OpenDAL;
 //! - `local`: the fast path into a local (`fs`) folder and the clean-up of its temporary files;
 //! - `durable`: syncing what was written to a local folder ([`sync_name`], [`LocationWriteback`]);
-//! - `download`: fetching, decoding and verifying an object into a file.
+//! - `download`: fetching, decoding and verifying an object into a file;
+//! - `seal`: encryption at rest, for locations with a key ([`Keyring`]): objects and manifests
+//!   sealed in authenticated segments, objects named by a keyed hash.
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -352,14 +352,17 @@ enum UnsealState {
     /// The first bytes, until they tell sealed from clear.
     Header(Vec<u8>),
     /// Sealed: segments are opened as they complete.
-    Sealed {
-        key: LessSafeKey,
-        header: [u8; SEALED_HEADER_LEN],
-        counter: u64,
-        pending: Vec<u8>,
-    },
+    Sealed(Box<SealedStream>),
     /// In the clear, in a location that is not encrypted: passed through.
     Clear,
+}
+
+/// The state of opening one sealed stream.
+struct SealedStream {
+    key: LessSafeKey,
+    header: [u8; SEALED_HEADER_LEN],
+    counter: u64,
+    pending: Vec<u8>,
 }
 
 /// Opens stored bytes as they stream in: a sealed object or manifest is authenticated and
@@ -440,12 +443,13 @@ impl Unsealer {
         match &mut self.state {
             UnsealState::Header(_) => Ok(Cow::Borrowed(&[])),
             UnsealState::Clear => Ok(Cow::Borrowed(stored)),
-            UnsealState::Sealed {
-                key,
-                header,
-                counter,
-                pending,
-            } => {
+            UnsealState::Sealed(sealed) => {
+                let SealedStream {
+                    key,
+                    header,
+                    counter,
+                    pending,
+                } = sealed.as_mut();
                 pending.extend_from_slice(stored);
                 let mut plain = Vec::with_capacity(pending.len());
                 let mut opened_up_to = 0;
@@ -468,12 +472,12 @@ impl Unsealer {
         let key = self.keys.find(id).ok_or(SealError::MissingKey(id))?;
         let mut fixed = [0u8; SEALED_HEADER_LEN];
         fixed.copy_from_slice(&header[..SEALED_HEADER_LEN]);
-        self.state = UnsealState::Sealed {
+        self.state = UnsealState::Sealed(Box::new(SealedStream {
             key: key.segment_key(&header[16..SEALED_HEADER_LEN]),
             header: fixed,
             counter: 0,
             pending: Vec::with_capacity(2 * (SEGMENT_LEN + TAG_LEN)),
-        };
+        }));
         self.key = Some(key);
         Ok(())
     }
@@ -499,12 +503,15 @@ impl Unsealer {
                 }
             }
             UnsealState::Clear => Ok(Vec::new()),
-            UnsealState::Sealed {
-                key,
-                header,
-                counter,
-                mut pending,
-            } => Ok(open_segment(&key, &header, counter, true, &mut pending)?.to_vec()),
+            UnsealState::Sealed(sealed) => {
+                let SealedStream {
+                    key,
+                    header,
+                    counter,
+                    mut pending,
+                } = *sealed;
+                Ok(open_segment(&key, &header, counter, true, &mut pending)?.to_vec())
+            }
         }
     }
 }
