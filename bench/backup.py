@@ -1051,12 +1051,21 @@ class Bench:
         # The agent opens only the storage its configuration names: the fs location's folder,
         # and the bench's S3 secrets towards SeaweedFS's bucket.
         config = t["dir"] / f"agent-{n}.toml"
-        config.write_text(
-            f'storage-roots = ["{self.fs_dest(t)}"]\n\n'
-            '[[credentials]]\n'
-            'secrets = ["env:AWS_ACCESS_KEY_ID", "env:AWS_SECRET_ACCESS_KEY"]\n'
-            f'endpoints = ["http://127.0.0.1:{getattr(self, "s3_port", 0)}"]\n'
-            f'buckets = ["{BUCKET}"]\n')
+        s3_endpoint = f"http://127.0.0.1:{getattr(self, 's3_port', 0)}"
+        text = (f'storage-roots = ["{self.fs_dest(t)}"]\n\n'
+                '[[credentials]]\n'
+                'secrets = ["env:AWS_ACCESS_KEY_ID", "env:AWS_SECRET_ACCESS_KEY"]\n'
+                f'endpoints = ["{s3_endpoint}"]\n'
+                f'buckets = ["{BUCKET}"]\n')
+        if self.args.encrypt:
+            # One key for every node (objects are shared), bound to both targets' storage.
+            key = t["dir"] / "bench.key"
+            if not key.exists():
+                key.write_text(os.urandom(32).hex() + "\n")
+                key.chmod(0o600)
+            text += (f'\n[[keys]]\nname = "bench"\nfile = "{key}"\nroots = ["{self.fs_dest(t)}"]\n'
+                     f'endpoints = ["{s3_endpoint}"]\nbuckets = ["{BUCKET}"]\n')
+        config.write_text(text)
         argv = [str(RELEASE / "coffer-agent"), "--config", str(config), "--listen", f"127.0.0.1:{port}",
                 "--data-path", str(self.data.node_dirs[n]), "--state-dir", str(t["dir"] / f"agent-{n}")]
         if self.args.strace_agent and n == 0:
@@ -1137,6 +1146,8 @@ class Bench:
         t["location"] = loc["name"]
         if self.args.compression:
             loc["compression"] = compression_setting(self.args.compression)
+        if self.args.encrypt:
+            loc["encryptionKey"] = "bench"
         self.rpc(t, "coffer.v1.LocationService/CreateLocation", loc)
         log(f"[{name}] server {t['server_addr']}, {self.params.nodes} agents on ports "
             f"{t['agent_ports']}, cluster '{CLUSTER}', location '{t['location']}'")
@@ -1601,7 +1612,8 @@ class Bench:
         p(f"rclone: one `rclone copy --transfers {a.rclone_transfers}` per node, {self.params.nodes} in "
           f"parallel, up (rclone) and back down into fresh folders (rclone-down); other flags at their "
           f"defaults: after each file a size check and an MD5 check where both sides have one, no fsync")
-        p(f"Coffer: location compression {a.compression or 'zstd:1 (the default)'}, default agent "
+        p(f"Coffer: location compression {a.compression or 'zstd:1 (the default)'}"
+          f"{', encrypted (AES-256-GCM, keyed names)' if a.encrypt else ''}, default agent "
           "concurrency, all nodes in parallel; restore = the FULL backup onto the same "
           "nodes, data folders emptied first (BLAKE3 of every file checked, files fsynced, then moved into place)")
         p()
@@ -1821,6 +1833,9 @@ def main() -> int:
     ap.add_argument("--compression", metavar="CODEC",
                     help="the locations' compression: none, zstd or zstd:LEVEL (default: the "
                          "server's default, zstd:1); rclone never compresses")
+    ap.add_argument("--encrypt", action="store_true",
+                    help="encrypt the locations: a [[keys]] entry on every agent, the locations "
+                         "naming it (rclone stays unencrypted)")
     ap.add_argument("--rclone-transfers", type=int, default=8)
     ap.add_argument("--no-restore", action="store_true",
                     help="skip the restore and rclone's download (backups only)")

@@ -324,6 +324,61 @@ async fn cofferctl_backs_up_with_a_live_watch_and_lists_what_it_made() {
         assert_eq!(usage.code, 2, "{args:?}: {}", usage.stderr);
     }
 
+    // An encrypted location names the agents' key; a location in the clear stays so.
+    let sealed_store = root.path().join("sealed").display().to_string();
+    let created = cofferctl(
+        &server,
+        &[
+            "location",
+            "create",
+            "sealed",
+            "--fs",
+            &sealed_store,
+            "--encryption-key",
+            "site-2026",
+        ],
+    )
+    .await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert!(
+        created
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("Encryption key") && line.ends_with("site-2026")),
+        "{}",
+        created.stdout
+    );
+    let rotated = cofferctl(
+        &server,
+        &[
+            "location",
+            "update",
+            "sealed",
+            "--encryption-key",
+            "site-2027",
+        ],
+    )
+    .await;
+    assert_eq!(rotated.code, 0, "{}", rotated.stderr);
+    assert!(rotated.stdout.contains("site-2027"), "{}", rotated.stdout);
+    let refused = cofferctl(
+        &server,
+        &[
+            "location",
+            "update",
+            "local",
+            "--encryption-key",
+            "site-2027",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, 7, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("not encrypted"),
+        "{}",
+        refused.stderr
+    );
+
     // Deleting the backup makes it disappear from the catalog and from storage.
     let deleted = cofferctl(&server, &["backup", "delete", &backup_id]).await;
     assert_eq!(deleted.code, 0, "{}", deleted.stderr);
