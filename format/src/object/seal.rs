@@ -309,23 +309,30 @@ impl Sealer {
         self.counter += 1;
     }
 
-    /// Feeds plain bytes; returns the sealed bytes ready to be stored.
-    pub fn push(&mut self, plain: &[u8]) -> Vec<u8> {
+    /// Feeds plain bytes; returns the sealed bytes ready to be stored. A segment is sealed once
+    /// more bytes follow it (the last one is sealed by [`Sealer::finish`]); whole segments are
+    /// sealed straight from `plain`, only a remainder is kept.
+    pub fn push(&mut self, mut plain: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(plain.len() + plain.len() / 1024 + SEALED_HEADER_LEN);
         self.start(&mut out);
-        self.pending.extend_from_slice(plain);
-        let mut sealed_up_to = 0;
-        let pending = std::mem::take(&mut self.pending);
-        while pending.len() - sealed_up_to > SEGMENT_LEN {
-            self.seal_segment(
-                &pending[sealed_up_to..sealed_up_to + SEGMENT_LEN],
-                false,
-                &mut out,
-            );
-            sealed_up_to += SEGMENT_LEN;
+        if !self.pending.is_empty() {
+            let take = (SEGMENT_LEN - self.pending.len()).min(plain.len());
+            self.pending.extend_from_slice(&plain[..take]);
+            plain = &plain[take..];
+            if plain.is_empty() {
+                return out;
+            }
+            let pending = std::mem::take(&mut self.pending);
+            self.seal_segment(&pending, false, &mut out);
+            self.pending = pending;
+            self.pending.clear();
         }
-        self.pending = pending;
-        self.pending.drain(..sealed_up_to);
+        while plain.len() > SEGMENT_LEN {
+            let (segment, rest) = plain.split_at(SEGMENT_LEN);
+            self.seal_segment(segment, false, &mut out);
+            plain = rest;
+        }
+        self.pending.extend_from_slice(plain);
         out
     }
 
@@ -705,6 +712,37 @@ mod tests {
         assert_ne!(
             sealed_ring(&new).seal_bytes(b"same").expect("seal"),
             sealed_ring(&new).seal_bytes(b"same").expect("seal")
+        );
+    }
+
+    #[test]
+    #[ignore = "benchmark: run with --release -- --ignored seal_throughput --nocapture"]
+    fn seal_throughput() {
+        let keys = sealed_ring(&key("bench", 9));
+        let block = vec![0x5au8; 1024 * 1024];
+        let blocks = 512;
+        let started = std::time::Instant::now();
+        let mut sealer = keys.sealer().expect("random").expect("sealed");
+        let mut stored = Vec::with_capacity(blocks * (block.len() + 512));
+        for _ in 0..blocks {
+            stored.extend_from_slice(&sealer.push(&block));
+        }
+        stored.extend_from_slice(&sealer.finish());
+        let sealed = started.elapsed();
+        let started = std::time::Instant::now();
+        let mut unsealer = Unsealer::new(keys.clone());
+        let mut opened = 0usize;
+        for piece in stored.chunks(1024 * 1024) {
+            opened += unsealer.push(piece).expect("open").len();
+        }
+        opened += unsealer.finish().expect("open").len();
+        let open = started.elapsed();
+        assert_eq!(opened, blocks * block.len());
+        let mib = blocks as f64;
+        println!(
+            "seal {:.0} MiB/s, open {:.0} MiB/s (one core, {blocks} MiB)",
+            mib / sealed.as_secs_f64(),
+            mib / open.as_secs_f64()
         );
     }
 
