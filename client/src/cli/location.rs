@@ -1181,6 +1181,7 @@ mod tests {
              Secret access key:  file:/etc/coffer/secret\n\
              Session token:      -\n\
              Compression:        zstd:-3\n\
+             Encryption key:     -\n\
              Created:            -\n\
              Updated:            -\n"
         );
