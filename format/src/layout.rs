@@ -98,6 +98,12 @@ impl ClusterLayout {
         format!("clusters/{}/objects/{}/{hex}", self.cluster_id, &hex[..2])
     }
 
+    /// Whether `path` is in some cluster's object folder (`clusters/<id>/objects/...`).
+    pub fn is_object_path(path: &str) -> bool {
+        let mut parts = path.split('/');
+        parts.next() == Some("clusters") && parts.nth(1) == Some("objects")
+    }
+
     /// Path of the cluster's description (rewritten after each backup it commits).
     pub fn description(&self) -> String {
         format!("clusters/{}/cluster.json", self.cluster_id)

@@ -429,7 +429,7 @@ async fn upload_local_file(
 ) -> Result<u64, ManifestError> {
     const CHUNK: usize = 8 * 1024 * 1024;
     let mut sealer = keys
-        .sealer()
+        .sealer(Some(path))
         .map_err(ManifestError::io("seal the manifest"))?;
     let mut file = tokio::fs::File::from_std(file);
     let mut writer = op
@@ -536,7 +536,7 @@ impl NodeManifestReader {
             path: path.to_string(),
             header: NodeManifestHeader::new(Uuid::nil(), Uuid::nil(), Uuid::nil(), "", Vec::new()),
             stream,
-            unsealer: Some(Unsealer::new(keys.clone())),
+            unsealer: Some(Unsealer::new(keys.clone(), Some(path))),
             input: Bytes::new(),
             decoder,
             text: Vec::new(),
@@ -698,6 +698,12 @@ impl NodeManifestReader {
                         let stored = buffer.to_bytes();
                         self.input = match &mut self.unsealer {
                             Some(unsealer) => match unsealer.push(&stored) {
+                                // In the clear: the buffer itself, not a copy.
+                                Ok(std::borrow::Cow::Borrowed(plain))
+                                    if plain.len() == stored.len() =>
+                                {
+                                    stored.clone()
+                                }
                                 Ok(plain) => Bytes::from(plain.into_owned()),
                                 Err(source) => return Err(self.sealed(source)),
                             },

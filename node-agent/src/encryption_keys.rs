@@ -77,14 +77,16 @@ pub fn load(bindings: Vec<KeyBinding>) -> Result<Vec<BoundKey>, String> {
     let mut loaded: Vec<BoundKey> = Vec::with_capacity(bindings.len());
     for binding in bindings {
         let name = &binding.name;
-        let valid_name = !name.is_empty()
-            && name.len() <= 63
+        // The rule of the server's names, so that a location can name every key.
+        let valid_name = name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
             && name
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if !valid_name {
             return Err(format!(
-                "{name:?}: a key name is 1 to 63 lowercase letters, digits, '-' and '_'"
+                "{name:?}: a key name is 1 to 63 lowercase letters, digits, '-' and '_', \
+                 starting with a letter"
             ));
         }
         if loaded.iter().any(|other| &other.binding.name == name) {
@@ -255,9 +257,11 @@ mod tests {
             &location("fs", &[("root", &root), (ENCRYPTION_KEY_OPTION, "old")]),
         )
         .expect("old");
-        let stored = old_ring.seal_bytes(b"before the rotation").expect("seal");
+        let stored = old_ring
+            .seal_bytes(b"before the rotation", None)
+            .expect("seal");
         assert_eq!(
-            sealed.open_bytes(&stored).expect("open"),
+            sealed.open_bytes(&stored, None).expect("open"),
             b"before the rotation"
         );
 

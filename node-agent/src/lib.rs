@@ -171,6 +171,17 @@ impl Agent {
         &self.journal
     }
 
+    /// The journal of the key this agent's configuration names `name`.
+    pub fn journal_named(&self, name: &str) -> Option<&journal::Journal> {
+        let bound = self
+            .config
+            .storage
+            .keys
+            .iter()
+            .find(|bound| bound.binding.name == name)?;
+        self.keyed_journals.get(&bound.key.id())
+    }
+
     /// The journal of the locations `keys` seal with their write key (the plain one for
     /// locations in the clear).
     pub fn journal_for(&self, keys: &coffer_format::object::Keyring) -> &journal::Journal {

@@ -999,6 +999,7 @@ mod rpc {
         proto::CreateSnapshotRequest {
             tag: tag.into(),
             incremental_location_id: incremental_location_id.into(),
+            incremental_encryption_key: String::new(),
         }
     }
 

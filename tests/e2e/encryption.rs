@@ -4,11 +4,14 @@
 //! validation and refused by a restore; a key rotation keeps old backups restorable; a key an
 //! agent lacks, or does not bind to the location, is refused with a clear error.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use coffer_client::{CofferClient, proto};
 use coffer_format::ContentHash;
+use coffer_proto::agent::v1 as agent_proto;
+use coffer_proto::agent::v1::agent_service_client::AgentServiceClient;
 use coffer_tests::{
     TestAgent, TestServer, get_run, noise, run_backup, tree, watch_to_end, wipe, write,
 };
@@ -278,6 +281,56 @@ async fn an_encrypted_location_holds_no_plaintext_restores_identical_and_refuses
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+
+    // Straight to the agent's port: the commit manifest opens through GetObject (what the server
+    // uses), an object does not (the agent API is no decryption service), and the key is not
+    // used for a folder it is not bound to.
+    let mut direct = AgentServiceClient::connect(agent.process.url.clone())
+        .await
+        .expect("connect to the agent");
+    let direct_location = |root: &Path| agent_proto::StorageLocation {
+        location_id: "direct".into(),
+        name: "direct".into(),
+        scheme: "fs".into(),
+        options: HashMap::from([
+            ("root".to_string(), root.display().to_string()),
+            ("encryption_key".to_string(), "site-2026".to_string()),
+        ]),
+        secrets: HashMap::new(),
+    };
+    let relative = |path: &Path| {
+        path.strip_prefix(&sealed)
+            .expect("inside the location")
+            .display()
+            .to_string()
+    };
+    let opened = direct
+        .get_object(agent_proto::GetObjectRequest {
+            location: Some(direct_location(&sealed)),
+            path: relative(commit),
+        })
+        .await
+        .expect("the commit manifest, opened")
+        .into_inner()
+        .content;
+    assert!(String::from_utf8_lossy(&opened).contains(&first.backup_id));
+    let error = direct
+        .get_object(agent_proto::GetObjectRequest {
+            location: Some(direct_location(&sealed)),
+            path: relative(small_object),
+        })
+        .await
+        .expect_err("an object through GetObject");
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    let error = direct
+        .get_object(agent_proto::GetObjectRequest {
+            location: Some(direct_location(&root.path().join("a"))),
+            path: "coffer.json".into(),
+        })
+        .await
+        .expect_err("a key towards a folder it is not bound to");
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    drop(direct);
 
     // Restored byte-identical after the data is wiped.
     wipe(&agent.data);

@@ -177,7 +177,7 @@ pub(super) fn encode_bytes(
 ) -> io::Result<(Vec<u8>, bool)> {
     let (object, compressed) = encode_plain_bytes(content, level, max_ratio)?;
     if keys.is_sealed() {
-        return Ok((keys.seal_bytes(&object)?.into_owned(), compressed));
+        return Ok((keys.seal_bytes(&object, None)?.into_owned(), compressed));
     }
     Ok((object, compressed))
 }
@@ -247,7 +247,7 @@ pub(super) fn encode_file(
     send: &mut dyn FnMut(Bytes) -> io::Result<()>,
     encoding: &Encoding<'_>,
 ) -> io::Result<EncodeSummary> {
-    let Some(mut sealer) = encoding.keys.sealer()? else {
+    let Some(mut sealer) = encoding.keys.sealer(None)? else {
         return encode_plain_file(file, send, encoding);
     };
     let summary = encode_plain_file(

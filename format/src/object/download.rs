@@ -378,7 +378,7 @@ impl ObjectDecoder {
         };
         Ok(Self {
             stored_bytes: 0,
-            unsealer: Unsealer::new(keys),
+            unsealer: Unsealer::new(keys, None),
             body: Body::Header(Vec::with_capacity(OBJECT_HEADER_LEN)),
             sink: Some(HashingFileWriter {
                 file,
@@ -445,7 +445,7 @@ impl ObjectDecoder {
 
     /// Flushes the file (not synced) and returns the content's hash and size.
     fn finish(mut self) -> Result<Decoded, DecodeFailure> {
-        let unsealer = std::mem::replace(&mut self.unsealer, Unsealer::new(Keyring::plain()));
+        let unsealer = std::mem::replace(&mut self.unsealer, Unsealer::new(Keyring::plain(), None));
         let last = unsealer.finish().map_err(DecodeFailure::Sealed)?;
         self.push_plain(&last)?;
         let writer = match self.body {

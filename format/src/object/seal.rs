@@ -16,9 +16,11 @@
 //! The segment key is `keyed_hash(derive_key("coffer 2026-12 object encryption", key), salt)`,
 //! one per object; segment `n` (from 0) uses the 12-byte nonce `00 00 00 | n (u64, big-endian) |
 //! last`, where `last` is 1 for the final segment and 0 for every other, and authenticates the
-//! 40-byte header as associated data. So a segment cannot be altered, moved, dropped or
-//! appended, nor the object cut at a segment boundary, without the open failing; a header
-//! naming another key or salt fails too.
+//! 40-byte header as associated data, followed, for everything but objects, by the file's path
+//! in the location. So a segment cannot be altered, moved, dropped or appended, nor the object
+//! cut at a segment boundary, without the open failing; a header naming another key or salt
+//! fails too, and a manifest moved to another path does not open there (an object is checked
+//! by its name instead: its content must hash to it).
 //!
 //! Objects in such a location are named by `keyed_hash(derive_key("coffer 2026-12 object
 //! names", key), content)` rather than the plain BLAKE3 of their content: equal content still
@@ -192,18 +194,27 @@ impl Keyring {
         ContentHash::from(self.content_hasher().update(content).finalize())
     }
 
-    /// A sealer for one new object or manifest, `None` for a location in the clear.
+    /// A sealer for one new object (`bound_to` `None`) or one file at the path `bound_to` (a
+    /// manifest), `None` for a location in the clear.
     ///
     /// Fails only when the system's random source fails.
-    pub fn sealer(&self) -> std::io::Result<Option<Sealer>> {
-        self.write.as_deref().map(Sealer::new).transpose()
+    pub fn sealer(&self, bound_to: Option<&str>) -> std::io::Result<Option<Sealer>> {
+        self.write
+            .as_deref()
+            .map(|key| Sealer::new(key, bound_to))
+            .transpose()
     }
 
-    /// `plain` sealed with the write key, or unchanged in a location in the clear.
+    /// `plain` sealed with the write key (bound to a path as [`Keyring::sealer`] says), or
+    /// unchanged in a location in the clear.
     ///
     /// Fails only when the system's random source fails.
-    pub fn seal_bytes<'a>(&self, plain: &'a [u8]) -> std::io::Result<Cow<'a, [u8]>> {
-        match self.sealer()? {
+    pub fn seal_bytes<'a>(
+        &self,
+        plain: &'a [u8],
+        bound_to: Option<&str>,
+    ) -> std::io::Result<Cow<'a, [u8]>> {
+        match self.sealer(bound_to)? {
             None => Ok(Cow::Borrowed(plain)),
             Some(mut sealer) => {
                 let mut sealed = sealer.push(plain);
@@ -214,8 +225,8 @@ impl Keyring {
     }
 
     /// The plain form of a whole stored object or manifest (see [`Unsealer`]).
-    pub fn open_bytes(&self, stored: &[u8]) -> Result<Vec<u8>, SealError> {
-        let mut unsealer = Unsealer::new(self.clone());
+    pub fn open_bytes(&self, stored: &[u8], bound_to: Option<&str>) -> Result<Vec<u8>, SealError> {
+        let mut unsealer = Unsealer::new(self.clone(), bound_to);
         let mut plain = unsealer.push(stored)?.into_owned();
         plain.extend_from_slice(&unsealer.finish()?);
         Ok(plain)
@@ -260,13 +271,15 @@ pub fn sealed_len(plain_len: u64) -> u64 {
 pub struct Sealer {
     key: LessSafeKey,
     header: [u8; SEALED_HEADER_LEN],
+    /// The header, then the path the file is bound to (if any).
+    aad: Vec<u8>,
     header_sent: bool,
     counter: u64,
     pending: Vec<u8>,
 }
 
 impl Sealer {
-    fn new(key: &ObjectKey) -> std::io::Result<Self> {
+    fn new(key: &ObjectKey, bound_to: Option<&str>) -> std::io::Result<Self> {
         let mut salt = [0u8; SALT_LEN];
         SystemRandom::new()
             .fill(&mut salt)
@@ -279,6 +292,7 @@ impl Sealer {
         header[16..].copy_from_slice(&salt);
         Ok(Self {
             key: key.segment_key(&salt),
+            aad: associated_data(&header, bound_to),
             header,
             header_sent: false,
             counter: 0,
@@ -300,7 +314,7 @@ impl Sealer {
             .key
             .seal_in_place_separate_tag(
                 nonce(self.counter, last),
-                Aad::from(&self.header),
+                Aad::from(&self.aad),
                 &mut out[start..],
             )
             // Only fails past 2^36 bytes in one segment.
@@ -362,12 +376,14 @@ enum UnsealState {
     Sealed(Box<SealedStream>),
     /// In the clear, in a location that is not encrypted: passed through.
     Clear,
+    /// An error was returned: nothing more is opened.
+    Failed,
 }
 
 /// The state of opening one sealed stream.
 struct SealedStream {
     key: LessSafeKey,
-    header: [u8; SEALED_HEADER_LEN],
+    aad: Vec<u8>,
     counter: u64,
     pending: Vec<u8>,
 }
@@ -377,6 +393,8 @@ struct SealedStream {
 /// is sealed (an encrypted location accepts only what its keys sealed).
 pub struct Unsealer {
     keys: Keyring,
+    /// The path the stored file is bound to: `None` for objects.
+    bound_to: Option<String>,
     state: UnsealState,
     /// The key of a sealed stream, once its header is read.
     key: Option<Arc<ObjectKey>>,
@@ -393,10 +411,12 @@ impl std::fmt::Debug for Unsealer {
 }
 
 impl Unsealer {
-    /// An unsealer with the keys of a location.
-    pub fn new(keys: Keyring) -> Self {
+    /// An unsealer with the keys of a location, for an object (`bound_to` `None`) or the file at
+    /// the path `bound_to` (a manifest).
+    pub fn new(keys: Keyring, bound_to: Option<&str>) -> Self {
         Self {
             keys,
+            bound_to: bound_to.map(str::to_string),
             state: UnsealState::Header(Vec::with_capacity(SEALED_HEADER_LEN)),
             key: None,
         }
@@ -417,7 +437,16 @@ impl Unsealer {
     }
 
     /// Feeds stored bytes; returns the plain bytes they complete (borrowed when in the clear).
-    pub fn push<'a>(&mut self, mut stored: &'a [u8]) -> Result<Cow<'a, [u8]>, SealError> {
+    /// After an error, every call fails.
+    pub fn push<'a>(&mut self, stored: &'a [u8]) -> Result<Cow<'a, [u8]>, SealError> {
+        let pushed = self.push_inner(stored);
+        if pushed.is_err() {
+            self.state = UnsealState::Failed;
+        }
+        pushed
+    }
+
+    fn push_inner<'a>(&mut self, mut stored: &'a [u8]) -> Result<Cow<'a, [u8]>, SealError> {
         if let UnsealState::Header(header) = &mut self.state {
             // The object header first, then (sealed) the rest of the sealed one.
             let wanted = |header: &[u8]| {
@@ -450,10 +479,11 @@ impl Unsealer {
         match &mut self.state {
             UnsealState::Header(_) => Ok(Cow::Borrowed(&[])),
             UnsealState::Clear => Ok(Cow::Borrowed(stored)),
+            UnsealState::Failed => Err(SealError::Damaged("opened after a failure".into())),
             UnsealState::Sealed(sealed) => {
                 let SealedStream {
                     key,
-                    header,
+                    aad,
                     counter,
                     pending,
                 } = sealed.as_mut();
@@ -462,7 +492,7 @@ impl Unsealer {
                 let mut opened_up_to = 0;
                 while pending.len() - opened_up_to > SEGMENT_LEN + TAG_LEN {
                     let segment = &mut pending[opened_up_to..opened_up_to + SEGMENT_LEN + TAG_LEN];
-                    plain.extend_from_slice(open_segment(key, header, *counter, false, segment)?);
+                    plain.extend_from_slice(open_segment(key, aad, *counter, false, segment)?);
                     *counter += 1;
                     opened_up_to += SEGMENT_LEN + TAG_LEN;
                 }
@@ -477,11 +507,9 @@ impl Unsealer {
         id.copy_from_slice(&header[8..16]);
         let id = KeyId(id);
         let key = self.keys.find(id).ok_or(SealError::MissingKey(id))?;
-        let mut fixed = [0u8; SEALED_HEADER_LEN];
-        fixed.copy_from_slice(&header[..SEALED_HEADER_LEN]);
         self.state = UnsealState::Sealed(Box::new(SealedStream {
             key: key.segment_key(&header[16..SEALED_HEADER_LEN]),
-            header: fixed,
+            aad: associated_data(&header[..SEALED_HEADER_LEN], self.bound_to.as_deref()),
             counter: 0,
             pending: Vec::with_capacity(2 * (SEGMENT_LEN + TAG_LEN)),
         }));
@@ -510,14 +538,21 @@ impl Unsealer {
                 }
             }
             UnsealState::Clear => Ok(Vec::new()),
+            UnsealState::Failed => Err(SealError::Damaged("opened after a failure".into())),
             UnsealState::Sealed(sealed) => {
                 let SealedStream {
                     key,
-                    header,
+                    aad,
                     counter,
                     mut pending,
                 } = *sealed;
-                Ok(open_segment(&key, &header, counter, true, &mut pending)?.to_vec())
+                // Only a seal of nothing at all ends with an empty segment.
+                if counter > 0 && pending.len() == TAG_LEN {
+                    return Err(SealError::Damaged(format!(
+                        "an empty last segment after {counter} full ones"
+                    )));
+                }
+                Ok(open_segment(&key, &aad, counter, true, &mut pending)?.to_vec())
             }
         }
     }
@@ -531,9 +566,19 @@ pub fn is_sealed(stored: &[u8]) -> bool {
         && stored[7] == SEALED_CODEC
 }
 
+/// What each segment authenticates besides itself: the sealed header, then the path the file is
+/// bound to (manifests; objects are bound to nothing).
+fn associated_data(header: &[u8], bound_to: Option<&str>) -> Vec<u8> {
+    let mut aad = header.to_vec();
+    if let Some(path) = bound_to {
+        aad.extend_from_slice(path.as_bytes());
+    }
+    aad
+}
+
 fn open_segment<'a>(
     key: &LessSafeKey,
-    header: &[u8; SEALED_HEADER_LEN],
+    aad: &[u8],
     counter: u64,
     last: bool,
     segment: &'a mut [u8],
@@ -544,7 +589,7 @@ fn open_segment<'a>(
             segment.len()
         )));
     }
-    key.open_in_place(nonce(counter, last), Aad::from(header), segment)
+    key.open_in_place(nonce(counter, last), Aad::from(aad), segment)
         .map(|plain| &*plain)
         .map_err(|_| {
             SealError::Damaged(format!(
@@ -568,7 +613,7 @@ mod tests {
 
     /// Opens `stored` fed in pieces of `piece` bytes.
     fn open_in_pieces(keys: &Keyring, stored: &[u8], piece: usize) -> Result<Vec<u8>, SealError> {
-        let mut unsealer = Unsealer::new(keys.clone());
+        let mut unsealer = Unsealer::new(keys.clone(), None);
         let mut plain = Vec::new();
         for chunk in stored.chunks(piece.max(1)) {
             plain.extend_from_slice(&unsealer.push(chunk)?);
@@ -592,7 +637,7 @@ mod tests {
         ] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             // Sealed in uneven pieces, opened in others.
-            let mut sealer = keys.sealer().expect("random").expect("sealed");
+            let mut sealer = keys.sealer(None).expect("random").expect("sealed");
             let mut stored = Vec::new();
             for chunk in plain.chunks(10_000) {
                 stored.extend_from_slice(&sealer.push(chunk));
@@ -621,9 +666,9 @@ mod tests {
         let current = key("current", 1);
         let keys = sealed_ring(&current);
         let plain = vec![42u8; 3 * SEGMENT_LEN + 5];
-        let stored = keys.seal_bytes(&plain).expect("seal").into_owned();
+        let stored = keys.seal_bytes(&plain, None).expect("seal").into_owned();
         let fails = |stored: &[u8]| {
-            let error = keys.open_bytes(stored).expect_err("must not open");
+            let error = keys.open_bytes(stored, None).expect_err("must not open");
             assert!(matches!(error, SealError::Damaged(_)), "{error}");
         };
         // Every region: header (key id aside), salt, each segment, each tag.
@@ -640,11 +685,50 @@ mod tests {
             altered[offset] ^= 0x40;
             if offset < 6 {
                 // The magic altered: no longer sealed, refused by an encrypted location.
-                assert_eq!(keys.open_bytes(&altered), Err(SealError::NotSealed));
+                assert_eq!(keys.open_bytes(&altered, None), Err(SealError::NotSealed));
             } else {
                 fails(&altered);
             }
         }
+        // Bound to a path: opens there only.
+        let bound = keys
+            .seal_bytes(b"backup manifest", Some("a/backup.json"))
+            .expect("seal");
+        assert_eq!(
+            keys.open_bytes(&bound, Some("a/backup.json"))
+                .expect("open"),
+            b"backup manifest"
+        );
+        for elsewhere in [Some("b/backup.json"), None] {
+            assert!(matches!(
+                keys.open_bytes(&bound, elsewhere),
+                Err(SealError::Damaged(_))
+            ));
+        }
+        // After a failure, nothing more opens.
+        let mut unsealer = Unsealer::new(keys.clone(), None);
+        let mut broken = stored.clone();
+        broken[SEALED_HEADER_LEN + 5] ^= 1;
+        assert!(
+            unsealer
+                .push(&broken[..SEALED_HEADER_LEN + 2 * SEGMENT_LEN])
+                .is_err()
+        );
+        assert!(
+            unsealer
+                .push(&stored[SEALED_HEADER_LEN + 2 * SEGMENT_LEN..])
+                .is_err()
+        );
+        assert!(unsealer.finish().is_err());
+        // Exactly one segment: it is the last one, full (the sealer never adds an empty one).
+        let mut sealer = keys.sealer(None).expect("random").expect("sealed");
+        let mut exact = sealer.push(&vec![1u8; SEGMENT_LEN]);
+        exact.extend_from_slice(&sealer.finish());
+        assert_eq!(
+            keys.open_bytes(&exact, None).expect("open").len(),
+            SEGMENT_LEN
+        );
+
         // Cut at a segment boundary, cut mid-segment, or extended.
         let boundary = SEALED_HEADER_LEN + 2 * (SEGMENT_LEN + TAG_LEN);
         fails(&stored[..boundary]);
@@ -667,39 +751,41 @@ mod tests {
     fn keys_are_told_apart_by_id_and_rotation_keeps_old_objects_readable() {
         let old = key("old", 1);
         let new = key("new", 2);
-        let stored_old = sealed_ring(&old).seal_bytes(b"old content").expect("seal");
+        let stored_old = sealed_ring(&old)
+            .seal_bytes(b"old content", None)
+            .expect("seal");
         // A location rotated to `new` that keeps `old` for reading opens both.
         let rotated = Keyring::new(Some(new.clone()), vec![old.clone()]);
         assert_eq!(
-            rotated.open_bytes(&stored_old).expect("old"),
+            rotated.open_bytes(&stored_old, None).expect("old"),
             b"old content"
         );
-        let stored_new = rotated.seal_bytes(b"new content").expect("seal");
+        let stored_new = rotated.seal_bytes(b"new content", None).expect("seal");
         assert_eq!(&stored_new[8..16], &new.id().0);
         // Without the old key: the id it needs, not a vague failure.
         let error = sealed_ring(&new)
-            .open_bytes(&stored_old)
+            .open_bytes(&stored_old, None)
             .expect_err("old key gone");
         assert_eq!(error, SealError::MissingKey(old.id()));
         assert!(error.to_string().contains(&old.id().to_string()), "{error}");
         // A location in the clear opens nothing sealed, and passes clear bytes through.
         assert_eq!(
-            Keyring::plain().open_bytes(&stored_new),
+            Keyring::plain().open_bytes(&stored_new, None),
             Err(SealError::MissingKey(new.id()))
         );
         assert_eq!(
-            Keyring::plain().open_bytes(b"clear").expect("clear"),
+            Keyring::plain().open_bytes(b"clear", None).expect("clear"),
             b"clear"
         );
         assert_eq!(
             Keyring::plain()
-                .open_bytes(b"COFFER\x01\x00body")
+                .open_bytes(b"COFFER\x01\x00body", None)
                 .expect("clear object"),
             b"COFFER\x01\x00body"
         );
         // An encrypted location refuses what is in the clear.
         assert_eq!(
-            sealed_ring(&new).open_bytes(b"COFFER\x01\x00body"),
+            sealed_ring(&new).open_bytes(b"COFFER\x01\x00body", None),
             Err(SealError::NotSealed)
         );
         // Equal content gets a keyed name per key, and two seals of it differ (fresh salt).
@@ -710,8 +796,8 @@ mod tests {
         );
         assert_eq!(Keyring::plain().content_hash(b"x"), ContentHash::of(b"x"));
         assert_ne!(
-            sealed_ring(&new).seal_bytes(b"same").expect("seal"),
-            sealed_ring(&new).seal_bytes(b"same").expect("seal")
+            sealed_ring(&new).seal_bytes(b"same", None).expect("seal"),
+            sealed_ring(&new).seal_bytes(b"same", None).expect("seal")
         );
     }
 
@@ -722,7 +808,7 @@ mod tests {
         let block = vec![0x5au8; 1024 * 1024];
         let blocks = 512;
         let started = std::time::Instant::now();
-        let mut sealer = keys.sealer().expect("random").expect("sealed");
+        let mut sealer = keys.sealer(None).expect("random").expect("sealed");
         let mut stored = Vec::with_capacity(blocks * (block.len() + 512));
         for _ in 0..blocks {
             stored.extend_from_slice(&sealer.push(&block));
@@ -730,7 +816,7 @@ mod tests {
         stored.extend_from_slice(&sealer.finish());
         let sealed = started.elapsed();
         let started = std::time::Instant::now();
-        let mut unsealer = Unsealer::new(keys.clone());
+        let mut unsealer = Unsealer::new(keys.clone(), None);
         let mut opened = 0usize;
         for piece in stored.chunks(1024 * 1024) {
             opened += unsealer.push(piece).expect("open").len();

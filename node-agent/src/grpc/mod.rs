@@ -162,8 +162,18 @@ impl AgentService for AgentHandler {
         let snapshot = if request.incremental_location_id.is_empty() {
             snapshots.create(&tag).await
         } else {
+            // The journal of the location's key: its objects are named with that key.
+            let journal = match request.incremental_encryption_key.as_str() {
+                "" => self.agent.journal(),
+                name => self.agent.journal_named(name).ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "this agent has no encryption key named {name:?}: add a [[keys]] entry \
+                         with that name"
+                    ))
+                })?,
+            };
             let unchanged = UnchangedFiles {
-                journal: self.agent.journal().clone(),
+                journal: journal.clone(),
                 location_id: request.incremental_location_id,
             };
             snapshots.create_incremental(&tag, unchanged).await
@@ -382,12 +392,13 @@ impl AgentService for AgentHandler {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
         let (config, operator, keys) = open(&self.agent.config().storage, request.location)?;
+        refuse_sealed_objects(&keys, &path)?;
         // Manifests and descriptions are sealed like objects; the format marker stays in the
         // clear, so any Coffer can tell what the location is.
         let content = if path == MARKER_PATH {
             request.content
         } else {
-            keys.seal_bytes(&request.content)
+            keys.seal_bytes(&request.content, Some(&path))
                 .map_err(|error| Status::internal(format!("seal {path}: {error}")))?
                 .into_owned()
         };
@@ -411,6 +422,7 @@ impl AgentService for AgentHandler {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
         let (config, operator, keys) = open(&self.agent.config().storage, request.location)?;
+        refuse_sealed_objects(&keys, &path)?;
         let fail = |action: &'static str| {
             let name = config.name.clone();
             let path = path.clone();
@@ -432,7 +444,7 @@ impl AgentService for AgentHandler {
         let content = if path == MARKER_PATH {
             stored
         } else {
-            keys.open_bytes(&stored)
+            keys.open_bytes(&stored, Some(&path))
                 .map_err(|error| sealed_status(&config.name, &path, &error))?
         };
         Ok(Response::new(proto::GetObjectResponse { content }))
@@ -630,6 +642,20 @@ impl AgentService for AgentHandler {
             total,
         }))
     }
+}
+
+/// GetObject and PutObject serve what the server keeps beside the objects (manifests, the
+/// cluster's description, probes): in an encrypted location they neither open nor seal objects,
+/// which only uploads, restores and verification touch, so the agent API is no decryption
+/// service for a location's content.
+fn refuse_sealed_objects(keys: &coffer_format::object::Keyring, path: &str) -> Result<(), Status> {
+    if keys.is_sealed() && coffer_format::ClusterLayout::is_object_path(path) {
+        return Err(Status::invalid_argument(format!(
+            "{path} is an object of an encrypted location: objects are stored by backups and \
+             read by restores and validations, not through GetObject or PutObject"
+        )));
+    }
+    Ok(())
 }
 
 /// The agent's router: its API, gRPC health, and reflection (v1 and v1alpha).

@@ -40,18 +40,45 @@ pub struct UploadOrder {
     pub journal_key: String,
 }
 
+/// The location of an incremental backup, as the agents remember what it holds: by its journal
+/// key, in the journal of its encryption key.
+#[derive(Debug, Clone)]
+pub struct IncrementalInto {
+    pub journal_key: String,
+    pub encryption_key: Option<crate::model::Name>,
+}
+
+impl IncrementalInto {
+    pub fn new(location: &Location, journal_key: &str) -> Self {
+        Self {
+            journal_key: journal_key.to_string(),
+            encryption_key: location.encryption_key.clone(),
+        }
+    }
+}
+
 /// Asks `node` to take the snapshot `tag`. An incremental backup names its location, so the
 /// agent need not freeze files it knows are stored there unchanged.
 pub async fn create(
     agents: &AgentClients,
     node: &Node,
     tag: String,
-    incremental_location: Option<String>,
+    incremental: Option<IncrementalInto>,
 ) -> Result<SnapshotTaken, AgentError> {
     let mut client = agents.long_client(&node.spec.address)?;
+    let (incremental_location_id, incremental_encryption_key) = match incremental {
+        Some(into) => (
+            into.journal_key,
+            into.encryption_key
+                .map(|key| key.to_string())
+                .unwrap_or_default(),
+        ),
+        None => Default::default(),
+    };
     let request = agent::CreateSnapshotRequest {
         tag,
-        incremental_location_id: incremental_location.unwrap_or_default(),
+        incremental_location_id,
+        incremental_encryption_key,
     };
     let response = client
         .create_snapshot(request)

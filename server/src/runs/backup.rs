@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::agents::snapshot::{self, UploadOrder};
+use crate::agents::snapshot::{self, IncrementalInto, UploadOrder};
 use crate::agents::{AgentClients, stored};
 use crate::error::{Error, Result};
 use crate::model::backup::BackupRecord;
@@ -196,7 +196,7 @@ async fn snapshot_and_upload_all(
     // others.
     let journal_key = crate::model::location::journal_key(plan.location.id, plan.purge_generation);
     let incremental_location = match plan.kind {
-        BackupKind::Incremental => Some(journal_key.clone()),
+        BackupKind::Incremental => Some(IncrementalInto::new(&plan.location, &journal_key)),
         BackupKind::Full => None,
     };
     let order = UploadOrder {
