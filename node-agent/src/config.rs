@@ -98,6 +98,11 @@ pub struct AgentOptions {
     #[arg(long, env = "COFFER_AGENT_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Serve mutual TLS with the files `coffer-server agent-ca issue --out DIR` writes:
+    /// agent.pem, agent.key and ca.pem; instead of --tls-cert, --tls-key and --tls-client-ca.
+    #[arg(long, env = "COFFER_AGENT_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+
     #[command(flatten)]
     #[serde(default)]
     pub snapshot: SnapshotOptions,
@@ -118,6 +123,7 @@ impl Layered for AgentOptions {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
+            tls_dir: self.tls_dir.or(lower.tls_dir),
             snapshot: self.snapshot.or(lower.snapshot),
         }
     }
@@ -297,13 +303,26 @@ impl AgentOptions {
             self.tls_cert.clone(),
             self.tls_key.clone(),
             self.tls_client_ca.clone(),
+            self.tls_dir.clone(),
         ) {
-            (Some(cert), Some(key), Some(client_ca)) => Some(coffer_process::tls::ServeTls {
+            (Some(cert), Some(key), Some(client_ca), None) => Some(coffer_process::tls::ServeTls {
                 cert,
                 key,
                 client_ca: Some(client_ca),
             }),
-            (None, None, None) => None,
+            // The files of `coffer-server agent-ca issue`.
+            (None, None, None, Some(dir)) => Some(coffer_process::tls::ServeTls {
+                cert: dir.join("agent.pem"),
+                key: dir.join("agent.key"),
+                client_ca: Some(dir.join("ca.pem")),
+            }),
+            (None, None, None, None) => None,
+            (_, _, _, Some(_)) => {
+                return Err(invalid(
+                    "tls-dir",
+                    "tls-dir stands for tls-cert, tls-key and tls-client-ca: give one or the other",
+                ));
+            }
             _ => {
                 return Err(invalid(
                     "tls-cert",

@@ -100,6 +100,12 @@ pub struct ServerOptions {
     /// The private key (PEM) of --agent-tls-cert.
     #[arg(long, global = true, env = "COFFER_AGENT_TLS_KEY")]
     pub agent_tls_key: Option<PathBuf>,
+
+    /// Speak mutual TLS to every agent with the CA that `coffer-server agent-ca init` made in
+    /// this folder (its ca.pem, server-client.pem and server-client.key); instead of the three
+    /// --agent-tls-* settings.
+    #[arg(long, global = true, env = "COFFER_AGENT_CA")]
+    pub agent_ca: Option<PathBuf>,
 }
 
 impl Layered for ServerOptions {
@@ -121,6 +127,7 @@ impl Layered for ServerOptions {
             agent_tls_ca: self.agent_tls_ca.or(lower.agent_tls_ca),
             agent_tls_cert: self.agent_tls_cert.or(lower.agent_tls_cert),
             agent_tls_key: self.agent_tls_key.or(lower.agent_tls_key),
+            agent_ca: self.agent_ca.or(lower.agent_ca),
         }
     }
 }
@@ -246,11 +253,25 @@ impl ServerOptions {
                 }
             },
             allow_plaintext: self.allow_plaintext.unwrap_or(false),
-            agent_tls: match (self.agent_tls_ca, self.agent_tls_cert, self.agent_tls_key) {
-                (Some(ca), Some(cert), Some(key)) => {
+            agent_tls: match (
+                self.agent_tls_ca,
+                self.agent_tls_cert,
+                self.agent_tls_key,
+                self.agent_ca,
+            ) {
+                (Some(ca), Some(cert), Some(key), None) => {
                     Some(crate::agents::tls::AgentTlsFiles { ca, cert, key })
                 }
-                (None, None, None) => None,
+                (None, None, None, Some(dir)) => Some(crate::agents::ca::tls_files(&dir)),
+                (None, None, None, None) => None,
+                (_, _, _, Some(_)) => {
+                    return Err(ConfigError {
+                        setting: "agent-ca",
+                        reason: "agent-ca stands for the agent-tls-* settings: give one or the \
+                                 other"
+                            .into(),
+                    });
+                }
                 _ => {
                     return Err(ConfigError {
                         setting: "agent-tls-ca",

@@ -34,10 +34,65 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The server's own CA for mutual TLS with the agents (see docs/security.md).
+    #[command(subcommand)]
+    AgentCa(AgentCaCommand),
     #[cfg(feature = "dev")]
     /// Run Coffer on embedded defaults: a catalog, a filesystem backup location, a data folder
     /// and a local agent under one directory, with a cluster named `dev` registered.
     Dev(dev::DevArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCaCommand {
+    /// Make a CA and the server's client certificate in DIR (then serve with --agent-ca DIR).
+    Init {
+        /// Folder for the CA (created, mode 700); refused when it holds one already.
+        dir: PathBuf,
+    },
+    /// Issue (or renew) a node's certificate from the CA in DIR into --out: agent.pem,
+    /// agent.key and ca.pem, for `coffer-agent --tls-dir`.
+    Issue {
+        /// The CA's folder.
+        dir: PathBuf,
+        /// The host of the node's registered address (a DNS name or an IP address).
+        #[arg(long)]
+        host: String,
+        /// Folder to write the node's files to (created, mode 700; files replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+fn agent_ca(command: AgentCaCommand) -> anyhow::Result<()> {
+    use coffer_server::agents::ca;
+    match command {
+        AgentCaCommand::Init { dir } => {
+            ca::init(&dir)?;
+            println!(
+                "agent CA made in {0}: serve with --agent-ca {0}, issue node certificates with \
+                 `coffer-server agent-ca issue {0} --host HOST --out FOLDER`",
+                dir.display()
+            );
+        }
+        AgentCaCommand::Issue {
+            dir,
+            host,
+            out,
+            days,
+        } => {
+            ca::issue(&dir, &host, &out, days)?;
+            println!(
+                "certificate for {host} (valid {days} days) in {0}: start the agent with \
+                 --tls-dir {0} (a running agent serves it at its next handshake)",
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -50,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let options = cli.options.or(file_options);
     match cli.command {
+        Some(Command::AgentCa(command)) => agent_ca(command),
         #[cfg(feature = "dev")]
         Some(Command::Dev(args)) => dev::run(args, options, cli.dump_config).await,
         None => {

@@ -26,6 +26,7 @@ use crate::error::{AgentCode, Error};
 use crate::model::run::NodeUpdate;
 use crate::model::{AgentAddress, DataPath, NodeInfo};
 
+pub mod ca;
 pub mod convert;
 pub mod restore;
 pub mod snapshot;
