@@ -22,6 +22,10 @@ struct Cli {
     #[arg(long)]
     dump_config: bool,
 
+    /// Log format on stderr: text, or json (one object per line).
+    #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "text")]
+    log_format: coffer_process::LogFormat,
+
     #[command(flatten)]
     options: AgentOptions,
 }
@@ -29,7 +33,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    coffer_process::init_tracing();
+    coffer_process::init_tracing_as(cli.log_format);
     let file_options = match &cli.config {
         Some(path) => coffer_process::load_toml(path)?,
         None => AgentOptions::default(),

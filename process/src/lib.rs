@@ -33,13 +33,48 @@ pub trait Layered {
 /// Installs the global tracing subscriber: human-readable lines on stderr, filtered by `RUST_LOG`
 /// (default `info`). Standard output stays free for data and announcements.
 pub fn init_tracing() {
+    init_tracing_as(LogFormat::Text);
+}
+
+/// How the binaries write their logs to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields` with `message`, and
+    /// the spans), for journald, Loki or Elasticsearch.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("{other:?} is not a log format: use text or json")),
+        }
+    }
+}
+
+/// [`init_tracing`] in the given format.
+pub fn init_tracing_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // A second initialisation (tests, embedded agent in dev mode) is harmless: keep the first.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// Resolves when the process receives SIGINT (Ctrl-C) or SIGTERM.

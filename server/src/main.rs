@@ -25,6 +25,10 @@ struct Cli {
     #[arg(long, global = true)]
     dump_config: bool,
 
+    /// Log format on stderr: text, or json (one object per line).
+    #[arg(long, global = true, env = "COFFER_LOG_FORMAT", default_value = "text")]
+    log_format: coffer_process::LogFormat,
+
     #[command(flatten)]
     options: ServerOptions,
 
@@ -98,7 +102,7 @@ fn agent_ca(command: AgentCaCommand) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    coffer_process::init_tracing();
+    coffer_process::init_tracing_as(cli.log_format);
     let file_options = match &cli.config {
         Some(path) => coffer_process::load_toml(path)?,
         None => ServerOptions::default(),

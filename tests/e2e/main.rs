@@ -20,6 +20,7 @@ mod reflection;
 mod restores;
 mod schedules;
 mod sdk_python;
+mod service_units;
 mod storage_s3;
 mod tls;
 mod validate;
