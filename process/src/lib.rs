@@ -6,6 +6,7 @@
 //! layer and the environment-and-flags layer are each parsed into it and merged here, and the
 //! result is validated once into the binary's resolved configuration.
 
+pub mod metrics_http;
 pub mod tls;
 
 use std::path::Path;

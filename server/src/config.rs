@@ -29,6 +29,12 @@ pub struct ServerOptions {
     #[arg(long, global = true, env = "COFFER_CATALOG")]
     pub catalog: Option<PathBuf>,
 
+    /// Serve Prometheus metrics (plain HTTP, GET /metrics) on this address; port 0 picks one,
+    /// logged as `metrics serving` [default: off]. Metrics carry cluster names and counts, no
+    /// secrets: keep the address on loopback or a monitoring network.
+    #[arg(long, global = true, env = "COFFER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Longest wait for a connection to an agent [default: 5s].
     #[arg(long, global = true, env = "COFFER_AGENT_CONNECT_TIMEOUT", value_parser = coffer_process::parse_duration)]
     #[serde(with = "coffer_process::optional_duration")]
@@ -113,6 +119,7 @@ impl Layered for ServerOptions {
         Self {
             listen: self.listen.or(lower.listen),
             catalog: self.catalog.or(lower.catalog),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             agent_connect_timeout: self.agent_connect_timeout.or(lower.agent_connect_timeout),
             agent_request_timeout: self.agent_request_timeout.or(lower.agent_request_timeout),
             agent_parallelism: self.agent_parallelism.or(lower.agent_parallelism),
@@ -140,6 +147,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Catalog file.
     pub catalog: PathBuf,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(with = "coffer_process::duration")]
     pub agent_connect_timeout: Duration,
     #[serde(with = "coffer_process::duration")]
@@ -219,6 +228,7 @@ impl ServerOptions {
         let config = ServerConfig {
             listen,
             catalog,
+            metrics_listen: self.metrics_listen,
             agent_connect_timeout: self.agent_connect_timeout.unwrap_or(Duration::from_secs(5)),
             agent_request_timeout: self
                 .agent_request_timeout

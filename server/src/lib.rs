@@ -17,6 +17,7 @@ pub mod error;
 pub mod grpc;
 pub mod lifecycle;
 pub mod locations;
+pub mod metrics;
 pub mod model;
 pub mod restores;
 pub mod runs;
@@ -170,6 +171,18 @@ impl Coffer {
     /// Cluster registration and inspection.
     pub fn clusters(&self) -> &ClusterRegistry {
         &self.clusters
+    }
+
+    /// The server's metrics, with each cluster's last successful backup read from the catalog
+    /// (so a restart does not lose what alerts compare with).
+    ///
+    /// Fails when the catalog cannot be read.
+    pub async fn metrics(&self) -> error::Result<metrics::Metrics> {
+        let metrics = self.runs.metrics().clone();
+        for (cluster, time) in self.catalog.last_backup_times().await? {
+            metrics.backup_succeeded(&cluster, Some(time));
+        }
+        Ok(metrics)
     }
 
     /// Stops executing runs (they end as failed, their snapshots removed), then closes the

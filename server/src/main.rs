@@ -142,6 +142,27 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             "authentication is off (--auth none): anyone who reaches the API may do anything"
         ),
     }
+    let metrics_stop = tokio_util::sync::CancellationToken::new();
+    let metrics_server = match config.metrics_listen {
+        None => None,
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("bind metrics address {address}"))?;
+            let bound = listener
+                .local_addr()
+                .context("read bound metrics address")?;
+            tracing::info!(address = %bound, "metrics serving");
+            let metrics = coffer.metrics().await.context("read the metrics' start")?;
+            let render: coffer_process::metrics_http::Render =
+                std::sync::Arc::new(move || metrics.render());
+            Some(tokio::spawn(coffer_process::metrics_http::serve(
+                listener,
+                render,
+                metrics_stop.clone(),
+            )))
+        }
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("bind {}", config.listen))?;
@@ -157,6 +178,12 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     coffer_server::run(listener, &coffer, coffer_process::shutdown_signal())
         .await
         .context("serve")?;
+    metrics_stop.cancel();
+    if let Some(server) = metrics_server
+        && let Err(error) = server.await
+    {
+        tracing::warn!(%error, "metrics endpoint task");
+    }
     coffer.close().await;
     Ok(())
 }

@@ -15,6 +15,7 @@ mod encryption;
 mod import;
 mod locations;
 mod locations_cloud;
+mod metrics;
 mod purge;
 mod reflection;
 mod restores;

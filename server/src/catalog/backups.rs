@@ -1,5 +1,7 @@
 //! Committed backups in the catalog.
 
+use std::time::SystemTime;
+
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
@@ -18,6 +20,29 @@ const BACKUP_FROM: &str = "backups JOIN clusters ON clusters.id = backups.cluste
     JOIN locations ON locations.id = backups.location_id";
 
 impl Catalog {
+    /// Each cluster's name and the commit time of its newest backup (clusters without one are
+    /// left out): the metrics' last-successful-backup times after a restart.
+    pub async fn last_backup_times(&self) -> Result<Vec<(String, SystemTime)>> {
+        let rows = sqlx::query(
+            "SELECT clusters.name, MAX(backups.commit_time_ms) FROM backups \
+             JOIN clusters ON clusters.id = backups.cluster_id GROUP BY clusters.name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| database_error("read last backup times", error))?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row
+                    .try_get(0)
+                    .map_err(|error| database_error("decode last backup time", error))?;
+                let ms: i64 = row
+                    .try_get(1)
+                    .map_err(|error| database_error("decode last backup time", error))?;
+                Ok((name, from_millis(ms)))
+            })
+            .collect()
+    }
+
     /// Records a committed backup, if its run is still running (a cancel that won the race
     /// means the commit must not count). FAILED_PRECONDITION otherwise.
     pub async fn record_backup(&self, backup: &BackupRecord) -> Result<()> {

@@ -61,6 +61,7 @@ struct Inner {
     live: Mutex<HashMap<Uuid, Arc<LiveRun>>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    metrics: crate::metrics::Metrics,
 }
 
 impl RunManager {
@@ -71,6 +72,7 @@ impl RunManager {
                 catalog,
                 agents,
                 live: Mutex::new(HashMap::new()),
+                metrics: crate::metrics::Metrics::new(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -105,6 +107,7 @@ impl RunManager {
             cancel: cancel.clone(),
         });
         self.live().insert(run.id, live.clone());
+        let ended = live.clone();
         let handle = RunHandle {
             manager: self.clone(),
             live,
@@ -115,13 +118,23 @@ impl RunManager {
             tracing::info_span!(parent: None, "run", run_id = %run.id, cluster = %run.cluster_name);
         let manager = self.clone();
         let run_id = run.id;
+        let metrics = self.inner.metrics.clone();
+        metrics.run_started(run.kind);
         self.inner.tasks.spawn(tracing::Instrument::instrument(
             async move {
                 work(handle).await;
                 manager.live().remove(&run_id);
+                // Counted here, whatever path the work took to its end.
+                let run = ended.state.borrow().clone();
+                metrics.run_finished(&run);
             },
             span,
         ));
+    }
+
+    /// The runs' metrics (and the server's others).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// The run with this id: live state if it executes here, else as recorded.

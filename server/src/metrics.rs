@@ -1,0 +1,228 @@
+//! The server's Prometheus metrics, served on `--metrics-listen` in the text format. Labels stay
+//! bounded: run kinds and outcomes, transfer directions, cluster names (as many as clusters are
+//! registered), never run ids, backup ids or paths.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::model::run::{Run, RunKind, RunState};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 s to about 9 hours.
+    Histogram::new(exponential_buckets(1.0, 2.0, 16))
+}
+
+/// The server's metrics; cheap to clone (one shared registry).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    runs_started: Family<KindLabels, Counter>,
+    runs_finished: Family<OutcomeLabels, Counter>,
+    runs_in_progress: Family<KindLabels, Gauge>,
+    run_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    last_successful_backup: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    transferred: Family<DirectionLabels, Counter>,
+    deduplicated: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("coffer");
+        registry.register(
+            "build",
+            "The server's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let runs_started = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "runs_started",
+            "Runs started, by kind (backup, restore, validate, purge)",
+            runs_started.clone(),
+        );
+        let runs_finished = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "runs_finished",
+            "Runs ended, by kind and outcome (succeeded, failed, canceled)",
+            runs_finished.clone(),
+        );
+        let runs_in_progress = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "runs_in_progress",
+            "Runs executing now, by kind",
+            runs_in_progress.clone(),
+        );
+        let run_duration = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        registry.register_with_unit(
+            "run_duration",
+            "How long runs took from start to end, by kind",
+            Unit::Seconds,
+            run_duration.clone(),
+        );
+        let last_successful_backup = Family::<ClusterLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "last_successful_backup_timestamp",
+            "When the last backup of each cluster succeeded (Unix time): what a missed-backup \
+             alert compares with time()",
+            Unit::Seconds,
+            last_successful_backup.clone(),
+        );
+        let transferred = Family::<DirectionLabels, Counter>::default();
+        registry.register_with_unit(
+            "transferred",
+            "Bytes moved between nodes and storage by ended runs, as stored: upload (backups) \
+             or download (restores)",
+            Unit::Bytes,
+            transferred.clone(),
+        );
+        let deduplicated = Counter::default();
+        registry.register_with_unit(
+            "deduplicated",
+            "Bytes of files that backups did not upload because the location held their content",
+            Unit::Bytes,
+            deduplicated.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                runs_started,
+                runs_finished,
+                runs_in_progress,
+                run_duration,
+                last_successful_backup,
+                transferred,
+                deduplicated,
+            }),
+        }
+    }
+
+    /// A run started executing.
+    pub fn run_started(&self, kind: RunKind) {
+        let labels = KindLabels {
+            kind: kind.as_str(),
+        };
+        self.inner.runs_started.get_or_create(&labels).inc();
+        self.inner.runs_in_progress.get_or_create(&labels).inc();
+    }
+
+    /// A run ended (its final state recorded); dry runs move no bytes and are no backup.
+    pub fn run_finished(&self, run: &Run) {
+        let kind = run.kind.as_str();
+        let labels = KindLabels { kind };
+        self.inner.runs_in_progress.get_or_create(&labels).dec();
+        let outcome = match run.state {
+            RunState::Succeeded => "succeeded",
+            RunState::Canceled => "canceled",
+            _ => "failed",
+        };
+        self.inner
+            .runs_finished
+            .get_or_create(&OutcomeLabels { kind, outcome })
+            .inc();
+        if let (Some(start), Some(finish)) =
+            (run.start_time.or(Some(run.create_time)), run.finish_time)
+        {
+            let took = finish.duration_since(start).unwrap_or(Duration::ZERO);
+            self.inner
+                .run_duration
+                .get_or_create(&labels)
+                .observe(took.as_secs_f64());
+        }
+        if run.dry_run {
+            return;
+        }
+        let transferred: u64 = run.nodes.iter().map(|n| n.counters.bytes_transferred).sum();
+        let direction = match run.kind {
+            RunKind::Backup => Some("upload"),
+            RunKind::Restore => Some("download"),
+            RunKind::Validate | RunKind::Purge => None,
+        };
+        if let Some(direction) = direction {
+            self.inner
+                .transferred
+                .get_or_create(&DirectionLabels { direction })
+                .inc_by(transferred);
+        }
+        if run.kind == RunKind::Backup {
+            let skipped: u64 = run.nodes.iter().map(|n| n.counters.bytes_skipped).sum();
+            self.inner.deduplicated.inc_by(skipped);
+            if run.state == RunState::Succeeded {
+                self.backup_succeeded(&run.cluster_name, run.finish_time);
+            }
+        }
+    }
+
+    /// Records the time of a cluster's last successful backup (also from the catalog at start).
+    pub fn backup_succeeded(&self, cluster: &str, at: Option<SystemTime>) {
+        let seconds = at
+            .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0.0, |since| since.as_secs_f64());
+        let gauge = self
+            .inner
+            .last_successful_backup
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_string(),
+            });
+        if seconds > gauge.get() {
+            gauge.set(seconds);
+        }
+    }
+
+    /// The metrics in Prometheus's text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) =
+            prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
+        {
+            tracing::warn!(%error, "encode metrics");
+        }
+        text
+    }
+}

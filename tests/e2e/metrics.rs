@@ -1,0 +1,182 @@
+//! Prometheus metrics of the server, scraped over HTTP during and after real backups: run
+//! counters and outcomes, durations, bytes moved and deduplicated, and each cluster's last
+//! successful backup, which survives a restart (read back from the catalog). Labels stay
+//! bounded: no run or backup ids.
+
+use std::path::Path;
+
+use coffer_client::proto;
+use coffer_tests::{TestAgent, TestServer, create_fs_location, eventually, run_backup, write};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{node, register};
+
+/// `text` without terminal colour codes (`ESC [ ... m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for next in chars.by_ref() {
+                if next == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The metrics address the server logged last.
+async fn metrics_address(log: &Path) -> String {
+    eventually("the server logging its metrics address", || async {
+        let text = plain(&std::fs::read_to_string(log).ok()?);
+        let line = text
+            .lines()
+            .rev()
+            .find(|line| line.contains("metrics serving"))?;
+        let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+        Some(address.trim_matches('"').to_string())
+    })
+    .await
+}
+
+/// `GET path` over HTTP/1.1: the status line and the body.
+async fn get(address: &str, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the metrics endpoint");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample `series` (name and labels as printed), if the scrape has it.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+    })
+}
+
+#[tokio::test]
+async fn the_server_exports_run_transfer_and_last_backup_metrics() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(root.path(), "a").await;
+    write(&agent.data.join("db/big"), &coffer_tests::noise(2 << 20, 3));
+    write(&agent.data.join("db/small"), b"rows\n");
+    let server = TestServer::start_with(root.path(), &["--metrics-listen", "127.0.0.1:0"]).await;
+    let address = metrics_address(&root.path().join("server.log")).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(register("prod", vec![node(&agent)]))
+        .await
+        .expect("register");
+    create_fs_location(&client, "local", &root.path().join("backups")).await;
+
+    let (status, before) = get(&address, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        before.contains(&format!(
+            "coffer_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{before}"
+    );
+    assert_eq!(
+        sample(
+            &before,
+            "coffer_last_successful_backup_timestamp_seconds{cluster=\"prod\"}"
+        ),
+        None
+    );
+
+    let full = run_backup(&client, "prod", "local", proto::BackupKind::Full).await;
+    assert_eq!(full.state(), proto::RunState::Succeeded, "{full:?}");
+    let incremental = run_backup(&client, "prod", "local", proto::BackupKind::Incremental).await;
+    assert_eq!(incremental.state(), proto::RunState::Succeeded);
+    let scrape = eventually("both backups counted", || async {
+        let (_, scrape) = get(&address, "/metrics").await;
+        (sample(
+            &scrape,
+            "coffer_runs_finished_total{kind=\"backup\",outcome=\"succeeded\"}",
+        ) == Some(2.0))
+        .then_some(scrape)
+    })
+    .await;
+    assert_eq!(
+        sample(&scrape, "coffer_runs_started_total{kind=\"backup\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&scrape, "coffer_runs_in_progress{kind=\"backup\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "coffer_run_duration_seconds_count{kind=\"backup\"}"
+        ),
+        Some(2.0)
+    );
+    let uploaded = sample(
+        &scrape,
+        "coffer_transferred_bytes_total{direction=\"upload\"}",
+    )
+    .expect("bytes uploaded");
+    assert!(uploaded >= (2 << 20) as f64, "{uploaded}");
+    let deduplicated = sample(&scrape, "coffer_deduplicated_bytes_total").expect("dedup");
+    assert!(
+        deduplicated >= (2 << 20) as f64,
+        "the incremental's unchanged files: {deduplicated}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let last = sample(
+        &scrape,
+        "coffer_last_successful_backup_timestamp_seconds{cluster=\"prod\"}",
+    )
+    .expect("the last backup's time");
+    assert!((now - last).abs() < 120.0, "{last} vs {now}");
+    // Bounded labels: no run or backup id anywhere.
+    for id in [&full.id, &full.backup_id, &incremental.id] {
+        assert!(!scrape.contains(id.as_str()), "{id} in the metrics");
+    }
+    let (status, _) = get(&address, "/other").await;
+    assert!(status.contains("404"), "{status}");
+
+    // After a restart the last successful backup comes back from the catalog.
+    drop(client);
+    server.process.stop().await;
+    let server = TestServer::start_with(root.path(), &["--metrics-listen", "127.0.0.1:0"]).await;
+    let address = metrics_address(&root.path().join("server.log")).await;
+    let (_, scrape) = get(&address, "/metrics").await;
+    let again = sample(
+        &scrape,
+        "coffer_last_successful_backup_timestamp_seconds{cluster=\"prod\"}",
+    )
+    .expect("the last backup's time after a restart");
+    assert!((again - last).abs() < 2.0, "{again} vs {last}");
+    drop(server);
+}
