@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::{node, register};
 
 /// `text` without terminal colour codes (`ESC [ ... m`).
-fn plain(text: &str) -> String {
+pub(crate) fn plain(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -30,7 +30,7 @@ fn plain(text: &str) -> String {
 }
 
 /// The metrics address the server logged last.
-async fn metrics_address(log: &Path) -> String {
+pub(crate) async fn metrics_address(log: &Path) -> String {
     eventually("the server logging its metrics address", || async {
         let text = plain(&std::fs::read_to_string(log).ok()?);
         let line = text
@@ -44,7 +44,7 @@ async fn metrics_address(log: &Path) -> String {
 }
 
 /// `GET path` over HTTP/1.1: the status line and the body.
-async fn get(address: &str, path: &str) -> (String, String) {
+pub(crate) async fn get(address: &str, path: &str) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect to the metrics endpoint");
