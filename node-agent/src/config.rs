@@ -98,6 +98,11 @@ pub struct AgentOptions {
     #[arg(long, env = "COFFER_AGENT_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Serve the agent's Prometheus metrics (plain HTTP, GET /metrics) on this address; port 0
+    /// picks one, logged as `metrics serving` [default: off].
+    #[arg(long, env = "COFFER_AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Serve mutual TLS with the files `coffer-server agent-ca issue --out DIR` writes:
     /// agent.pem, agent.key and ca.pem; instead of --tls-cert, --tls-key and --tls-client-ca.
     #[arg(long, env = "COFFER_AGENT_TLS_DIR")]
@@ -124,6 +129,7 @@ impl Layered for AgentOptions {
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
             tls_dir: self.tls_dir.or(lower.tls_dir),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             snapshot: self.snapshot.or(lower.snapshot),
         }
     }
@@ -220,6 +226,9 @@ pub struct AgentConfig {
     /// Mutual TLS of the agent API; `None` serves plaintext.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<coffer_process::tls::ServeTls>,
+    /// Where the agent's metrics are served, if anywhere.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// The snapshot provider and its settings.
     pub snapshot: SnapshotConfig,
 }
@@ -459,6 +468,7 @@ impl AgentOptions {
                 keys,
             },
             tls,
+            metrics_listen: self.metrics_listen,
             snapshot,
         })
     }

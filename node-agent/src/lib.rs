@@ -13,6 +13,7 @@ pub mod encryption_keys;
 mod grpc;
 pub mod identity;
 pub mod journal;
+pub mod metrics;
 mod progress;
 pub mod reserved;
 pub mod restore;
@@ -58,6 +59,12 @@ pub enum AgentError {
     /// The TLS files cannot be used.
     #[error("agent TLS: {0}")]
     Tls(String),
+    /// The metrics address cannot be bound.
+    #[error("bind metrics address {address}: {source}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The state shared by the agent's request handlers.
@@ -71,6 +78,7 @@ pub struct Agent {
     /// hash keyed with its key, so what the plain journal remembers of a file's content is not
     /// its name there.
     keyed_journals: std::collections::HashMap<coffer_format::object::KeyId, journal::Journal>,
+    metrics: metrics::AgentMetrics,
     /// Backups being restored: two restores of one backup would share a staging folder.
     restores: Arc<Mutex<HashSet<Uuid>>>,
 }
@@ -143,6 +151,7 @@ impl Agent {
             snapshots,
             journal,
             keyed_journals,
+            metrics: metrics::AgentMetrics::new(),
             restores: Arc::default(),
         })
     }
@@ -188,6 +197,11 @@ impl Agent {
         keys.write_key()
             .and_then(|key| self.keyed_journals.get(&key.id()))
             .unwrap_or(&self.journal)
+    }
+
+    /// The agent's metrics.
+    pub fn metrics(&self) -> &metrics::AgentMetrics {
+        &self.metrics
     }
 
     /// The node's stable id.
@@ -237,6 +251,23 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let agent = Arc::new(agent);
     let snapshots = agent.snapshots.clone();
+    let metrics_stop = tokio_util::sync::CancellationToken::new();
+    let metrics_server = match agent.config.metrics_listen {
+        None => None,
+        Some(address) => {
+            let listener = TcpListener::bind(address)
+                .await
+                .map_err(|source| AgentError::Metrics { address, source })?;
+            let bound = listener.local_addr().unwrap_or(address);
+            tracing::info!(address = %bound, "metrics serving");
+            let metrics = agent.metrics.clone();
+            Some(tokio::spawn(coffer_process::metrics_http::serve(
+                listener,
+                Arc::new(move || metrics.render()),
+                metrics_stop.clone(),
+            )))
+        }
+    };
     let tls = match &agent.config.tls {
         Some(tls) => Some(coffer_process::tls::server_config(tls).map_err(AgentError::Tls)?),
         None => None,
@@ -267,6 +298,12 @@ pub async fn run(
         }
     };
     snapshots.stop_reclaiming();
+    metrics_stop.cancel();
+    if let Some(server) = metrics_server
+        && let Err(error) = server.await
+    {
+        tracing::warn!(%error, "metrics endpoint task");
+    }
     served?;
     tracing::info!("agent stopped");
     Ok(())

@@ -976,6 +976,7 @@ mod rpc {
                 ..Default::default()
             },
             tls: None,
+            metrics_listen: None,
             snapshot: SnapshotConfig::Dir {
                 pre_hook: None,
                 post_hook: None,

@@ -65,6 +65,7 @@ impl Node {
                 ..Default::default()
             },
             tls: None,
+            metrics_listen: None,
             snapshot,
         })
     }
@@ -935,6 +936,7 @@ mod rpc {
                 ..Default::default()
             },
             tls: None,
+            metrics_listen: None,
             snapshot: dir_provider(None, None),
         };
         let agent = Agent::open(config).await.expect("open agent");

@@ -98,6 +98,7 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
             keys: Vec::new(),
         },
         tls: None,
+        metrics_listen: None,
         snapshot: SnapshotConfig::Dir {
             pre_hook: None,
             post_hook: None,

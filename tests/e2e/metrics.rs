@@ -80,7 +80,14 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn the_server_exports_run_transfer_and_last_backup_metrics() {
     let root = tempfile::tempdir().expect("tempdir");
-    let agent = TestAgent::start(root.path(), "a").await;
+    let agent = TestAgent::start_with(
+        root.path(),
+        "a",
+        "127.0.0.1:0",
+        &["--metrics-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let agent_metrics = metrics_address(&root.path().join("a/agent.log")).await;
     write(&agent.data.join("db/big"), &coffer_tests::noise(2 << 20, 3));
     write(&agent.data.join("db/small"), b"rows\n");
     let server = TestServer::start_with(root.path(), &["--metrics-listen", "127.0.0.1:0"]).await;
@@ -165,6 +172,84 @@ async fn the_server_exports_run_transfer_and_last_backup_metrics() {
     }
     let (status, _) = get(&address, "/other").await;
     assert!(status.contains("404"), "{status}");
+
+    // The agent's own figures for the same two backups, then for a restore.
+    let (_, scrape) = get(&agent_metrics, "/metrics").await;
+    assert!(
+        scrape.contains("coffer_agent_build_info{version="),
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "coffer_agent_snapshots_total{outcome=\"succeeded\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&scrape, "coffer_agent_uploads_total{outcome=\"succeeded\"}"),
+        Some(2.0)
+    );
+    let agent_uploaded = sample(&scrape, "coffer_agent_uploaded_bytes_total").expect("uploaded");
+    assert_eq!(agent_uploaded, uploaded, "the agent and the server agree");
+    assert!(sample(&scrape, "coffer_agent_deduplicated_bytes_total") >= Some((2 << 20) as f64));
+    assert!(sample(&scrape, "coffer_agent_read_bytes_total") >= Some((2 << 20) as f64));
+    assert_eq!(
+        sample(&scrape, "coffer_agent_objects_uploaded_total"),
+        Some(2.0)
+    );
+    coffer_tests::wipe(&agent.data);
+    let restore = client
+        .restores()
+        .start_restore(proto::StartRestoreRequest {
+            cluster: "prod".into(),
+            restore: Some(proto::RestoreSpec {
+                source: Some(proto::restore_spec::Source::BackupId(
+                    full.backup_id.clone(),
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("start restore")
+        .into_inner()
+        .run_id;
+    let restored = coffer_tests::watch_to_end(&client, &restore)
+        .await
+        .pop()
+        .expect("final");
+    assert_eq!(restored.state(), proto::RunState::Succeeded, "{restored:?}");
+    let (_, scrape) = get(&agent_metrics, "/metrics").await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "coffer_agent_restores_total{outcome=\"succeeded\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&scrape, "coffer_agent_files_restored_total"),
+        Some(2.0)
+    );
+    let downloaded = sample(&scrape, "coffer_agent_downloaded_bytes_total").expect("downloaded");
+    assert!(downloaded >= (2 << 20) as f64, "{downloaded}");
+    let server_scrape = eventually("the restore counted", || async {
+        let (_, scrape) = get(&address, "/metrics").await;
+        sample(
+            &scrape,
+            "coffer_transferred_bytes_total{direction=\"download\"}",
+        )
+        .map(|_| scrape)
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &server_scrape,
+            "coffer_transferred_bytes_total{direction=\"download\"}"
+        ),
+        Some(downloaded)
+    );
 
     // After a restart the last successful backup comes back from the catalog.
     drop(client);

@@ -71,7 +71,14 @@ async fn query(prometheus: &str, promql: &str) -> Vec<(serde_json::Value, f64)> 
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_server_and_loads_the_rules() {
     let root = tempfile::tempdir().expect("tempdir");
-    let agent = TestAgent::start(root.path(), "a").await;
+    let agent = TestAgent::start_with(
+        root.path(),
+        "a",
+        "127.0.0.1:0",
+        &["--metrics-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let agent_metrics = metrics_address(&root.path().join("a/agent.log")).await;
     write(&agent.data.join("db/big"), &coffer_tests::noise(1 << 20, 5));
     let server = TestServer::start_with(root.path(), &["--metrics-listen", "127.0.0.1:0"]).await;
     let metrics = metrics_address(&root.path().join("server.log")).await;
@@ -95,7 +102,8 @@ async fn a_real_prometheus_scrapes_the_server_and_loads_the_rules() {
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {:?}\n\
-             scrape_configs:\n  - job_name: coffer-server\n    static_configs:\n      - targets: [{metrics:?}]\n",
+             scrape_configs:\n  - job_name: coffer-server\n    static_configs:\n      - targets: [{metrics:?}]\n\
+             \x20 - job_name: coffer-agent\n    static_configs:\n      - targets: [{agent_metrics:?}]\n",
             repo_root()
                 .join("deploy/prometheus/coffer-alerts.yml")
                 .display()
@@ -155,6 +163,19 @@ async fn a_real_prometheus_scrapes_the_server_and_loads_the_rules() {
     assert!(age[0].1 >= 0.0 && age[0].1 < 120.0, "{age:?}");
     let up = query(&web, r#"up{job="coffer-server"}"#).await;
     assert_eq!(up[0].1, 1.0);
+    // The agent's figures, scraped from the agent, agree with the server's.
+    let agent_uploaded = eventually("prometheus seeing the agent's upload", || async {
+        query(
+            &web,
+            r#"coffer_agent_uploaded_bytes_total{job="coffer-agent"}"#,
+        )
+        .await
+        .first()
+        .map(|(_, value)| *value)
+        .filter(|value| *value > 0.0)
+    })
+    .await;
+    assert_eq!(agent_uploaded, uploaded[0].1);
 
     // The shipped rules are loaded, and none fires for a cluster backed up a moment ago.
     let (_, rules) = get(&web, "/api/v1/rules").await;

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Agent;
+use crate::metrics::Outcome;
 use crate::restore::{self, RestoreFailure, RestoreHook, RestoreJob};
 use crate::snapshot::UnchangedFiles;
 use crate::upload::{self, UploadFailure, UploadJob};
@@ -177,8 +178,14 @@ impl AgentService for AgentHandler {
                 location_id: request.incremental_location_id,
             };
             snapshots.create_incremental(&tag, unchanged).await
-        }
-        .map_err(snapshot_status)?;
+        };
+        let metrics = self.agent.metrics();
+        metrics.snapshot(if snapshot.is_ok() {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
+        });
+        let snapshot = snapshot.map_err(snapshot_status)?;
         tracing::info!(tag, files = snapshot.files.len(), "snapshot taken");
         Ok(Response::new(proto::CreateSnapshotResponse {
             file_count: snapshot.files.len() as u64,
@@ -256,6 +263,7 @@ impl AgentService for AgentHandler {
         let (progress_sender, mut progress) = tokio::sync::mpsc::channel(16);
         let cancel = CancellationToken::new();
         let tag = request.tag.clone();
+        let metrics = self.agent.metrics().clone();
         tokio::spawn(async move {
             let work = tokio::spawn(upload::run(job, progress_sender, cancel.clone()));
             // Forward progress; a server that went away cancels the upload.
@@ -271,16 +279,19 @@ impl AgentService for AgentHandler {
             };
             let message = match result {
                 Ok(summary) => {
+                    metrics.upload_succeeded(&summary);
                     tracing::info!(tag, objects = summary.objects_uploaded, "upload finished");
                     Ok(proto::UploadSnapshotResponse {
                         event: Some(proto::upload_snapshot_response::Event::Done(summary)),
                     })
                 }
                 Err(UploadFailure::Canceled) => {
+                    metrics.upload_failed(Outcome::Canceled);
                     tracing::info!(tag, "upload canceled");
                     Err(upload_status(UploadFailure::Canceled))
                 }
                 Err(error) => {
+                    metrics.upload_failed(Outcome::Failed);
                     tracing::warn!(tag, %error, "upload failed");
                     Err(upload_status(error))
                 }
@@ -318,6 +329,7 @@ impl AgentService for AgentHandler {
             tokio::sync::mpsc::channel::<Result<proto::RestoreNodeResponse, Status>>(16);
         let (progress_sender, mut progress) = tokio::sync::mpsc::channel(16);
         let cancel = CancellationToken::new();
+        let metrics = self.agent.metrics().clone();
         tokio::spawn(
             async move {
                 let _claim = claim;
@@ -341,6 +353,7 @@ impl AgentService for AgentHandler {
                 };
                 let message = match result {
                     Ok(summary) => {
+                        metrics.restore_succeeded(&summary);
                         let placed = summary.progress.map_or(0, |p| p.files_placed);
                         tracing::info!(
                             placed,
@@ -353,8 +366,14 @@ impl AgentService for AgentHandler {
                     }
                     Err(failure) => {
                         match &failure {
-                            RestoreFailure::Canceled => tracing::info!("restore canceled"),
-                            failure => tracing::warn!(error = %failure, "restore failed"),
+                            RestoreFailure::Canceled => {
+                                metrics.restore_failed(Outcome::Canceled);
+                                tracing::info!("restore canceled");
+                            }
+                            failure => {
+                                metrics.restore_failed(Outcome::Failed);
+                                tracing::warn!(error = %failure, "restore failed");
+                            }
                         }
                         Err(restore_status(failure))
                     }
