@@ -33,6 +33,22 @@ struct ClusterLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+fn rpc_histogram() -> Histogram {
+    // 1 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
 }
@@ -57,6 +73,8 @@ struct Inner {
     last_successful_backup: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     transferred: Family<DirectionLabels, Counter>,
     deduplicated: Counter,
+    rpcs: Family<RpcLabels, Counter>,
+    rpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -129,8 +147,27 @@ impl Metrics {
             Unit::Bytes,
             deduplicated.clone(),
         );
+        let rpcs = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "API calls answered, by method and gRPC status code (as first answered: a stream \
+             that fails after its start counts as OK)",
+            rpcs.clone(),
+        );
+        let rpc_duration =
+            Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                rpc_histogram,
+            );
+        registry.register_with_unit(
+            "grpc_request_duration",
+            "Time to answer API calls (to the start of the stream, for streams), by method",
+            Unit::Seconds,
+            rpc_duration.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                rpcs,
+                rpc_duration,
                 registry,
                 runs_started,
                 runs_finished,
@@ -213,6 +250,28 @@ impl Metrics {
         if seconds > gauge.get() {
             gauge.set(seconds);
         }
+    }
+
+    /// An API call was answered with `code` (a gRPC code name) after `took`. Calls of methods
+    /// the server does not have count under the method `unknown`, so callers cannot grow the
+    /// label set.
+    pub fn rpc_answered(&self, method: &str, code: &str, took: Duration) {
+        let method = if code == "Unimplemented" || !method.starts_with('/') {
+            "unknown".to_string()
+        } else {
+            method.to_string()
+        };
+        self.inner
+            .rpcs
+            .get_or_create(&RpcLabels {
+                method: method.clone(),
+                code: code.to_string(),
+            })
+            .inc();
+        self.inner
+            .rpc_duration
+            .get_or_create(&MethodLabels { method })
+            .observe(took.as_secs_f64());
     }
 
     /// The metrics in Prometheus's text format.

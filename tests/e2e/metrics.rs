@@ -251,6 +251,37 @@ async fn the_server_exports_run_transfer_and_last_backup_metrics() {
         Some(downloaded)
     );
 
+    // Every API call is counted by method and code, a refused one too, and its time observed.
+    let anonymous = server.anonymous_client().await;
+    let refused = anonymous
+        .clusters()
+        .list_clusters(proto::ListClustersRequest::default())
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let (_, scrape) = get(&address, "/metrics").await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "coffer_grpc_requests_total{method=\"/coffer.v1.ClusterService/RegisterCluster\",code=\"Ok\"}"
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "coffer_grpc_requests_total{method=\"/coffer.v1.ClusterService/ListClusters\",code=\"Unauthenticated\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &scrape,
+            "coffer_grpc_request_duration_seconds_count{method=\"/coffer.v1.ClusterService/RegisterCluster\"}"
+        ) == Some(1.0)
+    );
+
     // After a restart the last successful backup comes back from the catalog.
     drop(client);
     server.process.stop().await;

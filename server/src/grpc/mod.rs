@@ -8,6 +8,7 @@ mod backup;
 mod cluster;
 mod convert;
 mod location;
+pub mod metrics;
 mod restore;
 mod run;
 mod schedule;
@@ -35,8 +36,11 @@ pub use token::TokenHandler;
 /// v1alpha, every service).
 ///
 /// Cross-cutting concerns are applied here once, for every service, as tower layers: a tracing
-/// span per call, and authentication and authorization ([`AuthLayer`]) before any handler.
-pub async fn router(coffer: &Coffer) -> Router<Stack<AuthLayer, Identity>> {
+/// span per call, the calls counted and timed ([`metrics::MetricsLayer`], refusals included),
+/// and authentication and authorization ([`AuthLayer`]) before any handler.
+pub async fn router(
+    coffer: &Coffer,
+) -> Router<Stack<AuthLayer, Stack<metrics::MetricsLayer, Identity>>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<proto::cluster_service_server::ClusterServiceServer<ClusterHandler>>()
@@ -53,6 +57,7 @@ pub async fn router(coffer: &Coffer) -> Router<Stack<AuthLayer, Identity>> {
         };
     let mut builder = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .layer(metrics::MetricsLayer::new(coffer.runs().metrics().clone()))
         .layer(AuthLayer::new(coffer.tokens().clone()));
     builder
         .add_service(health_service)
