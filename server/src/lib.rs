@@ -116,6 +116,7 @@ impl Coffer {
             validations.clone(),
             clock.clone(),
             config.scheduler_tick,
+            runs.metrics().clone(),
         );
         let schedules = Schedules::new(
             catalog.clone(),

@@ -49,6 +49,12 @@ fn rpc_histogram() -> Histogram {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FireLabels {
+    outcome: &'static str,
+    attempt: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
 }
@@ -73,6 +79,8 @@ struct Inner {
     last_successful_backup: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     transferred: Family<DirectionLabels, Counter>,
     deduplicated: Counter,
+    fires: Family<FireLabels, Counter>,
+    fires_missed: Counter,
     rpcs: Family<RpcLabels, Counter>,
     rpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
 }
@@ -147,6 +155,20 @@ impl Metrics {
             Unit::Bytes,
             deduplicated.clone(),
         );
+        let fires = Family::<FireLabels, Counter>::default();
+        registry.register(
+            "schedule_fires",
+            "Fires of schedules, by outcome (started a run, skipped because one was active, \
+             failed to start one) and attempt (first, or a retry after a failure)",
+            fires.clone(),
+        );
+        let fires_missed = Counter::default();
+        registry.register(
+            "schedule_fires_missed",
+            "Fire times of schedules that passed while the server could not fire them (one \
+             catch-up fire stands for them)",
+            fires_missed.clone(),
+        );
         let rpcs = Family::<RpcLabels, Counter>::default();
         registry.register(
             "grpc_requests",
@@ -166,6 +188,8 @@ impl Metrics {
         );
         Self {
             inner: Arc::new(Inner {
+                fires,
+                fires_missed,
                 rpcs,
                 rpc_duration,
                 registry,
@@ -250,6 +274,19 @@ impl Metrics {
         if seconds > gauge.get() {
             gauge.set(seconds);
         }
+    }
+
+    /// A schedule fired: `outcome` is `started`, `skipped` or `failed`; `retry` for a retry's
+    /// fire; `missed` fire times it stands for.
+    pub fn schedule_fired(&self, outcome: &'static str, retry: bool, missed: u64) {
+        self.inner
+            .fires
+            .get_or_create(&FireLabels {
+                outcome,
+                attempt: if retry { "retry" } else { "first" },
+            })
+            .inc();
+        self.inner.fires_missed.inc_by(missed);
     }
 
     /// An API call was answered with `code` (a gRPC code name) after `took`. Calls of methods

@@ -68,7 +68,7 @@ pub(crate) async fn get(address: &str, path: &str) -> (String, String) {
 }
 
 /// The value of the sample `series` (name and labels as printed), if the scrape has it.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(scrape: &str, series: &str) -> Option<f64> {
     scrape.lines().find_map(|line| {
         line.strip_prefix(series)
             .and_then(|rest| rest.strip_prefix(' '))

@@ -54,7 +54,10 @@ async fn setup(root: &Path, clock_ms: i64) -> Setup {
     write(&agent.data.join("ks/t1/data.db"), &noise(64 << 10, 1));
     write(&agent.data.join("ks/t1/index"), b"index v1\n");
     let clock = SchedulerClock::new(root, clock_ms);
-    let server = TestServer::start_with(root, &clock.server_args()).await;
+    // Metrics on: the tests read the schedule fire counters.
+    let mut args = clock.server_args().to_vec();
+    args.extend(["--metrics-listen", "127.0.0.1:0"]);
+    let server = TestServer::start_with(root, &args).await;
     let client = server.client().await;
     client
         .clusters()
@@ -665,6 +668,19 @@ async fn run_now_fires_at_once_under_the_same_rules() {
     let recorded = fires(client, "nightly").await;
     assert_eq!(recorded.len(), 2);
     assert_eq!(recorded[0].outcome(), proto::FireOutcome::Skipped);
+    // Both fires counted in the metrics: one started, one skipped.
+    let metrics = crate::metrics::metrics_address(&root.path().join("server.log")).await;
+    let (_, scrape) = crate::metrics::get(&metrics, "/metrics").await;
+    for outcome in ["started", "skipped"] {
+        assert_eq!(
+            crate::metrics::sample(
+                &scrape,
+                &format!("coffer_schedule_fires_total{{outcome=\"{outcome}\",attempt=\"first\"}}")
+            ),
+            Some(1.0),
+            "{scrape}"
+        );
+    }
     assert_eq!(recorded[0].active_run_id, fire.run_id);
     assert_eq!(runs_of(client, &nightly.id).await.len(), 1);
     let schedule = get(client, "nightly").await;

@@ -26,6 +26,15 @@ impl Scheduler {
             self.follow_up(schedule, earlier, now_ms).await?;
         }
         schedule.progress.pending = None;
+        self.inner.metrics.schedule_fired(
+            match &outcome {
+                FireOutcome::Started { .. } => "started",
+                FireOutcome::Skipped { .. } => "skipped",
+                FireOutcome::Failed { .. } => "failed",
+            },
+            pending.attempt > 0,
+            pending.missed,
+        );
         let when = super::ending::format_ms(pending.fire_time_ms);
         let last_error = match &outcome {
             FireOutcome::Started { run_id } => {

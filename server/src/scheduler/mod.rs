@@ -53,6 +53,7 @@ struct Inner {
     validations: Validations,
     clock: Arc<dyn Clock>,
     tick: Duration,
+    metrics: crate::metrics::Metrics,
     /// Held while a tick tends schedules and while a request changes one.
     lock: Mutex<()>,
     wake: Notify,
@@ -68,6 +69,7 @@ impl Scheduler {
         validations: Validations,
         clock: Arc<dyn Clock>,
         tick: Duration,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -77,6 +79,7 @@ impl Scheduler {
                 validations,
                 clock,
                 tick,
+                metrics,
                 lock: Mutex::new(()),
                 wake: Notify::new(),
             }),
