@@ -49,6 +49,12 @@ fn rpc_histogram() -> Histogram {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProblemLabels {
+    cluster: String,
+    problem: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FireLabels {
     outcome: &'static str,
     attempt: &'static str,
@@ -79,6 +85,11 @@ struct Inner {
     last_successful_backup: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     transferred: Family<DirectionLabels, Counter>,
     deduplicated: Counter,
+    purged_objects: Counter,
+    purged_bytes: Counter,
+    unrestorable: Family<ClusterLabels, Gauge>,
+    validation_objects: Family<ProblemLabels, Gauge>,
+    validation_time: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     fires: Family<FireLabels, Counter>,
     fires_missed: Counter,
     rpcs: Family<RpcLabels, Counter>,
@@ -155,6 +166,38 @@ impl Metrics {
             Unit::Bytes,
             deduplicated.clone(),
         );
+        let purged_objects = Counter::default();
+        registry.register(
+            "purged_objects",
+            "Objects purges deleted (no backup referred to them)",
+            purged_objects.clone(),
+        );
+        let purged_bytes = Counter::default();
+        registry.register_with_unit(
+            "purged",
+            "Bytes purges freed, as stored",
+            Unit::Bytes,
+            purged_bytes.clone(),
+        );
+        let unrestorable = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "validation_unrestorable_backups",
+            "Backups the last validation of each cluster found would not restore",
+            unrestorable.clone(),
+        );
+        let validation_objects = Family::<ProblemLabels, Gauge>::default();
+        registry.register(
+            "validation_objects",
+            "Objects the last validation of each cluster found missing, damaged or orphaned",
+            validation_objects.clone(),
+        );
+        let validation_time = Family::<ClusterLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "last_validation_timestamp",
+            "When the last validation of each cluster ended (Unix time)",
+            Unit::Seconds,
+            validation_time.clone(),
+        );
         let fires = Family::<FireLabels, Counter>::default();
         registry.register(
             "schedule_fires",
@@ -188,6 +231,11 @@ impl Metrics {
         );
         Self {
             inner: Arc::new(Inner {
+                purged_objects,
+                purged_bytes,
+                unrestorable,
+                validation_objects,
+                validation_time,
                 fires,
                 fires_missed,
                 rpcs,
@@ -238,6 +286,50 @@ impl Metrics {
         }
         if run.dry_run {
             return;
+        }
+        if let Some(purge) = &run.purge {
+            self.inner
+                .purged_objects
+                .inc_by(purge.objects_deleted + purge.temporary_objects_deleted);
+            self.inner
+                .purged_bytes
+                .inc_by(purge.bytes_freed + purge.temporary_bytes_freed);
+        }
+        if let (Some(validation), RunState::Succeeded) = (&run.validation, run.state) {
+            let cluster = run.cluster_name.clone();
+            let unrestorable = validation
+                .backups
+                .iter()
+                .filter(|backup| !backup.restorable)
+                .count();
+            self.inner
+                .unrestorable
+                .get_or_create(&ClusterLabels {
+                    cluster: cluster.clone(),
+                })
+                .set(i64::try_from(unrestorable).unwrap_or(i64::MAX));
+            for (problem, count) in [
+                ("missing", validation.objects_missing),
+                ("damaged", validation.objects_damaged),
+                ("orphaned", validation.objects_orphaned),
+            ] {
+                self.inner
+                    .validation_objects
+                    .get_or_create(&ProblemLabels {
+                        cluster: cluster.clone(),
+                        problem,
+                    })
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            if let Some(seconds) = run
+                .finish_time
+                .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+            {
+                self.inner
+                    .validation_time
+                    .get_or_create(&ClusterLabels { cluster })
+                    .set(seconds.as_secs_f64());
+            }
         }
         let transferred: u64 = run.nodes.iter().map(|n| n.counters.bytes_transferred).sum();
         let direction = match run.kind {

@@ -84,7 +84,8 @@ struct Setup {
 
 async fn setup(root: &Path) -> Setup {
     let agent = TestAgent::start(root, "a").await;
-    let server = TestServer::start(root).await;
+    // Metrics on: the first test reads the purge and validation figures.
+    let server = TestServer::start_with(root, &["--metrics-listen", "127.0.0.1:0"]).await;
     let client = server.client().await;
     let cluster = client
         .clusters()
@@ -187,6 +188,29 @@ async fn a_purge_frees_what_deleted_backups_held_and_keeps_what_backups_refer_to
     );
     assert_eq!(checked.objects_referenced, after.len() as u64);
     assert!(checked.backups.iter().all(|backup| backup.restorable));
+    // The server's metrics say the same: one object freed (a dry run frees nothing), the
+    // validation's findings per cluster.
+    let metrics = crate::metrics::metrics_address(&root.path().join("server.log")).await;
+    let (_, scrape) = crate::metrics::get(&metrics, "/metrics").await;
+    let sample = |series: &str| crate::metrics::sample(&scrape, series);
+    assert_eq!(sample("coffer_purged_objects_total"), Some(1.0), "{scrape}");
+    assert_eq!(
+        sample("coffer_purged_bytes_total"),
+        Some(result.bytes_freed as f64)
+    );
+    assert_eq!(
+        sample("coffer_validation_unrestorable_backups{cluster=\"prod\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample("coffer_validation_objects{cluster=\"prod\",problem=\"orphaned\"}"),
+        Some(0.0)
+    );
+    assert!(sample("coffer_last_validation_timestamp_seconds{cluster=\"prod\"}") > Some(0.0));
+    assert_eq!(
+        sample("coffer_runs_finished_total{kind=\"purge\",outcome=\"succeeded\"}"),
+        Some(2.0)
+    );
     // Nothing left to purge; through cofferctl.
     let output = setup
         .server
