@@ -182,6 +182,7 @@ async fn a_real_prometheus_scrapes_the_server_and_loads_the_rules() {
     for alert in [
         "CofferBackupMissing",
         "CofferRunsFailing",
+        "CofferBackupUnrestorable",
         "CofferServerDown",
     ] {
         assert!(rules.contains(alert), "{alert} not loaded: {rules}");
