@@ -282,7 +282,13 @@ async fn calls_need_a_valid_token_with_the_scope_and_runs_record_who_started_the
     let catalog = std::fs::read(&server.catalog).expect("read catalog");
     let log = std::fs::read_to_string(root.path().join("server.log")).expect("read log");
     for secret in [&admin_secret, &reader_secret, &operator_secret, &brief] {
-        let random = secret.rsplit('_').next().expect("random part");
+        // `coffer_<32 hex digits of the id>_<random, base64url>`: the random part may itself
+        // hold a `_`, so it is cut by position, not at the last `_`.
+        let random = secret
+            .strip_prefix("coffer_")
+            .and_then(|rest| rest.get(33..))
+            .expect("random part");
+        assert!(random.len() >= 40, "{random}");
         assert!(
             !catalog
                 .windows(random.len())

@@ -1,7 +1,8 @@
 //! Coffer under a real Prometheus (Debian's package, `scripts/install-tools prometheus`): the
 //! shipped alerting rules pass `promtool check rules` and their unit tests, a Prometheus on a
-//! loopback port loads them and scrapes a server through real backups, and the figures read
-//! back through its query API are the server's.
+//! loopback port loads them and scrapes a server and an agent through a real backup, the
+//! figures read back through its query API are theirs, and every query of the shipped Grafana
+//! dashboard is one Prometheus accepts.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -189,4 +190,28 @@ async fn a_real_prometheus_scrapes_the_server_and_loads_the_rules() {
     }
     let firing = query(&web, r#"ALERTS{alertstate="firing"}"#).await;
     assert!(firing.is_empty(), "{firing:?}");
+
+    // Every query of the shipped Grafana dashboard is one Prometheus accepts, and the panels
+    // on backups show this cluster.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/grafana/coffer-dashboard.json"))
+            .expect("read the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let mut expressions = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expression");
+            // `query` asserts a 200: a bad expression is a 400.
+            query(&web, expr).await;
+            expressions += 1;
+        }
+    }
+    assert!(expressions >= 12, "{expressions}");
+    let age = query(
+        &web,
+        "time() - coffer_last_successful_backup_timestamp_seconds",
+    )
+    .await;
+    assert_eq!(age[0].0["cluster"], "prod");
 }
