@@ -55,6 +55,11 @@ struct ProblemLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduleLabels {
+    schedule: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FireLabels {
     outcome: &'static str,
     attempt: &'static str,
@@ -92,6 +97,7 @@ struct Inner {
     validation_time: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     fires: Family<FireLabels, Counter>,
     fires_missed: Counter,
+    next_fire: Family<ScheduleLabels, Gauge<f64, AtomicU64>>,
     rpcs: Family<RpcLabels, Counter>,
     rpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
 }
@@ -212,6 +218,13 @@ impl Metrics {
              catch-up fire stands for them)",
             fires_missed.clone(),
         );
+        let next_fire = Family::<ScheduleLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "schedule_next_fire_timestamp",
+            "When each unpaused schedule fires next (Unix time; refreshed every few seconds)",
+            Unit::Seconds,
+            next_fire.clone(),
+        );
         let rpcs = Family::<RpcLabels, Counter>::default();
         registry.register(
             "grpc_requests",
@@ -238,6 +251,7 @@ impl Metrics {
                 validation_time,
                 fires,
                 fires_missed,
+                next_fire,
                 rpcs,
                 rpc_duration,
                 registry,
@@ -379,6 +393,18 @@ impl Metrics {
             })
             .inc();
         self.inner.fires_missed.inc_by(missed);
+    }
+
+    /// The schedules' next fire times (ms since the epoch), by name: paused and deleted
+    /// schedules drop out.
+    pub fn schedules_next_fire(&self, next: impl IntoIterator<Item = (String, i64)>) {
+        self.inner.next_fire.clear();
+        for (schedule, at_ms) in next {
+            self.inner
+                .next_fire
+                .get_or_create(&ScheduleLabels { schedule })
+                .set(at_ms as f64 / 1000.0);
+        }
     }
 
     /// An API call was answered with `code` (a gRPC code name) after `took`. Calls of methods

@@ -979,6 +979,18 @@ async fn pause_resume_update_and_delete_behave_as_the_api_says() {
         start + 6 * HOUR,
         "from now"
     );
+    // The metrics show the resumed schedule's next fire (read again every 5 s).
+    let metrics = crate::metrics::metrics_address(&root.path().join("server.log")).await;
+    let next = (start + 6 * HOUR) as f64 / 1000.0;
+    eventually("the next fire in the metrics", || async {
+        let (_, scrape) = crate::metrics::get(&metrics, "/metrics").await;
+        (crate::metrics::sample(
+            &scrape,
+            "coffer_schedule_next_fire_timestamp_seconds{schedule=\"hourly\"}",
+        ) == Some(next))
+        .then_some(())
+    })
+    .await;
     assert!(
         fires(client, "hourly").await.is_empty(),
         "resuming owes no fire"

@@ -37,6 +37,9 @@ pub use crate::clock::{Clock, FileClock, SystemClock};
 /// How often the scheduler looks at its schedules when nothing wakes it.
 pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
 
+/// How often the metrics' next fire times are read again.
+const METRICS_REFRESH: Duration = Duration::from_secs(5);
+
 /// Fires schedules; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -104,9 +107,16 @@ impl Scheduler {
     /// Tends the schedules every tick until `shutdown` is canceled.
     pub async fn run(&self, shutdown: CancellationToken) {
         tracing::info!(tick = ?self.inner.tick, "scheduler started");
+        let mut metrics_refreshed: Option<std::time::Instant> = None;
         loop {
             if let Err(error) = self.tend().await {
                 tracing::warn!(%error, "scheduler pass failed; trying again next tick");
+            }
+            if metrics_refreshed.is_none_or(|at| at.elapsed() >= METRICS_REFRESH) {
+                metrics_refreshed = Some(std::time::Instant::now());
+                if let Err(error) = self.refresh_metrics().await {
+                    tracing::warn!(%error, "read schedules for the metrics");
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -115,6 +125,31 @@ impl Scheduler {
             }
         }
         tracing::info!("scheduler stopped");
+    }
+
+    /// Sets the metrics' next fire times from every schedule.
+    async fn refresh_metrics(&self) -> Result<()> {
+        let mut next = Vec::new();
+        let mut after: Option<crate::model::Name> = None;
+        loop {
+            let (page, more) = self
+                .inner
+                .catalog
+                .list_schedules(1000, after.as_ref(), None)
+                .await?;
+            after = page.last().map(|schedule| schedule.name.clone());
+            next.extend(page.into_iter().filter_map(|schedule| {
+                schedule
+                    .next_fire_ms
+                    .filter(|_| !schedule.paused)
+                    .map(|at| (schedule.name.to_string(), at))
+            }));
+            if !more {
+                break;
+            }
+        }
+        self.inner.metrics.schedules_next_fire(next);
+        Ok(())
     }
 
     /// One pass: every schedule with something to do now gets it done.
