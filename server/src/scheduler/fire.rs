@@ -110,7 +110,20 @@ impl Scheduler {
         // The idempotency key is looked up before the cluster's active run: a fire whose run was
         // started before a restart finds that run, not a reason to skip.
         let key = request.idempotency_key.clone().unwrap_or_default();
-        match self.inner.backups.start(request).await {
+        let mut started = self.inner.backups.start(request.clone()).await;
+        if let Err(Error::FailedPrecondition(_)) = &started
+            && self
+                .inner
+                .catalog
+                .active_run(schedule.cluster_id)
+                .await?
+                .is_none()
+        {
+            // Refused, but no run is active now: the run that held the cluster ended between
+            // the refusal and this look. The fire is not a failure (nor a skip): try once more.
+            started = self.inner.backups.start(request).await;
+        }
+        match started {
             Ok(run_id) => Ok(FireOutcome::Started { run_id }),
             // The key names a run with other parameters: the fire's own run, started before a
             // restart, from settings (a location's name, the schedule's backup parameters) that
