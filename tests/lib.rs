@@ -559,6 +559,31 @@ pub async fn run_backup(
     watch_to_end(client, &run_id).await.pop().expect("final")
 }
 
+/// Restores the backup `backup_id` onto `cluster` (its own nodes, no overwrite) and watches the
+/// run to its end; returns the final run (whatever its state).
+pub async fn run_restore(
+    client: &CofferClient,
+    cluster: &str,
+    backup_id: &str,
+) -> coffer_client::proto::Run {
+    use coffer_client::proto;
+    let run_id = client
+        .restores()
+        .start_restore(proto::StartRestoreRequest {
+            cluster: cluster.into(),
+            restore: Some(proto::RestoreSpec {
+                source: Some(proto::restore_spec::Source::BackupId(backup_id.into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("start restore")
+        .into_inner()
+        .run_id;
+    watch_to_end(client, &run_id).await.pop().expect("final")
+}
+
 /// Creates a filesystem location named `name` at `path`.
 pub async fn create_fs_location(client: &CofferClient, name: &str, path: &Path) {
     client

@@ -75,7 +75,7 @@ impl Serialize for BoundKey {
 /// others or not 64 hex digits.
 pub fn load(bindings: Vec<KeyBinding>) -> Result<Vec<BoundKey>, String> {
     let mut loaded: Vec<BoundKey> = Vec::with_capacity(bindings.len());
-    for binding in bindings {
+    for mut binding in bindings {
         let name = &binding.name;
         // The rule of the server's names, so that a location can name every key.
         let valid_name = name.len() <= 63
@@ -102,6 +102,12 @@ pub fn load(bindings: Vec<KeyBinding>) -> Result<Vec<BoundKey>, String> {
         if let Some(root) = binding.roots.iter().find(|root| !root.is_absolute()) {
             return Err(format!("{name}: root {} is not absolute", root.display()));
         }
+        // Links resolved once, here, not at every request that names a location.
+        binding.roots = binding
+            .roots
+            .iter()
+            .map(|root| crate::storage_policy::resolved(root))
+            .collect();
         let key = read_key_file(name, &binding.file)?;
         if let Some(other) = loaded.iter().find(|other| other.key.id() == key.id()) {
             return Err(format!(
@@ -178,10 +184,7 @@ fn serves(binding: &KeyBinding, config: &StorageConfig) -> bool {
     let option = |key: &str| config.options.get(key).map(String::as_str).unwrap_or("");
     if config.scheme == "fs" {
         let folder = crate::storage_policy::resolved(Path::new(option("root")));
-        return binding.roots.iter().any(|root| {
-            let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
-            folder.starts_with(&root)
-        });
+        return binding.roots.iter().any(|root| folder.starts_with(root));
     }
     crate::storage_policy::serves_bucket(&binding.endpoints, &binding.buckets, config)
 }

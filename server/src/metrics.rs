@@ -289,9 +289,8 @@ impl Metrics {
             .runs_finished
             .get_or_create(&OutcomeLabels { kind, outcome })
             .inc();
-        if let (Some(start), Some(finish)) =
-            (run.start_time.or(Some(run.create_time)), run.finish_time)
-        {
+        if let Some(finish) = run.finish_time {
+            let start = run.start_time.unwrap_or(run.create_time);
             let took = finish.duration_since(start).unwrap_or(Duration::ZERO);
             self.inner
                 .run_duration

@@ -90,21 +90,7 @@ fn key_id(stored: &[u8]) -> [u8; 8] {
 }
 
 async fn restore(client: &CofferClient, backup_id: &str) -> proto::Run {
-    let run_id = client
-        .restores()
-        .start_restore(proto::StartRestoreRequest {
-            cluster: "prod".into(),
-            restore: Some(proto::RestoreSpec {
-                source: Some(proto::restore_spec::Source::BackupId(backup_id.into())),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("start restore")
-        .into_inner()
-        .run_id;
-    watch_to_end(client, &run_id).await.pop().expect("final")
+    coffer_tests::run_restore(client, "prod", backup_id).await
 }
 
 async fn deep_validate(client: &CofferClient) -> proto::ValidationResult {

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use coffer_client::proto;
+use coffer_client::{CofferClient, proto};
 use coffer_tests::{TestAgent, TestServer, create_fs_location, eventually, run_backup, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,28 +77,61 @@ pub(crate) fn sample(scrape: &str, series: &str) -> Option<f64> {
     })
 }
 
-#[tokio::test]
-async fn the_server_exports_run_transfer_and_last_backup_metrics() {
-    let root = tempfile::tempdir().expect("tempdir");
+/// An agent and a server, both serving metrics, with the cluster `prod` of that agent and the
+/// location `local` registered.
+pub(crate) struct Metered {
+    pub(crate) agent: TestAgent,
+    /// The agent's metrics address.
+    pub(crate) agent_metrics: String,
+    pub(crate) server: TestServer,
+    /// The server's metrics address.
+    pub(crate) metrics: String,
+    pub(crate) client: CofferClient,
+}
+
+/// [`Metered`] under `root`, the agent's data made by `populate` before the server starts.
+pub(crate) async fn metered(root: &Path, populate: impl FnOnce(&Path)) -> Metered {
     let agent = TestAgent::start_with(
-        root.path(),
+        root,
         "a",
         "127.0.0.1:0",
         &["--metrics-listen", "127.0.0.1:0"],
     )
     .await;
-    let agent_metrics = metrics_address(&root.path().join("a/agent.log")).await;
-    write(&agent.data.join("db/big"), &coffer_tests::noise(2 << 20, 3));
-    write(&agent.data.join("db/small"), b"rows\n");
-    let server = TestServer::start_with(root.path(), &["--metrics-listen", "127.0.0.1:0"]).await;
-    let address = metrics_address(&root.path().join("server.log")).await;
+    let agent_metrics = metrics_address(&root.join("a/agent.log")).await;
+    populate(&agent.data);
+    let server = TestServer::start_with(root, &["--metrics-listen", "127.0.0.1:0"]).await;
+    let metrics = metrics_address(&root.join("server.log")).await;
     let client = server.client().await;
     client
         .clusters()
         .register_cluster(register("prod", vec![node(&agent)]))
         .await
         .expect("register");
-    create_fs_location(&client, "local", &root.path().join("backups")).await;
+    create_fs_location(&client, "local", &root.join("backups")).await;
+    Metered {
+        agent,
+        agent_metrics,
+        server,
+        metrics,
+        client,
+    }
+}
+
+#[tokio::test]
+async fn the_server_exports_run_transfer_and_last_backup_metrics() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let Metered {
+        agent,
+        agent_metrics,
+        server,
+        metrics: address,
+        client,
+    } = metered(root.path(), |data| {
+        write(&data.join("db/big"), &coffer_tests::noise(2 << 20, 3));
+        write(&data.join("db/small"), b"rows\n");
+    })
+    .await;
 
     let (status, before) = get(&address, "/metrics").await;
     assert!(status.contains("200"), "{status}");
@@ -199,26 +232,7 @@ async fn the_server_exports_run_transfer_and_last_backup_metrics() {
         Some(2.0)
     );
     coffer_tests::wipe(&agent.data);
-    let restore = client
-        .restores()
-        .start_restore(proto::StartRestoreRequest {
-            cluster: "prod".into(),
-            restore: Some(proto::RestoreSpec {
-                source: Some(proto::restore_spec::Source::BackupId(
-                    full.backup_id.clone(),
-                )),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("start restore")
-        .into_inner()
-        .run_id;
-    let restored = coffer_tests::watch_to_end(&client, &restore)
-        .await
-        .pop()
-        .expect("final");
+    let restored = coffer_tests::run_restore(&client, "prod", &full.backup_id).await;
     assert_eq!(restored.state(), proto::RunState::Succeeded, "{restored:?}");
     let (_, scrape) = get(&agent_metrics, "/metrics").await;
     assert_eq!(

@@ -8,12 +8,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use coffer_client::proto;
-use coffer_tests::{
-    TestAgent, TestServer, create_fs_location, eventually, repo_root, run_backup, tool, write,
-};
+use coffer_tests::{eventually, repo_root, run_backup, tool, write};
 
-use crate::metrics::{get, metrics_address};
-use crate::{node, register};
+use crate::metrics::get;
 
 #[test]
 fn the_alerting_rules_pass_promtool() {
@@ -72,24 +69,17 @@ async fn query(prometheus: &str, promql: &str) -> Vec<(serde_json::Value, f64)> 
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_server_and_loads_the_rules() {
     let root = tempfile::tempdir().expect("tempdir");
-    let agent = TestAgent::start_with(
-        root.path(),
-        "a",
-        "127.0.0.1:0",
-        &["--metrics-listen", "127.0.0.1:0"],
-    )
+    // Every part bound: the agent and the server run while their bindings live.
+    let crate::metrics::Metered {
+        agent: _agent,
+        agent_metrics,
+        server: _server,
+        metrics,
+        client,
+    } = crate::metrics::metered(root.path(), |data| {
+        write(&data.join("db/big"), &coffer_tests::noise(1 << 20, 5));
+    })
     .await;
-    let agent_metrics = metrics_address(&root.path().join("a/agent.log")).await;
-    write(&agent.data.join("db/big"), &coffer_tests::noise(1 << 20, 5));
-    let server = TestServer::start_with(root.path(), &["--metrics-listen", "127.0.0.1:0"]).await;
-    let metrics = metrics_address(&root.path().join("server.log")).await;
-    let client = server.client().await;
-    client
-        .clusters()
-        .register_cluster(register("prod", vec![node(&agent)]))
-        .await
-        .expect("register");
-    create_fs_location(&client, "local", &root.path().join("backups")).await;
 
     // Prometheus on a free loopback port (it takes an address, not a listener).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
