@@ -124,27 +124,7 @@ pub fn load(bindings: Vec<KeyBinding>) -> Result<Vec<BoundKey>, String> {
 }
 
 fn read_key_file(name: &str, file: &Path) -> Result<ObjectKey, String> {
-    use std::os::unix::fs::PermissionsExt;
-
-    if !file.is_absolute() {
-        return Err(format!(
-            "{name}: key file {} is not absolute",
-            file.display()
-        ));
-    }
-    let metadata = std::fs::metadata(file)
-        .map_err(|error| format!("{name}: key file {}: {error}", file.display()))?;
-    let mode = metadata.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{name}: key file {} is readable or writable by group or others (mode {:o}); \
-             chmod 600 it",
-            file.display(),
-            mode & 0o777
-        ));
-    }
-    let text = std::fs::read_to_string(file)
-        .map_err(|error| format!("{name}: key file {}: {error}", file.display()))?;
+    let text = coffer_process::read_private_file(file).map_err(|reason| format!("{name}: {reason}"))?;
     ObjectKey::from_hex(name, &text)
         .map_err(|reason| format!("{name}: key file {}: {reason}", file.display()))
 }

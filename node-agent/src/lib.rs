@@ -261,7 +261,7 @@ pub async fn run(
             let bound = listener.local_addr().unwrap_or(address);
             tracing::info!(address = %bound, "metrics serving");
             let metrics = agent.metrics.clone();
-            Some(tokio::spawn(coffer_process::metrics_http::serve(
+            Some(tokio::spawn(coffer_process::http::serve_metrics(
                 listener,
                 Arc::new(move || metrics.render()),
                 metrics_stop.clone(),

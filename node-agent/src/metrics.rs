@@ -1,6 +1,7 @@
 //! The agent's own Prometheus metrics, served on `--metrics-listen`: what it moved between the
-//! node and storage, and how its snapshots, uploads and restores ended. Labels are outcomes only:
-//! no tags, run ids, locations or paths.
+//! node and storage, and how its snapshots, uploads and restores ended, and every storage request
+//! by operation and outcome (OpenDAL's metrics layer, `coffer_agent_opendal_*`). Labels are
+//! outcomes, operations, storage schemes and buckets: no tags, run ids, roots or paths.
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub struct AgentMetrics {
 
 struct Inner {
     registry: Registry,
+    storage: opendal::layers::PrometheusClientLayer,
     snapshots: Family<OutcomeLabels, Counter>,
     uploads: Family<OutcomeLabels, Counter>,
     restores: Family<OutcomeLabels, Counter>,
@@ -126,8 +128,15 @@ impl AgentMetrics {
             "Files placed by finished restores",
             files_placed.clone(),
         );
+        // Requests counted by operation (`..._duration_seconds_count`) and failures by operation
+        // and error kind (`..._errors_total`), per scheme and bucket. A location's root is a
+        // path: left out of the labels.
+        let storage = opendal::layers::PrometheusClientLayer::builder()
+            .disable_label_root(true)
+            .register(&mut registry);
         Self {
             inner: Arc::new(Inner {
+                storage,
                 registry,
                 snapshots,
                 uploads,
@@ -140,6 +149,11 @@ impl AgentMetrics {
                 files_placed,
             }),
         }
+    }
+
+    /// The layer that counts an operator's storage requests into these metrics.
+    pub fn storage_layer(&self) -> opendal::layers::PrometheusClientLayer {
+        self.inner.storage.clone()
     }
 
     pub fn snapshot(&self, outcome: Outcome) {

@@ -6,7 +6,7 @@
 //! layer and the environment-and-flags layer are each parsed into it and merged here, and the
 //! result is validated once into the binary's resolved configuration.
 
-pub mod metrics_http;
+pub mod http;
 pub mod tls;
 
 use std::path::Path;
@@ -164,4 +164,28 @@ pub mod duration {
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&humantime::format_duration(*value).to_string())
     }
+}
+
+/// Reads a file that holds a secret: it must be absolute and neither readable nor writable by
+/// group or others (mode 600 or stricter), so that a secret left world-readable is noticed at
+/// start rather than after it leaked.
+///
+/// Fails, with a message naming the file, when it is not so or cannot be read.
+pub fn read_private_file(file: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+
+    if !file.is_absolute() {
+        return Err(format!("secret file {} is not absolute", file.display()));
+    }
+    let metadata =
+        std::fs::metadata(file).map_err(|error| format!("secret file {}: {error}", file.display()))?;
+    let mode = metadata.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "secret file {} is readable or writable by group or others (mode {:o}); chmod 600 it",
+            file.display(),
+            mode & 0o777
+        ));
+    }
+    std::fs::read_to_string(file).map_err(|error| format!("secret file {}: {error}", file.display()))
 }

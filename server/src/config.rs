@@ -35,6 +35,23 @@ pub struct ServerOptions {
     #[arg(long, global = true, env = "COFFER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Serve the status page (HTTP, or HTTPS with the API's TLS files) on this address; port 0
+    /// picks one, logged as `status page serving` [default: off]. It asks for a token of scope
+    /// read when the API asks for tokens.
+    #[arg(long, global = true, env = "COFFER_STATUS_LISTEN")]
+    pub status_listen: Option<SocketAddr>,
+
+    /// How often the server checks that every registered node's agent answers (the metric
+    /// `coffer_agent_up` and the status page) [default: 30s].
+    #[arg(long, global = true, env = "COFFER_AGENT_CHECK_INTERVAL", value_parser = coffer_process::parse_duration)]
+    #[serde(with = "coffer_process::optional_duration")]
+    pub agent_check_interval: Option<Duration>,
+
+    /// Webhooks called when a run ends (TOML only: `[[webhooks]]` tables; see
+    /// docs/operating.md).
+    #[arg(skip)]
+    pub webhooks: Option<Vec<crate::notify::WebhookOptions>>,
+
     /// Longest wait for a connection to an agent [default: 5s].
     #[arg(long, global = true, env = "COFFER_AGENT_CONNECT_TIMEOUT", value_parser = coffer_process::parse_duration)]
     #[serde(with = "coffer_process::optional_duration")]
@@ -120,6 +137,9 @@ impl Layered for ServerOptions {
             listen: self.listen.or(lower.listen),
             catalog: self.catalog.or(lower.catalog),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            status_listen: self.status_listen.or(lower.status_listen),
+            agent_check_interval: self.agent_check_interval.or(lower.agent_check_interval),
+            webhooks: self.webhooks.or(lower.webhooks),
             agent_connect_timeout: self.agent_connect_timeout.or(lower.agent_connect_timeout),
             agent_request_timeout: self.agent_request_timeout.or(lower.agent_request_timeout),
             agent_parallelism: self.agent_parallelism.or(lower.agent_parallelism),
@@ -149,6 +169,14 @@ pub struct ServerConfig {
     pub catalog: PathBuf,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the status page is served, if anywhere.
+    pub status_listen: Option<SocketAddr>,
+    /// How often every node's agent is checked.
+    #[serde(with = "coffer_process::duration")]
+    pub agent_check_interval: Duration,
+    /// Webhooks called when runs end.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::notify::WebhookConfig>,
     #[serde(with = "coffer_process::duration")]
     pub agent_connect_timeout: Duration,
     #[serde(with = "coffer_process::duration")]
@@ -229,6 +257,16 @@ impl ServerOptions {
             listen,
             catalog,
             metrics_listen: self.metrics_listen,
+            status_listen: self.status_listen,
+            agent_check_interval: self
+                .agent_check_interval
+                .unwrap_or(Duration::from_secs(30)),
+            webhooks: self
+                .webhooks
+                .unwrap_or_default()
+                .into_iter()
+                .map(crate::notify::WebhookOptions::resolve)
+                .collect::<Result<_, _>>()?,
             agent_connect_timeout: self.agent_connect_timeout.unwrap_or(Duration::from_secs(5)),
             agent_request_timeout: self
                 .agent_request_timeout
@@ -300,7 +338,28 @@ impl ServerOptions {
                 ),
             });
         }
+        if let Some(status) = config.status_listen
+            && config.tls.is_none()
+            && !config.allow_plaintext
+            && !status.ip().is_loopback()
+        {
+            return Err(ConfigError {
+                setting: "status-listen",
+                reason: format!(
+                    "{status} is not a loopback address and the API has no TLS (the status page \
+                     is served with the API's): give tls-cert and tls-key, or allow-plaintext"
+                ),
+            });
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(twice) = config.webhooks.iter().find(|hook| !names.insert(&hook.name)) {
+            return Err(ConfigError {
+                setting: "webhooks",
+                reason: format!("two webhooks are named {:?}", twice.name),
+            });
+        }
         for (setting, value) in [
+            ("agent-check-interval", config.agent_check_interval),
             ("agent-connect-timeout", config.agent_connect_timeout),
             ("agent-request-timeout", config.agent_request_timeout),
             ("scheduler-tick", config.scheduler_tick),

@@ -6,6 +6,7 @@
 //! Layers, top to bottom: [`grpc`] (handlers, conversions, status mapping) over the domain
 //! ([`clusters`], [`model`]) over the [`catalog`] (all SQL) and [`agents`] (calls to agents).
 
+pub mod agent_checks;
 pub mod agents;
 pub mod auth;
 pub mod backups;
@@ -19,6 +20,8 @@ pub mod lifecycle;
 pub mod locations;
 pub mod metrics;
 pub mod model;
+pub mod notify;
+pub mod report;
 pub mod restores;
 pub mod runs;
 pub mod scheduler;
@@ -60,6 +63,7 @@ pub struct Coffer {
     validations: Validations,
     purges: Purges,
     tokens: Tokens,
+    agent_checks: agent_checks::AgentChecks,
     api_tls: Option<config::ApiTls>,
 }
 
@@ -79,7 +83,14 @@ impl Coffer {
         let agents = Arc::new(AgentClients::with_tls(config.agent_calls(), agent_tls));
         let clusters = Arc::new(ClusterRegistry::new(catalog.clone(), agents.clone()));
         let locations = LocationRegistry::new(catalog.clone(), (*clusters).clone(), agents.clone());
-        let runs = RunManager::new(catalog.clone(), agents.clone());
+        let metrics = metrics::Metrics::new();
+        let notifier = notify::Notifier::new(&config.webhooks, metrics.clone())?;
+        let agent_checks = agent_checks::AgentChecks::new(
+            (*clusters).clone(),
+            metrics.clone(),
+            config.agent_check_interval,
+        );
+        let runs = RunManager::new(catalog.clone(), agents.clone(), metrics, notifier);
         let backups = Backups::new(
             catalog.clone(),
             (*clusters).clone(),
@@ -138,6 +149,7 @@ impl Coffer {
             validations,
             purges,
             tokens: Tokens::new(catalog_for_tokens, config.auth),
+            agent_checks,
             api_tls: config.tls.clone(),
         })
     }
@@ -157,6 +169,11 @@ impl Coffer {
 
     pub fn schedules(&self) -> &Schedules {
         &self.schedules
+    }
+
+    /// What the last check of the agents found.
+    pub fn agent_checks(&self) -> &agent_checks::AgentChecks {
+        &self.agent_checks
     }
 
     /// API tokens.
@@ -182,6 +199,9 @@ impl Coffer {
         let metrics = self.runs.metrics().clone();
         for (cluster, time) in self.catalog.last_backup_times().await? {
             metrics.backup_succeeded(&cluster, Some(time));
+        }
+        for (schedule, time) in self.catalog.last_backup_times_by_schedule().await? {
+            metrics.schedule_backup_succeeded(schedule, time);
         }
         Ok(metrics)
     }
@@ -229,6 +249,18 @@ pub async fn run(
         }
         scheduler.run(scheduler_stopped).await;
     });
+    // The agents' checks and the webhooks' deliveries work beside serving, and stop with it.
+    let background_stop = tokio_util::sync::CancellationToken::new();
+    let background = tokio_util::task::TaskTracker::new();
+    {
+        let checks = coffer.agent_checks.clone();
+        let stop = background_stop.clone();
+        background.spawn(async move { checks.run(stop).await });
+        let notifier = coffer.runs.notifier().clone();
+        let stop = background_stop.clone();
+        background.spawn(async move { notifier.deliver(stop).await });
+    }
+    background.close();
     let served = match tls {
         None => {
             router
@@ -255,6 +287,8 @@ pub async fn run(
     };
     // No fire starts a run once serving stopped: the runs are about to be shut down.
     stop_scheduler.cancel();
+    background_stop.cancel();
+    background.wait().await;
     if let Err(error) = scheduler_task.await {
         tracing::error!(%error, "scheduler task failed");
     }

@@ -154,9 +154,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
                 .context("read bound metrics address")?;
             tracing::info!(address = %bound, "metrics serving");
             let metrics = coffer.metrics().await.context("read the metrics' start")?;
-            let render: coffer_process::metrics_http::Render =
+            let render: coffer_process::http::Render =
                 std::sync::Arc::new(move || metrics.render());
-            Some(tokio::spawn(coffer_process::metrics_http::serve(
+            Some(tokio::spawn(coffer_process::http::serve_metrics(
                 listener,
                 render,
                 metrics_stop.clone(),

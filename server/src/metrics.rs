@@ -2,8 +2,9 @@
 //! bounded: run kinds and outcomes, transfer directions, cluster names (as many as clusters are
 //! registered), never run ids, backup ids or paths.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,7 +15,27 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use uuid::Uuid;
+
 use crate::model::run::{Run, RunKind, RunState};
+
+/// A schedule as the metrics see it: its id, name, and next fire time (ms since the epoch)
+/// when it is unpaused.
+#[derive(Debug, Clone)]
+pub struct ScheduleSeen {
+    pub id: Uuid,
+    pub name: String,
+    pub next_fire_ms: Option<i64>,
+}
+
+/// Whether a node's agent answered the server's last check.
+#[derive(Debug, Clone)]
+pub struct AgentSeen {
+    pub cluster: String,
+    /// The node's registered address.
+    pub node: String,
+    pub up: bool,
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
@@ -60,6 +81,23 @@ struct ScheduleLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    cluster: String,
+    node: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookNameLabels {
+    webhook: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FireLabels {
     outcome: &'static str,
     attempt: &'static str,
@@ -98,8 +136,32 @@ struct Inner {
     fires: Family<FireLabels, Counter>,
     fires_missed: Counter,
     next_fire: Family<ScheduleLabels, Gauge<f64, AtomicU64>>,
+    schedule_last_success: Family<ScheduleLabels, Gauge<f64, AtomicU64>>,
+    schedules: Mutex<ScheduleBook>,
+    agent_up: Family<NodeLabels, Gauge>,
+    webhook_deliveries: Family<WebhookLabels, Counter>,
+    webhook_failed_attempts: Family<WebhookNameLabels, Counter>,
     rpcs: Family<RpcLabels, Counter>,
     rpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+/// What the per-schedule gauges are made from: a schedule's last success is kept by id (a
+/// rename or a delete shows at the next refresh), with the names the scheduler last saw.
+#[derive(Debug, Default)]
+struct ScheduleBook {
+    names: HashMap<Uuid, String>,
+    last_success: HashMap<Uuid, f64>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
 }
 
 impl std::fmt::Debug for Metrics {
@@ -225,6 +287,35 @@ impl Metrics {
             Unit::Seconds,
             next_fire.clone(),
         );
+        let schedule_last_success = Family::<ScheduleLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "schedule_last_successful_backup_timestamp",
+            "When the last backup each schedule started succeeded (Unix time; schedules without \
+             one are absent)",
+            Unit::Seconds,
+            schedule_last_success.clone(),
+        );
+        let agent_up = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "agent_up",
+            "Whether each registered node's agent answered the server's last check (1) or not \
+             (0), by cluster and node address",
+            agent_up.clone(),
+        );
+        let webhook_deliveries = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_notifications",
+            "Notifications of runs' ends, by webhook and outcome: delivered, failed (every \
+             attempt refused) or dropped (the webhook's queue was full)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_failed_attempts = Family::<WebhookNameLabels, Counter>::default();
+        registry.register(
+            "webhook_failed_attempts",
+            "Calls to webhooks that failed or were refused (each is retried until its attempts \
+             are spent)",
+            webhook_failed_attempts.clone(),
+        );
         let rpcs = Family::<RpcLabels, Counter>::default();
         registry.register(
             "grpc_requests",
@@ -252,6 +343,11 @@ impl Metrics {
                 fires,
                 fires_missed,
                 next_fire,
+                schedule_last_success,
+                schedules: Mutex::new(ScheduleBook::default()),
+                agent_up,
+                webhook_deliveries,
+                webhook_failed_attempts,
                 rpcs,
                 rpc_duration,
                 registry,
@@ -361,15 +457,16 @@ impl Metrics {
             self.inner.deduplicated.inc_by(skipped);
             if run.state == RunState::Succeeded {
                 self.backup_succeeded(&run.cluster_name, run.finish_time);
+                if let (Some(schedule), Some(at)) = (run.schedule_id, run.finish_time) {
+                    self.schedule_backup_succeeded(schedule, at);
+                }
             }
         }
     }
 
     /// Records the time of a cluster's last successful backup (also from the catalog at start).
     pub fn backup_succeeded(&self, cluster: &str, at: Option<SystemTime>) {
-        let seconds = at
-            .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map_or(0.0, |since| since.as_secs_f64());
+        let seconds = at.map_or(0.0, unix_seconds);
         let gauge = self
             .inner
             .last_successful_backup
@@ -394,16 +491,89 @@ impl Metrics {
         self.inner.fires_missed.inc_by(missed);
     }
 
-    /// The schedules' next fire times (ms since the epoch), by name: paused and deleted
-    /// schedules drop out.
-    pub fn schedules_next_fire(&self, next: impl IntoIterator<Item = (String, i64)>) {
-        self.inner.next_fire.clear();
-        for (schedule, at_ms) in next {
-            self.inner
-                .next_fire
-                .get_or_create(&ScheduleLabels { schedule })
-                .set(at_ms as f64 / 1000.0);
+    /// Records the time of the last successful backup a schedule started (also from the
+    /// catalog at start); it shows under the schedule's name once the scheduler has seen it.
+    pub fn schedule_backup_succeeded(&self, schedule: Uuid, at: SystemTime) {
+        let seconds = unix_seconds(at);
+        let mut book = lock(&self.inner.schedules);
+        let last = book.last_success.entry(schedule).or_insert(0.0);
+        if seconds > *last {
+            *last = seconds;
         }
+        let last = *last;
+        if let Some(name) = book.names.get(&schedule) {
+            self.inner
+                .schedule_last_success
+                .get_or_create(&ScheduleLabels {
+                    schedule: name.clone(),
+                })
+                .set(last);
+        }
+    }
+
+    /// Every schedule as the catalog has it now: next fire times of the unpaused ones, and each
+    /// one's last success under its current name. Deleted schedules drop out.
+    pub fn schedules_seen(&self, schedules: impl IntoIterator<Item = ScheduleSeen>) {
+        let mut book = lock(&self.inner.schedules);
+        book.names.clear();
+        self.inner.next_fire.clear();
+        self.inner.schedule_last_success.clear();
+        for seen in schedules {
+            let labels = ScheduleLabels {
+                schedule: seen.name.clone(),
+            };
+            if let Some(at_ms) = seen.next_fire_ms {
+                self.inner
+                    .next_fire
+                    .get_or_create(&labels)
+                    .set(at_ms as f64 / 1000.0);
+            }
+            if let Some(last) = book.last_success.get(&seen.id) {
+                self.inner
+                    .schedule_last_success
+                    .get_or_create(&labels)
+                    .set(*last);
+            }
+            book.names.insert(seen.id, seen.name);
+        }
+        let ScheduleBook { names, last_success } = &mut *book;
+        last_success.retain(|id, _| names.contains_key(id));
+    }
+
+    /// The result of a check of every registered node's agent: nodes no longer registered drop
+    /// out.
+    pub fn agents_seen(&self, agents: impl IntoIterator<Item = AgentSeen>) {
+        self.inner.agent_up.clear();
+        for seen in agents {
+            self.inner
+                .agent_up
+                .get_or_create(&NodeLabels {
+                    cluster: seen.cluster,
+                    node: seen.node,
+                })
+                .set(i64::from(seen.up));
+        }
+    }
+
+    /// A notification to `webhook` ended: `delivered`, `failed` or `dropped`.
+    pub fn webhook_delivery(&self, webhook: &str, outcome: &'static str) {
+        self.inner
+            .webhook_deliveries
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A call to `webhook` failed.
+    pub fn webhook_attempt_failed(&self, webhook: &str) {
+        self.inner
+            .webhook_failed_attempts
+            .get_or_create(&WebhookNameLabels {
+                webhook: webhook.to_string(),
+            })
+            .inc();
     }
 
     /// An API call was answered with `code` (a gRPC code name) after `took`. Calls of methods

@@ -52,6 +52,18 @@ pub struct AgentHandler {
     agent: Arc<Agent>,
 }
 
+impl AgentHandler {
+    /// Opens the location a request names (see [`open`]), its storage requests counted in the
+    /// agent's metrics.
+    fn open(
+        &self,
+        location: Option<proto::StorageLocation>,
+    ) -> Result<(coffer_format::StorageConfig, opendal::Operator, coffer_format::object::Keyring), Status> {
+        let (config, operator, keys) = open(&self.agent.config().storage, location)?;
+        Ok((config, operator.layer(self.agent.metrics().storage_layer()), keys))
+    }
+}
+
 /// Forwards a long call's progress updates to its response stream until the work stops
 /// reporting; a client that went away (or stopped reading) cancels the work.
 async fn relay_progress<P, M>(
@@ -82,7 +94,7 @@ impl AgentHandler {
     /// Validates a RestoreNode request into a job: ids are UUIDs, the manifest path is relative,
     /// the location opens, the patterns parse.
     fn restore_job(&self, request: proto::RestoreNodeRequest) -> Result<RestoreJob, Status> {
-        let (config, operator, keys) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, keys) = self.open(request.location)?;
         // A hook is named; the command is the one this agent's configuration gives the name,
         // never one from the wire.
         let hook = match request.hook_command.as_slice() {
@@ -203,7 +215,7 @@ impl AgentService for AgentHandler {
         let request = request.into_inner();
         let incremental = request.kind() == proto::BackupKind::Incremental;
         let (config, operator, keys) =
-            open(&self.agent.config().storage, request.location.clone())?;
+            self.open(request.location.clone())?;
         let compression = compression(request.compression)?;
         let cluster_id = parse_uuid("cluster_id", &request.cluster_id)?;
         let backup_id = if request.dry_run {
@@ -410,7 +422,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::PutObjectResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (config, operator, keys) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, keys) = self.open(request.location)?;
         refuse_sealed_objects(&keys, &path)?;
         // Manifests and descriptions are sealed like objects; the format marker stays in the
         // clear, so any Coffer can tell what the location is.
@@ -440,7 +452,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::GetObjectResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (config, operator, keys) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, keys) = self.open(request.location)?;
         refuse_sealed_objects(&keys, &path)?;
         let fail = |action: &'static str| {
             let name = config.name.clone();
@@ -477,7 +489,7 @@ impl AgentService for AgentHandler {
         if !request.prefix.is_empty() {
             object_path(&request.prefix)?;
         }
-        let (config, operator, _) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, _) = self.open(request.location)?;
         let entries = operator
             .list_with(&request.prefix)
             .recursive(request.recursive)
@@ -510,7 +522,7 @@ impl AgentService for AgentHandler {
             0 => 1000,
             n => n.min(10_000) as usize,
         };
-        let (config, operator, _) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, _) = self.open(request.location)?;
         let prefix = request.prefix;
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
@@ -546,7 +558,7 @@ impl AgentService for AgentHandler {
             .iter()
             .map(|path| object_path(path).map(str::to_string))
             .collect::<Result<Vec<_>, Status>>()?;
-        let (config, operator, _) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, _) = self.open(request.location)?;
         let mut deletions = futures::stream::iter(paths)
             .map(|path| {
                 let operator = operator.clone();
@@ -578,7 +590,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::DeleteObjectResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (config, operator, _) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, _) = self.open(request.location)?;
         operator.delete(&path).await.map_err(|error| {
             storage_status(
                 StorageError::backend(&operator, "delete", &path, error).in_location(&config.name),
@@ -612,7 +624,7 @@ impl AgentService for AgentHandler {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let (config, operator, keys) = open(&self.agent.config().storage, request.location)?;
+        let (config, operator, keys) = self.open(request.location)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         tokio::spawn(verify::verify_objects(
             operator, keys, cluster_id, hashes, sender,
@@ -640,7 +652,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<proto::ReadNodeManifestResponse>, Status> {
         let request = request.into_inner();
         let path = object_path(&request.path)?.to_string();
-        let (_, operator, keys) = open(&self.agent.config().storage, request.location)?;
+        let (_, operator, keys) = self.open(request.location)?;
         let limit = request.limit.clamp(1, MAX_MANIFEST_PAGE) as usize;
         let (entries, more, total) =
             NodeManifestReader::read_page(&operator, &path, &keys, request.offset, limit)

@@ -43,6 +43,30 @@ impl Catalog {
             .collect()
     }
 
+    /// When the last backup each schedule started was committed, by schedule id.
+    ///
+    /// Fails when the catalog cannot be read.
+    pub async fn last_backup_times_by_schedule(&self) -> Result<Vec<(Uuid, SystemTime)>> {
+        let rows = sqlx::query(
+            "SELECT schedule_id, MAX(commit_time_ms) FROM backups \
+             WHERE schedule_id IS NOT NULL GROUP BY schedule_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| database_error("read last backup times", error))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row
+                    .try_get(0)
+                    .map_err(|error| database_error("decode last backup time", error))?;
+                let ms: i64 = row
+                    .try_get(1)
+                    .map_err(|error| database_error("decode last backup time", error))?;
+                Ok((parse_uuid(&id)?, from_millis(ms)))
+            })
+            .collect()
+    }
+
     /// Records a committed backup, if its run is still running (a cancel that won the race
     /// means the commit must not count). FAILED_PRECONDITION otherwise.
     pub async fn record_backup(&self, backup: &BackupRecord) -> Result<()> {

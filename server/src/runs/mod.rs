@@ -62,17 +62,25 @@ struct Inner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     metrics: crate::metrics::Metrics,
+    notifier: crate::notify::Notifier,
 }
 
 impl RunManager {
-    /// A manager over the catalog, calling agents through `agents`.
-    pub fn new(catalog: Catalog, agents: Arc<AgentClients>) -> Self {
+    /// A manager over the catalog, calling agents through `agents`, counting runs in `metrics`
+    /// and telling `notifier` of their ends.
+    pub fn new(
+        catalog: Catalog,
+        agents: Arc<AgentClients>,
+        metrics: crate::metrics::Metrics,
+        notifier: crate::notify::Notifier,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 catalog,
                 agents,
                 live: Mutex::new(HashMap::new()),
-                metrics: crate::metrics::Metrics::new(),
+                metrics,
+                notifier,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -119,17 +127,24 @@ impl RunManager {
         let manager = self.clone();
         let run_id = run.id;
         let metrics = self.inner.metrics.clone();
+        let notifier = self.inner.notifier.clone();
         metrics.run_started(run.kind);
         self.inner.tasks.spawn(tracing::Instrument::instrument(
             async move {
                 work(handle).await;
                 manager.live().remove(&run_id);
-                // Counted here, whatever path the work took to its end.
+                // Counted and notified here, whatever path the work took to its end.
                 let run = ended.state.borrow().clone();
                 metrics.run_finished(&run);
+                notifier.run_ended(&run);
             },
             span,
         ));
+    }
+
+    /// Where runs' ends are told.
+    pub fn notifier(&self) -> &crate::notify::Notifier {
+        &self.inner.notifier
     }
 
     /// The runs' metrics (and the server's others).

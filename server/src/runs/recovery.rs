@@ -154,7 +154,8 @@ pub(super) async fn recover(manager: &RunManager, mut run: Run) {
     }
     match manager.catalog().save_run(&run).await {
         Ok(()) => {
-            tracing::info!(run_id = %run.id, state = run.state.as_str(), "finished interrupted run")
+            tracing::info!(run_id = %run.id, state = run.state.as_str(), "finished interrupted run");
+            manager.notifier().run_ended(&run);
         }
         Err(error) => tracing::error!(run_id = %run.id, %error, "finish interrupted run"),
     }

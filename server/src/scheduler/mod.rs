@@ -127,7 +127,7 @@ impl Scheduler {
         tracing::info!("scheduler stopped");
     }
 
-    /// Sets the metrics' next fire times from every schedule.
+    /// Shows every schedule to the metrics (next fire times, names of last successes).
     async fn refresh_metrics(&self) -> Result<()> {
         let mut next = Vec::new();
         let mut after: Option<crate::model::Name> = None;
@@ -138,17 +138,19 @@ impl Scheduler {
                 .list_schedules(1000, after.as_ref(), None)
                 .await?;
             after = page.last().map(|schedule| schedule.name.clone());
-            next.extend(page.into_iter().filter_map(|schedule| {
-                schedule
-                    .next_fire_ms
-                    .filter(|_| !schedule.paused)
-                    .map(|at| (schedule.name.to_string(), at))
-            }));
+            next.extend(
+                page.into_iter()
+                    .map(|schedule| crate::metrics::ScheduleSeen {
+                        id: schedule.id,
+                        name: schedule.name.to_string(),
+                        next_fire_ms: schedule.next_fire_ms.filter(|_| !schedule.paused),
+                    }),
+            );
             if !more {
                 break;
             }
         }
-        self.inner.metrics.schedules_next_fire(next);
+        self.inner.metrics.schedules_seen(next);
         Ok(())
     }
 
