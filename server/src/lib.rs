@@ -26,6 +26,7 @@ pub mod restores;
 pub mod runs;
 pub mod scheduler;
 pub mod schedules;
+pub mod status;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -174,6 +175,17 @@ impl Coffer {
     /// What the last check of the agents found.
     pub fn agent_checks(&self) -> &agent_checks::AgentChecks {
         &self.agent_checks
+    }
+
+    /// What the status page shows.
+    pub fn status_page(&self) -> status::StatusPage {
+        status::StatusPage::new(
+            (*self.clusters).clone(),
+            self.runs.clone(),
+            self.schedules.clone(),
+            self.backups.clone(),
+            self.agent_checks.clone(),
+        )
     }
 
     /// API tokens.

@@ -192,26 +192,34 @@ impl Tokens {
                     .into(),
             ));
         };
-        let secret = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                Denied::Unauthenticated("the authorization header is not 'Bearer <token>'".into())
-            })?;
+        let secret = bearer_secret(header)?;
+        self.authorize_secret(needed, secret, method).await.map(Some)
+    }
+
+    /// Checks a token secret for `needed` scope, for what `purpose` names (a method, a page).
+    /// Without authentication, the anonymous caller.
+    pub async fn authorize_secret(
+        &self,
+        needed: Scope,
+        secret: &str,
+        purpose: &str,
+    ) -> std::result::Result<Caller, Denied> {
+        if self.mode == AuthMode::None {
+            return Ok(Caller::Anonymous);
+        }
         let token = self.verify(secret).await?;
         if !token.scope.includes(needed) {
             return Err(Denied::PermissionDenied(format!(
-                "token {} has scope {}; {method} needs {needed}",
+                "token {} has scope {}; {purpose} needs {needed}",
                 token.name, token.scope
             )));
         }
         self.note_use(&token).await;
-        Ok(Some(Caller::Token {
+        Ok(Caller::Token {
             id: token.id,
             name: token.name.to_string(),
             scope: token.scope,
-        }))
+        })
     }
 
     /// The valid token whose secret this is.
@@ -287,6 +295,17 @@ impl Tokens {
             "no token existed: created the admin token; its secret is in the file");
         Ok(true)
     }
+}
+
+/// The secret in an `authorization` header value, `Bearer <secret>`.
+pub fn bearer_secret(header: &str) -> std::result::Result<&str, Denied> {
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            Denied::Unauthenticated("the authorization header is not 'Bearer <token>'".into())
+        })
 }
 
 /// A fresh secret for token `id`.

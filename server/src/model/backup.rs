@@ -85,7 +85,7 @@ pub struct ListBackups {
 }
 
 /// A listing of backups as asked for: clusters and locations by name or id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackupQuery {
     pub page_size: u32,
     /// Resume after (start ms, id), newest first.

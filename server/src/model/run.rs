@@ -422,7 +422,7 @@ pub struct ListRuns {
 }
 
 /// A listing of runs as asked for: the cluster by name or id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunQuery {
     pub page_size: u32,
     /// Resume after this (create time ms, id), newest first.
