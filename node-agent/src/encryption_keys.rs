@@ -124,7 +124,8 @@ pub fn load(bindings: Vec<KeyBinding>) -> Result<Vec<BoundKey>, String> {
 }
 
 fn read_key_file(name: &str, file: &Path) -> Result<ObjectKey, String> {
-    let text = coffer_process::read_private_file(file).map_err(|reason| format!("{name}: {reason}"))?;
+    let text =
+        coffer_process::read_private_file(file).map_err(|reason| format!("{name}: {reason}"))?;
     ObjectKey::from_hex(name, &text)
         .map_err(|reason| format!("{name}: key file {}: {reason}", file.display()))
 }

@@ -177,8 +177,8 @@ pub fn read_private_file(file: &Path) -> Result<String, String> {
     if !file.is_absolute() {
         return Err(format!("secret file {} is not absolute", file.display()));
     }
-    let metadata =
-        std::fs::metadata(file).map_err(|error| format!("secret file {}: {error}", file.display()))?;
+    let metadata = std::fs::metadata(file)
+        .map_err(|error| format!("secret file {}: {error}", file.display()))?;
     let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(format!(
@@ -187,5 +187,6 @@ pub fn read_private_file(file: &Path) -> Result<String, String> {
             mode & 0o777
         ));
     }
-    std::fs::read_to_string(file).map_err(|error| format!("secret file {}: {error}", file.display()))
+    std::fs::read_to_string(file)
+        .map_err(|error| format!("secret file {}: {error}", file.display()))
 }

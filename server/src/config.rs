@@ -258,9 +258,7 @@ impl ServerOptions {
             catalog,
             metrics_listen: self.metrics_listen,
             status_listen: self.status_listen,
-            agent_check_interval: self
-                .agent_check_interval
-                .unwrap_or(Duration::from_secs(30)),
+            agent_check_interval: self.agent_check_interval.unwrap_or(Duration::from_secs(30)),
             webhooks: self
                 .webhooks
                 .unwrap_or_default()
@@ -352,7 +350,11 @@ impl ServerOptions {
             });
         }
         let mut names = std::collections::HashSet::new();
-        if let Some(twice) = config.webhooks.iter().find(|hook| !names.insert(&hook.name)) {
+        if let Some(twice) = config
+            .webhooks
+            .iter()
+            .find(|hook| !names.insert(&hook.name))
+        {
             return Err(ConfigError {
                 setting: "webhooks",
                 reason: format!("two webhooks are named {:?}", twice.name),

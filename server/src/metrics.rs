@@ -536,7 +536,10 @@ impl Metrics {
             }
             book.names.insert(seen.id, seen.name);
         }
-        let ScheduleBook { names, last_success } = &mut *book;
+        let ScheduleBook {
+            names,
+            last_success,
+        } = &mut *book;
         last_success.retain(|id, _| names.contains_key(id));
     }
 

@@ -11,7 +11,7 @@ use tonic::Code;
 
 use crate::{node, register};
 
-fn backup_request(
+pub(crate) fn backup_request(
     cluster: &str,
     location: &str,
     kind: proto::BackupKind,

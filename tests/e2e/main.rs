@@ -23,9 +23,11 @@ mod restores;
 mod schedules;
 mod sdk_python;
 mod service_units;
+mod status_page;
 mod storage_s3;
 mod tls;
 mod validate;
+mod webhooks;
 
 use coffer_client::proto;
 use coffer_tests::TestAgent;

@@ -58,9 +58,20 @@ impl AgentHandler {
     fn open(
         &self,
         location: Option<proto::StorageLocation>,
-    ) -> Result<(coffer_format::StorageConfig, opendal::Operator, coffer_format::object::Keyring), Status> {
+    ) -> Result<
+        (
+            coffer_format::StorageConfig,
+            opendal::Operator,
+            coffer_format::object::Keyring,
+        ),
+        Status,
+    > {
         let (config, operator, keys) = open(&self.agent.config().storage, location)?;
-        Ok((config, operator.layer(self.agent.metrics().storage_layer()), keys))
+        Ok((
+            config,
+            operator.layer(self.agent.metrics().storage_layer()),
+            keys,
+        ))
     }
 }
 
@@ -214,8 +225,7 @@ impl AgentService for AgentHandler {
     ) -> Result<Response<Self::UploadSnapshotStream>, Status> {
         let request = request.into_inner();
         let incremental = request.kind() == proto::BackupKind::Incremental;
-        let (config, operator, keys) =
-            self.open(request.location.clone())?;
+        let (config, operator, keys) = self.open(request.location.clone())?;
         let compression = compression(request.compression)?;
         let cluster_id = parse_uuid("cluster_id", &request.cluster_id)?;
         let backup_id = if request.dry_run {

@@ -193,7 +193,9 @@ impl Tokens {
             ));
         };
         let secret = bearer_secret(header)?;
-        self.authorize_secret(needed, secret, method).await.map(Some)
+        self.authorize_secret(needed, secret, method)
+            .await
+            .map(Some)
     }
 
     /// Checks a token secret for `needed` scope, for what `purpose` names (a method, a page).

@@ -79,7 +79,10 @@ impl WebhookOptions {
             reason,
         };
         if self.name.is_empty() {
-            return Err(refuse(format!("the webhook to {:?} needs a name", self.url)));
+            return Err(refuse(format!(
+                "the webhook to {:?} needs a name",
+                self.url
+            )));
         }
         let name = self.name;
         let url = reqwest::Url::parse(&self.url)
@@ -194,8 +197,8 @@ impl Notifier {
         let hooks = webhooks
             .iter()
             .map(|config| {
-                let secret = coffer_process::read_private_file(&config.secret_file)
-                    .map_err(|reason| {
+                let secret =
+                    coffer_process::read_private_file(&config.secret_file).map_err(|reason| {
                         Error::FailedPrecondition(format!("webhook {}: {reason}", config.name))
                     })?;
                 let secret = secret.trim();

@@ -83,7 +83,11 @@ impl Deliverer {
     }
 
     /// Delivers what arrives on `queue`, in order, until `shutdown` fires.
-    pub(super) async fn work(&self, mut queue: mpsc::Receiver<Delivery>, shutdown: CancellationToken) {
+    pub(super) async fn work(
+        &self,
+        mut queue: mpsc::Receiver<Delivery>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -60,11 +60,7 @@ impl Site {
         let post = request.method() == Method::POST;
         match request.uri().path() {
             "/" | "/index.html" if get => answer(StatusCode::OK, "text/html; charset=utf-8", PAGE),
-            "/status.js" if get => answer(
-                StatusCode::OK,
-                "text/javascript; charset=utf-8",
-                SCRIPT,
-            ),
+            "/status.js" if get => answer(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT),
             "/status.css" if get => answer(StatusCode::OK, "text/css; charset=utf-8", STYLE),
             "/status.json" if get => self.status(&request).await,
             "/login" if post => self.login(request).await,
@@ -106,9 +102,11 @@ impl Site {
             return Ok(());
         }
         let secret = match request.headers().get(header::AUTHORIZATION) {
-            Some(value) => match value.to_str().map_err(|_| ()).and_then(|value| {
-                bearer_secret(value).map_err(|_| ())
-            }) {
+            Some(value) => match value
+                .to_str()
+                .map_err(|_| ())
+                .and_then(|value| bearer_secret(value).map_err(|_| ()))
+            {
                 Ok(secret) => Some(secret.to_owned()),
                 Err(()) => {
                     return Err(text(
@@ -134,7 +132,10 @@ impl Site {
 
     /// Checks the form's token and, when it may read, sets the cookie and goes back to the page.
     async fn login(&self, request: Request<Incoming>) -> Answer {
-        let body = match Limited::new(request.into_body(), FORM_LIMIT).collect().await {
+        let body = match Limited::new(request.into_body(), FORM_LIMIT)
+            .collect()
+            .await
+        {
             Ok(body) => body.to_bytes(),
             Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large\n"),
         };
@@ -180,9 +181,7 @@ fn text(status: StatusCode, body: &str) -> Answer {
 
 fn refusal(denied: Denied) -> Answer {
     match denied {
-        Denied::Unauthenticated(message) => {
-            text(StatusCode::UNAUTHORIZED, &format!("{message}\n"))
-        }
+        Denied::Unauthenticated(message) => text(StatusCode::UNAUTHORIZED, &format!("{message}\n")),
         Denied::PermissionDenied(message) => text(StatusCode::FORBIDDEN, &format!("{message}\n")),
         Denied::Unavailable(message) => {
             text(StatusCode::SERVICE_UNAVAILABLE, &format!("{message}\n"))

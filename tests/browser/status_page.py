@@ -1,0 +1,134 @@
+"""Loads Coffer's status page in Debian's chromium, headless, through Selenium, while a backup
+runs: refuses a wrong token, signs in with a right one, watches the run's progress change on the
+page and waits for its final state. Prints what it saw as one JSON line; exits non-zero, with the
+reason, when the page does not show what it should.
+
+    status_page.py --url http://127.0.0.1:PORT/ --token-file F --run-id ID --bin .tools/bin
+
+Started by tests/e2e/status_page.rs (scripts/install-tools browser installs what it needs).
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as seen
+from selenium.webdriver.support.ui import WebDriverWait
+
+ENDED = ("succeeded", "failed", "canceled")
+
+
+def browser(bin_dir):
+    options = webdriver.ChromeOptions()
+    options.binary_location = f"{bin_dir}/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    # An explicit driver: Selenium Manager would try to download one.
+    return webdriver.Chrome(service=Service(executable_path=f"{bin_dir}/chromedriver"),
+                            options=options)
+
+
+def run_row(driver, run_id):
+    rows = driver.find_elements(By.CSS_SELECTOR, f'#runs tr[data-run-id="{run_id}"]')
+    return rows[0] if rows else None
+
+
+def node_fractions(row):
+    """The value of each node's progress bar in the run's row."""
+    return [float(bar.get_attribute("value") or 0)
+            for bar in row.find_elements(By.CSS_SELECTOR, ".node progress")]
+
+
+def sign_in(driver, url, token):
+    driver.get(url)
+    wait = WebDriverWait(driver, 20)
+    wait.until(seen.visibility_of_element_located((By.ID, "login")))
+    box = driver.find_element(By.ID, "token")
+    box.send_keys(token)
+    driver.find_element(By.ID, "sign-in").click()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--token-file", required=True)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--bin", required=True)
+    parser.add_argument("--timeout", type=float, default=120)
+    args = parser.parse_args()
+    with open(args.token_file, encoding="utf-8") as file:
+        token = file.read().strip()
+
+    driver = browser(args.bin)
+    try:
+        # A wrong token is refused and shows nothing of the status.
+        sign_in(driver, args.url, "coffer_00000000000000000000000000000000_wrong")
+        refused = driver.find_element(By.TAG_NAME, "body").text
+        if "not valid" not in refused:
+            sys.exit(f"a wrong token was not refused: {refused!r}")
+
+        sign_in(driver, args.url, token)
+        WebDriverWait(driver, 20).until(seen.visibility_of_element_located((By.ID, "status")))
+        if driver.find_element(By.ID, "login").is_displayed():
+            sys.exit("the sign-in form is still shown after signing in")
+
+        fractions_seen = []
+        texts_seen = []
+        states_seen = []
+        deadline = time.monotonic() + args.timeout
+        final = None
+        while time.monotonic() < deadline:
+            try:
+                row = run_row(driver, args.run_id)
+                if row is not None:
+                    state = row.get_attribute("data-state")
+                    if not states_seen or states_seen[-1] != state:
+                        states_seen.append(state)
+                    fractions = node_fractions(row)
+                    if fractions and (not fractions_seen or fractions_seen[-1] != fractions):
+                        fractions_seen.append(fractions)
+                    text = row.find_element(By.CSS_SELECTOR, ".progress-text").text
+                    if not texts_seen or texts_seen[-1] != text:
+                        texts_seen.append(text)
+                    if state in ENDED:
+                        final = {
+                            "state": state,
+                            "row": row.text,
+                            "nodes": fractions,
+                        }
+                        break
+            except StaleElementReferenceException:
+                pass  # the page redrew the table between two reads
+            time.sleep(0.25)
+        if final is None:
+            sys.exit(f"run {args.run_id} did not end on the page within {args.timeout} s; "
+                     f"states seen {states_seen}")
+
+        # The backup the run made is listed once the page refreshes after the run's end.
+        WebDriverWait(driver, 10).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#backups tr[data-backup-id]"))
+        health = [cell.text for cell in driver.find_elements(
+            By.CSS_SELECTOR, "#clusters tr[data-node-id] td:nth-child(6)")]
+        print(json.dumps({
+            "states": states_seen,
+            "fractions": fractions_seen,
+            "texts": texts_seen,
+            "final": final,
+            "node_health": health,
+            "backups": len(driver.find_elements(By.CSS_SELECTOR, "#backups tr[data-backup-id]")),
+            "title": driver.title,
+        }))
+    except WebDriverException as error:
+        sys.exit(f"the browser failed: {error.msg}")
+    finally:
+        driver.quit()
+
+
+if __name__ == "__main__":
+    main()
