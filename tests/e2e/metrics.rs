@@ -100,7 +100,16 @@ pub(crate) async fn metered(root: &Path, populate: impl FnOnce(&Path)) -> Metere
     .await;
     let agent_metrics = metrics_address(&root.join("a/agent.log")).await;
     populate(&agent.data);
-    let server = TestServer::start_with(root, &["--metrics-listen", "127.0.0.1:0"]).await;
+    let server = TestServer::start_with(
+        root,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--agent-check-interval",
+            "1s",
+        ],
+    )
+    .await;
     let metrics = metrics_address(&root.join("server.log")).await;
     let client = server.client().await;
     client
@@ -309,4 +318,128 @@ async fn the_server_exports_run_transfer_and_last_backup_metrics() {
     .expect("the last backup's time after a restart");
     assert!((again - last).abs() < 2.0, "{again} vs {last}");
     drop(server);
+}
+
+/// The first sample named `name` with the label `label` (`key="value"`) among others.
+fn sample_labelled(scrape: &str, name: &str, label: &str) -> Option<(String, f64)> {
+    scrape.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let labels = series.strip_prefix(name)?.strip_prefix('{')?;
+        labels
+            .split(',')
+            .any(|pair| pair.trim_end_matches('}') == label)
+            .then(|| value.parse().ok().map(|value| (series.to_string(), value)))
+            .flatten()
+    })
+}
+
+#[tokio::test]
+async fn agents_reachable_schedule_success_and_storage_requests_are_exported() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let Metered {
+        agent,
+        agent_metrics,
+        server: _server,
+        metrics: address,
+        client,
+    } = metered(root.path(), |data| {
+        write(&data.join("db/table"), &coffer_tests::noise(256 << 10, 1));
+    })
+    .await;
+    let up = format!(
+        "coffer_agent_up{{cluster=\"prod\",node=\"{}\"}}",
+        agent.process.url
+    );
+    eventually("the agent checked and up", || async {
+        let (_, scrape) = get(&address, "/metrics").await;
+        (sample(&scrape, &up) == Some(1.0)).then_some(())
+    })
+    .await;
+
+    // A scheduled backup's success is the schedule's too.
+    let schedule = client
+        .schedules()
+        .create_schedule(proto::CreateScheduleRequest {
+            name: "nightly".into(),
+            cluster: "prod".into(),
+            trigger: Some(proto::create_schedule_request::Trigger::Interval(
+                prost_types::Duration {
+                    seconds: 86_400,
+                    nanos: 0,
+                },
+            )),
+            backup: Some(proto::BackupSpec {
+                kind: proto::BackupKind::Full.into(),
+                location: "local".into(),
+                ..Default::default()
+            }),
+            paused: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create schedule");
+    assert!(schedule.into_inner().schedule.is_some());
+    let fire = client
+        .schedules()
+        .run_schedule(proto::RunScheduleRequest {
+            schedule: "nightly".into(),
+        })
+        .await
+        .expect("run now")
+        .into_inner()
+        .fire
+        .expect("fire");
+    let run = coffer_tests::watch_to_end(&client, &fire.run_id)
+        .await
+        .pop()
+        .expect("final");
+    assert_eq!(run.state(), proto::RunState::Succeeded, "{run:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let last = eventually("the schedule's last success exported", || async {
+        let (_, scrape) = get(&address, "/metrics").await;
+        sample(
+            &scrape,
+            "coffer_schedule_last_successful_backup_timestamp_seconds{schedule=\"nightly\"}",
+        )
+    })
+    .await;
+    assert!((now - last).abs() < 120.0, "{last} vs {now}");
+
+    // The agent counts its requests to storage by operation (and errors by kind), with no
+    // path or object name in any label.
+    let (_, scrape) = get(&agent_metrics, "/metrics").await;
+    let (series, writes) = sample_labelled(
+        &scrape,
+        "coffer_agent_opendal_operation_duration_seconds_count",
+        "operation=\"write\"",
+    )
+    .unwrap_or_else(|| panic!("storage writes counted: {scrape}"));
+    assert!(
+        writes >= 2.0,
+        "an object and a manifest at least: {series} {writes}"
+    );
+    assert!(series.contains("scheme=\"fs\""), "{series}");
+    let (series, missing) = sample_labelled(
+        &scrape,
+        "coffer_agent_opendal_operation_errors_total",
+        "error=\"NotFound\"",
+    )
+    .unwrap_or_else(|| panic!("an object looked for before it was written: {scrape}"));
+    assert!(missing >= 1.0, "{series}");
+    assert!(!scrape.contains("db/table"), "no file path in a label");
+    assert!(
+        !scrape.contains(&root.path().display().to_string()),
+        "no storage root in a label"
+    );
+
+    // An agent that stops answering shows within a check or two.
+    agent.process.kill().await;
+    eventually("the agent seen down", || async {
+        let (_, scrape) = get(&address, "/metrics").await;
+        (sample(&scrape, &up) == Some(0.0)).then_some(())
+    })
+    .await;
 }

@@ -154,6 +154,32 @@ async fn a_real_prometheus_scrapes_the_server_and_loads_the_rules() {
     assert!(age[0].1 >= 0.0 && age[0].1 < 120.0, "{age:?}");
     let up = query(&web, r#"up{job="coffer-server"}"#).await;
     assert_eq!(up[0].1, 1.0);
+    // The server's check of the agent, and the agent's own requests to storage.
+    let agent_up = eventually("prometheus seeing the agent checked", || async {
+        query(&web, r#"coffer_agent_up{cluster="prod"}"#)
+            .await
+            .first()
+            .filter(|(_, value)| *value == 1.0)
+            .cloned()
+    })
+    .await;
+    assert!(
+        agent_up.0["node"]
+            .as_str()
+            .is_some_and(|node| node.starts_with("http://127.0.0.1:"))
+    );
+    let writes = eventually("prometheus seeing the agent's storage writes", || async {
+        query(
+            &web,
+            r#"sum(coffer_agent_opendal_operation_duration_seconds_count{job="coffer-agent",operation="write"})"#,
+        )
+        .await
+        .first()
+        .map(|(_, value)| *value)
+        .filter(|value| *value > 0.0)
+    })
+    .await;
+    assert!(writes >= 2.0, "an object and a manifest: {writes}");
     // The agent's figures, scraped from the agent, agree with the server's.
     let agent_uploaded = eventually("prometheus seeing the agent's upload", || async {
         query(
@@ -174,6 +200,8 @@ async fn a_real_prometheus_scrapes_the_server_and_loads_the_rules() {
         "CofferBackupMissing",
         "CofferRunsFailing",
         "CofferBackupUnrestorable",
+        "CofferAgentUnreachable",
+        "CofferScheduleNotFiring",
         "CofferServerDown",
     ] {
         assert!(rules.contains(alert), "{alert} not loaded: {rules}");
