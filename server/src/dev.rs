@@ -58,6 +58,10 @@ fn seed_data(data: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where dev mode serves the status page unless told otherwise.
+const DEV_STATUS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50053);
+
 /// Name of the cluster dev mode registers.
 const DEV_CLUSTER: &str = "dev";
 
@@ -79,6 +83,7 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
     let server_config = options
         .or(ServerOptions {
             catalog: Some(dir.join("catalog.db")),
+            status_listen: Some(DEV_STATUS_LISTEN),
             ..ServerOptions::default()
         })
         .resolve()
@@ -145,12 +150,21 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
 
     let ready = async {
         ensure_dev_cluster(&coffer, agent_address).await?;
-        ensure_dev_location(&coffer, &storage).await
+        ensure_dev_location(&coffer, &storage).await?;
+        match server_config.status_listen {
+            Some(address) => coffer_server::status::http::start(&coffer, address, shutdown.clone())
+                .await
+                .map(|(bound, task)| (Some(bound), Some(task))),
+            None => Ok((None, None)),
+        }
     };
-    if let Err(error) = ready.await {
-        shutdown.cancel();
-        return Err(error);
-    }
+    let (status_address, status_task) = match ready.await {
+        Ok(started) => started,
+        Err(error) => {
+            shutdown.cancel();
+            return Err(error);
+        }
+    };
     print_welcome(
         server_address,
         if server_config.tls.is_some() {
@@ -162,6 +176,7 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
         &storage,
         &data,
         &server_config.admin_token_file,
+        status_address,
     );
 
     tokio::select! {
@@ -170,6 +185,11 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
     }
     shutdown.cancel();
     let (agent_result, server_result) = tokio::join!(agent_task, server_task);
+    if let Some(task) = status_task
+        && let Err(error) = task.await
+    {
+        tracing::warn!(%error, "status page task");
+    }
     coffer.close().await;
     agent_result.context("join agent")?.context("agent")?;
     server_result.context("join server")?.context("server")?;
@@ -276,7 +296,12 @@ fn print_welcome(
     storage: &Path,
     data: &Path,
     token: &Path,
+    status: Option<SocketAddr>,
 ) {
+    let status = match status {
+        Some(address) => format!("{scheme}://{address}/ (sign in with the admin token)"),
+        None => "off".into(),
+    };
     // First line as every Coffer process: scripts and tests read the bound address from it.
     coffer_process::announce(&format!("coffer-server listening on {scheme}://{server}"));
     coffer_process::announce(&format!(
@@ -286,6 +311,7 @@ Coffer dev mode is running (Ctrl-C stops it).
   API            {server}   (gRPC, with reflection)
   catalog        {catalog}
   admin token    {token} (cofferctl run here finds it)
+  status page    {status}
   cluster        dev: one node, its agent embedded here, data in {data}
   location       dev-fs: {storage}
 

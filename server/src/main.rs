@@ -166,9 +166,10 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let status_server = match config.status_listen {
         None => None,
         Some(address) => Some(
-            serve_status(&coffer, address, metrics_stop.clone())
+            coffer_server::status::http::start(&coffer, address, metrics_stop.clone())
                 .await
-                .context("start the status page")?,
+                .context("start the status page")?
+                .1,
         ),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -199,41 +200,4 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     }
     coffer.close().await;
     Ok(())
-}
-
-/// Binds the status page's address and serves it (over the API's TLS when it has one) until
-/// `stop` fires.
-async fn serve_status(
-    coffer: &coffer_server::Coffer,
-    address: std::net::SocketAddr,
-    stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let tls = coffer
-        .api_tls()
-        .map(|tls| {
-            coffer_process::tls::server_config(&coffer_process::tls::ServeTls {
-                cert: tls.cert.clone(),
-                key: tls.key.clone(),
-                client_ca: tls.client_ca.clone(),
-            })
-        })
-        .transpose()
-        .map_err(anyhow::Error::msg)
-        .context("load the API's TLS files for the status page")?;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("bind status page address {address}"))?;
-    let bound = listener
-        .local_addr()
-        .context("read bound status page address")?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(address = %bound, url = %format!("{scheme}://{bound}/"), "status page serving");
-    let handler = coffer_server::status::http::handler(
-        coffer.status_page(),
-        coffer.tokens().clone(),
-        tls.is_some(),
-    );
-    Ok(tokio::spawn(coffer_process::http::serve(
-        listener, tls, handler, stop,
-    )))
 }

@@ -14,13 +14,24 @@ import sys
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as seen
 from selenium.webdriver.support.ui import WebDriverWait
 
 ENDED = ("succeeded", "failed", "canceled")
+# What a page being replaced (the form sent, the tables redrawn) throws at a reader.
+REDRAWN = (NoSuchElementException, StaleElementReferenceException)
+
+
+def waiting(driver, seconds):
+    return WebDriverWait(driver, seconds, ignored_exceptions=REDRAWN)
 
 
 def browser(bin_dir):
@@ -47,8 +58,7 @@ def node_fractions(row):
 
 def sign_in(driver, url, token):
     driver.get(url)
-    wait = WebDriverWait(driver, 20)
-    wait.until(seen.visibility_of_element_located((By.ID, "login")))
+    waiting(driver, 20).until(seen.visibility_of_element_located((By.ID, "login")))
     box = driver.find_element(By.ID, "token")
     box.send_keys(token)
     driver.find_element(By.ID, "sign-in").click()
@@ -69,12 +79,15 @@ def main():
     try:
         # A wrong token is refused and shows nothing of the status.
         sign_in(driver, args.url, "coffer_00000000000000000000000000000000_wrong")
-        refused = driver.find_element(By.TAG_NAME, "body").text
-        if "not valid" not in refused:
-            sys.exit(f"a wrong token was not refused: {refused!r}")
+        try:
+            waiting(driver, 20).until(
+                lambda d: "not valid" in d.find_element(By.TAG_NAME, "body").text)
+        except TimeoutException:
+            sys.exit("a wrong token was not refused: "
+                     f"{driver.find_element(By.TAG_NAME, 'body').text!r}")
 
         sign_in(driver, args.url, token)
-        WebDriverWait(driver, 20).until(seen.visibility_of_element_located((By.ID, "status")))
+        waiting(driver, 20).until(seen.visibility_of_element_located((By.ID, "status")))
         if driver.find_element(By.ID, "login").is_displayed():
             sys.exit("the sign-in form is still shown after signing in")
 
@@ -103,7 +116,7 @@ def main():
                             "nodes": fractions,
                         }
                         break
-            except StaleElementReferenceException:
+            except REDRAWN:
                 pass  # the page redrew the table between two reads
             time.sleep(0.25)
         if final is None:
@@ -111,7 +124,7 @@ def main():
                      f"states seen {states_seen}")
 
         # The backup the run made is listed once the page refreshes after the run's end.
-        WebDriverWait(driver, 10).until(
+        waiting(driver, 10).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, "#backups tr[data-backup-id]"))
         health = [cell.text for cell in driver.find_elements(
             By.CSS_SELECTOR, "#clusters tr[data-node-id] td:nth-child(6)")]

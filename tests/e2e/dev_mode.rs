@@ -12,6 +12,8 @@ async fn start_dev(dir: &std::path::Path, log: &std::path::Path) -> Process {
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--agent-listen")
+        .arg("127.0.0.1:0")
+        .arg("--status-listen")
         .arg("127.0.0.1:0");
     Process::start(command, log).await
 }
@@ -109,6 +111,20 @@ async fn dev_mode_runs_a_registered_dev_cluster_and_keeps_it_across_restarts() {
         run.error_message
     );
     assert_eq!(run.totals.expect("totals").files_total, 3);
+    // Its status page shows the cluster and the backup to the admin token.
+    let status = crate::status_page::status_address(&root.path().join("dev.log")).await;
+    let answer = crate::status_page::request(
+        &status,
+        "GET",
+        "/status.json",
+        &[format!("Authorization: Bearer {}", token.trim())],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let report: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+    assert_eq!(report["clusters"][0]["name"], "dev", "{report}");
+    assert_eq!(report["backups"][0]["files"], 3, "{report}");
     dev.stop().await;
     // The folder is the user's from then on: nothing is seeded again.
     std::fs::remove_file(data.join("hello.txt")).expect("remove");

@@ -16,7 +16,7 @@ use crate::sdk_python::venv_python;
 use crate::{node, register};
 
 /// The status page address the server logged.
-async fn status_address(log: &Path) -> String {
+pub(crate) async fn status_address(log: &Path) -> String {
     eventually("the server logging its status page address", || async {
         let text = plain(&std::fs::read_to_string(log).ok()?);
         let line = text
@@ -30,14 +30,14 @@ async fn status_address(log: &Path) -> String {
 }
 
 /// An HTTP/1.1 answer: status code, head (lower-cased) and body.
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: String,
 }
 
 /// Sends one request with these extra header lines and body.
-async fn request(
+pub(crate) async fn request(
     address: &str,
     method: &str,
     path: &str,

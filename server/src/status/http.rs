@@ -8,12 +8,17 @@
 //! `SameSite=Strict` (other sites cannot make the browser send it) and `Secure` over TLS. The page
 //! is read-only: no request it accepts changes anything but the cookie.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use anyhow::Context as _;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use coffer_process::http::{Answer, Handler, answer};
 
@@ -34,6 +39,40 @@ const FORM_LIMIT: usize = 4096;
 /// The page's files may only load from the page's own address; nothing may frame it.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Binds `address` and serves `coffer`'s status page there (over the API's TLS when it has one)
+/// until `stop` fires; returns the bound address and the serving task.
+///
+/// Fails when the API's TLS files cannot be loaded or the address cannot be bound.
+pub async fn start(
+    coffer: &crate::Coffer,
+    address: SocketAddr,
+    stop: CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let tls = coffer
+        .api_tls()
+        .map(|tls| {
+            coffer_process::tls::server_config(&coffer_process::tls::ServeTls {
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+                client_ca: tls.client_ca.clone(),
+            })
+        })
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("load the API's TLS files for the status page")?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("bind status page address {address}"))?;
+    let bound = listener
+        .local_addr()
+        .context("read bound status page address")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %bound, url = %format!("{scheme}://{bound}/"), "status page serving");
+    let handler = handler(coffer.status_page(), coffer.tokens().clone(), tls.is_some());
+    let task = tokio::spawn(coffer_process::http::serve(listener, tls, handler, stop));
+    Ok((bound, task))
+}
 
 /// Serves the status page; `secure` marks the cookie for TLS only.
 pub fn handler(page: StatusPage, tokens: Tokens, secure: bool) -> Handler {
