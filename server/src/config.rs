@@ -449,5 +449,24 @@ mod tests {
             ..ServerOptions::default()
         };
         assert!(client_ca_alone.resolve().is_err());
+        // The status page follows the same rule on its own address.
+        let status_everywhere = ServerOptions {
+            status_listen: Some("0.0.0.0:9465".parse().expect("address")),
+            ..ServerOptions::default()
+        };
+        assert_eq!(
+            status_everywhere
+                .clone()
+                .resolve()
+                .expect_err("plaintext status page")
+                .setting,
+            "status-listen"
+        );
+        let status_tls = ServerOptions {
+            tls_cert: Some("/etc/coffer/api.pem".into()),
+            tls_key: Some("/etc/coffer/api.key".into()),
+            ..status_everywhere
+        };
+        assert!(status_tls.resolve().is_ok());
     }
 }

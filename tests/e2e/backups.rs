@@ -1204,6 +1204,20 @@ async fn backups_go_to_seaweedfs_over_s3_with_credentials_by_reference() {
     assert_eq!(totals.uploaded_objects, 6);
     let files = files_of(&client, &full.id).await;
     assert_eq!(files.len(), 6);
+    // The agent counted its requests to S3 by operation, and nothing names a bucket's path.
+    let agent_metrics = crate::metrics::metrics_address(&root.path().join("a/agent.log")).await;
+    let (_, scrape) = crate::metrics::get(&agent_metrics, "/metrics").await;
+    let writes: f64 = scrape
+        .lines()
+        .filter(|line| {
+            line.starts_with("coffer_agent_opendal_operation_duration_seconds_count{")
+                && line.contains("scheme=\"s3\"")
+                && line.contains("operation=\"write\"")
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(writes >= 3.0, "two objects and a manifest from agent a: {scrape}");
+    assert!(!scrape.contains("team/backups"), "no storage path in a label");
 
     // Read an object back through S3 and check it is the file's content.
     let operator = coffer_format::open_operator(&coffer_format::StorageConfig {
@@ -1309,10 +1323,19 @@ async fn futures_free_start(root: &Path, weed: &coffer_tests::SeaweedFs) -> Vec<
                     ("TEST_S3_SECRET", weed.secret_key.as_str()),
                     ("TEST_S3_WRONG", "not-the-secret"),
                 ],
-                &coffer_tests::credentials(
-                    &["env:TEST_S3_KEY", "env:TEST_S3_SECRET", "env:TEST_S3_WRONG"],
-                    &weed.endpoint,
-                    &[&weed.bucket],
+                &format!(
+                    // The first agent serves metrics: its requests to S3 are counted there.
+                    "{}{}",
+                    if name == "a" {
+                        "metrics-listen = \"127.0.0.1:0\"\n"
+                    } else {
+                        ""
+                    },
+                    coffer_tests::credentials(
+                        &["env:TEST_S3_KEY", "env:TEST_S3_SECRET", "env:TEST_S3_WRONG"],
+                        &weed.endpoint,
+                        &[&weed.bucket],
+                    )
                 ),
             )
             .await,
