@@ -1216,8 +1216,14 @@ async fn backups_go_to_seaweedfs_over_s3_with_credentials_by_reference() {
         })
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
-    assert!(writes >= 3.0, "two objects and a manifest from agent a: {scrape}");
-    assert!(!scrape.contains("team/backups"), "no storage path in a label");
+    assert!(
+        writes >= 3.0,
+        "two objects and a manifest from agent a: {scrape}"
+    );
+    assert!(
+        !scrape.contains("team/backups"),
+        "no storage path in a label"
+    );
 
     // Read an object back through S3 and check it is the file's content.
     let operator = coffer_format::open_operator(&coffer_format::StorageConfig {

@@ -455,7 +455,9 @@ async fn the_status_page_serves_the_apis_tls_and_marks_its_cookie_secure() {
     assert!(cookie.ends_with("; secure"), "only over TLS: {cookie}");
 
     // Plaintext to the TLS port gets nothing.
-    let mut plain = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let mut plain = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
     plain
         .write_all(b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
