@@ -488,6 +488,36 @@ where
     }
 }
 
+/// The `address=` a process last logged on a line containing `what` (`metrics serving`,
+/// `status page serving`), once it has.
+pub async fn logged_address(log: &Path, what: &str) -> String {
+    eventually(&format!("the log line '{what}'"), || async {
+        let text = plain(&std::fs::read_to_string(log).ok()?);
+        let line = text.lines().rev().find(|line| line.contains(what))?;
+        let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+        Some(address.trim_matches('"').to_string())
+    })
+    .await
+}
+
+/// `text` without terminal colour codes (`ESC [ ... m`).
+pub fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for next in chars.by_ref() {
+                if next == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A loopback address where nothing listens: bound, then released.
 pub fn closed_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -557,6 +587,54 @@ pub async fn run_backup(
         .into_inner()
         .run_id;
     watch_to_end(client, &run_id).await.pop().expect("final")
+}
+
+/// Starts a full backup of `cluster` into `location` moving at most `bytes_per_second`, and
+/// waits until its first bytes move; returns the run's id. For tests that act mid-run.
+pub async fn start_throttled_backup(
+    client: &CofferClient,
+    cluster: &str,
+    location: &str,
+    bytes_per_second: i64,
+) -> String {
+    use coffer_client::proto;
+    let run_id = client
+        .backups()
+        .start_backup(proto::StartBackupRequest {
+            cluster: cluster.into(),
+            backup: Some(proto::BackupSpec {
+                kind: proto::BackupKind::Full.into(),
+                location: location.into(),
+                limits: Some(proto::TransferLimits {
+                    rate_limit_bytes_per_second: bytes_per_second,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("start backup")
+        .into_inner()
+        .run_id;
+    wait_until_bytes_move(client, &run_id).await;
+    run_id
+}
+
+/// Waits until some node of run `run_id` has moved bytes.
+pub async fn wait_until_bytes_move(client: &CofferClient, run_id: &str) {
+    eventually("bytes to move", || async {
+        let run = get_run(client, run_id).await;
+        run.nodes
+            .iter()
+            .any(|node| {
+                node.progress
+                    .as_ref()
+                    .is_some_and(|progress| progress.bytes_done > 0)
+            })
+            .then_some(())
+    })
+    .await;
 }
 
 /// Restores the backup `backup_id` onto `cluster` (its own nodes, no overwrite) and watches the

@@ -214,6 +214,19 @@ pub struct ApiTls {
     pub client_ca: Option<PathBuf>,
 }
 
+impl ApiTls {
+    /// The TLS configuration the API (and the status page) serve with.
+    ///
+    /// Fails when the certificate, key or client CA cannot be read or do not fit.
+    pub fn server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+        coffer_process::tls::server_config(&coffer_process::tls::ServeTls {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+        })
+    }
+}
+
 impl ServerConfig {
     /// The agent call options of this configuration.
     pub fn agent_calls(&self) -> AgentCallOptions {

@@ -237,13 +237,7 @@ pub async fn run(
     // TLS settings first: unusable files stop the server before it serves anything.
     let tls = coffer
         .api_tls()
-        .map(|tls| {
-            coffer_process::tls::server_config(&coffer_process::tls::ServeTls {
-                cert: tls.cert.clone(),
-                key: tls.key.clone(),
-                client_ca: tls.client_ca.clone(),
-            })
-        })
+        .map(config::ApiTls::server_config)
         .transpose()
         .map_err(grpc::ServeError::Tls)?;
     let router = grpc::router(coffer).await;

@@ -3,8 +3,7 @@
 
 use coffer_client::proto;
 use coffer_tests::{
-    TestAgent, TestServer, create_fs_location, eventually, get_run, noise, snapshots_left,
-    watch_to_end, write,
+    TestAgent, TestServer, create_fs_location, noise, snapshots_left, watch_to_end, write,
 };
 
 use crate::{node, register};
@@ -28,37 +27,7 @@ async fn an_agent_killed_mid_backup_is_named_and_its_snapshot_goes_when_it_is_ba
         .await
         .expect("register");
     create_fs_location(&client, "vault", &root.path().join("vault")).await;
-    let run_id = client
-        .backups()
-        .start_backup(proto::StartBackupRequest {
-            cluster: "prod".into(),
-            backup: Some(proto::BackupSpec {
-                kind: proto::BackupKind::Full.into(),
-                location: "vault".into(),
-                limits: Some(proto::TransferLimits {
-                    rate_limit_bytes_per_second: 1 << 20,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("start")
-        .into_inner()
-        .run_id;
-    eventually("bytes to move", || async {
-        let run = get_run(&client, &run_id).await;
-        run.nodes
-            .iter()
-            .any(|node| {
-                node.progress
-                    .as_ref()
-                    .is_some_and(|progress| progress.bytes_done > 0)
-            })
-            .then_some(())
-    })
-    .await;
+    let run_id = coffer_tests::start_throttled_backup(&client, "prod", "vault", 1 << 20).await;
     agent.process.kill().await;
     let run = watch_to_end(&client, &run_id).await.pop().expect("final");
     assert_eq!(run.state(), proto::RunState::Failed);
@@ -144,18 +113,7 @@ async fn an_agent_killed_mid_restore_is_named_and_the_same_restore_finishes_it()
         .expect("start restore")
         .into_inner()
         .run_id;
-    eventually("bytes to move", || async {
-        let run = get_run(&client, &run_id).await;
-        run.nodes
-            .iter()
-            .any(|node| {
-                node.progress
-                    .as_ref()
-                    .is_some_and(|progress| progress.bytes_done > 0)
-            })
-            .then_some(())
-    })
-    .await;
+    coffer_tests::wait_until_bytes_move(&client, &run_id).await;
     agent.process.kill().await;
     let run = watch_to_end(&client, &run_id).await.pop().expect("final");
     assert_eq!(run.state(), proto::RunState::Failed);

@@ -49,3 +49,18 @@ pub fn register(name: &str, nodes: Vec<proto::NodeSpec>) -> proto::RegisterClust
         labels: Default::default(),
     }
 }
+
+/// Registers the cluster `prod` of `agent` and creates the fs location `local` at
+/// `root/backups`: the set-up most single-node tests start from.
+pub async fn prod_with_local(
+    client: &coffer_client::CofferClient,
+    agent: &TestAgent,
+    root: &std::path::Path,
+) {
+    client
+        .clusters()
+        .register_cluster(register("prod", vec![node(agent)]))
+        .await
+        .expect("register");
+    coffer_tests::create_fs_location(client, "local", &root.join("backups")).await;
+}

@@ -6,41 +6,12 @@
 use std::path::Path;
 
 use coffer_client::{CofferClient, proto};
-use coffer_tests::{TestAgent, TestServer, create_fs_location, eventually, run_backup, write};
+use coffer_tests::{TestAgent, TestServer, eventually, run_backup, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::{node, register};
-
-/// `text` without terminal colour codes (`ESC [ ... m`).
-pub(crate) fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for next in chars.by_ref() {
-                if next == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// The metrics address the server logged last.
 pub(crate) async fn metrics_address(log: &Path) -> String {
-    eventually("the server logging its metrics address", || async {
-        let text = plain(&std::fs::read_to_string(log).ok()?);
-        let line = text
-            .lines()
-            .rev()
-            .find(|line| line.contains("metrics serving"))?;
-        let address = line.split("address=").nth(1)?.split_whitespace().next()?;
-        Some(address.trim_matches('"').to_string())
-    })
-    .await
+    coffer_tests::logged_address(log, "metrics serving").await
 }
 
 /// `GET path` over HTTP/1.1: the status line and the body.
@@ -112,12 +83,7 @@ pub(crate) async fn metered(root: &Path, populate: impl FnOnce(&Path)) -> Metere
     .await;
     let metrics = metrics_address(&root.join("server.log")).await;
     let client = server.client().await;
-    client
-        .clusters()
-        .register_cluster(register("prod", vec![node(&agent)]))
-        .await
-        .expect("register");
-    create_fs_location(&client, "local", &root.join("backups")).await;
+    crate::prod_with_local(&client, &agent, root).await;
     Metered {
         agent,
         agent_metrics,

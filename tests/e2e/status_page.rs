@@ -6,27 +6,15 @@ use std::path::Path;
 use std::process::Stdio;
 
 use coffer_client::{CofferClient, proto};
-use coffer_tests::{
-    TestAgent, TestServer, create_fs_location, eventually, noise, repo_root, write,
-};
+use coffer_tests::{TestAgent, TestServer, eventually, noise, repo_root, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::metrics::plain;
 use crate::sdk_python::venv_python;
 use crate::{node, register};
 
 /// The status page address the server logged.
 pub(crate) async fn status_address(log: &Path) -> String {
-    eventually("the server logging its status page address", || async {
-        let text = plain(&std::fs::read_to_string(log).ok()?);
-        let line = text
-            .lines()
-            .rev()
-            .find(|line| line.contains("status page serving"))?;
-        let address = line.split("address=").nth(1)?.split_whitespace().next()?;
-        Some(address.trim_matches('"').to_string())
-    })
-    .await
+    coffer_tests::logged_address(log, "status page serving").await
 }
 
 /// An HTTP/1.1 answer: status code, head (lower-cased) and body.
@@ -173,33 +161,25 @@ async fn the_status_json_needs_a_read_token_by_header_or_login_cookie() {
     // What the page shows does not.
     let anonymous = request(&address, "GET", "/status.json", &[], "").await;
     assert_eq!(anonymous.status, 401, "{}", anonymous.body);
-    let wrong = request(
-        &address,
-        "GET",
-        "/status.json",
-        &["Authorization: Bearer coffer_00000000000000000000000000000000_wrong".into()],
-        "",
-    )
-    .await;
+    let status_with = |authorization: String| {
+        let address = address.clone();
+        async move {
+            request(
+                &address,
+                "GET",
+                "/status.json",
+                &[format!("Authorization: {authorization}")],
+                "",
+            )
+            .await
+        }
+    };
+    let wrong = status_with("Bearer coffer_00000000000000000000000000000000_wrong".into()).await;
     assert_eq!(wrong.status, 401, "{}", wrong.body);
-    let malformed = request(
-        &address,
-        "GET",
-        "/status.json",
-        &["Authorization: Basic eA==".into()],
-        "",
-    )
-    .await;
+    let malformed = status_with("Basic eA==".into()).await;
     assert_eq!(malformed.status, 401, "{}", malformed.body);
 
-    let by_header = request(
-        &address,
-        "GET",
-        "/status.json",
-        &[format!("Authorization: Bearer {reader}")],
-        "",
-    )
-    .await;
+    let by_header = status_with(format!("Bearer {reader}")).await;
     assert_eq!(by_header.status, 200, "{}", by_header.body);
     let report: serde_json::Value = serde_json::from_str(&by_header.body).expect("JSON");
     assert_eq!(report["clusters"][0]["name"], "prod", "{report}");
@@ -210,14 +190,7 @@ async fn the_status_json_needs_a_read_token_by_header_or_login_cookie() {
 
     // The agent check reaches the page.
     eventually("the node shown serving", || async {
-        let answer = request(
-            &address,
-            "GET",
-            "/status.json",
-            &[format!("Authorization: Bearer {reader}")],
-            "",
-        )
-        .await;
+        let answer = status_with(format!("Bearer {reader}")).await;
         let report: serde_json::Value = serde_json::from_str(&answer.body).ok()?;
         (report["clusters"][0]["nodes"][0]["health"] == "serving").then_some(())
     })
@@ -311,12 +284,7 @@ async fn a_headless_chromium_sees_a_backup_progress_and_end_on_the_status_page()
     .await;
     let address = status_address(&root.path().join("server.log")).await;
     let client = server.client().await;
-    client
-        .clusters()
-        .register_cluster(register("prod", vec![node(&agent)]))
-        .await
-        .expect("register");
-    create_fs_location(&client, "local", &root.path().join("backups")).await;
+    crate::prod_with_local(&client, &agent, root.path()).await;
 
     // 6 MiB at 1 MiB/s: several seconds of progress for the page to show.
     let mut request = crate::backups::backup_request("prod", "local", proto::BackupKind::Full);

@@ -8,17 +8,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use coffer_client::proto;
-use coffer_tests::{
-    TestAgent, TestServer, create_fs_location, eventually, get_run, noise, run_backup,
-    watch_to_end, write,
-};
+use coffer_tests::{TestAgent, TestServer, eventually, noise, run_backup, watch_to_end, write};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::metrics::{get, metrics_address, sample};
-use crate::{node, register};
 
 /// One call a receiver got.
 #[derive(Debug, Clone)]
@@ -230,12 +226,7 @@ first-retry-after = "100ms"
     .await;
     let metrics = metrics_address(&root.path().join("server.log")).await;
     let client = server.client().await;
-    client
-        .clusters()
-        .register_cluster(register("prod", vec![node(&agent)]))
-        .await
-        .expect("register");
-    create_fs_location(&client, "local", &root.path().join("backups")).await;
+    crate::prod_with_local(&client, &agent, root.path()).await;
 
     // A backup that succeeds, while one receiver fails and another hangs: the run ends as
     // it would without them.
@@ -294,37 +285,7 @@ first-retry-after = "100ms"
     assert!(failures.calls().is_empty(), "{:?}", failures.calls());
 
     // A backup that fails: its agent killed while bytes move.
-    let run_id = client
-        .backups()
-        .start_backup(proto::StartBackupRequest {
-            cluster: "prod".into(),
-            backup: Some(proto::BackupSpec {
-                kind: proto::BackupKind::Full.into(),
-                location: "local".into(),
-                limits: Some(proto::TransferLimits {
-                    rate_limit_bytes_per_second: 1 << 20,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("start")
-        .into_inner()
-        .run_id;
-    eventually("bytes to move", || async {
-        let run = get_run(&client, &run_id).await;
-        run.nodes
-            .iter()
-            .any(|node| {
-                node.progress
-                    .as_ref()
-                    .is_some_and(|progress| progress.bytes_done > 0)
-            })
-            .then_some(())
-    })
-    .await;
+    let run_id = coffer_tests::start_throttled_backup(&client, "prod", "local", 1 << 20).await;
     agent.process.kill().await;
     let failed = watch_to_end(&client, &run_id).await.pop().expect("final");
     assert_eq!(failed.state(), proto::RunState::Failed);
@@ -433,7 +394,7 @@ async fn a_webhook_with_an_unreadable_secret_stops_the_server_with_a_clear_error
         .await
         .expect("run coffer-server");
     assert!(!output.status.success());
-    let stderr = crate::metrics::plain(&String::from_utf8_lossy(&output.stderr));
+    let stderr = coffer_tests::plain(&String::from_utf8_lossy(&output.stderr));
     assert!(stderr.contains("ops"), "{stderr}");
     assert!(stderr.contains("open.secret"), "{stderr}");
 
@@ -460,7 +421,7 @@ async fn a_webhook_with_an_unreadable_secret_stops_the_server_with_a_clear_error
             .output()
             .await
             .expect("run coffer-server");
-        let stderr = crate::metrics::plain(&String::from_utf8_lossy(&output.stderr));
+        let stderr = coffer_tests::plain(&String::from_utf8_lossy(&output.stderr));
         assert!(!output.status.success(), "{body}: {stderr}");
         assert!(stderr.contains(expected), "{body}: {stderr}");
     }

@@ -51,13 +51,7 @@ pub async fn start(
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let tls = coffer
         .api_tls()
-        .map(|tls| {
-            coffer_process::tls::server_config(&coffer_process::tls::ServeTls {
-                cert: tls.cert.clone(),
-                key: tls.key.clone(),
-                client_ca: tls.client_ca.clone(),
-            })
-        })
+        .map(crate::config::ApiTls::server_config)
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("load the API's TLS files for the status page")?;
