@@ -4,7 +4,7 @@
 //! A run is recorded (queued) before its id is returned, and every transition is written before
 //! it is acted on. While a run executes, its current state lives in a watch channel: watchers
 //! get the current state first, then changes at most every `min_update_interval`, then the final
-//! state. Progress counters reach the catalog about once a second; transitions at once.
+//! state at once ([`watchers`]). Progress counters reach the catalog about once a second; transitions at once.
 //!
 //! The kinds of run share the node fan-out ([`fanout`]); [`recovery`] finishes, at start-up,
 //! the runs a previous server process left in flight.
@@ -16,6 +16,7 @@ pub mod purge;
 mod recovery;
 pub mod restore;
 pub mod validate;
+mod watchers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -221,7 +222,7 @@ impl RunManager {
             None => self.get(id).await?,
         };
         let catalog = self.inner.catalog.clone();
-        Ok(async_stream_of(first, receiver, catalog, interval))
+        Ok(watchers::coalesced(first, receiver, catalog, interval))
     }
 
     /// Asks a run to stop. Queued and running runs go to CANCELING, then (once their nodes
@@ -288,47 +289,6 @@ impl RunManager {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
     }
-}
-
-fn async_stream_of(
-    first: Run,
-    receiver: Option<watch::Receiver<Run>>,
-    catalog: Catalog,
-    interval: Duration,
-) -> impl Stream<Item = Run> + Send + 'static {
-    futures::stream::unfold(
-        (Some(first), receiver, false),
-        move |(pending, mut receiver, done)| {
-            let catalog = catalog.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                if let Some(run) = pending {
-                    let finished = run.state.is_final() || receiver.is_none();
-                    return Some((run, (None, receiver, finished)));
-                }
-                let channel = receiver.as_mut()?;
-                // Coalesce: wait for a change, then let changes pile up for `interval`.
-                let next = match channel.changed().await {
-                    Ok(()) => {
-                        tokio::time::sleep(interval).await;
-                        channel.borrow_and_update().clone()
-                    }
-                    Err(_) => {
-                        // The run ended and its task went away: the catalog has the final state.
-                        let id = channel.borrow().id;
-                        match catalog.get_run(id).await {
-                            Ok(Some(run)) => run,
-                            _ => channel.borrow().clone(),
-                        }
-                    }
-                };
-                let finished = next.state.is_final();
-                Some((next, (None, receiver, finished)))
-            }
-        },
-    )
 }
 
 /// What a run's task uses to publish progress and transitions.
