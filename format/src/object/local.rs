@@ -67,6 +67,87 @@ pub(super) fn write_local_object(root: &Path, object_path: &str, bytes: &[u8]) -
     renamed
 }
 
+/// What [`store_small_file_locally`] did with a small file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmallStored {
+    /// The hash that names the file's object.
+    pub hash: ContentHash,
+    /// Bytes read (the file's size when read).
+    pub read_bytes: u64,
+    /// Size of the object written here, header included; `None` when it was not written here
+    /// (the folder held it, or another file of the upload claimed its content).
+    pub stored_bytes: Option<u64>,
+}
+
+/// Backs up a small file into the local folder `root` in one blocking call: reads it whole
+/// (at the options' rate), hashes it, and unless `claim(hash)` says another file of the upload
+/// has its content or the folder holds the object at `object_path(hash)` already, writes the
+/// object (temporary file and rename, no sync: see [`local_root`]).
+///
+/// For the many small files of a database node, one call per file instead of a read, a stat and
+/// a write each on its own blocking thread: the thread hand-overs, not the file operations,
+/// were most of the work. Returns `None` when the file is larger than
+/// [`SMALL_FILE`](super::SMALL_FILE) (it grew since it was described).
+///
+/// Fails when the file cannot be read or the object cannot be written.
+pub fn store_small_file_locally(
+    root: &Path,
+    file: &Path,
+    options: &UploadOptions,
+    object_path: impl FnOnce(&ContentHash) -> String,
+    claim: impl FnOnce(&ContentHash) -> bool,
+) -> io::Result<Option<SmallStored>> {
+    use std::io::Read;
+    let mut opened = File::open(file)?;
+    let mut content = Vec::new();
+    (&mut opened)
+        .take(super::SMALL_FILE + 1)
+        .read_to_end(&mut content)?;
+    drop(opened);
+    if content.len() as u64 > super::SMALL_FILE {
+        return Ok(None);
+    }
+    let read_bytes = content.len() as u64;
+    if let Some(limiter) = &options.rate_limiter
+        && read_bytes > 0
+    {
+        limiter.acquire_blocking(read_bytes);
+    }
+    let hash = options.keys.content_hash(&content);
+    if !claim(&hash) {
+        return Ok(Some(SmallStored {
+            hash,
+            read_bytes,
+            stored_bytes: None,
+        }));
+    }
+    let path = object_path(&hash);
+    match std::fs::symlink_metadata(root.join(&path)) {
+        Ok(metadata) if metadata.is_file() => {
+            return Ok(Some(SmallStored {
+                hash,
+                read_bytes,
+                stored_bytes: None,
+            }));
+        }
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let (encoded, _) = super::codec::encode_bytes(
+        &content,
+        options.compression.zstd_level(),
+        options.max_compressed_ratio,
+        &options.keys,
+    )?;
+    write_local_object(root, &path, &encoded)?;
+    Ok(Some(SmallStored {
+        hash,
+        read_bytes,
+        stored_bytes: Some(encoded.len() as u64),
+    }))
+}
+
 /// The folder of a local (`fs`) location, which [`upload_file`](super::upload_file) writes
 /// directly.
 ///
@@ -78,6 +159,11 @@ pub(super) fn write_local_object(root: &Path, object_path: &str, bytes: &[u8]) -
 pub(super) fn local_root(op: &Operator) -> Option<PathBuf> {
     let info = op.info();
     (info.scheme() == "fs").then(|| PathBuf::from(info.root()))
+}
+
+/// The folder of `op` when it is a local (`fs`) location.
+pub fn local_folder(op: &Operator) -> Option<PathBuf> {
+    local_root(op)
 }
 
 /// Whether `op` is a local (`fs`) folder, which [`encode_into_folder`] can write into.
@@ -457,5 +543,68 @@ mod tests {
             .filter(|name| name.to_string_lossy().ends_with(TEMPORARY_SUFFIX))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    /// A small file in one call: stored once, found the second time, left to another claimer,
+    /// and handed back when it grew past the small-file limit.
+    #[tokio::test]
+    async fn small_files_are_stored_once_in_one_call() {
+        let fixture = fixture();
+        std::fs::create_dir_all(&fixture.root).expect("mkdir");
+        let source = fixture.files.join("small");
+        let content = b"rows of a small table\n".repeat(50);
+        std::fs::write(&source, &content).expect("write");
+        let options = UploadOptions::default();
+        let object = |hash: &ContentHash| format!("objects/{}", hash.to_hex());
+
+        let first = store_small_file_locally(&fixture.root, &source, &options, object, |_| true)
+            .expect("store")
+            .expect("small");
+        assert_eq!(first.hash, ContentHash::of(&content));
+        assert_eq!(first.read_bytes, content.len() as u64);
+        let stored = first.stored_bytes.expect("written");
+        assert!(stored < content.len() as u64, "text compresses: {stored}");
+        let path = object(&first.hash);
+        assert_eq!(
+            std::fs::metadata(fixture.root.join(&path))
+                .expect("object")
+                .len(),
+            stored
+        );
+        let dest = fixture.files.join("restored");
+        download_object(
+            &fixture.op,
+            &path,
+            &dest,
+            first.hash,
+            &Keyring::plain(),
+            None,
+        )
+        .await
+        .expect("download");
+        assert_eq!(std::fs::read(&dest).expect("read"), content);
+
+        let again = store_small_file_locally(&fixture.root, &source, &options, object, |_| true)
+            .expect("store")
+            .expect("small");
+        assert_eq!(again.stored_bytes, None, "the folder holds it");
+        std::fs::remove_file(fixture.root.join(&path)).expect("remove");
+        let claimed = store_small_file_locally(&fixture.root, &source, &options, object, |_| false)
+            .expect("store")
+            .expect("small");
+        assert_eq!(claimed.stored_bytes, None, "another file claimed it");
+        assert!(!fixture.root.join(&path).exists());
+
+        let grown = fixture.files.join("grown");
+        std::fs::write(&grown, vec![7u8; crate::object::SMALL_FILE as usize + 1]).expect("write");
+        assert_eq!(
+            store_small_file_locally(&fixture.root, &grown, &options, object, |_| true)
+                .expect("read"),
+            None
+        );
+        let missing = fixture.files.join("gone");
+        assert!(
+            store_small_file_locally(&fixture.root, &missing, &options, object, |_| true).is_err()
+        );
     }
 }

@@ -57,8 +57,8 @@ pub use download::{
 };
 pub use durable::{LocationWriteback, sync_name};
 pub use local::{
-    PendingObject, STALE_TEMPORARY_AGE, TEMPORARY_SUFFIX, encode_into_folder, is_local_folder,
-    remove_stale_temporaries,
+    PendingObject, STALE_TEMPORARY_AGE, SmallStored, TEMPORARY_SUFFIX, encode_into_folder,
+    is_local_folder, local_folder, remove_stale_temporaries, store_small_file_locally,
 };
 pub use rate::RateLimiter;
 pub use seal::{

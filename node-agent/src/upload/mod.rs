@@ -32,6 +32,8 @@ use tokio::sync::{Mutex, OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod small;
+
 use crate::journal::{FileIdentity, HashRecord, Journal, Remembered};
 use crate::progress::{FileCounters, ProgressReporter};
 use crate::snapshot::SnapshotFile;
@@ -161,6 +163,10 @@ struct Shared {
     options: UploadOptions,
     /// Makes the stored objects durable before the manifest refers to them.
     writeback: LocationWriteback,
+    /// The location's folder when it is a local one (small files then go in batches).
+    local_root: Option<PathBuf>,
+    /// Contents the batches of small files claimed (see [`small`]).
+    local_claims: small::LocalClaims,
 }
 
 impl Shared {
@@ -191,6 +197,11 @@ impl Shared {
         self.counters
             .objects_uploaded
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a batch of small files is the first to claim `hash` in this upload.
+    fn claim_local(&self, hash: ContentHash) -> bool {
+        self.local_claims.claim(hash)
     }
 
     /// Whether the journal vouches that the location holds `hash` (incremental backups and
@@ -225,6 +236,8 @@ pub async fn run(
     let shared = Arc::new(Shared {
         layout: ClusterLayout::new(job.cluster_id),
         writeback: LocationWriteback::new(&job.operator),
+        local_root: coffer_format::object::local_folder(&job.operator),
+        local_claims: small::LocalClaims::default(),
         job,
         counters: Counters::default(),
         objects: Mutex::new(HashMap::new()),
@@ -400,13 +413,22 @@ async fn upload_files(
     cancel: &CancellationToken,
 ) -> FilesUploaded {
     let concurrency = shared.job.concurrency.max(1);
-    let mut results = futures::stream::iter(selected.into_iter().zip(known))
-        .map(|(file, known)| {
+    let work = small::plan(shared, selected, known);
+    let mut results = futures::stream::iter(work)
+        .map(|work| {
             let shared = shared.clone();
             let cancel = cancel.clone();
             async move {
+                let done = async {
+                    match work {
+                        small::Work::One(file, known) => process_file(&shared, file, known)
+                            .await
+                            .map(|one| vec![one]),
+                        small::Work::Batch(files) => small::process_batch(&shared, files).await,
+                    }
+                };
                 tokio::select! {
-                    result = process_file(&shared, file, known) => result,
+                    result = done => result,
                     () = cancel.cancelled() => Err(UploadFailure::Canceled),
                 }
             }
@@ -429,13 +451,17 @@ async fn upload_files(
     let mut hashed = Vec::new();
     let mut present = Vec::new();
     let outcome: Result<(), UploadFailure> = async {
-        while let Some(result) = results.next().await {
-            let result = result?;
-            if let Some(record) = result.hashed {
-                hashed.push(record);
-            }
-            if let Some(hash) = result.object_present {
-                present.push(hash);
+        while let Some(done) = results.next().await {
+            for result in done? {
+                if let Some(record) = result.hashed {
+                    hashed.push(record);
+                }
+                if let Some(hash) = result.object_present {
+                    present.push(hash);
+                }
+                if !shared.job.dry_run {
+                    manifest.add(result.entry).await?;
+                }
             }
             if hashed.len() >= 1000 {
                 shared
@@ -443,9 +469,6 @@ async fn upload_files(
                     .journal
                     .record_hashes(std::mem::take(&mut hashed))
                     .await?;
-            }
-            if !shared.job.dry_run {
-                manifest.add(result.entry).await?;
             }
         }
         Ok(())
