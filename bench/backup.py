@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Backup and restore throughput benchmark: Coffer (FULL, INCREMENTAL, restore) side by side with rclone.
+"""Backup and restore throughput benchmark: Coffer (FULL, INCREMENTAL, restore) side by side with rclone and restic.
 
 Run by hand from anywhere (Python 3.11, standard library only):
 
     python3 bench/backup.py                    # 3 nodes x (2 x 256 MiB + 3000 small files), fs and s3
     python3 bench/backup.py --scale 0.25       # a quick run (2 x 64 MiB + 750 small files per node)
     python3 bench/backup.py --target fs        # fs | s3 | both
+    python3 bench/backup.py --dataset small    # large (default) | small (1 node, 100000 x 1-4 KiB) | million
 
 What it does:
-  1. builds the release binaries (cargo) and installs weed, rclone and grpcurl into .tools/bin
-     (scripts/install-tools);
+  1. builds the release binaries (cargo) and installs weed, rclone, grpcurl and restic into
+     .tools/bin (scripts/install-tools);
   2. generates a deterministic data set per node under <work>/data/node-N (seeded by node, so no
      content is shared between nodes); it is reused by later runs with the same parameters;
   3. per target: starts weed mini (s3), one coffer-agent per node and a coffer-server on loopback
@@ -17,15 +18,25 @@ What it does:
         rclone      `rclone copy --transfers 8` of every node's data, one rclone per node, run in
                     parallel (as an agent per node would), into a fresh folder on the same disk
                     (fs) or a fresh prefix of the same SeaweedFS bucket (s3);
+        restic      `restic backup` of every node's data, one restic per node in parallel, each
+                    into a fresh repository of its own next to rclone's copy (init untimed, cache
+                    cleared first; fs: a `sync` after it, inside its wall time);
         full        a FULL backup, StartBackup -> run SUCCEEDED;
         incremental an INCREMENTAL backup after 1% of the files (by count) of each node changed;
+        restic-incremental
+                    `restic backup` again of the same changed data, into the same repositories;
         restore     the data folders emptied, the FULL backup restored onto the same nodes,
                     StartRestore -> run SUCCEEDED, then the restored trees checked against the
                     data set (untimed); they are the data set from then on;
         rclone-down `rclone copy --transfers 8` of rclone's upload back into fresh folders on the
                     data set's disk, one rclone per node in parallel, then the same check;
+        restic-restore
+                    `restic restore latest` of every repository into fresh folders on the data
+                    set's disk, in parallel, then a `sync` (inside its wall time), then the
+                    restored trees checked against what restic's last backup saw;
      agents are restarted (same state dir, same port) before each Coffer measurement, so the
-     VmHWM read from /proc after the run is the peak of that run alone;
+     VmHWM read from /proc after the run is the peak of that run alone; the server runs through
+     every phase, so its VmHWM after a phase is its peak so far;
   4. prints a table, the targets (PASS/MISS) and a diagnosis (per-node phase timeline, CPU and I/O
      per process), and writes everything to <work>/results.json.
 
@@ -66,6 +77,7 @@ SECRET_KEY = "coffer-bench-secret"
 BUCKET = "coffer-bench"
 CLUSTER = "bench"
 RCLONE_REMOTE = "benchs3"
+RESTIC_PASSWORD = "coffer-bench-restic"  # restic always encrypts; the key is not what is measured
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FINAL_STATES = {"RUN_STATE_SUCCEEDED", "RUN_STATE_FAILED", "RUN_STATE_CANCELED"}
 
@@ -109,6 +121,26 @@ def text_pool(seed: int, node: int) -> bytes:
         n += len(line) + 1
         i += k
     return ("\n".join(lines).encode())[:POOL_BYTES]
+
+
+# --dataset presets: values for the shape knobs a flag does not set. large is the mix the bench
+# was built around (big SSTables plus small ones); small and million are the many-small-files
+# sets the issues ask for (1 node, so the figures are one agent's and one restic's).
+DATASETS = {
+    "large": {"nodes": 3, "big_files": 2, "big_mib": 256, "small_files": 3000,
+              "small_min_kib": 16, "small_max_kib": 64},
+    "small": {"nodes": 1, "big_files": 0, "big_mib": 256, "small_files": 100_000,
+              "small_min_kib": 1, "small_max_kib": 4},
+    "million": {"nodes": 1, "big_files": 0, "big_mib": 256, "small_files": 1_000_000,
+                "small_min_kib": 1, "small_max_kib": 4},
+}
+
+
+def apply_dataset(a: argparse.Namespace) -> None:
+    """Fills the shape knobs left unset on the command line from the --dataset preset."""
+    for key, value in DATASETS[a.dataset].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
 
 
 class Params:
@@ -171,18 +203,36 @@ def write_replace(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+GEN_PART_FILES = 100_000  # at most this many small files per generator job
+
+
+def gen_jobs(shape: dict, dirs: list[Path], workers: int) -> list[tuple]:
+    """The generator's jobs: per node, its small files in ranges of whole folders (100 files
+    each), the first range with the node's big files. A node with few files is one job (each job
+    builds the node's 8 MiB text pool, 0.5 s); one with very many (the million preset is a single
+    node) is split so that every core writes files and no job holds more than GEN_PART_FILES."""
+    jobs = []
+    n = shape["small_files"]
+    for node, root in enumerate(dirs):
+        parts = 1 if n < 20_000 else max(-(-workers // len(dirs)), -(-n // GEN_PART_FILES))
+        step = max(100, -(-n // parts // 100) * 100)
+        ranges = [(lo, min(lo + step, n)) for lo in range(0, n, step)] or [(0, 0)]
+        jobs += [(shape, node, str(root), lo, hi, k == 0) for k, (lo, hi) in enumerate(ranges)]
+    return jobs
+
+
 def gen_node(job: tuple) -> tuple[int, int]:
-    shape, node, root = job
+    """Writes one generator job (see gen_jobs) into an existing node folder; returns the files
+    and bytes it wrote. The content of a file depends only on (seed, node, file), not on how the
+    node was split into jobs."""
+    shape, node, root, lo, hi, with_big = job
     root = Path(root)
     seed = shape["seed"]
-    if root.exists():
-        shutil.rmtree(root)
-    (root / "big").mkdir(parents=True)
     pool = text_pool(seed, node)
     pv = memoryview(pool)
-    total = 0
+    files = total = 0
     chunks = shape["big_mib"]
-    for b in range(shape["big_files"]):
+    for b in range(shape["big_files"] if with_big else 0):
         if b % 2 == 0:  # text-like: 1 MiB slices of the pool at random offsets
             r = random.Random(f"{seed}/node{node}/big-text{b}")
             with open(big_path(root, b), "wb") as f:
@@ -194,16 +244,18 @@ def gen_node(job: tuple) -> tuple[int, int]:
             with open(big_path(root, b), "wb") as f:
                 for _ in range(chunks):
                     f.write(r.randbytes(MiB))
+        files += 1
         total += chunks * MiB
-    for i in range(shape["small_files"]):
+    for i in range(lo, hi):
         p = small_path(root, i)
-        if i % 100 == 0:
+        if i % 100 == 0:  # ranges start at a folder's first file
             p.parent.mkdir(parents=True, exist_ok=True)
         data = small_content(seed, node, i, 0, pool, shape["small_min"], shape["small_max"])
         with open(p, "wb") as f:
             f.write(data)
+        files += 1
         total += len(data)
-    return shape["big_files"] + shape["small_files"], total
+    return files, total
 
 
 def dataset_size(root: Path) -> tuple[int, int]:
@@ -227,17 +279,23 @@ def file_digest(path: str) -> tuple[int, str]:
         return size, hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
-def hash_tree(root: str) -> dict:
-    """relative path -> [size, hash] of every file under root (the agent's snapshot folder left
-    out; a leftover restore staging folder is listed, so it shows up as extra files)."""
-    out = {}
+def list_files(root: str) -> list[str]:
+    """Relative path of every file under root (the agent's snapshot folder left out; a leftover
+    restore staging folder is listed, so it shows up as extra files)."""
+    out = []
     for dirpath, dirnames, filenames in os.walk(root):
         if dirpath == root and ".coffer-snapshots" in dirnames:
             dirnames.remove(".coffer-snapshots")
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            out[os.path.relpath(path, root)] = list(file_digest(path))
+        out += [os.path.relpath(os.path.join(dirpath, name), root) for name in filenames]
     return out
+
+
+def hash_files(job: tuple[str, list[str]]) -> list[list]:
+    root, rels = job
+    return [list(file_digest(os.path.join(root, rel))) for rel in rels]
+
+
+HASH_BATCH = 2000  # files per hashing job
 
 
 def stat_tree(root: Path) -> dict:
@@ -254,9 +312,21 @@ def stat_tree(root: Path) -> dict:
 
 
 def hash_trees(roots: list[Path]) -> list[dict]:
-    workers = max(1, min(len(roots), os.cpu_count() or 1))
+    """Per root: relative path -> [size, hash] of every file under it. The files are hashed in
+    batches over every core, not a tree per core: the small and million presets are one node."""
+    listings = [list_files(str(r)) for r in roots]
+    jobs = [(str(r), rels[i:i + HASH_BATCH]) for r, rels in zip(roots, listings)
+            for i in range(0, len(rels), HASH_BATCH)]
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
     with ProcessPoolExecutor(max_workers=workers) as ex:
-        return list(ex.map(hash_tree, [str(r) for r in roots]))
+        digests = iter(ex.map(hash_files, jobs))
+        out = []
+        for rels in listings:
+            tree: dict = {}
+            for i in range(0, len(rels), HASH_BATCH):
+                tree.update(zip(rels[i:i + HASH_BATCH], next(digests)))
+            out.append(tree)
+    return out
 
 
 def compare_trees(expected: list[dict], roots: list[Path]) -> dict:
@@ -375,6 +445,9 @@ class Dataset:
         self.hashes_path = self.root / "hashes.json"
         self.hashes: list[dict] = []  # per node: relative path -> [size, BLAKE2b-128]
         self.node_dirs = [self.root / f"node-{n}" for n in range(params.nodes)]
+        # per node: relative path -> [size, BLAKE2b-128] of the files mutate() changed, as they
+        # are until undo_mutate(): what a restore of a backup taken in between must give back
+        self.changed: list[dict] = [{} for _ in self.node_dirs]
         self.files = 0
         self.bytes = 0
         self._pools: dict[int, bytes] = {}
@@ -403,9 +476,12 @@ class Dataset:
         log(f"data set: generating {self.params.nodes} nodes x ({shape['big_files']} x {shape['big_mib']} MiB + "
             f"{shape['small_files']} x {shape['small_min'] // KiB}-{shape['small_max'] // KiB} KiB)")
         t0 = time.monotonic()
-        workers = max(1, min(self.params.nodes, os.cpu_count() or 1))
+        for d in self.node_dirs:
+            (d / "big").mkdir(parents=True)
+        jobs = gen_jobs(shape, self.node_dirs, os.cpu_count() or 1)
+        workers = max(1, min(len(jobs), os.cpu_count() or 1))
         with ProcessPoolExecutor(max_workers=workers) as ex:
-            results = list(ex.map(gen_node, [(shape, n, str(d)) for n, d in enumerate(self.node_dirs)]))
+            results = list(ex.map(gen_node, jobs))
         self.files = sum(r[0] for r in results)
         self.bytes = sum(r[1] for r in results)
         os.sync()
@@ -473,11 +549,15 @@ class Dataset:
         self._save(clean=False)
         p = self.params
         changed_files = changed_file_bytes = written = 0
+        self.changed = [{} for _ in self.node_dirs]
         for n, root in enumerate(self.node_dirs):
             plan = self.change_plan(n)
             for i in plan["small"]:
                 data = small_content(p.seed, n, i, 1, self.pool(n), p.small_min, p.small_max)
-                write_replace(small_path(root, i), data)
+                path = small_path(root, i)
+                write_replace(path, data)
+                self.changed[n][str(path.relative_to(root))] = [
+                    len(data), hashlib.blake2b(data, digest_size=16).hexdigest()]
                 changed_files += 1
                 changed_file_bytes += len(data)
                 written += len(data)
@@ -487,6 +567,7 @@ class Dataset:
                 off = r.randrange(0, len(self.pool(n)) - MiB)
                 with open(big, "ab") as f:
                     f.write(self.pool(n)[off:off + MiB])
+                self.changed[n][str(big.relative_to(root))] = list(file_digest(str(big)))
                 changed_files += 1
                 changed_file_bytes += big.stat().st_size
                 written += MiB
@@ -501,10 +582,18 @@ class Dataset:
                 "bytes_written": written, "changed_file_bytes": changed_file_bytes,
                 "dataset_bytes_after": size}
 
+    def hashes_now(self) -> list[dict]:
+        """[size, hash] per file of the data set as it is: the generated one, with mutate()'s
+        changes while they last."""
+        if not any(self.changed):
+            return self.hashes
+        return [{**h, **c} for h, c in zip(self.hashes, self.changed)]
+
     def undo_mutate(self) -> None:
         """Undo mutate(): the data set is the generated one again (reusable by the next target
         and the next run)."""
         p = self.params
+        self.changed = [{} for _ in self.node_dirs]
         for n, root in enumerate(self.node_dirs):
             plan = self.change_plan(n)
             for i in plan["small"]:
@@ -934,6 +1023,27 @@ def rclone_env(s3_port: int | None) -> dict:
     return env
 
 
+# The table's rows in order (Coffer, then what it is compared with), the restores among them, and
+# the restic row each Coffer row is compared with.
+ROW_ORDER = ("full", "incremental", "rclone", "restic", "restic-incremental", "restore", "rclone-down",
+             "restic-restore")
+RESTORE_PHASES = {"restore", "rclone-down", "restic-restore"}
+RESTIC_BASE = {"full": "restic", "incremental": "restic-incremental", "restore": "restic-restore"}
+
+
+def phase_ok(r: dict) -> bool:
+    """A Coffer run that succeeded, or an rclone/restic phase that did not fail (they carry a
+    state only when they failed)."""
+    return r.get("state", "RUN_STATE_SUCCEEDED") == "RUN_STATE_SUCCEEDED"
+
+
+def ratio_of(r: dict, base: dict | None) -> float | None:
+    """r's throughput over base's, when both succeeded."""
+    if not (base and phase_ok(r) and phase_ok(base) and base.get("mib_per_s")):
+        return None
+    return r["mib_per_s"] / base["mib_per_s"]
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -961,11 +1071,14 @@ class Bench:
         for b in ("coffer-server", "coffer-agent"):
             if not (RELEASE / b).is_file():
                 raise BenchError(f"{RELEASE / b} missing (build failed?)")
-        log("tools: scripts/install-tools grpcurl seaweedfs rclone")
-        run_cmd([str(ROOT / "scripts" / "install-tools"), "grpcurl", "seaweedfs", "rclone"])
+        tools = ["grpcurl", "seaweedfs", "rclone"] + ([] if self.args.no_restic else ["restic"])
+        log(f"tools: scripts/install-tools {' '.join(tools)}")
+        run_cmd([str(ROOT / "scripts" / "install-tools"), *tools])
         self.results["versions"] = {
             "rclone": subprocess.run([str(TOOLS / "rclone"), "version"], capture_output=True,
                                      text=True).stdout.splitlines()[0],
+            "restic": None if self.args.no_restic else subprocess.run(
+                [str(TOOLS / "restic"), "version"], capture_output=True, text=True).stdout.strip(),
             "weed": subprocess.run([str(TOOLS / "weed"), "version"], capture_output=True,
                                    text=True).stdout.strip(),
             "coffer-agent": subprocess.run([str(RELEASE / "coffer-agent"), "--version"],
@@ -978,12 +1091,17 @@ class Bench:
 
     def check_space(self) -> None:
         shape = self.params
-        need = shape.nodes * (shape.big_files * shape.big_mib * MiB + shape.small_files * (shape.small_min + shape.small_max) // 2)
+        # a small file takes whole 4 KiB blocks: 1-4 KiB files take 4 KiB each on disk
+        small = -(-(shape.small_min + shape.small_max) // 2 // 4096) * 4096
+        need = shape.nodes * (shape.big_files * shape.big_mib * MiB + shape.small_files * small)
         free = shutil.disk_usage(self.work).free
         # data set + rclone copy + coffer location + rclone's download (+ margin), the data set
         # may already exist; a restore stages a node's files next to nothing (the folder is empty)
-        # (everything cleared during the run stays in the trash until the end)
+        # (everything cleared during the run stays in the trash until the end); restic adds its
+        # repositories and its restored copy
         factor = 5.5 if not self.args.no_restore else 3.5
+        if not self.args.no_restic:
+            factor += 1.0 if self.args.no_restore else 2.0
         if free < factor * need and self.trash.root.exists():
             log(f"{mib(free):.0f} MiB free: emptying {self.trash.root} (earlier runs' leftovers)")
             self.trash.empty()
@@ -1441,23 +1559,22 @@ class Bench:
             subprocess.run([str(TOOLS / "rclone"), "purge", f"{RCLONE_REMOTE}:{BUCKET}/rclone"],
                            capture_output=True, env=rclone_env(self.s3_port), timeout=600)
 
-    def rclone_parallel(self, t: dict, phase: str, pairs: list[tuple[str, str]]) -> dict:
-        """One `rclone copy` per (source, destination), all in parallel; wall time from the first
-        start to the last exit, CPU and peak RSS from wait4, then the time a sync takes."""
+    def run_parallel(self, t: dict, phase: str, tool: str, argvs: list[list[str]], env: dict,
+                     outputs: list[Path] | None = None) -> dict:
+        """One process per argv (rclone's or restic's, one per node), all in parallel; wall time
+        from the first start to the last exit, CPU and peak RSS from wait4, then the time a sync
+        takes. `outputs`: a file per process for its stdout and stderr."""
         name = t["name"]
-        transfers = self.args.rclone_transfers
+        files = [open(o, "wb") for o in outputs] if outputs else []
         self.sampler.begin()
         t0 = time.monotonic()
         procs = []
-        for n, (src, dest) in enumerate(pairs):
-            argv = [str(TOOLS / "rclone"), "copy", src, dest,
-                    "--transfers", str(transfers), "--exclude", "/.coffer-snapshots/**",
-                    "--log-file", str(self.logs / name / f"{phase}-{n}.log"), "--log-level", "NOTICE",
-                    "--stats", "30s"]
-            p = subprocess.Popen(argv, env=rclone_env(self.s3_port), stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+        for n, argv in enumerate(argvs):
+            out = files[n] if files else None
+            p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT if out else None, start_new_session=True)
             procs.append(p)
-            self.sampler.track(f"rclone-{n}", p.pid)
+            self.sampler.track(f"{tool}-{n}", p.pid)
         rss = []
         cpu = 0.0
         failed = []
@@ -1467,14 +1584,16 @@ class Bench:
             p.returncode = os.waitstatus_to_exitcode(status)
             rss.append(ru.ru_maxrss)  # KiB
             cpu += ru.ru_utime + ru.ru_stime
-            rusage[f"rclone-{n}"] = ru
+            rusage[f"{tool}-{n}"] = ru
             if p.returncode != 0:
                 failed.append(n)
         wall = time.monotonic() - t0
         usage = self.sampler.end()
-        # rclone leaves its local writes to the kernel's writeback; Coffer fsyncs what it writes
-        # (every object of the fs location, every restored file). Not part of rclone's wall time,
-        # but shown: the time to sync them now.
+        for f in files:
+            f.close()
+        # rclone and restic's restore leave their local writes to the kernel's writeback; Coffer
+        # fsyncs what it writes (every object of the fs location, every restored file). The time
+        # to sync them now: shown on rclone's rows, part of restic's wall time where it writes.
         ts = time.monotonic()
         os.sync()
         sync_s = time.monotonic() - ts
@@ -1485,14 +1604,25 @@ class Bench:
                 "user_s": round(ru.ru_utime, 2), "sys_s": round(ru.ru_stime, 2),
                 "minflt": ru.ru_minflt, "peak_rss_mib": round(ru.ru_maxrss / 1024, 1)}
         for n in range(len(procs)):
-            self.sampler.untrack(f"rclone-{n}")
+            self.sampler.untrack(f"{tool}-{n}")
         if failed:
-            raise BenchError(f"rclone ({phase}) failed for nodes {failed}; logs in {self.logs / name}")
+            raise BenchError(f"{tool} ({phase}) failed for nodes {failed}; logs in {self.logs / name}")
         return {"target": name, "phase": phase, "wall_s": round(wall, 3), "files": self.data.files,
                 "logical_bytes": self.data.bytes, "mib_per_s": round(mib(self.data.bytes) / wall, 1),
-                "transfers": transfers, "processes": len(procs),
-                "rclone_peak_rss_mib": round(max(rss) / 1024, 1), "rclone_cpu_s": round(cpu, 2),
-                "sync_after_s": round(sync_s, 2), "usage": usage}
+                "processes": len(procs), f"{tool}_peak_rss_mib": round(max(rss) / 1024, 1),
+                f"{tool}_cpu_s": round(cpu, 2), "sync_after_s": round(sync_s, 2), "usage": usage}
+
+    def rclone_parallel(self, t: dict, phase: str, pairs: list[tuple[str, str]]) -> dict:
+        """One `rclone copy` per (source, destination), all in parallel (see run_parallel)."""
+        name = t["name"]
+        transfers = self.args.rclone_transfers
+        argvs = [[str(TOOLS / "rclone"), "copy", src, dest,
+                  "--transfers", str(transfers), "--exclude", "/.coffer-snapshots/**",
+                  "--log-file", str(self.logs / name / f"{phase}-{n}.log"), "--log-level", "NOTICE",
+                  "--stats", "30s"] for n, (src, dest) in enumerate(pairs)]
+        res = self.run_parallel(t, phase, "rclone", argvs, rclone_env(self.s3_port))
+        res["transfers"] = transfers
+        return res
 
     def rclone_copy(self, t: dict) -> dict:
         """rclone's upload. Its copy stays until rclone_download() has read it back."""
@@ -1539,16 +1669,221 @@ class Bench:
             self.trash.discard(down)
         return res
 
+    # ---- restic --------------------------------------------------------------------------
+
+    def restic_env(self, t: dict) -> dict:
+        """restic at its defaults: nothing inherited from the caller's RESTIC_* settings; a fixed
+        password; its cache in the target's folder (cleared before the full backup); SeaweedFS's
+        keys for the s3 target."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        env["RESTIC_PASSWORD"] = RESTIC_PASSWORD
+        env["RESTIC_CACHE_DIR"] = str(t["dir"] / "restic-cache")
+        env["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
+        env["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
+        return env
+
+    def restic_repos(self, t: dict) -> list[str]:
+        """A repository per node: a folder next to the fs location and rclone's copy, or a prefix
+        of the same SeaweedFS bucket."""
+        if t["name"] == "fs":
+            return [str(self.fs_dest(t) / "restic-repo" / f"node-{n}") for n in range(self.params.nodes)]
+        return [f"s3:http://127.0.0.1:{self.s3_port}/{BUCKET}/restic-node-{n}" for n in range(self.params.nodes)]
+
+    def restic_stored(self, t: dict) -> int | None:
+        """Bytes the restic repositories hold."""
+        if t["name"] == "fs":
+            return dir_bytes(self.fs_dest(t) / "restic-repo")[1]
+        total = 0
+        for n in range(self.params.nodes):
+            p = subprocess.run([str(TOOLS / "rclone"), "size", "--json", f"{RCLONE_REMOTE}:{BUCKET}/restic-node-{n}"],
+                               capture_output=True, text=True, env=rclone_env(self.s3_port), timeout=300)
+            if p.returncode != 0:
+                return None
+            total += json.loads(p.stdout).get("bytes", 0)
+        return total
+
+    def restic_init(self, t: dict) -> None:
+        """Fresh repositories (untimed), and an empty cache: the full backup starts cold."""
+        self.trash.discard(t["dir"] / "restic-cache")
+        if t["name"] == "fs":
+            self.trash.discard(self.fs_dest(t) / "restic-repo")
+        env = self.restic_env(t)
+        for n, repo in enumerate(self.restic_repos(t)):
+            p = subprocess.run([str(TOOLS / "restic"), "-r", repo, "init"], capture_output=True,
+                               text=True, env=env, timeout=300)
+            (self.logs / t["name"] / f"restic-init-{n}.log").write_text(p.stdout + p.stderr)
+            if p.returncode != 0:
+                raise BenchError(f"restic init {repo} failed:\n{(p.stderr or p.stdout).strip()[-500:]}")
+        p = subprocess.run([str(TOOLS / "restic"), "-r", self.restic_repos(t)[0], "cat", "config"],
+                           capture_output=True, text=True, env=env, timeout=300)
+        t["restic_repo_version"] = json.loads(p.stdout).get("version") if p.returncode == 0 else None
+
+    @staticmethod
+    def restic_summary(path: Path) -> dict:
+        """The summary message `restic backup --json` ends its output with."""
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            return {}
+        for line in reversed(lines):
+            if line.startswith("{"):
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if msg.get("message_type") == "summary":
+                    return msg
+        return {}
+
+    def restic_timed(self, t: dict, phase: str, argvs: list[list[str]], with_sync: bool) -> dict:
+        """restic's processes in parallel (see run_parallel); `with_sync`: the sync after them is
+        part of the wall time, where restic leaves what it wrote to the kernel (restored files;
+        the cache next to the fs target's repositories)."""
+        (self.logs / t["name"]).mkdir(parents=True, exist_ok=True)
+        outputs = [self.logs / t["name"] / f"{phase}-{n}.log" for n in range(len(argvs))]
+        res = self.run_parallel(t, phase, "restic", argvs, self.restic_env(t), outputs)
+        res["process_wall_s"] = res["wall_s"]
+        res["sync_in_wall"] = with_sync
+        if with_sync:
+            res["wall_s"] = round(res["wall_s"] + res["sync_after_s"], 3)
+        res["outputs"] = [str(o) for o in outputs]
+        return res
+
+    def restic_backup(self, t: dict, phase: str) -> dict:
+        """`restic backup` of every node's data folder into its own repository, in parallel:
+        phase "restic" initialises fresh repositories first (a full backup, cold cache), phase
+        "restic-incremental" backs up into the same ones again (restic finds the parent snapshot
+        itself: same host, same path). Failures are recorded, not raised: Coffer's phases go on."""
+        name = t["name"]
+        log(f"[{name}] {phase}: {self.params.nodes} x `restic backup` in parallel")
+        res: dict = {"target": name, "phase": phase, "wall_s": 0.0, "mib_per_s": 0.0,
+                     "files": self.data.files, "logical_bytes": self.data.bytes}
+        try:
+            if phase == "restic":
+                self.restic_init(t)
+            stored_before = self.restic_stored(t)
+            files = logical = 0
+            for d in self.data.node_dirs:
+                f, sz = dataset_size(d)
+                files += f
+                logical += sz
+            # What this backup holds, for restic-restore to be checked against.
+            expected = self.data.hashes_now()
+            stats = [stat_tree(d) for d in self.data.node_dirs]
+            argvs = [[str(TOOLS / "restic"), "-r", repo, "backup", "--json", str(d),
+                      "--exclude", str(d / AGENT_FOLDERS[0]), "--exclude", str(d / AGENT_FOLDERS[1])]
+                     for repo, d in zip(self.restic_repos(t), self.data.node_dirs)]
+            self.prepare_phase()
+            res = self.restic_timed(t, phase, argvs, with_sync=name == "fs")
+            res.update({"files": files, "logical_bytes": logical,
+                        "mib_per_s": round(mib(logical) / res["wall_s"], 1),
+                        "repo_version": t.get("restic_repo_version")})
+            summaries = [self.restic_summary(Path(o)) for o in res["outputs"]]
+            res["restic_summary"] = {f"node-{n}": sm for n, sm in enumerate(summaries)}
+            for k in ("files_new", "files_changed", "files_unmodified", "data_added",
+                      "total_files_processed", "total_bytes_processed"):
+                res[k] = sum(sm.get(k, 0) for sm in summaries)
+            # Given a parent snapshot, restic counts every file it had seen as changed or
+            # unmodified, none as new; without one it reads every file again: say so.
+            res["parent_used"] = all(sm.get("files_changed", 0) + sm.get("files_unmodified", 0) > 0
+                                     for sm in summaries)
+            stored_after = self.restic_stored(t)
+            if stored_after is not None:
+                res["stored_bytes"] = stored_after
+                res["uploaded_bytes"] = stored_after - (stored_before or 0)
+            if (res["total_files_processed"], res["total_bytes_processed"]) != (files, logical):
+                res["warning"] = (f"restic saw {res['total_files_processed']} files / "
+                                  f"{res['total_bytes_processed']} bytes, data set has {files} / {logical}")
+                log(f"[{name}] {phase}: warning: {res['warning']}")
+            t["restic_expected"], t["restic_stats"] = expected, stats
+            log(f"[{name}] {phase}: {res['wall_s']:.2f} s ({'incl. ' if res['sync_in_wall'] else 'then '}"
+                f"sync {res['sync_after_s']:.2f} s), {res['mib_per_s']:.1f} MiB/s, "
+                f"{res['files_new']} new + {res['files_changed']} changed files, repositories grew "
+                f"{mib(res.get('uploaded_bytes', 0)):.1f} MiB, peak RSS {res['restic_peak_rss_mib']} MiB per process")
+        except (BenchError, OSError, subprocess.SubprocessError, ValueError) as e:
+            self.sampler.active = False
+            res.update({"state": "FAILED", "error": str(e)})
+            log(f"[{name}] {phase}: {e}")
+        return res
+
+    def restic_restore(self, t: dict) -> dict:
+        """`restic restore latest` of every repository into fresh folders on the data set's disk,
+        in parallel, plus the sync restic leaves to the kernel, then a check of the restored trees
+        (untimed) against what restic's last backup saw: the data set with the incremental's
+        changes when restic-incremental ran (the Coffer restore before it wrote the FULL backup's
+        state into the data folders, but restic's copy is compared with what restic backed up)."""
+        name = t["name"]
+        down = t["dir"] / "restic-restore"
+        self.trash.discard(down)
+        dests = [down / f"node-{n}" for n in range(self.params.nodes)]
+        expected = t["restic_expected"]
+        files = sum(len(h) for h in expected)
+        logical = sum(v[0] for h in expected for v in h.values())
+        res: dict = {"target": name, "phase": "restic-restore", "wall_s": 0.0, "mib_per_s": 0.0,
+                     "files": files, "logical_bytes": logical}
+        log(f"[{name}] restic-restore: {self.params.nodes} x `restic restore latest` in parallel")
+        try:
+            self.prepare_phase([self.fs_dest(t) / "restic-repo"] if name == "fs"
+                               else [self.work / "run" / "weed" / "data"])
+            argvs = [[str(TOOLS / "restic"), "-r", repo, "restore", "latest", "--target", str(dest)]
+                     for repo, dest in zip(self.restic_repos(t), dests)]
+            res = self.restic_timed(t, "restic-restore", argvs, with_sync=True)
+            res.update({"files": files, "logical_bytes": logical,
+                        "mib_per_s": round(mib(logical) / res["wall_s"], 1)})
+            # restic restores a snapshot's absolute paths under the target.
+            roots = [dest / d.relative_to(d.anchor) for dest, d in zip(dests, self.data.node_dirs)]
+            v = compare_trees(expected, roots)
+            res["verification"] = v
+            res["dest_bytes"] = v["bytes"]
+            res["metadata"] = compare_stats(t["restic_stats"], roots)
+            log(f"[{name}] restic-restore: {res['wall_s']:.2f} s (incl. sync {res['sync_after_s']:.2f} s), "
+                f"{res['mib_per_s']:.1f} MiB/s, peak RSS {res['restic_peak_rss_mib']} MiB per process; "
+                f"check of what it wrote: {'all ' + str(v['files']) + ' files match' if v['ok'] else v}")
+        except (BenchError, OSError, subprocess.SubprocessError) as e:
+            self.sampler.active = False
+            res.update({"state": "FAILED", "error": str(e)})
+            log(f"[{name}] restic-restore: {e}")
+        if not self.args.keep:
+            self.trash.discard(down)
+        return res
+
+    def remove_restic_repos(self, t: dict) -> None:
+        if self.args.keep or self.args.no_restic:
+            return
+        if t["name"] == "fs":
+            self.trash.discard(self.fs_dest(t) / "restic-repo")
+        elif self.weed:
+            for n in range(self.params.nodes):
+                subprocess.run([str(TOOLS / "rclone"), "purge", f"{RCLONE_REMOTE}:{BUCKET}/restic-node-{n}"],
+                               capture_output=True, env=rclone_env(self.s3_port), timeout=600)
+
     def run_target(self, name: str) -> None:
         if name == "s3" and not self.weed:
             self.start_weed()
         t = self.setup_target(name)
         out: dict = {"phases": {}}
         self.results["targets"][name] = out
+        restic = not self.args.no_restic
+
+        def record(key: str, res: dict) -> dict:
+            # The server runs from the first phase to the last: its VmHWM after a phase is the
+            # peak of everything so far.
+            kib = proc_status_kib(t["server"].pid, "VmHWM")
+            res["server_peak_so_far_mib"] = round(kib / 1024, 1) if kib else None
+            out["phases"][key] = res
+            return res
+
         try:
-            out["phases"]["rclone"] = self.rclone_copy(t)
-            full = out["phases"]["full"] = self.coffer_backup(t, "FULL")
+            record("rclone", self.rclone_copy(t))
+            full = record("full", self.coffer_backup(t, "FULL"))
             full_ok = full.get("state") == "RUN_STATE_SUCCEEDED"
+            # restic's full right after Coffer's and its incremental right before Coffer's: both
+            # tools see the same data (the generated set, then the same 1% changed), and no Coffer
+            # backup runs between restic's two. Coffer's snapshot hard-links every file, which
+            # changes every file's ctime, and restic (by default) reads a file again whose ctime
+            # changed: after a Coffer backup, restic's incremental would read the whole data set.
+            restic_ok = restic and "state" not in record("restic", self.restic_backup(t, "restic"))
             if full_ok or self.args.incremental_after_failure:
                 change = self.data.mutate()
                 out["change"] = change
@@ -1556,7 +1891,9 @@ class Bench:
                     f"({change['changed_percent']:.2f}%), {mib(change['bytes_written']):.1f} MiB written, "
                     f"changed files total {mib(change['changed_file_bytes']):.1f} MiB")
                 try:
-                    out["phases"]["incremental"] = self.coffer_backup(t, "INCREMENTAL")
+                    if restic_ok:
+                        record("restic-incremental", self.restic_backup(t, "restic-incremental"))
+                    record("incremental", self.coffer_backup(t, "INCREMENTAL"))
                 finally:
                     self.data.undo_mutate()
             else:
@@ -1568,12 +1905,17 @@ class Bench:
             # inode, size, mtime), so an incremental after a restore would hash everything again.
             # The restored trees are the data set from then on (the next target, the next run).
             if full_ok:
-                out["phases"]["restore"] = self.coffer_restore(t, full["backup_id"])
+                record("restore", self.coffer_restore(t, full["backup_id"]))
             else:
                 log(f"[{name}] full backup failed: skipping the restore")
-            out["phases"]["rclone-down"] = self.rclone_download(t)
+            record("rclone-down", self.rclone_download(t))
+            if restic_ok:
+                record("restic-restore", self.restic_restore(t))
+            elif restic:
+                log(f"[{name}] restic's backup failed: skipping restic-restore")
         finally:
             self.remove_rclone_copy(t)
+            self.remove_restic_repos(t)
             self.teardown_target(t)
             if not self.args.keep and name == "fs" and "location_path" in t:
                 self.trash.discard(t["location_path"])
@@ -1598,6 +1940,13 @@ class Bench:
         window = u.get("wall_s") or r["wall_s"]  # the sampler's window, not the run's own clock
         return other, 100 * other / (m["cores"] * window) if window else 0.0
 
+    def restic_repo_version(self) -> int | None:
+        for out in self.results["targets"].values():
+            v = out["phases"].get("restic", {}).get("repo_version")
+            if v:
+                return v
+        return None
+
     def report(self) -> int:
         lines = []
         p = lambda s="": lines.append(s)  # noqa: E731
@@ -1605,7 +1954,7 @@ class Bench:
         p()
         p(f"Coffer backup and restore benchmark  (git {self.results.get('versions', {}).get('git', '?')}, "
           f"{os.cpu_count()} cores, {self.results.get('versions', {}).get('rclone', 'rclone ?')})")
-        p(f"data set: {self.params.nodes} nodes, {self.data.files} files, {mib(self.data.bytes):.0f} MiB "
+        p(f"data set ({a.dataset}): {self.params.nodes} nodes, {self.data.files} files, {mib(self.data.bytes):.0f} MiB "
           f"(per node: {self.params.big_files} x {self.params.big_mib} MiB [text-like/random] + {self.params.small_files} x "
           f"{self.params.small_min // KiB}-{self.params.small_max // KiB} KiB [half text-like, half random]); "
           f"{'page cache dropped' if a.drop_caches else 'data set read into the page cache'} before each phase")
@@ -1616,22 +1965,36 @@ class Bench:
           f"{', encrypted (AES-256-GCM, keyed names)' if a.encrypt else ''}, default agent "
           "concurrency, all nodes in parallel; restore = the FULL backup onto the same "
           "nodes, data folders emptied first (BLAKE3 of every file checked, files fsynced, then moved into place)")
+        if not a.no_restic:
+            p(f"restic: {self.results.get('versions', {}).get('restic') or 'restic ?'}: one `restic backup` "
+              f"per node, {self.params.nodes} in parallel, each into a repository of its own (format "
+              f"v{self.restic_repo_version() or '?'}, compression auto; cache cleared before the full); "
+              f"restic-restore = `restic restore latest` into fresh folders; other flags at their defaults")
         p()
-        hdr = f"{'target':<7}{'phase':<13}{'wall s':>9}{'MiB/s':>9}{'stored MiB':>14}{'peak RSS MiB':>14}{'vs rclone':>11}  note"
+        hdr = (f"{'target':<7}{'phase':<20}{'wall s':>9}{'MiB/s':>9}{'files/s':>10}{'stored MiB':>12}"
+               f"{'peak RSS MiB':>14}{'srv peak MiB':>14}{'vs rclone':>11}{'vs restic':>11}  note")
         p(hdr)
         p("-" * len(hdr))
         checks = []
         for name, out in self.results["targets"].items():
             ph = out["phases"]
             rc, rd = ph.get("rclone"), ph.get("rclone-down")
-            for key in ("full", "incremental", "rclone", "restore", "rclone-down"):
+            for key in ROW_ORDER:
                 r = ph.get(key)
                 if not r:
                     continue
-                base = rd if key in ("restore", "rclone-down") else rc
-                ok = r.get("state", "RUN_STATE_SUCCEEDED") == "RUN_STATE_SUCCEEDED"
-                ratio = (f"{r['mib_per_s'] / base['mib_per_s']:.2f}x" if base and ok else "-")
-                rss = r.get("rclone_peak_rss_mib") if key.startswith("rclone") else r.get("peak_agent_rss_mib")
+                ok = phase_ok(r)
+                # Backups against rclone's upload, restores against rclone-down; Coffer's rows also
+                # against restic's row of the same kind.
+                vs_rc = ratio_of(r, rd if key in RESTORE_PHASES else rc)
+                vs_rs = ratio_of(r, ph.get(RESTIC_BASE[key])) if key in RESTIC_BASE else None
+                ratio = f"{vs_rc:.2f}x" if vs_rc is not None else "-"
+                vs_restic = f"{vs_rs:.2f}x" if vs_rs is not None else "-"
+                r["vs_rclone"] = round(vs_rc, 3) if vs_rc is not None else None
+                r["vs_restic"] = round(vs_rs, 3) if vs_rs is not None else None
+                r["files_per_s"] = round(r["files"] / r["wall_s"], 1) if ok and r.get("wall_s") else None
+                rss = (r.get("rclone_peak_rss_mib") if key.startswith("rclone") else
+                       r.get("restic_peak_rss_mib") if key.startswith("restic") else r.get("peak_agent_rss_mib"))
                 note = ""
                 v = r.get("verification")
                 if key.startswith("rclone"):
@@ -1640,6 +2003,16 @@ class Bench:
                         note += f"; sync after it: {r['sync_after_s']:.2f} s"
                 elif not ok:
                     note = f"{r.get('state')}: {r.get('error', '')[:60]}"
+                elif key.startswith("restic"):
+                    what = "restore latest" if key == "restic-restore" else "backup"
+                    note = f"{r['processes']} x restic {what}"
+                    if key == "restic-incremental":
+                        note += (f", {r['files_new'] + r['files_changed']} files new/changed"
+                                 f"{'' if r.get('parent_used') else ', NO PARENT SNAPSHOT USED'}")
+                        c = out.get("change")
+                        if c and r["files_new"] + r["files_changed"] > 2 * c["changed_files"]:
+                            note += " (re-read: ctimes changed?)"
+                    note += (f"; incl. sync {r['sync_after_s']:.2f} s" if r.get("sync_in_wall") else "")
                 elif key == "full" and rc and rc.get("sync_after_s") is not None and name == "fs":
                     # Coffer's time includes making the backup durable; rclone leaves its writes
                     # to the kernel, so its copy is durable only after the sync shown on its row.
@@ -1661,50 +2034,70 @@ class Bench:
                 if fc and fc[1] > 10 and fc[0] > 0.5:
                     note = (note + "; " if note else "") + f"NOISY: {fc[1]:.0f}% of the machine busy elsewhere"
                 up = r.get("uploaded_bytes", r.get("dest_bytes"))
-                p(f"{name:<7}{key:<13}{r['wall_s']:>9.2f}{r['mib_per_s'] if ok else 0:>9.1f}"
-                  f"{(mib(up) if up is not None else 0):>14.1f}{(rss or 0):>14.1f}{ratio:>11}  {note}")
+                srv = r.get("server_peak_so_far_mib")
+                p(f"{name:<7}{key:<20}{r['wall_s']:>9.2f}{r['mib_per_s'] if ok else 0:>9.1f}"
+                  f"{r['files_per_s'] or 0:>10.0f}{(mib(up) if up is not None else 0):>12.1f}{(rss or 0):>14.1f}"
+                  f"{(srv or 0):>14.1f}{ratio:>11}{vs_restic:>11}  {note}")
             full, inc, rs = ph.get("full"), ph.get("incremental"), ph.get("restore")
+            rt, rr = ph.get("restic"), ph.get("restic-restore")
             full_ok = bool(full and full.get("state") == "RUN_STATE_SUCCEEDED")
             inc_ok = bool(inc and inc.get("state") == "RUN_STATE_SUCCEEDED")
             rs_ok = bool(rs and rs.get("state") == "RUN_STATE_SUCCEEDED")
-            if full_ok and rc:
-                ratio = full["mib_per_s"] / rc["mib_per_s"]
-                checks.append((name, "full backup throughput >= 1.5x rclone", f"{ratio:.2f}x", ratio >= 1.5))
-            else:
-                checks.append((name, "full backup throughput >= 1.5x rclone", "full backup failed", False))
+            bases = [("rclone", rc, rd)] + ([] if a.no_restic else [("restic", rt, rr)])
+            for tool, up_base, _ in bases:
+                what = f"full backup throughput >= 1.5x {tool}"
+                if full_ok and up_base and phase_ok(up_base):
+                    ratio = full["mib_per_s"] / up_base["mib_per_s"]
+                    checks.append((name, what, f"{ratio:.2f}x", ratio >= 1.5))
+                else:
+                    checks.append((name, what, "full backup failed" if not full_ok else f"no {tool} figure", False))
             if full_ok and inc_ok:
                 pct = 100 * inc["wall_s"] / full["wall_s"]
                 checks.append((name, "incremental wall time <= 5% of full's", f"{pct:.1f}%", pct <= 5))
             else:
                 checks.append((name, "incremental wall time <= 5% of full's", "no successful incremental", False))
             if not a.no_restore:
-                what = "restore throughput >= 1.5x rclone"
-                if rs_ok and not rs.get("verification", {}).get("ok"):
-                    checks.append((name, what, "restored data differs", False))
-                elif rs_ok and rd:
-                    ratio = rs["mib_per_s"] / rd["mib_per_s"]
-                    checks.append((name, what, f"{ratio:.2f}x", ratio >= 1.5))
-                elif rs_ok:
-                    checks.append((name, what, "no rclone download", False))
-                else:
-                    checks.append((name, what, "restore failed" if rs else "no restore", False))
+                for tool, _, down in bases:
+                    what = f"restore throughput >= 1.5x {tool}"
+                    if rs_ok and not rs.get("verification", {}).get("ok"):
+                        checks.append((name, what, "restored data differs", False))
+                    elif rs_ok and down and phase_ok(down):
+                        ratio = rs["mib_per_s"] / down["mib_per_s"]
+                        checks.append((name, what, f"{ratio:.2f}x", ratio >= 1.5))
+                    elif rs_ok:
+                        checks.append((name, what, "no rclone download" if tool == "rclone" else "no restic-restore", False))
+                    else:
+                        checks.append((name, what, "restore failed" if rs else "no restore", False))
             peaks = [(r["peak_agent_rss_mib"], k) for k, r in (("full", full), ("incremental", inc), ("restore", rs))
                      if r and r.get("peak_agent_rss_mib")]
             if peaks:
                 top, which = max(peaks)
                 checks.append((name, "agent peak memory < 150 MiB", f"{top:.1f} MiB ({which})", top < 150))
+            srv = [r["server_peak_so_far_mib"] for r in ph.values() if r.get("server_peak_so_far_mib")]
+            out["server_peak_mib"] = max(srv) if srv else None
         p()
         p("wall s: Coffer = the run's createTime -> finishTime (StartBackup/StartRestore recorded -> SUCCEEDED, "
           "server clock; the client's figure, with the start-up of the StartBackup call, is in results.json; the WatchRun client is started before the run); rclone = process "
-          "start -> last exit.")
-        p("MiB/s = logical bytes of the data set / wall s (also for the incremental). stored = what the phase "
-          "left at its destination: BackupStats.uploaded_bytes (stored, compressed) for a backup, the bytes "
-          "at the rclone destination, the bytes of the restored files.")
-        p("vs rclone: backups against rclone's upload, the restore against rclone-down. Restored trees and "
-          "rclone's download are checked against the data set afterwards (untimed): same files, sizes and "
-          "BLAKE2b; for the restore also modes and mtimes as at the FULL backup.")
+          "start -> last exit" + ("." if a.no_restic else
+          "; restic = process start -> last exit, plus the `sync` after it where restic leaves its "
+          "writes to the kernel (every restore; the fs backups' cache: the fs repository's own "
+          "files restic fsyncs itself)."))
+        p("MiB/s = logical bytes of the data set / wall s (also for the incremental); files/s likewise with "
+          "its file count. stored = what the phase left at its destination: BackupStats.uploaded_bytes "
+          "(stored, compressed) for a backup, the bytes at the rclone destination, what the restic "
+          "repositories grew by, the bytes of the restored files.")
+        p("vs rclone: backups against rclone's upload, restores against rclone-down. " + (
+          "" if a.no_restic else "vs restic (Coffer rows): full against restic, incremental against "
+          "restic-incremental, restore against restic-restore. ") +
+          "Restored trees and the downloads are checked against the data set afterwards (untimed): same "
+          "files, sizes and BLAKE2b; for the restore also modes and mtimes as at the FULL backup" + (
+          "." if a.no_restic else "; restic-restore against the data set as restic's last backup saw "
+          "it (with the incremental's changes, which Coffer's restore of the FULL backup does not "
+          "hold), modes and mtimes too."))
         p("peak RSS = max over agents of VmHWM read right after the run; agents are restarted before "
-          "each Coffer run, so it is that run's peak alone. rclone rows: max ru_maxrss of the rclone processes.")
+          "each Coffer run, so it is that run's peak alone. rclone and restic rows: max ru_maxrss of their "
+          "processes. srv peak = coffer-server's VmHWM after the phase: it runs through every phase, so "
+          "this is its peak so far.")
         p()
         p("targets:")
         for name, what, val, ok in checks:
@@ -1719,11 +2112,13 @@ class Bench:
         for name, out in self.results["targets"].items():
             if out.get("error"):
                 p(f"  [{name}] ERROR: {out['error']}")
-            for key in ("full", "incremental", "rclone", "restore", "rclone-down"):
+            for key in ROW_ORDER:
                 r = out["phases"].get(key)
                 if not r:
                     continue
                 extra = f" (client saw {r['client_wall_s']:.2f} s)" if "client_wall_s" in r else ""
+                if r.get("sync_in_wall"):
+                    extra += f" = processes {r['process_wall_s']:.2f} s + sync {r['sync_after_s']:.2f} s"
                 st = r.get("server_times") or {}
                 c, s0, f = (parse_ts(st.get(k)) for k in ("createTime", "startTime", "finishTime"))
                 if c and s0 and f:
@@ -1817,13 +2212,17 @@ def main() -> int:
     ap.add_argument("--target", choices=["fs", "s3", "both"], default="both")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiplies the big file size and the small file count (default 1.0)")
-    ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--big-files", type=int, default=2,
-                    help="big files per node, alternately text-like and random (default 2)")
-    ap.add_argument("--big-mib", type=int, default=256, help="size of each big file (default 256)")
-    ap.add_argument("--small-files", type=int, default=3000, help="small files per node")
-    ap.add_argument("--small-min-kib", type=int, default=16)
-    ap.add_argument("--small-max-kib", type=int, default=64)
+    ap.add_argument("--dataset", choices=list(DATASETS), default="large",
+                    help="preset for the knobs below (a flag given still wins): large = 3 nodes x "
+                         "(2 x 256 MiB + 3000 x 16-64 KiB), the default; small = 1 node x 100000 x "
+                         "1-4 KiB; million = 1 node x 1000000 x 1-4 KiB")
+    ap.add_argument("--nodes", type=int, help="nodes (default: from --dataset, large: 3)")
+    ap.add_argument("--big-files", type=int,
+                    help="big files per node, alternately text-like and random (large: 2)")
+    ap.add_argument("--big-mib", type=int, help="size of each big file (large: 256)")
+    ap.add_argument("--small-files", type=int, help="small files per node (large: 3000)")
+    ap.add_argument("--small-min-kib", type=int, help="smallest small file (large: 16, small/million: 1)")
+    ap.add_argument("--small-max-kib", type=int, help="largest small file (large: 64, small/million: 4)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--change-percent", type=float, default=1.0,
                     help="files changed (by count, per node) before the incremental (default 1)")
@@ -1838,7 +2237,9 @@ def main() -> int:
                          "naming it (rclone stays unencrypted)")
     ap.add_argument("--rclone-transfers", type=int, default=8)
     ap.add_argument("--no-restore", action="store_true",
-                    help="skip the restore and rclone's download (backups only)")
+                    help="skip the restore and rclone's and restic's downloads (backups only)")
+    ap.add_argument("--no-restic", action="store_true",
+                    help="skip restic's phases (restic, restic-incremental, restic-restore)")
     ap.add_argument("--work", default=str(ROOT / "bench" / "out"),
                     help="working folder (data set, processes' state, logs, results.json)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries in target/release as they are")
@@ -1860,6 +2261,7 @@ def main() -> int:
     ap.add_argument("--sample-interval", type=float, default=0.5)
     ap.add_argument("--incremental-after-failure", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    apply_dataset(args)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")

@@ -5,8 +5,8 @@ On a small VM one run's figures move by a third from run to run (rclone's more t
 bench/README.md), so a single PASS or MISS near a target says little. This runs the same
 benchmark N times back to back (the trash of each run is kept for the next, so no run pays for
 the previous one's deletions; the last run empties it), keeps each run's results.json, and
-prints, per target and phase, the median and the range of the wall time and of the ratio to
-rclone, then the targets checked on the medians.
+prints, per target and phase, the median and the range of the wall time and of the ratios to
+rclone and restic, then the targets checked on the medians.
 
     python3 bench/repeat.py -n 5 -- --target fs
     python3 bench/repeat.py -n 3 -- --target s3 --compression none
@@ -25,9 +25,23 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("full", "incremental", "rclone", "restore", "rclone-down")
-# Each Coffer phase and the rclone phase it is compared with.
+PHASES = ("full", "incremental", "rclone", "restic", "restic-incremental", "restore", "rclone-down",
+          "restic-restore")
+# Each Coffer phase and the rclone phase it is compared with (a target for full and restore).
 BASELINE = {"full": "rclone", "restore": "rclone-down"}
+# Each Coffer phase and the restic phase it is compared with (a target for full and restore).
+RESTIC_BASELINE = {"full": "restic", "incremental": "restic-incremental", "restore": "restic-restore"}
+RESTIC_TARGETS = ("full", "restore")
+
+
+def succeeded(phase: dict) -> bool:
+    """A phase that succeeded (rclone and restic phases carry a state only when they failed)."""
+    return phase.get("state", "RUN_STATE_SUCCEEDED") == "RUN_STATE_SUCCEEDED"
+
+
+def ratios(phases: list[dict], phase: str, base: str | None) -> list[float]:
+    return [p[phase]["mib_per_s"] / p[base]["mib_per_s"] for p in phases
+            if phase in p and base in p and succeeded(p[phase]) and succeeded(p[base]) and p[base].get("mib_per_s")]
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -68,23 +82,30 @@ def main() -> int:
 
     print()
     print(f"{args.runs} runs (results in {kept}); median (min-max)")
-    header = f"{'target':<7}{'phase':<13}{'wall s':>22}{'vs rclone':>24}"
+    header = f"{'target':<7}{'phase':<20}{'wall s':>22}{'vs rclone':>24}{'vs restic':>24}"
     print(header)
     print("-" * len(header))
     verdicts = []
     for target in runs[0]["targets"]:
         phases = [run["targets"].get(target, {}).get("phases", {}) for run in runs]
         for phase in PHASES:
-            walls = [p[phase]["wall_s"] for p in phases if phase in p]
+            # a failed restic phase has no wall time (0): left out
+            walls = [p[phase]["wall_s"] for p in phases
+                     if phase in p and (succeeded(p[phase]) or not phase.startswith("restic"))]
             if not walls:
                 continue
-            ratios = [p[phase]["mib_per_s"] / p[BASELINE[phase]]["mib_per_s"]
-                      for p in phases if phase in p and BASELINE.get(phase) in p]
-            ratio = spread(ratios, ".2f") if ratios else "-"
-            print(f"{target:<7}{phase:<13}{spread(walls, '.2f'):>22}{ratio:>24}")
-            if phase in BASELINE and ratios:
-                median = statistics.median(ratios)
+            vs_rclone = ratios(phases, phase, BASELINE.get(phase))
+            vs_restic = ratios(phases, phase, RESTIC_BASELINE.get(phase))
+            print(f"{target:<7}{phase:<20}{spread(walls, '.2f'):>22}"
+                  f"{spread(vs_rclone, '.2f') if vs_rclone else '-':>24}"
+                  f"{spread(vs_restic, '.2f') if vs_restic else '-':>24}")
+            if phase in BASELINE and vs_rclone:
+                median = statistics.median(vs_rclone)
                 verdicts.append((target, f"{phase} throughput >= 1.5x {BASELINE[phase]}",
+                                 f"{median:.2f}x", median >= 1.5))
+            if phase in RESTIC_TARGETS and vs_restic:
+                median = statistics.median(vs_restic)
+                verdicts.append((target, f"{phase} throughput >= 1.5x {RESTIC_BASELINE[phase]}",
                                  f"{median:.2f}x", median >= 1.5))
         shares = [p["incremental"]["wall_s"] / p["full"]["wall_s"] * 100
                   for p in phases if "incremental" in p and "full" in p]
