@@ -53,7 +53,8 @@ pub use codec::{
     stored_size_range,
 };
 pub use download::{
-    DownloadError, Downloaded, download_object, download_object_sized, verify_object,
+    DownloadError, Downloaded, download_local_object, download_object, download_object_sized,
+    verify_object,
 };
 pub use durable::{LocationWriteback, sync_name};
 pub use local::{

@@ -82,19 +82,28 @@ pub(super) async fn download_all(
         .map(|(hash, object)| (object.first_file, *hash))
         .collect();
     work.sort_unstable();
+    let batches = batch_small_objects(shared, plan, work);
     let (commit, to_commit) = mpsc::unbounded_channel();
     // Ends when every sender is gone (the downloads finished, failed or were cancelled), after
     // committing what was verified: a later attempt does not fetch it again.
     let committer = tokio::spawn(commit_staged(shared.clone(), to_commit));
-    let mut results = futures::stream::iter(work)
-        .map(|(_, hash)| {
+    let mut results = futures::stream::iter(batches)
+        .map(|batch| {
             let shared = shared.clone();
             let plan = plan.clone();
             let cancel = cancel.clone();
             let commit = commit.clone();
             async move {
+                let staged = async {
+                    match batch {
+                        Fetch::One(hash) => stage_object(&shared, &plan, hash, &commit).await,
+                        Fetch::Batch(hashes) => {
+                            stage_small_objects(&shared, &plan, hashes, &commit).await
+                        }
+                    }
+                };
                 tokio::select! {
-                    result = stage_object(&shared, &plan, hash, &commit) => result,
+                    result = staged => result,
                     () = cancel.cancelled() => Err(RestoreFailure::Canceled),
                 }
             }
@@ -260,6 +269,122 @@ async fn stage_object(
             size: object.size,
         });
     }
+    commit.send(parts).map_err(|_| RestoreFailure::Local {
+        action: "commit",
+        path: shared.staging_folder(0),
+        source: io::Error::other("the committer stopped"),
+    })
+}
+
+/// Contents up to this size, from a local folder and needed in one data path, are fetched in
+/// batches...
+const BATCHED_OBJECT: u64 = 64 * 1024;
+/// ... of at most this many.
+const BATCH_OBJECTS: usize = 64;
+
+/// One unit of the download phase's work.
+enum Fetch {
+    One(ContentHash),
+    /// Small contents fetched, decoded, verified and staged in one blocking call (a blocking
+    /// call each made thread hand-overs most of the work of restoring small files).
+    Batch(Vec<ContentHash>),
+}
+
+/// Groups the small contents of a local location that one data path needs into batches, in
+/// the order of `work`; every other content is a unit of its own.
+fn batch_small_objects(
+    shared: &Shared,
+    plan: &Plan,
+    work: Vec<(usize, ContentHash)>,
+) -> Vec<Fetch> {
+    let local = coffer_format::object::is_local_folder(&shared.job.operator);
+    let mut fetches = Vec::new();
+    let mut batch = Vec::new();
+    for (_, hash) in work {
+        let object = &plan.objects[&hash];
+        let batchable = local
+            && object.size <= BATCHED_OBJECT
+            && object.needs.len() == 1
+            && object.needs.iter().all(|need| !need.staged);
+        if !batchable {
+            fetches.push(Fetch::One(hash));
+            continue;
+        }
+        batch.push(hash);
+        if batch.len() == BATCH_OBJECTS {
+            fetches.push(Fetch::Batch(std::mem::take(&mut batch)));
+        }
+    }
+    if !batch.is_empty() {
+        fetches.push(Fetch::Batch(batch));
+    }
+    fetches
+}
+
+/// Fetches a batch of small contents into their data path's staging folder in one blocking
+/// call, each verified as [`stage_object`] does, then hands them to the committer.
+async fn stage_small_objects(
+    shared: &Arc<Shared>,
+    plan: &Arc<Plan>,
+    hashes: Vec<ContentHash>,
+    commit: &mpsc::UnboundedSender<Vec<StagedPart>>,
+) -> Result<(), RestoreFailure> {
+    let worker = shared.clone();
+    let plan = plan.clone();
+    let parts = blocking(move || {
+        let job = &worker.job;
+        let mut parts = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            let object = &plan.objects[&hash];
+            let Some(need) = object.needs.first() else {
+                continue;
+            };
+            let hex = hash.to_hex();
+            let folder = worker.staging_folder(need.data_path);
+            let part = folder.join(format!("{hex}.part"));
+            let downloaded = coffer_format::object::download_local_object(
+                &job.operator,
+                &worker.layout.object(&hash),
+                &part,
+                hash,
+                Some(object.size),
+                &job.keys,
+                job.limiter.as_ref(),
+            )
+            .map_err(|source| RestoreFailure::Download {
+                file: worker.target(&plan.files[object.first_file]),
+                hash,
+                source: Box::new(match source {
+                    DownloadError::Storage(error) => {
+                        DownloadError::Storage(error.in_location(&job.location_name))
+                    }
+                    other => other,
+                }),
+            })?;
+            worker
+                .counters
+                .bytes_downloaded
+                .fetch_add(downloaded.stored_bytes, Ordering::Relaxed);
+            if downloaded.size != object.size {
+                let _ = fs::remove_file(&part);
+                return Err(RestoreFailure::SizeMismatch {
+                    file: worker.target(&plan.files[object.first_file]),
+                    hash,
+                    expected: object.size,
+                    actual: downloaded.size,
+                });
+            }
+            parts.push(StagedPart {
+                data_path: need.data_path,
+                part,
+                staged: folder.join(&hex),
+                files: need.files,
+                size: object.size,
+            });
+        }
+        Ok(parts)
+    })
+    .await?;
     commit.send(parts).map_err(|_| RestoreFailure::Local {
         action: "commit",
         path: shared.staging_folder(0),
