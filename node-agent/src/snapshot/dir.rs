@@ -53,8 +53,9 @@ struct UnlinkedFile {
 
 /// Answers, for the files of one folder (live path and identity), the hash of each one the
 /// journal vouches for.
-type Vouch<'a> =
-    &'a dyn Fn(&[(PathBuf, FileIdentity)]) -> Result<Vec<Option<ContentHash>>, SnapshotError>;
+type Vouch<'a> = &'a (
+        dyn Fn(&[(PathBuf, FileIdentity)]) -> Result<Vec<Option<ContentHash>>, SnapshotError> + Sync
+    );
 
 /// Takes a `dir` snapshot, leaving unlinked the files `unchanged` vouches for; on failure
 /// removes the tag's folders.
@@ -109,7 +110,8 @@ async fn hooks_and_links(
     let unchanged = unchanged.cloned();
     let linked = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        let asking = std::cell::Cell::new(std::time::Duration::ZERO);
+        // Nanoseconds the walkers spent asking the journal, summed over them.
+        let asking = std::sync::atomic::AtomicU64::new(0);
         let vouch = unchanged.map(|unchanged| {
             let asking = &asking;
             move |batch: &[(PathBuf, FileIdentity)]| {
@@ -117,7 +119,10 @@ async fn hooks_and_links(
                 let found = unchanged
                     .journal
                     .lookup_hashes_blocking(&unchanged.location_id, batch);
-                asking.set(asking.get() + asked.elapsed());
+                asking.fetch_add(
+                    u64::try_from(asked.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 Ok(found?
                     .into_iter()
                     .map(|found| {
@@ -135,7 +140,7 @@ async fn hooks_and_links(
         );
         tracing::debug!(
             walk_ms = started.elapsed().as_millis() as u64,
-            journal_ms = asking.get().as_millis() as u64,
+            journal_ms = asking.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000,
             "snapshot links"
         );
         linked
@@ -171,35 +176,84 @@ fn link_data_paths(
 ) -> Result<Vec<SnapshotFile>, SnapshotError> {
     let mut files = Vec::new();
     for (index, data_path) in data_paths.iter().enumerate() {
-        link_tree(
+        files.extend(link_tree(
             index,
             data_path,
             &tag_folder(data_path, tag),
             vouch,
-            &mut files,
-        )?;
+        )?);
     }
+    // The walkers finish folders in no fixed order: the snapshot lists files in one.
+    files.sort_unstable_by(|a, b| a.live_path.cmp(&b.live_path));
     Ok(files)
 }
 
-/// Flags of a folder opened during the walk: never through a symbolic link.
-fn folder_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+/// Threads that walk a data path's folders at once: on a cold cache the walk waits on the
+/// disk for every folder and inode, and several walkers keep several reads in flight.
+const WALKERS: usize = 4;
+
+/// A folder still to walk: its path below the data path, and descriptors of it and its mirror.
+type Pending = (PathBuf, OwnedFd, OwnedFd);
+
+/// The folders left to walk, shared by the walkers.
+struct WalkQueue {
+    state: std::sync::Mutex<WalkState>,
+    changed: std::sync::Condvar,
+}
+
+struct WalkState {
+    folders: Vec<Pending>,
+    /// Folders taken and not finished: more may come from them.
+    busy: usize,
+    failed: Option<SnapshotError>,
+}
+
+impl WalkQueue {
+    /// The next folder to walk; `None` once every folder is walked or a walker failed.
+    fn take(&self) -> Option<Pending> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if state.failed.is_some() {
+                return None;
+            }
+            if let Some(folder) = state.folders.pop() {
+                state.busy += 1;
+                return Some(folder);
+            }
+            if state.busy == 0 {
+                return None;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Ends the walk of one folder: the folders found below it join the queue, or its error
+    /// stops the walk.
+    fn done(&self, result: Result<Vec<Pending>, SnapshotError>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.busy -= 1;
+        match result {
+            Ok(found) => state.folders.extend(found),
+            Err(error) => {
+                state.failed.get_or_insert(error);
+            }
+        }
+        self.changed.notify_all();
+    }
 }
 
 /// Mirrors the folders of `data_path` under `snapshot_root` and hard-links every regular file
-/// into them, describing each link. The walk holds a descriptor of the folder being read and of
-/// its mirror, so each link and `stat` resolves one name instead of a whole path (a snapshot of
-/// thousands of files spent most of its time walking paths). Like [`regular_files`], it never
-/// follows symbolic links, skips the agent's own folders at the root, and skips what vanishes
-/// meanwhile.
+/// into them, describing each link, with [`WALKERS`] threads. Each walker holds a descriptor of
+/// the folder it reads and of its mirror, so each link and `stat` resolves one name instead of a
+/// whole path (a snapshot of thousands of files spent most of its time walking paths). Like
+/// [`regular_files`], it never follows symbolic links, skips the agent's own folders at the root,
+/// and skips what vanishes meanwhile.
 fn link_tree(
     index: usize,
     data_path: &Path,
     snapshot_root: &Path,
     vouch: Option<Vouch<'_>>,
-    files: &mut Vec<SnapshotFile>,
-) -> Result<(), SnapshotError> {
+) -> Result<Vec<SnapshotFile>, SnapshotError> {
     let open_root = |path: &Path| {
         rustix::fs::open(
             path,
@@ -208,12 +262,68 @@ fn link_tree(
         )
         .map_err(|errno| SnapshotError::file("read folder", path, errno.into()))
     };
-    let mut folders = vec![(
-        PathBuf::new(),
-        open_root(data_path)?,
-        open_root(snapshot_root)?,
-    )];
-    while let Some((relative_folder, source, mirror)) = folders.pop() {
+    let queue = WalkQueue {
+        state: std::sync::Mutex::new(WalkState {
+            folders: vec![(
+                PathBuf::new(),
+                open_root(data_path)?,
+                open_root(snapshot_root)?,
+            )],
+            busy: 0,
+            failed: None,
+        }),
+        changed: std::sync::Condvar::new(),
+    };
+    let found: Vec<Vec<SnapshotFile>> = std::thread::scope(|scope| {
+        let walkers: Vec<_> = (0..WALKERS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut files = Vec::new();
+                    while let Some(folder) = queue.take() {
+                        let result =
+                            link_folder(index, data_path, snapshot_root, vouch, folder, &mut files);
+                        queue.done(result);
+                    }
+                    files
+                })
+            })
+            .collect();
+        walkers
+            .into_iter()
+            .map(|walker| walker.join())
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map_err(|_| {
+        SnapshotError::file(
+            "walk",
+            data_path,
+            io::Error::other("a walker thread panicked"),
+        )
+    })?;
+    let state = queue.state.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(error) = state.failed {
+        return Err(error);
+    }
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// Flags of a folder opened during the walk: never through a symbolic link.
+fn folder_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Walks one folder: mirrors the folders in it (returned, to be walked) and links or describes
+/// its files into `files`.
+fn link_folder(
+    index: usize,
+    data_path: &Path,
+    snapshot_root: &Path,
+    vouch: Option<Vouch<'_>>,
+    (relative_folder, source, mirror): Pending,
+    files: &mut Vec<SnapshotFile>,
+) -> Result<Vec<Pending>, SnapshotError> {
+    let mut folders = Vec::new();
+    {
         let at_root = relative_folder.as_os_str().is_empty();
         let folder_error = |action: &'static str, errno: Errno| {
             SnapshotError::file(action, data_path.join(&relative_folder), errno.into())
@@ -304,7 +414,7 @@ fn link_tree(
             }
         }
     }
-    Ok(())
+    Ok(folders)
 }
 
 /// One folder of the live tree and its mirror in the snapshot.
