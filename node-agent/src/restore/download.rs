@@ -331,7 +331,9 @@ async fn stage_small_objects(
 ) -> Result<(), RestoreFailure> {
     let worker = shared.clone();
     let plan = plan.clone();
-    let parts = blocking(move || {
+    // What was verified before a content failed is committed all the same: a retry does not
+    // fetch it again.
+    let (parts, failure) = blocking(move || {
         let job = &worker.job;
         let mut parts = Vec::with_capacity(hashes.len());
         for hash in hashes {
@@ -342,7 +344,7 @@ async fn stage_small_objects(
             let hex = hash.to_hex();
             let folder = worker.staging_folder(need.data_path);
             let part = folder.join(format!("{hex}.part"));
-            let downloaded = coffer_format::object::download_local_object(
+            let downloaded = match coffer_format::object::download_local_object(
                 &job.operator,
                 &worker.layout.object(&hash),
                 &part,
@@ -350,29 +352,35 @@ async fn stage_small_objects(
                 Some(object.size),
                 &job.keys,
                 job.limiter.as_ref(),
-            )
-            .map_err(|source| RestoreFailure::Download {
-                file: worker.target(&plan.files[object.first_file]),
-                hash,
-                source: Box::new(match source {
-                    DownloadError::Storage(error) => {
-                        DownloadError::Storage(error.in_location(&job.location_name))
-                    }
-                    other => other,
-                }),
-            })?;
+            ) {
+                Ok(downloaded) => downloaded,
+                Err(source) => {
+                    let failure = RestoreFailure::Download {
+                        file: worker.target(&plan.files[object.first_file]),
+                        hash,
+                        source: Box::new(match source {
+                            DownloadError::Storage(error) => {
+                                DownloadError::Storage(error.in_location(&job.location_name))
+                            }
+                            other => other,
+                        }),
+                    };
+                    return Ok((parts, Some(failure)));
+                }
+            };
             worker
                 .counters
                 .bytes_downloaded
                 .fetch_add(downloaded.stored_bytes, Ordering::Relaxed);
             if downloaded.size != object.size {
                 let _ = fs::remove_file(&part);
-                return Err(RestoreFailure::SizeMismatch {
+                let failure = RestoreFailure::SizeMismatch {
                     file: worker.target(&plan.files[object.first_file]),
                     hash,
                     expected: object.size,
                     actual: downloaded.size,
-                });
+                };
+                return Ok((parts, Some(failure)));
             }
             parts.push(StagedPart {
                 data_path: need.data_path,
@@ -382,14 +390,15 @@ async fn stage_small_objects(
                 size: object.size,
             });
         }
-        Ok(parts)
+        Ok((parts, None))
     })
     .await?;
     commit.send(parts).map_err(|_| RestoreFailure::Local {
         action: "commit",
         path: shared.staging_folder(0),
         source: io::Error::other("the committer stopped"),
-    })
+    })?;
+    failure.map_or(Ok(()), Err)
 }
 
 /// Copies verified staged content into another data path's staging (made durable with its
