@@ -133,6 +133,9 @@ pub enum JournalError {
 #[derive(Debug, Clone)]
 pub struct Journal {
     connection: Arc<Mutex<Connection>>,
+    /// Read-only connections for lookups from several threads at once (WAL lets readers run
+    /// beside each other and the writer), opened as needed and kept.
+    readers: Arc<Mutex<Vec<Connection>>>,
     path: Arc<PathBuf>,
 }
 
@@ -154,6 +157,7 @@ impl Journal {
             tokio::task::spawn_blocking(move || open_connection(&opened_path)).await??;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
+            readers: Arc::new(Mutex::new(Vec::new())),
             path: Arc::new(path),
         })
     }
@@ -202,7 +206,8 @@ impl Journal {
     }
 
     /// [`Journal::lookup_hashes`] for a caller that is on a blocking thread already (a snapshot
-    /// walking the data paths).
+    /// walking the data paths), on a read-only connection of its own: callers on several
+    /// threads look up at the same time.
     ///
     /// Fails when the journal cannot be read.
     pub fn lookup_hashes_blocking(
@@ -210,11 +215,23 @@ impl Journal {
         location_id: &str,
         files: &[(PathBuf, FileIdentity)],
     ) -> Result<Vec<Option<Remembered>>, JournalError> {
-        let mut connection = self
-            .connection
+        // A reader of its own, so that the threads of a snapshot's walk look up side by side
+        // instead of one after the other on the one writing connection.
+        let pooled = self
+            .readers
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        lookup_in(&mut connection, location_id, files)
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut reader = match pooled {
+            Some(reader) => reader,
+            None => open_reader(&self.path)?,
+        };
+        let found = lookup_in(&mut reader, location_id, files);
+        self.readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(reader);
+        found
     }
 
     /// Remembers the hash of one version of the file at `live_path`, replacing what was
@@ -549,6 +566,22 @@ fn open_connection(path: &Path) -> Result<Connection, JournalError> {
             "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         ))
         .map_err(open_error)?;
+    Ok(connection)
+}
+
+/// A read-only connection to the journal at `path` (opened, and so created and migrated, by
+/// [`open_connection`] first).
+fn open_reader(path: &Path) -> Result<Connection, JournalError> {
+    let open_error = |source| JournalError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_error)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
     Ok(connection)
 }
 
