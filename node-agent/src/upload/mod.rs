@@ -220,13 +220,19 @@ impl Shared {
 /// Fails on the first file that cannot be read or uploaded, naming it, or when the location,
 /// the journal or the manifest fail; nothing is committed then (no manifest is written).
 pub async fn run(
-    job: UploadJob,
+    mut job: UploadJob,
     progress: mpsc::Sender<proto::UploadProgress>,
     cancel: CancellationToken,
 ) -> Result<proto::UploadSummary, UploadFailure> {
     let started = std::time::Instant::now();
     check_snapshot_fits(&job)?;
-    let selected = select_files(&job)?;
+    // The snapshot's files move into the selection rather than being copied (a node of many
+    // files held them twice); a full backup keeps only their paths, for the journal to forget
+    // the files gone.
+    let files = std::mem::take(&mut job.files);
+    let present_paths: Option<Vec<PathBuf>> = (!job.incremental && !job.dry_run)
+        .then(|| files.iter().map(|file| file.live_path.clone()).collect());
+    let selected = select_files(&job, files)?;
     let options = UploadOptions {
         rate_limiter: job.limiter.clone(),
         compression: job.compression,
@@ -272,8 +278,8 @@ pub async fn run(
         manifest_path,
         manifest_done,
     } = finished?;
-    if !shared.job.incremental && !shared.job.dry_run {
-        forget_files_gone(&shared).await;
+    if let Some(present) = present_paths {
+        forget_files_gone(&shared, present).await;
     }
     tracing::debug!(
         planned_ms = planned.as_millis() as u64,
@@ -313,15 +319,16 @@ fn check_snapshot_fits(job: &UploadJob) -> Result<(), UploadFailure> {
 }
 
 /// The files the job's patterns select; refuses a selected name that is not UTF-8.
-fn select_files(job: &UploadJob) -> Result<Vec<SnapshotFile>, UploadFailure> {
-    let selected: Vec<SnapshotFile> = job
-        .files
-        .iter()
+fn select_files(
+    job: &UploadJob,
+    files: Vec<SnapshotFile>,
+) -> Result<Vec<SnapshotFile>, UploadFailure> {
+    let selected: Vec<SnapshotFile> = files
+        .into_iter()
         .filter(|file| {
             let path = file.live_path.to_string_lossy();
             job.filter.selects(path.as_ref())
         })
-        .cloned()
         .collect();
     if let Some(file) = selected
         .iter()
@@ -615,13 +622,7 @@ async fn finish_upload(
 
 /// After a full backup, which sees the node's complete file set, the journal forgets the files
 /// gone since (it is a cache, so a failure only costs its size).
-async fn forget_files_gone(shared: &Shared) {
-    let present = shared
-        .job
-        .files
-        .iter()
-        .map(|file| file.live_path.clone())
-        .collect();
+async fn forget_files_gone(shared: &Shared, present: Vec<PathBuf>) {
     match shared.job.journal.forget_files_except(present).await {
         Ok(forgotten) => tracing::debug!(forgotten, "journal forgot files gone"),
         Err(error) => tracing::warn!(%error, "journal: forget files gone"),
