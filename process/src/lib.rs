@@ -190,3 +190,30 @@ pub fn read_private_file(file: &Path) -> Result<String, String> {
     std::fs::read_to_string(file)
         .map_err(|error| format!("secret file {}: {error}", file.display()))
 }
+
+/// The error and its sources on one line, `: `-separated, skipping a source that repeats its
+/// parent: what a warning or a user's error message shows (never a backtrace, never Debug).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = one_line(&error.to_string());
+    let mut previous = line.clone();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = one_line(&cause.to_string());
+        if !text.is_empty() && !previous.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        previous = text;
+        source = cause.source();
+    }
+    line
+}
+
+/// Joins the lines of a message with `; ` so an error report stays one line.
+pub fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -106,6 +106,23 @@ where
     }
 }
 
+/// A server under `root` serving its status page (agents checked every second), and the
+/// page's address.
+async fn server_with_status_page(root: &Path) -> (TestServer, String) {
+    let server = TestServer::start_with(
+        root,
+        &[
+            "--status-listen",
+            "127.0.0.1:0",
+            "--agent-check-interval",
+            "1s",
+        ],
+    )
+    .await;
+    let address = status_address(&root.join("server.log")).await;
+    (server, address)
+}
+
 async fn create_token(admin: &CofferClient, name: &str, scope: proto::TokenScope) -> String {
     admin
         .tokens()
@@ -125,17 +142,7 @@ async fn the_status_json_needs_a_read_token_by_header_or_login_cookie() {
     let root = tempfile::tempdir().expect("tempdir");
     let agent = TestAgent::start(root.path(), "a").await;
     write(&agent.data.join("db/table"), b"rows\n");
-    let server = TestServer::start_with(
-        root.path(),
-        &[
-            "--status-listen",
-            "127.0.0.1:0",
-            "--agent-check-interval",
-            "1s",
-        ],
-    )
-    .await;
-    let address = status_address(&root.path().join("server.log")).await;
+    let (server, address) = server_with_status_page(root.path()).await;
     let admin = server.client().await;
     admin
         .clusters()
@@ -272,17 +279,7 @@ async fn a_headless_chromium_sees_a_backup_progress_and_end_on_the_status_page()
             &noise(1 << 20, file),
         );
     }
-    let server = TestServer::start_with(
-        root.path(),
-        &[
-            "--status-listen",
-            "127.0.0.1:0",
-            "--agent-check-interval",
-            "1s",
-        ],
-    )
-    .await;
-    let address = status_address(&root.path().join("server.log")).await;
+    let (server, address) = server_with_status_page(root.path()).await;
     let client = server.client().await;
     crate::prod_with_local(&client, &agent, root.path()).await;
 

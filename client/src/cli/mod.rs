@@ -307,45 +307,19 @@ impl CliError {
             Self::Output(error) if error.kind() == std::io::ErrorKind::BrokenPipe => None,
             // A status is its code and message only: its transport source is in the message.
             Self::Status(status) => Some(status_line(status)),
-            _ => Some(error_chain(self)),
+            _ => Some(coffer_process::error_chain(self)),
         }
     }
 }
 
 /// `not found: cluster "prod" does not exist`, on one line.
 fn status_line(status: &tonic::Status) -> String {
-    let message = one_line(status.message());
+    let message = coffer_process::one_line(status.message());
     if message.is_empty() {
         code_words(status.code()).to_owned()
     } else {
         format!("{}: {message}", code_words(status.code()))
     }
-}
-
-/// The error and its sources, `: `-separated, skipping a source that repeats its parent.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut line = one_line(&error.to_string());
-    let mut previous = line.clone();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = one_line(&cause.to_string());
-        if !text.is_empty() && !previous.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        previous = text;
-        source = cause.source();
-    }
-    line
-}
-
-/// Joins the lines of a message with `; ` so an error report stays one line.
-fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[cfg(test)]

@@ -228,16 +228,7 @@ async fn stage_object(
                     job.limiter.as_ref(),
                 )
                 .await
-                .map_err(|source| RestoreFailure::Download {
-                    file: file.clone(),
-                    hash,
-                    source: Box::new(match source {
-                        DownloadError::Storage(error) => {
-                            DownloadError::Storage(error.in_location(&job.location_name))
-                        }
-                        other => other,
-                    }),
-                })?;
+                .map_err(|source| download_failure(shared, file.clone(), hash, source))?;
                 let size = downloaded.size;
                 shared
                     .counters
@@ -355,17 +346,8 @@ async fn stage_small_objects(
             ) {
                 Ok(downloaded) => downloaded,
                 Err(source) => {
-                    let failure = RestoreFailure::Download {
-                        file: worker.target(&plan.files[object.first_file]),
-                        hash,
-                        source: Box::new(match source {
-                            DownloadError::Storage(error) => {
-                                DownloadError::Storage(error.in_location(&job.location_name))
-                            }
-                            other => other,
-                        }),
-                    };
-                    return Ok((parts, Some(failure)));
+                    let file = worker.target(&plan.files[object.first_file]);
+                    return Ok((parts, Some(download_failure(&worker, file, hash, source))));
                 }
             };
             worker
@@ -399,6 +381,25 @@ async fn stage_small_objects(
         source: io::Error::other("the committer stopped"),
     })?;
     failure.map_or(Ok(()), Err)
+}
+
+/// A failed download of `hash` for `file`, a storage error naming the location.
+fn download_failure(
+    shared: &Shared,
+    file: PathBuf,
+    hash: ContentHash,
+    source: DownloadError,
+) -> RestoreFailure {
+    RestoreFailure::Download {
+        file,
+        hash,
+        source: Box::new(match source {
+            DownloadError::Storage(error) => {
+                DownloadError::Storage(error.in_location(&shared.job.location_name))
+            }
+            other => other,
+        }),
+    }
 }
 
 /// Copies verified staged content into another data path's staging (made durable with its

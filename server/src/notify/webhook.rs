@@ -170,7 +170,7 @@ impl Deliverer {
             .send()
             .await
             // Display, not Debug: one line, no backtrace.
-            .map_err(|error| error_chain(&error))?;
+            .map_err(|error| coffer_process::error_chain(&error))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
@@ -178,16 +178,4 @@ impl Deliverer {
             Err(format!("the receiver answered {status}"))
         }
     }
-}
-
-/// An error and its sources, on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -4,7 +4,8 @@
 //! A run is recorded (queued) before its id is returned, and every transition is written before
 //! it is acted on. While a run executes, its current state lives in a watch channel: watchers
 //! get the current state first, then changes at most every `min_update_interval`, then the final
-//! state at once ([`watchers`]). Progress counters reach the catalog about once a second; transitions at once.
+//! state at once ([`watchers`]). Progress counters reach the catalog about once a second;
+//! transitions at once.
 //!
 //! The kinds of run share the node fan-out ([`fanout`]); [`recovery`] finishes, at start-up,
 //! the runs a previous server process left in flight.
