@@ -964,12 +964,18 @@ RESTORE_MARKS = {"restored files placed": "files_placed", "restore finished": "r
                  "restore failed": "restore_failed"}
 
 
+# The agent's lines that say where a run's time went, and the prefix their `*_ms` fields get.
+TIMING_LINES = {"snapshot walked": "snapshot", "unlinked files recorded": "snapshot",
+                "upload timings": "upload", "restored files placed": "restore"}
+TIMING_FIELD = re.compile(r"\b(\w+)_ms=(\d+)")
+
+
 def agent_log_summary(path: Path, tag: str, created: float | None, marks: dict = BACKUP_MARKS,
                       end: str = "snapshot removed") -> dict:
     """From an agent's log: when (seconds after the run was created) the agent logged its
     milestones for the run (the run id is the snapshot tag of a backup and a field of the restore
-    span), and the WARN/ERROR lines it logged from the run's first line to its `end` line, with
-    the most frequent one."""
+    span), where its time went (the `*_ms` fields of its timing lines), and the WARN/ERROR lines
+    it logged from the run's first line to its `end` line, with the most frequent one."""
     out: dict = {"warn_lines": 0, "error_lines": 0}
     inside = False
     kinds: dict[str, int] = {}
@@ -987,6 +993,10 @@ def agent_log_summary(path: Path, tag: str, created: float | None, marks: dict =
             for needle, key in marks.items():
                 if needle in msg and created is not None and ts is not None:
                     out[key] = round(ts - created, 3)
+            for needle, prefix in TIMING_LINES.items():
+                if needle in msg:
+                    for field, ms in TIMING_FIELD.findall(msg):
+                        out.setdefault("timings_ms", {})[f"{prefix} {field}"] = int(ms)
         if inside and level in ("WARN", "ERROR"):
             out["warn_lines" if level == "WARN" else "error_lines"] += 1
             kind = re.sub(r"[0-9a-f]{16,}|/[^ :]+", "…", msg)[:140]
@@ -1025,8 +1035,8 @@ def rclone_env(s3_port: int | None) -> dict:
 
 # The table's rows in order (Coffer, then what it is compared with), the restores among them, and
 # the restic row each Coffer row is compared with.
-ROW_ORDER = ("full", "incremental", "rclone", "restic", "restic-incremental", "restore", "rclone-down",
-             "restic-restore")
+ROW_ORDER = ("full", "incremental", "unchanged", "rclone", "restic", "restic-incremental", "restore",
+             "rclone-down", "restic-restore")
 RESTORE_PHASES = {"restore", "rclone-down", "restic-restore"}
 RESTIC_BASE = {"full": "restic", "incremental": "restic-incremental", "restore": "restic-restore"}
 
@@ -1403,8 +1413,8 @@ class Bench:
                             pass
         time.sleep(0.5)
 
-    def coffer_backup(self, t: dict, kind: str) -> dict:
-        phase = kind.lower()
+    def coffer_backup(self, t: dict, kind: str, phase: str | None = None) -> dict:
+        phase = phase or kind.lower()
         log(f"[{t['name']}] {phase}: restarting agents (fresh VmHWM), then StartBackup")
         self.restart_agents(t)
         stored_before = self.stored_bytes(t)
@@ -1466,6 +1476,18 @@ class Bench:
         log(f"[{t['name']}] {phase}: {wall:.2f} s (client saw {client_wall:.2f} s), {res['mib_per_s']:.1f} MiB/s, uploaded "
             f"{mib(res['uploaded_bytes']):.1f} MiB, peak agent VmHWM {res['peak_agent_rss_mib']} MiB")
         return res
+
+    def stat_floor(self) -> dict:
+        """Times `find -printf` reading every file's inode, size and mtime (what an incremental
+        must learn of every file) after the same preparation as a measured phase."""
+        self.prepare_phase()
+        t0 = time.monotonic()
+        for d in self.data.node_dirs:
+            subprocess.run(["find", str(d), "-path", "*/.coffer-snapshots", "-prune", "-o", "-type", "f",
+                            "-printf", "%i %s %T@\n"], check=True, stdout=subprocess.DEVNULL)
+        wall = time.monotonic() - t0
+        log(f"stat floor: find read every file's metadata in {wall:.2f} s")
+        return {"wall_s": round(wall, 3), "files": self.data.files}
 
     def coffer_restore(self, t: dict, backup_id: str) -> dict:
         """Restores the FULL backup onto the same cluster after emptying every node's data folder,
@@ -1894,6 +1916,11 @@ class Bench:
                     if restic_ok:
                         record("restic-incremental", self.restic_backup(t, "restic-incremental"))
                     record("incremental", self.coffer_backup(t, "INCREMENTAL"))
+                    # Nothing changed since: what an incremental costs that finds nothing to do.
+                    record("unchanged", self.coffer_backup(t, "INCREMENTAL", "unchanged"))
+                    # The floor of any incremental that looks at every file: one stat of each,
+                    # from the same cold (or warm) start.
+                    record("stat-floor", self.stat_floor())
                 finally:
                     self.data.undo_mutate()
             else:
@@ -2018,6 +2045,11 @@ class Bench:
                     # to the kernel, so its copy is durable only after the sync shown on its row.
                     durable = mib(rc["logical_bytes"]) / (rc["wall_s"] + rc["sync_after_s"])
                     note = f"vs rclone + its sync (durable, as Coffer): {r['mib_per_s'] / durable:.2f}x"
+                elif key == "unchanged":
+                    note = "nothing changed since the incremental"
+                    floor = ph.get("stat-floor")
+                    if floor:
+                        note += f"; find stats every file in {floor['wall_s']:.2f} s"
                 elif key == "incremental" and out.get("change"):
                     c = out["change"]
                     note = (f"{c['changed_files']} files changed ({c['changed_percent']:.1f}%), "
@@ -2056,6 +2088,13 @@ class Bench:
                 checks.append((name, "incremental wall time <= 5% of full's", f"{pct:.1f}%", pct <= 5))
             else:
                 checks.append((name, "incremental wall time <= 5% of full's", "no successful incremental", False))
+            idle = ph.get("unchanged")
+            what = "unchanged incremental <= 0.5 s per 100k files"
+            if idle and phase_ok(idle) and idle.get("files"):
+                per = idle["wall_s"] * 100_000 / idle["files"]
+                checks.append((name, what, f"{per:.2f} s per 100k", per <= 0.5))
+            elif idle:
+                checks.append((name, what, "failed", False))
             if not a.no_restore:
                 for tool, _, down in bases:
                     what = f"restore throughput >= 1.5x {tool}"
@@ -2132,6 +2171,9 @@ class Bench:
                     if ph:
                         ms += "   phases: " + "  ".join(f"{k.lower()} {v:.2f}" for k, v in ph.items())
                     p(f"      {aname:<9} {ms}{w}")
+                    if al.get("timings_ms"):
+                        p(f"      {'':<9} where the time went (ms; stat/link/journal summed over the walkers): "
+                          + "  ".join(f"{k} {v}" for k, v in al["timings_ms"].items()))
                 if r.get("run_totals"):
                     tot = r["run_totals"]
                     p(f"      run totals: files {tot.get('filesDone', 0)}/{tot.get('filesTotal', 0)}  bytes "

@@ -71,6 +71,27 @@ pub struct Remembered {
     pub object_known: bool,
 }
 
+/// The objects the journal knows one location holds, sorted for binary search (32 bytes each).
+#[derive(Debug, Clone, Default)]
+pub struct KnownObjects(Vec<ContentHash>);
+
+impl KnownObjects {
+    /// Whether the location holds `hash`, as far as the journal knows.
+    pub fn contains(&self, hash: &ContentHash) -> bool {
+        self.0.binary_search(hash).is_ok()
+    }
+
+    /// How many objects are known.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A file's hash to remember.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashRecord {
@@ -205,16 +226,70 @@ impl Journal {
             .await
     }
 
-    /// [`Journal::lookup_hashes`] for a caller that is on a blocking thread already (a snapshot
-    /// walking the data paths), on a read-only connection of its own: callers on several
-    /// threads look up at the same time.
+    /// The remembered hashes of many files (as [`Journal::lookup_hash`]), for a caller that is
+    /// on a blocking thread already (a snapshot walking the data paths), on a read-only
+    /// connection of its own: callers on several threads look up at the same time. Pair it
+    /// with [`Journal::known_objects_blocking`] to learn which objects the location holds.
     ///
     /// Fails when the journal cannot be read.
-    pub fn lookup_hashes_blocking(
+    pub fn file_hashes_blocking(
         &self,
-        location_id: &str,
         files: &[(PathBuf, FileIdentity)],
-    ) -> Result<Vec<Option<Remembered>>, JournalError> {
+    ) -> Result<Vec<Option<ContentHash>>, JournalError> {
+        self.with_reader(|reader| file_hashes_in(reader, files))
+    }
+
+    /// [`Journal::file_hashes_blocking`] for files that are all in `folder` (directly): a
+    /// folder of many files is read as one range of the journal's rows, in order, rather than
+    /// a lookup per file (on a cold cache each lookup was a page read of its own: 14 µs a
+    /// file).
+    ///
+    /// Fails when the journal cannot be read.
+    pub fn folder_file_hashes_blocking(
+        &self,
+        folder: &Path,
+        files: &[(PathBuf, FileIdentity)],
+    ) -> Result<Vec<Option<ContentHash>>, JournalError> {
+        if files.len() < FOLDER_SCAN_FILES {
+            return self.file_hashes_blocking(files);
+        }
+        self.with_reader(|reader| folder_file_hashes_in(reader, folder, files))
+    }
+
+    /// Every object the journal knows the location `location_id` holds, read in one pass, for
+    /// a caller on a blocking thread that asks about many files: looking each object up in the
+    /// journal meant a random page read per file (a snapshot of 100 000 unchanged files read
+    /// 900 MiB through the journal's file), where one pass reads the location's rows once.
+    ///
+    /// Fails when the journal cannot be read.
+    pub fn known_objects_blocking(&self, location_id: &str) -> Result<KnownObjects, JournalError> {
+        self.with_reader(|reader| {
+            let mut statement = reader
+                .prepare_cached(
+                    "SELECT hash FROM known_objects WHERE location_id = ?1 ORDER BY hash",
+                )
+                .map_err(query("list known objects"))?;
+            let rows = statement
+                .query_map(params![location_id], |row| row.get::<_, Vec<u8>>(0))
+                .map_err(query("list known objects"))?;
+            let mut hashes = Vec::new();
+            for bytes in rows {
+                let bytes = bytes.map_err(query("list known objects"))?;
+                hashes.push(to_hash(bytes, || {
+                    format!("an object of location {location_id}")
+                })?);
+            }
+            // Sorted by SQLite's byte order, which is the arrays' order: searchable as it is.
+            hashes.shrink_to_fit();
+            Ok(KnownObjects(hashes))
+        })
+    }
+
+    /// Runs `work` on a pooled read-only connection (opened when none is free).
+    fn with_reader<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
         // A reader of its own, so that the threads of a snapshot's walk look up side by side
         // instead of one after the other on the one writing connection.
         let pooled = self
@@ -226,12 +301,12 @@ impl Journal {
             Some(reader) => reader,
             None => open_reader(&self.path)?,
         };
-        let found = lookup_in(&mut reader, location_id, files);
+        let result = work(&mut reader);
         self.readers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(reader);
-        found
+        result
     }
 
     /// Remembers the hash of one version of the file at `live_path`, replacing what was
@@ -528,6 +603,97 @@ fn lookup_in(
         .collect()
 }
 
+/// Folders with fewer files than this are asked about a file at a time: the range of a folder
+/// also holds the rows of its subfolders, read and passed over.
+const FOLDER_SCAN_FILES: usize = 16;
+
+/// The remembered hash of each file of `folder`, in the order asked, from one range scan of
+/// the rows below the folder.
+fn folder_file_hashes_in(
+    connection: &mut Connection,
+    folder: &Path,
+    files: &[(PathBuf, FileIdentity)],
+) -> Result<Vec<Option<ContentHash>>, JournalError> {
+    // Rows below the folder sort between "<folder>/" and "<folder>0" ('0' follows '/').
+    let mut low = path_key(folder).to_vec();
+    if low.last() != Some(&b'/') {
+        low.push(b'/');
+    }
+    let mut high = low.clone();
+    if let Some(last) = high.last_mut() {
+        *last = b'0';
+    }
+    let asked: std::collections::HashMap<&[u8], usize> = files
+        .iter()
+        .enumerate()
+        .map(|(index, (path, _))| (path_key(path), index))
+        .collect();
+    let mut found = vec![None; files.len()];
+    let transaction = connection.transaction().map_err(query("look up hashes"))?;
+    let mut statement = transaction
+        .prepare_cached(
+            "SELECT path, inode, size, mtime_ns, hash FROM file_hashes
+             WHERE path >= ?1 AND path < ?2",
+        )
+        .map_err(query("look up hashes"))?;
+    let mut rows = statement
+        .query(params![low, high])
+        .map_err(query("look up hashes"))?;
+    while let Some(row) = rows.next().map_err(query("look up hashes"))? {
+        let path: &[u8] = row
+            .get_ref(0)
+            .and_then(|value| value.as_blob().map_err(rusqlite::Error::from))
+            .map_err(query("look up hashes"))?;
+        let Some(&index) = asked.get(path) else {
+            continue;
+        };
+        let identity = FileIdentity {
+            inode: from_sql_u64(row.get(1).map_err(query("look up hashes"))?),
+            size: from_sql_u64(row.get(2).map_err(query("look up hashes"))?),
+            mtime_ns: row.get(3).map_err(query("look up hashes"))?,
+        };
+        if identity == files[index].1 {
+            let bytes: Vec<u8> = row.get(4).map_err(query("look up hashes"))?;
+            found[index] = Some(to_hash(bytes, || files[index].0.display().to_string())?);
+        }
+    }
+    Ok(found)
+}
+
+/// The remembered hash of each file, in the order asked, in one read transaction.
+fn file_hashes_in(
+    connection: &mut Connection,
+    files: &[(PathBuf, FileIdentity)],
+) -> Result<Vec<Option<ContentHash>>, JournalError> {
+    let transaction = connection.transaction().map_err(query("look up hashes"))?;
+    let mut statement = transaction
+        .prepare_cached(
+            "SELECT hash FROM file_hashes
+             WHERE path = ?1 AND inode = ?2 AND size = ?3 AND mtime_ns = ?4",
+        )
+        .map_err(query("look up hashes"))?;
+    files
+        .iter()
+        .map(|(path, identity)| {
+            let found: Option<Vec<u8>> = statement
+                .query_row(
+                    params![
+                        path_key(path),
+                        to_sql_u64(identity.inode),
+                        to_sql_u64(identity.size),
+                        identity.mtime_ns,
+                    ],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(query("look up hashes"))?;
+            found
+                .map(|bytes| to_hash(bytes, || path.display().to_string()))
+                .transpose()
+        })
+        .collect()
+}
+
 fn open_connection(path: &Path) -> Result<Connection, JournalError> {
     if let Some(folder) = path.parent() {
         std::fs::create_dir_all(folder).map_err(|source| JournalError::CreateFolder {
@@ -593,6 +759,11 @@ fn path_key(path: &Path) -> &[u8] {
 /// SQLite integers are signed 64-bit: store the same 64 bits (only equality is ever asked).
 fn to_sql_u64(value: u64) -> i64 {
     i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+/// The inverse of [`to_sql_u64`].
+fn from_sql_u64(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
 }
 
 fn to_hash(bytes: Vec<u8>, what: impl FnOnce() -> String) -> Result<ContentHash, JournalError> {

@@ -341,3 +341,135 @@ async fn the_journal_uses_wal() {
         .expect("journal mode");
     assert_eq!(mode, "wal");
 }
+
+#[tokio::test]
+async fn a_walk_reads_file_hashes_and_a_locations_objects_from_blocking_threads() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(state.path()).await.expect("open");
+    let a = PathBuf::from("/data/a.db");
+    let b = PathBuf::from("/data/b.db");
+    journal
+        .record_hashes(vec![
+            HashRecord {
+                live_path: a.clone(),
+                identity: IDENTITY,
+                hash: hash(1),
+            },
+            HashRecord {
+                live_path: b.clone(),
+                identity: IDENTITY,
+                hash: hash(2),
+            },
+        ])
+        .await
+        .expect("record hashes");
+    // Out of order on purpose: the set read back is searchable whatever the order written.
+    journal
+        .record_objects("loc-1", vec![hash(9), hash(2), hash(5)])
+        .await
+        .expect("record objects");
+    journal
+        .record_objects("loc-2", vec![hash(1)])
+        .await
+        .expect("record objects");
+
+    let reader = journal.clone();
+    let (hashes, known, other, none) = tokio::task::spawn_blocking(move || {
+        let changed = FileIdentity {
+            mtime_ns: IDENTITY.mtime_ns + 1,
+            ..IDENTITY
+        };
+        let hashes = reader
+            .file_hashes_blocking(&[
+                (a.clone(), IDENTITY),
+                (b.clone(), changed),
+                (PathBuf::from("/data/never.db"), IDENTITY),
+                (b, IDENTITY),
+            ])
+            .expect("file hashes");
+        let known = reader.known_objects_blocking("loc-1").expect("loc-1");
+        let other = reader.known_objects_blocking("loc-2").expect("loc-2");
+        let none = reader.known_objects_blocking("loc-3").expect("loc-3");
+        (hashes, known, other, none)
+    })
+    .await
+    .expect("blocking task");
+    // Only an exact identity answers; the order is the order asked.
+    assert_eq!(hashes, vec![Some(hash(1)), None, None, Some(hash(2))]);
+    assert_eq!(known.len(), 3);
+    for (byte, expected) in [(2, true), (5, true), (9, true), (1, false), (3, false)] {
+        assert_eq!(
+            known.contains(&hash(byte)),
+            expected,
+            "hash {byte} in loc-1"
+        );
+    }
+    assert!(other.contains(&hash(1)) && !other.contains(&hash(2)));
+    assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn a_folder_of_many_files_is_answered_from_one_range_of_rows() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(state.path()).await.expect("open");
+    let folder = PathBuf::from("/data/ks/t1");
+    let name = |index: usize| format!("md-{index}-Data.db");
+    let mut records = Vec::new();
+    for index in 0..40 {
+        let identity = FileIdentity {
+            inode: index as u64,
+            ..IDENTITY
+        };
+        records.push(HashRecord {
+            live_path: folder.join(name(index)),
+            identity,
+            hash: hash(index as u8),
+        });
+        // The same names in a subfolder and in a sibling whose name extends the folder's: in
+        // (or next to) the range, never answers for the folder's own files.
+        for other in ["/data/ks/t1/snapshots", "/data/ks/t10", "/data/ks/t1.old"] {
+            records.push(HashRecord {
+                live_path: Path::new(other).join(name(index)),
+                identity,
+                hash: hash(200),
+            });
+        }
+    }
+    journal.record_hashes(records).await.expect("record");
+
+    // 30 of the folder's files as they are, one changed, one never recorded.
+    let mut asked: Vec<(PathBuf, FileIdentity)> = (0..30)
+        .map(|index| {
+            (
+                folder.join(name(index)),
+                FileIdentity {
+                    inode: index as u64,
+                    ..IDENTITY
+                },
+            )
+        })
+        .collect();
+    asked.push((
+        folder.join(name(31)),
+        FileIdentity {
+            inode: 31,
+            size: IDENTITY.size + 1,
+            ..IDENTITY
+        },
+    ));
+    asked.push((folder.join("new.db"), IDENTITY));
+    let reader = journal.clone();
+    let (by_range, by_file) = tokio::task::spawn_blocking(move || {
+        let by_range = reader
+            .folder_file_hashes_blocking(&folder, &asked)
+            .expect("range");
+        let by_file = reader.file_hashes_blocking(&asked).expect("per file");
+        (by_range, by_file)
+    })
+    .await
+    .expect("blocking task");
+    let mut expected: Vec<Option<ContentHash>> = (0..30).map(|index| Some(hash(index))).collect();
+    expected.extend([None, None]);
+    assert_eq!(by_range, expected);
+    assert_eq!(by_file, expected, "both ways answer alike");
+}

@@ -154,7 +154,7 @@ async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
             (1, node.data(1).join("c/c.log"), folder1.join("c/c.log")),
         ]
     );
-    for file in &snapshot.files {
+    for file in snapshot.files.iter() {
         let live = fs::metadata(&file.live_path).expect("live metadata");
         assert_eq!(file.inode, live.ino(), "a hard link shares the inode");
         assert_eq!(file.size, live.len());

@@ -248,7 +248,8 @@ impl AgentService for AgentHandler {
                 .load(&request.tag)
                 .await
                 .map_err(snapshot_status)?;
-            (snapshot.files, snapshot.unlinked_for)
+            let unlinked_for = snapshot.unlinked_for.clone();
+            (snapshot.into_files(), unlinked_for)
         };
         let temp_dir = self.agent.config().state_dir.join("tmp");
         tokio::fs::create_dir_all(&temp_dir)
@@ -287,7 +288,10 @@ impl AgentService for AgentHandler {
         let tag = request.tag.clone();
         let metrics = self.agent.metrics().clone();
         tokio::spawn(async move {
-            let work = tokio::spawn(upload::run(job, progress_sender, cancel.clone()));
+            let work = tokio::spawn(
+                upload::run(job, progress_sender, cancel.clone())
+                    .instrument(tracing::info_span!("upload", tag = %tag)),
+            );
             // Forward progress; a server that went away cancels the upload.
             relay_progress(&mut progress, &sender, &cancel, |update| {
                 proto::UploadSnapshotResponse {

@@ -417,7 +417,9 @@ async fn restore(
     shared: &Arc<Shared>,
     cancel: &CancellationToken,
 ) -> Result<(u64, Vec<String>), RestoreFailure> {
+    let started = std::time::Instant::now();
     let plan = Arc::new(plan(shared, cancel).await?);
+    let planned = started.elapsed();
     let existing = (plan.existing_files, plan.existing_paths.clone());
     {
         // A dry run says too whether the restore would fit.
@@ -446,6 +448,7 @@ async fn restore(
         return Err(RestoreFailure::Canceled);
     }
 
+    let downloaded = started.elapsed();
     shared.set_phase(proto::RestorePhase::Placing);
     {
         let shared = shared.clone();
@@ -456,6 +459,9 @@ async fn restore(
         backup_id = %shared.job.backup_id,
         files = plan.files.len(),
         overwritten = plan.existing_files,
+        plan_ms = planned.as_millis() as u64,
+        download_ms = (downloaded - planned).as_millis() as u64,
+        place_ms = (started.elapsed() - downloaded).as_millis() as u64,
         "restored files placed"
     );
 

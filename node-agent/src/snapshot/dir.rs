@@ -12,6 +12,8 @@ use std::io::{self, BufWriter};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use coffer_format::ContentHash;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
@@ -51,10 +53,11 @@ struct UnlinkedFile {
     hash: ContentHash,
 }
 
-/// Answers, for the files of one folder (live path and identity), the hash of each one the
-/// journal vouches for.
+/// Answers, for the files of one folder (the folder's live path, and each file's live path and
+/// identity), the hash of each one the journal vouches for.
 type Vouch<'a> = &'a (
-        dyn Fn(&[(PathBuf, FileIdentity)]) -> Result<Vec<Option<ContentHash>>, SnapshotError> + Sync
+        dyn Fn(&Path, &[(PathBuf, FileIdentity)]) -> Result<Vec<Option<ContentHash>>, SnapshotError>
+            + Sync
     );
 
 /// Takes a `dir` snapshot, leaving unlinked the files `unchanged` vouches for; on failure
@@ -81,10 +84,15 @@ pub(crate) async fn create(
                 .collect(),
         };
         let path = unlinked_record_path(&settings.state_dir, tag);
-        if let Err(error) =
-            tokio::task::spawn_blocking(move || write_unlinked_record(&path, &record)).await?
-        {
-            result = Err(error);
+        let writing = Instant::now();
+        let unlinked = record.files.len();
+        match tokio::task::spawn_blocking(move || write_unlinked_record(&path, &record)).await? {
+            Ok(()) => tracing::info!(
+                unlinked,
+                record_ms = writing.elapsed().as_millis() as u64,
+                "unlinked files recorded"
+            ),
+            Err(error) => result = Err(error),
         }
     }
     if result.is_err() {
@@ -108,28 +116,33 @@ async fn hooks_and_links(
     let data_paths = settings.data_paths.clone();
     let owned_tag = tag.to_string();
     let unchanged = unchanged.cloned();
+    // The walk's lines belong to the snapshot's span (a blocking thread does not inherit it).
+    let span = tracing::Span::current();
     let linked = tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        // Nanoseconds the walkers spent asking the journal, summed over them.
-        let asking = std::sync::atomic::AtomicU64::new(0);
-        let vouch = unchanged.map(|unchanged| {
-            let asking = &asking;
-            move |batch: &[(PathBuf, FileIdentity)]| {
-                let asked = std::time::Instant::now();
-                let found = unchanged
+        let _span = span.enter();
+        let started = Instant::now();
+        let timings = WalkTimings::default();
+        // What the location holds, as the journal knows it, read once for the whole walk.
+        let known = unchanged
+            .as_ref()
+            .map(|unchanged| {
+                let asked = Instant::now();
+                let known = unchanged
                     .journal
-                    .lookup_hashes_blocking(&unchanged.location_id, batch);
-                asking.fetch_add(
-                    u64::try_from(asked.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                    .known_objects_blocking(&unchanged.location_id);
+                WalkTimings::add(&timings.journal_ns, asked);
+                known
+            })
+            .transpose()?;
+        let vouch = unchanged.zip(known).map(|(unchanged, known)| {
+            let timings = &timings;
+            move |folder: &Path, batch: &[(PathBuf, FileIdentity)]| {
+                let asked = Instant::now();
+                let found = unchanged.journal.folder_file_hashes_blocking(folder, batch);
+                WalkTimings::add(&timings.journal_ns, asked);
                 Ok(found?
                     .into_iter()
-                    .map(|found| {
-                        found
-                            .filter(|found| found.object_known)
-                            .map(|found| found.hash)
-                    })
+                    .map(|found| found.filter(|hash| known.contains(hash)))
                     .collect())
             }
         });
@@ -137,11 +150,17 @@ async fn hooks_and_links(
             &data_paths,
             &owned_tag,
             vouch.as_ref().map(|vouch| vouch as Vouch<'_>),
+            &timings,
         );
-        tracing::debug!(
+        // Where a snapshot's time goes, for operators and the bench: the walk's wall time, and
+        // the time its walkers spent in each kind of call, summed over them.
+        tracing::info!(
             walk_ms = started.elapsed().as_millis() as u64,
-            journal_ms = asking.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000,
-            "snapshot links"
+            stat_ms = WalkTimings::millis(&timings.stat_ns),
+            link_ms = WalkTimings::millis(&timings.link_ns),
+            journal_ms = WalkTimings::millis(&timings.journal_ns),
+            walkers = WALKERS,
+            "snapshot walked"
         );
         linked
     })
@@ -173,6 +192,7 @@ fn link_data_paths(
     data_paths: &[PathBuf],
     tag: &str,
     vouch: Option<Vouch<'_>>,
+    timings: &WalkTimings,
 ) -> Result<Vec<SnapshotFile>, SnapshotError> {
     let mut files = Vec::new();
     for (index, data_path) in data_paths.iter().enumerate() {
@@ -181,11 +201,31 @@ fn link_data_paths(
             data_path,
             &tag_folder(data_path, tag),
             vouch,
+            timings,
         )?);
     }
     // The walkers finish folders in no fixed order: the snapshot lists files in one.
     files.sort_unstable_by(|a, b| a.live_path.cmp(&b.live_path));
     Ok(files)
+}
+
+/// Nanoseconds the walkers spent in each kind of call, summed over them.
+#[derive(Debug, Default)]
+struct WalkTimings {
+    stat_ns: AtomicU64,
+    link_ns: AtomicU64,
+    journal_ns: AtomicU64,
+}
+
+impl WalkTimings {
+    fn add(counter: &AtomicU64, since: Instant) {
+        let elapsed = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counter.fetch_add(elapsed, Ordering::Relaxed);
+    }
+
+    fn millis(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed) / 1_000_000
+    }
 }
 
 /// Threads that walk a data path's folders at once: on a cold cache the walk waits on the
@@ -253,6 +293,7 @@ fn link_tree(
     data_path: &Path,
     snapshot_root: &Path,
     vouch: Option<Vouch<'_>>,
+    timings: &WalkTimings,
 ) -> Result<Vec<SnapshotFile>, SnapshotError> {
     let open_root = |path: &Path| {
         rustix::fs::open(
@@ -280,8 +321,15 @@ fn link_tree(
                 scope.spawn(|| {
                     let mut files = Vec::new();
                     while let Some(folder) = queue.take() {
-                        let result =
-                            link_folder(index, data_path, snapshot_root, vouch, folder, &mut files);
+                        let result = link_folder(
+                            index,
+                            data_path,
+                            snapshot_root,
+                            vouch,
+                            timings,
+                            folder,
+                            &mut files,
+                        );
                         queue.done(result);
                     }
                     files
@@ -319,6 +367,7 @@ fn link_folder(
     data_path: &Path,
     snapshot_root: &Path,
     vouch: Option<Vouch<'_>>,
+    timings: &WalkTimings,
     (relative_folder, source, mirror): Pending,
     files: &mut Vec<SnapshotFile>,
 ) -> Result<Vec<Pending>, SnapshotError> {
@@ -404,6 +453,7 @@ fn link_folder(
             mirror_path: snapshot_root.join(&relative_folder),
             source: &source,
             mirror: &mirror,
+            timings,
         };
         match vouch {
             Some(vouch) => folder.snapshot_unless_vouched(regular_files, vouch, files)?,
@@ -424,6 +474,7 @@ struct Folder<'a> {
     mirror_path: PathBuf,
     source: &'a OwnedFd,
     mirror: &'a OwnedFd,
+    timings: &'a WalkTimings,
 }
 
 impl Folder<'_> {
@@ -431,7 +482,10 @@ impl Folder<'_> {
     /// vanished.
     fn link(&self, name: &CString, files: &mut Vec<SnapshotFile>) -> Result<(), SnapshotError> {
         let os_name = OsStr::from_bytes(name.as_bytes());
-        match rustix::fs::linkat(self.source, name, self.mirror, name, AtFlags::empty()) {
+        let linking = Instant::now();
+        let linked = rustix::fs::linkat(self.source, name, self.mirror, name, AtFlags::empty());
+        WalkTimings::add(&self.timings.link_ns, linking);
+        match linked {
             Ok(()) => {}
             Err(Errno::NOENT) => {
                 tracing::debug!(path = %self.live.join(os_name).display(), "file vanished before it was linked");
@@ -445,14 +499,16 @@ impl Folder<'_> {
                 ));
             }
         }
-        let stat =
-            rustix::fs::statat(self.mirror, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|errno| {
-                SnapshotError::file(
-                    "read metadata",
-                    self.mirror_path.join(os_name),
-                    errno.into(),
-                )
-            })?;
+        let stating = Instant::now();
+        let stat = rustix::fs::statat(self.mirror, name, AtFlags::SYMLINK_NOFOLLOW);
+        WalkTimings::add(&self.timings.stat_ns, stating);
+        let stat = stat.map_err(|errno| {
+            SnapshotError::file(
+                "read metadata",
+                self.mirror_path.join(os_name),
+                errno.into(),
+            )
+        })?;
         files.push(describe(
             self.index,
             self.live.join(os_name),
@@ -472,7 +528,10 @@ impl Folder<'_> {
         let mut candidates = Vec::with_capacity(names.len());
         for name in names {
             let live_path = self.live.join(OsStr::from_bytes(name.as_bytes()));
-            let stat = match rustix::fs::statat(self.source, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            let stating = Instant::now();
+            let stat = rustix::fs::statat(self.source, &name, AtFlags::SYMLINK_NOFOLLOW);
+            WalkTimings::add(&self.timings.stat_ns, stating);
+            let stat = match stat {
                 Ok(stat) => stat,
                 Err(Errno::NOENT) => continue,
                 Err(errno) => {
@@ -497,7 +556,7 @@ impl Folder<'_> {
             .iter()
             .map(|(_, file)| (file.live_path.clone(), FileIdentity::from(file)))
             .collect();
-        let hashes = vouch(&identities)?;
+        let hashes = vouch(&self.live, &identities)?;
         for ((name, mut file), hash) in candidates.into_iter().zip(hashes) {
             match hash {
                 Some(hash) => {

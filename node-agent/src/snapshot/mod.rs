@@ -82,14 +82,21 @@ pub const MAX_TAG_LEN: usize = 64;
 pub struct Snapshot {
     /// The tag the snapshot was taken under.
     pub tag: String,
-    /// Its files, sorted by data path index, then live path.
-    pub files: Vec<SnapshotFile>,
+    /// Its files, sorted by data path index, then live path. Shared: the snapshotter keeps
+    /// the list of a snapshot it took for the upload that follows, and a node of many files
+    /// held it twice when each side had a copy (take it with [`Snapshot::into_files`]).
+    pub files: Arc<Vec<SnapshotFile>>,
     /// The location whose stored content let files go unlinked (see
     /// [`SnapshotFile::stored_hash`]); `None` when every file is frozen.
     pub unlinked_for: Option<String>,
 }
 
 impl Snapshot {
+    /// Its files, without a copy unless another holder of the list still has it.
+    pub fn into_files(self) -> Vec<SnapshotFile> {
+        Arc::try_unwrap(self.files).unwrap_or_else(|shared| shared.as_ref().clone())
+    }
+
     /// Sum of the sizes of the files.
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|file| file.size).sum()
@@ -443,7 +450,7 @@ impl Snapshotter {
                 );
                 let snapshot = Snapshot {
                     tag,
-                    files,
+                    files: Arc::new(files),
                     unlinked_for: unchanged
                         .filter(|_| unlinked > 0)
                         .map(|unchanged| unchanged.location_id),
@@ -490,7 +497,7 @@ impl Snapshotter {
             sort_files(&mut files);
             Ok(Snapshot {
                 tag,
-                files,
+                files: Arc::new(files),
                 unlinked_for,
             })
         })

@@ -1,4 +1,6 @@
-//! Small files into a local folder, in batches: each batch of up to [`BATCH_FILES`] new or
+//! Files handled in groups rather than one task each. Unchanged files the journal vouches for
+//! go straight to the manifest ([`Work::Vouched`]). Small files into a local folder go in
+//! batches: each batch of up to [`BATCH_FILES`] new or
 //! changed small files is read, hashed and stored in one blocking call
 //! ([`store_small_file_locally`] per file). On a node of a hundred thousand small files, handing
 //! every file's read, stat and write to a blocking thread of its own cost more CPU in thread
@@ -22,12 +24,20 @@ pub(super) const BATCH_FILES: usize = 64;
 /// is read, stored and dropped before the next).
 pub(super) const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Unchanged files the journal vouches for, entered in the manifest by one unit of work.
+pub(super) const VOUCHED_FILES: usize = 4096;
+
 /// One unit of work of the file tasks.
 pub(super) enum Work {
     /// A file on its own (the general path).
     One(SnapshotFile, Known),
     /// Small files of unknown hash for a local folder, handled in one blocking call.
     Batch(Vec<SnapshotFile>),
+    /// Files of known hash whose objects the journal vouches the location holds (an
+    /// incremental backup's unchanged files): nothing to read or store, only to enter in the
+    /// manifest. A task per file cost more than the file did (100 000 unchanged files took
+    /// 0.4 s that way).
+    Vouched(Vec<(SnapshotFile, ContentHash)>),
 }
 
 /// Whether `file` can go in a batch: a real upload into a local folder of a small file whose
@@ -40,12 +50,24 @@ pub(super) fn batchable(shared: &Shared, file: &SnapshotFile, known: &Known) -> 
         && file.size <= BATCHED_FILE
 }
 
-/// Groups consecutive batchable files into batches; every other file is a unit of its own.
+/// Groups consecutive batchable files into batches and vouched files into theirs; every other
+/// file is a unit of its own.
 pub(super) fn plan(shared: &Shared, selected: Vec<SnapshotFile>, known: Vec<Known>) -> Vec<Work> {
     let mut work = Vec::new();
     let mut batch: Vec<SnapshotFile> = Vec::new();
     let mut batch_bytes = 0;
+    let mut vouched = Vec::new();
     for (file, known) in selected.into_iter().zip(known) {
+        if let Known::Hash(hash) = known
+            && !shared.job.dry_run
+            && shared.journal_vouches(&hash)
+        {
+            vouched.push((file, hash));
+            if vouched.len() == VOUCHED_FILES {
+                work.push(Work::Vouched(std::mem::take(&mut vouched)));
+            }
+            continue;
+        }
         if !batchable(shared, &file, &known) {
             work.push(Work::One(file, known));
             continue;
@@ -61,7 +83,29 @@ pub(super) fn plan(shared: &Shared, selected: Vec<SnapshotFile>, known: Vec<Know
     if !batch.is_empty() {
         work.push(Work::Batch(batch));
     }
+    if !vouched.is_empty() {
+        work.push(Work::Vouched(vouched));
+    }
     work
+}
+
+/// Enters vouched files in the manifest as they are: counted done and skipped, nothing to
+/// learn (the journal knew their hashes and objects already).
+pub(super) fn process_vouched(
+    shared: &Shared,
+    files: Vec<(SnapshotFile, ContentHash)>,
+) -> Vec<FileResult> {
+    files
+        .into_iter()
+        .map(|(file, hash)| {
+            shared.counters.files.done(1, file.size, true);
+            FileResult {
+                entry: super::entry(&file, hash),
+                hashed: None,
+                object_present: None,
+            }
+        })
+        .collect()
 }
 
 /// Backs up a batch: one blocking call for all its files, each counted done as it is (files
