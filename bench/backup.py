@@ -23,6 +23,9 @@ What it does:
                     cleared first; fs: a `sync` after it, inside its wall time);
         full        a FULL backup, StartBackup -> run SUCCEEDED;
         incremental an INCREMENTAL backup after 1% of the files (by count) of each node changed;
+        unchanged   an INCREMENTAL backup again, nothing changed since the last one;
+        stat-floor  `find -printf '%i %s %T@'` over every node's data (the metadata any
+                    incremental must read of every file), from the same cold or warm start;
         restic-incremental
                     `restic backup` again of the same changed data, into the same repositories;
         restore     the data folders emptied, the FULL backup restored onto the same nodes,
@@ -37,8 +40,9 @@ What it does:
      agents are restarted (same state dir, same port) before each Coffer measurement, so the
      VmHWM read from /proc after the run is the peak of that run alone; the server runs through
      every phase, so its VmHWM after a phase is its peak so far;
-  4. prints a table, the targets (PASS/MISS) and a diagnosis (per-node phase timeline, CPU and I/O
-     per process), and writes everything to <work>/results.json.
+  4. prints a table, the targets (PASS/MISS) and a diagnosis (per-node phase timeline, where each
+     agent's time went from its `snapshot walked`, `upload timings` and `restored files placed`
+     lines, CPU and I/O per process), and writes everything to <work>/results.json.
 
 Logs of every process are kept in <work>/logs/. Nothing in the repository is modified outside
 <work> (default bench/out/, git-ignored).

@@ -1116,3 +1116,30 @@ mod rpc {
         assert!(status.message().contains("empty"), "{status:?}");
     }
 }
+
+#[tokio::test]
+async fn many_files_in_new_folders_are_placed_by_several_threads() {
+    let fixture = Fixture::new(1);
+    let first = &fixture.sources[0];
+    // 400 files in 40 folders, placed by several threads that create the same new folders
+    // side by side; every tenth file shares its content with another in a different folder.
+    for index in 0..400u32 {
+        let content = if index % 10 == 0 {
+            b"common to many".to_vec()
+        } else {
+            format!("file {index}").into_bytes()
+        };
+        write_file(
+            &first.join(format!("ks/t{}/deep/md-{index}-Data.db", index % 40)),
+            &content,
+            0o600 + (index % 2) * 0o40,
+            at(1_700_000_000 + u64::from(index), index),
+        );
+    }
+    let entries = fixture.back_up().await;
+    assert_eq!(entries.len(), 400);
+    let (result, _) = run(fixture.job()).await;
+    let summary = result.expect("restore succeeds");
+    assert_restored(&fixture, &entries);
+    assert_eq!(progress(&summary).files_placed, 400);
+}

@@ -139,7 +139,7 @@ fn prepare_staged(
     staged.set_permissions(Permissions::from_mode(file.mode & 0o7777))
 }
 
-/// Copies the staged `<hash>` to `<hash>.copy` for a file that shares its content with others.
+/// Copies the staged `<hash>` to `copy` for a file that shares its content with others.
 fn copy_staged(staging: &OwnedFd, hex: &str, copy: &str) -> io::Result<()> {
     let mut source = File::from(rustix::fs::openat(
         staging,
@@ -157,26 +157,138 @@ fn copy_staged(staging: &OwnedFd, hex: &str, copy: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Threads that place files at once: each file costs a handful of metadata calls (open,
+/// owner, time, mode, rename), and one thread placing 100 000 small files took 2.6 s.
+const PLACERS: usize = 4;
+
 /// Moves every staged file into place, syncs each data path's filesystem once, and removes the
 /// backup's staging folders.
 pub(super) fn place_all(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailure> {
     let job = &shared.job;
-    let mut remaining: HashMap<(usize, ContentHash), u64> = HashMap::new();
-    for (hash, object) in &plan.objects {
-        for need in &object.needs {
-            remaining.insert((need.data_path, *hash), need.files);
+    let mut roots: Vec<Option<PlacingRoot>> = job.data_paths.iter().map(|_| None).collect();
+    for file in &plan.files {
+        if roots[file.data_path].is_none() {
+            roots[file.data_path] = Some(open_root(shared, file.data_path)?);
         }
     }
-    let mut roots: Vec<Option<PlacingRoot>> = job.data_paths.iter().map(|_| None).collect();
+    let staged = staged_names(plan);
+    // Copies first, while every original is still staged: placing moves the originals away,
+    // on several threads.
+    for (file, name) in plan.files.iter().zip(&staged) {
+        let Some(StagedName::Copy(copy)) = name else {
+            continue;
+        };
+        let root = placing_root(&roots, file)?;
+        let staging = root_staging(root)?;
+        let hex = file.hash.to_hex();
+        copy_staged(staging, &hex, copy)
+            .map_err(RestoreFailure::local("copy", root.staging_path.join(&hex)))?;
+    }
+    let chunk = plan.files.len().div_ceil(PLACERS).max(1);
+    let placed: Vec<Result<(), RestoreFailure>> = std::thread::scope(|scope| {
+        let placers: Vec<_> = plan
+            .files
+            .chunks(chunk)
+            .zip(staged.chunks(chunk))
+            .map(|(files, names)| scope.spawn(|| place_files(shared, &roots, files, names)))
+            .collect();
+        placers
+            .into_iter()
+            .map(|placer| {
+                placer.join().unwrap_or_else(|_| {
+                    Err(RestoreFailure::local("place", &job.data_paths[0])(
+                        io::Error::other("a placing thread panicked"),
+                    ))
+                })
+            })
+            .collect()
+    });
+    placed.into_iter().collect::<Result<Vec<()>, _>>()?;
+    for (index, root) in roots.iter().enumerate() {
+        if let Some(root) = root {
+            rustix::fs::syncfs(&root.folder).map_err(|error| {
+                RestoreFailure::local("sync the filesystem of", &job.data_paths[index])(
+                    error.into(),
+                )
+            })?;
+        }
+    }
+    drop(roots);
+    for data_path in &job.data_paths {
+        remove_staging(data_path, job.backup_id);
+    }
+    Ok(())
+}
+
+/// Which staged file a planned file is placed from.
+#[derive(Debug)]
+enum StagedName {
+    /// The staged content itself, `<hash>` (the last file of the data path that needs it).
+    Original,
+    /// A copy of it made for this file (contents several files share).
+    Copy(String),
+}
+
+/// The staged name of each planned file, in plan order (`None` for files restored in place).
+fn staged_names(plan: &Plan) -> Vec<Option<StagedName>> {
+    let mut last: HashMap<(usize, ContentHash), usize> = HashMap::new();
+    for (index, file) in plan.files.iter().enumerate() {
+        if file.target != Target::InPlace {
+            last.insert((file.data_path, file.hash), index);
+        }
+    }
+    plan.files
+        .iter()
+        .enumerate()
+        .map(|(index, file)| {
+            if file.target == Target::InPlace {
+                None
+            } else if last.get(&(file.data_path, file.hash)) == Some(&index) {
+                Some(StagedName::Original)
+            } else {
+                Some(StagedName::Copy(format!(
+                    "{}.copy-{index}",
+                    file.hash.to_hex()
+                )))
+            }
+        })
+        .collect()
+}
+
+fn placing_root<'a>(
+    roots: &'a [Option<PlacingRoot>],
+    file: &PlannedFile,
+) -> Result<&'a PlacingRoot, RestoreFailure> {
+    roots
+        .get(file.data_path)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| {
+            RestoreFailure::local("open", Path::new(&*file.relative))(
+                io::ErrorKind::NotFound.into(),
+            )
+        })
+}
+
+fn root_staging(root: &PlacingRoot) -> Result<&OwnedFd, RestoreFailure> {
+    root.staging.as_ref().ok_or_else(|| {
+        RestoreFailure::local("open", &root.staging_path)(io::ErrorKind::NotFound.into())
+    })
+}
+
+/// Places a run of planned files (one placing thread's share), each through its folder opened
+/// without following links.
+fn place_files(
+    shared: &Shared,
+    roots: &[Option<PlacingRoot>],
+    files: &[PlannedFile],
+    names: &[Option<StagedName>],
+) -> Result<(), RestoreFailure> {
     let mut parent: Option<(usize, String, OwnedFd)> = None;
-    for file in &plan.files {
+    for (file, name) in files.iter().zip(names) {
         let target = shared.target(file);
         let place_error = |action: &'static str| RestoreFailure::local(action, &target);
-        let root = match &mut roots[file.data_path] {
-            Some(root) => root,
-            slot @ None => slot.insert(open_root(shared, file.data_path)?),
-        };
-        let (folder, name) = file
+        let root = placing_root(roots, file)?;
+        let (folder, file_name) = file
             .relative
             .rsplit_once('/')
             .unwrap_or(("", &file.relative));
@@ -190,53 +302,35 @@ pub(super) fn place_all(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailu
                 &mut slot.insert((file.data_path, folder.to_string(), fd)).2
             }
         };
-        if file.target == Target::InPlace {
-            let existing = rustix::fs::openat(
-                parent_fd,
-                name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|error| place_error("open")(error.into()))?;
-            rustix::fs::fchmod(&existing, Mode::from_raw_mode(file.mode & 0o7777))
-                .map_err(|error| place_error("set the mode of")(error.into()))?;
-        } else {
-            let staging = root.staging.as_ref().ok_or_else(|| {
-                RestoreFailure::local("open", &root.staging_path)(io::ErrorKind::NotFound.into())
-            })?;
-            let hex = file.hash.to_hex();
-            let left = remaining.entry((file.data_path, file.hash)).or_insert(1);
-            *left = left.saturating_sub(1);
-            let staged = if *left == 0 {
-                hex
-            } else {
-                let copy = format!("{hex}.copy");
-                copy_staged(staging, &hex, &copy)
-                    .map_err(RestoreFailure::local("copy", root.staging_path.join(&hex)))?;
-                copy
-            };
-            prepare_staged(staging, &staged, file, root.owner).map_err(RestoreFailure::local(
-                "set the mode and time of",
-                root.staging_path.join(&staged),
-            ))?;
-            rustix::fs::renameat(staging, staged.as_str(), parent_fd, name)
-                .map_err(|error| place_error("move into place")(error.into()))?;
+        match name {
+            None => {
+                let existing = rustix::fs::openat(
+                    parent_fd,
+                    file_name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|error| place_error("open")(error.into()))?;
+                rustix::fs::fchmod(&existing, Mode::from_raw_mode(file.mode & 0o7777))
+                    .map_err(|error| place_error("set the mode of")(error.into()))?;
+            }
+            Some(name) => {
+                let staging = root_staging(root)?;
+                let staged = match name {
+                    StagedName::Original => file.hash.to_hex(),
+                    StagedName::Copy(copy) => copy.clone(),
+                };
+                prepare_staged(staging, &staged, file, root.owner).map_err(
+                    RestoreFailure::local(
+                        "set the mode and time of",
+                        root.staging_path.join(&staged),
+                    ),
+                )?;
+                rustix::fs::renameat(staging, staged.as_str(), parent_fd, file_name)
+                    .map_err(|error| place_error("move into place")(error.into()))?;
+            }
         }
         shared.counters.files_placed.fetch_add(1, Ordering::Relaxed);
-    }
-    drop(parent);
-    for (index, root) in roots.iter().enumerate() {
-        if let Some(root) = root {
-            rustix::fs::syncfs(&root.folder).map_err(|error| {
-                RestoreFailure::local("sync the filesystem of", &job.data_paths[index])(
-                    error.into(),
-                )
-            })?;
-        }
-    }
-    drop(roots);
-    for data_path in &job.data_paths {
-        remove_staging(data_path, job.backup_id);
     }
     Ok(())
 }
