@@ -12,6 +12,7 @@ use std::io::{self, BufWriter};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -232,8 +233,25 @@ impl WalkTimings {
 /// disk for every folder and inode, and several walkers keep several reads in flight.
 const WALKERS: usize = 4;
 
-/// A folder still to walk: its path below the data path, and descriptors of it and its mirror.
-type Pending = (PathBuf, OwnedFd, OwnedFd);
+/// A folder still to walk: its path below the data path, and where to open it and its mirror.
+struct Pending {
+    relative: PathBuf,
+    place: PendingPlace,
+}
+
+/// Where a pending folder is opened from.
+enum PendingPlace {
+    /// A data path's root and its mirror, opened.
+    Root(OwnedFd, OwnedFd),
+    /// The folder `name` found in a walked folder whose descriptors (of it and its mirror) it
+    /// shares with its siblings: it is opened when it is walked, not when it is found, so a
+    /// folder of ten thousand subfolders holds two descriptors, not twenty thousand (which ran
+    /// a node of a million files out of descriptors).
+    Below {
+        parent: Arc<(OwnedFd, OwnedFd)>,
+        name: CString,
+    },
+}
 
 /// The folders left to walk, shared by the walkers.
 struct WalkQueue {
@@ -305,11 +323,10 @@ fn link_tree(
     };
     let queue = WalkQueue {
         state: std::sync::Mutex::new(WalkState {
-            folders: vec![(
-                PathBuf::new(),
-                open_root(data_path)?,
-                open_root(snapshot_root)?,
-            )],
+            folders: vec![Pending {
+                relative: PathBuf::new(),
+                place: PendingPlace::Root(open_root(data_path)?, open_root(snapshot_root)?),
+            }],
             busy: 0,
             failed: None,
         }),
@@ -368,16 +385,28 @@ fn link_folder(
     snapshot_root: &Path,
     vouch: Option<Vouch<'_>>,
     timings: &WalkTimings,
-    (relative_folder, source, mirror): Pending,
+    pending: Pending,
     files: &mut Vec<SnapshotFile>,
 ) -> Result<Vec<Pending>, SnapshotError> {
+    let relative_folder = pending.relative;
+    let here = match pending.place {
+        PendingPlace::Root(source, mirror) => Arc::new((source, mirror)),
+        PendingPlace::Below { parent, name } => {
+            match open_below(&parent, &name, data_path, snapshot_root, &relative_folder)? {
+                Some(opened) => Arc::new(opened),
+                // Gone, or replaced by something else since it was listed.
+                None => return Ok(Vec::new()),
+            }
+        }
+    };
+    let (source, mirror) = (&here.0, &here.1);
     let mut folders = Vec::new();
     {
         let at_root = relative_folder.as_os_str().is_empty();
         let folder_error = |action: &'static str, errno: Errno| {
             SnapshotError::file(action, data_path.join(&relative_folder), errno.into())
         };
-        let mut entries = Dir::read_from(&source).map_err(|e| folder_error("read folder", e))?;
+        let mut entries = Dir::read_from(source).map_err(|e| folder_error("read folder", e))?;
         let mut regular_files = Vec::new();
         while let Some(entry) = entries.read() {
             let entry = entry.map_err(|e| folder_error("read folder", e))?;
@@ -393,7 +422,7 @@ fn link_folder(
             let relative = relative_folder.join(os_name);
             let kind = match entry.file_type() {
                 FileType::Unknown => {
-                    match rustix::fs::statat(&source, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    match rustix::fs::statat(source, name, AtFlags::SYMLINK_NOFOLLOW) {
                         Ok(stat) => FileType::from_raw_mode(stat.st_mode),
                         Err(Errno::NOENT) => continue,
                         Err(errno) => {
@@ -408,35 +437,13 @@ fn link_folder(
                 kind => kind,
             };
             match kind {
-                FileType::Directory => {
-                    let below =
-                        match rustix::fs::openat(&source, name, folder_flags(), Mode::empty()) {
-                            Ok(below) => below,
-                            // Gone, or replaced by something else since it was listed.
-                            Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => continue,
-                            Err(errno) => {
-                                return Err(SnapshotError::file(
-                                    "read folder",
-                                    data_path.join(&relative),
-                                    errno.into(),
-                                ));
-                            }
-                        };
-                    let mirror_error = |errno: Errno| {
-                        SnapshotError::file(
-                            "create folder",
-                            snapshot_root.join(&relative),
-                            errno.into(),
-                        )
-                    };
-                    match rustix::fs::mkdirat(&mirror, name, Mode::from_raw_mode(0o777)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
-                        Err(errno) => return Err(mirror_error(errno)),
-                    }
-                    let mirrored = rustix::fs::openat(&mirror, name, folder_flags(), Mode::empty())
-                        .map_err(mirror_error)?;
-                    folders.push((relative, below, mirrored));
-                }
+                FileType::Directory => folders.push(Pending {
+                    relative,
+                    place: PendingPlace::Below {
+                        parent: Arc::clone(&here),
+                        name: name.to_owned(),
+                    },
+                }),
                 FileType::RegularFile => regular_files.push(name.to_owned()),
                 other => {
                     tracing::warn!(
@@ -451,8 +458,8 @@ fn link_folder(
             index,
             live: data_path.join(&relative_folder),
             mirror_path: snapshot_root.join(&relative_folder),
-            source: &source,
-            mirror: &mirror,
+            source,
+            mirror,
             timings,
         };
         match vouch {
@@ -465,6 +472,38 @@ fn link_folder(
         }
     }
     Ok(folders)
+}
+
+/// Opens the folder `name` of `parent` without following links, and creates and opens its
+/// mirror; `None` when it is gone or no longer a folder.
+fn open_below(
+    parent: &(OwnedFd, OwnedFd),
+    name: &CString,
+    data_path: &Path,
+    snapshot_root: &Path,
+    relative: &Path,
+) -> Result<Option<(OwnedFd, OwnedFd)>, SnapshotError> {
+    let below = match rustix::fs::openat(&parent.0, name, folder_flags(), Mode::empty()) {
+        Ok(below) => below,
+        Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => return Ok(None),
+        Err(errno) => {
+            return Err(SnapshotError::file(
+                "read folder",
+                data_path.join(relative),
+                errno.into(),
+            ));
+        }
+    };
+    let mirror_error = |errno: Errno| {
+        SnapshotError::file("create folder", snapshot_root.join(relative), errno.into())
+    };
+    match rustix::fs::mkdirat(&parent.1, name, Mode::from_raw_mode(0o777)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(errno) => return Err(mirror_error(errno)),
+    }
+    let mirrored =
+        rustix::fs::openat(&parent.1, name, folder_flags(), Mode::empty()).map_err(mirror_error)?;
+    Ok(Some((below, mirrored)))
 }
 
 /// One folder of the live tree and its mirror in the snapshot.

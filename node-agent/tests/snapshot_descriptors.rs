@@ -1,0 +1,62 @@
+//! A snapshot of a folder with many subfolders under a low descriptor limit. A test binary of
+//! its own: the limit it lowers is the whole process's.
+
+use std::fs;
+use std::path::PathBuf;
+
+use coffer_agent::config::{AgentConfig, SnapshotConfig};
+use coffer_agent::snapshot::Snapshotter;
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+#[tokio::test]
+async fn a_folder_of_thousands_of_subfolders_is_walked_within_a_low_descriptor_limit() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data_path = root.path().join("data");
+    // 3000 subfolders of one folder, a file in each: found at once, they would need two
+    // descriptors each if they were opened when found (a million-file node ran out that way).
+    for index in 0..3000 {
+        let folder = data_path.join(format!("tables/t{index}"));
+        fs::create_dir_all(&folder).expect("create folder");
+        fs::write(folder.join("md-1-big-Data.db"), index.to_string()).expect("write file");
+    }
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(512),
+            maximum: limit.maximum,
+        },
+    )
+    .expect("lower the descriptor limit");
+    let snapshotter = Snapshotter::new(&AgentConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        data_paths: vec![data_path.clone()],
+        state_dir: root.path().join("state"),
+        restore_hooks: Default::default(),
+        restore_keep_free: 0,
+        storage: coffer_agent::config::StoragePolicy {
+            roots: vec![std::env::temp_dir()],
+            ..Default::default()
+        },
+        tls: None,
+        metrics_listen: None,
+        snapshot: SnapshotConfig::Dir {
+            pre_hook: None,
+            post_hook: None,
+        },
+    });
+    let snapshot = snapshotter.create("many-folders").await;
+    setrlimit(Resource::Nofile, limit).expect("restore the descriptor limit");
+    let snapshot = snapshot.expect("snapshot within 512 descriptors");
+    assert_eq!(snapshot.files.len(), 3000);
+    let linked: Vec<PathBuf> = snapshot
+        .files
+        .iter()
+        .map(|file| file.snapshot_path.clone())
+        .collect();
+    assert!(
+        linked.iter().all(|path| path.is_file()),
+        "every file linked"
+    );
+    assert!(snapshotter.delete("many-folders").await.expect("delete"));
+}
