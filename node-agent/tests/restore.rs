@@ -9,6 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+
 use coffer_agent::reserved::{STAGING_FOLDER, staging_folder};
 use coffer_agent::restore::{self, HookFailure, RestoreFailure, RestoreHook, RestoreJob};
 use coffer_format::filter::{PathFilter, PathMatcher};
@@ -957,9 +959,6 @@ mod rpc {
         hooks: &[(&str, &[&str])],
     ) -> AgentServiceClient<tonic::transport::Channel> {
         let config = AgentConfig {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            data_paths: fixture.targets.clone(),
-            state_dir: fixture.root.path().join("agent-state"),
             restore_hooks: hooks
                 .iter()
                 .map(|(name, argv)| {
@@ -969,18 +968,14 @@ mod rpc {
                     )
                 })
                 .collect(),
-            restore_keep_free: 0,
-            // The tests' locations live in temporary folders.
-            storage: coffer_agent::config::StoragePolicy {
-                roots: vec![std::env::temp_dir()],
-                ..Default::default()
-            },
-            tls: None,
-            metrics_listen: None,
-            snapshot: SnapshotConfig::Dir {
-                pre_hook: None,
-                post_hook: None,
-            },
+            ..common::agent_config(
+                fixture.targets.clone(),
+                fixture.root.path().join("agent-state"),
+                SnapshotConfig::Dir {
+                    pre_hook: None,
+                    post_hook: None,
+                },
+            )
         };
         let agent = Agent::open(config).await.expect("open agent");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

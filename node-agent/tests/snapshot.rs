@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod common;
+
 use coffer_agent::config::{AgentConfig, SnapshotConfig};
 use coffer_agent::reserved::SNAPSHOTS_FOLDER;
 use coffer_agent::snapshot::{ShellStep, SnapshotError, Snapshotter};
@@ -53,21 +55,11 @@ impl Node {
     }
 
     fn snapshotter(&self, snapshot: SnapshotConfig) -> Snapshotter {
-        Snapshotter::new(&AgentConfig {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            data_paths: self.data_paths.clone(),
-            state_dir: self.state_dir(),
-            restore_hooks: Default::default(),
-            restore_keep_free: 0,
-            // The tests' locations live in temporary folders.
-            storage: coffer_agent::config::StoragePolicy {
-                roots: vec![std::env::temp_dir()],
-                ..Default::default()
-            },
-            tls: None,
-            metrics_listen: None,
+        Snapshotter::new(&common::agent_config(
+            self.data_paths.clone(),
+            self.state_dir(),
             snapshot,
-        })
+        ))
     }
 }
 

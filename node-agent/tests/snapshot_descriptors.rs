@@ -4,7 +4,9 @@
 use std::fs;
 use std::path::PathBuf;
 
-use coffer_agent::config::{AgentConfig, SnapshotConfig};
+mod common;
+
+use coffer_agent::config::SnapshotConfig;
 use coffer_agent::snapshot::Snapshotter;
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
@@ -28,23 +30,14 @@ async fn a_folder_of_thousands_of_subfolders_is_walked_within_a_low_descriptor_l
         },
     )
     .expect("lower the descriptor limit");
-    let snapshotter = Snapshotter::new(&AgentConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        data_paths: vec![data_path.clone()],
-        state_dir: root.path().join("state"),
-        restore_hooks: Default::default(),
-        restore_keep_free: 0,
-        storage: coffer_agent::config::StoragePolicy {
-            roots: vec![std::env::temp_dir()],
-            ..Default::default()
-        },
-        tls: None,
-        metrics_listen: None,
-        snapshot: SnapshotConfig::Dir {
+    let snapshotter = Snapshotter::new(&common::agent_config(
+        vec![data_path.clone()],
+        root.path().join("state"),
+        SnapshotConfig::Dir {
             pre_hook: None,
             post_hook: None,
         },
-    });
+    ));
     let snapshot = snapshotter.create("many-folders").await;
     setrlimit(Resource::Nofile, limit).expect("restore the descriptor limit");
     let snapshot = snapshot.expect("snapshot within 512 descriptors");

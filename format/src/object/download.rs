@@ -227,13 +227,18 @@ async fn finish_download(
 ) -> Result<Downloaded, DownloadError> {
     let result = settle(op, object_path, dest, expected, streamed, decoded);
     if let (Err(_), Some(dest)) = (&result, dest) {
-        match tokio::fs::remove_file(dest).await {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => tracing::warn!(dest = %dest.display(), %error, "remove failed download"),
-        }
+        removed_failed_download(dest, tokio::fs::remove_file(dest).await);
     }
     result
+}
+
+/// Logs a failed download's file that could not be removed (one never written is no error).
+fn removed_failed_download(dest: &Path, removed: io::Result<()>) {
+    match removed {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(dest = %dest.display(), %error, "remove failed download"),
+    }
 }
 
 /// What a download came to: the content as decoded, checked against its name.
@@ -312,11 +317,7 @@ pub fn download_local_object(
     );
     let result = settle(op, object_path, Some(dest), expected, Ok(()), Ok(decoded));
     if result.is_err() {
-        match std::fs::remove_file(dest) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => tracing::warn!(dest = %dest.display(), %error, "remove failed download"),
-        }
+        removed_failed_download(dest, std::fs::remove_file(dest));
     }
     result
 }
@@ -546,8 +547,6 @@ fn decode_to_file(
     decoder.finish()
 }
 
-/// [`download_object`] from a local folder: the object file read in 1 MiB blocks and decoded on
-/// this (blocking) thread, at the limiter's rate if one is given.
 /// The read and write block for content of `size_hint` bytes: a small file's object is read
 /// and its content written through a buffer its size, not one of [`READ_BLOCK`] (zeroing and
 /// faulting in a megabyte for each of a hundred thousand 2 KiB files cost more than reading
@@ -561,6 +560,9 @@ fn block_for(size_hint: Option<u64>) -> usize {
     })
 }
 
+/// [`download_object`] from a local folder: the object file read in blocks of
+/// [`block_for`] its size and decoded on this (blocking) thread, at the limiter's rate if one
+/// is given.
 fn decode_local_object(
     source: &Path,
     dest: Option<&Path>,

@@ -260,6 +260,16 @@ async fn stage_object(
             size: object.size,
         });
     }
+    hand_to_committer(shared, commit, parts)
+}
+
+/// Hands verified parts to the committer, which has stopped only if it failed (its error is
+/// the one reported).
+fn hand_to_committer(
+    shared: &Shared,
+    commit: &mpsc::UnboundedSender<Vec<StagedPart>>,
+    parts: Vec<StagedPart>,
+) -> Result<(), RestoreFailure> {
     commit.send(parts).map_err(|_| RestoreFailure::Local {
         action: "commit",
         path: shared.staging_folder(0),
@@ -375,11 +385,7 @@ async fn stage_small_objects(
         Ok((parts, None))
     })
     .await?;
-    commit.send(parts).map_err(|_| RestoreFailure::Local {
-        action: "commit",
-        path: shared.staging_folder(0),
-        source: io::Error::other("the committer stopped"),
-    })?;
+    hand_to_committer(shared, commit, parts)?;
     failure.map_or(Ok(()), Err)
 }
 

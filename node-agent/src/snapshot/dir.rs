@@ -205,8 +205,7 @@ fn link_data_paths(
             timings,
         )?);
     }
-    // The walkers finish folders in no fixed order: the snapshot lists files in one.
-    files.sort_unstable_by(|a, b| a.live_path.cmp(&b.live_path));
+    // The walkers finish folders in no fixed order; the snapshotter sorts every provider's list.
     Ok(files)
 }
 
