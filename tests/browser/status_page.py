@@ -28,10 +28,41 @@ from selenium.webdriver.support.ui import WebDriverWait
 ENDED = ("succeeded", "failed", "canceled")
 # What a page being replaced (the form sent, the tables redrawn) throws at a reader.
 REDRAWN = (NoSuchElementException, StaleElementReferenceException)
+# chromedriver's word for the same race when an element is detached during the call itself:
+# an "unknown error", not a stale element.
+DETACHED = "does not belong to the document"
 
 
-def waiting(driver, seconds):
-    return WebDriverWait(driver, seconds, ignored_exceptions=REDRAWN)
+def redrawn(error):
+    """Whether `error` says only that the page redrew what was being read."""
+    return isinstance(error, REDRAWN) or DETACHED in (error.msg or "")
+
+
+def settled(read, attempts=20):
+    """`read()` once the page holds still long enough for it: retried while redraws get in the
+    way, a quarter of a second apart."""
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except WebDriverException as error:
+            if not redrawn(error):
+                raise
+            time.sleep(0.25)
+    return read()
+
+
+def wait_until(driver, seconds, condition):
+    """WebDriverWait(...).until(condition), the condition tried again when a redraw got in its
+    way."""
+    def check(current):
+        try:
+            return condition(current)
+        except WebDriverException as error:
+            if redrawn(error):
+                return False
+            raise
+
+    return WebDriverWait(driver, seconds, ignored_exceptions=REDRAWN).until(check)
 
 
 def browser(bin_dir):
@@ -58,7 +89,7 @@ def node_fractions(row):
 
 def sign_in(driver, url, token):
     driver.get(url)
-    waiting(driver, 20).until(seen.visibility_of_element_located((By.ID, "login")))
+    wait_until(driver, 20, seen.visibility_of_element_located((By.ID, "login")))
     box = driver.find_element(By.ID, "token")
     box.send_keys(token)
     driver.find_element(By.ID, "sign-in").click()
@@ -80,14 +111,14 @@ def main():
         # A wrong token is refused and shows nothing of the status.
         sign_in(driver, args.url, "coffer_00000000000000000000000000000000_wrong")
         try:
-            waiting(driver, 20).until(
-                lambda d: "not valid" in d.find_element(By.TAG_NAME, "body").text)
+            wait_until(driver, 20,
+                       lambda d: "not valid" in d.find_element(By.TAG_NAME, "body").text)
         except TimeoutException:
             sys.exit("a wrong token was not refused: "
                      f"{driver.find_element(By.TAG_NAME, 'body').text!r}")
 
         sign_in(driver, args.url, token)
-        waiting(driver, 20).until(seen.visibility_of_element_located((By.ID, "status")))
+        wait_until(driver, 20, seen.visibility_of_element_located((By.ID, "status")))
         if driver.find_element(By.ID, "login").is_displayed():
             sys.exit("the sign-in form is still shown after signing in")
 
@@ -116,25 +147,28 @@ def main():
                             "nodes": fractions,
                         }
                         break
-            except REDRAWN:
-                pass  # the page redrew the table between two reads
+            except WebDriverException as error:
+                if not redrawn(error):
+                    raise
+                # the page redrew the table between two reads
             time.sleep(0.25)
         if final is None:
             sys.exit(f"run {args.run_id} did not end on the page within {args.timeout} s; "
                      f"states seen {states_seen}")
 
         # The backup the run made is listed once the page refreshes after the run's end.
-        waiting(driver, 10).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, "#backups tr[data-backup-id]"))
-        health = [cell.text for cell in driver.find_elements(
-            By.CSS_SELECTOR, "#clusters tr[data-node-id] td:nth-child(6)")]
+        wait_until(driver, 10,
+                   lambda d: d.find_elements(By.CSS_SELECTOR, "#backups tr[data-backup-id]"))
+        health = settled(lambda: [cell.text for cell in driver.find_elements(
+            By.CSS_SELECTOR, "#clusters tr[data-node-id] td:nth-child(6)")])
         print(json.dumps({
             "states": states_seen,
             "fractions": fractions_seen,
             "texts": texts_seen,
             "final": final,
             "node_health": health,
-            "backups": len(driver.find_elements(By.CSS_SELECTOR, "#backups tr[data-backup-id]")),
+            "backups": settled(lambda: len(
+                driver.find_elements(By.CSS_SELECTOR, "#backups tr[data-backup-id]"))),
             "title": driver.title,
         }))
     except WebDriverException as error:
