@@ -145,6 +145,12 @@ pub enum JournalError {
         /// The row's key.
         what: String,
     },
+    /// What the journal was to learn could not be read.
+    #[error("{reason}")]
+    Input {
+        /// Why.
+        reason: String,
+    },
     /// The blocking task running the statement panicked.
     #[error("journal task: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -507,6 +513,18 @@ impl Journal {
     ///
     /// Fails when the journal cannot be written; then nothing is forgotten.
     pub async fn forget_files_except(&self, present: Vec<PathBuf>) -> Result<u64, JournalError> {
+        self.forget_files_except_listed(std::iter::once(Ok(present)))
+            .await
+    }
+
+    /// [`Journal::forget_files_except`] for a file set read in chunks as it is needed (a
+    /// snapshot's list of a million files), never held whole. A chunk that cannot be read
+    /// (`Err`, its reason) fails the call, and nothing is forgotten: a set cut short would
+    /// forget files that are there.
+    pub async fn forget_files_except_listed(
+        &self,
+        present: impl Iterator<Item = Result<Vec<PathBuf>, String>> + Send + 'static,
+    ) -> Result<u64, JournalError> {
         self.with_connection(move |connection| {
             let transaction = connection.transaction().map_err(query("forget files"))?;
             transaction
@@ -520,10 +538,13 @@ impl Journal {
                 let mut insert = transaction
                     .prepare_cached("INSERT OR IGNORE INTO temp.present_files (path) VALUES (?1)")
                     .map_err(query("forget files"))?;
-                for path in &present {
-                    insert
-                        .execute(params![path_key(path)])
-                        .map_err(query("forget files"))?;
+                for chunk in present {
+                    let chunk = chunk.map_err(|reason| JournalError::Input { reason })?;
+                    for path in &chunk {
+                        insert
+                            .execute(params![path_key(path)])
+                            .map_err(query("forget files"))?;
+                    }
                 }
             }
             let forgotten = transaction

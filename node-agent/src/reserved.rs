@@ -20,6 +20,9 @@ pub const STAGING_FOLDER: &str = ".coffer-restore";
 /// Ending, after the tag, of the record of the files an incremental snapshot left unlinked.
 pub const UNLINKED_RECORD_SUFFIX: &str = ".unlinked.json";
 
+/// Ending, after the tag, of a `dir` snapshot's file list (see `snapshot::list`).
+pub const FILE_LIST_SUFFIX: &str = ".files";
+
 /// Whether `name`, the first component of a path below a data path, is one of the agent's own
 /// folders: never backed up, never restored into.
 pub fn is_reserved(name: &OsStr) -> bool {

@@ -117,8 +117,7 @@ async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
 
     let folder0 = node.data(0).join(SNAPSHOTS_FOLDER).join("t1");
     let folder1 = node.data(1).join(SNAPSHOTS_FOLDER).join("t1");
-    let listed: Vec<(usize, PathBuf, PathBuf)> = snapshot
-        .files
+    let listed: Vec<(usize, PathBuf, PathBuf)> = snapshot_files(&snapshot)
         .iter()
         .map(|file| {
             (
@@ -146,7 +145,7 @@ async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
             (1, node.data(1).join("c/c.log"), folder1.join("c/c.log")),
         ]
     );
-    for file in snapshot.files.iter() {
+    for file in snapshot_files(&snapshot).iter() {
         let live = fs::metadata(&file.live_path).expect("live metadata");
         assert_eq!(file.inode, live.ino(), "a hard link shares the inode");
         assert_eq!(file.size, live.len());
@@ -156,7 +155,7 @@ async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
             live.mtime() * 1_000_000_000 + live.mtime_nsec()
         );
     }
-    assert_eq!(snapshot.files[1].size, 0);
+    assert_eq!(snapshot_files(&snapshot)[1].size, 0);
     assert_eq!(snapshot.total_bytes(), 5 + 5 + 4 + 7);
     // The upload that follows gets the list the snapshot found, once; then it is read again.
     assert_eq!(snapshotter.load("t1").await.expect("load"), snapshot);
@@ -182,8 +181,7 @@ async fn dir_snapshot_links_every_regular_file_and_keeps_replaced_files() {
         .collect();
     assert_eq!(
         live,
-        snapshot
-            .files
+        snapshot_files(&snapshot)
             .iter()
             .map(|file| file.live_path.clone())
             .collect::<Vec<_>>()
@@ -468,8 +466,7 @@ async fn command_snapshot_maps_files_to_their_live_paths_and_cleans_up() {
     let snapshotter = node.snapshotter(command_provider(&node, "snapshot", files));
 
     let snapshot = snapshotter.create("cs-1").await.expect("create");
-    let mapped: Vec<(PathBuf, PathBuf)> = snapshot
-        .files
+    let mapped: Vec<(PathBuf, PathBuf)> = snapshot_files(&snapshot)
         .iter()
         .map(|file| (file.live_path.clone(), file.snapshot_path.clone()))
         .collect();
@@ -489,8 +486,8 @@ async fn command_snapshot_maps_files_to_their_live_paths_and_cleans_up() {
     let live_inode = fs::metadata(data.join("ks1/t1/a.db"))
         .expect("metadata")
         .ino();
-    assert_eq!(snapshot.files[0].inode, live_inode);
-    assert_eq!(snapshot.files[0].size, 9);
+    assert_eq!(snapshot_files(&snapshot)[0].inode, live_inode);
+    assert_eq!(snapshot_files(&snapshot)[0].size, 9);
     assert_eq!(
         read(&node.side_file("nodetool.log")),
         "snapshot cs-1 cs-1\n"
@@ -649,7 +646,7 @@ async fn sqlite_snapshot_is_consistent_while_another_connection_writes() {
     assert!(inserted > 20);
 
     assert_eq!(snapshot.files.len(), 1, "only the configured database");
-    let file = &snapshot.files[0];
+    let file = &snapshot_files(&snapshot)[0];
     assert_eq!(file.data_path_index, 1);
     assert_eq!(file.live_path, database);
     assert_eq!(
@@ -801,9 +798,9 @@ async fn an_incremental_dir_snapshot_links_only_what_the_journal_cannot_vouch_fo
         .expect("create");
     assert_eq!(snapshot.unlinked_for.as_deref(), Some("loc-a"));
     assert_eq!(snapshot.files.len(), 5);
+    let listed = snapshot_files(&snapshot);
     let by_path = |path: &Path| {
-        snapshot
-            .files
+        listed
             .iter()
             .find(|file| file.live_path == path)
             .unwrap_or_else(|| panic!("{} in the snapshot", path.display()))
@@ -851,7 +848,11 @@ async fn an_incremental_dir_snapshot_links_only_what_the_journal_cannot_vouch_fo
     // A snapshot for a full backup links everything, whatever the journal knows.
     let full = restarted.create("full-1").await.expect("create full");
     assert_eq!(full.unlinked_for, None);
-    assert!(full.files.iter().all(|file| file.stored_hash.is_none()));
+    assert!(
+        snapshot_files(&full)
+            .iter()
+            .all(|file| file.stored_hash.is_none())
+    );
     assert_eq!(fs::metadata(&stored).expect("stat").nlink(), 2);
 
     // Deleting removes the record with the folders.
@@ -885,8 +886,7 @@ async fn an_incremental_dir_snapshot_links_only_what_the_journal_cannot_vouch_fo
         .expect("create");
     assert_eq!(none_stored.unlinked_for, None);
     assert!(
-        none_stored
-            .files
+        snapshot_files(&none_stored)
             .iter()
             .all(|file| file.stored_hash.is_none())
     );
@@ -1139,6 +1139,10 @@ mod rpc {
             );
         }
 
+        assert!(
+            node.state_dir().join("snapshots/inc.files").exists(),
+            "the snapshot's file list is its record"
+        );
         // An agent restarted between the snapshot and the upload loads it whole.
         drop(stop);
         served.await.expect("agent stopped");
@@ -1187,12 +1191,12 @@ mod rpc {
             .delete_snapshot(proto::DeleteSnapshotRequest { tag: "inc".into() })
             .await
             .expect("delete");
-        assert!(
-            !node
-                .state_dir()
-                .join("snapshots/inc.unlinked.json")
-                .exists()
-        );
+        for record in ["inc.unlinked.json", "inc.files"] {
+            assert!(
+                !node.state_dir().join("snapshots").join(record).exists(),
+                "{record} is removed with the snapshot"
+            );
+        }
 
         // A full backup makes the journal forget the files gone since.
         let gone = node.data(0).join("t4/data.db");
@@ -1222,4 +1226,121 @@ mod rpc {
             "a file still there is kept"
         );
     }
+    /// More files than the upload reads from a snapshot's list at once: every chunk is read,
+    /// asked of the journal and uploaded, and a full backup's journal forgets by the list.
+    #[tokio::test]
+    async fn a_snapshot_of_more_files_than_a_chunk_is_uploaded_whole() {
+        const FILES: usize = 2 * coffer_agent::upload::FILES_AT_ONCE + 500;
+        let node = Node::new(1);
+        let path = |n: usize| node.data(0).join(format!("t{}/f{n}.db", n % 7));
+        for n in 0..FILES {
+            // 1000 contents appear twice: identical files are stored once.
+            write(
+                &path(n),
+                format!("file {}\n", n % (FILES - 1000)).as_bytes(),
+            );
+        }
+        let (mut client, _stop, _served) = serve(&node).await;
+        let cluster_id = uuid::Uuid::now_v7().to_string();
+        let mut backup = async |tag: &str, kind: proto::BackupKind| {
+            let taken = client
+                .create_snapshot(create(
+                    tag,
+                    if kind == proto::BackupKind::Incremental {
+                        "loc-a"
+                    } else {
+                        ""
+                    },
+                ))
+                .await
+                .expect("snapshot")
+                .into_inner();
+            let request = proto::UploadSnapshotRequest {
+                cluster_id: cluster_id.clone(),
+                ..upload(tag, location(&node, "loc-a"), kind)
+            };
+            let summary = run_upload(&mut client, request).await.expect("upload");
+            client
+                .delete_snapshot(proto::DeleteSnapshotRequest { tag: tag.into() })
+                .await
+                .expect("delete");
+            (taken.file_count, summary)
+        };
+        let (listed, full) = backup("full", proto::BackupKind::Full).await;
+        assert_eq!(listed, FILES as u64);
+        assert_eq!(full.objects_uploaded, (FILES - 1000) as u64);
+        let progress = full.progress.expect("progress");
+        assert_eq!(
+            (progress.files_total, progress.files_done),
+            (FILES as u64, FILES as u64)
+        );
+        let operator = coffer_format::open_operator(&coffer_format::StorageConfig {
+            location_id: "loc-a".into(),
+            name: "loc-a".into(),
+            scheme: "fs".into(),
+            options: [(
+                "root".to_string(),
+                node.side_file("loc-a").display().to_string(),
+            )]
+            .into(),
+            secrets: Default::default(),
+        })
+        .expect("open location");
+        let (_, _, total) = coffer_format::manifest::NodeManifestReader::read_page(
+            &operator,
+            &full.manifest_path,
+            &coffer_format::object::Keyring::plain(),
+            0,
+            1,
+        )
+        .await
+        .expect("read node manifest");
+        assert_eq!(total, FILES as u64, "every file is in the manifest");
+
+        // One file changed in the last chunk: everything else is vouched for.
+        write(&path(FILES - 1), b"changed\n");
+        let (_, incremental) = backup("inc", proto::BackupKind::Incremental).await;
+        let progress = incremental.progress.expect("progress");
+        assert_eq!(progress.files_total, FILES as u64);
+        assert_eq!(progress.files_skipped, FILES as u64 - 1);
+        assert_eq!(incremental.objects_uploaded, 1);
+
+        // Files gone from the first and the last chunk are forgotten, one kept is not.
+        let gone = [path(0), path(FILES - 2)];
+        let identities: Vec<_> = gone.iter().map(|gone| identity(gone)).collect();
+        let kept = path(FILES / 2);
+        let kept_identity = identity(&kept);
+        for gone in &gone {
+            fs::remove_file(gone).expect("remove");
+        }
+        backup("full-2", proto::BackupKind::Full).await;
+        let journal = coffer_agent::journal::Journal::open(&node.state_dir())
+            .await
+            .expect("journal");
+        for (gone, (inode, size, mtime_ns)) in gone.iter().zip(identities) {
+            let forgotten = journal.lookup_hash(gone, inode, size, mtime_ns).await;
+            assert_eq!(
+                forgotten.expect("lookup"),
+                None,
+                "{} is forgotten",
+                gone.display()
+            );
+        }
+        let (inode, size, mtime_ns) = kept_identity;
+        let remembered = journal.lookup_hash(&kept, inode, size, mtime_ns).await;
+        assert!(
+            remembered.expect("lookup").is_some(),
+            "a file still there is kept"
+        );
+    }
+}
+
+/// The snapshot's files, sorted by data path index, then live path.
+fn snapshot_files(
+    snapshot: &coffer_agent::snapshot::Snapshot,
+) -> Vec<coffer_agent::snapshot::SnapshotFile> {
+    snapshot
+        .files
+        .to_vec()
+        .expect("read the snapshot's file list")
 }

@@ -42,8 +42,7 @@ async fn a_folder_of_thousands_of_subfolders_is_walked_within_a_low_descriptor_l
     setrlimit(Resource::Nofile, limit).expect("restore the descriptor limit");
     let snapshot = snapshot.expect("snapshot within 512 descriptors");
     assert_eq!(snapshot.files.len(), 3000);
-    let linked: Vec<PathBuf> = snapshot
-        .files
+    let linked: Vec<PathBuf> = snapshot_files(&snapshot)
         .iter()
         .map(|file| file.snapshot_path.clone())
         .collect();
@@ -52,4 +51,14 @@ async fn a_folder_of_thousands_of_subfolders_is_walked_within_a_low_descriptor_l
         "every file linked"
     );
     assert!(snapshotter.delete("many-folders").await.expect("delete"));
+}
+
+/// The snapshot's files, sorted by data path index, then live path.
+fn snapshot_files(
+    snapshot: &coffer_agent::snapshot::Snapshot,
+) -> Vec<coffer_agent::snapshot::SnapshotFile> {
+    snapshot
+        .files
+        .to_vec()
+        .expect("read the snapshot's file list")
 }

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::Agent;
 use crate::metrics::Outcome;
 use crate::restore::{self, RestoreFailure, RestoreHook, RestoreJob};
-use crate::snapshot::UnchangedFiles;
+use crate::snapshot::{FileList, UnchangedFiles};
 use crate::upload::{self, UploadFailure, UploadJob};
 use crate::verify;
 
@@ -240,7 +240,7 @@ impl AgentService for AgentHandler {
                 .walk_live()
                 .await
                 .map_err(snapshot_status)?;
-            (files, None)
+            (FileList::from_vec(files), None)
         } else {
             let snapshot = self
                 .agent
@@ -249,7 +249,7 @@ impl AgentService for AgentHandler {
                 .await
                 .map_err(snapshot_status)?;
             let unlinked_for = snapshot.unlinked_for.clone();
-            (snapshot.into_files(), unlinked_for)
+            (snapshot.files, unlinked_for)
         };
         let temp_dir = self.agent.config().state_dir.join("tmp");
         tokio::fs::create_dir_all(&temp_dir)

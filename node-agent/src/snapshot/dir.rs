@@ -8,7 +8,7 @@
 //! linked and the post-hook does not run: a pre-hook that fails halfway must undo its own work.
 
 use std::ffi::{CString, OsStr};
-use std::io::{self, BufWriter};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -19,9 +19,10 @@ use std::time::Instant;
 use coffer_format::ContentHash;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::command::{recorded_data_path, remove_record};
+use super::list::{self, FileList, ListWriter};
 use super::walk::{describe_listed, is_folder, regular_files};
 use super::{
     Settings, ShellStep, SnapshotError, SnapshotFile, UnchangedFiles, claim_tag_folders,
@@ -34,8 +35,9 @@ fn unlinked_record_path(state_dir: &Path, tag: &str) -> PathBuf {
     snapshot_records(state_dir).join(format!("{tag}{UNLINKED_RECORD_SUFFIX}"))
 }
 
-/// The files a snapshot left unlinked, for a restarted agent.
-#[derive(Debug, Serialize, Deserialize)]
+/// The files a snapshot left unlinked, as agents recorded them before snapshots kept a file
+/// list; read for the snapshots they left.
+#[derive(Debug, Deserialize)]
 struct UnlinkedRecord {
     /// The location whose content they are in.
     location_id: String,
@@ -43,7 +45,7 @@ struct UnlinkedRecord {
 }
 
 /// One unlinked file; `live` is relative to `data_path`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct UnlinkedFile {
     data_path: PathBuf,
     live: PathBuf,
@@ -61,45 +63,30 @@ type Vouch<'a> = &'a (
             + Sync
     );
 
-/// Takes a `dir` snapshot, leaving unlinked the files `unchanged` vouches for; on failure
-/// removes the tag's folders.
+/// Takes a `dir` snapshot, leaving unlinked the files `unchanged` vouches for; its list is
+/// written to the state folder as the walk goes. On failure removes the tag's folders and list.
 pub(crate) async fn create(
     settings: &Settings,
     pre_hook: Option<&str>,
     post_hook: Option<&str>,
     tag: &str,
     unchanged: Option<&UnchangedFiles>,
-) -> Result<Vec<SnapshotFile>, SnapshotError> {
+) -> Result<FileList, SnapshotError> {
     let data_paths = settings.data_paths.clone();
     let owned_tag = tag.to_string();
     tokio::task::spawn_blocking(move || claim_tag_folders(&data_paths, &owned_tag)).await??;
-    let mut result = hooks_and_links(settings, pre_hook, post_hook, tag, unchanged).await;
-    if let (Ok(files), Some(unchanged)) = (&result, unchanged)
-        && files.iter().any(|file| file.stored_hash.is_some())
-    {
-        let record = UnlinkedRecord {
-            location_id: unchanged.location_id.clone(),
-            files: files
-                .iter()
-                .filter_map(|file| unlinked_file(settings, file))
-                .collect(),
-        };
-        let path = unlinked_record_path(&settings.state_dir, tag);
-        let writing = Instant::now();
-        let unlinked = record.files.len();
-        match tokio::task::spawn_blocking(move || write_unlinked_record(&path, &record)).await? {
-            Ok(()) => tracing::info!(
-                unlinked,
-                record_ms = writing.elapsed().as_millis() as u64,
-                "unlinked files recorded"
-            ),
-            Err(error) => result = Err(error),
-        }
-    }
+    let result = hooks_and_links(settings, pre_hook, post_hook, tag, unchanged).await;
     if result.is_err() {
         let data_paths = settings.data_paths.clone();
+        let state_dir = settings.state_dir.clone();
         let tag = tag.to_string();
-        tokio::task::spawn_blocking(move || discard_tag_folders(&data_paths, &tag)).await?;
+        tokio::task::spawn_blocking(move || {
+            discard_tag_folders(&data_paths, &tag);
+            if let Err(error) = list::remove(&state_dir, &tag) {
+                tracing::error!(%error, "remove the file list of a failed snapshot");
+            }
+        })
+        .await?;
     }
     result
 }
@@ -110,13 +97,17 @@ async fn hooks_and_links(
     post_hook: Option<&str>,
     tag: &str,
     unchanged: Option<&UnchangedFiles>,
-) -> Result<Vec<SnapshotFile>, SnapshotError> {
+) -> Result<FileList, SnapshotError> {
     if let Some(pre_hook) = pre_hook {
         shell::run(ShellStep::PreHook, pre_hook, tag).await?;
     }
     let data_paths = settings.data_paths.clone();
+    let state_dir = settings.state_dir.clone();
     let owned_tag = tag.to_string();
     let unchanged = unchanged.cloned();
+    let unchanged_location = unchanged
+        .as_ref()
+        .map(|unchanged| unchanged.location_id.clone());
     // The walk's lines belong to the snapshot's span (a blocking thread does not inherit it).
     let span = tracing::Span::current();
     let linked = tokio::task::spawn_blocking(move || {
@@ -147,12 +138,23 @@ async fn hooks_and_links(
                     .collect())
             }
         });
+        let writer = ListWriter::create(&state_dir, &owned_tag, unchanged_location.as_deref())?;
+        let writer = std::sync::Mutex::new(writer);
         let linked = link_data_paths(
             &data_paths,
             &owned_tag,
             vouch.as_ref().map(|vouch| vouch as Vouch<'_>),
             &timings,
+            &writer,
         );
+        let writer = writer.into_inner().unwrap_or_else(|e| e.into_inner());
+        let linked = match linked {
+            Ok(()) => writer.finish(),
+            Err(error) => {
+                writer.discard();
+                Err(error)
+            }
+        };
         // Where a snapshot's time goes, for operators and the bench: the walk's wall time, and
         // the time its walkers spent in each kind of call, summed over them.
         tracing::info!(
@@ -187,26 +189,44 @@ async fn hooks_and_links(
 }
 
 /// Hard-links every regular file of every data path into its snapshot folder and describes the
-/// links, except the files `vouch` vouches for, described from the live file. Files that vanish
-/// before they are linked are skipped.
+/// links into `list`, except the files `vouch` vouches for, described from the live file. Files
+/// that vanish before they are linked are skipped.
 fn link_data_paths(
     data_paths: &[PathBuf],
     tag: &str,
     vouch: Option<Vouch<'_>>,
     timings: &WalkTimings,
-) -> Result<Vec<SnapshotFile>, SnapshotError> {
-    let mut files = Vec::new();
+    list: &std::sync::Mutex<ListWriter>,
+) -> Result<(), SnapshotError> {
     for (index, data_path) in data_paths.iter().enumerate() {
-        files.extend(link_tree(
+        link_tree(
             index,
             data_path,
             &tag_folder(data_path, tag),
             vouch,
             timings,
-        )?);
+            list,
+        )?;
     }
-    // The walkers finish folders in no fixed order; the snapshotter sorts every provider's list.
-    Ok(files)
+    Ok(())
+}
+
+/// Files a walker describes before it adds them to the list (under its lock).
+const LISTED_AT_ONCE: usize = 1024;
+
+/// Adds a walker's files to the list once there are enough of them (`all`: whatever there is).
+fn add_to_list(
+    list: &std::sync::Mutex<ListWriter>,
+    files: &mut Vec<SnapshotFile>,
+    all: bool,
+) -> Result<(), SnapshotError> {
+    if files.len() >= LISTED_AT_ONCE || all && !files.is_empty() {
+        list.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .add(files)?;
+        files.clear();
+    }
+    Ok(())
 }
 
 /// Nanoseconds the walkers spent in each kind of call, summed over them.
@@ -284,6 +304,13 @@ impl WalkQueue {
         }
     }
 
+    /// Stops the walk with `error` (unless one stopped it already).
+    fn fail(&self, error: SnapshotError) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.failed.get_or_insert(error);
+        self.changed.notify_all();
+    }
+
     /// Ends the walk of one folder: the folders found below it join the queue, or its error
     /// stops the walk.
     fn done(&self, result: Result<Vec<Pending>, SnapshotError>) {
@@ -300,7 +327,7 @@ impl WalkQueue {
 }
 
 /// Mirrors the folders of `data_path` under `snapshot_root` and hard-links every regular file
-/// into them, describing each link, with [`WALKERS`] threads. Each walker holds a descriptor of
+/// into them, describing each link into `list`, with [`WALKERS`] threads. Each walker holds a descriptor of
 /// the folder it reads and of its mirror, so each link and `stat` resolves one name instead of a
 /// whole path (a snapshot of thousands of files spent most of its time walking paths). Like
 /// [`regular_files`], it never follows symbolic links, skips the agent's own folders at the root,
@@ -311,7 +338,8 @@ fn link_tree(
     snapshot_root: &Path,
     vouch: Option<Vouch<'_>>,
     timings: &WalkTimings,
-) -> Result<Vec<SnapshotFile>, SnapshotError> {
+    list: &std::sync::Mutex<ListWriter>,
+) -> Result<(), SnapshotError> {
     let open_root = |path: &Path| {
         rustix::fs::open(
             path,
@@ -331,7 +359,7 @@ fn link_tree(
         }),
         changed: std::sync::Condvar::new(),
     };
-    let found: Vec<Vec<SnapshotFile>> = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let walkers: Vec<_> = (0..WALKERS)
             .map(|_| {
                 scope.spawn(|| {
@@ -345,10 +373,16 @@ fn link_tree(
                             timings,
                             folder,
                             &mut files,
-                        );
+                        )
+                        .and_then(|found| {
+                            add_to_list(list, &mut files, false)?;
+                            Ok(found)
+                        });
                         queue.done(result);
                     }
-                    files
+                    if let Err(error) = add_to_list(list, &mut files, true) {
+                        queue.fail(error);
+                    }
                 })
             })
             .collect();
@@ -365,10 +399,10 @@ fn link_tree(
         )
     })?;
     let state = queue.state.into_inner().unwrap_or_else(|e| e.into_inner());
-    if let Some(error) = state.failed {
-        return Err(error);
+    match state.failed {
+        Some(error) => Err(error),
+        None => Ok(()),
     }
-    Ok(found.into_iter().flatten().collect())
 }
 
 /// Flags of a folder opened during the walk: never through a symbolic link.
@@ -627,9 +661,35 @@ fn describe(index: usize, live_path: PathBuf, snapshot_path: PathBuf, stat: &Sta
     }
 }
 
-/// Lists the files of an existing `dir` snapshot: those linked in its folders and those its
-/// record says it left unlinked, with the location the record is for.
+/// Lists the files of an existing `dir` snapshot, with the location the files it left unlinked
+/// are in: from its file list, or (a snapshot taken by an agent that wrote none) the files
+/// linked in its folders and those its record of unlinked files names.
 pub(crate) fn load(
+    settings: &Settings,
+    tag: &str,
+) -> Result<(FileList, Option<String>), SnapshotError> {
+    if let Some((files, unlinked_for)) = list::load(&settings.state_dir, tag)? {
+        let any_folder = settings
+            .data_paths
+            .iter()
+            .map(|data_path| is_folder(&tag_folder(data_path, tag)))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .any(|found| found);
+        if !any_folder {
+            return Err(SnapshotError::NotFound {
+                tag: tag.to_string(),
+            });
+        }
+        let unlinked_for = unlinked_for.filter(|_| files.totals().unlinked > 0);
+        return Ok((files, unlinked_for));
+    }
+    let (files, unlinked_for) = load_recorded(settings, tag)?;
+    Ok((super::in_memory(files), unlinked_for))
+}
+
+/// [`load`] for a snapshot an older agent took: its links, and its record of unlinked files.
+fn load_recorded(
     settings: &Settings,
     tag: &str,
 ) -> Result<(Vec<SnapshotFile>, Option<String>), SnapshotError> {
@@ -680,42 +740,6 @@ pub(crate) fn load(
         });
     }
     Ok((files, Some(record.location_id)))
-}
-
-/// The record entry of a file left unlinked (`None` for a linked one).
-fn unlinked_file(settings: &Settings, file: &SnapshotFile) -> Option<UnlinkedFile> {
-    let hash = file.stored_hash?;
-    let data_path = settings.data_paths.get(file.data_path_index)?;
-    Some(UnlinkedFile {
-        data_path: data_path.clone(),
-        live: file.live_path.strip_prefix(data_path).ok()?.to_path_buf(),
-        size: file.size,
-        mode: file.mode,
-        mtime_ns: file.mtime_ns,
-        inode: file.inode,
-        hash,
-    })
-}
-
-/// Writes the record by a temporary file renamed into place. Not synced: neither are the
-/// snapshot's links, and a run interrupted by a crash of the node is failed and its snapshot
-/// deleted, never uploaded.
-fn write_unlinked_record(path: &Path, record: &UnlinkedRecord) -> Result<(), SnapshotError> {
-    if let Some(folder) = path.parent() {
-        std::fs::create_dir_all(folder)
-            .map_err(|source| SnapshotError::file("create folder", folder, source))?;
-    }
-    let temporary = path.with_extension("json.tmp");
-    let written = (|| {
-        let mut writer = BufWriter::new(std::fs::File::create(&temporary)?);
-        serde_json::to_writer(&mut writer, record).map_err(io::Error::other)?;
-        writer.into_inner().map_err(io::Error::other)?;
-        std::fs::rename(&temporary, path)
-    })();
-    written.map_err(|source| {
-        let _ = std::fs::remove_file(&temporary);
-        SnapshotError::file("write snapshot record", path, source)
-    })
 }
 
 /// Removes the record of the snapshot `tag`'s unlinked files; returns whether there was one.

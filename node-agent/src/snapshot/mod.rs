@@ -38,8 +38,10 @@
 //! size and mtime as when they were hashed, their content known to be in the backup's
 //! location). Linking them would only cost a link, an unlink and an inode update each, which
 //! for a node of many files is most of an incremental backup's time. They are described from
-//! the live file and carry the hash; `<state dir>/snapshots/<tag>.unlinked.json` records them
-//! (without fsync, like the links themselves) so a restarted agent loads the same set.
+//! the live file and carry the hash; the snapshot's file list (`<state dir>/snapshots/<tag>.files`,
+//! see [`list`]) records them (without fsync, like the links themselves) so a restarted agent
+//! loads the same set. Snapshots taken by older agents recorded them in
+//! `<state dir>/snapshots/<tag>.unlinked.json`, which is still read.
 //!
 //! Deleting detaches a snapshot's folders at once (a rename to `.coffer-snapshots/.removing-*`,
 //! which is not a tag) and frees their space in the background, as ZFS and Btrfs free a destroyed
@@ -49,6 +51,7 @@
 
 mod command;
 mod dir;
+mod list;
 pub(crate) mod shell;
 mod sqlite;
 mod walk;
@@ -65,7 +68,11 @@ use coffer_format::ContentHash;
 
 use crate::config::{AgentConfig, SnapshotConfig};
 use crate::journal::{FileIdentity, Journal};
-use crate::reserved::{SNAPSHOTS_FOLDER, UNLINKED_RECORD_SUFFIX, snapshot_records};
+use crate::reserved::{
+    FILE_LIST_SUFFIX, SNAPSHOTS_FOLDER, UNLINKED_RECORD_SUFFIX, snapshot_records,
+};
+
+pub use list::{Chunks, FileList, Totals};
 
 /// How the folders of a deleted snapshot are named while their space is freed:
 /// `.coffer-snapshots/.removing-<tag>-<uuid>`. Never a valid tag, so never listed as one.
@@ -82,24 +89,19 @@ pub const MAX_TAG_LEN: usize = 64;
 pub struct Snapshot {
     /// The tag the snapshot was taken under.
     pub tag: String,
-    /// Its files, sorted by data path index, then live path. Shared: the snapshotter keeps
-    /// the list of a snapshot it took for the upload that follows, and a node of many files
-    /// held it twice when each side had a copy (take it with [`Snapshot::into_files`]).
-    pub files: Arc<Vec<SnapshotFile>>,
+    /// Its files: in a list file for the `dir` provider (in the order the walk found them),
+    /// in memory for the others (sorted by data path index, then live path). Shared: the
+    /// snapshotter keeps the list of a snapshot it took for the upload that follows.
+    pub files: FileList,
     /// The location whose stored content let files go unlinked (see
     /// [`SnapshotFile::stored_hash`]); `None` when every file is frozen.
     pub unlinked_for: Option<String>,
 }
 
 impl Snapshot {
-    /// Its files, without a copy unless another holder of the list still has it.
-    pub fn into_files(self) -> Vec<SnapshotFile> {
-        Arc::try_unwrap(self.files).unwrap_or_else(|shared| shared.as_ref().clone())
-    }
-
     /// Sum of the sizes of the files.
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().map(|file| file.size).sum()
+        self.files.totals().bytes
     }
 }
 
@@ -410,7 +412,7 @@ impl Snapshotter {
         tokio::spawn(
             async move {
                 let started = std::time::Instant::now();
-                let mut files = match &settings.provider {
+                let files = match &settings.provider {
                     SnapshotConfig::Dir {
                         pre_hook,
                         post_hook,
@@ -428,31 +430,33 @@ impl Snapshotter {
                         command,
                         cleanup_command,
                         files,
-                    } => {
-                        command::create(&settings, command, cleanup_command.as_deref(), files, &tag)
-                            .await?
-                    }
+                    } => in_memory(
+                        command::create(
+                            &settings,
+                            command,
+                            cleanup_command.as_deref(),
+                            files,
+                            &tag,
+                        )
+                        .await?,
+                    ),
                     SnapshotConfig::Sqlite { databases } => {
-                        sqlite::create(&settings, databases, &tag).await?
+                        in_memory(sqlite::create(&settings, databases, &tag).await?)
                     }
                 };
-                sort_files(&mut files);
-                let unlinked = files
-                    .iter()
-                    .filter(|file| file.stored_hash.is_some())
-                    .count();
+                let totals = files.totals();
                 tracing::info!(
-                    files = files.len(),
-                    unlinked,
-                    bytes = files.iter().map(|file| file.size).sum::<u64>(),
+                    files = totals.files,
+                    unlinked = totals.unlinked,
+                    bytes = totals.bytes,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "snapshot created"
                 );
                 let snapshot = Snapshot {
                     tag,
-                    files: Arc::new(files),
+                    files,
                     unlinked_for: unchanged
-                        .filter(|_| unlinked > 0)
+                        .filter(|_| totals.unlinked > 0)
                         .map(|unchanged| unchanged.location_id),
                 };
                 {
@@ -487,17 +491,18 @@ impl Snapshotter {
             }
         }
         tokio::task::spawn_blocking(move || {
-            let (mut files, unlinked_for) = match &settings.provider {
+            let (files, unlinked_for) = match &settings.provider {
                 SnapshotConfig::Dir { .. } => dir::load(&settings, &tag)?,
-                SnapshotConfig::Command { .. } => (command::load(&settings, &tag)?, None),
+                SnapshotConfig::Command { .. } => {
+                    (in_memory(command::load(&settings, &tag)?), None)
+                }
                 SnapshotConfig::Sqlite { databases } => {
-                    (sqlite::load(&settings, databases, &tag)?, None)
+                    (in_memory(sqlite::load(&settings, databases, &tag)?), None)
                 }
             };
-            sort_files(&mut files);
             Ok(Snapshot {
                 tag,
-                files: Arc::new(files),
+                files,
                 unlinked_for,
             })
         })
@@ -529,9 +534,9 @@ impl Snapshotter {
                     // left listing fewer files than it was taken with.
                     tokio::task::spawn_blocking(move || {
                         let detached = detach_tag_folders(&data_paths, &tag)?;
-                        Ok::<_, SnapshotError>(
-                            dir::remove_unlinked_record(&state_dir, &tag)? || detached,
-                        )
+                        let unlinked = dir::remove_unlinked_record(&state_dir, &tag)?;
+                        let listed = list::remove(&state_dir, &tag)?;
+                        Ok::<_, SnapshotError>(unlinked || listed || detached)
                     })
                     .await??
                 };
@@ -583,6 +588,7 @@ impl Snapshotter {
             &snapshot_records(&self.inner.state_dir),
             UNLINKED_RECORD_SUFFIX,
         );
+        read_names(&snapshot_records(&self.inner.state_dir), FILE_LIST_SUFFIX);
         tags.sort();
         tags.dedup();
         tags
@@ -607,6 +613,12 @@ impl Snapshotter {
         })
         .await?
     }
+}
+
+/// A provider's list, sorted, in memory.
+fn in_memory(mut files: Vec<SnapshotFile>) -> FileList {
+    sort_files(&mut files);
+    FileList::from_vec(files)
 }
 
 fn sort_files(files: &mut [SnapshotFile]) {

@@ -26,7 +26,7 @@ use coffer_format::object::{
 use coffer_format::storage::BackendQuirks;
 use coffer_format::{ClusterLayout, ContentHash, StorageError};
 use coffer_proto::agent::v1 as proto;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use opendal::Operator;
 use tokio::sync::{Mutex, OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,7 @@ mod small;
 
 use crate::journal::{FileIdentity, HashRecord, Journal, Remembered};
 use crate::progress::{FileCounters, ProgressReporter};
-use crate::snapshot::SnapshotFile;
+use crate::snapshot::{FileList, SnapshotFile};
 
 /// Files processed at once when the request does not say.
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -46,12 +46,20 @@ const LARGE_UPLOADS: usize = 2;
 const LARGE_FILE: u64 = 8 * 1024 * 1024;
 /// How many times a file that changed while it was uploaded is hashed and uploaded again.
 const CHANGED_FILE_RETRIES: usize = 2;
+/// Files read from the snapshot's list, asked of the journal and planned at once. The upload
+/// holds a few such chunks (one being read, one being planned, the one being uploaded).
+pub const FILES_AT_ONCE: usize = 8192;
+/// Contents remembered by an upload's caches of what it handled (see [`Shared::objects`]):
+/// past this many they are forgotten and start again, so their memory does not grow with the
+/// node's files. What is forgotten is only asked of the location again.
+const CONTENTS_REMEMBERED: usize = 65_536;
 
 /// Everything an upload needs.
 #[derive(Debug)]
 pub struct UploadJob {
-    /// Files of the snapshot (or the live files, for a dry run).
-    pub files: Vec<SnapshotFile>,
+    /// Files of the snapshot (or the live files, for a dry run); read in chunks of
+    /// [`FILES_AT_ONCE`], so a node of a million files never has them all in memory.
+    pub files: FileList,
     /// The location the snapshot left files unlinked for ([`crate::snapshot::Snapshot::unlinked_for`]).
     pub unlinked_for: Option<String>,
     /// The location's storage, where objects and the node manifest are written.
@@ -152,14 +160,12 @@ struct Shared {
     job: UploadJob,
     layout: ClusterLayout,
     counters: Counters,
-    /// Objects uploaded or found present in this upload, so identical content is handled once.
+    /// Objects uploaded or found present in this upload, so identical content is handled once
+    /// (among the last [`CONTENTS_REMEMBERED`] contents: beyond, the location is asked).
     objects: Mutex<HashMap<ContentHash, Arc<OnceCell<bool>>>>,
     /// Large files streamed at once. Each holds a few chunks in flight (about 28 MiB with the
     /// default 8 MiB chunks), so this, not the file concurrency, bounds the agent's memory.
     large_uploads: tokio::sync::Semaphore,
-    /// Objects the journal says the location holds, among the hashes of unchanged files: asked
-    /// once, in one query, rather than once per file.
-    journal_present: std::sync::OnceLock<std::collections::HashSet<ContentHash>>,
     options: UploadOptions,
     /// Makes the stored objects durable before the manifest refers to them.
     writeback: LocationWriteback,
@@ -172,7 +178,13 @@ struct Shared {
 impl Shared {
     /// The cell that makes identical content handled once within this upload.
     async fn object_cell(&self, hash: ContentHash) -> Arc<OnceCell<bool>> {
-        self.objects.lock().await.entry(hash).or_default().clone()
+        let mut objects = self.objects.lock().await;
+        if objects.len() >= CONTENTS_REMEMBERED && !objects.contains_key(&hash) {
+            // A content being uploaded that is forgotten may be uploaded twice at once by two
+            // files: the same bytes under the same name, which costs only the time.
+            objects.clear();
+        }
+        objects.entry(hash).or_default().clone()
     }
 
     /// For a file larger than one chunk, a slot among the `LARGE_UPLOADS` streamed at once
@@ -203,16 +215,6 @@ impl Shared {
     fn claim_local(&self, hash: ContentHash) -> bool {
         self.local_claims.claim(hash)
     }
-
-    /// Whether the journal vouches that the location holds `hash` (incremental backups and
-    /// plans only: a full backup checks the location itself).
-    fn journal_vouches(&self, hash: &ContentHash) -> bool {
-        (self.job.incremental || self.job.dry_run)
-            && self
-                .journal_present
-                .get()
-                .is_some_and(|present| present.contains(hash))
-    }
 }
 
 /// Uploads the job's files and writes the node manifest, sending progress on `progress`.
@@ -220,19 +222,13 @@ impl Shared {
 /// Fails on the first file that cannot be read or uploaded, naming it, or when the location,
 /// the journal or the manifest fail; nothing is committed then (no manifest is written).
 pub async fn run(
-    mut job: UploadJob,
+    job: UploadJob,
     progress: mpsc::Sender<proto::UploadProgress>,
     cancel: CancellationToken,
 ) -> Result<proto::UploadSummary, UploadFailure> {
     let started = std::time::Instant::now();
     check_snapshot_fits(&job)?;
-    // The snapshot's files move into the selection rather than being copied (a node of many
-    // files held them twice); a full backup keeps only their paths, for the journal to forget
-    // the files gone.
-    let files = std::mem::take(&mut job.files);
-    let present_paths: Option<Vec<PathBuf>> = (!job.incremental && !job.dry_run)
-        .then(|| files.iter().map(|file| file.live_path.clone()).collect());
-    let selected = select_files(&job, files)?;
+    let list = job.files.clone();
     let options = UploadOptions {
         rate_limiter: job.limiter.clone(),
         compression: job.compression,
@@ -248,14 +244,16 @@ pub async fn run(
         counters: Counters::default(),
         objects: Mutex::new(HashMap::new()),
         large_uploads: tokio::sync::Semaphore::new(LARGE_UPLOADS),
-        journal_present: std::sync::OnceLock::new(),
         options,
     });
-    shared
-        .counters
-        .files
-        .select(selected.len() as u64, selected.iter().map(|f| f.size).sum());
-    let known = consult_journal(&shared, &selected).await?;
+    let (selected_files, selected_bytes) = {
+        let shared = shared.clone();
+        let list = list.clone();
+        tokio::task::spawn_blocking(move || count_selected(&shared.job, &list))
+            .await
+            .map_err(|error| UploadFailure::File(format!("read the snapshot's files: {error}")))??
+    };
+    shared.counters.files.select(selected_files, selected_bytes);
 
     let planned = started.elapsed();
     let phase = Arc::new(std::sync::Mutex::new(proto::UploadPhase::Uploading));
@@ -269,7 +267,7 @@ pub async fn run(
             shared.counters.reading(current)
         }
     });
-    let files = upload_files(&shared, selected, known, &cancel).await;
+    let files = upload_files(&shared, list.clone(), &cancel).await;
     let files_done = started.elapsed();
     let finished = finish_upload(&shared, files, &phase, started).await;
     reporter.stop().await;
@@ -279,8 +277,8 @@ pub async fn run(
         manifest_done,
     } = finished?;
     let forgetting = std::time::Instant::now();
-    if let Some(present) = present_paths {
-        forget_files_gone(&shared, present).await;
+    if !shared.job.incremental && !shared.job.dry_run {
+        forget_files_gone(&shared, list).await;
     }
     // Where an upload's time goes, for operators and the bench: asking the journal, the files,
     // then (at once) making the objects durable and writing the manifest, and the clean-up.
@@ -322,29 +320,71 @@ fn check_snapshot_fits(job: &UploadJob) -> Result<(), UploadFailure> {
     Ok(())
 }
 
-/// The files the job's patterns select; refuses a selected name that is not UTF-8.
-fn select_files(
-    job: &UploadJob,
-    files: Vec<SnapshotFile>,
-) -> Result<Vec<SnapshotFile>, UploadFailure> {
-    let selected: Vec<SnapshotFile> = files
-        .into_iter()
-        .filter(|file| {
-            let path = file.live_path.to_string_lossy();
-            job.filter.selects(path.as_ref())
-        })
-        .collect();
-    if let Some(file) = selected
-        .iter()
-        .find(|file| file.live_path.to_str().is_none())
-    {
-        return Err(UploadFailure::File(format!(
-            "{} has a name that is not valid UTF-8, and manifests record UTF-8 paths: rename it, \
-             or exclude it with a pattern",
-            file.live_path.display()
-        )));
+/// Whether the job's patterns select `file`.
+fn selects(job: &UploadJob, file: &SnapshotFile) -> bool {
+    job.filter
+        .selects(file.live_path.to_string_lossy().as_ref())
+}
+
+/// How many files the job's patterns select, and their bytes (blocking: reads the list once);
+/// refuses a selected name that is not UTF-8 before anything is uploaded.
+fn count_selected(job: &UploadJob, list: &FileList) -> Result<(u64, u64), UploadFailure> {
+    let (mut files, mut bytes) = (0, 0);
+    for chunk in list.chunks(FILES_AT_ONCE).map_err(snapshot_failure)? {
+        for file in chunk.map_err(snapshot_failure)? {
+            if !selects(job, &file) {
+                continue;
+            }
+            if file.live_path.to_str().is_none() {
+                return Err(UploadFailure::File(format!(
+                    "{} has a name that is not valid UTF-8, and manifests record UTF-8 paths: \
+                     rename it, or exclude it with a pattern",
+                    file.live_path.display()
+                )));
+            }
+            files += 1;
+            bytes += file.size;
+        }
     }
-    Ok(selected)
+    Ok((files, bytes))
+}
+
+fn snapshot_failure(error: crate::snapshot::SnapshotError) -> UploadFailure {
+    UploadFailure::File(format!("read the snapshot's files: {error}"))
+}
+
+/// Reads the selected files of `list` in chunks on a blocking thread, handing them over
+/// through a channel of two chunks; stops when the receiver is dropped.
+fn read_selected(
+    shared: &Arc<Shared>,
+    list: FileList,
+) -> mpsc::Receiver<Result<Vec<SnapshotFile>, UploadFailure>> {
+    let (sender, receiver) = mpsc::channel(2);
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let chunks = match list.chunks(FILES_AT_ONCE) {
+            Ok(chunks) => chunks,
+            Err(error) => {
+                let _ = sender.blocking_send(Err(snapshot_failure(error)));
+                return;
+            }
+        };
+        for chunk in chunks {
+            let chunk = chunk
+                .map(|files| {
+                    files
+                        .into_iter()
+                        .filter(|file| selects(&shared.job, file))
+                        .collect()
+                })
+                .map_err(snapshot_failure);
+            let failed = chunk.is_err();
+            if sender.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 /// What the journal knows of each selected file, in the order of `selected`; for incremental
@@ -386,6 +426,7 @@ async fn consult_journal(
     let known: Vec<Known> = remembered
         .iter()
         .map(|found| match (found, trusted) {
+            (Some(found), true) if found.object_known => Known::Stored(found.hash),
             (Some(found), true) => Known::Hash(found.hash),
             // Content the journal knows only in other locations is probably new to this one:
             // read once, stored as it is hashed, rather than hashed first and read again.
@@ -393,16 +434,6 @@ async fn consult_journal(
             (Some(_) | None, _) => Known::Nothing,
         })
         .collect();
-    if trusted {
-        let present = remembered
-            .iter()
-            .flatten()
-            .filter(|found| found.object_known)
-            .map(|found| found.hash)
-            .collect();
-        let _ = shared.journal_present.set(present);
-    }
-
     Ok(known)
 }
 
@@ -419,17 +450,37 @@ struct FilesUploaded {
 /// and recording hashes in the journal in batches; stops at the first failure.
 async fn upload_files(
     shared: &Arc<Shared>,
-    selected: Vec<SnapshotFile>,
-    known: Vec<Known>,
+    list: FileList,
     cancel: &CancellationToken,
 ) -> FilesUploaded {
     let concurrency = shared.job.concurrency.max(1);
-    let work = small::plan(shared, selected, known);
-    let mut results = futures::stream::iter(work)
+    // Chunk by chunk: read from the list, asked of the journal, planned, then handed to the
+    // file tasks; the next chunk is asked and planned while the tasks work on this one.
+    let planned = tokio_stream::wrappers::ReceiverStream::new(read_selected(shared, list)).then({
+        let shared = shared.clone();
+        move |chunk| {
+            let shared = shared.clone();
+            async move {
+                let files = chunk?;
+                let known = consult_journal(&shared, &files).await?;
+                Ok::<_, UploadFailure>(small::plan(&shared, files, known))
+            }
+            .boxed()
+        }
+    });
+    let work = planned.flat_map(|planned| match planned {
+        Ok(work) => futures::stream::iter(work.into_iter().map(Ok)).left_stream(),
+        Err(error) => futures::stream::once(std::future::ready(Err(error))).right_stream(),
+    });
+    // Boxed: the combinators' closures otherwise leave the file tasks' future with a lifetime
+    // the compiler cannot prove general enough to spawn.
+    let work = work.boxed();
+    let mut results = work
         .map(|work| {
             let shared = shared.clone();
             let cancel = cancel.clone();
             async move {
+                let work = work?;
                 let done = async {
                     match work {
                         small::Work::One(file, known) => process_file(&shared, file, known)
@@ -627,8 +678,20 @@ async fn finish_upload(
 
 /// After a full backup, which sees the node's complete file set, the journal forgets the files
 /// gone since (it is a cache, so a failure only costs its size).
-async fn forget_files_gone(shared: &Shared, present: Vec<PathBuf>) {
-    match shared.job.journal.forget_files_except(present).await {
+async fn forget_files_gone(shared: &Shared, list: FileList) {
+    let chunks = match list.chunks(FILES_AT_ONCE) {
+        Ok(chunks) => chunks,
+        Err(error) => {
+            tracing::warn!(%error, "journal: forget files gone");
+            return;
+        }
+    };
+    let present = chunks.map(|chunk| {
+        chunk
+            .map(|files| files.into_iter().map(|file| file.live_path).collect())
+            .map_err(|error| error.to_string())
+    });
+    match shared.job.journal.forget_files_except_listed(present).await {
         Ok(forgotten) => tracing::debug!(forgotten, "journal forgot files gone"),
         Err(error) => tracing::warn!(%error, "journal: forget files gone"),
     }
@@ -637,7 +700,11 @@ async fn forget_files_gone(shared: &Shared, present: Vec<PathBuf>) {
 /// What the journal says of a file before it is read.
 #[derive(Debug, Clone, Copy)]
 enum Known {
-    /// Unchanged since it was hashed, and the hash is trusted (incremental backups, dry runs).
+    /// Unchanged since it was hashed, the hash trusted (incremental backups, dry runs), and its
+    /// object known to be in the location.
+    Stored(ContentHash),
+    /// Unchanged since it was hashed, and the hash is trusted, but its object not known to be
+    /// in the location.
     Hash(ContentHash),
     /// Unchanged since it was hashed and its content known to be in the location, but a full
     /// backup hashes it again (and uploads it only if missing).
@@ -661,8 +728,9 @@ async fn process_file(
     {
         return Ok(result);
     }
+    let vouched = matches!(known, Known::Stored(_));
     let known = match known {
-        Known::Hash(hash) => Some(hash),
+        Known::Stored(hash) | Known::Hash(hash) => Some(hash),
         Known::ProbablyStored | Known::Nothing => None,
     };
     if job.dry_run {
@@ -670,7 +738,7 @@ async fn process_file(
         // anything else would be read and (at most) uploaded.
         let present = match known {
             Some(hash) => {
-                shared.journal_vouches(&hash)
+                vouched
                     || object_exists(&job.operator, &shared.layout.object(&hash))
                         .await
                         .map_err(|error| error.in_location(&job.location_name))?
@@ -692,6 +760,8 @@ async fn process_file(
     }
     let mut attempt = 0;
     let mut hash = known;
+    // Whether the journal vouches for the content of `hash` (not for one hashed again).
+    let mut vouched = vouched;
     loop {
         let (content_hash, freshly_hashed) = match hash {
             Some(hash) => (hash, false),
@@ -708,7 +778,7 @@ async fn process_file(
                 (hash, true)
             }
         };
-        match ensure_object(shared, &file, content_hash).await {
+        match ensure_object(shared, &file, content_hash, vouched).await {
             Ok(uploaded) => {
                 counters.files.done(1, file.size, !uploaded);
                 return Ok(FileResult {
@@ -719,14 +789,14 @@ async fn process_file(
                         hash: content_hash,
                     }),
                     // What the journal vouched for it knows already.
-                    object_present: (!shared.journal_vouches(&content_hash))
-                        .then_some(content_hash),
+                    object_present: (!vouched).then_some(content_hash),
                 });
             }
             Err(EnsureError::Changed) if attempt < CHANGED_FILE_RETRIES => {
                 attempt += 1;
                 tracing::warn!(path = %file.live_path.display(), attempt, "file changed while uploading; hashing it again");
                 hash = None;
+                vouched = false;
             }
             Err(EnsureError::Changed) => {
                 return Err(UploadFailure::File(format!(
@@ -840,11 +910,9 @@ async fn process_small_file(
     let stored = cell
         .get_or_try_init(|| async {
             let path = shared.layout.object(&hash);
-            let known = shared.journal_vouches(&hash);
-            if known
-                || object_exists(&job.operator, &path)
-                    .await
-                    .map_err(|error| error.in_location(&job.location_name))?
+            if object_exists(&job.operator, &path)
+                .await
+                .map_err(|error| error.in_location(&job.location_name))?
             {
                 return Ok::<bool, UploadFailure>(true);
             }
@@ -892,12 +960,13 @@ enum EnsureError {
     Failed(UploadFailure),
 }
 
-/// Makes sure the location holds the object for `hash`, uploading `file` if needed; returns
-/// whether this call uploaded it.
+/// Makes sure the location holds the object for `hash` (which the journal may vouch for),
+/// uploading `file` if needed; returns whether this call uploaded it.
 async fn ensure_object(
     shared: &Shared,
     file: &SnapshotFile,
     hash: ContentHash,
+    vouched: bool,
 ) -> Result<bool, EnsureError> {
     let cell = shared.object_cell(hash).await;
     let mut uploaded_here = false;
@@ -905,8 +974,7 @@ async fn ensure_object(
         .get_or_try_init(|| async {
             let job = &shared.job;
             let path = shared.layout.object(&hash);
-            let known = shared.journal_vouches(&hash);
-            if known {
+            if vouched {
                 return Ok(true);
             }
             if object_exists(&job.operator, &path).await.map_err(|error| {

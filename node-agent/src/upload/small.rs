@@ -58,9 +58,8 @@ pub(super) fn plan(shared: &Shared, selected: Vec<SnapshotFile>, known: Vec<Know
     let mut batch_bytes = 0;
     let mut vouched = Vec::new();
     for (file, known) in selected.into_iter().zip(known) {
-        if let Known::Hash(hash) = known
+        if let Known::Stored(hash) = known
             && !shared.job.dry_run
-            && shared.journal_vouches(&hash)
         {
             vouched.push((file, hash));
             if vouched.len() == VOUCHED_FILES {
@@ -169,16 +168,21 @@ pub(super) async fn process_batch(
 }
 
 /// The contents batches of this upload have claimed: the first file with a content stores it,
-/// the others find it claimed.
+/// the others find it claimed (or, once forgotten, stored).
 #[derive(Debug, Default)]
 pub(super) struct LocalClaims(std::sync::Mutex<HashSet<ContentHash>>);
 
 impl LocalClaims {
     /// Whether `hash` was not claimed before (and is now).
     pub(super) fn claim(&self, hash: ContentHash) -> bool {
-        self.0
+        let mut claimed = self
+            .0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(hash)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if claimed.len() >= super::CONTENTS_REMEMBERED {
+            // Bounded: a content claimed long ago is found in the folder instead.
+            claimed.clear();
+        }
+        claimed.insert(hash)
     }
 }
