@@ -46,7 +46,6 @@
 //! files) and one per distinct content. Streaming the manifest twice (plan, then place) would
 //! bound it, at the cost of reading the manifest twice; not needed yet.
 
-use std::collections::HashMap;
 use std::fs::{self};
 use std::io;
 use std::path::PathBuf;
@@ -70,12 +69,14 @@ use crate::reserved::{STAGING_FOLDER, staging_folder};
 
 mod download;
 mod hook;
+mod objects;
 mod place;
 mod plan;
 mod space;
 
 use download::{create_staging_folders, download_all};
 use hook::run_hook;
+use objects::Objects;
 use place::place_all;
 use plan::plan;
 use space::{check_space, give_back, is_disk_full};
@@ -305,29 +306,11 @@ struct PlannedFile {
     target: Target,
 }
 
-/// Where one content is needed: in which data path, by how many files, and whether a verified
-/// copy is staged there already.
-#[derive(Debug)]
-struct Need {
-    data_path: usize,
-    files: u64,
-    staged: bool,
-}
-
-/// One distinct content the restore needs (files already in place need none).
-#[derive(Debug)]
-struct ObjectPlan {
-    size: u64,
-    /// Index of the first file with this content, to name it in errors.
-    first_file: usize,
-    needs: Vec<Need>,
-}
-
 /// The result of planning.
 #[derive(Debug)]
 struct Plan {
     files: Vec<PlannedFile>,
-    objects: HashMap<ContentHash, ObjectPlan>,
+    objects: Objects,
     existing_files: u64,
     existing_paths: Vec<String>,
 }

@@ -1,6 +1,5 @@
 //! Placing: verified staged files given their metadata and renamed into place through folders
 //! opened without following links (see the phases in the parent module).
-use std::collections::HashMap;
 use std::fs::{self, File, FileTimes, Permissions};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -174,14 +173,14 @@ pub(super) fn place_all(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailu
     let staged = staged_names(plan);
     // Copies first, while every original is still staged: placing moves the originals away,
     // on several threads.
-    for (file, name) in plan.files.iter().zip(&staged) {
-        let Some(StagedName::Copy(copy)) = name else {
+    for (index, (file, name)) in plan.files.iter().zip(&staged).enumerate() {
+        if *name != StagedName::Copy {
             continue;
-        };
+        }
         let root = placing_root(&roots, file)?;
         let staging = root_staging(root)?;
         let hex = file.hash.to_hex();
-        copy_staged(staging, &hex, copy)
+        copy_staged(staging, &hex, &copy_name(&file.hash, index))
             .map_err(RestoreFailure::local("copy", root.staging_path.join(&hex)))?;
     }
     let chunk = plan.files.len().div_ceil(PLACERS).max(1);
@@ -190,7 +189,12 @@ pub(super) fn place_all(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailu
             .files
             .chunks(chunk)
             .zip(staged.chunks(chunk))
-            .map(|(files, names)| scope.spawn(|| place_files(shared, &roots, files, names)))
+            .enumerate()
+            .map(|(share, (files, names))| {
+                let first = share * chunk;
+                let roots = &roots;
+                scope.spawn(move || place_files(shared, roots, first, files, names))
+            })
             .collect();
         placers
             .into_iter()
@@ -221,35 +225,42 @@ pub(super) fn place_all(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailu
 }
 
 /// Which staged file a planned file is placed from.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StagedName {
+    /// None: the file is restored in place.
+    InPlace,
     /// The staged content itself, `<hash>` (the last file of the data path that needs it).
     Original,
-    /// A copy of it made for this file (contents several files share).
-    Copy(String),
+    /// A copy of it made for this file (contents several files share): [`copy_name`].
+    Copy,
 }
 
-/// The staged name of each planned file, in plan order (`None` for files restored in place).
-fn staged_names(plan: &Plan) -> Vec<Option<StagedName>> {
-    let mut last: HashMap<(usize, ContentHash), usize> = HashMap::new();
-    for (index, file) in plan.files.iter().enumerate() {
-        if file.target != Target::InPlace {
-            last.insert((file.data_path, file.hash), index);
-        }
-    }
+/// The name of the copy of a staged content made for the planned file `index`.
+fn copy_name(hash: &ContentHash, index: usize) -> String {
+    format!("{}.copy-{index}", hash.to_hex())
+}
+
+/// The staged name of each planned file, in plan order: one byte a file (a restore of a million
+/// files held a map of every content's last file and a name for every file).
+fn staged_names(plan: &Plan) -> Vec<StagedName> {
     plan.files
         .iter()
         .enumerate()
         .map(|(index, file)| {
             if file.target == Target::InPlace {
-                None
-            } else if last.get(&(file.data_path, file.hash)) == Some(&index) {
-                Some(StagedName::Original)
+                return StagedName::InPlace;
+            }
+            let last = plan.objects.get(&file.hash).and_then(|object| {
+                object
+                    .needs
+                    .iter()
+                    .find(|need| need.data_path == file.data_path)
+                    .map(|need| need.last_file)
+            });
+            if last == Some(index) {
+                StagedName::Original
             } else {
-                Some(StagedName::Copy(format!(
-                    "{}.copy-{index}",
-                    file.hash.to_hex()
-                )))
+                StagedName::Copy
             }
         })
         .collect()
@@ -275,16 +286,17 @@ fn root_staging(root: &PlacingRoot) -> Result<&OwnedFd, RestoreFailure> {
     })
 }
 
-/// Places a run of planned files (one placing thread's share), each through its folder opened
-/// without following links.
+/// Places a run of planned files (one placing thread's share, from the plan's file `first`),
+/// each through its folder opened without following links.
 fn place_files(
     shared: &Shared,
     roots: &[Option<PlacingRoot>],
+    first: usize,
     files: &[PlannedFile],
-    names: &[Option<StagedName>],
+    names: &[StagedName],
 ) -> Result<(), RestoreFailure> {
     let mut parent: Option<(usize, String, OwnedFd)> = None;
-    for (file, name) in files.iter().zip(names) {
+    for (offset, (file, name)) in files.iter().zip(names).enumerate() {
         let target = shared.target(file);
         let place_error = |action: &'static str| RestoreFailure::local(action, &target);
         let root = placing_root(roots, file)?;
@@ -303,7 +315,7 @@ fn place_files(
             }
         };
         match name {
-            None => {
+            StagedName::InPlace => {
                 let existing = rustix::fs::openat(
                     parent_fd,
                     file_name,
@@ -314,11 +326,11 @@ fn place_files(
                 rustix::fs::fchmod(&existing, Mode::from_raw_mode(file.mode & 0o7777))
                     .map_err(|error| place_error("set the mode of")(error.into()))?;
             }
-            Some(name) => {
+            StagedName::Original | StagedName::Copy => {
                 let staging = root_staging(root)?;
                 let staged = match name {
-                    StagedName::Original => file.hash.to_hex(),
-                    StagedName::Copy(copy) => copy.clone(),
+                    StagedName::Copy => copy_name(&file.hash, first + offset),
+                    _ => file.hash.to_hex(),
                 };
                 prepare_staged(staging, &staged, file, root.owner).map_err(
                     RestoreFailure::local(

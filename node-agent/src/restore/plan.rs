@@ -17,8 +17,8 @@ use uuid::Uuid;
 use crate::reserved::{STAGING_FOLDER, is_reserved, staging_folder};
 
 use super::{
-    EXISTING_NAMED, MAX_EXISTING_PATHS, Need, ObjectPlan, Plan, PlannedFile, RestoreFailure,
-    Shared, Target, blocking,
+    EXISTING_NAMED, MAX_EXISTING_PATHS, Objects, Plan, PlannedFile, RestoreFailure, Shared, Target,
+    blocking,
 };
 
 pub(super) async fn plan(
@@ -77,30 +77,10 @@ pub(super) async fn plan(
         )));
     }
 
-    let mut objects: HashMap<ContentHash, ObjectPlan> = HashMap::new();
-    for (index, file) in files.iter().enumerate() {
-        if file.target == Target::InPlace {
-            shared.counters.files.done(1, file.size, true);
-            continue;
-        }
-        let object = objects.entry(file.hash).or_insert_with(|| ObjectPlan {
-            size: file.size,
-            first_file: index,
-            needs: Vec::new(),
-        });
-        match object
-            .needs
-            .iter_mut()
-            .find(|need| need.data_path == file.data_path)
-        {
-            Some(need) => need.files += 1,
-            None => object.needs.push(Need {
-                data_path: file.data_path,
-                files: 1,
-                staged: false,
-            }),
-        }
+    for file in files.iter().filter(|file| file.target == Target::InPlace) {
+        shared.counters.files.done(1, file.size, true);
     }
+    let mut objects = Objects::of(&files);
 
     // Content a previous attempt verified is staged already.
     let objects = {
@@ -477,13 +457,10 @@ pub(super) fn staging_exists(data_path: &Path, backup_id: Uuid) -> Result<bool, 
 }
 
 /// Marks the needs whose content is staged, verified, by an earlier attempt.
-fn find_staged(
-    shared: &Shared,
-    objects: &mut HashMap<ContentHash, ObjectPlan>,
-) -> Result<(), RestoreFailure> {
+fn find_staged(shared: &Shared, objects: &mut Objects) -> Result<(), RestoreFailure> {
     let mut staging: HashMap<usize, bool> = HashMap::new();
     for (hash, object) in objects.iter_mut() {
-        for need in &mut object.needs {
+        for need in object.needs.iter_mut() {
             let exists = match staging.get(&need.data_path) {
                 Some(exists) => *exists,
                 None => {
