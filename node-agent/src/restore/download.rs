@@ -75,14 +75,7 @@ pub(super) async fn download_all(
     plan: &Arc<Plan>,
     cancel: &CancellationToken,
 ) -> Result<(), RestoreFailure> {
-    let mut work: Vec<(usize, ContentHash)> = plan
-        .objects
-        .iter()
-        .filter(|(_, object)| object.needs.iter().any(|need| !need.staged))
-        .map(|(hash, object)| (object.first_file, *hash))
-        .collect();
-    work.sort_unstable();
-    let batches = batch_small_objects(shared, plan, work);
+    let batches = fetches(shared, plan.clone());
     let (commit, to_commit) = mpsc::unbounded_channel();
     // Ends when every sender is gone (the downloads finished, failed or were cancelled), after
     // committing what was verified: a later attempt does not fetch it again.
@@ -291,35 +284,38 @@ enum Fetch {
     Batch(Vec<ContentHash>),
 }
 
-/// Groups the small contents of a local location that one data path needs into batches, in
-/// the order of `work`; every other content is a unit of its own.
-fn batch_small_objects(
-    shared: &Shared,
-    plan: &Plan,
-    work: Vec<(usize, ContentHash)>,
-) -> Vec<Fetch> {
+/// The contents to fetch, in the order of their first files (the order files are placed in),
+/// taken as the downloads go rather than listed first (a list of a million contents and
+/// another of their batches were most of a large restore's memory): the small contents of a
+/// local location that one data path needs in batches, every other content a unit of its own.
+fn fetches(shared: &Shared, plan: Arc<Plan>) -> impl Iterator<Item = Fetch> + Send + 'static {
     let local = coffer_format::object::is_local_folder(&shared.job.operator);
-    let mut fetches = Vec::new();
+    let mut next = 0;
     let mut batch = Vec::new();
-    for (_, hash) in work {
-        let object = &plan.objects[&hash];
-        let batchable = local
-            && object.size <= BATCHED_OBJECT
-            && object.needs.len() == 1
-            && object.needs.iter().all(|need| !need.staged);
-        if !batchable {
-            fetches.push(Fetch::One(hash));
-            continue;
+    std::iter::from_fn(move || {
+        while let Some(file) = plan.files.get(next) {
+            let index = next;
+            next += 1;
+            let Some(object) = plan.objects.get(&file.hash) else {
+                continue;
+            };
+            if object.first_file != index || object.needs.iter().all(|need| need.staged) {
+                continue;
+            }
+            let batchable = local
+                && object.size <= BATCHED_OBJECT
+                && object.needs.len() == 1
+                && object.needs.iter().all(|need| !need.staged);
+            if !batchable {
+                return Some(Fetch::One(file.hash));
+            }
+            batch.push(file.hash);
+            if batch.len() == BATCH_OBJECTS {
+                return Some(Fetch::Batch(std::mem::take(&mut batch)));
+            }
         }
-        batch.push(hash);
-        if batch.len() == BATCH_OBJECTS {
-            fetches.push(Fetch::Batch(std::mem::take(&mut batch)));
-        }
-    }
-    if !batch.is_empty() {
-        fetches.push(Fetch::Batch(batch));
-    }
-    fetches
+        (!batch.is_empty()).then(|| Fetch::Batch(std::mem::take(&mut batch)))
+    })
 }
 
 /// Fetches a batch of small contents into their data path's staging folder in one blocking

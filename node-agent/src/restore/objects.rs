@@ -132,10 +132,6 @@ impl Objects {
             .map(|found| &self.0[found].1)
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&ContentHash, &ObjectPlan)> {
-        self.0.iter().map(|(hash, object)| (hash, object))
-    }
-
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&ContentHash, &mut ObjectPlan)> {
         self.0.iter_mut().map(|(hash, object)| (&*hash, object))
     }
@@ -185,7 +181,7 @@ mod tests {
         ];
         let objects = Objects::of(&files);
         assert_eq!(
-            objects.iter().count(),
+            objects.values().count(),
             2,
             "the content in place needs nothing"
         );
