@@ -17,14 +17,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::reserved::{STAGING_FOLDER, staging_folder};
 
+use super::objects::{ContentId, Cursor};
 use super::{Plan, RestoreFailure, Shared, blocking};
 
 /// Creates the staging folders of the data paths that receive files (private to the agent).
 pub(super) fn create_staging_folders(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailure> {
     let used: HashSet<usize> = plan
-        .objects
-        .values()
-        .flat_map(|object| object.needs.iter().map(|need| need.data_path))
+        .objects()
+        .flat_map(|(_, object)| {
+            object
+                .needs
+                .iter()
+                .map(|need| need.data_path)
+                .collect::<Vec<_>>()
+        })
         .collect();
     for data_path in used {
         let root = &shared.job.data_paths[data_path];
@@ -89,9 +95,9 @@ pub(super) async fn download_all(
             async move {
                 let staged = async {
                     match batch {
-                        Fetch::One(hash) => stage_object(&shared, &plan, hash, &commit).await,
-                        Fetch::Batch(hashes) => {
-                            stage_small_objects(&shared, &plan, hashes, &commit).await
+                        Fetch::One(id) => stage_object(&shared, &plan, id, &commit).await,
+                        Fetch::Batch(ids) => {
+                            stage_small_objects(&shared, &plan, ids, &commit).await
                         }
                     }
                 };
@@ -191,11 +197,12 @@ fn commit_batch(
 async fn stage_object(
     shared: &Shared,
     plan: &Plan,
-    hash: ContentHash,
+    id: ContentId,
     commit: &mpsc::UnboundedSender<Vec<StagedPart>>,
 ) -> Result<(), RestoreFailure> {
     let job = &shared.job;
-    let object = &plan.objects[&hash];
+    let object = plan.object(id);
+    let hash = object.hash;
     let file = shared.target(&plan.files[object.first_file]);
     let hex = hash.to_hex();
     let mut source = object
@@ -278,28 +285,25 @@ const BATCH_OBJECTS: usize = 64;
 
 /// One unit of the download phase's work.
 enum Fetch {
-    One(ContentHash),
+    One(ContentId),
     /// Small contents fetched, decoded, verified and staged in one blocking call (a blocking
     /// call each made thread hand-overs most of the work of restoring small files).
-    Batch(Vec<ContentHash>),
+    Batch(Vec<ContentId>),
 }
 
-/// The contents to fetch, in the order of their first files (the order files are placed in),
-/// taken as the downloads go rather than listed first (a list of a million contents and
-/// another of their batches were most of a large restore's memory): the small contents of a
-/// local location that one data path needs in batches, every other content a unit of its own.
+/// The contents to fetch, in hash order (for a local location, the order of its folders of
+/// objects), taken as the downloads go rather than listed first (a list of a million contents
+/// and another of their batches were most of a large restore's memory): the small contents of
+/// a local location that one data path needs in batches, every other content a unit of its
+/// own.
 fn fetches(shared: &Shared, plan: Arc<Plan>) -> impl Iterator<Item = Fetch> + Send + 'static {
     let local = coffer_format::object::is_local_folder(&shared.job.operator);
-    let mut next = 0;
+    let mut cursor = Cursor::default();
     let mut batch = Vec::new();
     std::iter::from_fn(move || {
-        while let Some(file) = plan.files.get(next) {
-            let index = next;
-            next += 1;
-            let Some(object) = plan.objects.get(&file.hash) else {
-                continue;
-            };
-            if object.first_file != index || object.needs.iter().all(|need| need.staged) {
+        while let Some(id) = plan.objects.next(&plan.files, &mut cursor) {
+            let object = plan.object(id);
+            if object.needs.iter().all(|need| need.staged) {
                 continue;
             }
             let batchable = local
@@ -307,9 +311,9 @@ fn fetches(shared: &Shared, plan: Arc<Plan>) -> impl Iterator<Item = Fetch> + Se
                 && object.needs.len() == 1
                 && object.needs.iter().all(|need| !need.staged);
             if !batchable {
-                return Some(Fetch::One(file.hash));
+                return Some(Fetch::One(id));
             }
-            batch.push(file.hash);
+            batch.push(id);
             if batch.len() == BATCH_OBJECTS {
                 return Some(Fetch::Batch(std::mem::take(&mut batch)));
             }
@@ -323,7 +327,7 @@ fn fetches(shared: &Shared, plan: Arc<Plan>) -> impl Iterator<Item = Fetch> + Se
 async fn stage_small_objects(
     shared: &Arc<Shared>,
     plan: &Arc<Plan>,
-    hashes: Vec<ContentHash>,
+    ids: Vec<ContentId>,
     commit: &mpsc::UnboundedSender<Vec<StagedPart>>,
 ) -> Result<(), RestoreFailure> {
     let worker = shared.clone();
@@ -332,9 +336,10 @@ async fn stage_small_objects(
     // fetch it again.
     let (parts, failure) = blocking(move || {
         let job = &worker.job;
-        let mut parts = Vec::with_capacity(hashes.len());
-        for hash in hashes {
-            let object = &plan.objects[&hash];
+        let mut parts = Vec::with_capacity(ids.len());
+        for id in ids {
+            let object = plan.object(id);
+            let hash = object.hash;
             let Some(need) = object.needs.first() else {
                 continue;
             };

@@ -304,6 +304,9 @@ struct PlannedFile {
     mtime_ns: i64,
     hash: ContentHash,
     target: Target,
+    /// For the last file of a data path that needs its content: whether an earlier attempt
+    /// staged that content there, verified (see [`objects`]).
+    staged: bool,
 }
 
 /// The result of planning.

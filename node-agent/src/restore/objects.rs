@@ -1,20 +1,22 @@
 //! The distinct contents a restore needs, where, and by how many files.
 //!
-//! Kept as one array sorted by hash rather than a hash map: a restore of a million files of
-//! distinct contents held a map of a million entries, about 185 bytes an entry with its
-//! buckets (two million of them) and one small allocation per content; the array costs the
-//! entries alone (about 80 bytes), and each content's single data path needs no allocation.
+//! Kept as the plan's file indexes sorted by content (4 bytes a file), each content's facts
+//! worked out from its run of files when asked, rather than a map from content to its plan: a
+//! restore of a million files of distinct contents held a map of a million entries, about 185
+//! bytes an entry with its buckets and one small allocation per content, more than the files
+//! themselves. Whether a content is staged already in a data path is a flag on the last file
+//! of the data path that needs it ([`PlannedFile::staged`]).
 
-use std::ops::{Deref, DerefMut, Index};
+use std::ops::{Deref, DerefMut};
 
 use coffer_format::ContentHash;
 
-use super::{PlannedFile, Target};
+use super::{Plan, PlannedFile, Target};
 
 /// Where one content is needed: in which data path, by how many files, whether a verified copy
 /// is staged there already, and the last file (in plan order) of the data path that needs it,
 /// which is placed from the staged content itself (the others from copies).
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Need {
     pub(super) data_path: usize,
     pub(super) files: u64,
@@ -64,13 +66,7 @@ impl Needs {
             last_file: index,
         };
         match self {
-            Needs::One(_) => {
-                let Needs::One(first) = std::mem::replace(self, Needs::Many(Vec::with_capacity(2)))
-                else {
-                    return;
-                };
-                *self = Needs::Many(vec![first, added]);
-            }
+            Needs::One(first) => *self = Needs::Many(vec![*first, added]),
             Needs::Many(needs) => needs.push(added),
         }
     }
@@ -79,77 +75,136 @@ impl Needs {
 /// One distinct content the restore needs (files already in place need none).
 #[derive(Debug)]
 pub(super) struct ObjectPlan {
+    pub(super) hash: ContentHash,
     pub(super) size: u64,
     /// Index of the first file with this content, to name it in errors.
     pub(super) first_file: usize,
     pub(super) needs: Needs,
 }
 
-/// The contents of a plan, sorted by hash.
+/// A content of the plan: where its run of files starts in [`Objects`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ContentId(usize);
+
+/// A position in a walk over the contents (see [`Objects::next`]).
 #[derive(Debug, Default)]
-pub(super) struct Objects(Vec<(ContentHash, ObjectPlan)>);
+pub(super) struct Cursor(usize);
+
+/// The contents of a plan: the indexes of its files that need content (not in place), sorted
+/// by hash, then plan order.
+#[derive(Debug, Default)]
+pub(super) struct Objects {
+    order: Vec<u32>,
+}
 
 impl Objects {
-    /// The contents the files not already in place need.
+    /// The contents the files not already in place need. `files` must hold fewer than
+    /// `u32::MAX` files (the plan refuses more).
     pub(super) fn of(files: &[PlannedFile]) -> Self {
-        let mut wanted: Vec<(ContentHash, usize)> = files
+        let prefix = |index: u32| -> u64 {
+            let hash = &files[index as usize].hash.0;
+            u64::from_be_bytes([
+                hash[0], hash[1], hash[2], hash[3], hash[4], hash[5], hash[6], hash[7],
+            ])
+        };
+        // Sorted by the hash's first 8 bytes (16 bytes a file while sorting, not 36), then
+        // runs of one prefix by the whole hash: almost always the files of one content, already
+        // in plan order.
+        let mut keyed: Vec<(u64, u32)> = files
             .iter()
             .enumerate()
             .filter(|(_, file)| file.target != Target::InPlace)
-            .map(|(index, file)| (file.hash, index))
+            .filter_map(|(index, _)| u32::try_from(index).ok())
+            .map(|index| (prefix(index), index))
             .collect();
-        // By hash, then plan order: each content's files come together, first to last.
-        wanted.sort_unstable();
-        let mut objects: Vec<(ContentHash, ObjectPlan)> = Vec::new();
-        for (hash, index) in wanted {
-            let file = &files[index];
-            match objects.last_mut() {
-                Some((last, object)) if *last == hash => object.needs.count(file.data_path, index),
-                _ => objects.push((
-                    hash,
-                    ObjectPlan {
-                        size: file.size,
-                        first_file: index,
-                        needs: Needs::One(Need {
-                            data_path: file.data_path,
-                            files: 1,
-                            staged: false,
-                            last_file: index,
-                        }),
-                    },
-                )),
+        keyed.sort_unstable();
+        let mut order: Vec<u32> = keyed.iter().map(|(_, index)| *index).collect();
+        drop(keyed);
+        let mut start = 0;
+        while start < order.len() {
+            let run_prefix = prefix(order[start]);
+            let end = start
+                + order[start..]
+                    .iter()
+                    .take_while(|index| prefix(**index) == run_prefix)
+                    .count();
+            let run = &mut order[start..end];
+            if run.len() > 1 {
+                run.sort_unstable_by_key(|index| (files[*index as usize].hash, *index));
             }
+            start = end;
         }
-        objects.shrink_to_fit();
-        Self(objects)
+        Self { order }
     }
 
-    /// The plan of the content `hash`.
-    pub(super) fn get(&self, hash: &ContentHash) -> Option<&ObjectPlan> {
-        self.0
-            .binary_search_by(|(key, _)| key.cmp(hash))
-            .ok()
-            .map(|found| &self.0[found].1)
+    /// The plan-order indexes of the files of the content `id`.
+    pub(super) fn files_of(&self, files: &[PlannedFile], id: ContentId) -> &[u32] {
+        let run = &self.order[id.0..];
+        let hash = files[run[0] as usize].hash;
+        let length = run
+            .iter()
+            .take_while(|index| files[**index as usize].hash == hash)
+            .count();
+        &run[..length]
     }
 
-    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&ContentHash, &mut ObjectPlan)> {
-        self.0.iter_mut().map(|(hash, object)| (&*hash, object))
+    /// Every content, in hash order.
+    pub(super) fn ids<'a>(
+        &'a self,
+        files: &'a [PlannedFile],
+    ) -> impl Iterator<Item = ContentId> + 'a {
+        let mut cursor = Cursor::default();
+        std::iter::from_fn(move || self.next(files, &mut cursor))
     }
 
-    pub(super) fn values(&self) -> impl Iterator<Item = &ObjectPlan> {
-        self.0.iter().map(|(_, object)| object)
+    /// The content at `cursor`, in hash order, moving it past that content: a walk over the
+    /// contents that borrows nothing between steps.
+    pub(super) fn next(&self, files: &[PlannedFile], cursor: &mut Cursor) -> Option<ContentId> {
+        if cursor.0 >= self.order.len() {
+            return None;
+        }
+        let id = ContentId(cursor.0);
+        cursor.0 += self.files_of(files, id).len();
+        Some(id)
+    }
+
+    /// The plan of the content `id`.
+    pub(super) fn plan(&self, files: &[PlannedFile], id: ContentId) -> ObjectPlan {
+        let run = self.files_of(files, id);
+        let first = &files[run[0] as usize];
+        let mut needs = Needs::One(Need {
+            data_path: first.data_path,
+            files: 1,
+            staged: false,
+            last_file: run[0] as usize,
+        });
+        for index in &run[1..] {
+            let index = *index as usize;
+            needs.count(files[index].data_path, index);
+        }
+        for need in needs.iter_mut() {
+            need.staged = files[need.last_file].staged;
+        }
+        ObjectPlan {
+            hash: first.hash,
+            size: first.size,
+            first_file: run[0] as usize,
+            needs,
+        }
     }
 }
 
-impl Index<&ContentHash> for Objects {
-    type Output = ObjectPlan;
+impl Plan {
+    /// The plan of the content `id`.
+    pub(super) fn object(&self, id: ContentId) -> ObjectPlan {
+        self.objects.plan(&self.files, id)
+    }
 
-    /// The plan of a content the plan has (every caller asks for one it listed).
-    fn index(&self, hash: &ContentHash) -> &ObjectPlan {
-        match self.get(hash) {
-            Some(object) => object,
-            None => panic!("content {} is not in the restore's plan", hash.to_hex()),
-        }
+    /// Every content's id and plan, in hash order.
+    pub(super) fn objects(&self) -> impl Iterator<Item = (ContentId, ObjectPlan)> + '_ {
+        self.objects
+            .ids(&self.files)
+            .map(|id| (id, self.objects.plan(&self.files, id)))
     }
 }
 
@@ -166,12 +221,13 @@ mod tests {
             mtime_ns: 0,
             hash: ContentHash([hash; 32]),
             target,
+            staged: false,
         }
     }
 
     #[test]
     fn contents_are_counted_per_data_path_with_their_first_and_last_files() {
-        let files = [
+        let mut files = vec![
             file(0, 7, Target::Absent),
             file(1, 3, Target::Absent),
             file(0, 7, Target::Absent),
@@ -179,23 +235,37 @@ mod tests {
             file(0, 9, Target::InPlace),
             file(0, 7, Target::Absent),
         ];
+        // Two contents that share their first 8 bytes are still told apart.
+        let mut twin = file(1, 7, Target::Absent);
+        twin.hash.0[31] = 0;
+        files.push(twin);
+        files[3].staged = true;
         let objects = Objects::of(&files);
-        assert_eq!(
-            objects.values().count(),
-            2,
-            "the content in place needs nothing"
-        );
-        assert!(objects.get(&ContentHash([9; 32])).is_none());
-        let seven = &objects[&ContentHash([7; 32])];
-        assert_eq!(seven.first_file, 0);
-        let needs: Vec<_> = seven
-            .needs
-            .iter()
-            .map(|need| (need.data_path, need.files, need.last_file))
+        let plans: Vec<ObjectPlan> = objects
+            .ids(&files)
+            .map(|id| objects.plan(&files, id))
             .collect();
-        assert_eq!(needs, [(0, 3, 5), (1, 1, 3)]);
-        let three = &objects[&ContentHash([3; 32])];
-        assert_eq!((three.first_file, three.needs.len()), (1, 1));
-        assert_eq!(three.needs[0].last_file, 1);
+        let summary: Vec<_> = plans
+            .iter()
+            .map(|plan| {
+                let needs: Vec<_> = plan
+                    .needs
+                    .iter()
+                    .map(|need| (need.data_path, need.files, need.last_file, need.staged))
+                    .collect();
+                (plan.hash.0[0], plan.hash.0[31], plan.first_file, needs)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (3, 3, 1, vec![(1, 1, 1, false)]),
+                (7, 0, 6, vec![(1, 1, 6, false)]),
+                (7, 7, 0, vec![(0, 3, 5, false), (1, 1, 3, true)]),
+            ],
+            "by hash; the content in place needs nothing"
+        );
+        let seven = objects.ids(&files).nth(2).expect("a third content");
+        assert_eq!(objects.files_of(&files, seven), [0, 2, 3, 5]);
     }
 }

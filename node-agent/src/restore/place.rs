@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::reserved::{STAGING_FOLDER, staging_folder};
 
 use super::plan::staging_exists;
-use super::{Plan, PlannedFile, RestoreFailure, Shared, Target};
+use super::{Plan, PlannedFile, RestoreFailure, Shared};
 
 /// Flags of a folder opened on the way to a target: never through a symbolic link.
 fn folder_flags() -> OFlags {
@@ -243,27 +243,16 @@ fn copy_name(hash: &ContentHash, index: usize) -> String {
 /// The staged name of each planned file, in plan order: one byte a file (a restore of a million
 /// files held a map of every content's last file and a name for every file).
 fn staged_names(plan: &Plan) -> Vec<StagedName> {
-    plan.files
-        .iter()
-        .enumerate()
-        .map(|(index, file)| {
-            if file.target == Target::InPlace {
-                return StagedName::InPlace;
-            }
-            let last = plan.objects.get(&file.hash).and_then(|object| {
-                object
-                    .needs
-                    .iter()
-                    .find(|need| need.data_path == file.data_path)
-                    .map(|need| need.last_file)
-            });
-            if last == Some(index) {
-                StagedName::Original
-            } else {
-                StagedName::Copy
-            }
-        })
-        .collect()
+    let mut names = vec![StagedName::InPlace; plan.files.len()];
+    for (id, object) in plan.objects() {
+        for index in plan.objects.files_of(&plan.files, id) {
+            names[*index as usize] = StagedName::Copy;
+        }
+        for need in object.needs.iter() {
+            names[need.last_file] = StagedName::Original;
+        }
+    }
+    names
 }
 
 fn placing_root<'a>(

@@ -80,28 +80,29 @@ pub(super) async fn plan(
     for file in files.iter().filter(|file| file.target == Target::InPlace) {
         shared.counters.files.done(1, file.size, true);
     }
-    let mut objects = Objects::of(&files);
-
-    // Content a previous attempt verified is staged already.
-    let objects = {
+    // The contents to fetch; those a previous attempt verified are staged already.
+    let (files, objects) = {
         let shared = shared.clone();
         blocking(move || {
-            find_staged(&shared, &mut objects)?;
-            Ok(objects)
+            let mut files = files;
+            let objects = Objects::of(&files);
+            find_staged(&shared, &mut files, &objects)?;
+            Ok((files, objects))
         })
         .await?
     };
-    for object in objects.values() {
-        for need in object.needs.iter().filter(|need| need.staged) {
-            shared.counters.files.done(need.files, object.size, true);
-        }
-    }
-    Ok(Plan {
+    let plan = Plan {
         files,
         objects,
         existing_files,
         existing_paths,
-    })
+    };
+    for (_, object) in plan.objects() {
+        for need in object.needs.iter().filter(|need| need.staged) {
+            shared.counters.files.done(need.files, object.size, true);
+        }
+    }
+    Ok(plan)
 }
 
 /// Streams the manifest: checks it is the one asked for, keeps the selected files and maps each
@@ -157,7 +158,15 @@ async fn read_selected(
             mtime_ns: entry.mtime_ns,
             hash: entry.hash,
             target: Target::Absent,
+            staged: false,
         });
+        if files.len() >= u32::MAX as usize {
+            return Err(RestoreFailure::Refused(format!(
+                "the manifest {} lists more than {} files: restore it in parts, with patterns",
+                job.manifest_path,
+                u32::MAX - 1
+            )));
+        }
     }
     refuse_contents_of_two_sizes(&source_prefixes, &files)?;
     refuse_files_used_as_folders(&source_prefixes, &files)?;
@@ -474,10 +483,17 @@ pub(super) fn staging_exists(data_path: &Path, backup_id: Uuid) -> Result<bool, 
 }
 
 /// Marks the needs whose content is staged, verified, by an earlier attempt.
-fn find_staged(shared: &Shared, objects: &mut Objects) -> Result<(), RestoreFailure> {
+fn find_staged(
+    shared: &Shared,
+    files: &mut [PlannedFile],
+    objects: &Objects,
+) -> Result<(), RestoreFailure> {
     let mut staging: HashMap<usize, bool> = HashMap::new();
-    for (hash, object) in objects.iter_mut() {
-        for need in object.needs.iter_mut() {
+    let ids: Vec<_> = objects.ids(files).collect();
+    for id in ids {
+        let object = objects.plan(files, id);
+        let hex = object.hash.to_hex();
+        for need in object.needs.iter() {
             let exists = match staging.get(&need.data_path) {
                 Some(exists) => *exists,
                 None => {
@@ -492,8 +508,8 @@ fn find_staged(shared: &Shared, objects: &mut Objects) -> Result<(), RestoreFail
             if !exists {
                 continue;
             }
-            let staged = shared.staging_folder(need.data_path).join(hash.to_hex());
-            need.staged = match fs::symlink_metadata(&staged) {
+            let staged = shared.staging_folder(need.data_path).join(&hex);
+            files[need.last_file].staged = match fs::symlink_metadata(&staged) {
                 Ok(metadata) => metadata.is_file() && metadata.len() == object.size,
                 Err(error) if error.kind() == io::ErrorKind::NotFound => false,
                 Err(error) => return Err(RestoreFailure::local("inspect", staged)(error)),
@@ -586,6 +602,7 @@ mod tests {
             mtime_ns: 0,
             hash: ContentHash([hash; 32]),
             target: Target::Absent,
+            staged: false,
         };
         let sources = prefixes(&["/src"]);
         let fine = [file("a", 1, 10), file("b", 2, 3), file("c", 1, 10)];
@@ -614,6 +631,7 @@ mod tests {
             mtime_ns: 0,
             hash: ContentHash([0; 32]),
             target: Target::Absent,
+            staged: false,
         };
         let sources = prefixes(&["/src"]);
         let fine = [file("a-b"), file("a/b"), file("a/c/d"), file("ab")];

@@ -22,7 +22,7 @@ struct Demand {
 /// (`overwrite`) free their space only once renamed over, so they are not counted as room.
 fn demands(shared: &Shared, plan: &Plan) -> Result<BTreeMap<u64, Demand>, RestoreFailure> {
     let mut per_data_path = vec![0u64; shared.job.data_paths.len()];
-    for object in plan.objects.values() {
+    for (_, object) in plan.objects() {
         for need in object.needs.iter() {
             let copies = need.files.saturating_sub(u64::from(need.staged));
             if let Some(total) = per_data_path.get_mut(need.data_path) {
