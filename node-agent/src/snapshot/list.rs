@@ -331,6 +331,13 @@ pub(crate) fn load(
 ) -> Result<Option<(FileList, Option<String>)>, SnapshotError> {
     let path = list_path(state_dir, tag);
     if !path.exists() {
+        // A walk cut short (the agent stopped during it) left its list unfinished: the
+        // snapshot's folders hold only part of the files.
+        if path.with_extension("files.tmp").exists() {
+            return Err(SnapshotError::Incomplete {
+                tag: tag.to_string(),
+            });
+        }
         return Ok(None);
     }
     let (mut reader, unlinked_for) = open_list(&path)?;
@@ -351,9 +358,16 @@ pub(crate) fn load(
     )))
 }
 
-/// Removes the list of the snapshot `tag`; returns whether there was one.
+/// Removes the list of the snapshot `tag` (and what a walk cut short by a crash left of one);
+/// returns whether there was a list.
 pub(crate) fn remove(state_dir: &Path, tag: &str) -> Result<bool, SnapshotError> {
     let path = list_path(state_dir, tag);
+    let temporary = path.with_extension("files.tmp");
+    match std::fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(SnapshotError::file("remove file list", temporary, source)),
+    }
     match std::fs::remove_file(&path) {
         Ok(()) => Ok(true),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -583,7 +597,18 @@ mod tests {
         });
         assert_eq!(loaded.to_vec().expect("to_vec"), sorted);
 
+        // What a walk cut short left goes with the list; alone, it is an unfinished snapshot.
+        let temporary = list_path(state.path(), "t1").with_extension("files.tmp");
+        std::fs::write(&temporary, b"cut short").expect("write");
+        assert!(load(state.path(), "t1").expect("a list").is_some());
+        std::fs::rename(list_path(state.path(), "t1"), state.path().join("kept")).expect("move");
+        assert!(matches!(
+            load(state.path(), "t1"),
+            Err(SnapshotError::Incomplete { .. })
+        ));
+        std::fs::rename(state.path().join("kept"), list_path(state.path(), "t1")).expect("move");
         assert!(remove(state.path(), "t1").expect("remove"));
+        assert!(!temporary.exists());
         assert!(load(state.path(), "t1").expect("load").is_none());
         assert!(!remove(state.path(), "t1").expect("remove again"));
     }
