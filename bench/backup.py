@@ -26,6 +26,9 @@ What it does:
         unchanged   an INCREMENTAL backup again, nothing changed since the last one;
         stat-floor  `find -printf '%i %s %T@'` over every node's data (the metadata any
                     incremental must read of every file), from the same cold or warm start;
+        cli-watch   `cofferctl backup start --incremental --watch`, in table mode and in JSON
+                    mode (nothing changed, cache warm): how long after the run's finishTime the
+                    command returns;
         restic-incremental
                     `restic backup` again of the same changed data, into the same repositories;
         restore     the data folders emptied, the FULL backup restored onto the same nodes,
@@ -969,8 +972,8 @@ RESTORE_MARKS = {"restored files placed": "files_placed", "restore finished": "r
 
 
 # The agent's lines that say where a run's time went, and the prefix their `*_ms` fields get.
-TIMING_LINES = {"snapshot walked": "snapshot", "unlinked files recorded": "snapshot",
-                "upload timings": "upload", "restored files placed": "restore"}
+TIMING_LINES = {"snapshot walked": "snapshot", "upload timings": "upload",
+                "restored files placed": "restore"}
 TIMING_FIELD = re.compile(r"\b(\w+)_ms=(\d+)")
 
 
@@ -1481,6 +1484,34 @@ class Bench:
             f"{mib(res['uploaded_bytes']):.1f} MiB, peak agent VmHWM {res['peak_agent_rss_mib']} MiB")
         return res
 
+    def cli_watch(self, t: dict) -> dict:
+        """How long after a run's end `cofferctl backup start --incremental --watch` returns, in
+        table mode and in JSON mode (an unchanged incremental each, page cache warm: only the
+        gap between the run's finishTime and the process's exit is the subject)."""
+        res: dict = {"modes": {}}
+        for mode in ("table", "json"):
+            argv = [str(RELEASE / "cofferctl"), "backup", "start", CLUSTER, "--location", t["location"],
+                    "--incremental", "--watch", "-o", mode, "--server", t["server_addr"]]
+            started = time.time()
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=self.args.run_timeout)
+            returned = time.time()
+            if p.returncode != 0:
+                res["modes"][mode] = {"error": f"exit {p.returncode}: {p.stderr.strip()[-300:]}"}
+                log(f"[{t['name']}] cli-watch {mode}: {res['modes'][mode]['error']}")
+                continue
+            runs = self.rpc(t, "coffer.v1.RunService/ListRuns", {"pageSize": 1}).get("runs", [])
+            run = runs[0] if runs else {}
+            created, finished = parse_ts(run.get("createTime")), parse_ts(run.get("finishTime"))
+            if not created or not finished or created < started - 1:
+                res["modes"][mode] = {"error": "the run it started was not found"}
+                continue
+            res["modes"][mode] = {"run_s": round(finished - created, 3),
+                                  "client_s": round(returned - started, 3),
+                                  "after_end_ms": round(1000 * (returned - finished), 1)}
+            log(f"[{t['name']}] cli-watch {mode}: the run took {finished - created:.3f} s, cofferctl "
+                f"returned {1000 * (returned - finished):.0f} ms after its end")
+        return res
+
     def stat_floor(self) -> dict:
         """Times `find -printf` reading every file's inode, size and mtime (what an incremental
         must learn of every file) after the same preparation as a measured phase."""
@@ -1925,6 +1956,7 @@ class Bench:
                     # The floor of any incremental that looks at every file: one stat of each,
                     # from the same cold (or warm) start.
                     record("stat-floor", self.stat_floor())
+                    record("cli-watch", self.cli_watch(t))
                 finally:
                     self.data.undo_mutate()
             else:
@@ -2103,6 +2135,14 @@ class Bench:
                 checks.append((name, what, f"{per:.2f} s per 100k", per <= 0.5))
             elif idle:
                 checks.append((name, what, "failed", False))
+            cli = ph.get("cli-watch")
+            for mode in ("table", "json") if cli else ():
+                m = cli["modes"].get(mode, {})
+                what = f"cofferctl --watch ({mode}) returns <= 100 ms after the run"
+                if "after_end_ms" in m:
+                    checks.append((name, what, f"{m['after_end_ms']:.0f} ms", m["after_end_ms"] <= 100))
+                else:
+                    checks.append((name, what, m.get("error", "not measured"), False))
             if not a.no_restore:
                 for tool, _, down in bases:
                     what = f"restore throughput >= 1.5x {tool}"

@@ -291,8 +291,8 @@ enum Fetch {
     Batch(Vec<ContentId>),
 }
 
-/// The contents to fetch, in hash order (for a local location, the order of its folders of
-/// objects), taken as the downloads go rather than listed first (a list of a million contents
+/// The contents to fetch, in the order of their first files (the order they were backed up
+/// in, and the order files are placed in), taken as the downloads go rather than listed first (a list of a million contents
 /// and another of their batches were most of a large restore's memory): the small contents of
 /// a local location that one data path needs in batches, every other content a unit of its
 /// own.
@@ -301,7 +301,7 @@ fn fetches(shared: &Shared, plan: Arc<Plan>) -> impl Iterator<Item = Fetch> + Se
     let mut cursor = Cursor::default();
     let mut batch = Vec::new();
     std::iter::from_fn(move || {
-        while let Some(id) = plan.objects.next(&plan.files, &mut cursor) {
+        while let Some(id) = plan.objects.next(&mut cursor) {
             let object = plan.object(id);
             if object.needs.iter().all(|need| need.staged) {
                 continue;

@@ -1,6 +1,7 @@
 //! The distinct contents a restore needs, where, and by how many files.
 //!
-//! Kept as the plan's file indexes sorted by content (4 bytes a file), each content's facts
+//! Kept as the plan's file indexes sorted by content (4 bytes a file, and 4 a content for the
+//! order of their first files), each content's facts
 //! worked out from its run of files when asked, rather than a map from content to its plan: a
 //! restore of a million files of distinct contents held a map of a million entries, about 185
 //! bytes an entry with its buckets and one small allocation per content, more than the files
@@ -91,10 +92,16 @@ pub(super) struct ContentId(usize);
 pub(super) struct Cursor(usize);
 
 /// The contents of a plan: the indexes of its files that need content (not in place), sorted
-/// by hash, then plan order.
+/// by hash, then plan order; and where each content's run starts, in the order of the
+/// contents' first files.
 #[derive(Debug, Default)]
 pub(super) struct Objects {
     order: Vec<u32>,
+    /// Fetching goes in this order, the order the files were walked and backed up in: a local
+    /// location holds the objects on disk in the order it wrote them, and a restore of a
+    /// million files that read them in hash order (all over the disk) downloaded for 248 s
+    /// instead of 93.
+    starts: Vec<u32>,
 }
 
 impl Objects {
@@ -134,7 +141,19 @@ impl Objects {
             }
             start = end;
         }
-        Self { order }
+        let mut starts = Vec::new();
+        let mut start = 0;
+        while start < order.len() {
+            starts.push(start as u32);
+            let hash = files[order[start] as usize].hash;
+            start += order[start..]
+                .iter()
+                .take_while(|index| files[**index as usize].hash == hash)
+                .count();
+        }
+        // A run's first entry is its content's first file.
+        starts.sort_unstable_by_key(|start| order[*start as usize]);
+        Self { order, starts }
     }
 
     /// The plan-order indexes of the files of the content `id`.
@@ -148,24 +167,17 @@ impl Objects {
         &run[..length]
     }
 
-    /// Every content, in hash order.
-    pub(super) fn ids<'a>(
-        &'a self,
-        files: &'a [PlannedFile],
-    ) -> impl Iterator<Item = ContentId> + 'a {
-        let mut cursor = Cursor::default();
-        std::iter::from_fn(move || self.next(files, &mut cursor))
+    /// Every content, in the order of their first files.
+    pub(super) fn ids(&self) -> impl Iterator<Item = ContentId> + '_ {
+        self.starts.iter().map(|start| ContentId(*start as usize))
     }
 
-    /// The content at `cursor`, in hash order, moving it past that content: a walk over the
-    /// contents that borrows nothing between steps.
-    pub(super) fn next(&self, files: &[PlannedFile], cursor: &mut Cursor) -> Option<ContentId> {
-        if cursor.0 >= self.order.len() {
-            return None;
-        }
-        let id = ContentId(cursor.0);
-        cursor.0 += self.files_of(files, id).len();
-        Some(id)
+    /// The content at `cursor`, in the order of their first files, moving it past that
+    /// content: a walk over the contents that borrows nothing between steps.
+    pub(super) fn next(&self, cursor: &mut Cursor) -> Option<ContentId> {
+        let start = self.starts.get(cursor.0)?;
+        cursor.0 += 1;
+        Some(ContentId(*start as usize))
     }
 
     /// The plan of the content `id`.
@@ -200,10 +212,10 @@ impl Plan {
         self.objects.plan(&self.files, id)
     }
 
-    /// Every content's id and plan, in hash order.
+    /// Every content's id and plan, in the order of their first files.
     pub(super) fn objects(&self) -> impl Iterator<Item = (ContentId, ObjectPlan)> + '_ {
         self.objects
-            .ids(&self.files)
+            .ids()
             .map(|id| (id, self.objects.plan(&self.files, id)))
     }
 }
@@ -241,10 +253,7 @@ mod tests {
         files.push(twin);
         files[3].staged = true;
         let objects = Objects::of(&files);
-        let plans: Vec<ObjectPlan> = objects
-            .ids(&files)
-            .map(|id| objects.plan(&files, id))
-            .collect();
+        let plans: Vec<ObjectPlan> = objects.ids().map(|id| objects.plan(&files, id)).collect();
         let summary: Vec<_> = plans
             .iter()
             .map(|plan| {
@@ -259,13 +268,13 @@ mod tests {
         assert_eq!(
             summary,
             [
+                (7, 7, 0, vec![(0, 3, 5, false), (1, 1, 3, true)]),
                 (3, 3, 1, vec![(1, 1, 1, false)]),
                 (7, 0, 6, vec![(1, 1, 6, false)]),
-                (7, 7, 0, vec![(0, 3, 5, false), (1, 1, 3, true)]),
             ],
-            "by hash; the content in place needs nothing"
+            "in the order of their first files; the content in place needs nothing"
         );
-        let seven = objects.ids(&files).nth(2).expect("a third content");
+        let seven = objects.ids().next().expect("a content");
         assert_eq!(objects.files_of(&files, seven), [0, 2, 3, 5]);
     }
 }

@@ -489,8 +489,7 @@ fn find_staged(
     objects: &Objects,
 ) -> Result<(), RestoreFailure> {
     let mut staging: HashMap<usize, bool> = HashMap::new();
-    let ids: Vec<_> = objects.ids(files).collect();
-    for id in ids {
+    for id in objects.ids() {
         let object = objects.plan(files, id);
         let hex = object.hash.to_hex();
         for need in object.needs.iter() {
