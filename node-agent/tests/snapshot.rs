@@ -11,6 +11,8 @@ use std::time::Duration;
 
 mod common;
 
+use common::snapshot_files;
+
 use coffer_agent::config::{AgentConfig, SnapshotConfig};
 use coffer_agent::reserved::SNAPSHOTS_FOLDER;
 use coffer_agent::snapshot::{ShellStep, SnapshotError, Snapshotter};
@@ -989,6 +991,37 @@ mod rpc {
         Err(tonic::Status::unknown("the stream ended without a summary"))
     }
 
+    /// The first `limit` entries of the node manifest at `path` in the node's fs location
+    /// `location_id`, whether there are more, and how many it lists.
+    async fn first_manifest_page(
+        node: &Node,
+        location_id: &str,
+        path: &str,
+        limit: usize,
+    ) -> (Vec<coffer_format::manifest::NodeManifestEntry>, bool, u64) {
+        let operator = coffer_format::open_operator(&coffer_format::StorageConfig {
+            location_id: location_id.into(),
+            name: location_id.into(),
+            scheme: "fs".into(),
+            options: [(
+                "root".to_string(),
+                node.side_file(location_id).display().to_string(),
+            )]
+            .into(),
+            secrets: Default::default(),
+        })
+        .expect("open location");
+        coffer_format::manifest::NodeManifestReader::read_page(
+            &operator,
+            path,
+            &coffer_format::object::Keyring::plain(),
+            0,
+            limit,
+        )
+        .await
+        .expect("read node manifest")
+    }
+
     fn create(tag: &str, incremental_location_id: &str) -> proto::CreateSnapshotRequest {
         proto::CreateSnapshotRequest {
             tag: tag.into(),
@@ -1161,27 +1194,8 @@ mod rpc {
         let progress = incremental.progress.expect("progress");
         assert_eq!((progress.files_total, progress.files_skipped), (5, 4));
         assert_eq!(progress.bytes_read, 8, "only the changed file is read");
-        let operator = coffer_format::open_operator(&coffer_format::StorageConfig {
-            location_id: "loc-a".into(),
-            name: "loc-a".into(),
-            scheme: "fs".into(),
-            options: [(
-                "root".to_string(),
-                node.side_file("loc-a").display().to_string(),
-            )]
-            .into(),
-            secrets: Default::default(),
-        })
-        .expect("open location");
-        let (entries, more, total) = coffer_format::manifest::NodeManifestReader::read_page(
-            &operator,
-            &incremental.manifest_path,
-            &coffer_format::object::Keyring::plain(),
-            0,
-            10,
-        )
-        .await
-        .expect("read node manifest");
+        let (entries, more, total) =
+            first_manifest_page(&node, "loc-a", &incremental.manifest_path, 10).await;
         assert_eq!(
             (entries.len(), more, total),
             (5, false, 5),
@@ -1274,27 +1288,7 @@ mod rpc {
             (progress.files_total, progress.files_done),
             (FILES as u64, FILES as u64)
         );
-        let operator = coffer_format::open_operator(&coffer_format::StorageConfig {
-            location_id: "loc-a".into(),
-            name: "loc-a".into(),
-            scheme: "fs".into(),
-            options: [(
-                "root".to_string(),
-                node.side_file("loc-a").display().to_string(),
-            )]
-            .into(),
-            secrets: Default::default(),
-        })
-        .expect("open location");
-        let (_, _, total) = coffer_format::manifest::NodeManifestReader::read_page(
-            &operator,
-            &full.manifest_path,
-            &coffer_format::object::Keyring::plain(),
-            0,
-            1,
-        )
-        .await
-        .expect("read node manifest");
+        let (_, _, total) = first_manifest_page(&node, "loc-a", &full.manifest_path, 1).await;
         assert_eq!(total, FILES as u64, "every file is in the manifest");
 
         // One file changed in the last chunk: everything else is vouched for.
@@ -1333,14 +1327,4 @@ mod rpc {
             "a file still there is kept"
         );
     }
-}
-
-/// The snapshot's files, sorted by data path index, then live path.
-fn snapshot_files(
-    snapshot: &coffer_agent::snapshot::Snapshot,
-) -> Vec<coffer_agent::snapshot::SnapshotFile> {
-    snapshot
-        .files
-        .to_vec()
-        .expect("read the snapshot's file list")
 }

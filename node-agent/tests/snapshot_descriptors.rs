@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 mod common;
 
+use common::snapshot_files;
+
 use coffer_agent::config::SnapshotConfig;
 use coffer_agent::snapshot::Snapshotter;
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
@@ -51,14 +53,4 @@ async fn a_folder_of_thousands_of_subfolders_is_walked_within_a_low_descriptor_l
         "every file linked"
     );
     assert!(snapshotter.delete("many-folders").await.expect("delete"));
-}
-
-/// The snapshot's files, sorted by data path index, then live path.
-fn snapshot_files(
-    snapshot: &coffer_agent::snapshot::Snapshot,
-) -> Vec<coffer_agent::snapshot::SnapshotFile> {
-    snapshot
-        .files
-        .to_vec()
-        .expect("read the snapshot's file list")
 }

@@ -145,11 +145,7 @@ impl Objects {
         let mut start = 0;
         while start < order.len() {
             starts.push(start as u32);
-            let hash = files[order[start] as usize].hash;
-            start += order[start..]
-                .iter()
-                .take_while(|index| files[**index as usize].hash == hash)
-                .count();
+            start += run_length(&order[start..], files);
         }
         // A run's first entry is its content's first file.
         starts.sort_unstable_by_key(|start| order[*start as usize]);
@@ -159,12 +155,7 @@ impl Objects {
     /// The plan-order indexes of the files of the content `id`.
     pub(super) fn files_of(&self, files: &[PlannedFile], id: ContentId) -> &[u32] {
         let run = &self.order[id.0..];
-        let hash = files[run[0] as usize].hash;
-        let length = run
-            .iter()
-            .take_while(|index| files[**index as usize].hash == hash)
-            .count();
-        &run[..length]
+        &run[..run_length(run, files)]
     }
 
     /// Every content, in the order of their first files.
@@ -204,6 +195,17 @@ impl Objects {
             needs,
         }
     }
+}
+
+/// How many of the indexes `run` starts with are files of the content of its first.
+fn run_length(run: &[u32], files: &[PlannedFile]) -> usize {
+    let Some(first) = run.first() else {
+        return 0;
+    };
+    let hash = files[*first as usize].hash;
+    run.iter()
+        .take_while(|index| files[**index as usize].hash == hash)
+        .count()
 }
 
 impl Plan {

@@ -669,13 +669,10 @@ pub(crate) fn load(
     tag: &str,
 ) -> Result<(FileList, Option<String>), SnapshotError> {
     if let Some((files, unlinked_for)) = list::load(&settings.state_dir, tag)? {
-        let any_folder = settings
-            .data_paths
-            .iter()
-            .map(|data_path| is_folder(&tag_folder(data_path, tag)))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .any(|found| found);
+        let mut any_folder = false;
+        for data_path in &settings.data_paths {
+            any_folder |= is_folder(&tag_folder(data_path, tag))?;
+        }
         if !any_folder {
             return Err(SnapshotError::NotFound {
                 tag: tag.to_string(),

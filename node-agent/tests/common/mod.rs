@@ -27,3 +27,14 @@ pub fn agent_config(
         snapshot,
     }
 }
+
+/// The snapshot's files, sorted by data path index, then live path.
+#[allow(dead_code)] // Not every test binary takes snapshots.
+pub fn snapshot_files(
+    snapshot: &coffer_agent::snapshot::Snapshot,
+) -> Vec<coffer_agent::snapshot::SnapshotFile> {
+    snapshot
+        .files
+        .to_vec()
+        .expect("read the snapshot's file list")
+}
