@@ -847,6 +847,42 @@ async fn an_incremental_dir_snapshot_links_only_what_the_journal_cannot_vouch_fo
     assert_eq!(restarted.list_tags(), vec!["inc-1".to_string()]);
     assert_eq!(restarted.load("inc-1").await.expect("load"), snapshot);
 
+    // A snapshot an older agent took has no file list but a record of its unlinked files: it
+    // loads from its links and that record, the same files.
+    let list = node.state_dir().join("snapshots/inc-1.files");
+    let kept = node.state_dir().join("inc-1.files.kept");
+    fs::rename(&list, &kept).expect("move the list aside");
+    let record = serde_json::json!({
+        "location_id": "loc-a",
+        "files": listed
+            .iter()
+            .filter(|file| file.stored_hash.is_some())
+            .map(|file| {
+                let data_path = &node.data_paths[file.data_path_index];
+                serde_json::json!({
+                    "data_path": data_path,
+                    "live": file.live_path.strip_prefix(data_path).expect("below its data path"),
+                    "size": file.size,
+                    "mode": file.mode,
+                    "mtime_ns": file.mtime_ns,
+                    "inode": file.inode,
+                    "hash": file.stored_hash.expect("unlinked").to_hex(),
+                })
+            })
+            .collect::<Vec<_>>(),
+    });
+    let old_record = node.state_dir().join("snapshots/inc-1.unlinked.json");
+    fs::write(&old_record, record.to_string()).expect("write the old record");
+    let loaded = node
+        .snapshotter(dir_provider(None, None))
+        .load("inc-1")
+        .await
+        .expect("load an older agent's snapshot");
+    assert_eq!(loaded.unlinked_for.as_deref(), Some("loc-a"));
+    assert_eq!(snapshot_files(&loaded), listed);
+    fs::remove_file(&old_record).expect("remove the old record");
+    fs::rename(&kept, &list).expect("put the list back");
+
     // A snapshot for a full backup links everything, whatever the journal knows.
     let full = restarted.create("full-1").await.expect("create full");
     assert_eq!(full.unlinked_for, None);
