@@ -151,14 +151,21 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
     let ready = async {
         ensure_dev_cluster(&coffer, agent_address).await?;
         ensure_dev_location(&coffer, &storage).await?;
-        match server_config.status_listen {
-            Some(address) => coffer_server::status::http::start(&coffer, address, shutdown.clone())
-                .await
-                .map(|(bound, task)| (Some(bound), Some(task))),
-            None => Ok((None, None)),
-        }
+        let metrics = match server_config.metrics_listen {
+            Some(address) => Some(
+                coffer_server::metrics::start_endpoint(&coffer, address, shutdown.clone()).await?,
+            ),
+            None => None,
+        };
+        let status = match server_config.status_listen {
+            Some(address) => {
+                Some(coffer_server::status::http::start(&coffer, address, shutdown.clone()).await?)
+            }
+            None => None,
+        };
+        anyhow::Ok((metrics, status))
     };
-    let (status_address, status_task) = match ready.await {
+    let (metrics, status) = match ready.await {
         Ok(started) => started,
         Err(error) => {
             shutdown.cancel();
@@ -173,10 +180,9 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
             "http"
         },
         &dir,
-        &storage,
-        &data,
         &server_config.admin_token_file,
-        status_address,
+        metrics.as_ref().map(|(bound, _)| *bound),
+        status.as_ref().map(|(bound, _)| *bound),
     );
 
     tokio::select! {
@@ -185,10 +191,13 @@ pub async fn run(args: DevArgs, options: ServerOptions, dump_config: bool) -> an
     }
     shutdown.cancel();
     let (agent_result, server_result) = tokio::join!(agent_task, server_task);
-    if let Some(task) = status_task
-        && let Err(error) = task.await
+    for (what, task) in [("metrics endpoint", metrics), ("status page", status)]
+        .into_iter()
+        .filter_map(|(what, served)| Some((what, served?.1)))
     {
-        tracing::warn!(%error, "status page task");
+        if let Err(error) = task.await {
+            tracing::warn!(%error, "{what} task");
+        }
     }
     coffer.close().await;
     agent_result.context("join agent")?.context("agent")?;
@@ -293,14 +302,17 @@ fn print_welcome(
     server: SocketAddr,
     scheme: &str,
     dir: &Path,
-    storage: &Path,
-    data: &Path,
     token: &Path,
+    metrics: Option<SocketAddr>,
     status: Option<SocketAddr>,
 ) {
     let status = match status {
         Some(address) => format!("{scheme}://{address}/ (sign in with the admin token)"),
         None => "off".into(),
+    };
+    let metrics = match metrics {
+        Some(address) => format!("http://{address}/metrics"),
+        None => "off (--metrics-listen 127.0.0.1:9464 serves them)".into(),
     };
     // First line as every Coffer process: scripts and tests read the bound address from it.
     coffer_process::announce(&format!("coffer-server listening on {scheme}://{server}"));
@@ -312,6 +324,7 @@ Coffer dev mode is running (Ctrl-C stops it).
   catalog        {catalog}
   admin token    {token} (cofferctl run here finds it)
   status page    {status}
+  metrics        {metrics}
   cluster        dev: one node, its agent embedded here, data in {data}
   location       dev-fs: {storage}
 
@@ -324,7 +337,7 @@ Talk to it:
 ",
         catalog = dir.join("catalog.db").display(),
         token = token.display(),
-        data = data.display(),
-        storage = storage.display(),
+        data = dir.join("data").display(),
+        storage = dir.join("storage").display(),
     ));
 }

@@ -145,23 +145,11 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let metrics_stop = tokio_util::sync::CancellationToken::new();
     let metrics_server = match config.metrics_listen {
         None => None,
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("bind metrics address {address}"))?;
-            let bound = listener
-                .local_addr()
-                .context("read bound metrics address")?;
-            tracing::info!(address = %bound, "metrics serving");
-            let metrics = coffer.metrics().await.context("read the metrics' start")?;
-            let render: coffer_process::http::Render =
-                std::sync::Arc::new(move || metrics.render());
-            Some(tokio::spawn(coffer_process::http::serve_metrics(
-                listener,
-                render,
-                metrics_stop.clone(),
-            )))
-        }
+        Some(address) => Some(
+            coffer_server::metrics::start_endpoint(&coffer, address, metrics_stop.clone())
+                .await?
+                .1,
+        ),
     };
     let status_server = match config.status_listen {
         None => None,

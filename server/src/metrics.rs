@@ -612,3 +612,24 @@ impl Metrics {
         text
     }
 }
+
+/// Binds `address` and serves `coffer`'s metrics at `GET /metrics` until `stop` fires; the bound
+/// address (port 0 picks one) is logged as `metrics serving` and returned.
+pub async fn start_endpoint(
+    coffer: &crate::Coffer,
+    address: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("bind metrics address {address}"))?;
+    let bound = listener
+        .local_addr()
+        .context("read bound metrics address")?;
+    let metrics = coffer.metrics().await.context("read the metrics' start")?;
+    let render: coffer_process::http::Render = Arc::new(move || metrics.render());
+    tracing::info!(address = %bound, "metrics serving");
+    let task = tokio::spawn(coffer_process::http::serve_metrics(listener, render, stop));
+    Ok((bound, task))
+}

@@ -14,6 +14,8 @@ async fn start_dev(dir: &std::path::Path, log: &std::path::Path) -> Process {
         .arg("--agent-listen")
         .arg("127.0.0.1:0")
         .arg("--status-listen")
+        .arg("127.0.0.1:0")
+        .arg("--metrics-listen")
         .arg("127.0.0.1:0");
     Process::start(command, log).await
 }
@@ -125,6 +127,18 @@ async fn dev_mode_runs_a_registered_dev_cluster_and_keeps_it_across_restarts() {
     let report: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
     assert_eq!(report["clusters"][0]["name"], "dev", "{report}");
     assert_eq!(report["backups"][0]["files"], 3, "{report}");
+    // --metrics-listen is served in dev mode as by a plain server, counting that backup.
+    let metrics = crate::metrics::metrics_address(&root.path().join("dev.log")).await;
+    let (status_line, scrape) = crate::metrics::get(&metrics, "/metrics").await;
+    assert!(status_line.contains("200"), "{status_line}");
+    assert_eq!(
+        crate::metrics::sample(
+            &scrape,
+            "coffer_runs_finished_total{kind=\"backup\",outcome=\"succeeded\"}"
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
     dev.stop().await;
     // The folder is the user's from then on: nothing is seeded again.
     std::fs::remove_file(data.join("hello.txt")).expect("remove");
