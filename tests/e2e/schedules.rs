@@ -521,7 +521,9 @@ async fn failed_runs_are_retried_with_backoff_across_a_kill_9_of_the_server() {
 
     // kill -9 and start again: the retry is still pending, at the same time.
     setup.server.process.kill().await;
-    let server = TestServer::start_with(root.path(), &setup.clock.server_args()).await;
+    let mut args = setup.clock.server_args().to_vec();
+    args.extend(["--metrics-listen", "127.0.0.1:0"]);
+    let server = TestServer::start_with(root.path(), &args).await;
     let client = server.client().await;
     assert_eq!(
         ms(get(&client, "daily").await.retry_time.as_ref()),
@@ -560,6 +562,17 @@ async fn failed_runs_are_retried_with_backoff_across_a_kill_9_of_the_server() {
     let (_, schedule) = followed_up(&client, "daily", &both[0]).await;
     assert_eq!(schedule.last_error, "");
     assert_eq!(schedule.retry_time, None);
+    // The restarted server counted the retry's fire as a retry, and no first fire.
+    let metrics = crate::metrics::metrics_address(&root.path().join("server.log")).await;
+    let (_, scrape) = crate::metrics::get(&metrics, "/metrics").await;
+    let fires_counted = |attempt: &str| {
+        crate::metrics::sample(
+            &scrape,
+            &format!("coffer_schedule_fires_total{{outcome=\"started\",attempt=\"{attempt}\"}}"),
+        )
+    };
+    assert_eq!(fires_counted("retry"), Some(1.0), "{scrape}");
+    assert_eq!(fires_counted("first"), None, "{scrape}");
     // Restarting again repeats nothing.
     server.process.kill().await;
     let server = TestServer::start_with(root.path(), &setup.clock.server_args()).await;
