@@ -707,10 +707,10 @@ class Procs:
     def stop(self, proc: Proc, timeout: float = 15) -> None:
         if proc.alive():
             try:
-                # Under strace (--strace-agent): stop the traced program, strace then writes its
-                # summary and exits by itself.
+                # Under strace or heaptrack (--strace-agent, --heaptrack-agent): stop the traced
+                # program, the tracer then writes its summary and exits by itself.
                 targets = [proc.pid]
-                if Path(proc.popen.args[0]).name == "strace":
+                if Path(proc.popen.args[0]).name in ("strace", "heaptrack"):
                     kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
                     targets = [int(k) for k in kids] or targets
                 for pid in targets:
@@ -1207,6 +1207,10 @@ class Bench:
             t["strace_count"] = t.get("strace_count", 0) + 1
             out = self.logs / t["name"] / f"agent-0.strace-{t['strace_count']}"
             argv = ["strace", "-c", "-f", "-o", str(out)] + argv
+        elif self.args.heaptrack_agent and n == 0:
+            t["heaptrack_count"] = t.get("heaptrack_count", 0) + 1
+            out = self.logs / t["name"] / f"agent-0.heaptrack-{t['heaptrack_count']}"
+            argv = ["heaptrack", "-o", str(out)] + argv
         proc = self.procs.start(f"agent-{n}", argv, self.logs / t["name"] / f"agent-{n}.log",
                                 env=self.agent_env(), announce=r"coffer-agent listening on (http://\S+)")
         self.sampler.track(f"agent-{n}", proc.pid)
@@ -2337,6 +2341,10 @@ def main() -> int:
     ap.add_argument("--fs-dest", metavar="DIR",
                     help="put the fs target's Coffer location and rclone copy under DIR instead of "
                          "the work folder (e.g. /dev/shm to take the destination disk out)")
+    ap.add_argument("--heaptrack-agent", action="store_true",
+                    help="diagnostic: run agent 0 under heaptrack (its allocations in "
+                         "logs/<target>/agent-0.heaptrack-<n>.zst, read with heaptrack_print); its "
+                         "memory figure is then heaptrack's and its timings are distorted")
     ap.add_argument("--strace-agent", action="store_true",
                     help="diagnostic: run agent 0 under `strace -c -f` (syscall counts in "
                          "logs/<target>/agent-0.strace-<phase>); distorts that agent's timings")

@@ -65,15 +65,26 @@ const COMMIT_BYTES: u64 = 64 * 1024 * 1024;
 /// ... or this many files wait.
 const COMMIT_FILES: usize = 1000;
 
-/// A verified download (or copy) waiting to be committed as `<hash>`.
+/// Verified parts waiting for the committer, in messages of up to [`BATCH_OBJECTS`] parts:
+/// downloads wait when this many are queued, so a committer slower than the downloads holds
+/// them back instead of a queue that grows with the number of files.
+const COMMIT_QUEUE: usize = 64;
+
+/// A verified download (or copy) waiting to be committed: `<hash>.part` in its data path's
+/// staging folder, to be named `<hash>`. No paths: they are derived when committed (two per
+/// part were most of a million-file restore's queue).
 #[derive(Debug)]
 struct StagedPart {
     data_path: usize,
-    part: PathBuf,
-    staged: PathBuf,
+    hash: ContentHash,
     /// Files of the plan it serves, and its size: counted as done once committed.
     files: u64,
     size: u64,
+}
+
+/// The name a content is downloaded to in a staging folder, until it is committed.
+fn part_name(hex: &str) -> String {
+    format!("{hex}.part")
 }
 
 pub(super) async fn download_all(
@@ -82,7 +93,7 @@ pub(super) async fn download_all(
     cancel: &CancellationToken,
 ) -> Result<(), RestoreFailure> {
     let batches = fetches(shared, plan.clone());
-    let (commit, to_commit) = mpsc::unbounded_channel();
+    let (commit, to_commit) = mpsc::channel(COMMIT_QUEUE);
     // Ends when every sender is gone (the downloads finished, failed or were cancelled), after
     // committing what was verified: a later attempt does not fetch it again.
     let committer = tokio::spawn(commit_staged(shared.clone(), to_commit));
@@ -135,8 +146,11 @@ pub(super) async fn download_all(
 /// limit), then each part is renamed to `<hash>`. Downloads go on meanwhile.
 async fn commit_staged(
     shared: Arc<Shared>,
-    mut parts: mpsc::UnboundedReceiver<Vec<StagedPart>>,
+    mut parts: mpsc::Receiver<Vec<StagedPart>>,
 ) -> Result<(), RestoreFailure> {
+    let folders: Arc<[PathBuf]> = (0..shared.job.data_paths.len())
+        .map(|data_path| shared.staging_folder(data_path))
+        .collect();
     let mut pending: Vec<StagedPart> = Vec::new();
     let mut pending_bytes = 0u64;
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -146,8 +160,8 @@ async fn commit_staged(
             None => Some(parts.recv().await),
             Some(at) => tokio::time::timeout_at(at, parts.recv()).await.ok(),
         };
-        let closed = matches!(received, Some(None));
         let timed_out = received.is_none();
+        let mut closed = matches!(received, Some(None));
         if let Some(Some(batch)) = received {
             if pending.is_empty() {
                 deadline = Some(tokio::time::Instant::now() + COMMIT_INTERVAL);
@@ -158,11 +172,25 @@ async fn commit_staged(
         let due =
             timed_out || closed || pending_bytes >= COMMIT_BYTES || pending.len() >= COMMIT_FILES;
         if due && !pending.is_empty() {
+            // What queued while the last batch was committed joins this one: one sync for all.
+            loop {
+                match parts.try_recv() {
+                    Ok(batch) => {
+                        pending.extend(batch);
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
             let batch = std::mem::take(&mut pending);
             pending_bytes = 0;
             deadline = None;
             let data_paths = shared.job.data_paths.clone();
-            let batch = blocking(move || commit_batch(&data_paths, batch)).await?;
+            let folders = folders.clone();
+            let batch = blocking(move || commit_batch(&data_paths, &folders, batch)).await?;
             for part in batch {
                 shared.counters.files.done(part.files, part.size, false);
             }
@@ -173,9 +201,11 @@ async fn commit_staged(
     }
 }
 
-/// Syncs the filesystem of each data path the batch is staged in, then names each part.
+/// Syncs the filesystem of each data path the batch is staged in, then names each part (in the
+/// staging folder `folders[data_path]`).
 fn commit_batch(
     data_paths: &[PathBuf],
+    folders: &[PathBuf],
     batch: Vec<StagedPart>,
 ) -> Result<Vec<StagedPart>, RestoreFailure> {
     let used: std::collections::BTreeSet<usize> = batch.iter().map(|part| part.data_path).collect();
@@ -186,8 +216,10 @@ fn commit_batch(
             .map_err(|error| RestoreFailure::local("sync the filesystem of", path)(error.into()))?;
     }
     for part in &batch {
-        fs::rename(&part.part, &part.staged)
-            .map_err(RestoreFailure::local("rename", &part.part))?;
+        let folder = &folders[part.data_path];
+        let hex = part.hash.to_hex();
+        let from = folder.join(part_name(&hex));
+        fs::rename(&from, folder.join(&hex)).map_err(RestoreFailure::local("rename", &from))?;
     }
     Ok(batch)
 }
@@ -198,12 +230,12 @@ async fn stage_object(
     shared: &Shared,
     plan: &Plan,
     id: ContentId,
-    commit: &mpsc::UnboundedSender<Vec<StagedPart>>,
+    commit: &mpsc::Sender<Vec<StagedPart>>,
 ) -> Result<(), RestoreFailure> {
     let job = &shared.job;
     let object = plan.object(id);
     let hash = object.hash;
-    let file = shared.target(&plan.files[object.first_file]);
+    let file = shared.target(plan.files.paths(), &plan.files[object.first_file]);
     let hex = hash.to_hex();
     let mut source = object
         .needs
@@ -213,8 +245,7 @@ async fn stage_object(
     let mut parts = Vec::new();
     for need in object.needs.iter().filter(|need| !need.staged) {
         let folder = shared.staging_folder(need.data_path);
-        let part = folder.join(format!("{hex}.part"));
-        let staged = folder.join(&hex);
+        let part = folder.join(part_name(&hex));
         match &source {
             None => {
                 let object_path = shared.layout.object(&hash);
@@ -251,26 +282,25 @@ async fn stage_object(
             }
         }
         // Copies for other data paths read this part before the committer renames it.
-        source = Some(part.clone());
+        source = Some(part);
         parts.push(StagedPart {
             data_path: need.data_path,
-            part,
-            staged,
+            hash,
             files: need.files,
             size: object.size,
         });
     }
-    hand_to_committer(shared, commit, parts)
+    hand_to_committer(shared, commit, parts).await
 }
 
 /// Hands verified parts to the committer, which has stopped only if it failed (its error is
 /// the one reported).
-fn hand_to_committer(
+async fn hand_to_committer(
     shared: &Shared,
-    commit: &mpsc::UnboundedSender<Vec<StagedPart>>,
+    commit: &mpsc::Sender<Vec<StagedPart>>,
     parts: Vec<StagedPart>,
 ) -> Result<(), RestoreFailure> {
-    commit.send(parts).map_err(|_| RestoreFailure::Local {
+    commit.send(parts).await.map_err(|_| RestoreFailure::Local {
         action: "commit",
         path: shared.staging_folder(0),
         source: io::Error::other("the committer stopped"),
@@ -328,7 +358,7 @@ async fn stage_small_objects(
     shared: &Arc<Shared>,
     plan: &Arc<Plan>,
     ids: Vec<ContentId>,
-    commit: &mpsc::UnboundedSender<Vec<StagedPart>>,
+    commit: &mpsc::Sender<Vec<StagedPart>>,
 ) -> Result<(), RestoreFailure> {
     let worker = shared.clone();
     let plan = plan.clone();
@@ -345,7 +375,7 @@ async fn stage_small_objects(
             };
             let hex = hash.to_hex();
             let folder = worker.staging_folder(need.data_path);
-            let part = folder.join(format!("{hex}.part"));
+            let part = folder.join(part_name(&hex));
             let downloaded = match coffer_format::object::download_local_object(
                 &job.operator,
                 &worker.layout.object(&hash),
@@ -357,7 +387,7 @@ async fn stage_small_objects(
             ) {
                 Ok(downloaded) => downloaded,
                 Err(source) => {
-                    let file = worker.target(&plan.files[object.first_file]);
+                    let file = worker.target(plan.files.paths(), &plan.files[object.first_file]);
                     return Ok((parts, Some(download_failure(&worker, file, hash, source))));
                 }
             };
@@ -368,7 +398,7 @@ async fn stage_small_objects(
             if downloaded.size != object.size {
                 let _ = fs::remove_file(&part);
                 let failure = RestoreFailure::SizeMismatch {
-                    file: worker.target(&plan.files[object.first_file]),
+                    file: worker.target(plan.files.paths(), &plan.files[object.first_file]),
                     hash,
                     expected: object.size,
                     actual: downloaded.size,
@@ -377,8 +407,7 @@ async fn stage_small_objects(
             }
             parts.push(StagedPart {
                 data_path: need.data_path,
-                part,
-                staged: folder.join(&hex),
+                hash,
                 files: need.files,
                 size: object.size,
             });
@@ -386,7 +415,7 @@ async fn stage_small_objects(
         Ok((parts, None))
     })
     .await?;
-    hand_to_committer(shared, commit, parts)?;
+    hand_to_committer(shared, commit, parts).await?;
     failure.map_or(Ok(()), Err)
 }
 

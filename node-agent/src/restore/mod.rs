@@ -68,6 +68,7 @@ use crate::progress::{FileCounters, ProgressReporter};
 use crate::reserved::{STAGING_FOLDER, staging_folder};
 
 mod download;
+mod files;
 mod hook;
 mod objects;
 mod place;
@@ -75,6 +76,7 @@ mod plan;
 mod space;
 
 use download::{create_staging_folders, download_all};
+use files::{Paths, PlannedFile, PlannedFiles, Target};
 use hook::run_hook;
 use objects::Objects;
 use place::place_all;
@@ -280,39 +282,10 @@ impl Counters {
     }
 }
 
-/// What is at a file's target path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    /// Nothing.
-    Absent,
-    /// A regular file: replaced with `overwrite`, refused without it.
-    Existing,
-    /// With `overwrite`, the backup's file itself (same size, time and content): nothing to
-    /// fetch, only its mode is set.
-    InPlace,
-}
-
-/// One selected file of the manifest.
-#[derive(Debug)]
-struct PlannedFile {
-    /// Index of its data path, the backup's and this node's.
-    data_path: usize,
-    /// Its path below the data path: normal components joined by `/`.
-    relative: Box<str>,
-    size: u64,
-    mode: u32,
-    mtime_ns: i64,
-    hash: ContentHash,
-    target: Target,
-    /// For the last file of a data path that needs its content: whether an earlier attempt
-    /// staged that content there, verified (see [`objects`]).
-    staged: bool,
-}
-
 /// The result of planning.
 #[derive(Debug)]
 struct Plan {
-    files: Vec<PlannedFile>,
+    files: PlannedFiles,
     objects: Objects,
     existing_files: u64,
     existing_paths: Vec<String>,
@@ -337,8 +310,9 @@ impl Shared {
         self.phase.store(phase.into(), Ordering::Relaxed);
     }
 
-    fn target(&self, file: &PlannedFile) -> PathBuf {
-        self.job.data_paths[file.data_path].join(&*file.relative)
+    /// Where `file` (with its path in `paths`) is restored to.
+    fn target(&self, paths: &Paths, file: &PlannedFile) -> PathBuf {
+        self.job.data_paths[file.data_path].join(paths.of(file))
     }
 
     fn staging_folder(&self, data_path: usize) -> PathBuf {

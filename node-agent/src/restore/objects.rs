@@ -224,35 +224,24 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
+    use super::super::files::tests::planned;
     use super::*;
-
-    fn file(data_path: usize, hash: u8, target: Target) -> PlannedFile {
-        PlannedFile {
-            data_path,
-            relative: format!("f{hash}").into(),
-            size: u64::from(hash),
-            mode: 0o644,
-            mtime_ns: 0,
-            hash: ContentHash([hash; 32]),
-            target,
-            staged: false,
-        }
-    }
 
     #[test]
     fn contents_are_counted_per_data_path_with_their_first_and_last_files() {
-        let mut files = vec![
-            file(0, 7, Target::Absent),
-            file(1, 3, Target::Absent),
-            file(0, 7, Target::Absent),
-            file(1, 7, Target::Existing),
-            file(0, 9, Target::InPlace),
-            file(0, 7, Target::Absent),
-        ];
+        let mut files = planned(&[
+            ("a", 0, 7),
+            ("b", 1, 3),
+            ("c", 0, 7),
+            ("d", 1, 7),
+            ("e", 0, 9),
+            ("f", 0, 7),
+            ("g", 1, 7),
+        ]);
+        files[3].target = Target::Existing;
+        files[4].target = Target::InPlace;
         // Two contents that share their first 8 bytes are still told apart.
-        let mut twin = file(1, 7, Target::Absent);
-        twin.hash.0[31] = 0;
-        files.push(twin);
+        files[6].hash.0[31] = 0;
         files[3].staged = true;
         let objects = Objects::of(&files);
         let plans: Vec<ObjectPlan> = objects.ids().map(|id| objects.plan(&files, id)).collect();

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::reserved::{STAGING_FOLDER, staging_folder};
 
 use super::plan::staging_exists;
-use super::{Plan, PlannedFile, RestoreFailure, Shared};
+use super::{Paths, Plan, PlannedFile, RestoreFailure, Shared};
 
 /// Flags of a folder opened on the way to a target: never through a symbolic link.
 fn folder_flags() -> OFlags {
@@ -165,7 +165,7 @@ const PLACERS: usize = 4;
 pub(super) fn place_all(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailure> {
     let job = &shared.job;
     let mut roots: Vec<Option<PlacingRoot>> = job.data_paths.iter().map(|_| None).collect();
-    for file in &plan.files {
+    for file in plan.files.iter() {
         if roots[file.data_path].is_none() {
             roots[file.data_path] = Some(open_root(shared, file.data_path)?);
         }
@@ -177,7 +177,7 @@ pub(super) fn place_all(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailu
         if *name != StagedName::Copy {
             continue;
         }
-        let root = placing_root(&roots, file)?;
+        let root = placing_root(&roots, shared, file)?;
         let staging = root_staging(root)?;
         let hex = file.hash.to_hex();
         copy_staged(staging, &hex, &copy_name(&file.hash, index))
@@ -193,7 +193,8 @@ pub(super) fn place_all(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailu
             .map(|(share, (files, names))| {
                 let first = share * chunk;
                 let roots = &roots;
-                scope.spawn(move || place_files(shared, roots, first, files, names))
+                let paths = plan.files.paths();
+                scope.spawn(move || place_files(shared, roots, paths, first, files, names))
             })
             .collect();
         placers
@@ -257,13 +258,15 @@ fn staged_names(plan: &Plan) -> Vec<StagedName> {
 
 fn placing_root<'a>(
     roots: &'a [Option<PlacingRoot>],
+    shared: &Shared,
     file: &PlannedFile,
 ) -> Result<&'a PlacingRoot, RestoreFailure> {
     roots
         .get(file.data_path)
         .and_then(Option::as_ref)
         .ok_or_else(|| {
-            RestoreFailure::local("open", Path::new(&*file.relative))(
+            let data_path = shared.job.data_paths.get(file.data_path);
+            RestoreFailure::local("open", data_path.map_or(Path::new(""), PathBuf::as_path))(
                 io::ErrorKind::NotFound.into(),
             )
         })
@@ -280,19 +283,18 @@ fn root_staging(root: &PlacingRoot) -> Result<&OwnedFd, RestoreFailure> {
 fn place_files(
     shared: &Shared,
     roots: &[Option<PlacingRoot>],
+    paths: &Paths,
     first: usize,
     files: &[PlannedFile],
     names: &[StagedName],
 ) -> Result<(), RestoreFailure> {
     let mut parent: Option<(usize, String, OwnedFd)> = None;
     for (offset, (file, name)) in files.iter().zip(names).enumerate() {
-        let target = shared.target(file);
+        let target = shared.target(paths, file);
         let place_error = |action: &'static str| RestoreFailure::local(action, &target);
-        let root = placing_root(roots, file)?;
-        let (folder, file_name) = file
-            .relative
-            .rsplit_once('/')
-            .unwrap_or(("", &file.relative));
+        let root = placing_root(roots, shared, file)?;
+        let relative = paths.of(file);
+        let (folder, file_name) = relative.rsplit_once('/').unwrap_or(("", relative));
         let parent_fd = match &mut parent {
             Some((data_path, path, fd)) if *data_path == file.data_path && path == folder => fd,
             slot => {

@@ -7,7 +7,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use coffer_format::ContentHash;
 use coffer_format::manifest::{ManifestError, NodeManifestReader};
 use coffer_format::object::hash_file;
 use futures::{StreamExt, TryStreamExt};
@@ -17,8 +16,8 @@ use uuid::Uuid;
 use crate::reserved::{STAGING_FOLDER, is_reserved, staging_folder};
 
 use super::{
-    EXISTING_NAMED, MAX_EXISTING_PATHS, Objects, Plan, PlannedFile, RestoreFailure, Shared, Target,
-    blocking,
+    EXISTING_NAMED, MAX_EXISTING_PATHS, Objects, Paths, Plan, PlannedFile, PlannedFiles,
+    RestoreFailure, Shared, Target, blocking,
 };
 
 pub(super) async fn plan(
@@ -54,7 +53,7 @@ pub(super) async fn plan(
     for file in files.iter().filter(|file| file.target == Target::Existing) {
         existing_files += 1;
         if existing_paths.len() < MAX_EXISTING_PATHS {
-            existing_paths.push(shared.target(file).display().to_string());
+            existing_paths.push(shared.target(files.paths(), file).display().to_string());
         }
     }
     // A dry run reports what exists (in its summary) rather than failing on it: it is a plan.
@@ -111,7 +110,7 @@ pub(super) async fn plan(
 async fn read_selected(
     shared: &Shared,
     cancel: &CancellationToken,
-) -> Result<(Vec<String>, Vec<PlannedFile>), RestoreFailure> {
+) -> Result<(Vec<String>, PlannedFiles), RestoreFailure> {
     let job = &shared.job;
     let mut reader = NodeManifestReader::open(&job.operator, &job.manifest_path, &job.keys)
         .await
@@ -135,7 +134,7 @@ async fn read_selected(
     }
     let source_prefixes = source_prefixes(&job.manifest_path, &header.data_paths)?;
 
-    let mut files = Vec::new();
+    let mut files = PlannedFiles::default();
     loop {
         let entry = tokio::select! {
             entry = reader.next_entry(&job.operator) => entry
@@ -150,16 +149,24 @@ async fn read_selected(
         }
         let (data_path, relative) = map_path(&entry.path, &source_prefixes, &job.data_paths)?;
         shared.counters.files.select(1, entry.size);
-        files.push(PlannedFile {
+        let file = PlannedFile {
             data_path,
-            relative: relative.into(),
+            path: Default::default(),
             size: entry.size,
             mode: entry.mode,
             mtime_ns: entry.mtime_ns,
             hash: entry.hash,
             target: Target::Absent,
             staged: false,
-        });
+        };
+        if !files.push(file, relative) {
+            return Err(RestoreFailure::Refused(format!(
+                "the manifest {} lists files whose paths take more than {} bytes: restore it \
+                 in parts, with patterns",
+                job.manifest_path,
+                Paths::LIMIT
+            )));
+        }
         if files.len() >= u32::MAX as usize {
             return Err(RestoreFailure::Refused(format!(
                 "the manifest {} lists more than {} files: restore it in parts, with patterns",
@@ -177,12 +184,12 @@ async fn read_selected(
 /// they are in place already.
 async fn find_in_place(
     shared: &Shared,
-    files: &[PlannedFile],
+    files: &PlannedFiles,
     candidates: Vec<usize>,
 ) -> Result<Vec<usize>, RestoreFailure> {
     futures::stream::iter(candidates)
         .map(|index| {
-            let path = shared.target(&files[index]);
+            let path = shared.target(files.paths(), &files[index]);
             let expected = (files[index].hash, files[index].size);
             // Named with the location's current key: a file whose object an earlier key named
             // is downloaded again, never wrongly kept.
@@ -290,35 +297,39 @@ fn map_path<'a>(
     Ok((index, relative))
 }
 
-fn source_path(source_prefixes: &[String], file: &PlannedFile) -> String {
-    format!("{}{}", source_prefixes[file.data_path], file.relative)
+fn source_path(source_prefixes: &[String], paths: &Paths, file: &PlannedFile) -> String {
+    format!("{}{}", source_prefixes[file.data_path], paths.of(file))
 }
 
 /// Refuses a manifest that gives one content two sizes. Sorted, not mapped: a map of a million
 /// contents to their first file held about 100 bytes a content while the manifest was read.
 fn refuse_contents_of_two_sizes(
     source_prefixes: &[String],
-    files: &[PlannedFile],
+    files: &PlannedFiles,
 ) -> Result<(), RestoreFailure> {
-    let mut by_content: Vec<(ContentHash, usize)> = files
-        .iter()
-        .enumerate()
-        .map(|(index, file)| (file.hash, index))
+    // File indexes (4 bytes a file, not a copy of each hash), sorted by content then index.
+    let mut by_content: Vec<u32> = (0..files.len())
+        .filter_map(|index| u32::try_from(index).ok())
         .collect();
-    by_content.sort_unstable();
-    let mut first: Option<(ContentHash, usize)> = None;
-    for (hash, index) in by_content {
-        let Some((first_hash, first_index)) = first.filter(|(first, _)| *first == hash) else {
-            first = Some((hash, index));
+    by_content.sort_unstable_by(|a, b| {
+        let (a, b) = (*a as usize, *b as usize);
+        files[a].hash.cmp(&files[b].hash).then(a.cmp(&b))
+    });
+    let mut first: Option<usize> = None;
+    for index in by_content.into_iter().map(|index| index as usize) {
+        let hash = files[index].hash;
+        let Some(first_index) = first.filter(|first| files[*first].hash == hash) else {
+            first = Some(index);
             continue;
         };
+        let first_hash = hash;
         let (earlier, later) = (&files[first_index], &files[index]);
         if earlier.size != later.size {
             return Err(RestoreFailure::Refused(format!(
                 "the manifest gives {} and {} the same content {} but different sizes \
                  ({} and {} bytes): it is corrupt",
-                source_path(source_prefixes, earlier),
-                source_path(source_prefixes, later),
+                source_path(source_prefixes, files.paths(), earlier),
+                source_path(source_prefixes, files.paths(), later),
                 first_hash,
                 earlier.size,
                 later.size
@@ -332,12 +343,12 @@ fn refuse_contents_of_two_sizes(
 /// `a/b`): placing would fail halfway.
 fn refuse_files_used_as_folders(
     source_prefixes: &[String],
-    files: &[PlannedFile],
+    files: &PlannedFiles,
 ) -> Result<(), RestoreFailure> {
     let mut folders: HashSet<(usize, &str)> = HashSet::new();
     let mut last_parent: Option<(usize, &str)> = None;
-    for file in files {
-        let Some((parent, _)) = file.relative.rsplit_once('/') else {
+    for file in files.iter() {
+        let Some((parent, _)) = files.relative(file).rsplit_once('/') else {
             continue;
         };
         if last_parent == Some((file.data_path, parent)) {
@@ -351,11 +362,11 @@ fn refuse_files_used_as_folders(
     }
     match files
         .iter()
-        .find(|file| folders.contains(&(file.data_path, &*file.relative)))
+        .find(|file| folders.contains(&(file.data_path, files.relative(file))))
     {
         Some(file) => Err(RestoreFailure::Refused(format!(
             "the manifest lists {} both as a file and as a folder of other files: it is corrupt",
-            source_path(source_prefixes, file)
+            source_path(source_prefixes, files.paths(), file)
         ))),
         None => Ok(()),
     }
@@ -374,9 +385,10 @@ enum FolderState {
 fn inspect_targets(
     data_paths: &[PathBuf],
     source_prefixes: &[String],
-    files: &mut [PlannedFile],
+    files: &mut PlannedFiles,
     cancel: &CancellationToken,
 ) -> Result<Vec<usize>, RestoreFailure> {
+    let (files, paths) = files.split_mut();
     let mut folders: HashMap<(usize, String), FolderState> = HashMap::new();
     // Entries are sorted, so files of one folder mostly follow each other: the folders of the
     // last file found existing need no second look.
@@ -387,16 +399,17 @@ fn inspect_targets(
             return Err(RestoreFailure::Canceled);
         }
         let data_path = &data_paths[file.data_path];
+        let relative = paths.of(file);
         let refuse = |what: &Path, reason: &str| {
             RestoreFailure::Refused(format!(
                 "the manifest's {} would be restored to {}, but {} {reason}: refusing to restore \
                  through it",
-                source_path(source_prefixes, file),
-                data_path.join(&*file.relative).display(),
+                source_path(source_prefixes, paths, file),
+                data_path.join(relative).display(),
                 what.display()
             ))
         };
-        let (parent, _) = file.relative.rsplit_once('/').unwrap_or(("", ""));
+        let (parent, _) = relative.rsplit_once('/').unwrap_or(("", ""));
         let mut missing = false;
         let same_parent = matches!(&last_parent, Some((data_path, folder)) if *data_path == file.data_path && folder == parent);
         let ends = parent
@@ -437,7 +450,7 @@ fn inspect_targets(
             continue;
         }
         last_parent = Some((file.data_path, parent.to_string()));
-        let target = data_path.join(&*file.relative);
+        let target = data_path.join(relative);
         match fs::symlink_metadata(&target) {
             Ok(metadata) if metadata.file_type().is_symlink() => {
                 return Err(refuse(&target, "is a symbolic link"));
@@ -520,6 +533,7 @@ fn find_staged(
 
 #[cfg(test)]
 mod tests {
+    use super::super::files::tests::planned;
     use super::*;
 
     fn prefixes(paths: &[&str]) -> Vec<String> {
@@ -593,52 +607,37 @@ mod tests {
 
     #[test]
     fn one_content_of_two_sizes_is_refused() {
-        let file = |relative: &str, hash: u8, size: u64| PlannedFile {
-            data_path: 0,
-            relative: relative.into(),
-            size,
-            mode: 0o644,
-            mtime_ns: 0,
-            hash: ContentHash([hash; 32]),
-            target: Target::Absent,
-            staged: false,
-        };
         let sources = prefixes(&["/src"]);
-        let fine = [file("a", 1, 10), file("b", 2, 3), file("c", 1, 10)];
+        // Each file's size is its hash's byte.
+        let fine = planned(&[("a", 0, 1), ("b", 0, 2), ("c", 0, 1)]);
         refuse_contents_of_two_sizes(&sources, &fine).expect("sizes agree");
-        let corrupt = [
-            file("a", 1, 10),
-            file("b", 2, 3),
-            file("c", 2, 3),
-            file("d", 1, 11),
-        ];
+        let mut corrupt = planned(&[("a", 0, 1), ("b", 0, 2), ("c", 0, 2), ("d", 0, 1)]);
+        corrupt[3].size = 11;
         let error = refuse_contents_of_two_sizes(&sources, &corrupt).expect_err("corrupt");
         let message = error.to_string();
         assert!(
-            message.contains("/src/a and /src/d") && message.contains("(10 and 11 bytes)"),
+            message.contains("/src/a and /src/d") && message.contains("(1 and 11 bytes)"),
             "{message}"
         );
     }
 
     #[test]
     fn a_path_listed_as_file_and_folder_is_refused() {
-        let file = |relative: &str| PlannedFile {
-            data_path: 0,
-            relative: relative.into(),
-            size: 0,
-            mode: 0o644,
-            mtime_ns: 0,
-            hash: ContentHash([0; 32]),
-            target: Target::Absent,
-            staged: false,
+        let files = |relatives: &[&str]| {
+            planned(
+                &relatives
+                    .iter()
+                    .map(|relative| (*relative, 0, 0))
+                    .collect::<Vec<_>>(),
+            )
         };
         let sources = prefixes(&["/src"]);
-        let fine = [file("a-b"), file("a/b"), file("a/c/d"), file("ab")];
+        let fine = files(&["a-b", "a/b", "a/c/d", "ab"]);
         refuse_files_used_as_folders(&sources, &fine).expect("no conflict");
-        let conflict = [file("a"), file("a-b"), file("a/c/d")];
+        let conflict = files(&["a", "a-b", "a/c/d"]);
         let error = refuse_files_used_as_folders(&sources, &conflict).expect_err("conflict");
         assert!(error.to_string().contains("/src/a both"), "{error}");
-        let deep = [file("a/b"), file("a/b/c/d")];
+        let deep = files(&["a/b", "a/b/c/d"]);
         assert!(refuse_files_used_as_folders(&sources, &deep).is_err());
     }
 }
