@@ -250,3 +250,114 @@ async fn objects_round_trip_through_seaweedfs_s3() {
     assert!(error.is_permanent(), "{error}");
     assert!(error.to_string().contains("\"seaweedfs\""), "{error}");
 }
+
+/// A node of many small files backed up to SeaweedFS and restored from it: new small files are
+/// stored several at a time in batches (and restored several at a time), each content once,
+/// an incremental stores only what changed, and the restore gives back every file.
+#[tokio::test]
+async fn many_small_files_go_to_seaweedfs_in_batches_and_restore_whole() {
+    use coffer_client::proto;
+    use coffer_tests::{TestAgent, TestServer, run_backup, run_restore, tree, wipe, write};
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let weed = SeaweedFs::start(root.path()).await;
+    let agent = TestAgent::start_with_credentials(
+        root.path(),
+        "a",
+        &[
+            ("TEST_S3_KEY", weed.access_key.as_str()),
+            ("TEST_S3_SECRET", weed.secret_key.as_str()),
+        ],
+        &coffer_tests::credentials(
+            &["env:TEST_S3_KEY", "env:TEST_S3_SECRET"],
+            &weed.endpoint,
+            &[&weed.bucket],
+        ),
+    )
+    .await;
+    // 300 files of 250 contents in three folders: several batches, duplicates across them.
+    for index in 0..300 {
+        write(
+            &agent.data.join(format!("ks/t{}/f{index}.db", index % 3)),
+            format!("content {}\n", index % 250).repeat(50).as_bytes(),
+        );
+    }
+    let server = TestServer::start(root.path()).await;
+    let client = server.client().await;
+    client
+        .clusters()
+        .register_cluster(crate::register("small", vec![crate::node(&agent)]))
+        .await
+        .expect("register");
+    client
+        .locations()
+        .create_location(proto::CreateLocationRequest {
+            name: "weed".into(),
+            compression: None,
+            encryption_key: Default::default(),
+            options: Some(proto::create_location_request::Options::S3(
+                proto::S3LocationOptions {
+                    bucket: weed.bucket.clone(),
+                    endpoint: weed.endpoint.clone(),
+                    force_path_style: true,
+                    access_key_id: Some(proto::SecretRef {
+                        source: Some(proto::secret_ref::Source::Env("TEST_S3_KEY".into())),
+                    }),
+                    secret_access_key: Some(proto::SecretRef {
+                        source: Some(proto::secret_ref::Source::Env("TEST_S3_SECRET".into())),
+                    }),
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .expect("create location");
+
+    let full = run_backup(&client, "small", "weed", proto::BackupKind::Full).await;
+    assert_eq!(
+        full.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        full.error_message
+    );
+    let totals = full.totals.expect("totals");
+    assert_eq!(totals.files_total, 300);
+    assert_eq!(
+        totals.files_skipped, 50,
+        "each content stored once: the 50 files of a content stored already skip it"
+    );
+
+    for index in [0, 1, 2, 150, 299] {
+        write(
+            &agent.data.join(format!("ks/t{}/f{index}.db", index % 3)),
+            format!("changed {index}\n").as_bytes(),
+        );
+    }
+    let incremental = run_backup(&client, "small", "weed", proto::BackupKind::Incremental).await;
+    assert_eq!(
+        incremental.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        incremental.error_message
+    );
+    assert_eq!(
+        incremental.totals.expect("totals").files_skipped,
+        295,
+        "only what changed is stored"
+    );
+
+    let expected = tree(&agent.data);
+    wipe(&agent.data);
+    let restore = run_restore(&client, "small", &incremental.backup_id).await;
+    assert_eq!(
+        restore.state(),
+        proto::RunState::Succeeded,
+        "{}",
+        restore.error_message
+    );
+    assert_eq!(
+        tree(&agent.data),
+        expected,
+        "every file as it was backed up"
+    );
+}
