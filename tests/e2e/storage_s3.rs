@@ -251,11 +251,10 @@ async fn objects_round_trip_through_seaweedfs_s3() {
     assert!(error.to_string().contains("\"seaweedfs\""), "{error}");
 }
 
-/// A node of many small files backed up to SeaweedFS and restored from it: new small files are
-/// stored several at a time in batches (and restored several at a time), each content once,
-/// an incremental stores only what changed, and the restore gives back every file.
+/// A node of many small files backed up to SeaweedFS and restored from it: each content stored
+/// once, an incremental stores only what changed, and the restore gives back every file.
 #[tokio::test]
-async fn many_small_files_go_to_seaweedfs_in_batches_and_restore_whole() {
+async fn many_small_files_go_to_seaweedfs_deduplicated_and_restore_whole() {
     use coffer_client::proto;
     use coffer_tests::{TestAgent, TestServer, run_backup, run_restore, tree, wipe, write};
 
@@ -275,7 +274,7 @@ async fn many_small_files_go_to_seaweedfs_in_batches_and_restore_whole() {
         ),
     )
     .await;
-    // 300 files of 250 contents in three folders: several batches, duplicates across them.
+    // 300 files of 250 contents in three folders, duplicates across them.
     for index in 0..300 {
         write(
             &agent.data.join(format!("ks/t{}/f{index}.db", index % 3)),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use coffer_format::ContentHash;
 use coffer_format::object::{DownloadError, download_object_sized};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -109,13 +109,6 @@ pub(super) async fn download_all(
                         Fetch::One(id) => stage_object(&shared, &plan, id, &commit).await,
                         Fetch::Batch(ids) => {
                             stage_small_objects(&shared, &plan, ids, &commit).await
-                        }
-                        Fetch::Remote(ids) => {
-                            futures::stream::iter(ids)
-                                .map(|id| stage_object(&shared, &plan, id, &commit))
-                                .buffer_unordered(REMOTE_IN_FLIGHT)
-                                .try_collect::<()>()
-                                .await
                         }
                     }
                 };
@@ -319,10 +312,6 @@ async fn hand_to_committer(
 const BATCHED_OBJECT: u64 = 64 * 1024;
 /// ... of at most this many.
 const BATCH_OBJECTS: usize = 64;
-/// Small contents of a batch from object storage fetched at once (so up to `concurrency` times
-/// this are): a small content costs a round trip and almost no bytes, and one at a time per
-/// download task left the tasks waiting on the storage.
-const REMOTE_IN_FLIGHT: usize = 8;
 
 /// One unit of the download phase's work.
 enum Fetch {
@@ -330,24 +319,15 @@ enum Fetch {
     /// Small contents fetched, decoded, verified and staged in one blocking call (a blocking
     /// call each made thread hand-overs most of the work of restoring small files).
     Batch(Vec<ContentId>),
-    /// Small contents from object storage, each staged as [`Fetch::One`] is, several at once.
-    Remote(Vec<ContentId>),
 }
 
 /// The contents to fetch, in the order of their first files (the order they were backed up
-/// in, and the order files are placed in), taken as the downloads go rather than listed first
-/// (a list of a million contents and another of their batches were most of a large restore's
-/// memory): small contents in batches (from a local folder those one data path needs, from
-/// object storage all), every other content a unit of its own.
+/// in, and the order files are placed in), taken as the downloads go rather than listed first (a list of a million contents
+/// and another of their batches were most of a large restore's memory): the small contents of
+/// a local location that one data path needs in batches, every other content a unit of its
+/// own.
 fn fetches(shared: &Shared, plan: Arc<Plan>) -> impl Iterator<Item = Fetch> + Send + 'static {
     let local = coffer_format::object::is_local_folder(&shared.job.operator);
-    let batched = move |ids| {
-        if local {
-            Fetch::Batch(ids)
-        } else {
-            Fetch::Remote(ids)
-        }
-    };
     let mut cursor = Cursor::default();
     let mut batch = Vec::new();
     std::iter::from_fn(move || {
@@ -356,18 +336,19 @@ fn fetches(shared: &Shared, plan: Arc<Plan>) -> impl Iterator<Item = Fetch> + Se
             if object.needs.iter().all(|need| need.staged) {
                 continue;
             }
-            let batchable = object.size <= BATCHED_OBJECT
-                && (!local
-                    || object.needs.len() == 1 && object.needs.iter().all(|need| !need.staged));
+            let batchable = local
+                && object.size <= BATCHED_OBJECT
+                && object.needs.len() == 1
+                && object.needs.iter().all(|need| !need.staged);
             if !batchable {
                 return Some(Fetch::One(id));
             }
             batch.push(id);
             if batch.len() == BATCH_OBJECTS {
-                return Some(batched(std::mem::take(&mut batch)));
+                return Some(Fetch::Batch(std::mem::take(&mut batch)));
             }
         }
-        (!batch.is_empty()).then(|| batched(std::mem::take(&mut batch)))
+        (!batch.is_empty()).then(|| Fetch::Batch(std::mem::take(&mut batch)))
     })
 }
 
