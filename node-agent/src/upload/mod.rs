@@ -372,10 +372,17 @@ fn read_selected(
         for chunk in chunks {
             let chunk = chunk
                 .map(|files| {
-                    files
+                    let mut selected: Vec<SnapshotFile> = files
                         .into_iter()
                         .filter(|file| selects(&shared.job, file))
-                        .collect()
+                        .collect();
+                    // In path order, the order of the manifest and of a restore: a local
+                    // location then holds a folder's objects on disk in the order a restore
+                    // reads them. The walkers list files as they find them (folders
+                    // interleaved, each in directory order), and a restore of 100 000 files
+                    // whose objects were written that way took 14.3 s instead of 9.3 s.
+                    selected.sort_unstable_by(|left, right| left.live_path.cmp(&right.live_path));
+                    selected
                 })
                 .map_err(snapshot_failure);
             let failed = chunk.is_err();
