@@ -1161,33 +1161,14 @@ async fn backups_go_to_seaweedfs_over_s3_with_credentials_by_reference() {
         .register_cluster(register("s3", agents.iter().map(node).collect()))
         .await
         .expect("register");
-    let location = client
-        .locations()
-        .create_location(proto::CreateLocationRequest {
-            name: "weed".into(),
-            compression: None,
-            encryption_key: Default::default(),
-            options: Some(proto::create_location_request::Options::S3(
-                proto::S3LocationOptions {
-                    bucket: weed.bucket.clone(),
-                    endpoint: weed.endpoint.clone(),
-                    prefix: "team/backups".into(),
-                    force_path_style: true,
-                    access_key_id: Some(proto::SecretRef {
-                        source: Some(proto::secret_ref::Source::Env("TEST_S3_KEY".into())),
-                    }),
-                    secret_access_key: Some(proto::SecretRef {
-                        source: Some(proto::secret_ref::Source::Env("TEST_S3_SECRET".into())),
-                    }),
-                    ..Default::default()
-                },
-            )),
-        })
-        .await
-        .expect("create location")
-        .into_inner()
-        .location
-        .expect("location");
+    let location = crate::create_weed_location(
+        &client,
+        "weed",
+        &weed,
+        "team/backups",
+        ("TEST_S3_KEY", "TEST_S3_SECRET"),
+    )
+    .await;
     let shown = format!("{location:?}");
     assert!(
         !shown.contains(&weed.secret_key),
@@ -1279,29 +1260,14 @@ async fn backups_go_to_seaweedfs_over_s3_with_credentials_by_reference() {
     assert_eq!(incremental.totals.expect("totals").uploaded_objects, 1);
 
     // Wrong credentials fail the run quickly with the storage's message and the location's name.
-    client
-        .locations()
-        .create_location(proto::CreateLocationRequest {
-            name: "weed-wrong".into(),
-            compression: None,
-            encryption_key: Default::default(),
-            options: Some(proto::create_location_request::Options::S3(
-                proto::S3LocationOptions {
-                    bucket: weed.bucket.clone(),
-                    endpoint: weed.endpoint.clone(),
-                    force_path_style: true,
-                    access_key_id: Some(proto::SecretRef {
-                        source: Some(proto::secret_ref::Source::Env("TEST_S3_KEY".into())),
-                    }),
-                    secret_access_key: Some(proto::SecretRef {
-                        source: Some(proto::secret_ref::Source::Env("TEST_S3_WRONG".into())),
-                    }),
-                    ..Default::default()
-                },
-            )),
-        })
-        .await
-        .expect("create location");
+    crate::create_weed_location(
+        &client,
+        "weed-wrong",
+        &weed,
+        "",
+        ("TEST_S3_KEY", "TEST_S3_WRONG"),
+    )
+    .await;
     let run_id = start(
         &client,
         backup_request("s3", "weed-wrong", proto::BackupKind::Full),

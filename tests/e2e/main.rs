@@ -50,6 +50,43 @@ pub fn register(name: &str, nodes: Vec<proto::NodeSpec>) -> proto::RegisterClust
     }
 }
 
+/// Creates the S3 location `name` in SeaweedFS `weed` below `prefix`, its keys named as the
+/// agents' environment variables `key_env` and `secret_env`.
+pub async fn create_weed_location(
+    client: &coffer_client::CofferClient,
+    name: &str,
+    weed: &coffer_tests::SeaweedFs,
+    prefix: &str,
+    (key_env, secret_env): (&str, &str),
+) -> proto::Location {
+    let env = |name: &str| proto::SecretRef {
+        source: Some(proto::secret_ref::Source::Env(name.into())),
+    };
+    client
+        .locations()
+        .create_location(proto::CreateLocationRequest {
+            name: name.into(),
+            compression: None,
+            encryption_key: Default::default(),
+            options: Some(proto::create_location_request::Options::S3(
+                proto::S3LocationOptions {
+                    bucket: weed.bucket.clone(),
+                    endpoint: weed.endpoint.clone(),
+                    prefix: prefix.into(),
+                    force_path_style: true,
+                    access_key_id: Some(env(key_env)),
+                    secret_access_key: Some(env(secret_env)),
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .expect("create location")
+        .into_inner()
+        .location
+        .expect("location")
+}
+
 /// Registers the cluster `prod` of `agent` and creates the fs location `local` at
 /// `root/backups`: the set-up most single-node tests start from.
 pub async fn prod_with_local(

@@ -288,29 +288,14 @@ async fn many_small_files_go_to_seaweedfs_deduplicated_and_restore_whole() {
         .register_cluster(crate::register("small", vec![crate::node(&agent)]))
         .await
         .expect("register");
-    client
-        .locations()
-        .create_location(proto::CreateLocationRequest {
-            name: "weed".into(),
-            compression: None,
-            encryption_key: Default::default(),
-            options: Some(proto::create_location_request::Options::S3(
-                proto::S3LocationOptions {
-                    bucket: weed.bucket.clone(),
-                    endpoint: weed.endpoint.clone(),
-                    force_path_style: true,
-                    access_key_id: Some(proto::SecretRef {
-                        source: Some(proto::secret_ref::Source::Env("TEST_S3_KEY".into())),
-                    }),
-                    secret_access_key: Some(proto::SecretRef {
-                        source: Some(proto::secret_ref::Source::Env("TEST_S3_SECRET".into())),
-                    }),
-                    ..Default::default()
-                },
-            )),
-        })
-        .await
-        .expect("create location");
+    crate::create_weed_location(
+        &client,
+        "weed",
+        &weed,
+        "",
+        ("TEST_S3_KEY", "TEST_S3_SECRET"),
+    )
+    .await;
 
     let full = run_backup(&client, "small", "weed", proto::BackupKind::Full).await;
     assert_eq!(

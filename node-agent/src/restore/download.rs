@@ -161,7 +161,7 @@ async fn commit_staged(
             Some(at) => tokio::time::timeout_at(at, parts.recv()).await.ok(),
         };
         let timed_out = received.is_none();
-        let mut closed = matches!(received, Some(None));
+        let closed = matches!(received, Some(None));
         if let Some(Some(batch)) = received {
             if pending.is_empty() {
                 deadline = Some(tokio::time::Instant::now() + COMMIT_INTERVAL);
@@ -172,18 +172,10 @@ async fn commit_staged(
         let due =
             timed_out || closed || pending_bytes >= COMMIT_BYTES || pending.len() >= COMMIT_FILES;
         if due && !pending.is_empty() {
-            // What queued while the last batch was committed joins this one: one sync for all.
-            loop {
-                match parts.try_recv() {
-                    Ok(batch) => {
-                        pending.extend(batch);
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
+            // What queued while the last batch was committed joins this one: one sync for all
+            // (a queue closed meanwhile is found closed by the next receive).
+            while let Ok(batch) = parts.try_recv() {
+                pending.extend(batch);
             }
             let batch = std::mem::take(&mut pending);
             pending_bytes = 0;
