@@ -29,7 +29,7 @@ pub use layout::{
 };
 pub use manifest::{
     BackupKind, BackupManifest, BackupNode, ManifestError, NodeManifestEntry, NodeManifestHeader,
-    NodeManifestReader, NodeManifestSummary, NodeManifestWriter, PathFilter,
+    NodeManifestReader, NodeManifestSummary, NodeManifestWriter, PackSlice, PathFilter,
 };
 pub use object::{
     Codec, Compression, DownloadError, LocationWriteback, RateLimiter, UploadError, UploadOptions,

@@ -49,6 +49,10 @@ pub const NODE_MANIFEST_FORMAT: &str = "coffer-node-manifest";
 pub const BACKUP_MANIFEST_FORMAT: &str = "coffer-backup";
 /// Version of both manifests this crate writes; it reads this version and older.
 pub const MANIFEST_VERSION: u32 = 1;
+/// Version of a node manifest with packed entries ([`NodeManifestEntry::packed`]): a reader of
+/// version 1 would look for their contents as objects of their own, which do not exist, so
+/// such a manifest says it needs a newer reader. One without packed entries stays version 1.
+pub const PACKED_NODE_MANIFEST_VERSION: u32 = 2;
 
 /// Entries a [`NodeManifestWriter`] keeps in memory before spilling a sorted run (about 30 MiB).
 const DEFAULT_RUN_ENTRIES: usize = 100_000;
@@ -83,7 +87,7 @@ pub enum ManifestError {
     },
     /// The manifest names another format or a newer version.
     #[error(
-        "manifest {path} is {format:?} version {version}; this Coffer reads {expected:?} up to version {MANIFEST_VERSION}"
+        "manifest {path} is {format:?} version {version}; this Coffer reads {expected:?} up to version {supported}"
     )]
     Unsupported {
         /// Path of the manifest in storage.
@@ -94,6 +98,8 @@ pub enum ManifestError {
         version: u32,
         /// Format expected.
         expected: &'static str,
+        /// Newest version of it this crate reads.
+        supported: u32,
     },
     /// A manifest being written was given something it cannot hold.
     #[error("invalid manifest: {0}")]
@@ -181,8 +187,30 @@ pub struct NodeManifestEntry {
     pub mode: u32,
     /// Modification time, nanoseconds since the Unix epoch (negative before it).
     pub mtime_ns: i64,
-    /// BLAKE3 of the content: the name of its object.
+    /// BLAKE3 of the content: the name of its object, unless it is packed.
     pub hash: ContentHash,
+    /// Where the content lies when it is stored in a pack (small files in object storage)
+    /// rather than as an object of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<PackSlice>,
+}
+
+impl NodeManifestEntry {
+    /// The object that holds the content: its pack, or the object named by its hash.
+    pub fn object(&self) -> ContentHash {
+        self.packed.map_or(self.hash, |slice| slice.pack)
+    }
+}
+
+/// Where a packed content lies: a pack is an object (named by the hash of its whole content,
+/// like any other) whose content is the contents of many small files one after another. The
+/// content's length is its file's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PackSlice {
+    /// The pack's object.
+    pub pack: ContentHash,
+    /// Where the content starts in the pack's content.
+    pub offset: u64,
 }
 
 /// What [`NodeManifestWriter::upload`] wrote.
@@ -208,6 +236,8 @@ pub struct NodeManifestWriter {
     runs: Vec<File>,
     file_count: u64,
     total_bytes: u64,
+    /// Whether an entry is packed (the manifest is then [`PACKED_NODE_MANIFEST_VERSION`]).
+    packed: bool,
 }
 
 impl NodeManifestWriter {
@@ -221,6 +251,7 @@ impl NodeManifestWriter {
             runs: Vec::new(),
             file_count: 0,
             total_bytes: 0,
+            packed: false,
         }
     }
 
@@ -249,6 +280,7 @@ impl NodeManifestWriter {
         }
         self.file_count += 1;
         self.total_bytes = self.total_bytes.saturating_add(entry.size);
+        self.packed |= entry.packed.is_some();
         // A full buffer spills when one more entry comes, not before: a run spilled by the
         // last entry would only be read back at once.
         if self.buffer.len() >= self.run_entries {
@@ -287,10 +319,14 @@ impl NodeManifestWriter {
             runs,
             file_count,
             total_bytes,
+            packed,
             ..
         } = self;
         header.file_count = file_count;
         header.total_bytes = total_bytes;
+        if packed {
+            header.version = header.version.max(PACKED_NODE_MANIFEST_VERSION);
+        }
         let merged =
             tokio::task::spawn_blocking(move || merge_runs(&temp_dir, &header, buffer, runs))
                 .await
@@ -588,12 +624,13 @@ impl NodeManifestReader {
         };
         let header: NodeManifestHeader = serde_json::from_slice(&line)
             .map_err(|error| reader.malformed(format!("bad header: {error}")))?;
-        if header.format != NODE_MANIFEST_FORMAT || header.version > MANIFEST_VERSION {
+        if header.format != NODE_MANIFEST_FORMAT || header.version > PACKED_NODE_MANIFEST_VERSION {
             return Err(ManifestError::Unsupported {
                 path: path.to_string(),
                 format: header.format,
                 version: header.version,
                 expected: NODE_MANIFEST_FORMAT,
+                supported: PACKED_NODE_MANIFEST_VERSION,
             });
         }
         reader.header = header;
@@ -958,6 +995,7 @@ impl BackupManifest {
                 format: format.to_string(),
                 version,
                 expected: BACKUP_MANIFEST_FORMAT,
+                supported: MANIFEST_VERSION,
             });
         }
         let manifest: Self =
@@ -1061,6 +1099,7 @@ mod tests {
             mode: 0o100644,
             mtime_ns: 1_763_765_760_000_000_000 + index as i64,
             hash: ContentHash::of(&index.to_le_bytes()),
+            packed: None,
         }
     }
 
@@ -1303,6 +1342,58 @@ mod tests {
         let first = lines.next().expect("header line");
         assert!(first.starts_with(r#"{"format":"coffer-node-manifest","version":1,"cluster_id":"00000000-0000-0000-0000-000000000001""#), "{first}");
         assert_eq!(lines.count() as u64, count);
+    }
+
+    #[tokio::test]
+    async fn packed_entries_round_trip_and_make_the_manifest_need_a_newer_reader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let op = fs_operator(dir.path());
+        let pack = ContentHash::of(b"pack");
+        let mut packed = entry(1);
+        packed.packed = Some(PackSlice { pack, offset: 4096 });
+        let mut writer = NodeManifestWriter::new(header()).with_temp_dir(dir.path());
+        writer.add(packed.clone()).await.expect("add");
+        writer.add(entry(2)).await.expect("add");
+        writer
+            .upload(&op, "packed.manifest", &Keyring::plain())
+            .await
+            .expect("upload");
+        let reader = NodeManifestReader::open(&op, "packed.manifest", &Keyring::plain())
+            .await
+            .expect("open");
+        assert_eq!(reader.header().version, PACKED_NODE_MANIFEST_VERSION);
+        let all: Vec<NodeManifestEntry> = reader
+            .into_stream(op.clone())
+            .try_collect()
+            .await
+            .expect("stream");
+        let read_back = all
+            .iter()
+            .find(|read| read.path == packed.path)
+            .expect("the packed entry");
+        assert_eq!(read_back, &packed);
+        assert_eq!(read_back.object(), pack, "its object is the pack");
+        let plain = all
+            .iter()
+            .find(|read| read.path == entry(2).path)
+            .expect("the plain entry");
+        assert_eq!((plain.packed, plain.object()), (None, plain.hash));
+
+        // Without packed entries a manifest stays version 1, readable by older agents, and
+        // its entries carry no pack at all.
+        let mut writer = NodeManifestWriter::new(header()).with_temp_dir(dir.path());
+        writer.add(entry(2)).await.expect("add");
+        writer
+            .upload(&op, "plain.manifest", &Keyring::plain())
+            .await
+            .expect("upload");
+        let reader = NodeManifestReader::open(&op, "plain.manifest", &Keyring::plain())
+            .await
+            .expect("open");
+        assert_eq!(reader.header().version, MANIFEST_VERSION);
+        let bytes = op.read("plain.manifest").await.expect("read").to_vec();
+        let text = zstd::stream::decode_all(&bytes[..]).expect("zstd");
+        assert!(!String::from_utf8_lossy(&text).contains("packed"));
     }
 
     #[tokio::test]

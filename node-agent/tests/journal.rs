@@ -5,7 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use coffer_agent::journal::{FileIdentity, HashRecord, JOURNAL_FILE, Journal, JournalError};
-use coffer_format::ContentHash;
+use coffer_format::{ContentHash, PackSlice};
 
 fn hash(byte: u8) -> ContentHash {
     ContentHash([byte; 32])
@@ -309,6 +309,101 @@ async fn objects_are_known_per_location_until_forgotten() {
             .await
             .expect("forget again"),
         0
+    );
+}
+
+#[tokio::test]
+async fn packed_contents_are_placed_per_location_and_forgotten_with_their_pack() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(state.path()).await.expect("open");
+    let pack = hash(90);
+    let slice = |offset| PackSlice { pack, offset };
+    journal
+        .record_hashes(vec![
+            HashRecord {
+                live_path: "/data/packed".into(),
+                identity: IDENTITY,
+                hash: hash(1),
+            },
+            HashRecord {
+                live_path: "/data/own-object".into(),
+                identity: IDENTITY,
+                hash: hash(2),
+            },
+        ])
+        .await
+        .expect("record hashes");
+    journal
+        .record_objects("loc-a", vec![pack, hash(2)])
+        .await
+        .expect("record objects");
+    journal
+        .record_packed("loc-a", vec![(hash(1), slice(0)), (hash(2), slice(4096))])
+        .await
+        .expect("record packed");
+    let files = vec![
+        (PathBuf::from("/data/packed"), IDENTITY),
+        (PathBuf::from("/data/own-object"), IDENTITY),
+    ];
+    let found = journal
+        .lookup_hashes("loc-a", files.clone())
+        .await
+        .expect("look up");
+    let packed = found[0].expect("remembered");
+    assert!(packed.object_known);
+    assert_eq!(packed.packed, Some(slice(0)));
+    let own = found[1].expect("remembered");
+    assert!(own.object_known);
+    assert_eq!(
+        own.packed, None,
+        "an object of its own is read rather than a slice"
+    );
+    assert_eq!(
+        journal
+            .packed_slices("loc-a", vec![hash(1), hash(2), hash(3)])
+            .await
+            .expect("slices"),
+        vec![Some(slice(0)), None, None]
+    );
+    // Another location knows nothing of the pack.
+    let elsewhere = journal
+        .lookup_hashes("loc-b", files.clone())
+        .await
+        .expect("look up");
+    assert!(!elsewhere[0].expect("remembered").object_known);
+    // A walk learns packed contents as known.
+    let known = journal.known_objects_blocking("loc-a").expect("known");
+    assert!(known.contains(&hash(1)) && known.contains(&pack));
+
+    // The pack forgotten (a purge deleted it, say): its contents go with it.
+    journal
+        .forget_objects("loc-a", vec![pack])
+        .await
+        .expect("forget the pack");
+    let found = journal
+        .lookup_hashes("loc-a", files)
+        .await
+        .expect("look up");
+    let packed = found[0].expect("remembered");
+    assert!(!packed.object_known);
+    assert_eq!(packed.packed, None);
+    assert!(
+        !journal
+            .known_objects_blocking("loc-a")
+            .expect("known")
+            .contains(&hash(1))
+    );
+    journal
+        .record_packed("loc-a", vec![(hash(1), slice(0))])
+        .await
+        .expect("record again");
+    journal.forget_location("loc-a").await.expect("forget");
+    assert_eq!(
+        journal
+            .packed_slices("loc-a", vec![hash(1)])
+            .await
+            .expect("slices"),
+        vec![None]
     );
 }
 

@@ -123,6 +123,7 @@ impl Fixture {
             mode: metadata.mode(),
             mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
             hash,
+            packed: None,
         }
     }
 

@@ -16,6 +16,7 @@ mod import;
 mod locations;
 mod locations_cloud;
 mod metrics;
+mod packs;
 mod prometheus;
 mod purge;
 mod reflection;

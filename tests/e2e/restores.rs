@@ -480,6 +480,7 @@ async fn a_crafted_manifest_with_traversal_entries_is_refused() {
                 mode: 0o644,
                 mtime_ns: 0,
                 hash,
+                packed: None,
             })
             .await
             .expect("add");
@@ -526,6 +527,7 @@ async fn a_crafted_manifest_with_traversal_entries_is_refused() {
             mode: 0o644,
             mtime_ns: 0,
             hash,
+            packed: None,
         })
         .await
         .expect("add");

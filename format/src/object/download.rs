@@ -11,7 +11,7 @@ use opendal::Operator;
 use tokio::sync::mpsc;
 
 use super::local::local_root;
-use super::seal::{Keyring, SealError, Unsealer};
+use super::seal::{KeyId, Keyring, SealError, Unsealer};
 use super::{
     Codec, OBJECT_HEADER_LEN, PIPELINE_DEPTH, READ_BLOCK, RateLimiter, SMALL_FILE, read_full,
 };
@@ -103,6 +103,9 @@ pub struct Downloaded {
     pub size: u64,
     /// Size of the object in storage, header included.
     pub stored_bytes: u64,
+    /// The key that sealed it (`None` in the clear), whose hasher names the contents packed in
+    /// it ([`Keyring::content_hasher_of`]).
+    pub sealed_with: Option<KeyId>,
 }
 
 /// [`download_object`], told the content's size when the caller knows it (from a manifest): an
@@ -281,6 +284,7 @@ fn settle(
         (Ok(()), Ok(Ok(decoded))) => Ok(Downloaded {
             size: decoded.size,
             stored_bytes: decoded.stored_bytes,
+            sealed_with: decoded.sealed_with,
         }),
     }
 }
@@ -399,6 +403,7 @@ struct Decoded {
     hash: ContentHash,
     size: u64,
     stored_bytes: u64,
+    sealed_with: Option<KeyId>,
 }
 
 /// Decodes an object's stored bytes, fed in pieces of any size, into a file while hashing the
@@ -500,6 +505,7 @@ impl ObjectDecoder {
     /// Flushes the file (not synced) and returns the content's hash and size.
     fn finish(mut self) -> Result<Decoded, DecodeFailure> {
         let unsealer = std::mem::replace(&mut self.unsealer, Unsealer::new(Keyring::plain(), None));
+        let sealed_with = unsealer.key_id();
         let last = unsealer.finish().map_err(DecodeFailure::Sealed)?;
         self.push_plain(&last)?;
         let writer = match self.body {
@@ -529,6 +535,7 @@ impl ObjectDecoder {
             hash: ContentHash::from(hasher.finalize()),
             size: written,
             stored_bytes: self.stored_bytes,
+            sealed_with,
         })
     }
 }

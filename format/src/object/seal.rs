@@ -178,6 +178,16 @@ impl Keyring {
         self.write.as_deref()
     }
 
+    /// The hasher that named the contents of an object sealed with the key `sealed_with`
+    /// (`None`: in the clear): a pack's contents are named as the pack is. `None` when the
+    /// key is not one of these.
+    pub fn content_hasher_of(&self, sealed_with: Option<KeyId>) -> Option<blake3::Hasher> {
+        match sealed_with {
+            None => Some(blake3::Hasher::new()),
+            Some(id) => self.find(id).map(|key| key.content_hasher()),
+        }
+    }
+
     fn find(&self, id: KeyId) -> Option<Arc<ObjectKey>> {
         self.read.iter().find(|key| key.id == id).cloned()
     }
@@ -429,6 +439,11 @@ impl Unsealer {
         self.key
             .as_deref()
             .map_or_else(blake3::Hasher::new, ObjectKey::content_hasher)
+    }
+
+    /// The id of the key that sealed the stream (`None` in the clear, or before its header).
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.key.as_deref().map(ObjectKey::id)
     }
 
     /// Whether the header has been read, so [`Unsealer::content_hasher`] is final.

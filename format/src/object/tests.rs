@@ -122,7 +122,8 @@ pub(super) async fn round_trip(fixture: &Fixture, name: &str, content: &[u8]) ->
         sized,
         Downloaded {
             size: content.len() as u64,
-            stored_bytes: outcome.stored_bytes
+            stored_bytes: outcome.stored_bytes,
+            sealed_with: None,
         }
     );
     outcome

@@ -77,27 +77,38 @@ pub async fn read_small_file(
     let path = path.to_path_buf();
     let limiter = limiter.cloned();
     let keys = keys.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut file = File::open(&path)?;
-        let mut content = Vec::with_capacity(64 * 1024);
-        let limit = SMALL_FILE + 1;
-        (&mut file).take(limit).read_to_end(&mut content)?;
-        if content.len() as u64 > SMALL_FILE {
-            return Ok(None);
-        }
-        if let Some(limiter) = &limiter
-            && !content.is_empty()
-        {
-            limiter.acquire_blocking(content.len() as u64);
-        }
-        let hash = keys.content_hash(&content);
-        Ok(Some(SmallFile {
-            content: Bytes::from(content),
-            hash,
-        }))
-    })
-    .await
-    .map_err(io::Error::other)?
+    tokio::task::spawn_blocking(move || read_small_file_blocking(&path, &keys, limiter.as_ref()))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// [`read_small_file`] for a caller on a blocking thread already (one that reads many).
+///
+/// Fails when the file cannot be opened or read.
+pub fn read_small_file_blocking(
+    path: &Path,
+    keys: &Keyring,
+    limiter: Option<&RateLimiter>,
+) -> io::Result<Option<SmallFile>> {
+    let mut file = File::open(path)?;
+    // Sized to the file: one read and the one that sees the end, rather than doubling steps
+    // from an empty buffer.
+    let size = file.metadata()?.len().min(SMALL_FILE + 1);
+    let mut content = Vec::with_capacity(usize::try_from(size).unwrap_or(0) + 1);
+    (&mut file).take(SMALL_FILE + 1).read_to_end(&mut content)?;
+    if content.len() as u64 > SMALL_FILE {
+        return Ok(None);
+    }
+    if let Some(limiter) = limiter
+        && !content.is_empty()
+    {
+        limiter.acquire_blocking(content.len() as u64);
+    }
+    let hash = keys.content_hash(&content);
+    Ok(Some(SmallFile {
+        content: Bytes::from(content),
+        hash,
+    }))
 }
 
 /// Stores content held in memory at `object_path` in the object format (compressed when zstd

@@ -681,6 +681,11 @@ impl AgentService for AgentHandler {
                     mode: entry.mode,
                     mtime_ns: entry.mtime_ns,
                     hash: entry.hash.to_hex(),
+                    pack: entry
+                        .packed
+                        .map(|slice| slice.pack.to_hex())
+                        .unwrap_or_default(),
+                    pack_offset: entry.packed.map_or(0, |slice| slice.offset),
                 })
                 .collect(),
             more,

@@ -74,16 +74,16 @@ const COMMIT_QUEUE: usize = 64;
 /// staging folder, to be named `<hash>`. No paths: they are derived when committed (two per
 /// part were most of a million-file restore's queue).
 #[derive(Debug)]
-struct StagedPart {
-    data_path: usize,
-    hash: ContentHash,
+pub(super) struct StagedPart {
+    pub(super) data_path: usize,
+    pub(super) hash: ContentHash,
     /// Files of the plan it serves, and its size: counted as done once committed.
-    files: u64,
-    size: u64,
+    pub(super) files: u64,
+    pub(super) size: u64,
 }
 
 /// The name a content is downloaded to in a staging folder, until it is committed.
-fn part_name(hex: &str) -> String {
+pub(super) fn part_name(hex: &str) -> String {
     format!("{hex}.part")
 }
 
@@ -109,6 +109,9 @@ pub(super) async fn download_all(
                         Fetch::One(id) => stage_object(&shared, &plan, id, &commit).await,
                         Fetch::Batch(ids) => {
                             stage_small_objects(&shared, &plan, ids, &commit).await
+                        }
+                        Fetch::Pack(ids) => {
+                            super::packs::stage_pack(&shared, &plan, ids, &commit).await
                         }
                     }
                 };
@@ -287,7 +290,7 @@ async fn stage_object(
 
 /// Hands verified parts to the committer, which has stopped only if it failed (its error is
 /// the one reported).
-async fn hand_to_committer(
+pub(super) async fn hand_to_committer(
     shared: &Shared,
     commit: &mpsc::Sender<Vec<StagedPart>>,
     parts: Vec<StagedPart>,
@@ -311,21 +314,27 @@ enum Fetch {
     /// Small contents fetched, decoded, verified and staged in one blocking call (a blocking
     /// call each made thread hand-overs most of the work of restoring small files).
     Batch(Vec<ContentId>),
+    /// Contents of one pack, in the order they lie in it: the pack fetched once for all.
+    Pack(Vec<ContentId>),
 }
 
-/// The contents to fetch, in the order of their first files (the order they were backed up
-/// in, and the order files are placed in), taken as the downloads go rather than listed first (a list of a million contents
-/// and another of their batches were most of a large restore's memory): the small contents of
-/// a local location that one data path needs in batches, every other content a unit of its
-/// own.
+/// The contents to fetch: first the packed ones, a pack at a time (see
+/// [`super::packs::by_pack`]); then the others in the order of their first files (the order
+/// they were backed up in, and the order files are placed in), taken as the downloads go
+/// rather than listed first (a list of a million contents and another of their batches were
+/// most of a large restore's memory): the small contents of a local location that one data
+/// path needs in batches, every other content a unit of its own.
 fn fetches(shared: &Shared, plan: Arc<Plan>) -> impl Iterator<Item = Fetch> + Send + 'static {
     let local = coffer_format::object::is_local_folder(&shared.job.operator);
+    let packs = super::packs::by_pack(&plan).map(Fetch::Pack);
     let mut cursor = Cursor::default();
     let mut batch = Vec::new();
-    std::iter::from_fn(move || {
+    let others = std::iter::from_fn(move || {
         while let Some(id) = plan.objects.next(&mut cursor) {
             let object = plan.object(id);
-            if object.needs.iter().all(|need| need.staged) {
+            if object.needs.iter().all(|need| need.staged)
+                || plan.files[object.first_file].pack != super::UNPACKED
+            {
                 continue;
             }
             let batchable = local
@@ -341,7 +350,8 @@ fn fetches(shared: &Shared, plan: Arc<Plan>) -> impl Iterator<Item = Fetch> + Se
             }
         }
         (!batch.is_empty()).then(|| Fetch::Batch(std::mem::take(&mut batch)))
-    })
+    });
+    packs.chain(others)
 }
 
 /// Fetches a batch of small contents into their data path's staging folder in one blocking
@@ -412,7 +422,7 @@ async fn stage_small_objects(
 }
 
 /// A failed download of `hash` for `file`, a storage error naming the location.
-fn download_failure(
+pub(super) fn download_failure(
     shared: &Shared,
     file: PathBuf,
     hash: ContentHash,
@@ -432,7 +442,7 @@ fn download_failure(
 
 /// Copies verified staged content into another data path's staging (made durable with its
 /// batch).
-fn copy_part(from: &Path, to: &Path) -> Result<(), RestoreFailure> {
+pub(super) fn copy_part(from: &Path, to: &Path) -> Result<(), RestoreFailure> {
     let mut source = File::open(from).map_err(RestoreFailure::local("read", from))?;
     let mut dest = File::create(to).map_err(RestoreFailure::local("create", to))?;
     io::copy(&mut source, &mut dest).map_err(RestoreFailure::local("write", to))?;

@@ -2,9 +2,10 @@
 //! string (a `Box<str>` each cost 16 bytes and an allocation of its own, a third of a
 //! million-file plan).
 
+use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 
-use coffer_format::ContentHash;
+use coffer_format::{ContentHash, PackSlice};
 
 /// What is at a file's target path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +42,14 @@ pub(super) struct PlannedFile {
     /// For the last file of a data path that needs its content: whether an earlier attempt
     /// staged that content there, verified (see [`super::objects`]).
     pub(super) staged: bool,
+    /// The pack holding its content ([`PlannedFiles::packed`]), or [`UNPACKED`].
+    pub(super) pack: u32,
+    /// Where in the pack the content starts.
+    pub(super) pack_offset: u32,
 }
+
+/// [`PlannedFile::pack`] of a content that is an object of its own.
+pub(super) const UNPACKED: u32 = u32::MAX;
 
 /// The relative paths of a plan's files.
 #[derive(Debug, Default)]
@@ -65,6 +73,10 @@ impl Paths {
 pub(super) struct PlannedFiles {
     files: Vec<PlannedFile>,
     paths: Paths,
+    /// The packs the files' contents lie in, each once (a few hundred for a million files),
+    /// and the index of each.
+    packs: Vec<ContentHash>,
+    pack_index: HashMap<ContentHash, u32>,
 }
 
 impl PlannedFiles {
@@ -91,6 +103,31 @@ impl PlannedFiles {
 
     pub(super) fn paths(&self) -> &Paths {
         &self.paths
+    }
+
+    /// The [`PlannedFile::pack`] and [`PlannedFile::pack_offset`] of a content at `slice`;
+    /// `None` when the offset does not fit (past 4 GiB: no pack this agent writes is larger
+    /// than a few MiB) or the plan would hold too many packs.
+    pub(super) fn pack_of(&mut self, slice: PackSlice) -> Option<(u32, u32)> {
+        let offset = u32::try_from(slice.offset).ok()?;
+        if let Some(index) = self.pack_index.get(&slice.pack) {
+            return Some((*index, offset));
+        }
+        let index = u32::try_from(self.packs.len())
+            .ok()
+            .filter(|index| *index != UNPACKED)?;
+        self.packs.push(slice.pack);
+        self.pack_index.insert(slice.pack, index);
+        Some((index, offset))
+    }
+
+    /// Where the content of `file` (one of these) lies when it is packed.
+    pub(super) fn packed(&self, file: &PlannedFile) -> Option<PackSlice> {
+        let pack = *self.packs.get(file.pack as usize)?;
+        Some(PackSlice {
+            pack,
+            offset: u64::from(file.pack_offset),
+        })
     }
 
     /// The files to change, and their paths to read meanwhile.
@@ -130,6 +167,8 @@ pub(super) mod tests {
                 hash: ContentHash([*hash; 32]),
                 target: Target::Absent,
                 staged: false,
+                pack: UNPACKED,
+                pack_offset: 0,
             };
             assert!(planned.push(file, relative));
         }
@@ -141,6 +180,6 @@ pub(super) mod tests {
         let files = planned(&[("a/b", 0, 1), ("", 0, 2), ("é/ß.txt", 1, 3), ("c", 1, 4)]);
         let paths: Vec<&str> = files.iter().map(|file| files.relative(file)).collect();
         assert_eq!(paths, ["a/b", "", "é/ß.txt", "c"]);
-        assert_eq!(size_of::<PlannedFile>(), 72);
+        assert_eq!(size_of::<PlannedFile>(), 80);
     }
 }

@@ -22,7 +22,9 @@
 //!    expected size is therefore verified, durable content, and a later attempt (after a
 //!    failure, a cancel or an agent restart, even in another run) does not fetch it again; what
 //!    was verified before a failure or a cancel is still committed. Content needed in several
-//!    data paths is downloaded into one and copied into the others.
+//!    data paths is downloaded into one and copied into the others. Packed contents (small
+//!    files in object storage) come a pack at a time: the pack is downloaded and verified
+//!    once, and each content cut out of it is verified against its own hash ([`packs`]).
 //! 3. **Placing**, only once every selected file is verified: each staged file gets its mode,
 //!    modification time (and, for an agent running as root, the owner of the data path) and is
 //!    renamed into place; when several files share content, all but the last get a copy. Folders
@@ -71,12 +73,13 @@ mod download;
 mod files;
 mod hook;
 mod objects;
+mod packs;
 mod place;
 mod plan;
 mod space;
 
 use download::{create_staging_folders, download_all};
-use files::{Paths, PlannedFile, PlannedFiles, Target};
+use files::{Paths, PlannedFile, PlannedFiles, Target, UNPACKED};
 use hook::run_hook;
 use objects::Objects;
 use place::place_all;

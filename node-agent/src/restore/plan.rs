@@ -17,7 +17,7 @@ use crate::reserved::{STAGING_FOLDER, is_reserved, staging_folder};
 
 use super::{
     EXISTING_NAMED, MAX_EXISTING_PATHS, Objects, Paths, Plan, PlannedFile, PlannedFiles,
-    RestoreFailure, Shared, Target, blocking,
+    RestoreFailure, Shared, Target, UNPACKED, blocking,
 };
 
 pub(super) async fn plan(
@@ -149,6 +149,16 @@ async fn read_selected(
         }
         let (data_path, relative) = map_path(&entry.path, &source_prefixes, &job.data_paths)?;
         shared.counters.files.select(1, entry.size);
+        let (pack, pack_offset) = match entry.packed {
+            None => (UNPACKED, 0),
+            Some(slice) => files.pack_of(slice).ok_or_else(|| {
+                RestoreFailure::Refused(format!(
+                    "the manifest {} places {:?} at offset {} of pack {}, beyond the packs \
+                     this agent reads",
+                    job.manifest_path, entry.path, slice.offset, slice.pack
+                ))
+            })?,
+        };
         let file = PlannedFile {
             data_path,
             path: Default::default(),
@@ -158,6 +168,8 @@ async fn read_selected(
             hash: entry.hash,
             target: Target::Absent,
             staged: false,
+            pack,
+            pack_offset,
         };
         if !files.push(file, relative) {
             return Err(RestoreFailure::Refused(format!(

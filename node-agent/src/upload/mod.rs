@@ -4,8 +4,9 @@
 //! journal for an incremental backup when the file is unchanged, by reading it otherwise), skip
 //! it if the location holds the object already (for an incremental backup the journal's word is
 //! enough; a full backup checks the location itself), upload it otherwise, and add its entry to
-//! the node manifest. Identical content within one upload is uploaded once. The manifest, which
-//! lists the node's complete file set, is written last.
+//! the node manifest. Identical content within one upload is uploaded once. Small files into
+//! object storage are packed many to an object ([`pack`]). The manifest, which lists the node's
+//! complete file set, is written last.
 //!
 //! Memory stays bounded whatever the file sizes: files stream through `upload_file` in chunks,
 //! and manifest entries spill to a temporary file.
@@ -24,7 +25,7 @@ use coffer_format::object::{
     remove_stale_temporaries, upload_bytes, upload_file,
 };
 use coffer_format::storage::BackendQuirks;
-use coffer_format::{ClusterLayout, ContentHash, StorageError};
+use coffer_format::{ClusterLayout, ContentHash, PackSlice, StorageError};
 use coffer_proto::agent::v1 as proto;
 use futures::{FutureExt, StreamExt};
 use opendal::Operator;
@@ -32,6 +33,7 @@ use tokio::sync::{Mutex, OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod pack;
 mod small;
 
 use crate::journal::{FileIdentity, HashRecord, Journal, Remembered};
@@ -153,6 +155,8 @@ struct FileResult {
     entry: NodeManifestEntry,
     hashed: Option<HashRecord>,
     object_present: Option<ContentHash>,
+    /// A content stored in a pack (durable already: see [`pack`]), and where.
+    packed: Option<(ContentHash, PackSlice)>,
 }
 
 /// Shared state of the file tasks.
@@ -173,6 +177,8 @@ struct Shared {
     local_root: Option<PathBuf>,
     /// Contents the batches of small files claimed (see [`small`]).
     local_claims: small::LocalClaims,
+    /// The packs small files go into in object storage.
+    packer: pack::Packer,
 }
 
 impl Shared {
@@ -240,6 +246,7 @@ pub async fn run(
         writeback: LocationWriteback::new(&job.operator),
         local_root: coffer_format::object::local_folder(&job.operator),
         local_claims: small::LocalClaims::default(),
+        packer: pack::Packer::default(),
         job,
         counters: Counters::default(),
         objects: Mutex::new(HashMap::new()),
@@ -420,12 +427,26 @@ async fn consult_journal(
         )
         .await?
         .into_iter();
+    // Files left unlinked are known by content alone: where a pack holds it is asked too.
+    let mut unlinked_slices = shared
+        .job
+        .journal
+        .packed_slices(
+            &shared.job.location_id,
+            selected
+                .iter()
+                .filter_map(|file| file.stored_hash)
+                .collect(),
+        )
+        .await?
+        .into_iter();
     let remembered: Vec<Option<Remembered>> = selected
         .iter()
         .map(|file| match file.stored_hash {
             Some(hash) => Some(Remembered {
                 hash,
                 object_known: true,
+                packed: unlinked_slices.next().flatten(),
             }),
             None => remembered.next().flatten(),
         })
@@ -433,11 +454,13 @@ async fn consult_journal(
     let known: Vec<Known> = remembered
         .iter()
         .map(|found| match (found, trusted) {
-            (Some(found), true) if found.object_known => Known::Stored(found.hash),
+            (Some(found), true) if found.object_known => Known::Stored(found.hash, found.packed),
             (Some(found), true) => Known::Hash(found.hash),
             // Content the journal knows only in other locations is probably new to this one:
             // read once, stored as it is hashed, rather than hashed first and read again.
-            (Some(found), false) if found.object_known => Known::ProbablyStored,
+            (Some(found), false) if found.object_known => {
+                Known::ProbablyStored(found.packed.map(|slice| (found.hash, slice)))
+            }
             (Some(_) | None, _) => Known::Nothing,
         })
         .collect();
@@ -451,6 +474,8 @@ struct FilesUploaded {
     manifest: NodeManifestWriter,
     hashed: Vec<HashRecord>,
     present: Vec<ContentHash>,
+    /// Packed contents not yet recorded in the journal.
+    packed: Vec<(ContentHash, PackSlice)>,
 }
 
 /// Runs the file tasks, `concurrency` at a time, adding each file to the manifest as it is done
@@ -494,6 +519,7 @@ async fn upload_files(
                             .await
                             .map(|one| vec![one]),
                         small::Work::Batch(files) => small::process_batch(&shared, files).await,
+                        small::Work::Pack(files) => pack::process_batch(&shared, files).await,
                         small::Work::Vouched(files) => Ok(small::process_vouched(&shared, files)),
                     }
                 };
@@ -518,38 +544,74 @@ async fn upload_files(
             .collect(),
     );
     let mut manifest = NodeManifestWriter::new(header).with_temp_dir(shared.job.temp_dir.clone());
-    let mut hashed = Vec::new();
-    let mut present = Vec::new();
+    let mut learnt = Learnt::default();
     let outcome: Result<(), UploadFailure> = async {
         while let Some(done) = results.next().await {
-            for result in done? {
-                if let Some(record) = result.hashed {
-                    hashed.push(record);
-                }
-                if let Some(hash) = result.object_present {
-                    present.push(hash);
-                }
-                if !shared.job.dry_run {
-                    manifest.add(result.entry).await?;
-                }
-            }
-            if hashed.len() >= 1000 {
-                shared
-                    .job
-                    .journal
-                    .record_hashes(std::mem::take(&mut hashed))
-                    .await?;
-            }
+            learnt.take(shared, &mut manifest, done?).await?;
         }
-        Ok(())
+        // The last pack, with the files waiting for it.
+        let last_pack = tokio::select! {
+            result = shared.packer.flush(shared) => result?,
+            () = cancel.cancelled() => return Err(UploadFailure::Canceled),
+        };
+        learnt.take(shared, &mut manifest, last_pack).await
     }
     .await;
     drop(results);
     FilesUploaded {
         outcome,
         manifest,
-        hashed,
-        present,
+        hashed: learnt.hashed,
+        present: learnt.present,
+        packed: learnt.packed,
+    }
+}
+
+/// What the file tasks' results teach the journal, gathered as they come.
+#[derive(Default)]
+struct Learnt {
+    hashed: Vec<HashRecord>,
+    present: Vec<ContentHash>,
+    packed: Vec<(ContentHash, PackSlice)>,
+}
+
+impl Learnt {
+    /// Enters `done` in the manifest and what it teaches here, recording hashes and packed
+    /// contents in batches as they pile up.
+    async fn take(
+        &mut self,
+        shared: &Shared,
+        manifest: &mut NodeManifestWriter,
+        done: Vec<FileResult>,
+    ) -> Result<(), UploadFailure> {
+        for result in done {
+            if let Some(record) = result.hashed {
+                self.hashed.push(record);
+            }
+            if let Some(hash) = result.object_present {
+                self.present.push(hash);
+            }
+            if let Some(packed) = result.packed {
+                self.packed.push(packed);
+            }
+            if !shared.job.dry_run {
+                manifest.add(result.entry).await?;
+            }
+        }
+        let journal = &shared.job.journal;
+        if self.hashed.len() >= 1000 {
+            journal
+                .record_hashes(std::mem::take(&mut self.hashed))
+                .await?;
+        }
+        // Packs are in object storage, durable once stored: what they hold is recorded as it
+        // comes, rather than held until the end (72 bytes a file).
+        if self.packed.len() >= 1000 {
+            journal
+                .record_packed(&shared.job.location_id, std::mem::take(&mut self.packed))
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -573,6 +635,7 @@ async fn finish_upload(
         manifest,
         hashed,
         present,
+        packed,
     } = files;
     // What was learnt stays learnt, even if the upload failed: a retry starts from it. Objects
     // are remembered as present only once durable (local folders are written without a sync per
@@ -604,6 +667,13 @@ async fn finish_upload(
                 .job
                 .journal
                 .record_objects(&shared.job.location_id, present)
+                .await?;
+        }
+        if !shared.job.dry_run {
+            shared
+                .job
+                .journal
+                .record_packed(&shared.job.location_id, packed)
                 .await?;
         }
         Ok::<_, UploadFailure>(durable)
@@ -708,14 +778,15 @@ async fn forget_files_gone(shared: &Shared, list: FileList) {
 #[derive(Debug, Clone, Copy)]
 enum Known {
     /// Unchanged since it was hashed, the hash trusted (incremental backups, dry runs), and its
-    /// object known to be in the location.
-    Stored(ContentHash),
+    /// content known to be in the location (packed where the slice says).
+    Stored(ContentHash, Option<PackSlice>),
     /// Unchanged since it was hashed, and the hash is trusted, but its object not known to be
     /// in the location.
     Hash(ContentHash),
-    /// Unchanged since it was hashed and its content known to be in the location, but a full
-    /// backup hashes it again (and uploads it only if missing).
-    ProbablyStored,
+    /// Unchanged since it was hashed and its content known to be in the location (with the
+    /// remembered hash, when packed), but a full backup hashes it again (and uploads it only
+    /// if missing).
+    ProbablyStored(Option<(ContentHash, PackSlice)>),
     /// New or changed, or its content not known to be in the location.
     Nothing,
 }
@@ -735,10 +806,10 @@ async fn process_file(
     {
         return Ok(result);
     }
-    let vouched = matches!(known, Known::Stored(_));
+    let vouched = matches!(known, Known::Stored(..));
     let known = match known {
-        Known::Stored(hash) | Known::Hash(hash) => Some(hash),
-        Known::ProbablyStored | Known::Nothing => None,
+        Known::Stored(hash, _) | Known::Hash(hash) => Some(hash),
+        Known::ProbablyStored(_) | Known::Nothing => None,
     };
     if job.dry_run {
         // A plan reads nothing: a file with a known hash whose object is present is skipped,
@@ -757,6 +828,7 @@ async fn process_file(
             entry: entry(&file, known.unwrap_or(ContentHash([0; 32]))),
             hashed: None,
             object_present: None,
+            packed: None,
         });
     }
     if file.size <= coffer_format::object::SMALL_FILE
@@ -797,6 +869,7 @@ async fn process_file(
                     }),
                     // What the journal vouched for it knows already.
                     object_present: (!vouched).then_some(content_hash),
+                    packed: None,
                 });
             }
             Err(EnsureError::Changed) if attempt < CHANGED_FILE_RETRIES => {
@@ -959,6 +1032,7 @@ fn read_once(
             hash,
         }),
         object_present: Some(hash),
+        packed: None,
     }
 }
 
@@ -1039,5 +1113,6 @@ fn entry(file: &SnapshotFile, hash: ContentHash) -> NodeManifestEntry {
         mode: file.mode,
         mtime_ns: file.mtime_ns,
         hash,
+        packed: None,
     }
 }

@@ -242,6 +242,7 @@ pub(super) fn backup_file(node_id: Uuid, entry: agent::ManifestEntry) -> BackupF
         mode: entry.mode,
         mtime_ns: entry.mtime_ns,
         blake3_hash: entry.hash,
+        pack_hash: (!entry.pack.is_empty()).then_some(entry.pack),
     }
 }
 

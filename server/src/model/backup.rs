@@ -127,6 +127,16 @@ pub struct BackupFile {
     pub mtime_ns: i64,
     /// BLAKE3 hash of the content, lowercase hex.
     pub blake3_hash: String,
+    /// The pack that holds the content (lowercase hex), for a small file packed with others;
+    /// `None` when the content is an object of its own.
+    pub pack_hash: Option<String>,
+}
+
+impl BackupFile {
+    /// The object the content is read from: its pack, or the object named by its hash.
+    pub fn object_hash(&self) -> &str {
+        self.pack_hash.as_deref().unwrap_or(&self.blake3_hash)
+    }
 }
 
 fn from_manifest_time(text: &str) -> SystemTime {

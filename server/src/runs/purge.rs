@@ -385,9 +385,10 @@ async fn mark_backup(handle: &RunHandle, plan: &PurgePlan, backup: &BackupRecord
                     )));
                 }
             };
+            // A packed file refers to its pack; the pack stays while any file refers to it.
             let hashes: Vec<String> = files
                 .iter()
-                .map(|file| file.blake3_hash.clone())
+                .map(|file| file.object_hash().to_string())
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();

@@ -78,13 +78,16 @@ async fn check_backup(
                 }
             };
             checked.files_checked += files.len() as u64;
+            // A file's own object holds exactly its content; a pack holds many, so its
+            // stored size says nothing of one file's.
             let sizes: std::collections::HashMap<&str, u64> = files
                 .iter()
+                .filter(|file| file.pack_hash.is_none())
                 .map(|file| (file.blake3_hash.as_str(), file.size_bytes))
                 .collect();
             let hashes: Vec<String> = files
                 .iter()
-                .map(|file| file.blake3_hash.clone())
+                .map(|file| file.object_hash().to_string())
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
@@ -99,7 +102,10 @@ async fn check_backup(
                     }
                     (Some(_), Some(damage)) => Found::Damaged(damage),
                     (Some(stored), None) => {
-                        let content = sizes.get(listed.hash.as_str()).copied().unwrap_or(0);
+                        let Some(content) = sizes.get(listed.hash.as_str()).copied() else {
+                            found.insert(listed.hash, Found::Present);
+                            continue;
+                        };
                         let sealed = plan.location.encryption_key.is_some();
                         match impossible_size(stored, content, sealed) {
                             Some(damage) => {
@@ -115,13 +121,13 @@ async fn check_backup(
             catalog.record_missing(run_id, &newly_missing).await?;
             catalog.record_damage(run_id, &newly_damaged).await?;
             for file in &files {
-                match found.get(&file.blake3_hash) {
+                match found.get(file.object_hash()) {
                     Some(Found::Missing) => {
-                        missing_here.insert(file.blake3_hash.clone());
+                        missing_here.insert(file.object_hash().to_string());
                         affect(&mut checked, file, "missing");
                     }
                     Some(Found::Damaged(damage)) => {
-                        damaged_here.insert(file.blake3_hash.clone());
+                        damaged_here.insert(file.object_hash().to_string());
                         affect(&mut checked, file, &format!("damaged: {damage}"));
                     }
                     Some(Found::Present) | None => {}
@@ -140,10 +146,13 @@ async fn check_backup(
 /// Names a file whose content is missing or damaged, up to [`MAX_AFFECTED_FILES`].
 fn affect(checked: &mut BackupValidation, file: &BackupFile, what: &str) {
     if checked.affected_files.len() < MAX_AFFECTED_FILES {
-        checked.affected_files.push(format!(
-            "{}:{} (object {} {what})",
-            file.node_id, file.path, file.blake3_hash
-        ));
+        let object = match &file.pack_hash {
+            Some(pack) => format!("pack {pack}"),
+            None => format!("object {}", file.blake3_hash),
+        };
+        checked
+            .affected_files
+            .push(format!("{}:{} ({object} {what})", file.node_id, file.path));
     }
 }
 
