@@ -204,6 +204,42 @@ fn encode_plain_bytes(
     Ok((object, false))
 }
 
+/// [`encode_bytes`] into `object`, whose allocation is reused (its content is replaced): for
+/// callers that store many objects of a few MiB one after another (packs), which would otherwise
+/// allocate and free two such blocks per object. Returns whether the body is zstd.
+pub(super) fn encode_bytes_into(
+    content: &[u8],
+    object: &mut Vec<u8>,
+    level: Option<i32>,
+    max_ratio: f64,
+    keys: &Keyring,
+) -> io::Result<bool> {
+    object.clear();
+    let mut compressed = false;
+    if let Some(level) = level
+        && !content.is_empty()
+    {
+        object.extend_from_slice(&Codec::Zstd.header());
+        object.resize(
+            OBJECT_HEADER_LEN + zstd::zstd_safe::compress_bound(content.len()),
+            0,
+        );
+        let written = compress_into(content, level, &mut object[OBJECT_HEADER_LEN..])?;
+        object.truncate(OBJECT_HEADER_LEN + written);
+        compressed = (written as f64) <= content.len() as f64 * max_ratio;
+    }
+    if !compressed {
+        object.clear();
+        object.extend_from_slice(&Codec::Raw.header());
+        object.extend_from_slice(content);
+    }
+    if keys.is_sealed() {
+        let sealed = keys.seal_bytes(object, None)?.into_owned();
+        *object = sealed;
+    }
+    Ok(compressed)
+}
+
 thread_local! {
     /// One zstd compression context per (blocking) thread, reused from one small file to the
     /// next: creating one per file cost as much as compressing a small file.
@@ -220,6 +256,19 @@ fn compress_reusing_context(content: &[u8], level: i32) -> io::Result<Vec<u8>> {
             slot => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
         };
         compressor.compress(content)
+    })
+}
+
+/// Compresses `content` into `dest` (at least its compress bound long) with this thread's
+/// context; returns the bytes written.
+fn compress_into(content: &[u8], level: i32, dest: &mut [u8]) -> io::Result<usize> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match &mut *slot {
+            Some((current, compressor)) if *current == level => compressor,
+            slot => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        compressor.compress_to_buffer(content, dest)
     })
 }
 

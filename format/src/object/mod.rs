@@ -68,7 +68,7 @@ pub use seal::{
 };
 pub use upload::{
     SMALL_FILE, SmallFile, UploadError, UploadOptions, UploadOutcome, hash_file, object_exists,
-    read_small_file, read_small_file_blocking, upload_bytes, upload_file,
+    read_small_file, read_small_file_blocking, upload_bytes, upload_file, upload_reusing,
 };
 
 /// Size of the reads from local files (and of the blocks hashed and compressed at a time).

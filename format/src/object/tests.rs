@@ -490,3 +490,48 @@ async fn upload_throughput() {
         std::fs::remove_file(&source).expect("remove");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_buffers_store_objects_that_download_verified_whatever_they_held_before() {
+    let fixture = fixture();
+    let mut encoded = Vec::new();
+    let mut content = Vec::new();
+    // Compressible then incompressible, in the clear then sealed: each object encoded into the
+    // buffer the one before left (longer or shorter), and read back verified.
+    let cases = [
+        (text_bytes(3 << 20), Keyring::plain(), true),
+        (random_bytes(1 << 20, 5), Keyring::plain(), false),
+        (text_bytes(200_000), sealed_keys(), true),
+        (random_bytes(50_000, 6), sealed_keys(), false),
+    ];
+    for (index, (bytes, keys, compressible)) in cases.into_iter().enumerate() {
+        content.clear();
+        content.extend_from_slice(&bytes);
+        let capacity = content.capacity();
+        let hash = keys.content_hash(&content);
+        let object = format!("objects/{}/{hash}", &hash.to_hex()[..2]);
+        let options = UploadOptions {
+            keys: keys.clone(),
+            ..UploadOptions::default()
+        };
+        let (outcome, returned, returned_encoded) =
+            upload_reusing(&fixture.op, &object, content, encoded, &options)
+                .await
+                .expect("upload");
+        assert_eq!(returned, bytes, "the content comes back as it was");
+        assert_eq!(returned.capacity(), capacity, "the same buffer");
+        assert_eq!(outcome.compressed, compressible, "case {index}");
+        assert_eq!(outcome.read_bytes, bytes.len() as u64);
+        let stored = std::fs::metadata(fixture.root.join(&object)).expect("stat object");
+        assert_eq!(stored.len(), outcome.stored_bytes);
+        let dest = fixture.files.join(format!("reused-{index}"));
+        let downloaded =
+            download_object_sized(&fixture.op, &object, &dest, hash, None, &keys, None)
+                .await
+                .expect("download");
+        assert_eq!(downloaded.size, bytes.len() as u64);
+        assert!(std::fs::read(&dest).expect("read") == bytes);
+        content = returned;
+        encoded = returned_encoded;
+    }
+}

@@ -25,9 +25,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use coffer_format::manifest::NodeManifestEntry;
-use coffer_format::object::{SmallFile, object_exists, read_small_file_blocking, upload_bytes};
+use coffer_format::object::{SmallFile, object_exists, read_small_file_blocking, upload_reusing};
 use coffer_format::{ContentHash, PackSlice};
 
 use super::{FileResult, Known, Shared, UploadFailure};
@@ -89,6 +88,16 @@ struct Packing {
 pub(super) struct Packer {
     packing: std::sync::Mutex<Packing>,
     uploads: tokio::sync::Semaphore,
+    /// Buffers of packs stored, and of their encoded copies, for the next packs: a pack's
+    /// blocks allocated and freed one after another cost more memory than they held (see
+    /// [`upload_reusing`]).
+    spare: std::sync::Mutex<Spare>,
+}
+
+#[derive(Default)]
+struct Spare {
+    contents: Vec<Vec<u8>>,
+    encoded: Vec<Vec<u8>>,
 }
 
 impl Default for Packer {
@@ -96,6 +105,7 @@ impl Default for Packer {
         Self {
             packing: std::sync::Mutex::default(),
             uploads: tokio::sync::Semaphore::new(PACK_UPLOADS),
+            spare: std::sync::Mutex::default(),
         }
     }
 }
@@ -103,6 +113,12 @@ impl Default for Packer {
 impl Packer {
     fn lock(&self) -> std::sync::MutexGuard<'_, Packing> {
         self.packing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn spare(&self) -> std::sync::MutexGuard<'_, Spare> {
+        self.spare
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -128,6 +144,13 @@ impl Packer {
             let (offset, appended) = match open.offsets.get(&small.hash) {
                 Some(offset) => (*offset, false),
                 None => {
+                    if open.content.capacity() == 0 {
+                        // A spare buffer, or one of the pack's whole size at once (grown by
+                        // doubling, a pack copied itself four times).
+                        open.content = self.spare().contents.pop().unwrap_or_else(|| {
+                            Vec::with_capacity(PACK_BYTES + PACKED_FILE as usize)
+                        });
+                    }
                     let offset = open.content.len() as u64;
                     open.content.extend_from_slice(&small.content);
                     open.offsets.insert(small.hash, offset);
@@ -173,17 +196,27 @@ impl Packer {
             .await
             .map_err(|_| UploadFailure::Canceled)?;
         let job = &shared.job;
-        let content = Bytes::from(pack.content);
         let keys = shared.options.keys.clone();
-        let hashed = content.clone();
-        let hash = tokio::task::spawn_blocking(move || keys.content_hash(&hashed))
-            .await
-            .map_err(|error| UploadFailure::File(format!("hash a pack: {error}")))?;
+        let content = pack.content;
+        let (content, hash) = tokio::task::spawn_blocking(move || {
+            let hash = keys.content_hash(&content);
+            (content, hash)
+        })
+        .await
+        .map_err(|error| UploadFailure::File(format!("hash a pack: {error}")))?;
         let path = shared.layout.object(&hash);
-        let outcome = upload_bytes(&job.operator, &path, content, &shared.options)
-            .await
-            .map_err(|error| error.in_location(&job.location_name))?;
+        let encoded = self.spare().encoded.pop().unwrap_or_default();
+        let (outcome, mut content, encoded) =
+            upload_reusing(&job.operator, &path, content, encoded, &shared.options)
+                .await
+                .map_err(|error| error.in_location(&job.location_name))?;
         shared.stored(&path, outcome.stored_bytes);
+        content.clear();
+        {
+            let mut spare = self.spare();
+            spare.contents.push(content);
+            spare.encoded.push(encoded);
+        }
         {
             let mut packing = self.lock();
             if packing.stored.len() + pack.offsets.len() > super::CONTENTS_REMEMBERED {
