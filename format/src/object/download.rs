@@ -127,13 +127,84 @@ pub async fn download_object_sized(
     fetch_object(
         op,
         object_path,
-        Some(dest),
+        Dest::File(dest),
         expected,
         size_hint,
         keys,
         limiter,
     )
     .await
+    .map(|(downloaded, _)| downloaded)
+}
+
+/// [`download_object`] into memory: the content of an object of at most `limit` bytes (a
+/// pack, whose contents are cut out of it), verified against its name, in `buffer` (cleared
+/// first, and handed back: a caller fetching many packs reuses one buffer each time rather
+/// than allocating and freeing blocks of a few MiB, which glibc keeps in its arenas).
+/// `expected_size` is the size the caller knows it has at least. An object that holds more
+/// than `limit` fails with [`DownloadError::Write`] as soon as it passes it.
+///
+/// Fails as [`download_object`] does.
+pub async fn download_object_to_memory(
+    op: &Operator,
+    object_path: &str,
+    expected: ContentHash,
+    buffer: Vec<u8>,
+    (expected_size, limit): (u64, usize),
+    keys: &Keyring,
+    limiter: Option<&RateLimiter>,
+) -> Result<(Downloaded, Vec<u8>), DownloadError> {
+    fetch_object(
+        op,
+        object_path,
+        Dest::Memory { buffer, limit },
+        expected,
+        // Known to be small: one plain GET, streamed, rather than concurrent ranged reads.
+        Some(expected_size),
+        keys,
+        limiter,
+    )
+    .await
+    .map(|(downloaded, content)| (downloaded, content.unwrap_or_default()))
+}
+
+/// Where a download's content goes.
+#[derive(Debug)]
+enum Dest<'a> {
+    File(&'a Path),
+    /// Into this buffer (cleared), at most `limit` bytes.
+    Memory {
+        buffer: Vec<u8>,
+        limit: usize,
+    },
+    /// Nowhere (verification).
+    Discard,
+}
+
+impl<'a> Dest<'a> {
+    fn path(&self) -> Option<&'a Path> {
+        match self {
+            Self::File(path) => Some(path),
+            Self::Memory { .. } | Self::Discard => None,
+        }
+    }
+
+    /// The same, owned (for a blocking thread).
+    fn owned(self) -> OwnedDest {
+        match self {
+            Self::File(path) => OwnedDest::File(path.to_path_buf()),
+            Self::Memory { buffer, limit } => OwnedDest::Memory { buffer, limit },
+            Self::Discard => OwnedDest::Discard,
+        }
+    }
+}
+
+/// An owned [`Dest`].
+#[derive(Debug)]
+enum OwnedDest {
+    File(PathBuf),
+    Memory { buffer: Vec<u8>, limit: usize },
+    Discard,
 }
 
 /// Reads the object at `object_path` whole, decoding and hashing it as a download does, and
@@ -147,44 +218,47 @@ pub async fn verify_object(
     keys: &Keyring,
     limiter: Option<&RateLimiter>,
 ) -> Result<Downloaded, DownloadError> {
-    fetch_object(op, object_path, None, expected, size_hint, keys, limiter).await
+    fetch_object(
+        op,
+        object_path,
+        Dest::Discard,
+        expected,
+        size_hint,
+        keys,
+        limiter,
+    )
+    .await
+    .map(|(downloaded, _)| downloaded)
 }
 
-/// Downloads into `dest`, or (`None`) only decodes and hashes.
+/// Downloads into `dest` (a file, memory, or nowhere: only decodes and hashes); the content
+/// when it went into memory.
 async fn fetch_object(
     op: &Operator,
     object_path: &str,
-    dest: Option<&Path>,
+    dest: Dest<'_>,
     expected: ContentHash,
     size_hint: Option<u64>,
     keys: &Keyring,
     limiter: Option<&RateLimiter>,
-) -> Result<Downloaded, DownloadError> {
+) -> Result<(Downloaded, Option<Vec<u8>>), DownloadError> {
+    let dest_path = dest.path();
+    let owned = dest.owned();
     if let Some(root) = local_root(op) {
         let source = root.join(object_path);
-        let dest_path = dest.map(Path::to_path_buf);
         let limiter = limiter.cloned();
         let keys = keys.clone();
         let decoded = tokio::task::spawn_blocking(move || {
-            decode_local_object(
-                &source,
-                dest_path.as_deref(),
-                size_hint,
-                keys,
-                limiter.as_ref(),
-            )
+            decode_local_object(&source, owned, size_hint, keys, limiter.as_ref())
         })
         .await;
-        return finish_download(op, object_path, dest, expected, Ok(()), decoded).await;
+        return finish_download(op, object_path, dest_path, expected, Ok(()), decoded).await;
     }
 
     let (sender, receiver) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let decoder = {
-        let dest = dest.map(Path::to_path_buf);
         let keys = keys.clone();
-        tokio::task::spawn_blocking(move || {
-            decode_to_file(receiver, dest.as_deref(), size_hint, keys)
-        })
+        tokio::task::spawn_blocking(move || decode_to_file(receiver, owned, size_hint, keys))
     };
 
     let small =
@@ -215,7 +289,7 @@ async fn fetch_object(
     .await;
     drop(sender);
     let decoded = decoder.await;
-    finish_download(op, object_path, dest, expected, streamed, decoded).await
+    finish_download(op, object_path, dest_path, expected, streamed, decoded).await
 }
 
 /// The outcome of a download from what the transfer and the decoder report; removes `dest` on
@@ -227,7 +301,7 @@ async fn finish_download(
     expected: ContentHash,
     streamed: Result<(), opendal::Error>,
     decoded: Result<Result<Decoded, DecodeFailure>, tokio::task::JoinError>,
-) -> Result<Downloaded, DownloadError> {
+) -> Result<(Downloaded, Option<Vec<u8>>), DownloadError> {
     let result = settle(op, object_path, dest, expected, streamed, decoded);
     if let (Err(_), Some(dest)) = (&result, dest) {
         removed_failed_download(dest, tokio::fs::remove_file(dest).await);
@@ -252,7 +326,7 @@ fn settle(
     expected: ContentHash,
     streamed: Result<(), opendal::Error>,
     decoded: Result<Result<Decoded, DecodeFailure>, tokio::task::JoinError>,
-) -> Result<Downloaded, DownloadError> {
+) -> Result<(Downloaded, Option<Vec<u8>>), DownloadError> {
     match (streamed, decoded) {
         (Err(cause), _) => Err(StorageError::backend(op, "read", object_path, cause).into()),
         (Ok(()), Err(join_error)) => Err(DownloadError::Write {
@@ -281,11 +355,14 @@ fn settle(
                 actual,
             })
         }
-        (Ok(()), Ok(Ok(decoded))) => Ok(Downloaded {
-            size: decoded.size,
-            stored_bytes: decoded.stored_bytes,
-            sealed_with: decoded.sealed_with,
-        }),
+        (Ok(()), Ok(Ok(decoded))) => Ok((
+            Downloaded {
+                size: decoded.size,
+                stored_bytes: decoded.stored_bytes,
+                sealed_with: decoded.sealed_with,
+            },
+            decoded.memory,
+        )),
     }
 }
 
@@ -314,7 +391,7 @@ pub fn download_local_object(
     };
     let decoded = decode_local_object(
         &root.join(object_path),
-        Some(dest),
+        OwnedDest::File(dest.to_path_buf()),
         size_hint,
         keys.clone(),
         limiter,
@@ -323,7 +400,7 @@ pub fn download_local_object(
     if result.is_err() {
         removed_failed_download(dest, std::fs::remove_file(dest));
     }
-    result
+    result.map(|(downloaded, _)| downloaded)
 }
 
 /// Where decoded content goes: a file written through the page cache, or (a large file, see
@@ -331,20 +408,27 @@ pub fn download_local_object(
 enum FileSink {
     Buffered(io::BufWriter<File>),
     Direct(DirectWriter),
+    /// Into memory, at most `limit` bytes.
+    Memory {
+        content: Vec<u8>,
+        limit: usize,
+    },
     /// Verifying only: the content is hashed and dropped.
     Discard,
 }
 
 impl FileSink {
-    /// Writes what is buffered and closes the file (not synced).
-    fn finish(self) -> io::Result<()> {
+    /// Writes what is buffered and closes the file (not synced); the content when it went into
+    /// memory.
+    fn finish(self) -> io::Result<Option<Vec<u8>>> {
         match self {
             Self::Buffered(file) => file
                 .into_inner()
-                .map(drop)
+                .map(|_| None)
                 .map_err(|error| error.into_error()),
-            Self::Direct(file) => file.finish().map(drop),
-            Self::Discard => Ok(()),
+            Self::Direct(file) => file.finish().map(|_| None),
+            Self::Memory { content, .. } => Ok(Some(content)),
+            Self::Discard => Ok(None),
         }
     }
 }
@@ -354,6 +438,15 @@ impl Write for FileSink {
         match self {
             Self::Buffered(file) => file.write(buf),
             Self::Direct(file) => file.write_all(buf).map(|()| buf.len()),
+            Self::Memory { content, limit } => {
+                if content.len() + buf.len() > *limit {
+                    return Err(io::Error::other(format!(
+                        "the object holds more than the {limit} bytes expected"
+                    )));
+                }
+                content.extend_from_slice(buf);
+                Ok(buf.len())
+            }
             Self::Discard => Ok(buf.len()),
         }
     }
@@ -362,7 +455,7 @@ impl Write for FileSink {
         match self {
             Self::Buffered(file) => file.flush(),
             // Only whole blocks can be written before the end: `finish` writes the rest.
-            Self::Direct(_) | Self::Discard => Ok(()),
+            Self::Direct(_) | Self::Memory { .. } | Self::Discard => Ok(()),
         }
     }
 }
@@ -404,6 +497,8 @@ struct Decoded {
     size: u64,
     stored_bytes: u64,
     sealed_with: Option<KeyId>,
+    /// The content, when it was decoded into memory.
+    memory: Option<Vec<u8>>,
 }
 
 /// Decodes an object's stored bytes, fed in pieces of any size, into a file while hashing the
@@ -421,16 +516,23 @@ impl ObjectDecoder {
     /// A decoder into a new file at `dest` (or nowhere); a file known to be large (`size_hint`)
     /// is written around the page cache.
     fn create(
-        dest: Option<&Path>,
+        dest: OwnedDest,
         size_hint: Option<u64>,
         keys: Keyring,
     ) -> Result<Self, DecodeFailure> {
         let file = match dest {
-            None => FileSink::Discard,
-            Some(dest) if size_hint.is_some_and(|size| size > SMALL_FILE) => {
-                FileSink::Direct(DirectWriter::create(dest).map_err(DecodeFailure::Write)?)
+            OwnedDest::Discard => FileSink::Discard,
+            OwnedDest::Memory { mut buffer, limit } => {
+                buffer.clear();
+                FileSink::Memory {
+                    content: buffer,
+                    limit,
+                }
             }
-            Some(dest) => {
+            OwnedDest::File(dest) if size_hint.is_some_and(|size| size > SMALL_FILE) => {
+                FileSink::Direct(DirectWriter::create(&dest).map_err(DecodeFailure::Write)?)
+            }
+            OwnedDest::File(dest) => {
                 let file = File::create(dest).map_err(DecodeFailure::Write)?;
                 FileSink::Buffered(io::BufWriter::with_capacity(block_for(size_hint), file))
             }
@@ -530,12 +632,13 @@ impl ObjectDecoder {
             written,
             ..
         } = writer;
-        file.finish().map_err(DecodeFailure::Write)?;
+        let memory = file.finish().map_err(DecodeFailure::Write)?;
         Ok(Decoded {
             hash: ContentHash::from(hasher.finalize()),
             size: written,
             stored_bytes: self.stored_bytes,
             sealed_with,
+            memory,
         })
     }
 }
@@ -543,7 +646,7 @@ impl ObjectDecoder {
 /// The decoding thread of [`download_object`] from an object store.
 fn decode_to_file(
     mut receiver: mpsc::Receiver<Bytes>,
-    dest: Option<&Path>,
+    dest: OwnedDest,
     size_hint: Option<u64>,
     keys: Keyring,
 ) -> Result<Decoded, DecodeFailure> {
@@ -572,7 +675,7 @@ fn block_for(size_hint: Option<u64>) -> usize {
 /// is given.
 fn decode_local_object(
     source: &Path,
-    dest: Option<&Path>,
+    dest: OwnedDest,
     size_hint: Option<u64>,
     keys: Keyring,
     limiter: Option<&RateLimiter>,
@@ -597,6 +700,53 @@ fn decode_local_object(
 mod tests {
     use super::*;
     use crate::object::tests::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_download_into_memory_verified_and_within_their_limit() {
+        let fixture = fixture();
+        let content = text_bytes(2 * 1024 * 1024 + 5);
+        round_trip(&fixture, "pack", &content).await;
+        let hash = ContentHash::of(&content);
+        let object = format!("objects/{}/{hash}", &hash.to_hex()[..2]);
+        let (downloaded, read) = download_object_to_memory(
+            &fixture.op,
+            &object,
+            hash,
+            Vec::new(),
+            (1000, 4 << 20),
+            &Keyring::plain(),
+            None,
+        )
+        .await
+        .expect("into memory");
+        assert_eq!(downloaded.size, content.len() as u64);
+        assert!(read == content);
+
+        let error = download_object_to_memory(
+            &fixture.op,
+            &object,
+            hash,
+            Vec::new(),
+            (1000, 1 << 20),
+            &Keyring::plain(),
+            None,
+        )
+        .await
+        .expect_err("past the limit");
+        assert!(matches!(error, DownloadError::Write { .. }), "{error}");
+        let error = download_object_to_memory(
+            &fixture.op,
+            &object,
+            ContentHash::of(b"other"),
+            Vec::new(),
+            (1000, 4 << 20),
+            &Keyring::plain(),
+            None,
+        )
+        .await
+        .expect_err("another name");
+        assert!(matches!(error, DownloadError::Corrupt { .. }), "{error}");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn verifying_reads_the_whole_object_and_writes_nothing() {

@@ -54,7 +54,7 @@ pub use codec::{
 };
 pub use download::{
     DownloadError, Downloaded, download_local_object, download_object, download_object_sized,
-    verify_object,
+    download_object_to_memory, verify_object,
 };
 pub use durable::{LocationWriteback, sync_name};
 pub use local::{

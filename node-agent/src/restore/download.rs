@@ -442,7 +442,7 @@ pub(super) fn download_failure(
 
 /// Copies verified staged content into another data path's staging (made durable with its
 /// batch).
-pub(super) fn copy_part(from: &Path, to: &Path) -> Result<(), RestoreFailure> {
+fn copy_part(from: &Path, to: &Path) -> Result<(), RestoreFailure> {
     let mut source = File::open(from).map_err(RestoreFailure::local("read", from))?;
     let mut dest = File::create(to).map_err(RestoreFailure::local("create", to))?;
     io::copy(&mut source, &mut dest).map_err(RestoreFailure::local("write", to))?;

@@ -301,6 +301,8 @@ struct Shared {
     layout: ClusterLayout,
     counters: Counters,
     phase: AtomicI32,
+    /// Buffers of the packs fetched, reused by the next ones.
+    pack_buffers: packs::Buffers,
 }
 
 impl Shared {
@@ -358,6 +360,7 @@ pub async fn run(
         job,
         counters: Counters::default(),
         phase: AtomicI32::new(proto::RestorePhase::Planning.into()),
+        pack_buffers: packs::Buffers::default(),
     });
     let reporter = ProgressReporter::start(progress.clone(), cancel.clone(), {
         let shared = shared.clone();
