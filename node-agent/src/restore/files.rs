@@ -29,8 +29,9 @@ pub(super) struct PathSpan {
 /// One selected file of the manifest.
 #[derive(Debug)]
 pub(super) struct PlannedFile {
-    /// Index of its data path, the backup's and this node's.
-    pub(super) data_path: usize,
+    /// Index of its data path, the backup's and this node's ([`PlannedFile::data_path`]; two
+    /// bytes, which keep the record at 72 bytes with its pack).
+    pub(super) data_path_index: u16,
     /// Its path below the data path (normal components joined by `/`), in [`Paths`]; set by
     /// [`PlannedFiles::push`].
     pub(super) path: PathSpan,
@@ -46,6 +47,13 @@ pub(super) struct PlannedFile {
     pub(super) pack: u32,
     /// Where in the pack the content starts.
     pub(super) pack_offset: u32,
+}
+
+impl PlannedFile {
+    /// Index of its data path, the backup's and this node's.
+    pub(super) fn data_path(&self) -> usize {
+        usize::from(self.data_path_index)
+    }
 }
 
 /// [`PlannedFile::pack`] of a content that is an object of its own.
@@ -159,7 +167,7 @@ pub(super) mod tests {
         let mut planned = PlannedFiles::default();
         for (relative, data_path, hash) in files {
             let file = PlannedFile {
-                data_path: *data_path,
+                data_path_index: u16::try_from(*data_path).expect("a small index"),
                 path: PathSpan::default(),
                 size: u64::from(*hash),
                 mode: 0o644,
@@ -180,6 +188,6 @@ pub(super) mod tests {
         let files = planned(&[("a/b", 0, 1), ("", 0, 2), ("é/ß.txt", 1, 3), ("c", 1, 4)]);
         let paths: Vec<&str> = files.iter().map(|file| files.relative(file)).collect();
         assert_eq!(paths, ["a/b", "", "é/ß.txt", "c"]);
-        assert_eq!(size_of::<PlannedFile>(), 80);
+        assert_eq!(size_of::<PlannedFile>(), 72);
     }
 }

@@ -317,7 +317,7 @@ impl Shared {
 
     /// Where `file` (with its path in `paths`) is restored to.
     fn target(&self, paths: &Paths, file: &PlannedFile) -> PathBuf {
-        self.job.data_paths[file.data_path].join(paths.of(file))
+        self.job.data_paths[file.data_path()].join(paths.of(file))
     }
 
     fn staging_folder(&self, data_path: usize) -> PathBuf {

@@ -176,14 +176,14 @@ impl Objects {
         let run = self.files_of(files, id);
         let first = &files[run[0] as usize];
         let mut needs = Needs::One(Need {
-            data_path: first.data_path,
+            data_path: first.data_path(),
             files: 1,
             staged: false,
             last_file: run[0] as usize,
         });
         for index in &run[1..] {
             let index = *index as usize;
-            needs.count(files[index].data_path, index);
+            needs.count(files[index].data_path(), index);
         }
         for need in needs.iter_mut() {
             need.staged = files[need.last_file].staged;

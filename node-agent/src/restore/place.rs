@@ -166,8 +166,8 @@ pub(super) fn place_all(shared: &Shared, plan: &Plan) -> Result<(), RestoreFailu
     let job = &shared.job;
     let mut roots: Vec<Option<PlacingRoot>> = job.data_paths.iter().map(|_| None).collect();
     for file in plan.files.iter() {
-        if roots[file.data_path].is_none() {
-            roots[file.data_path] = Some(open_root(shared, file.data_path)?);
+        if roots[file.data_path()].is_none() {
+            roots[file.data_path()] = Some(open_root(shared, file.data_path())?);
         }
     }
     let staged = staged_names(plan);
@@ -262,10 +262,10 @@ fn placing_root<'a>(
     file: &PlannedFile,
 ) -> Result<&'a PlacingRoot, RestoreFailure> {
     roots
-        .get(file.data_path)
+        .get(file.data_path())
         .and_then(Option::as_ref)
         .ok_or_else(|| {
-            let data_path = shared.job.data_paths.get(file.data_path);
+            let data_path = shared.job.data_paths.get(file.data_path());
             RestoreFailure::local("open", data_path.map_or(Path::new(""), PathBuf::as_path))(
                 io::ErrorKind::NotFound.into(),
             )
@@ -296,13 +296,13 @@ fn place_files(
         let relative = paths.of(file);
         let (folder, file_name) = relative.rsplit_once('/').unwrap_or(("", relative));
         let parent_fd = match &mut parent {
-            Some((data_path, path, fd)) if *data_path == file.data_path && path == folder => fd,
+            Some((data_path, path, fd)) if *data_path == file.data_path() && path == folder => fd,
             slot => {
                 let components: Vec<&str> =
                     folder.split('/').filter(|part| !part.is_empty()).collect();
                 let fd = open_relative(&root.folder, &components, Missing::Create(root.owner))
                     .map_err(place_error("open the folder of"))?;
-                &mut slot.insert((file.data_path, folder.to_string(), fd)).2
+                &mut slot.insert((file.data_path(), folder.to_string(), fd)).2
             }
         };
         match name {

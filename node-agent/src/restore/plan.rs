@@ -159,8 +159,15 @@ async fn read_selected(
                 ))
             })?,
         };
+        let data_path_index = u16::try_from(data_path).map_err(|_| {
+            RestoreFailure::Refused(format!(
+                "the manifest {} lists files in more than {} data paths",
+                job.manifest_path,
+                u16::MAX
+            ))
+        })?;
         let file = PlannedFile {
-            data_path,
+            data_path_index,
             path: Default::default(),
             size: entry.size,
             mode: entry.mode,
@@ -310,7 +317,7 @@ fn map_path<'a>(
 }
 
 fn source_path(source_prefixes: &[String], paths: &Paths, file: &PlannedFile) -> String {
-    format!("{}{}", source_prefixes[file.data_path], paths.of(file))
+    format!("{}{}", source_prefixes[file.data_path()], paths.of(file))
 }
 
 /// Refuses a manifest that gives one content two sizes. Sorted, not mapped: a map of a million
@@ -363,18 +370,18 @@ fn refuse_files_used_as_folders(
         let Some((parent, _)) = files.relative(file).rsplit_once('/') else {
             continue;
         };
-        if last_parent == Some((file.data_path, parent)) {
+        if last_parent == Some((file.data_path(), parent)) {
             continue;
         }
-        last_parent = Some((file.data_path, parent));
+        last_parent = Some((file.data_path(), parent));
         for (slash, _) in parent.match_indices('/') {
-            folders.insert((file.data_path, &parent[..slash]));
+            folders.insert((file.data_path(), &parent[..slash]));
         }
-        folders.insert((file.data_path, parent));
+        folders.insert((file.data_path(), parent));
     }
     match files
         .iter()
-        .find(|file| folders.contains(&(file.data_path, files.relative(file))))
+        .find(|file| folders.contains(&(file.data_path(), files.relative(file))))
     {
         Some(file) => Err(RestoreFailure::Refused(format!(
             "the manifest lists {} both as a file and as a folder of other files: it is corrupt",
@@ -410,7 +417,7 @@ fn inspect_targets(
         if index % 1024 == 0 && cancel.is_cancelled() {
             return Err(RestoreFailure::Canceled);
         }
-        let data_path = &data_paths[file.data_path];
+        let data_path = &data_paths[file.data_path()];
         let relative = paths.of(file);
         let refuse = |what: &Path, reason: &str| {
             RestoreFailure::Refused(format!(
@@ -423,14 +430,14 @@ fn inspect_targets(
         };
         let (parent, _) = relative.rsplit_once('/').unwrap_or(("", ""));
         let mut missing = false;
-        let same_parent = matches!(&last_parent, Some((data_path, folder)) if *data_path == file.data_path && folder == parent);
+        let same_parent = matches!(&last_parent, Some((data_path, folder)) if *data_path == file.data_path() && folder == parent);
         let ends = parent
             .match_indices('/')
             .map(|(slash, _)| slash)
             .chain((!parent.is_empty()).then_some(parent.len()));
         for end in ends.filter(|_| !same_parent) {
             let folder = &parent[..end];
-            let key = (file.data_path, folder.to_string());
+            let key = (file.data_path(), folder.to_string());
             let state = match folders.get(&key) {
                 Some(state) => *state,
                 None => {
@@ -461,7 +468,7 @@ fn inspect_targets(
             last_parent = None;
             continue;
         }
-        last_parent = Some((file.data_path, parent.to_string()));
+        last_parent = Some((file.data_path(), parent.to_string()));
         let target = data_path.join(relative);
         match fs::symlink_metadata(&target) {
             Ok(metadata) if metadata.file_type().is_symlink() => {
