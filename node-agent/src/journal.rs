@@ -286,25 +286,41 @@ impl Journal {
     /// Fails when the journal cannot be read.
     pub fn known_objects_blocking(&self, location_id: &str) -> Result<KnownObjects, JournalError> {
         self.with_reader(|reader| {
-            let mut statement = reader
-                .prepare_cached(
-                    "SELECT hash FROM known_objects WHERE location_id = ?1
-                     UNION SELECT hash FROM packed_contents WHERE location_id = ?1
-                     ORDER BY hash",
-                )
-                .map_err(query("list known objects"))?;
-            let rows = statement
-                .query_map(params![location_id], |row| row.get::<_, Vec<u8>>(0))
-                .map_err(query("list known objects"))?;
-            let mut hashes = Vec::new();
-            for bytes in rows {
-                let bytes = bytes.map_err(query("list known objects"))?;
-                hashes.push(to_hash(bytes, || {
-                    format!("an object of location {location_id}")
-                })?);
+            // Each table read in the order of its key and the two merged here: a `UNION` sorted
+            // them in a temporary index of its own, which at a million objects made the agent's
+            // incremental backups 16 MiB larger.
+            let objects = sorted_hashes(
+                reader,
+                "SELECT hash FROM known_objects WHERE location_id = ?1 ORDER BY hash",
+                location_id,
+            )?;
+            let packed = sorted_hashes(
+                reader,
+                "SELECT hash FROM packed_contents WHERE location_id = ?1 ORDER BY hash",
+                location_id,
+            )?;
+            if packed.is_empty() {
+                return Ok(KnownObjects(objects));
             }
-            // Sorted by SQLite's byte order, which is the arrays' order: searchable as it is.
-            hashes.shrink_to_fit();
+            let mut hashes = Vec::with_capacity(objects.len() + packed.len());
+            let (mut left, mut right) = (
+                objects.into_iter().peekable(),
+                packed.into_iter().peekable(),
+            );
+            loop {
+                let next = match (left.peek(), right.peek()) {
+                    (Some(a), Some(b)) if a < b => left.next(),
+                    (Some(a), Some(b)) if a > b => right.next(),
+                    (Some(_), Some(_)) => {
+                        right.next();
+                        left.next()
+                    }
+                    (Some(_), None) => left.next(),
+                    (None, Some(_)) => right.next(),
+                    (None, None) => break,
+                };
+                hashes.extend(next);
+            }
             Ok(KnownObjects(hashes))
         })
     }
@@ -917,6 +933,30 @@ fn to_hash(bytes: Vec<u8>, what: impl FnOnce() -> String) -> Result<ContentHash,
     <[u8; 32]>::try_from(bytes.as_slice())
         .map(ContentHash)
         .map_err(|_| JournalError::Corrupt { what: what() })
+}
+
+/// The hashes `sql` lists (one column, ordered by it) for `location_id`.
+fn sorted_hashes(
+    reader: &mut Connection,
+    sql: &str,
+    location_id: &str,
+) -> Result<Vec<ContentHash>, JournalError> {
+    let mut statement = reader
+        .prepare_cached(sql)
+        .map_err(query("list known objects"))?;
+    let rows = statement
+        .query_map(params![location_id], |row| row.get::<_, Vec<u8>>(0))
+        .map_err(query("list known objects"))?;
+    let mut hashes = Vec::new();
+    for bytes in rows {
+        let bytes = bytes.map_err(query("list known objects"))?;
+        hashes.push(to_hash(bytes, || {
+            format!("an object of location {location_id}")
+        })?);
+    }
+    // Sorted by SQLite's byte order, which is the arrays' order: searchable as it is.
+    hashes.shrink_to_fit();
+    Ok(hashes)
 }
 
 /// A pack slice read back from its columns.
