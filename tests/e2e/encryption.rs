@@ -5,7 +5,6 @@
 //! agent lacks, or does not bind to the location, is refused with a clear error.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use coffer_client::{CofferClient, proto};
@@ -17,22 +16,10 @@ use coffer_tests::{
 };
 use tonic::Code;
 
-use crate::{node, register};
+use crate::{key_file, node, register};
 
 /// Text that must never be found in the location's storage.
 const MARKER: &str = "ACCOUNT-LEDGER-ROW";
-
-/// A key file of 64 hex digits, mode 600.
-fn key_file(dir: &Path, name: &str, seed: u64) -> PathBuf {
-    let path = dir.join(name);
-    let hex: String = noise(32, seed)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    std::fs::write(&path, format!("{hex}\n")).expect("write key");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    path
-}
 
 /// `[[keys]]` entries, each binding its key to the fs folder `root`.
 fn keys_config(keys: &[(&str, &Path)], root: &Path) -> String {

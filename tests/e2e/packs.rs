@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 
 use coffer_client::{CofferClient, proto};
 use coffer_format::{SecretSource, StorageConfig, open_operator};
-use coffer_tests::{
-    SeaweedFs, TestAgent, TestServer, noise, run_backup, run_restore, tree, wipe, write,
-};
+use coffer_tests::{SeaweedFs, TestServer, noise, run_backup, run_restore, tree, wipe, write};
 
 /// The objects of cluster `cluster_id` in the bucket, with their sizes.
 async fn stored_objects(op: &opendal::Operator, cluster_id: &str) -> BTreeMap<String, u64> {
@@ -116,20 +114,7 @@ async fn validation(client: &CofferClient) -> proto::ValidationResult {
 async fn small_files_are_packed_found_again_purged_with_their_backups_and_missed_when_gone() {
     let root = tempfile::tempdir().expect("tempdir");
     let weed = SeaweedFs::start(root.path()).await;
-    let agent = TestAgent::start_with_credentials(
-        root.path(),
-        "a",
-        &[
-            ("TEST_S3_KEY", weed.access_key.as_str()),
-            ("TEST_S3_SECRET", weed.secret_key.as_str()),
-        ],
-        &coffer_tests::credentials(
-            &["env:TEST_S3_KEY", "env:TEST_S3_SECRET"],
-            &weed.endpoint,
-            &[&weed.bucket],
-        ),
-    )
-    .await;
+    let agent = crate::weed_agent(root.path(), "a", &weed, "").await;
     // 300 small files of 250 contents, and one file too large to pack.
     for index in 0..300 {
         write(
@@ -297,48 +282,22 @@ async fn small_files_are_packed_found_again_purged_with_their_backups_and_missed
     );
 }
 
-/// A key file of 64 hex digits, mode 600.
-fn key_file(dir: &std::path::Path, name: &str, seed: u64) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    let hex: String = noise(32, seed)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    std::fs::write(&path, format!("{hex}\n")).expect("write key");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_packs_hold_no_plaintext_and_restore_across_a_key_rotation() {
     const MARKER: &str = "PACKED-LEDGER-ROW";
     let root = tempfile::tempdir().expect("tempdir");
     let weed = SeaweedFs::start(root.path()).await;
-    let mut config = coffer_tests::credentials(
-        &["env:TEST_S3_KEY", "env:TEST_S3_SECRET"],
-        &weed.endpoint,
-        &[&weed.bucket],
-    );
+    let mut keys = String::new();
     for (name, seed) in [("site-2026", 1), ("site-2027", 2)] {
-        let file = key_file(root.path(), &format!("{name}.key"), seed);
-        config.push_str(&format!(
+        let file = crate::key_file(root.path(), &format!("{name}.key"), seed);
+        keys.push_str(&format!(
             "\n[[keys]]\nname = {name:?}\nfile = {:?}\nendpoints = [{:?}]\nbuckets = [{:?}]\n",
             file.display().to_string(),
             weed.endpoint,
             weed.bucket
         ));
     }
-    let agent = TestAgent::start_with_credentials(
-        root.path(),
-        "a",
-        &[
-            ("TEST_S3_KEY", weed.access_key.as_str()),
-            ("TEST_S3_SECRET", weed.secret_key.as_str()),
-        ],
-        &config,
-    )
-    .await;
+    let agent = crate::weed_agent(root.path(), "a", &weed, &keys).await;
     for index in 0..40 {
         write(
             &agent.data.join(format!("ks/t1/f{index}.db")),
@@ -355,26 +314,12 @@ async fn sealed_packs_hold_no_plaintext_and_restore_across_a_key_rotation() {
         .into_inner()
         .cluster
         .expect("the cluster");
-    let env = |name: &str| proto::SecretRef {
-        source: Some(proto::secret_ref::Source::Env(name.into())),
-    };
+    let mut sealed =
+        crate::weed_location_request("weed", &weed, "", ("TEST_S3_KEY", "TEST_S3_SECRET"));
+    sealed.encryption_key = "site-2026".into();
     client
         .locations()
-        .create_location(proto::CreateLocationRequest {
-            name: "weed".into(),
-            compression: None,
-            encryption_key: "site-2026".into(),
-            options: Some(proto::create_location_request::Options::S3(
-                proto::S3LocationOptions {
-                    bucket: weed.bucket.clone(),
-                    endpoint: weed.endpoint.clone(),
-                    force_path_style: true,
-                    access_key_id: Some(env("TEST_S3_KEY")),
-                    secret_access_key: Some(env("TEST_S3_SECRET")),
-                    ..Default::default()
-                },
-            )),
-        })
+        .create_location(sealed)
         .await
         .expect("create an encrypted location");
     let op = operator(&weed, root.path());

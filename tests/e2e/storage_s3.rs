@@ -256,24 +256,11 @@ async fn objects_round_trip_through_seaweedfs_s3() {
 #[tokio::test]
 async fn many_small_files_go_to_seaweedfs_deduplicated_and_restore_whole() {
     use coffer_client::proto;
-    use coffer_tests::{TestAgent, TestServer, run_backup, run_restore, tree, wipe, write};
+    use coffer_tests::{TestServer, run_backup, run_restore, tree, wipe, write};
 
     let root = tempfile::tempdir().expect("tempdir");
     let weed = SeaweedFs::start(root.path()).await;
-    let agent = TestAgent::start_with_credentials(
-        root.path(),
-        "a",
-        &[
-            ("TEST_S3_KEY", weed.access_key.as_str()),
-            ("TEST_S3_SECRET", weed.secret_key.as_str()),
-        ],
-        &coffer_tests::credentials(
-            &["env:TEST_S3_KEY", "env:TEST_S3_SECRET"],
-            &weed.endpoint,
-            &[&weed.bucket],
-        ),
-    )
-    .await;
+    let agent = crate::weed_agent(root.path(), "a", &weed, "").await;
     // 300 files of 250 contents in three folders, duplicates across them.
     for index in 0..300 {
         write(

@@ -224,7 +224,9 @@ pub(super) fn encode_bytes_into(
             OBJECT_HEADER_LEN + zstd::zstd_safe::compress_bound(content.len()),
             0,
         );
-        let written = compress_into(content, level, &mut object[OBJECT_HEADER_LEN..])?;
+        let written = with_compressor(level, |compressor| {
+            compressor.compress_to_buffer(content, &mut object[OBJECT_HEADER_LEN..])
+        })?;
         object.truncate(OBJECT_HEADER_LEN + written);
         compressed = (written as f64) <= content.len() as f64 * max_ratio;
     }
@@ -247,29 +249,24 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// `zstd::bulk::compress` with this thread's context.
-fn compress_reusing_context(content: &[u8], level: i32) -> io::Result<Vec<u8>> {
+/// Runs `work` with this thread's compression context at `level`.
+fn with_compressor<T>(
+    level: i32,
+    work: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> io::Result<T>,
+) -> io::Result<T> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         let compressor = match &mut *slot {
             Some((current, compressor)) if *current == level => compressor,
             slot => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
         };
-        compressor.compress(content)
+        work(compressor)
     })
 }
 
-/// Compresses `content` into `dest` (at least its compress bound long) with this thread's
-/// context; returns the bytes written.
-fn compress_into(content: &[u8], level: i32, dest: &mut [u8]) -> io::Result<usize> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let compressor = match &mut *slot {
-            Some((current, compressor)) if *current == level => compressor,
-            slot => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
-        };
-        compressor.compress_to_buffer(content, dest)
-    })
+/// `zstd::bulk::compress` with this thread's context.
+fn compress_reusing_context(content: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    with_compressor(level, |compressor| compressor.compress(content))
 }
 
 /// What the encoding thread learnt about the file.

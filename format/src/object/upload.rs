@@ -125,30 +125,15 @@ pub async fn upload_bytes(
     let level = options.compression.zstd_level();
     let max_ratio = options.max_compressed_ratio;
     let read_bytes = content.len() as u64;
-    let local = local_root(op);
-    let path = object_path.to_string();
     let keys = options.keys.clone();
-    let encoded = tokio::task::spawn_blocking(move || -> io::Result<(Vec<u8>, bool)> {
-        let encoded = encode_bytes(&content, level, max_ratio, &keys)?;
-        if let Some(root) = local {
-            write_local_object(&root, &path, &encoded.0)?;
-        }
-        Ok(encoded)
+    let stored = store_encoded(op, object_path, move || {
+        let (encoded, compressed) = encode_bytes(&content, level, max_ratio, &keys)?;
+        Ok((encoded, compressed, ()))
     })
-    .await
-    .map_err(io::Error::other)
-    .and_then(|result| result)
-    .map_err(|error| StorageError::local(op, "write", object_path, error))?;
-    let (encoded, compressed) = encoded;
-    let stored_bytes = encoded.len() as u64;
-    if local_root(op).is_none() {
-        op.write(object_path, encoded)
-            .await
-            .map_err(|cause| StorageError::backend(op, "write", object_path, cause))?;
-    }
+    .await?;
     Ok(UploadOutcome {
-        stored_bytes,
-        compressed,
+        stored_bytes: stored.stored_bytes,
+        compressed: stored.compressed,
         read_bytes,
     })
 }
@@ -171,43 +156,71 @@ pub async fn upload_reusing(
     let level = options.compression.zstd_level();
     let max_ratio = options.max_compressed_ratio;
     let read_bytes = content.len() as u64;
-    let local = local_root(op);
-    let path = object_path.to_string();
     let keys = options.keys.clone();
     let mut encoded = encoded;
-    let encoding = tokio::task::spawn_blocking(move || -> io::Result<_> {
+    let stored = store_encoded(op, object_path, move || {
         let compressed =
             super::codec::encode_bytes_into(&content, &mut encoded, level, max_ratio, &keys)?;
+        Ok((encoded, compressed, content))
+    })
+    .await?;
+    let outcome = UploadOutcome {
+        stored_bytes: stored.stored_bytes,
+        compressed: stored.compressed,
+        read_bytes,
+    };
+    Ok((outcome, stored.kept, stored.encoded))
+}
+
+/// What [`store_encoded`] stored.
+struct Stored<T> {
+    stored_bytes: u64,
+    compressed: bool,
+    /// The encoded object's buffer, back from the write (empty when the store kept it).
+    encoded: Vec<u8>,
+    /// What the encoder handed back.
+    kept: T,
+}
+
+/// Encodes an object on a blocking thread with `encode` (the object, whether it is zstd, and
+/// anything to hand back) and writes it at `object_path`: from that thread into a local folder,
+/// in one write to an object store otherwise.
+async fn store_encoded<T: Send + 'static>(
+    op: &Operator,
+    object_path: &str,
+    encode: impl FnOnce() -> io::Result<(Vec<u8>, bool, T)> + Send + 'static,
+) -> Result<Stored<T>, StorageError> {
+    let local = local_root(op);
+    let path = object_path.to_string();
+    let writes_locally = local.is_some();
+    let (encoded, compressed, kept) = tokio::task::spawn_blocking(move || {
+        let encoded = encode()?;
         if let Some(root) = local {
-            write_local_object(&root, &path, &encoded)?;
+            write_local_object(&root, &path, &encoded.0)?;
         }
-        Ok((content, encoded, compressed))
+        Ok::<_, io::Error>(encoded)
     })
     .await
     .map_err(io::Error::other)
     .and_then(|result| result)
     .map_err(|error| StorageError::local(op, "write", object_path, error))?;
-    let (content, encoded, compressed) = encoding;
     let stored_bytes = encoded.len() as u64;
-    let encoded = if local_root(op).is_none() {
+    let encoded = if writes_locally {
+        encoded
+    } else {
         let body = Bytes::from(encoded);
         op.write(object_path, body.clone())
             .await
             .map_err(|cause| StorageError::backend(op, "write", object_path, cause))?;
         // The store no longer holds the body once the write returned: the buffer comes back.
         body.try_into_mut().map(Vec::from).unwrap_or_default()
-    } else {
-        encoded
     };
-    Ok((
-        UploadOutcome {
-            stored_bytes,
-            compressed,
-            read_bytes,
-        },
-        content,
+    Ok(Stored {
+        stored_bytes,
+        compressed,
         encoded,
-    ))
+        kept,
+    })
 }
 
 /// How [`upload_file`] writes.
